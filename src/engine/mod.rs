@@ -1,0 +1,47 @@
+//! The one place DataFusion sessions are made.
+//!
+//! Every query ferry runs goes through [`session`], so the session settings,
+//! the lake's object store and the catalog of lake tables are set up the same
+//! way everywhere (and a distributed engine can later be swapped in here).
+//!
+//! The lake's store is registered under the URL [`LAKE_URL`] whatever its
+//! backend (local folder, memory, S3...), so table locations never change
+//! when the lake moves. The catalog ([`catalog`]) exposes:
+//! - `<source>.<stream>` for each landed stream (`raw/<source>/<stream>/`),
+//!   with the union of its files' columns;
+//! - `ferry.ingestions` and `ferry.quarantine`.
+
+pub mod catalog;
+
+use datafusion::execution::context::SessionContext;
+use datafusion::prelude::SessionConfig;
+use url::Url;
+
+use crate::error::{Error, Result};
+use crate::lake::Lake;
+
+/// The URL the lake's object store is registered under in every session.
+pub const LAKE_URL: &str = "lake://lake/";
+
+/// Session settings shared by every query.
+pub fn session_config() -> SessionConfig {
+    let mut config = SessionConfig::new()
+        .with_information_schema(true)
+        .with_create_default_catalog_and_schema(true);
+    // Lake tables read every file below their folder: quarantine nests
+    // `<source>/<stream>/dt=.../` and users may add folders of their own.
+    config
+        .options_mut()
+        .execution
+        .listing_table_ignore_subdirectory = false;
+    config
+}
+
+/// A session over `lake` with every lake table registered.
+pub async fn session(lake: &Lake) -> Result<SessionContext> {
+    let ctx = SessionContext::new_with_config(session_config());
+    let url = Url::parse(LAKE_URL).map_err(|e| Error::Internal(e.to_string()))?;
+    ctx.register_object_store(&url, lake.store().clone());
+    catalog::register_lake(&ctx, lake).await?;
+    Ok(ctx)
+}

@@ -1,0 +1,132 @@
+//! The crate-wide error type.
+//!
+//! Every error says whose move it is ([`Party`]): the user's (bad config, bad
+//! SQL, bad input), the vendor's or the storage's (a transient failure a retry
+//! may fix), or ferry's own (a bug: please report it). Messages name the file,
+//! line, key or record involved and what to do about it.
+
+use std::path::PathBuf;
+
+/// `Result` with ferry's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Who has to act on an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Party {
+    /// The user: fix the config, the SQL or the input, then run again.
+    User,
+    /// The storage or a vendor: retrying later may succeed.
+    External,
+    /// ferry itself: a bug.
+    Ferry,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `ferry.toml` (or `secrets.toml`) is malformed or inconsistent.
+    #[error("{file}:{line}:{column}: {key}: {message}", file = .file.display())]
+    Config {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+        /// Dotted key path, for example `lake.url`.
+        key: String,
+        message: String,
+    },
+
+    /// The project folder itself is unusable (missing `ferry.toml`, not writable...).
+    #[error("{0}")]
+    Project(String),
+
+    /// A name given by the user (source, stream) is not a valid identifier.
+    #[error("invalid {what} name {name:?}: {why}")]
+    InvalidName {
+        what: &'static str,
+        name: String,
+        why: &'static str,
+    },
+
+    /// Input records that cannot be landed as a whole (not per-row problems:
+    /// those are quarantined).
+    #[error("{0}")]
+    Input(String),
+
+    /// A batch broke a stream's frozen schema. The batch is in quarantine.
+    #[error(
+        "stream {stream} has schema = \"freeze\" and a batch of {rows} rows does not match it: {changes}. \
+         The batch was quarantined to {quarantine} (query it with: select * from ferry.quarantine). \
+         Set schema = \"evolve\" for this stream in ferry.toml to accept the change."
+    )]
+    SchemaFrozen {
+        stream: String,
+        rows: usize,
+        changes: String,
+        quarantine: String,
+    },
+
+    /// The lake's object store failed.
+    #[error("lake storage: {0}")]
+    Storage(#[from] object_store::Error),
+
+    /// A lake URL could not be turned into an object store.
+    #[error("lake URL {url:?}: {message}")]
+    LakeUrl { url: String, message: String },
+
+    /// DataFusion rejected a query or a plan.
+    #[error("{0}")]
+    Query(#[from] datafusion::error::DataFusionError),
+
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+
+    #[error("{path}: {source}", path = .path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    /// Lake state written by ferry could not be read back. This is a bug or
+    /// outside tampering with the lake's `_ferry/` folder.
+    #[error(
+        "internal error: {0}. This is a bug in ferry; please report it with the command you ran"
+    )]
+    Internal(String),
+}
+
+impl Error {
+    /// Who has to act on this error.
+    pub fn party(&self) -> Party {
+        match self {
+            Error::Config { .. }
+            | Error::Project(_)
+            | Error::InvalidName { .. }
+            | Error::Input(_)
+            | Error::SchemaFrozen { .. }
+            | Error::LakeUrl { .. } => Party::User,
+            Error::Storage(_) | Error::Io { .. } => Party::External,
+            Error::Query(e) => match e.find_root() {
+                datafusion::error::DataFusionError::Internal(_) => Party::Ferry,
+                datafusion::error::DataFusionError::ObjectStore(_)
+                | datafusion::error::DataFusionError::IoError(_) => Party::External,
+                _ => Party::User,
+            },
+            Error::Arrow(_) | Error::Parquet(_) => Party::User,
+            Error::Internal(_) => Party::Ferry,
+        }
+    }
+
+    /// Whether running the same thing again can succeed without a change.
+    pub fn retryable(&self) -> bool {
+        self.party() == Party::External
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! ferry's own tables in the lake: the ingestion log (`ferry.ingestions`) and
+//! quarantined rows (`ferry.quarantine`), plus the one write-once Parquet
+//! writer every landing uses.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Array, StringArray, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use chrono::{DateTime, Utc};
+use object_store::path::Path;
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+
+use super::layout::{RunId, StreamRef};
+use crate::error::Result;
+
+/// Rows per Parquet row group in the lake.
+pub const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// Writer settings for every Parquet file in the lake: snappy, row groups of
+/// [`ROW_GROUP_ROWS`], page statistics for pruning.
+pub fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_created_by(format!("ferry {}", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// Write `bytes` at `path` once. The object appears whole or not at all
+/// (`PutMode::Create`: local files are staged and hard-linked, object stores
+/// commit on completion), and an existing object is never replaced.
+pub async fn put_once(store: &dyn ObjectStore, path: &Path, bytes: Vec<u8>) -> Result<()> {
+    let opts = PutOptions {
+        mode: PutMode::Create,
+        ..Default::default()
+    };
+    store.put_opts(path, PutPayload::from(bytes), opts).await?;
+    Ok(())
+}
+
+/// Encode batches as one Parquet file in memory.
+pub fn encode(schema: SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
+    let mut w = ArrowWriter::try_new(Vec::new(), schema, Some(writer_properties()))?;
+    for b in batches {
+        w.write(b)?;
+    }
+    Ok(w.into_inner()?)
+}
+
+fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+fn ts_array(values: impl Iterator<Item = DateTime<Utc>>) -> ArrayRef {
+    Arc::new(
+        TimestampMicrosecondArray::from(values.map(|t| t.timestamp_micros()).collect::<Vec<_>>())
+            .with_timezone("UTC"),
+    )
+}
+
+/// What happened to one landed (or quarantined) file.
+#[derive(Debug, Clone)]
+pub struct Ingestion {
+    pub run_id: RunId,
+    pub stream: StreamRef,
+    /// Lake-relative path of the file.
+    pub path: String,
+    /// `landed` or `quarantined`.
+    pub status: &'static str,
+    pub rows: u64,
+    pub rejected_rows: u64,
+    pub bytes: u64,
+    pub schema_fingerprint: String,
+    pub schema_version: u64,
+    pub warnings: Vec<String>,
+    pub error: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub landed_at: DateTime<Utc>,
+}
+
+/// Schema of `ferry.ingestions`.
+pub fn ingestions_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("stream", DataType::Utf8, false),
+        Field::new("path", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("rows", DataType::Int64, false),
+        Field::new("rejected_rows", DataType::Int64, false),
+        Field::new("bytes", DataType::Int64, false),
+        Field::new("schema_fingerprint", DataType::Utf8, false),
+        Field::new("schema_version", DataType::Int64, false),
+        Field::new("warnings", DataType::Utf8, true),
+        Field::new("error", DataType::Utf8, true),
+        Field::new("started_at", ts_type(), false),
+        Field::new("landed_at", ts_type(), false),
+    ]))
+}
+
+pub fn ingestions_batch(entries: &[Ingestion]) -> Result<RecordBatch> {
+    let s = |f: fn(&Ingestion) -> String| -> ArrayRef {
+        Arc::new(StringArray::from(entries.iter().map(f).collect::<Vec<_>>()))
+    };
+    let n = |f: fn(&Ingestion) -> u64| -> ArrayRef {
+        Arc::new(Int64Array::from(
+            entries.iter().map(|e| f(e) as i64).collect::<Vec<_>>(),
+        ))
+    };
+    let columns: Vec<ArrayRef> = vec![
+        s(|e| e.run_id.to_string()),
+        s(|e| e.stream.source.clone()),
+        s(|e| e.stream.stream.clone()),
+        s(|e| e.path.clone()),
+        s(|e| e.status.to_string()),
+        n(|e| e.rows),
+        n(|e| e.rejected_rows),
+        n(|e| e.bytes),
+        s(|e| e.schema_fingerprint.clone()),
+        n(|e| e.schema_version),
+        Arc::new(StringArray::from(
+            entries
+                .iter()
+                .map(|e| (!e.warnings.is_empty()).then(|| e.warnings.join("\n")))
+                .collect::<Vec<_>>(),
+        )),
+        Arc::new(StringArray::from(
+            entries.iter().map(|e| e.error.clone()).collect::<Vec<_>>(),
+        )),
+        ts_array(entries.iter().map(|e| e.started_at)),
+        ts_array(entries.iter().map(|e| e.landed_at)),
+    ];
+    Ok(RecordBatch::try_new(ingestions_schema(), columns)?)
+}
+
+/// A row ferry would not land, kept with the reason.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuarantinedRow {
+    /// Where it came from, when known (`contacts.jsonl:17`).
+    pub origin: Option<String>,
+    pub reason: String,
+    /// The row as JSON text (or the raw input line when it was not JSON).
+    pub record: String,
+}
+
+/// Schema of `ferry.quarantine`.
+pub fn quarantine_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("stream", DataType::Utf8, false),
+        Field::new("origin", DataType::Utf8, true),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("record", DataType::Utf8, false),
+        Field::new("quarantined_at", ts_type(), false),
+    ]))
+}
+
+pub fn quarantine_batch(
+    run_id: &RunId,
+    stream: &StreamRef,
+    at: DateTime<Utc>,
+    rows: &[QuarantinedRow],
+) -> Result<RecordBatch> {
+    let n = rows.len();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec![run_id.to_string(); n])),
+        Arc::new(StringArray::from(vec![stream.source.clone(); n])),
+        Arc::new(StringArray::from(vec![stream.stream.clone(); n])),
+        Arc::new(StringArray::from(
+            rows.iter().map(|r| r.origin.clone()).collect::<Vec<_>>(),
+        )),
+        Arc::new(StringArray::from(
+            rows.iter().map(|r| r.reason.clone()).collect::<Vec<_>>(),
+        )),
+        Arc::new(StringArray::from(
+            rows.iter().map(|r| r.record.clone()).collect::<Vec<_>>(),
+        )),
+        ts_array(std::iter::repeat_n(at, n)),
+    ];
+    Ok(RecordBatch::try_new(quarantine_schema(), columns)?)
+}
+
+/// Rows of a record batch as JSON objects (one string per row), for quarantine.
+pub fn batch_to_json_rows(batch: &RecordBatch) -> Result<Vec<String>> {
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow::json::WriterBuilder::new()
+            .with_explicit_nulls(true)
+            .build::<_, arrow::json::writer::LineDelimited>(&mut buf);
+        w.write(batch)?;
+        w.finish()?;
+    }
+    let text = String::from_utf8_lossy(&buf);
+    Ok(text.lines().map(str::to_string).collect())
+}

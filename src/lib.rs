@@ -1,0 +1,14 @@
+//! ferry: one binary for the GTM data route.
+//!
+//! Vendor data is landed as append-only Parquet in a lake ([`lake`]), queried
+//! with SQL through one DataFusion session factory ([`engine`]), and driven from
+//! a project folder described by `ferry.toml` ([`project`]). The command line
+//! ([`cli`]) is a thin layer over these modules.
+
+pub mod cli;
+pub mod engine;
+pub mod error;
+pub mod lake;
+pub mod project;
+
+pub use error::{Error, Result};

@@ -1,0 +1,501 @@
+//! A ferry project: a folder with `ferry.toml`.
+//!
+//! Loading goes in three steps, all without I/O beyond reading the two files:
+//! parse `ferry.toml` into plain serde structs (unknown keys are errors),
+//! resolve `${VAR}` secrets from the environment or `secrets.toml`, then
+//! validate names. Every error names the file, line, column and dotted key.
+//! Layering: built-in defaults, then the file, then `FERRY_LAKE` from the
+//! environment (which replaces `lake.url`).
+
+pub mod init;
+pub mod secret;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use secret::{Secret, SecretSource};
+
+use crate::error::{Error, Result};
+
+/// The project file's name.
+pub const CONFIG_FILE: &str = "ferry.toml";
+/// The git-ignored file `${VAR}` references fall back to.
+pub const SECRETS_FILE: &str = "secrets.toml";
+/// Environment variable that overrides `lake.url`.
+pub const LAKE_ENV: &str = "FERRY_LAKE";
+
+/// `ferry.toml` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    /// Project identity.
+    project: ProjectSection,
+    /// Where the lake lives.
+    #[serde(default)]
+    lake: LakeSection,
+    /// Vendor sources, keyed by source name (the `<source>` in `<source>.<stream>`).
+    #[serde(default)]
+    sources: BTreeMap<String, SourceConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProjectSection {
+    /// Project name, used in run records and logs.
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LakeSection {
+    /// A path (relative to the project folder) or a URL: `file://`,
+    /// `memory://`, `s3://bucket/prefix`, `gs://bucket/prefix`,
+    /// `az://container/prefix`.
+    #[serde(default = "default_lake_url")]
+    url: String,
+    /// Options handed to the object store builder (for example `aws_region`,
+    /// `aws_access_key_id`). Values may use `${VAR}` and are treated as secrets.
+    #[serde(default)]
+    options: BTreeMap<String, Spanned<String>>,
+}
+
+impl Default for LakeSection {
+    fn default() -> Self {
+        LakeSection {
+            url: default_lake_url(),
+            options: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_lake_url() -> String {
+    "lake".to_string()
+}
+
+/// What ferry does when a batch does not match the stream's schema so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchemaMode {
+    /// New columns are added; a value whose type changed lands in a variant
+    /// column `<column>__<type>` and a warning is recorded.
+    #[default]
+    Evolve,
+    /// The first landing fixes the schema; a later batch that adds a column or
+    /// changes a type is quarantined whole and the landing fails.
+    Freeze,
+}
+
+/// One `[sources.<name>]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Schema policy for every stream of this source that does not set its own.
+    #[serde(default)]
+    pub schema: Option<SchemaMode>,
+    /// Per-stream settings, keyed by stream name.
+    #[serde(default)]
+    pub streams: BTreeMap<String, StreamConfig>,
+}
+
+/// One `[sources.<source>.streams.<name>]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamConfig {
+    /// Schema policy for this stream; overrides the source's.
+    #[serde(default)]
+    pub schema: Option<SchemaMode>,
+}
+
+/// Resolved settings for landing one stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamOptions {
+    pub schema: SchemaMode,
+}
+
+/// Where the lake is, with its resolved options.
+#[derive(Debug, Clone)]
+pub struct LakeConfig {
+    /// As written (or from `FERRY_LAKE`): a path or a URL.
+    pub url: String,
+    /// Object store options; values are secrets.
+    pub options: BTreeMap<String, Secret>,
+}
+
+/// A loaded, validated project.
+#[derive(Debug, Clone)]
+pub struct Project {
+    /// The project folder; relative lake paths resolve against it.
+    pub dir: PathBuf,
+    pub name: String,
+    pub lake: LakeConfig,
+    pub sources: BTreeMap<String, SourceConfig>,
+}
+
+impl Project {
+    /// Load `DIR/ferry.toml` (and `DIR/secrets.toml` if present).
+    pub fn load(dir: &Path) -> Result<Project> {
+        let file = dir.join(CONFIG_FILE);
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::Project(format!(
+                    "no {CONFIG_FILE} in {}: run `ferry init {}` to create a project there, \
+                     or pass --project-dir to point at one",
+                    display_dir(dir),
+                    display_dir(dir)
+                )));
+            }
+            Err(e) => return Err(Error::io(file, e)),
+        };
+        let secrets = load_secrets(&dir.join(SECRETS_FILE))?;
+        let lake_override = std::env::var(LAKE_ENV).ok().filter(|v| !v.is_empty());
+        Project::parse(dir, &file, &text, &secrets, lake_override)
+    }
+
+    /// Parse and validate a `ferry.toml` text. `file` is only used in messages.
+    pub fn parse(
+        dir: &Path,
+        file: &Path,
+        text: &str,
+        secrets: &SecretSource,
+        lake_override: Option<String>,
+    ) -> Result<Project> {
+        let raw: ConfigFile = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map(|s| s.start).unwrap_or(0);
+            config_error(file, text, offset, e.message().to_string())
+        })?;
+
+        let mut options = BTreeMap::new();
+        for (key, value) in &raw.lake.options {
+            let secret = secrets
+                .interpolate(value.get_ref())
+                .map_err(|msg| config_error(file, text, value.span().start, msg))?;
+            options.insert(key.clone(), secret);
+        }
+
+        let name = raw.project.name.trim().to_string();
+        if name.is_empty() {
+            let offset = text.find("name").unwrap_or(0);
+            return Err(config_error(
+                file,
+                text,
+                offset,
+                "project name is empty: write name = \"my_project\"".into(),
+            ));
+        }
+
+        for (source, cfg) in &raw.sources {
+            if let Err(why) = check_identifier(source) {
+                let offset = find_key(text, &format!("sources.{source}"));
+                return Err(config_error(
+                    file,
+                    text,
+                    offset,
+                    format!("source name {source:?} {why}"),
+                ));
+            }
+            if source == RESERVED_SCHEMA {
+                let offset = find_key(text, &format!("sources.{source}"));
+                return Err(config_error(
+                    file,
+                    text,
+                    offset,
+                    format!(
+                        "source name {source:?} is reserved for ferry's own tables (ferry.ingestions...): pick another"
+                    ),
+                ));
+            }
+            for stream in cfg.streams.keys() {
+                if let Err(why) = check_identifier(stream) {
+                    let offset = find_key(text, &format!("streams.{stream}"));
+                    return Err(config_error(
+                        file,
+                        text,
+                        offset,
+                        format!("stream name {stream:?} {why}"),
+                    ));
+                }
+            }
+        }
+
+        Ok(Project {
+            dir: dir.to_path_buf(),
+            name,
+            lake: LakeConfig {
+                url: lake_override.unwrap_or(raw.lake.url),
+                options,
+            },
+            sources: raw.sources,
+        })
+    }
+
+    /// Landing settings for `source.stream`: the stream's own, else the
+    /// source's, else the defaults. Streams not in `ferry.toml` get defaults.
+    pub fn stream_options(&self, source: &str, stream: &str) -> StreamOptions {
+        let src = self.sources.get(source);
+        let schema = src
+            .and_then(|s| s.streams.get(stream))
+            .and_then(|s| s.schema)
+            .or_else(|| src.and_then(|s| s.schema))
+            .unwrap_or_default();
+        StreamOptions { schema }
+    }
+}
+
+/// The SQL schema name of ferry's own tables; no source may take it.
+pub const RESERVED_SCHEMA: &str = "ferry";
+
+/// Source and stream names become SQL identifiers and lake folders, so they
+/// are lower-case ASCII identifiers.
+pub fn check_identifier(name: &str) -> Result<(), &'static str> {
+    let mut chars = name.chars();
+    match chars.next() {
+        None => return Err("is empty"),
+        Some(c) if !(c.is_ascii_lowercase() || c == '_') => {
+            return Err("must start with a lower-case letter or _");
+        }
+        _ => {}
+    }
+    if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+        return Err("may only use lower-case letters, digits and _");
+    }
+    if name.len() > 63 {
+        return Err("is longer than 63 characters");
+    }
+    Ok(())
+}
+
+fn display_dir(dir: &Path) -> String {
+    if dir.as_os_str().is_empty() {
+        ".".to_string()
+    } else {
+        dir.display().to_string()
+    }
+}
+
+fn load_secrets(path: &Path) -> Result<SecretSource> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(SecretSource::default());
+        }
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let values: BTreeMap<String, String> = toml::from_str(&text).map_err(|e| {
+        let offset = e.span().map(|s| s.start).unwrap_or(0);
+        // Never echo the secrets file's text: only the position and the reason.
+        let (line, column) = line_col(&text, offset);
+        Error::Config {
+            file: path.to_path_buf(),
+            line,
+            column,
+            key: key_at(&text, offset),
+            message: format!(
+                "{}; secrets.toml holds plain `NAME = \"value\"` lines",
+                e.message()
+            ),
+        }
+    })?;
+    Ok(SecretSource::new(values))
+}
+
+fn config_error(file: &Path, text: &str, offset: usize, message: String) -> Error {
+    let (line, column) = line_col(text, offset);
+    Error::Config {
+        file: file.to_path_buf(),
+        line,
+        column,
+        key: key_at(text, offset),
+        message,
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..floor_char_boundary(text, offset)];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map(|p| p + 1).unwrap_or(0) + 1;
+    (line, column)
+}
+
+fn floor_char_boundary(text: &str, mut offset: usize) -> usize {
+    while offset > 0 && !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    offset
+}
+
+/// The dotted key at a byte offset: the enclosing `[table]` header plus the
+/// `key =` on that line.
+fn key_at(text: &str, offset: usize) -> String {
+    let offset = floor_char_boundary(text, offset.min(text.len()));
+    let line_start = text[..offset].rfind('\n').map(|p| p + 1).unwrap_or(0);
+    let line_end = text[offset..]
+        .find('\n')
+        .map(|p| offset + p)
+        .unwrap_or(text.len());
+    let line = text[line_start..line_end].trim();
+    if let Some(header) = table_header(line) {
+        return header;
+    }
+    let header = text[..line_start]
+        .lines()
+        .rev()
+        .find_map(|l| table_header(l.trim()))
+        .unwrap_or_default();
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"').to_string())
+        .unwrap_or_default();
+    match (header.is_empty(), key.is_empty()) {
+        (true, true) => "(top level)".to_string(),
+        (true, false) => key,
+        (false, true) => header,
+        (false, false) => format!("{header}.{key}"),
+    }
+}
+
+fn table_header(line: &str) -> Option<String> {
+    let inner = line
+        .strip_prefix("[[")
+        .and_then(|l| l.split_once("]]"))
+        .or_else(|| line.strip_prefix('[').and_then(|l| l.split_once(']')))?;
+    Some(inner.0.trim().to_string())
+}
+
+/// Byte offset of the first mention of a dotted key (best effort, for
+/// validation errors raised after parsing).
+fn find_key(text: &str, dotted: &str) -> usize {
+    text.find(dotted)
+        .or_else(|| dotted.rsplit('.').next().and_then(|last| text.find(last)))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Project> {
+        Project::parse(
+            Path::new("proj"),
+            Path::new("proj/ferry.toml"),
+            text,
+            &SecretSource::default(),
+            None,
+        )
+    }
+
+    fn config_err(text: &str) -> (usize, String, String) {
+        match parse(text) {
+            Err(Error::Config {
+                line, key, message, ..
+            }) => (line, key, message),
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn minimal_project_gets_defaults() {
+        let p = parse("[project]\nname = \"acme\"\n").unwrap();
+        assert_eq!(p.name, "acme");
+        assert_eq!(p.lake.url, "lake");
+        assert_eq!(
+            p.stream_options("crm", "contacts").schema,
+            SchemaMode::Evolve
+        );
+    }
+
+    #[test]
+    fn stream_setting_overrides_source_setting() {
+        let p = parse(
+            "[project]\nname = \"acme\"\n[sources.crm]\nschema = \"freeze\"\n\
+             [sources.crm.streams.contacts]\nschema = \"evolve\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            p.stream_options("crm", "contacts").schema,
+            SchemaMode::Evolve
+        );
+        assert_eq!(p.stream_options("crm", "deals").schema, SchemaMode::Freeze);
+        assert_eq!(p.stream_options("web", "visits").schema, SchemaMode::Evolve);
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let (line, key, msg) =
+            config_err("[project]\nname = \"acme\"\n\n[lake]\nurll = \"s3://b\"\n");
+        assert_eq!(line, 5);
+        assert_eq!(key, "lake.urll");
+        assert!(msg.contains("unknown field `urll`"), "{msg}");
+        assert!(msg.contains("url"), "should list what is expected: {msg}");
+    }
+
+    #[test]
+    fn wrong_type_names_line_and_key() {
+        let (line, key, msg) = config_err(
+            "[project]\nname = \"acme\"\n[sources.crm.streams.contacts]\nschema = \"melt\"\n",
+        );
+        assert_eq!(line, 4);
+        assert_eq!(key, "sources.crm.streams.contacts.schema");
+        assert!(msg.contains("evolve") && msg.contains("freeze"), "{msg}");
+    }
+
+    #[test]
+    fn missing_project_table_is_reported() {
+        let (_, _, msg) = config_err("[lake]\nurl = \"lake\"\n");
+        assert!(msg.contains("project"), "{msg}");
+    }
+
+    #[test]
+    fn bad_source_name_is_reported_at_its_line() {
+        let (line, key, msg) =
+            config_err("[project]\nname = \"acme\"\n\n[sources.Hub-Spot]\nschema = \"evolve\"\n");
+        assert_eq!(line, 4);
+        assert_eq!(key, "sources.Hub-Spot");
+        assert!(msg.contains("lower-case"), "{msg}");
+        let (_, _, msg) = config_err("[project]\nname = \"acme\"\n[sources.ferry]\n");
+        assert!(msg.contains("reserved"), "{msg}");
+    }
+
+    #[test]
+    fn unresolved_secret_names_variable_line_and_key() {
+        let (line, key, msg) = config_err(
+            "[project]\nname = \"acme\"\n[lake]\nurl = \"s3://b/p\"\n\
+             [lake.options]\naws_secret_access_key = \"${FERRY_TEST_UNSET_SECRET_42}\"\n",
+        );
+        assert_eq!(line, 6);
+        assert_eq!(key, "lake.options.aws_secret_access_key");
+        assert!(msg.contains("FERRY_TEST_UNSET_SECRET_42"), "{msg}");
+    }
+
+    #[test]
+    fn resolved_secrets_do_not_show_in_debug() {
+        let secrets = SecretSource::new(BTreeMap::from([(
+            "LAKE_KEY".to_string(),
+            "s3cr3t-value-9".to_string(),
+        )]));
+        let p = Project::parse(
+            Path::new("."),
+            Path::new("ferry.toml"),
+            "[project]\nname = \"a\"\n[lake.options]\nkey = \"${LAKE_KEY}\"\n",
+            &secrets,
+            None,
+        )
+        .unwrap();
+        assert_eq!(p.lake.options["key"].expose(), "s3cr3t-value-9");
+        assert!(!format!("{p:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn identifiers() {
+        assert!(check_identifier("hubspot").is_ok());
+        assert!(check_identifier("_x1").is_ok());
+        for bad in ["", "1x", "Hub", "a-b", "a.b", "a b"] {
+            assert!(check_identifier(bad).is_err(), "{bad}");
+        }
+    }
+}
