@@ -52,11 +52,11 @@ fn record(i: u64) -> String {
         co = COUNTRIES[(i % 8) as usize],
         m = i % 97,
         p = i % 10_000,
-        ls = if i % 3 == 0 { "lead" } else { "mql" },
+        ls = if i.is_multiple_of(3) { "lead" } else { "mql" },
         s = i % 100,
         e = (i % 5000) + 1,
         r = i * 13 % 1_000_000,
-        b = i % 10 == 0,
+        b = i.is_multiple_of(10),
         o = i % 40,
         d = (i % 28) + 1,
     )

@@ -136,11 +136,10 @@ fn open(dir: &std::path::Path) -> Result<(Project, Lake)> {
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Init { dir, name } => {
-            if let Some(n) = &name {
-                if n.trim().is_empty() {
+            if let Some(n) = &name
+                && n.trim().is_empty() {
                     return Err(Error::Input("--name must not be empty".into()));
                 }
-            }
             let written = project::init::init(&dir, name.as_deref())?;
             println!("Created a ferry project in {}:", dir.display());
             for path in written {

@@ -64,15 +64,15 @@ impl Val {
         }
     }
 
-    fn from_scalar(v: &Value) -> Val {
+    fn from_value(v: Value) -> Val {
         match v {
             Value::Null => Val::Null,
-            Value::Bool(b) => Val::Bool(*b),
+            Value::Bool(b) => Val::Bool(b),
             Value::Number(n) => match n.as_i64() {
                 Some(i) => Val::Int(i),
                 None => Val::Float(n.as_f64().unwrap_or(f64::NAN)),
             },
-            Value::String(s) => Val::Text(s.clone()),
+            Value::String(s) => Val::Text(s),
             // Arrays and nested objects are kept as JSON text.
             other => Val::Text(other.to_string()),
         }
@@ -86,7 +86,8 @@ struct Column {
 
 /// Convert JSON objects to one record batch. Every record must be an object
 /// (callers reject the others with a reason before calling).
-pub fn to_batch(records: &[Map<String, Value>]) -> Result<RecordBatch> {
+pub fn to_batch(records: Vec<Map<String, Value>>) -> Result<RecordBatch> {
+    let rows = records.len();
     let mut columns: Vec<Column> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut put = |name: &str, v: Val, row: usize, columns: &mut Vec<Column>| {
@@ -95,7 +96,7 @@ pub fn to_batch(records: &[Map<String, Value>]) -> Result<RecordBatch> {
             None => {
                 columns.push(Column {
                     name: name.to_string(),
-                    values: Vec::with_capacity(records.len()),
+                    values: Vec::with_capacity(rows),
                 });
                 index.insert(name.to_string(), columns.len() - 1);
                 columns.len() - 1
@@ -112,24 +113,23 @@ pub fn to_batch(records: &[Map<String, Value>]) -> Result<RecordBatch> {
             col.values[row] = v;
         }
     };
-    for (row, record) in records.iter().enumerate() {
+    let mut name = String::new();
+    for (row, record) in records.into_iter().enumerate() {
         for (key, value) in record {
             match value {
                 Value::Object(inner) => {
                     for (k2, v2) in inner {
-                        put(
-                            &format!("{key}__{k2}"),
-                            Val::from_scalar(v2),
-                            row,
-                            &mut columns,
-                        );
+                        name.clear();
+                        name.push_str(&key);
+                        name.push_str("__");
+                        name.push_str(&k2);
+                        put(&name, Val::from_value(v2), row, &mut columns);
                     }
                 }
-                v => put(key, Val::from_scalar(v), row, &mut columns),
+                v => put(&key, Val::from_value(v), row, &mut columns),
             }
         }
     }
-    let rows = records.len();
     let mut fields = Vec::new();
     let mut arrays: Vec<ArrayRef> = Vec::new();
     let mut taken: std::collections::HashSet<String> =
@@ -149,11 +149,10 @@ pub fn to_batch(records: &[Map<String, Value>]) -> Result<RecordBatch> {
         // Values of other kinds, by kind, in first-seen order.
         let mut variants: Vec<Kind> = Vec::new();
         for v in &col.values {
-            if let Some(k) = v.kind() {
-                if !belongs(k) && !variants.contains(&k) {
+            if let Some(k) = v.kind()
+                && !belongs(k) && !variants.contains(&k) {
                     variants.push(k);
                 }
-            }
         }
         let (f, a) = build(&col.name, column_kind, &col.values, belongs);
         fields.push(f);
@@ -244,7 +243,7 @@ mod tests {
 
     #[test]
     fn flattens_one_level_and_keeps_deeper_as_json_text() {
-        let b = to_batch(&objs(vec![json!({
+        let b = to_batch(objs(vec![json!({
             "id": 1,
             "company": {"name": "Acme", "address": {"city": "Paris"}},
             "tags": ["a", "b"]
@@ -261,7 +260,7 @@ mod tests {
 
     #[test]
     fn ints_and_floats_make_a_double_and_missing_keys_are_null() {
-        let b = to_batch(&objs(vec![
+        let b = to_batch(objs(vec![
             json!({"x": 1}),
             json!({"y": true}),
             json!({"x": 2.5}),
@@ -276,7 +275,7 @@ mod tests {
 
     #[test]
     fn mixed_kinds_split_into_a_variant_column() {
-        let b = to_batch(&objs(vec![
+        let b = to_batch(objs(vec![
             json!({"employees": 10}),
             json!({"employees": "10-50"}),
             json!({"employees": null}),
@@ -317,7 +316,7 @@ mod tests {
             prop::collection::btree_map("[a-d]", value(), 0..4), 1..20)) {
             let maps: Vec<Map<String, Value>> =
                 records.iter().map(|m| m.clone().into_iter().collect()).collect();
-            let batch = to_batch(&maps).unwrap();
+            let batch = to_batch(maps.clone()).unwrap();
             prop_assert_eq!(batch.num_rows(), maps.len());
             for (row, rec) in maps.iter().enumerate() {
                 let mut expected = 0;

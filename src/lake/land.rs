@@ -232,12 +232,10 @@ impl Lander {
             file.warnings.extend(plan.dropped.iter().cloned());
             if file.writer.bytes_written() + file.writer.in_progress_size()
                 >= self.target_file_bytes
-            {
-                if let Some(f) = open.take() {
+                && let Some(f) = open.take() {
                     self.finish(stream, f, started_at, stream_schema.version, &mut report)
                         .await?;
                 }
-            }
         }
         let version = current.as_ref().map(|s| s.version).unwrap_or(0);
         if let Some(f) = open.take() {
@@ -440,6 +438,6 @@ impl<I: Iterator<Item = Result<Value, Rejected>>> Iterator for JsonBlocks<I> {
         if block.is_empty() {
             return self.pending.pop_front().map(|r| Ok(Piece::Rejected(r)));
         }
-        Some(json::to_batch(&block).map(Piece::Batch))
+        Some(json::to_batch(block).map(Piece::Batch))
     }
 }

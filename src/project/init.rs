@@ -11,29 +11,13 @@ use crate::error::{Error, Result};
 const GITIGNORE: &str =
     "# ferry: the local lake and secrets never go into git\n/lake/\nsecrets.toml\n";
 
-const EXAMPLE_MODEL: &str = "\
--- An example model: contacts per country from the landed CRM contacts.
--- Land the sample first: ferry land crm.contacts data/contacts.jsonl
-select
-    country,
-    count(*) as contacts
-from {{ source('crm', 'contacts') }}
-group by country
-";
+/// The example model (the same file as the repository's own example).
+const EXAMPLE_MODEL: &str = include_str!("../../models/contacts_by_country.sql");
 
-/// A dozen CRM contacts with the mess of real vendor data: country variants,
-/// a nested company object, a list of tags, missing fields.
-pub const SAMPLE_CONTACTS: &str = r#"{"id": 101, "email": "Ana.Lopez@Northwind.io", "first_name": "Ana", "last_name": "Lopez", "title": "VP of Marketing", "country": "US", "company": {"name": "Northwind", "domain": "northwind.io", "employees": 420}, "lead_score": 71, "tags": ["webinar", "pricing"], "updated_at": "2026-11-02T09:14:00Z"}
-{"id": 102, "email": "bkim@globex.com", "first_name": "Ben", "last_name": "Kim", "title": "Vice President, Marketing", "country": "USA", "company": {"name": "Globex", "domain": "www.globex.com", "employees": 12000}, "lead_score": 55, "tags": [], "updated_at": "2026-11-03T16:40:00Z"}
-{"id": 103, "email": "c.dubois@initech.fr", "first_name": "Claire", "last_name": "Dubois", "title": "Head of Sales", "country": "France", "company": {"name": "Initech", "domain": "initech.fr", "employees": 85}, "lead_score": 38.5, "updated_at": "2026-11-04T08:05:00Z"}
-{"id": 104, "email": "dev.patel@gmail.com", "first_name": "Dev", "last_name": "Patel", "title": "Founder", "country": "U.S.A.", "company": {"name": "Patel Labs"}, "lead_score": 12, "updated_at": "2026-11-04T10:22:00Z"}
-{"id": 105, "email": "emma@umbrella.co.uk", "first_name": "Emma", "last_name": "Stone", "title": "Marketing Manager", "country": "United Kingdom", "company": {"name": "Umbrella", "domain": "https://umbrella.co.uk/about", "employees": 2300}, "lead_score": 64, "tags": ["event"], "updated_at": "2026-11-05T13:00:00Z"}
-{"id": 106, "email": "f.muller@acme.de", "first_name": "Felix", "last_name": "Müller", "title": "CTO", "country": "Germany", "company": {"name": "Acme GmbH", "domain": "acme.de", "employees": 150}, "lead_score": 47, "updated_at": "2026-11-06T07:45:00Z"}
-{"id": 107, "email": "gina@northwind.io", "first_name": "Gina", "last_name": "Rossi", "title": "VP Marketing", "country": "United States", "company": {"name": "Northwind", "domain": "northwind.io", "employees": 420}, "lead_score": 83, "tags": ["pricing"], "updated_at": "2026-11-07T11:30:00Z"}
-{"id": 108, "email": "hiro@soylent.jp", "first_name": "Hiro", "last_name": "Tanaka", "title": "Sales Director", "country": "Japan", "company": {"name": "Soylent", "domain": "soylent.jp", "employees": 5100}, "lead_score": 29, "updated_at": "2026-11-08T02:10:00Z"}
-{"id": 109, "email": "ivy@hooli.com", "first_name": "Ivy", "last_name": "Chen", "title": "Demand Gen Lead", "country": "us", "company": {"name": "Hooli", "domain": "hooli.com", "employees": 30000}, "lead_score": 91, "tags": ["webinar"], "updated_at": "2026-11-09T18:00:00Z"}
-{"id": 110, "email": "jon@yahoo.com", "first_name": "Jon", "last_name": "Berg", "country": "Sweden", "company": {"name": "Berg AB", "domain": null}, "lead_score": null, "updated_at": "2026-11-10T09:00:00Z"}
-"#;
+/// Ten CRM contacts with the mess of real vendor data: country variants,
+/// a nested company object, a list of tags, missing fields. The same file is
+/// the repository's own sample (`tests/data/contacts.jsonl`).
+pub const SAMPLE_CONTACTS: &str = include_str!("../../tests/data/contacts.jsonl");
 
 /// The files `ferry init` writes, relative to the project folder.
 fn files(name: &str) -> Vec<(&'static str, String)> {
