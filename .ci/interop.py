@@ -11,12 +11,12 @@ expected = 10
 
 n_duck = duckdb.sql(
     f"select count(*) from read_parquet('{raw}/**/*.parquet', union_by_name=true)"
-).fetchone()[0]
+).fetchall()[0][0]
 table = ds.dataset(raw, format="parquet").to_table()
 n_polars = pl.scan_parquet(f"{raw}/**/*.parquet").select(pl.len()).collect().item()
 n_log = duckdb.sql(
     f"select sum(rows) from read_parquet('{lake}/_ferry/ingestions/**/*.parquet')"
-).fetchone()[0]
+).fetchall()[0][0]
 
 print(f"interop: duckdb={n_duck} pyarrow={table.num_rows} polars={n_polars} ingestions={n_log}")
 assert n_duck == table.num_rows == n_polars == n_log == expected
