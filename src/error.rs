@@ -76,6 +76,10 @@ pub enum Error {
     #[error("{0}")]
     Query(#[from] datafusion::error::DataFusionError),
 
+    /// A Delta table (persisted model or seed) could not be read or written.
+    #[error("table: {0}")]
+    Table(String),
+
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
 
@@ -113,7 +117,7 @@ impl Error {
                 | datafusion::error::DataFusionError::IoError(_) => Party::External,
                 _ => Party::User,
             },
-            Error::Arrow(_) | Error::Parquet(_) => Party::User,
+            Error::Arrow(_) | Error::Parquet(_) | Error::Table(_) => Party::User,
             Error::Internal(_) => Party::Ferry,
         }
     }

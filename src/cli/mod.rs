@@ -3,6 +3,7 @@
 //! 2 bad usage). Each command is a thin call into the library.
 
 mod land;
+mod models;
 mod output;
 
 use std::path::PathBuf;
@@ -55,6 +56,42 @@ enum Command {
         #[arg(long, value_enum, default_value_t = InputFormat::Auto)]
         format: InputFormat,
     },
+    /// Load the CSV seeds under seeds/ as tables.
+    Seed {
+        #[command(flatten)]
+        select: SelectArgs,
+    },
+    /// Render and plan models against their upstream schemas without running
+    /// anything; with --select, print the rendered SQL.
+    Compile {
+        #[command(flatten)]
+        select: SelectArgs,
+    },
+    /// Build the selected models in dependency order.
+    Run {
+        #[command(flatten)]
+        select: SelectArgs,
+        /// Models built at once.
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+        /// Rebuild incremental models from scratch.
+        #[arg(long)]
+        full_refresh: bool,
+    },
+    /// Run the data tests of the selected models.
+    Test {
+        #[command(flatten)]
+        select: SelectArgs,
+    },
+    /// Write the project's documentation: a static HTML page and a JSON
+    /// manifest with the DAG, SQL, columns and column-level lineage.
+    Docs {
+        #[command(flatten)]
+        select: SelectArgs,
+        /// Output folder (default: target/docs in the project).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Run SQL against the lake and print the result.
     Query {
         /// The SQL; tables are <source>.<stream>, ferry.ingestions, ferry.quarantine.
@@ -66,6 +103,21 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         max_rows: usize,
     },
+}
+
+/// `--select`, `--exclude` and `--vars`, shared by the model commands.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SelectArgs {
+    /// Models to include: names, +name (with ancestors), name+ (with
+    /// descendants), tag:x, path:models/marts; space = union, comma = intersection.
+    #[arg(long, short = 's', num_args = 1..)]
+    pub select: Vec<String>,
+    /// Models to leave out, same syntax.
+    #[arg(long, num_args = 1..)]
+    pub exclude: Vec<String>,
+    /// Values for var() as name=value (repeatable); override [vars] in ferry.toml.
+    #[arg(long = "vars", value_name = "NAME=VALUE")]
+    pub vars: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -137,9 +189,10 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Init { dir, name } => {
             if let Some(n) = &name
-                && n.trim().is_empty() {
-                    return Err(Error::Input("--name must not be empty".into()));
-                }
+                && n.trim().is_empty()
+            {
+                return Err(Error::Input("--name must not be empty".into()));
+            }
             let written = project::init::init(&dir, name.as_deref())?;
             println!("Created a ferry project in {}:", dir.display());
             for path in written {
@@ -160,13 +213,45 @@ async fn run(cli: Cli) -> Result<()> {
             let (project, lake) = open(&cli.project_dir)?;
             land::run(&project, lake, &stream, &files, format).await
         }
+        Command::Seed { select } => {
+            let (project, lake) = open(&cli.project_dir)?;
+            models::seed(&project, lake, &select).await
+        }
+        Command::Compile { select } => {
+            let (project, lake) = open(&cli.project_dir)?;
+            models::compile(&project, lake, &select).await
+        }
+        Command::Run {
+            select,
+            threads,
+            full_refresh,
+        } => {
+            let (project, lake) = open(&cli.project_dir)?;
+            models::run(&project, lake, &select, threads, full_refresh).await
+        }
+        Command::Test { select } => {
+            let (project, lake) = open(&cli.project_dir)?;
+            models::test(&project, lake, &select).await
+        }
+        Command::Docs { select, out } => {
+            let (project, lake) = open(&cli.project_dir)?;
+            let out = out.unwrap_or_else(|| project.dir.join("target").join("docs"));
+            models::docs(&project, lake, &select, &out).await
+        }
         Command::Query {
             sql,
             format,
             max_rows,
         } => {
-            let (_, lake) = open(&cli.project_dir)?;
+            let (project, lake) = open(&cli.project_dir)?;
             let ctx = crate::engine::session(&lake).await?;
+            // View models are not persisted: plan them so they can be queried.
+            if project.dir.join("models").is_dir() {
+                match crate::models::Workspace::load(&project, &[]) {
+                    Ok(ws) => ws.register_views(&ctx, &lake).await?,
+                    Err(e) => tracing::warn!("models are not queryable: {e}"),
+                }
+            }
             let batches = ctx.sql(&sql).await?.collect().await?;
             let mut out = std::io::stdout().lock();
             output::print(&mut out, &batches, format, max_rows)

@@ -31,9 +31,10 @@ pub fn print(
                 left -= take;
             }
             if shown.is_empty()
-                && let Some(b) = batches.first() {
-                    shown.push(b.slice(0, 0));
-                }
+                && let Some(b) = batches.first()
+            {
+                shown.push(b.slice(0, 0));
+            }
             let table = arrow::util::pretty::pretty_format_batches(&shown)?;
             writeln!(out, "{table}").map_err(io)?;
             let noun = if total == 1 { "row" } else { "rows" };

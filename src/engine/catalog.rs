@@ -3,7 +3,8 @@
 //! Each table is a `ListingTable` over a lake folder (every `.parquet` below
 //! it, recursively). Raw streams use their stored schema (the union of all
 //! columns ever landed), so files written before a column existed read it as
-//! null. Streams whose files predate stored schemas (copied in by hand) get
+//! null. Seeds and persisted models (Delta tables under `seeds/` and
+//! `models/`) are registered by name. Streams whose files predate stored schemas (copied in by hand) get
 //! their schema inferred from the files.
 
 use std::sync::Arc;
@@ -80,6 +81,19 @@ pub async fn register_lake(ctx: &SessionContext, lake: &Lake) -> Result<Vec<Stri
         log::quarantine_schema(),
     )?;
 
+    register(
+        ctx,
+        "ferry.runs",
+        &layout::meta_prefix("runs"),
+        crate::models::run::runs_schema(),
+    )?;
+    register(
+        ctx,
+        "ferry.model_runs",
+        &layout::meta_prefix("model_runs"),
+        crate::models::run::model_runs_schema(),
+    )?;
+
     let store = lake.store().as_ref();
     let mut tables = Vec::new();
     for source in children(store, &Path::from(layout::RAW)).await? {
@@ -109,5 +123,7 @@ pub async fn register_lake(ctx: &SessionContext, lake: &Lake) -> Result<Vec<Stri
             tables.push(stream_ref.to_string());
         }
     }
+    // Persisted models and seeds, by name.
+    tables.extend(crate::models::delta::register_all(ctx, lake).await?);
     Ok(tables)
 }

@@ -14,6 +14,7 @@
 pub mod catalog;
 
 use datafusion::execution::context::SessionContext;
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::SessionConfig;
 use url::Url;
 
@@ -39,7 +40,14 @@ pub fn session_config() -> SessionConfig {
 
 /// A session over `lake` with every lake table registered.
 pub async fn session(lake: &Lake) -> Result<SessionContext> {
-    let ctx = SessionContext::new_with_config(session_config());
+    // Delta's planner executes the plan nodes delta-rs adds when it writes
+    // a model's table; everything else plans as in a default session.
+    let state = SessionStateBuilder::new()
+        .with_default_features()
+        .with_config(session_config())
+        .with_query_planner(deltalake::delta_datafusion::planner::DeltaPlanner::new())
+        .build();
+    let ctx = SessionContext::new_with_state(state);
     let url = Url::parse(LAKE_URL).map_err(|e| Error::Internal(e.to_string()))?;
     ctx.register_object_store(&url, lake.store().clone());
     catalog::register_lake(&ctx, lake).await?;

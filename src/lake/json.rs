@@ -150,9 +150,11 @@ pub fn to_batch(records: Vec<Map<String, Value>>) -> Result<RecordBatch> {
         let mut variants: Vec<Kind> = Vec::new();
         for v in &col.values {
             if let Some(k) = v.kind()
-                && !belongs(k) && !variants.contains(&k) {
-                    variants.push(k);
-                }
+                && !belongs(k)
+                && !variants.contains(&k)
+            {
+                variants.push(k);
+            }
         }
         let (f, a) = build(&col.name, column_kind, &col.values, belongs);
         fields.push(f);

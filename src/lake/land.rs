@@ -232,10 +232,11 @@ impl Lander {
             file.warnings.extend(plan.dropped.iter().cloned());
             if file.writer.bytes_written() + file.writer.in_progress_size()
                 >= self.target_file_bytes
-                && let Some(f) = open.take() {
-                    self.finish(stream, f, started_at, stream_schema.version, &mut report)
-                        .await?;
-                }
+                && let Some(f) = open.take()
+            {
+                self.finish(stream, f, started_at, stream_schema.version, &mut report)
+                    .await?;
+            }
         }
         let version = current.as_ref().map(|s| s.version).unwrap_or(0);
         if let Some(f) = open.take() {

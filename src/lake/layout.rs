@@ -135,6 +135,21 @@ pub fn ingestions_file(at: DateTime<Utc>, run_id: &RunId, seq: u64) -> Path {
     ])
 }
 
+/// `_ferry/<table>/`: one of ferry's own append-only tables (`runs`, `model_runs`).
+pub fn meta_prefix(table: &str) -> Path {
+    Path::from_iter([META, table])
+}
+
+/// `_ferry/<table>/dt=YYYY-MM-DD/<run_id>-<seq>.parquet`
+pub fn meta_file(table: &str, at: DateTime<Utc>, run_id: &RunId, seq: u64) -> Path {
+    Path::from_iter([
+        META,
+        table,
+        &format!("dt={}", day(at)),
+        &file_name(run_id, seq),
+    ])
+}
+
 /// `_ferry/quarantine/`
 pub fn quarantine_prefix() -> Path {
     Path::from_iter([META, "quarantine"])

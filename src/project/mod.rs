@@ -7,6 +7,7 @@
 //! Layering: built-in defaults, then the file, then `FERRY_LAKE` from the
 //! environment (which replaces `lake.url`).
 
+pub mod dbt;
 pub mod init;
 pub mod secret;
 
@@ -39,6 +40,12 @@ struct ConfigFile {
     /// Vendor sources, keyed by source name (the `<source>` in `<source>.<stream>`).
     #[serde(default)]
     sources: BTreeMap<String, SourceConfig>,
+    /// Defaults for every model (`materialized = "table"`, `tags = [...]`).
+    #[serde(default)]
+    models: BTreeMap<String, toml::Value>,
+    /// Values for `{{ var('name') }}` in models.
+    #[serde(default)]
+    vars: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,12 +139,25 @@ pub struct Project {
     pub name: String,
     pub lake: LakeConfig,
     pub sources: BTreeMap<String, SourceConfig>,
+    /// Model configuration by folder: `(folders under a model path, settings)`,
+    /// applied in order to models in that folder or below. `[models]` in
+    /// `ferry.toml` is the root entry; a dbt project's `models:` tree gives more.
+    pub model_configs: Vec<(Vec<String>, BTreeMap<String, serde_yaml_ng::Value>)>,
+    /// Where models, seeds, macros and singular tests live.
+    pub paths: Paths,
+    /// `[vars]`: values for `var()` in models.
+    pub vars: BTreeMap<String, serde_json::Value>,
 }
 
 impl Project {
-    /// Load `DIR/ferry.toml` (and `DIR/secrets.toml` if present).
+    /// Load `DIR/ferry.toml` (and `DIR/secrets.toml` if present). A folder
+    /// with `dbt_project.yml` and no `ferry.toml` is read as a dbt project.
     pub fn load(dir: &Path) -> Result<Project> {
         let file = dir.join(CONFIG_FILE);
+        if !file.exists() && dir.join(dbt::DBT_PROJECT_FILE).exists() {
+            let lake_override = std::env::var(LAKE_ENV).ok().filter(|v| !v.is_empty());
+            return dbt::load(dir, lake_override);
+        }
         let text = match std::fs::read_to_string(&file) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -221,7 +241,29 @@ impl Project {
             }
         }
 
+        let convert = |what: &str, e: String| {
+            config_error(
+                file,
+                text,
+                find_key(text, what),
+                format!("cannot use this value: {e}"),
+            )
+        };
+        let mut model_defaults = BTreeMap::new();
+        for (k, v) in &raw.models {
+            let y = serde_yaml_ng::to_value(v).map_err(|e| convert(k, e.to_string()))?;
+            model_defaults.insert(k.clone(), y);
+        }
+        let mut vars = BTreeMap::new();
+        for (k, v) in &raw.vars {
+            let j = serde_json::to_value(v).map_err(|e| convert(k, e.to_string()))?;
+            vars.insert(k.clone(), j);
+        }
+
         Ok(Project {
+            model_configs: vec![(Vec::new(), model_defaults)],
+            paths: Paths::default(),
+            vars,
             dir: dir.to_path_buf(),
             name,
             lake: LakeConfig {
@@ -242,6 +284,26 @@ impl Project {
             .or_else(|| src.and_then(|s| s.schema))
             .unwrap_or_default();
         StreamOptions { schema }
+    }
+}
+
+/// Folders (relative to the project) holding each kind of file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    pub models: Vec<String>,
+    pub seeds: Vec<String>,
+    pub macros: Vec<String>,
+    pub tests: Vec<String>,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths {
+            models: vec!["models".into()],
+            seeds: vec!["seeds".into()],
+            macros: vec!["sql/macros".into(), "macros".into()],
+            tests: vec!["sql/tests".into()],
+        }
     }
 }
 

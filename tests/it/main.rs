@@ -1,6 +1,8 @@
 //! Integration tests, in one binary so DataFusion is linked once.
 //! `landing`: the library's landing API against real lakes.
 //! `cli`: the real `ferry` binary end to end.
+//! `models`: SQL models on the fixture project `tests/fixtures/gtm`.
 
 mod cli;
 mod landing;
+mod models;

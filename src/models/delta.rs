@@ -1,0 +1,321 @@
+//! Persisted models and seeds as Delta Lake tables in the lake.
+//!
+//! Tables live at `models/<name>/` and `seeds/<name>/` under the lake root,
+//! on the lake's own object store (registered with delta-rs under the
+//! `lake://` scheme, so local, memory and S3 lakes all work the same). Every
+//! write is one Delta commit: readers see the previous version until it
+//! lands, and a failed build leaves the previous version in place.
+
+use std::sync::{Arc, Once};
+
+use datafusion::catalog::TableProvider;
+use datafusion::dataframe::DataFrame;
+use datafusion::execution::context::SessionContext;
+use deltalake::logstore::{
+    LogStore, LogStoreFactory, StorageConfig, default_logstore, logstore_factories,
+};
+use deltalake::operations::write::SchemaMode;
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
+};
+use url::Url;
+
+use crate::engine::LAKE_URL;
+use crate::error::{Error, Result};
+use crate::lake::Lake;
+
+/// Folder of persisted models.
+pub const MODELS: &str = "models";
+/// Folder of seeds.
+pub const SEEDS: &str = "seeds";
+
+struct LakeLogStores;
+
+impl LogStoreFactory for LakeLogStores {
+    fn with_options(
+        &self,
+        prefixed_store: Arc<dyn ObjectStore>,
+        root_store: Arc<dyn ObjectStore>,
+        location: &Url,
+        options: &StorageConfig,
+    ) -> deltalake::DeltaResult<Arc<dyn LogStore>> {
+        Ok(default_logstore(
+            prefixed_store,
+            root_store,
+            location,
+            options,
+        ))
+    }
+}
+
+fn register_scheme() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if let Ok(url) = Url::parse("lake://") {
+            logstore_factories().insert(url, Arc::new(LakeLogStores));
+        }
+    });
+}
+
+fn delta_err(e: DeltaTableError) -> Error {
+    Error::Table(e.to_string())
+}
+
+/// `lake://lake/<folder>/<name>`
+pub fn table_url(folder: &str, name: &str) -> Result<Url> {
+    Url::parse(&format!("{LAKE_URL}{folder}/{name}")).map_err(|e| Error::Internal(e.to_string()))
+}
+
+fn builder(lake: &Lake, url: &Url) -> Result<DeltaTableBuilder> {
+    register_scheme();
+    let root = Url::parse(LAKE_URL).map_err(|e| Error::Internal(e.to_string()))?;
+    let store: Arc<dyn ObjectStore> = Arc::new(SortedListing(lake.store().clone()));
+    Ok(DeltaTableBuilder::from_url(url.clone())
+        .map_err(delta_err)?
+        .with_storage_backend(store, root))
+}
+
+/// The lake's store with listings in path order. The Delta kernel reads the
+/// commit log by listing it and expects object-store order (sorted, as S3,
+/// GCS and Azure return it); a local folder lists in directory order.
+#[derive(Debug)]
+struct SortedListing(Arc<dyn ObjectStore>);
+
+impl std::fmt::Display for SortedListing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SortedListing({})", self.0)
+    }
+}
+
+fn sorted(
+    s: BoxStream<'static, object_store::Result<ObjectMeta>>,
+) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+    async move {
+        let mut items: Vec<object_store::Result<ObjectMeta>> = s.collect().await;
+        items.sort_by(|a, b| match (a, b) {
+            (Ok(a), Ok(b)) => a.location.cmp(&b.location),
+            (Err(_), Ok(_)) => std::cmp::Ordering::Less,
+            (Ok(_), Err(_)) => std::cmp::Ordering::Greater,
+            _ => std::cmp::Ordering::Equal,
+        });
+        futures::stream::iter(items)
+    }
+    .flatten_stream()
+    .boxed()
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for SortedListing {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.0.put_opts(location, payload, opts).await
+    }
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.0.put_multipart_opts(location, opts).await
+    }
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        self.0.get_opts(location, options).await
+    }
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.0.delete_stream(locations)
+    }
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        sorted(self.0.list(prefix))
+    }
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        sorted(self.0.list_with_offset(prefix, offset))
+    }
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        let mut r = self.0.list_with_delimiter(prefix).await?;
+        r.objects.sort_by(|a, b| a.location.cmp(&b.location));
+        r.common_prefixes.sort();
+        Ok(r)
+    }
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.0.copy_opts(from, to, options).await
+    }
+    async fn rename_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: RenameOptions,
+    ) -> object_store::Result<()> {
+        self.0.rename_opts(from, to, options).await
+    }
+}
+
+/// The table at `url`, or `None` if nothing was ever committed there.
+pub async fn open(lake: &Lake, url: &Url) -> Result<Option<DeltaTable>> {
+    // Look before asking delta-rs, which logs an error for a missing table.
+    let log = Path::from(format!("{}/_delta_log", url.path().trim_matches('/')));
+    let has_log = match lake.store().list_with_delimiter(Some(&log)).await {
+        Ok(l) => !l.objects.is_empty(),
+        Err(object_store::Error::NotFound { .. }) => false,
+        Err(e) => return Err(e.into()),
+    };
+    if !has_log {
+        return Ok(None);
+    }
+    match builder(lake, url)?.load().await {
+        Ok(t) => Ok(Some(t)),
+        Err(DeltaTableError::NotATable(_)) => Ok(None),
+        Err(e) => Err(delta_err(e)),
+    }
+}
+
+/// A handle for writing a table that may not exist yet.
+async fn open_or_new(lake: &Lake, url: &Url) -> Result<DeltaTable> {
+    match open(lake, url).await? {
+        Some(t) => Ok(t),
+        None => builder(lake, url)?.build().map_err(delta_err),
+    }
+}
+
+/// Register the table under `name` in `ctx`.
+pub async fn register(ctx: &SessionContext, name: &str, table: &DeltaTable) -> Result<()> {
+    table
+        .update_datafusion_session(&ctx.state())
+        .map_err(delta_err)?;
+    let provider: Arc<dyn TableProvider> = table.table_provider().await?;
+    ctx.deregister_table(name)?;
+    ctx.register_table(name, provider)?;
+    Ok(())
+}
+
+/// Replace the table's contents with `df` (one commit; the schema may change).
+pub async fn overwrite(lake: &Lake, url: &Url, df: DataFrame) -> Result<DeltaTable> {
+    let table = open_or_new(lake, url).await?;
+    let (state, plan) = df.into_parts();
+    table
+        .write(Vec::<arrow::record_batch::RecordBatch>::new())
+        .with_input_plan(plan)
+        .with_session_state(Arc::new(state))
+        .with_save_mode(SaveMode::Overwrite)
+        .with_schema_mode(SchemaMode::Overwrite)
+        .await
+        .map_err(delta_err)
+}
+
+/// Append `df` to the table (created if missing).
+pub async fn append(lake: &Lake, url: &Url, df: DataFrame) -> Result<DeltaTable> {
+    let table = open_or_new(lake, url).await?;
+    let (state, plan) = df.into_parts();
+    table
+        .write(Vec::<arrow::record_batch::RecordBatch>::new())
+        .with_input_plan(plan)
+        .with_session_state(Arc::new(state))
+        .with_save_mode(SaveMode::Append)
+        .await
+        .map_err(delta_err)
+}
+
+/// Merge `df` into an existing table on `keys`: matched rows are updated,
+/// new rows inserted (one commit).
+pub async fn merge(table: DeltaTable, df: DataFrame, keys: &[String]) -> Result<DeltaTable> {
+    let columns: Vec<String> = df
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let predicate = keys
+        .iter()
+        .map(|k| format!("target.\"{k}\" = source.\"{k}\""))
+        .collect::<Vec<_>>()
+        .join(" and ");
+    let session = Arc::new(df.clone().into_parts().0);
+    let update_cols = columns.clone();
+    let insert_cols = columns;
+    let (table, _metrics) = table
+        .merge(df, predicate.as_str())
+        .with_source_alias("source")
+        .with_target_alias("target")
+        .with_session_state(session)
+        .when_matched_update(|mut u| {
+            for c in &update_cols {
+                u = u.update(c.as_str(), format!("source.\"{c}\"").as_str());
+            }
+            u
+        })
+        .map_err(delta_err)?
+        .when_not_matched_insert(|mut i| {
+            for c in &insert_cols {
+                i = i.set(c.as_str(), format!("source.\"{c}\"").as_str());
+            }
+            i
+        })
+        .map_err(delta_err)?
+        .await
+        .map_err(delta_err)?;
+    Ok(table)
+}
+
+/// Names of the Delta tables under `folder`.
+pub async fn list(lake: &Lake, folder: &str) -> Result<Vec<String>> {
+    let store = lake.store();
+    let list = match store.list_with_delimiter(Some(&Path::from(folder))).await {
+        Ok(l) => l,
+        Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut names = Vec::new();
+    for p in list.common_prefixes {
+        let Some(name) = p.filename().map(str::to_string) else {
+            continue;
+        };
+        let log = Path::from_iter([folder, &name, "_delta_log"]);
+        let has_log = store
+            .list_with_delimiter(Some(&log))
+            .await
+            .map(|l| !l.objects.is_empty())
+            .unwrap_or(false);
+        if has_log {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+/// Register every seed and persisted model in the lake under its name.
+pub async fn register_all(ctx: &SessionContext, lake: &Lake) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for folder in [SEEDS, MODELS] {
+        for name in list(lake, folder).await? {
+            if let Some(t) = open(lake, &table_url(folder, &name)?).await? {
+                register(ctx, &name, &t).await?;
+                out.push(name);
+            }
+        }
+    }
+    Ok(out)
+}

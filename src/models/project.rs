@@ -1,0 +1,595 @@
+//! Discovering an analyst's project: models, schema files, seeds, macros and
+//! singular tests, with each model's configuration resolved.
+//!
+//! Where things are (paths relative to the project folder):
+//! - models: `models/**/*.sql`, schema files `models/**/*.yml|yaml`;
+//! - seeds: `seeds/**/*.csv`;
+//! - macros: `sql/macros/**/*.sql` (and `macros/**/*.sql`, as in dbt);
+//! - singular data tests: `sql/tests/**/*.sql`.
+//!
+//! A dbt project names its own folders (`model-paths`, ...: see
+//! [`crate::project::dbt`]). Configuration precedence, lowest first:
+//! defaults, `[models]` in `ferry.toml` (or the folder tree of a dbt
+//! project's `models:`), the model's `config:` in a schema file,
+//! `{{ config(...) }}` in the model itself.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_yaml_ng::Value as Yaml;
+
+use crate::error::{Error, Result};
+use crate::project::Paths;
+
+/// How a model is materialized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Materialized {
+    /// Not persisted: inlined into the plans of the models that use it.
+    #[default]
+    View,
+    /// Rebuilt in full on every run, as a Delta table.
+    Table,
+    /// Appended to or merged into its Delta table on each run.
+    Incremental,
+    /// Inlined as a CTE into each model that refs it.
+    Ephemeral,
+}
+
+impl Materialized {
+    pub fn parse(s: &str) -> Option<Materialized> {
+        match s {
+            "view" => Some(Materialized::View),
+            "table" => Some(Materialized::Table),
+            "incremental" => Some(Materialized::Incremental),
+            "ephemeral" => Some(Materialized::Ephemeral),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Materialized::View => "view",
+            Materialized::Table => "table",
+            Materialized::Incremental => "incremental",
+            Materialized::Ephemeral => "ephemeral",
+        }
+    }
+
+    /// Whether the model has a table in the lake.
+    pub fn persisted(self) -> bool {
+        matches!(self, Materialized::Table | Materialized::Incremental)
+    }
+}
+
+/// How an incremental model adds rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    Append,
+    Merge,
+}
+
+/// A model's resolved configuration.
+#[derive(Debug, Clone, Default)]
+pub struct ModelConfig {
+    pub materialized: Materialized,
+    /// Columns identifying a row, for `merge`.
+    pub unique_key: Vec<String>,
+    /// `append` or `merge`; default `merge` when a unique key is set.
+    pub incremental_strategy: Option<Strategy>,
+    pub tags: Vec<String>,
+    pub enabled: bool,
+    /// `contract: {enforced: true}`: the output must have exactly the
+    /// declared columns and types.
+    pub contract_enforced: bool,
+}
+
+impl ModelConfig {
+    fn defaults() -> ModelConfig {
+        ModelConfig {
+            enabled: true,
+            ..Default::default()
+        }
+    }
+
+    pub fn strategy(&self) -> Strategy {
+        self.incremental_strategy
+            .unwrap_or(if self.unique_key.is_empty() {
+                Strategy::Append
+            } else {
+                Strategy::Merge
+            })
+    }
+
+    /// Apply `key = value` settings (from YAML or `config(...)`); `origin`
+    /// names where they came from, for errors.
+    pub fn apply(&mut self, key: &str, value: &Yaml, origin: &str) -> Result<()> {
+        let bad = |what: &str| Error::Input(format!("{origin}: config `{key}` {what}"));
+        let key = key.trim_start_matches('+');
+        match key {
+            "materialized" => {
+                let s = value.as_str().ok_or_else(|| bad("must be a string"))?;
+                self.materialized = Materialized::parse(s).ok_or_else(|| {
+                    bad(&format!(
+                        "is {s:?}; expected view, table, incremental or ephemeral"
+                    ))
+                })?;
+            }
+            "unique_key" => {
+                self.unique_key =
+                    strings(value).ok_or_else(|| bad("must be a column name or a list of them"))?
+            }
+            "tags" => {
+                let mut tags = strings(value).ok_or_else(|| bad("must be a string or a list"))?;
+                self.tags.append(&mut tags);
+                self.tags.sort();
+                self.tags.dedup();
+            }
+            "incremental_strategy" => {
+                self.incremental_strategy = Some(match value.as_str() {
+                    Some("append") => Strategy::Append,
+                    Some("merge") => Strategy::Merge,
+                    _ => return Err(bad("must be append or merge")),
+                })
+            }
+            "enabled" => {
+                self.enabled = value
+                    .as_bool()
+                    .ok_or_else(|| bad("must be true or false"))?
+            }
+            "contract" => {
+                self.contract_enforced = value
+                    .get("enforced")
+                    .and_then(|e| e.as_bool())
+                    .ok_or_else(|| bad("must be {enforced: true} or {enforced: false}"))?
+            }
+            // dbt settings that do not change what ferry does.
+            "schema" | "database" | "alias" | "docs" | "meta" | "persist_docs" | "grants"
+            | "on_schema_change" | "full_refresh" | "description" | "post-hook" | "pre-hook"
+            | "group" | "access" | "file_format" | "quoting" => {}
+            other => {
+                return Err(Error::Input(format!(
+                    "{origin}: unknown config `{other}`; ferry knows materialized, unique_key, \
+                     incremental_strategy, tags and enabled"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn strings(v: &Yaml) -> Option<Vec<String>> {
+    match v {
+        Yaml::String(s) => Some(vec![s.clone()]),
+        Yaml::Sequence(items) => items
+            .iter()
+            .map(|i| i.as_str().map(str::to_string))
+            .collect(),
+        _ => None,
+    }
+}
+
+/// A generic data test on a column (or a model, for singular ones).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TestSpec {
+    /// `unique`, `not_null`, `accepted_values`, `relationships`.
+    pub kind: String,
+    pub model: String,
+    pub column: Option<String>,
+    /// Test arguments (`values`, `to`, `field`).
+    pub args: BTreeMap<String, Yaml>,
+    pub severity: Severity,
+    /// Where it was declared.
+    pub origin: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Severity {
+    #[default]
+    Error,
+    Warn,
+}
+
+/// A column declared in a schema file.
+#[derive(Debug, Clone, Default)]
+pub struct ColumnSpec {
+    pub name: String,
+    pub description: Option<String>,
+    pub data_type: Option<String>,
+}
+
+/// One model.
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub name: String,
+    /// Path relative to the project folder, `/`-separated.
+    pub path: String,
+    pub sql: String,
+    pub config: ModelConfig,
+    pub description: Option<String>,
+    pub columns: Vec<ColumnSpec>,
+}
+
+/// One seed CSV.
+#[derive(Debug, Clone)]
+pub struct Seed {
+    pub name: String,
+    pub path: PathBuf,
+    /// Column type overrides (`column_types:` in YAML), as SQL types.
+    pub column_types: BTreeMap<String, String>,
+}
+
+/// One singular test: a query that returns failing rows.
+#[derive(Debug, Clone)]
+pub struct SingularTest {
+    pub name: String,
+    pub path: String,
+    pub sql: String,
+}
+
+/// Everything the model commands work on.
+#[derive(Debug, Clone, Default)]
+pub struct ModelProject {
+    pub dir: PathBuf,
+    pub models: Vec<Model>,
+    pub seeds: Vec<Seed>,
+    pub tests: Vec<TestSpec>,
+    pub singular_tests: Vec<SingularTest>,
+    /// Macro files' text, concatenated, with the files they came from.
+    pub macros: Vec<(String, String)>,
+    pub vars: BTreeMap<String, serde_json::Value>,
+}
+
+/// A schema file, as much of dbt's format as ferry uses (other keys allowed).
+#[derive(Debug, Deserialize)]
+struct SchemaFile {
+    #[serde(default)]
+    models: Vec<YamlNode>,
+    #[serde(default)]
+    seeds: Vec<YamlNode>,
+}
+
+#[derive(Debug, Deserialize)]
+struct YamlNode {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    config: BTreeMap<String, Yaml>,
+    #[serde(default)]
+    columns: Vec<YamlColumn>,
+    #[serde(default, alias = "tests")]
+    data_tests: Vec<Yaml>,
+}
+
+#[derive(Debug, Deserialize)]
+struct YamlColumn {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    data_type: Option<String>,
+    #[serde(default, alias = "tests")]
+    data_tests: Vec<Yaml>,
+}
+
+fn rel(dir: &Path, p: &Path) -> String {
+    p.strip_prefix(dir)
+        .unwrap_or(p)
+        .to_string_lossy()
+        .replace('\\', "/")
+}
+
+/// Files under `root` with one of `exts`, sorted, skipping hidden folders.
+fn files(root: &Path, exts: &[&str]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(&d, e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(&d, e))?;
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            if path.is_dir() {
+                stack.push(path);
+            } else if path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| exts.contains(&e))
+            {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+}
+
+impl ModelProject {
+    /// Discover the project in `dir`. `configs` are folder-level settings
+    /// (`[models]` in `ferry.toml`, or a dbt project's `models:` tree).
+    pub fn load(
+        dir: &Path,
+        paths: &Paths,
+        configs: &[(Vec<String>, BTreeMap<String, Yaml>)],
+        vars: BTreeMap<String, serde_json::Value>,
+    ) -> Result<ModelProject> {
+        let mut project = ModelProject {
+            dir: dir.to_path_buf(),
+            vars,
+            ..Default::default()
+        };
+        let in_all = |folders: &[String], exts: &[&str]| -> Result<Vec<(PathBuf, PathBuf)>> {
+            let mut out = Vec::new();
+            for f in folders {
+                let root = dir.join(f);
+                for p in files(&root, exts)? {
+                    out.push((root.clone(), p));
+                }
+            }
+            Ok(out)
+        };
+
+        let mut by_name: BTreeMap<String, Model> = BTreeMap::new();
+        for (root, path) in in_all(&paths.models, &["sql"])? {
+            let folders: Vec<String> = path
+                .parent()
+                .and_then(|p| p.strip_prefix(&root).ok())
+                .map(|p| p.iter().map(|c| c.to_string_lossy().into_owned()).collect())
+                .unwrap_or_default();
+            let mut config = ModelConfig::defaults();
+            for (prefix, settings) in configs {
+                if folders.starts_with(prefix) {
+                    let origin = if prefix.is_empty() {
+                        "project model settings".to_string()
+                    } else {
+                        format!("project model settings for {}", prefix.join("/"))
+                    };
+                    for (k, v) in settings {
+                        config.apply(k, v, &origin)?;
+                    }
+                }
+            }
+            let name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let relpath = rel(dir, &path);
+            if let Some(other) = by_name.get(&name) {
+                return Err(Error::Input(format!(
+                    "two models are named {name}: {} and {relpath}; model names must be unique",
+                    other.path
+                )));
+            }
+            by_name.insert(
+                name.clone(),
+                Model {
+                    name,
+                    path: relpath,
+                    sql: read(&path)?,
+                    config,
+                    description: None,
+                    columns: Vec::new(),
+                },
+            );
+        }
+
+        let mut seed_types: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for (_, path) in in_all(&paths.models, &["yml", "yaml"])?
+            .into_iter()
+            .chain(in_all(&paths.seeds, &["yml", "yaml"])?)
+        {
+            let relpath = rel(dir, &path);
+            let text = read(&path)?;
+            let file: SchemaFile = serde_yaml_ng::from_str(&text).map_err(|e| {
+                let at = e
+                    .location()
+                    .map(|l| format!(":{}:{}", l.line(), l.column()))
+                    .unwrap_or_default();
+                Error::Input(format!("{relpath}{at}: {e}"))
+            })?;
+            for node in file.models {
+                let origin = format!("{relpath} (model {})", node.name);
+                if !by_name.contains_key(&node.name) {
+                    return Err(Error::Input(format!(
+                        "{origin}: no model file {}.sql{}",
+                        node.name,
+                        suggest(&node.name, by_name.keys())
+                    )));
+                }
+                let Some(model) = by_name.get_mut(&node.name) else {
+                    continue;
+                };
+                for (k, v) in &node.config {
+                    model.config.apply(k, v, &origin)?;
+                }
+                model.description = node.description;
+                for t in &node.data_tests {
+                    project
+                        .tests
+                        .push(parse_test(t, &node.name, None, &origin)?);
+                }
+                for c in node.columns {
+                    for t in &c.data_tests {
+                        project
+                            .tests
+                            .push(parse_test(t, &node.name, Some(&c.name), &origin)?);
+                    }
+                    model.columns.push(ColumnSpec {
+                        name: c.name,
+                        description: c.description,
+                        data_type: c.data_type,
+                    });
+                }
+            }
+            for node in file.seeds {
+                if let Some(Yaml::Mapping(types)) = node.config.get("column_types") {
+                    let entry = seed_types.entry(node.name.clone()).or_default();
+                    for (k, v) in types {
+                        if let (Some(k), Some(v)) = (k.as_str(), v.as_str()) {
+                            entry.insert(k.to_string(), v.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        project.models = by_name.into_values().collect();
+
+        for (_, path) in in_all(&paths.seeds, &["csv"])? {
+            let name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if project.models.iter().any(|m| m.name == name) {
+                return Err(Error::Input(format!(
+                    "seed {} has the same name as model {name}: rename one",
+                    rel(dir, &path)
+                )));
+            }
+            project.seeds.push(Seed {
+                column_types: seed_types.remove(&name).unwrap_or_default(),
+                name,
+                path,
+            });
+        }
+
+        for (_, path) in in_all(&paths.macros, &["sql"])? {
+            project.macros.push((rel(dir, &path), read(&path)?));
+        }
+        {
+            for (_, path) in in_all(&paths.tests, &["sql"])? {
+                project.singular_tests.push(SingularTest {
+                    name: path
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    path: rel(dir, &path),
+                    sql: read(&path)?,
+                });
+            }
+        }
+        Ok(project)
+    }
+
+    pub fn model(&self, name: &str) -> Option<&Model> {
+        self.models.iter().find(|m| m.name == name)
+    }
+}
+
+/// `; did you mean x?` for the names closest to `name`, or nothing.
+pub fn suggest<'a>(name: &str, names: impl IntoIterator<Item = &'a String>) -> String {
+    let mut scored: Vec<(f64, &String)> = names
+        .into_iter()
+        .map(|n| (strsim::jaro_winkler(name, n), n))
+        .filter(|(s, _)| *s > 0.75)
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let best: Vec<&str> = scored.iter().take(3).map(|(_, n)| n.as_str()).collect();
+    if best.is_empty() {
+        String::new()
+    } else {
+        format!("; did you mean {}?", best.join(", "))
+    }
+}
+
+/// Parse one entry of `data_tests:`: `unique`, or `{accepted_values: {values: [...]}}`
+/// (arguments either directly or under `arguments:`, with `config: {severity: warn}`).
+fn parse_test(t: &Yaml, model: &str, column: Option<&str>, origin: &str) -> Result<TestSpec> {
+    let (kind, body) = match t {
+        Yaml::String(s) => (s.clone(), None),
+        Yaml::Mapping(m) if m.len() == 1 => {
+            let (k, v) = m
+                .iter()
+                .next()
+                .ok_or_else(|| Error::Internal("empty map".into()))?;
+            let k = k
+                .as_str()
+                .ok_or_else(|| Error::Input(format!("{origin}: a test name must be a string")))?;
+            (k.to_string(), Some(v))
+        }
+        _ => {
+            return Err(Error::Input(format!(
+                "{origin}: a data test is a name (`- unique`) or a one-key map (`- accepted_values: {{values: [...]}}`)"
+            )));
+        }
+    };
+    let mut args = BTreeMap::new();
+    let mut severity = Severity::Error;
+    if let Some(Yaml::Mapping(m)) = body {
+        for (k, v) in m {
+            let Some(k) = k.as_str() else { continue };
+            match k {
+                "config" => {
+                    if let Some(s) = v.get("severity").and_then(|s| s.as_str()) {
+                        severity = parse_severity(s, origin)?;
+                    }
+                }
+                "severity" => {
+                    severity = parse_severity(v.as_str().unwrap_or(""), origin)?;
+                }
+                "arguments" => {
+                    if let Yaml::Mapping(a) = v {
+                        for (ak, av) in a {
+                            if let Some(ak) = ak.as_str() {
+                                args.insert(ak.to_string(), av.clone());
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    args.insert(k.to_string(), v.clone());
+                }
+            }
+        }
+    }
+    let needs: &[&str] = match kind.as_str() {
+        "unique" | "not_null" => &[],
+        "accepted_values" => &["values"],
+        "relationships" => &["to", "field"],
+        other => {
+            return Err(Error::Input(format!(
+                "{origin}: unknown data test `{other}`; ferry has unique, not_null, \
+                 accepted_values and relationships (write others as SQL in sql/tests/)"
+            )));
+        }
+    };
+    for n in needs {
+        if !args.contains_key(*n) {
+            return Err(Error::Input(format!("{origin}: test {kind} needs `{n}:`")));
+        }
+    }
+    if column.is_none() {
+        return Err(Error::Input(format!(
+            "{origin}: test {kind} is declared on the model; declare it under a column"
+        )));
+    }
+    Ok(TestSpec {
+        kind,
+        model: model.to_string(),
+        column: column.map(str::to_string),
+        args,
+        severity,
+        origin: origin.to_string(),
+    })
+}
+
+fn parse_severity(s: &str, origin: &str) -> Result<Severity> {
+    match s.to_ascii_lowercase().as_str() {
+        "error" => Ok(Severity::Error),
+        "warn" => Ok(Severity::Warn),
+        other => Err(Error::Input(format!(
+            "{origin}: severity {other:?}; expected warn or error"
+        ))),
+    }
+}

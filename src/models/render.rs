@@ -1,0 +1,205 @@
+//! Rendering a model's Jinja into SQL with minijinja.
+//!
+//! Functions available in models, as in dbt: `ref('m')` (or
+//! `ref('package', 'm')`), `source('src', 'stream')`, `config(...)`,
+//! `var('name', default)`, `is_incremental()`, `this`; plus `{% set %}`,
+//! `{% for %}`, `{% if %}` and the user's macros from `sql/macros/` (a dbt
+//! project's `macros/`), which are available in every model.
+//!
+//! Rendering records what the model refers to and the `config(...)` it sets,
+//! so the DAG and the configuration come from the same pass.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use minijinja::value::{Kwargs, Rest};
+use minijinja::{Environment, ErrorKind, UndefinedBehavior, Value};
+
+use super::project::Model;
+use crate::error::{Error, Result};
+
+/// How `ref('m')` is written into SQL (`m`, or a CTE name for ephemeral models).
+pub type Resolver = Arc<dyn Fn(&str) -> String + Send + Sync>;
+
+/// What rendering needs besides the model.
+#[derive(Clone)]
+pub struct RenderContext<'a> {
+    pub macros: &'a [(String, String)],
+    pub vars: &'a BTreeMap<String, serde_json::Value>,
+    pub is_incremental: bool,
+    pub resolve: Resolver,
+}
+
+/// A reference found while rendering, with the source line that makes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reference {
+    pub name: String,
+    pub line: usize,
+}
+
+/// A rendered model.
+#[derive(Debug, Clone, Default)]
+pub struct Rendered {
+    pub sql: String,
+    pub refs: Vec<Reference>,
+    /// `(source, stream, line)`.
+    pub sources: Vec<(String, String, usize)>,
+    /// `config(...)` settings, in call order.
+    pub config: Vec<(String, serde_yaml_ng::Value)>,
+}
+
+#[derive(Default)]
+struct Capture {
+    refs: Vec<String>,
+    sources: Vec<(String, String)>,
+    config: Vec<(String, serde_yaml_ng::Value)>,
+}
+
+/// The line (1-based) of the first line of `sql` containing all of `needles`.
+fn line_of(sql: &str, needles: &[&str]) -> usize {
+    sql.lines()
+        .position(|l| needles.iter().all(|n| l.contains(n)))
+        .map(|i| i + 1)
+        .unwrap_or(1)
+}
+
+/// Render `model` to SQL.
+pub fn render(model: &Model, ctx: &RenderContext<'_>) -> Result<Rendered> {
+    let capture = Arc::new(Mutex::new(Capture::default()));
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_trim_blocks(false);
+
+    let c = capture.clone();
+    let resolve = ctx.resolve.clone();
+    env.add_function(
+        "ref",
+        move |args: Rest<String>| -> Result<String, minijinja::Error> {
+            let name = match args.len() {
+                1 => args[0].clone(),
+                2 => args[1].clone(),
+                _ => {
+                    return Err(minijinja::Error::new(
+                        ErrorKind::InvalidOperation,
+                        "ref() takes a model name: ref('customers')",
+                    ));
+                }
+            };
+            if let Ok(mut c) = c.lock() {
+                c.refs.push(name.clone());
+            }
+            Ok(resolve(&name))
+        },
+    );
+    let c = capture.clone();
+    env.add_function(
+        "source",
+        move |source: String, stream: String| -> Result<String, minijinja::Error> {
+            if let Ok(mut c) = c.lock() {
+                c.sources.push((source.clone(), stream.clone()));
+            }
+            Ok(format!("{source}.{stream}"))
+        },
+    );
+    let c = capture.clone();
+    env.add_function(
+        "config",
+        move |kwargs: Kwargs| -> Result<String, minijinja::Error> {
+            let mut c = c.lock().map_err(|_| {
+                minijinja::Error::new(ErrorKind::InvalidOperation, "config capture poisoned")
+            })?;
+            for key in kwargs.args() {
+                let value: Value = kwargs.get(key)?;
+                let yaml = serde_yaml_ng::to_value(&value).map_err(|e| {
+                    minijinja::Error::new(ErrorKind::InvalidOperation, format!("config {key}: {e}"))
+                })?;
+                c.config.push((key.to_string(), yaml));
+            }
+            Ok(String::new())
+        },
+    );
+    let vars = ctx.vars.clone();
+    env.add_function(
+        "var",
+        move |name: String, default: Option<Value>| -> Result<Value, minijinja::Error> {
+            match vars.get(&name) {
+                Some(v) => Ok(Value::from_serialize(v)),
+                None => default.ok_or_else(|| {
+                    minijinja::Error::new(
+                        ErrorKind::UndefinedError,
+                        format!(
+                            "var('{name}') is not set: add it under [vars] in ferry.toml, \
+                             pass --vars '{name}=...', or give a default: var('{name}', 'x')"
+                        ),
+                    )
+                }),
+            }
+        },
+    );
+    let incremental = ctx.is_incremental;
+    env.add_function("is_incremental", move || incremental);
+    env.add_global("this", Value::from((ctx.resolve)(&model.name)));
+
+    // Macros are prepended so every model can call them without importing.
+    let mut prefix = String::new();
+    let mut spans = Vec::new();
+    for (path, text) in ctx.macros {
+        let start = prefix.matches('\n').count();
+        prefix.push_str(text);
+        if !text.ends_with('\n') {
+            prefix.push('\n');
+        }
+        spans.push((path.clone(), start, prefix.matches('\n').count()));
+    }
+    let offset = prefix.matches('\n').count();
+    let source = format!("{prefix}{}", model.sql);
+    let rendered = env
+        .render_str(&source, ())
+        .map_err(|e| template_error(model, &e, offset, &spans))?;
+    let sql = rendered.trim().to_string();
+
+    let cap = capture
+        .lock()
+        .map_err(|_| Error::Internal("render capture poisoned".into()))?;
+    let mut refs: Vec<Reference> = Vec::new();
+    for name in &cap.refs {
+        if !refs.iter().any(|r| &r.name == name) {
+            refs.push(Reference {
+                name: name.clone(),
+                line: line_of(&model.sql, &["ref(", name]),
+            });
+        }
+    }
+    let mut sources = Vec::new();
+    for (s, t) in &cap.sources {
+        if !sources.iter().any(|(a, b, _)| a == s && b == t) {
+            sources.push((s.clone(), t.clone(), line_of(&model.sql, &["source(", t])));
+        }
+    }
+    Ok(Rendered {
+        sql,
+        refs,
+        sources,
+        config: cap.config.clone(),
+    })
+}
+
+fn template_error(
+    model: &Model,
+    e: &minijinja::Error,
+    offset: usize,
+    spans: &[(String, usize, usize)],
+) -> Error {
+    let detail = e.detail().map(|d| format!(": {d}")).unwrap_or_default();
+    let (file, line) = match e.line() {
+        Some(l) if l > offset => (model.path.clone(), Some(l - offset)),
+        Some(l) => spans
+            .iter()
+            .find(|(_, start, end)| l > *start && l <= *end)
+            .map(|(p, start, _)| (p.clone(), Some(l - start)))
+            .unwrap_or((model.path.clone(), None)),
+        None => (model.path.clone(), None),
+    };
+    let at = line.map(|l| format!(":{l}")).unwrap_or_default();
+    Error::Input(format!("{file}{at}: {}{detail}", e.kind()))
+}

@@ -1,0 +1,383 @@
+//! `ferry run`: execute the selected models in DAG order.
+//!
+//! Independent models run concurrently (up to `threads`); a model starts as
+//! soon as every selected model it refs has succeeded. A failed model skips
+//! only its descendants. Each model is materialized in one step that either
+//! fully happens or not at all (a Delta commit, or registering a view), so a
+//! failure never leaves half a table. Results are appended to the lake as
+//! `ferry.runs` (one row per run) and `ferry.model_runs` (one row per model).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use chrono::{DateTime, Utc};
+use datafusion::execution::context::SessionContext;
+use tokio::task::JoinSet;
+
+use super::delta::{self, MODELS};
+use super::project::{Materialized, Strategy};
+use super::{Workspace, model_error, plan_model, query_only, register_view};
+use crate::error::{Error, Result};
+use crate::lake::{Lake, RunId, layout, log};
+
+/// How to run.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    /// Models built at once.
+    pub threads: usize,
+    /// Rebuild incremental models from scratch.
+    pub full_refresh: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Success,
+    Error,
+    Skipped,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Success => "success",
+            Status::Error => "error",
+            Status::Skipped => "skipped",
+        }
+    }
+}
+
+/// The outcome of one model.
+#[derive(Debug, Clone)]
+pub struct ModelResult {
+    pub name: String,
+    pub materialized: Materialized,
+    pub status: Status,
+    /// Rows in the table after the run (persisted models only).
+    pub rows: Option<u64>,
+    pub seconds: f64,
+    pub error: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+}
+
+/// Rows in a registered table.
+pub async fn count_rows(ctx: &SessionContext, table: &str) -> Result<u64> {
+    let batches = ctx
+        .sql(&format!("select count(*) from \"{table}\""))
+        .await?
+        .collect()
+        .await?;
+    let n = batches
+        .first()
+        .and_then(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .map(|a| a.value(0))
+        })
+        .unwrap_or(0);
+    Ok(n.max(0) as u64)
+}
+
+/// Build one model. Returns rows for persisted models.
+async fn build(
+    ws: &Workspace,
+    ctx: &SessionContext,
+    lake: &Lake,
+    name: &str,
+    full_refresh: bool,
+) -> Result<Option<u64>> {
+    let model = ws.model(name)?;
+    let mat = model.config.materialized;
+    if mat == Materialized::Ephemeral {
+        // Inlined into the models that use it; plan it to surface errors here.
+        let sql = ws.final_sql(name, false)?;
+        plan_model(ctx, model, &sql).await?;
+        return Ok(None);
+    }
+    let url = delta::table_url(MODELS, name)?;
+    let existing = if mat == Materialized::Incremental && !full_refresh {
+        delta::open(lake, &url).await?
+    } else {
+        None
+    };
+    let sql = ws.final_sql(name, existing.is_some())?;
+    let df = ctx
+        .sql_with_options(&sql, query_only())
+        .await
+        .map_err(|e| model_error(model, &sql, &e.to_string()))?;
+    // Checked before anything is written.
+    super::contract::check(model, df.schema())?;
+    let fail = |e: Error| model_error(model, &sql, &e.to_string());
+    let table = match (mat, existing) {
+        (Materialized::View, _) => {
+            let plan = df
+                .into_optimized_plan()
+                .map_err(|e| model_error(model, &sql, &e.to_string()))?;
+            register_view(ctx, name, plan, &sql)?;
+            return Ok(None);
+        }
+        (Materialized::Incremental, Some(t)) => match model.config.strategy() {
+            Strategy::Append => delta::append(lake, &url, df).await.map_err(fail)?,
+            Strategy::Merge => delta::merge(t, df, &model.config.unique_key)
+                .await
+                .map_err(fail)?,
+        },
+        _ => delta::overwrite(lake, &url, df).await.map_err(fail)?,
+    };
+    delta::register(ctx, name, &table).await?;
+    Ok(Some(count_rows(ctx, name).await?))
+}
+
+/// Run `selected` models; `on_done` is called as each one finishes.
+pub async fn run(
+    ws: Arc<Workspace>,
+    ctx: SessionContext,
+    lake: Lake,
+    selected: BTreeSet<String>,
+    options: RunOptions,
+    mut on_done: impl FnMut(&ModelResult),
+) -> Result<Vec<ModelResult>> {
+    let order = ws.order();
+    // Views and ephemerals outside the selection are planned so selected
+    // models can read them; a failure here surfaces in the model that needs it.
+    for name in &order {
+        let m = ws.model(name)?;
+        if !selected.contains(name) && m.config.materialized == Materialized::View {
+            if let Ok(sql) = ws.final_sql(name, false) {
+                if let Ok(plan) = plan_model(&ctx, m, &sql).await {
+                    let _ = register_view(&ctx, name, plan, &sql);
+                }
+            }
+        }
+    }
+
+    let chosen: Vec<String> = order
+        .iter()
+        .filter(|n| selected.contains(*n))
+        .cloned()
+        .collect();
+    let mut waiting: BTreeMap<String, usize> = chosen
+        .iter()
+        .map(|n| {
+            let deps = ws
+                .dag
+                .parents
+                .get(n)
+                .map(|p| p.iter().filter(|x| selected.contains(*x)).count())
+                .unwrap_or(0);
+            (n.clone(), deps)
+        })
+        .collect();
+    let mut ready: VecDeque<String> = chosen
+        .iter()
+        .filter(|n| waiting.get(*n) == Some(&0))
+        .cloned()
+        .collect();
+    let mut results: BTreeMap<String, ModelResult> = BTreeMap::new();
+    let mut running: JoinSet<(String, ModelResult)> = JoinSet::new();
+    let threads = options.threads.max(1);
+
+    loop {
+        while running.len() < threads {
+            let Some(name) = ready.pop_front() else { break };
+            if results.contains_key(&name) {
+                continue;
+            }
+            let (ws, ctx, lake) = (ws.clone(), ctx.clone(), lake.clone());
+            running.spawn(async move {
+                let started_at = Utc::now();
+                let t = Instant::now();
+                let outcome = build(&ws, &ctx, &lake, &name, options.full_refresh).await;
+                let materialized = ws
+                    .model(&name)
+                    .map(|m| m.config.materialized)
+                    .unwrap_or_default();
+                let (status, rows, error) = match outcome {
+                    Ok(rows) => (Status::Success, rows, None),
+                    Err(e) => (Status::Error, None, Some(e.to_string())),
+                };
+                let r = ModelResult {
+                    name: name.clone(),
+                    materialized,
+                    status,
+                    rows,
+                    seconds: t.elapsed().as_secs_f64(),
+                    error,
+                    started_at,
+                    finished_at: Utc::now(),
+                };
+                (name, r)
+            });
+        }
+        let Some(joined) = running.join_next().await else {
+            break;
+        };
+        let (name, result) =
+            joined.map_err(|e| Error::Internal(format!("a model task failed: {e}")))?;
+        on_done(&result);
+        if result.status == Status::Success {
+            for child in ws.dag.children.get(&name).into_iter().flatten() {
+                if let Some(w) = waiting.get_mut(child) {
+                    *w = w.saturating_sub(1);
+                    if *w == 0 && !results.contains_key(child) {
+                        ready.push_back(child.clone());
+                    }
+                }
+            }
+        } else {
+            for d in ws.dag.descendants(&name) {
+                if selected.contains(&d) && !results.contains_key(&d) {
+                    let now = Utc::now();
+                    let skipped = ModelResult {
+                        name: d.clone(),
+                        materialized: ws
+                            .model(&d)
+                            .map(|m| m.config.materialized)
+                            .unwrap_or_default(),
+                        status: Status::Skipped,
+                        rows: None,
+                        seconds: 0.0,
+                        error: Some(format!("skipped: upstream model {name} failed")),
+                        started_at: now,
+                        finished_at: now,
+                    };
+                    on_done(&skipped);
+                    results.insert(d, skipped);
+                }
+            }
+        }
+        results.insert(name, result);
+    }
+    Ok(chosen.iter().filter_map(|n| results.remove(n)).collect())
+}
+
+fn ts() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+fn ts_array(v: Vec<DateTime<Utc>>) -> ArrayRef {
+    std::sync::Arc::new(
+        TimestampMicrosecondArray::from(v.iter().map(|t| t.timestamp_micros()).collect::<Vec<_>>())
+            .with_timezone("UTC"),
+    )
+}
+
+/// Schema of `ferry.runs`.
+pub fn runs_schema() -> SchemaRef {
+    std::sync::Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("command", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("models", DataType::Int64, false),
+        Field::new("succeeded", DataType::Int64, false),
+        Field::new("failed", DataType::Int64, false),
+        Field::new("skipped", DataType::Int64, false),
+        Field::new("seconds", DataType::Float64, false),
+        Field::new("started_at", ts(), false),
+        Field::new("finished_at", ts(), false),
+    ]))
+}
+
+/// Schema of `ferry.model_runs`.
+pub fn model_runs_schema() -> SchemaRef {
+    std::sync::Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("model", DataType::Utf8, false),
+        Field::new("materialized", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("rows", DataType::Int64, true),
+        Field::new("seconds", DataType::Float64, false),
+        Field::new("error", DataType::Utf8, true),
+        Field::new("started_at", ts(), false),
+        Field::new("finished_at", ts(), false),
+    ]))
+}
+
+/// Append one run and its model results to `ferry.runs` / `ferry.model_runs`.
+pub async fn record(
+    lake: &Lake,
+    run_id: &RunId,
+    command: &str,
+    started_at: DateTime<Utc>,
+    results: &[ModelResult],
+) -> Result<()> {
+    let finished_at = Utc::now();
+    let count = |s: Status| results.iter().filter(|r| r.status == s).count() as i64;
+    let status = if results.iter().any(|r| r.status != Status::Success) {
+        "error"
+    } else {
+        "success"
+    };
+    let cols: Vec<ArrayRef> = vec![
+        std::sync::Arc::new(StringArray::from(vec![run_id.to_string()])),
+        std::sync::Arc::new(StringArray::from(vec![command])),
+        std::sync::Arc::new(StringArray::from(vec![status])),
+        std::sync::Arc::new(Int64Array::from(vec![results.len() as i64])),
+        std::sync::Arc::new(Int64Array::from(vec![count(Status::Success)])),
+        std::sync::Arc::new(Int64Array::from(vec![count(Status::Error)])),
+        std::sync::Arc::new(Int64Array::from(vec![count(Status::Skipped)])),
+        std::sync::Arc::new(Float64Array::from(vec![
+            (finished_at - started_at).num_milliseconds() as f64 / 1000.0,
+        ])),
+        ts_array(vec![started_at]),
+        ts_array(vec![finished_at]),
+    ];
+    let runs = RecordBatch::try_new(runs_schema(), cols)?;
+    let n = results.len();
+    let cols: Vec<ArrayRef> = vec![
+        std::sync::Arc::new(StringArray::from(vec![run_id.to_string(); n])),
+        std::sync::Arc::new(StringArray::from(
+            results.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
+        )),
+        std::sync::Arc::new(StringArray::from(
+            results
+                .iter()
+                .map(|r| r.materialized.as_str())
+                .collect::<Vec<_>>(),
+        )),
+        std::sync::Arc::new(StringArray::from(
+            results
+                .iter()
+                .map(|r| r.status.as_str())
+                .collect::<Vec<_>>(),
+        )),
+        std::sync::Arc::new(Int64Array::from(
+            results
+                .iter()
+                .map(|r| r.rows.map(|x| x as i64))
+                .collect::<Vec<_>>(),
+        )),
+        std::sync::Arc::new(Float64Array::from(
+            results.iter().map(|r| r.seconds).collect::<Vec<_>>(),
+        )),
+        std::sync::Arc::new(StringArray::from(
+            results.iter().map(|r| r.error.clone()).collect::<Vec<_>>(),
+        )),
+        ts_array(results.iter().map(|r| r.started_at).collect()),
+        ts_array(results.iter().map(|r| r.finished_at).collect()),
+    ];
+    let model_runs = RecordBatch::try_new(model_runs_schema(), cols)?;
+    // Model results first: a run row always has its model rows.
+    let at = Utc::now();
+    if n > 0 {
+        let bytes = log::encode(model_runs.schema(), &[model_runs])?;
+        log::put_once(
+            lake.store().as_ref(),
+            &layout::meta_file("model_runs", at, run_id, 1),
+            bytes,
+        )
+        .await?;
+    }
+    let bytes = log::encode(runs.schema(), &[runs])?;
+    log::put_once(
+        lake.store().as_ref(),
+        &layout::meta_file("runs", at, run_id, 1),
+        bytes,
+    )
+    .await
+}

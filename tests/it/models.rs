@@ -1,0 +1,504 @@
+//! SQL models end to end on the fixture project `tests/fixtures/gtm`:
+//! seeds, nested models, macros, ephemeral CTEs, views, tables, an
+//! incremental merge run twice, data tests, compile errors, cycles,
+//! selection and concurrency.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use ferry::models::{Workspace, dag};
+use ferry::project::Project;
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+fn fixture() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("gtm");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gtm"),
+        &dir,
+    );
+    (tmp, dir)
+}
+
+fn ferry(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("--project-dir")
+        .arg(dir)
+        .args(args)
+        .env_remove("FERRY_LAKE")
+        .env_remove("FERRY_LOG")
+        .output()
+        .expect("run ferry")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn ok(o: Output) -> String {
+    assert!(o.status.success(), "ferry failed:\n{}", text(&o));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn csv(dir: &Path, sql: &str) -> String {
+    ok(ferry(dir, &["query", sql, "--format", "csv"]))
+}
+
+/// Land, seed, run and test the fixture; returns its folder.
+fn built() -> (tempfile::TempDir, PathBuf) {
+    let (tmp, dir) = fixture();
+    ok(ferry(
+        &dir,
+        &[
+            "land",
+            "crm.contacts",
+            dir.join("data/contacts.jsonl").to_str().unwrap(),
+        ],
+    ));
+    let seeded = ok(ferry(&dir, &["seed"]));
+    assert!(
+        seeded.contains("countries") && seeded.contains("7 rows"),
+        "{seeded}"
+    );
+    let run = ok(ferry(&dir, &["run"]));
+    assert!(run.contains("5 succeeded, 0 failed, 0 skipped"), "{run}");
+    (tmp, dir)
+}
+
+#[test]
+fn seed_run_query_and_test_the_fixture_project() {
+    let (_tmp, dir) = built();
+    assert_eq!(
+        csv(
+            &dir,
+            "select id, email, iso_code, is_mql from customers order by id"
+        ),
+        "id,email,iso_code,is_mql\n1,ana@northwind.io,US,true\n2,ben@globex.com,US,true\n\
+         3,claire@initech.fr,FR,false\n4,dev@gmail.com,US,false\n5,emma@umbrella.co.uk,GB,true\n"
+    );
+    // A view model is queryable by name too, though not persisted.
+    assert_eq!(
+        csv(&dir, "select count(*) as n from stg_contacts"),
+        "n\n5\n"
+    );
+    assert!(!dir.join("lake/models/stg_contacts").exists());
+    assert!(dir.join("lake/models/customers/_delta_log").is_dir());
+    // Ephemeral models are inlined, never stored.
+    assert!(!dir.join("lake/models/int_countries").exists());
+
+    let tests = ok(ferry(&dir, &["test"]));
+    assert!(tests.contains("PASS  unique_customers_id"), "{tests}");
+    assert!(
+        tests.contains("PASS  relationships_contact_history_id"),
+        "{tests}"
+    );
+    assert!(tests.contains("PASS  no_negative_scores"), "{tests}");
+    assert!(tests.contains("7 passed, 0 warned, 0 failed"), "{tests}");
+
+    let runs = csv(&dir, "select status, models, succeeded from ferry.runs");
+    assert_eq!(runs, "status,models,succeeded\nsuccess,5,5\n");
+    let models = csv(
+        &dir,
+        "select model, materialized, status, rows from ferry.model_runs order by model",
+    );
+    assert_eq!(
+        models,
+        "model,materialized,status,rows\ncontact_history,incremental,success,5\ncustomers,table,success,5\n\
+         int_countries,ephemeral,success,\nmql_by_country,table,success,3\nstg_contacts,view,success,\n"
+    );
+}
+
+#[test]
+fn incremental_merge_updates_and_inserts_on_the_second_run() {
+    let (_tmp, dir) = built();
+    ok(ferry(
+        &dir,
+        &[
+            "land",
+            "crm.contacts",
+            dir.join("data/contacts_update.jsonl").to_str().unwrap(),
+        ],
+    ));
+    let run = ok(ferry(&dir, &["run", "--select", "contact_history"]));
+    assert!(
+        run.contains("contact_history") && run.contains("6 rows"),
+        "{run}"
+    );
+    assert_eq!(
+        csv(
+            &dir,
+            "select id, lead_score from contact_history order by id"
+        ),
+        "id,lead_score\n1,71\n2,90\n3,38\n4,12\n5,64\n6,77\n"
+    );
+    // A full refresh rebuilds to the same state.
+    ok(ferry(
+        &dir,
+        &["run", "--select", "contact_history", "--full-refresh"],
+    ));
+    assert_eq!(
+        csv(
+            &dir,
+            "select count(*) as n, count(distinct id) as ids from contact_history"
+        ),
+        "n,ids\n6,6\n"
+    );
+}
+
+#[test]
+fn a_failing_test_prints_rows_and_fails_the_command() {
+    let (_tmp, dir) = built();
+    std::fs::write(
+        dir.join("sql/tests/no_hot_leads.sql"),
+        "select id, lead_score from {{ ref('customers') }} where lead_score > 70",
+    )
+    .unwrap();
+    let out = ferry(&dir, &["test", "--select", "customers"]);
+    assert_eq!(out.status.code(), Some(1));
+    let t = text(&out);
+    assert!(t.contains("FAIL  no_hot_leads (1 failing rows)"), "{t}");
+    assert!(t.contains("| 1  | 71         |"), "{t}");
+    // severity: warn reports without failing.
+    std::fs::write(
+        dir.join("sql/tests/no_hot_leads.sql"),
+        "{{ config(severity='warn') }}\nselect id from {{ ref('customers') }} where lead_score > 70",
+    )
+    .unwrap();
+    let out = ferry(&dir, &["test", "--select", "customers"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("WARN  no_hot_leads"));
+}
+
+#[test]
+fn compile_catches_a_wrong_column_without_running_anything() {
+    let (_tmp, dir) = fixture();
+    ok(ferry(
+        &dir,
+        &[
+            "land",
+            "crm.contacts",
+            dir.join("data/contacts.jsonl").to_str().unwrap(),
+        ],
+    ));
+    std::fs::write(
+        dir.join("models/marts/zz_bad.sql"),
+        "{{ config(materialized='table') }}\nselect\n  id,\n  lead_scor\nfrom {{ ref('customers') }}\n",
+    )
+    .unwrap();
+    let out = ferry(&dir, &["compile"]);
+    assert_eq!(out.status.code(), Some(1));
+    let t = text(&out);
+    assert!(t.contains("models/marts/zz_bad.sql:4"), "{t}");
+    assert!(t.contains("lead_scor"), "{t}");
+    assert!(
+        !dir.join("lake/models").exists(),
+        "compile must not build anything"
+    );
+}
+
+#[test]
+fn compile_prints_the_rendered_sql_of_a_selected_model() {
+    let (_tmp, dir) = fixture();
+    ok(ferry(
+        &dir,
+        &[
+            "land",
+            "crm.contacts",
+            dir.join("data/contacts.jsonl").to_str().unwrap(),
+        ],
+    ));
+    let out = ok(ferry(&dir, &["compile", "--select", "customers"]));
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/customers.sql");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&golden, &out).unwrap();
+    }
+    assert_eq!(out, std::fs::read_to_string(&golden).unwrap());
+}
+
+#[test]
+fn a_failed_model_skips_only_its_descendants() {
+    let (_tmp, dir) = built();
+    // Valid SQL that fails at run time, not at planning.
+    std::fs::write(
+        dir.join("models/marts/customers.sql"),
+        "{{ config(materialized='table') }}\nselect id, email, 'US' as iso_code, lead_score, \
+         cast(email as int) > 0 as is_mql from {{ ref('stg_contacts') }}\n",
+    )
+    .unwrap();
+    let out = ferry(&dir, &["run"]);
+    assert_eq!(out.status.code(), Some(1));
+    let t = text(&out);
+    assert!(t.contains("ERROR customers"), "{t}");
+    assert!(t.contains("SKIP  mql_by_country"), "{t}");
+    assert!(t.contains("OK    contact_history"), "{t}");
+    assert!(t.contains("3 succeeded, 1 failed, 1 skipped"), "{t}");
+    // The previous version of the table is still there and whole.
+    assert_eq!(csv(&dir, "select count(*) as n from customers"), "n\n5\n");
+    let rec = csv(
+        &dir,
+        "select status, failed, skipped from ferry.runs order by started_at desc limit 1",
+    );
+    assert_eq!(rec, "status,failed,skipped\nerror,1,1\n");
+}
+
+#[test]
+fn independent_models_run_concurrently() {
+    let (_tmp, dir) = built();
+    ok(ferry(
+        &dir,
+        &[
+            "run",
+            "--threads",
+            "4",
+            "--select",
+            "customers",
+            "contact_history",
+        ],
+    ));
+    let overlap = csv(
+        &dir,
+        "select count(*) as n from ferry.model_runs a join ferry.model_runs b \
+         on a.run_id = b.run_id and a.model = 'customers' and b.model = 'contact_history' \
+         where a.started_at < b.finished_at and b.started_at < a.finished_at \
+         and a.run_id = (select max(run_id) from ferry.runs)",
+    );
+    assert_eq!(
+        overlap, "n\n1\n",
+        "the two models should have overlapped in time"
+    );
+}
+
+#[test]
+fn cycles_and_unknown_refs_are_explained() {
+    let (_tmp, dir) = fixture();
+    std::fs::write(dir.join("models/a.sql"), "select * from {{ ref('b') }}").unwrap();
+    std::fs::write(dir.join("models/b.sql"), "select * from {{ ref('a') }}").unwrap();
+    let t = text(&ferry(&dir, &["compile"]));
+    assert!(
+        t.contains("cycle: a -> b -> a") || t.contains("cycle: b -> a -> b"),
+        "{t}"
+    );
+
+    std::fs::remove_file(dir.join("models/a.sql")).unwrap();
+    std::fs::write(
+        dir.join("models/b.sql"),
+        "select 1 as x\nunion all\nselect * from {{ ref('customer') }}",
+    )
+    .unwrap();
+    let t = text(&ferry(&dir, &["compile"]));
+    assert!(
+        t.contains(
+            "models/b.sql:3: ref('customer') names no model or seed; did you mean customers"
+        ),
+        "{t}"
+    );
+}
+
+fn names(s: &[&str]) -> BTreeSet<String> {
+    s.iter().map(|x| x.to_string()).collect()
+}
+
+#[test]
+fn selection_syntax() {
+    let (_tmp, dir) = fixture();
+    let project = Project::load(&dir).unwrap();
+    let ws = Workspace::load(&project, &[]).unwrap();
+    let sel = |s: &[&str], e: &[&str]| {
+        let s: Vec<String> = s.iter().map(|x| x.to_string()).collect();
+        let e: Vec<String> = e.iter().map(|x| x.to_string()).collect();
+        dag::select(&ws.project, &ws.dag, &s, &e).unwrap()
+    };
+    assert_eq!(sel(&["customers"], &[]), names(&["customers"]));
+    assert_eq!(
+        sel(&["+customers"], &[]),
+        names(&["countries", "customers", "int_countries", "stg_contacts"])
+    );
+    assert_eq!(
+        sel(&["customers+"], &[]),
+        names(&["customers", "mql_by_country"])
+    );
+    assert_eq!(sel(&["tag:marts"], &[]), names(&["customers"]));
+    assert_eq!(
+        sel(&["path:models/staging"], &[]),
+        names(&["int_countries", "stg_contacts"])
+    );
+    assert_eq!(
+        sel(&["stg_contacts+,tag:marts"], &[]),
+        names(&["customers"])
+    );
+    assert_eq!(
+        sel(&["customers mql_by_country"], &[]),
+        names(&["customers", "mql_by_country"])
+    );
+    assert_eq!(
+        sel(&["stg_contacts+"], &["customers+"]),
+        names(&["contact_history", "stg_contacts"])
+    );
+    assert_eq!(sel(&[], &[]).len(), 6, "everything, seeds included");
+    let err = dag::select(&ws.project, &ws.dag, &["customer".into()], &[]).unwrap_err();
+    assert!(err.to_string().contains("did you mean customers"), "{err}");
+}
+
+#[test]
+fn a_broken_contract_fails_before_writing_and_names_the_column() {
+    let (_tmp, dir) = built();
+    let schema = dir.join("models/marts/schema.yml");
+    let yml = std::fs::read_to_string(&schema).unwrap();
+    std::fs::write(
+        &schema,
+        yml.replace(
+            "- name: mqls\n        data_type: bigint",
+            "- name: mqls\n        data_type: varchar",
+        ),
+    )
+    .unwrap();
+    let out = ferry(&dir, &["run", "--select", "mql_by_country"]);
+    assert_eq!(out.status.code(), Some(1));
+    let t = text(&out);
+    assert!(
+        t.contains("contract: column mqls is declared varchar but the model returns Int64"),
+        "{t}"
+    );
+    // Still the first version: nothing was written.
+    let log = std::fs::read_dir(dir.join("lake/models/mql_by_country/_delta_log"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "json")
+        })
+        .count();
+    assert_eq!(log, 1);
+    // compile catches it too.
+    assert_eq!(ferry(&dir, &["compile"]).status.code(), Some(1));
+}
+
+#[test]
+fn docs_carry_column_lineage_through_joins_and_aggregates() {
+    let (_tmp, dir) = fixture();
+    ok(ferry(
+        &dir,
+        &[
+            "land",
+            "crm.contacts",
+            dir.join("data/contacts.jsonl").to_str().unwrap(),
+        ],
+    ));
+    let out = ok(ferry(&dir, &["docs"]));
+    assert!(out.contains("documented 5 models"), "{out}");
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("target/docs/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let model = |name: &str| {
+        manifest["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let lineage = |m: &serde_json::Value, col: &str| -> Vec<String> {
+        m["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == col)
+            .unwrap()["lineage"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| {
+                format!(
+                    "{}.{}",
+                    u["table"].as_str().unwrap(),
+                    u["column"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    // A join: columns come from either side, through the inlined ephemeral CTE.
+    let customers = model("customers");
+    assert_eq!(lineage(&customers, "email"), ["stg_contacts.email"]);
+    assert_eq!(lineage(&customers, "iso_code"), ["countries.iso_code"]);
+    assert_eq!(lineage(&customers, "is_mql"), ["stg_contacts.lead_score"]);
+    assert_eq!(customers["columns"][0]["description"], "CRM contact id.");
+    // An aggregate: group keys and aggregated columns; count(*) reads no column.
+    let agg = model("mql_by_country");
+    assert_eq!(lineage(&agg, "iso_code"), ["customers.iso_code"]);
+    assert_eq!(lineage(&agg, "mqls"), ["customers.is_mql"]);
+    assert!(lineage(&agg, "contacts").is_empty());
+    // Through a window function and a subquery, down to the raw stream.
+    assert_eq!(
+        lineage(&model("stg_contacts"), "email"),
+        ["crm.contacts.email"]
+    );
+    let html = std::fs::read_to_string(dir.join("target/docs/index.html")).unwrap();
+    assert!(html.contains("<h2>customers</h2>") && html.contains("stg_contacts.lead_score"));
+}
+
+#[test]
+fn a_dbt_project_runs_unchanged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("jaffle");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dbt_jaffle"),
+        &dir,
+    );
+    ok(ferry(&dir, &["seed"]));
+    let run = ok(ferry(&dir, &["run"]));
+    assert!(run.contains("3 succeeded, 0 failed"), "{run}");
+    let tests = ok(ferry(&dir, &["test"]));
+    assert!(tests.contains("5 passed, 0 warned, 0 failed"), "{tests}");
+    assert_eq!(
+        csv(
+            &dir,
+            "select customer_id, number_of_orders, lifetime_value from customers order by 1"
+        ),
+        "customer_id,number_of_orders,lifetime_value\n1,1,10.0\n2,1,25.0\n3,1,20.0\n"
+    );
+    // dbt's folder config: marts are tables in the project's own lake, staging are views.
+    assert!(dir.join("lake/models/customers/_delta_log").is_dir());
+    assert!(!dir.join("lake/models/stg_orders").exists());
+}
+
+/// Rendering golden file: macros with default arguments, `var()` lists in a
+/// `{% for %}` loop and dbt's folder configs, on the dbt fixture.
+#[test]
+fn rendering_of_macros_loops_and_vars_matches_the_golden_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("jaffle");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dbt_jaffle"),
+        &dir,
+    );
+    let out = ok(ferry(
+        &dir,
+        &["compile", "--select", "stg_orders customers"],
+    ));
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/jaffle_rendered.sql");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&golden, &out).unwrap();
+    }
+    assert_eq!(out, std::fs::read_to_string(&golden).unwrap());
+}
