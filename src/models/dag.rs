@@ -108,10 +108,10 @@ impl Dag {
             None
         }
         for n in self.parents.keys() {
-            if state.get(n.as_str()).copied().unwrap_or(0) == 0 {
-                if let Some(c) = visit(self, n, &mut state, &mut stack) {
-                    return Some(c);
-                }
+            if state.get(n.as_str()).copied().unwrap_or(0) == 0
+                && let Some(c) = visit(self, n, &mut state, &mut stack)
+            {
+                return Some(c);
             }
         }
         None

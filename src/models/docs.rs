@@ -122,10 +122,10 @@ pub fn trace(plan: &LogicalPlan, idx: usize, out: &mut BTreeSet<Upstream>) {
                     return;
                 }
                 // Otherwise match by name.
-                if let Some(f) = other.schema().fields().get(idx) {
-                    if let Some(j) = input.schema().index_of_column_by_name(None, f.name()) {
-                        trace(input, j, out);
-                    }
+                if let Some(f) = other.schema().fields().get(idx)
+                    && let Some(j) = input.schema().index_of_column_by_name(None, f.name())
+                {
+                    trace(input, j, out);
                 }
             }
         }

@@ -242,9 +242,8 @@ pub async fn plan_model(ctx: &SessionContext, model: &Model, sql: &str) -> Resul
         .await
         .map_err(|e| model_error(model, sql, &e.to_string()))?;
     contract::check(model, df.schema())?;
-    Ok(df
-        .into_optimized_plan()
-        .map_err(|e| model_error(model, sql, &e.to_string()))?)
+    df.into_optimized_plan()
+        .map_err(|e| model_error(model, sql, &e.to_string()))
 }
 
 /// An error in a model, located at the line of the model file it concerns.
@@ -299,10 +298,10 @@ fn locate(source: &str, rendered: &str, message: &str) -> Option<usize> {
                 .collect();
             let ident = ident.trim_end_matches('.');
             let last = ident.rsplit('.').next().unwrap_or(ident).to_string();
-            if !last.is_empty() {
-                if let Some(l) = find(&last) {
-                    return Some(l);
-                }
+            if !last.is_empty()
+                && let Some(l) = find(&last)
+            {
+                return Some(l);
             }
         }
     }

@@ -147,12 +147,12 @@ pub async fn run(
     // models can read them; a failure here surfaces in the model that needs it.
     for name in &order {
         let m = ws.model(name)?;
-        if !selected.contains(name) && m.config.materialized == Materialized::View {
-            if let Ok(sql) = ws.final_sql(name, false) {
-                if let Ok(plan) = plan_model(&ctx, m, &sql).await {
-                    let _ = register_view(&ctx, name, plan, &sql);
-                }
-            }
+        if !selected.contains(name)
+            && m.config.materialized == Materialized::View
+            && let Ok(sql) = ws.final_sql(name, false)
+            && let Ok(plan) = plan_model(&ctx, m, &sql).await
+        {
+            let _ = register_view(&ctx, name, plan, &sql);
         }
     }
 
