@@ -314,7 +314,7 @@ async fn bench_compile(n: usize) {
     let compiled = ws.compile(&ctx, &lake, &selected).await.unwrap();
     let plan_s = t.elapsed().as_secs_f64();
     println!("ferry compile: {} models", compiled.len());
-    println!("  load + render + DAG       {load_s:>8.2} s");
+    println!("  load + render + DAG       {:>8.1} ms", load_s * 1000.0);
     println!("  plan every model          {plan_s:>8.2} s");
 }
 

@@ -235,14 +235,23 @@ pub fn register_view(ctx: &SessionContext, name: &str, plan: LogicalPlan, sql: &
     Ok(())
 }
 
-/// Plan a model's SQL; errors point at the model file and line.
+/// Plan a model's SQL; errors point at the model file and line. The plan is
+/// analyzed (names resolved, types checked and coerced) but not optimized:
+/// views stay references, so planning a deep DAG stays linear.
 pub async fn plan_model(ctx: &SessionContext, model: &Model, sql: &str) -> Result<LogicalPlan> {
     let df = ctx
         .sql_with_options(sql, query_only())
         .await
         .map_err(|e| model_error(model, sql, &e.to_string()))?;
     contract::check(model, df.schema())?;
-    df.into_optimized_plan()
+    let state = ctx.state();
+    state
+        .analyzer()
+        .execute_and_check(
+            df.into_unoptimized_plan(),
+            state.config_options(),
+            |_, _| {},
+        )
         .map_err(|e| model_error(model, sql, &e.to_string()))
 }
 

@@ -148,6 +148,36 @@ fn incremental_merge_updates_and_inserts_on_the_second_run() {
         ),
         "id,lead_score\n1,71\n2,90\n3,38\n4,12\n5,64\n6,77\n"
     );
+    // Without a unique key, new rows are appended.
+    std::fs::write(
+        dir.join("models/marts/contact_log.sql"),
+        "{{ config(materialized='incremental') }}\nselect id, lead_score from {{ ref('stg_contacts') }}\n\
+         {% if is_incremental() %}where id > (select max(id) from {{ this }}){% endif %}\n",
+    )
+    .unwrap();
+    ok(ferry(&dir, &["run", "--select", "contact_log"]));
+    assert_eq!(csv(&dir, "select count(*) as n from contact_log"), "n\n6\n");
+    std::fs::write(
+        dir.join("data/more.jsonl"),
+        "{\"id\": 7, \"email\": \"g@x.io\", \"country\": \"US\", \"lead_score\": 5, \"updated_at\": \"2026-11-12\"}\n",
+    )
+    .unwrap();
+    ok(ferry(
+        &dir,
+        &[
+            "land",
+            "crm.contacts",
+            dir.join("data/more.jsonl").to_str().unwrap(),
+        ],
+    ));
+    ok(ferry(&dir, &["run", "--select", "contact_log"]));
+    assert_eq!(
+        csv(
+            &dir,
+            "select count(*) as n, max(id) as top from contact_log"
+        ),
+        "n,top\n7,7\n"
+    );
     // A full refresh rebuilds to the same state.
     ok(ferry(
         &dir,
@@ -158,7 +188,7 @@ fn incremental_merge_updates_and_inserts_on_the_second_run() {
             &dir,
             "select count(*) as n, count(distinct id) as ids from contact_history"
         ),
-        "n,ids\n6,6\n"
+        "n,ids\n7,7\n"
     );
 }
 
