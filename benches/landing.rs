@@ -10,6 +10,8 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+mod common;
+use common::peak_rss_mib;
 use ferry::lake::{Lake, Lander, RunId, StreamRef};
 use ferry::project::StreamOptions;
 use serde_json::Value;
@@ -60,17 +62,6 @@ fn record(i: u64) -> String {
         o = i % 40,
         d = (i % 28) + 1,
     )
-}
-
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
 }
 
 #[tokio::main]

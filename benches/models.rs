@@ -12,6 +12,8 @@ use std::time::Instant;
 
 use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
+mod common;
+use common::peak_rss_mib;
 use ferry::lake::{Lake, Lander, RunId, StreamRef};
 use ferry::models::run::{self, RunOptions, Status};
 use ferry::models::{Workspace, dag};
@@ -26,17 +28,6 @@ const CHANNELS: [&str; 6] = [
     "outbound",
 ];
 const COUNTRIES: [&str; 5] = ["US", "USA", "France", "Germany", "United Kingdom"];
-
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
 
 fn write(dir: &Path, rel: &str, text: &str) {
     let p = dir.join(rel);

@@ -12,5 +12,6 @@ pub mod error;
 pub mod lake;
 pub mod models;
 pub mod project;
+pub mod sim;
 
 pub use error::{Error, Result};

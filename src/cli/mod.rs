@@ -92,6 +92,11 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Run a vendor emulator on loopback (for tests and demos).
+    Sim {
+        #[command(subcommand)]
+        vendor: SimVendor,
+    },
     /// Run SQL against the lake and print the result.
     Query {
         /// The SQL; tables are <source>.<stream>, ferry.ingestions, ferry.quarantine.
@@ -102,6 +107,44 @@ enum Command {
         /// With --format table, print at most this many rows (the total is always shown).
         #[arg(long, default_value_t = 100)]
         max_rows: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SimVendor {
+    /// HubSpot's CRM v3 objects API, with its rate limits and error bodies.
+    Hubspot {
+        /// Port on 127.0.0.1 (0 picks a free one).
+        #[arg(long, default_value_t = 8090)]
+        port: u16,
+        /// The bearer token the emulator accepts.
+        #[arg(
+            long,
+            env = "FERRY_SIM_HUBSPOT_TOKEN",
+            default_value = "ferry-sim-token",
+            hide_env_values = true
+        )]
+        token: String,
+        /// Requests per rolling 10 seconds.
+        #[arg(long, default_value_t = 100)]
+        ten_secondly: usize,
+        /// Requests per day.
+        #[arg(long, default_value_t = 250_000)]
+        daily: u64,
+        /// Share of calls answered 429 (0 to 1).
+        #[arg(long, default_value_t = 0.0)]
+        fault_429: f64,
+        /// Share of calls answered 502.
+        #[arg(long, default_value_t = 0.0)]
+        fault_5xx: f64,
+        /// Share of calls answered slowly, and how slowly.
+        #[arg(long, default_value_t = 0.0)]
+        fault_slow: f64,
+        #[arg(long, default_value_t = 2000)]
+        slow_ms: u64,
+        /// Share of calls whose connection is dropped.
+        #[arg(long, default_value_t = 0.0)]
+        fault_drop: f64,
     },
 }
 
@@ -238,6 +281,39 @@ async fn run(cli: Cli) -> Result<()> {
             let out = out.unwrap_or_else(|| project.dir.join("target").join("docs"));
             models::docs(&project, lake, &select, &out).await
         }
+        Command::Sim { vendor } => match vendor {
+            SimVendor::Hubspot {
+                port,
+                token,
+                ten_secondly,
+                daily,
+                fault_429,
+                fault_5xx,
+                fault_slow,
+                slow_ms,
+                fault_drop,
+            } => {
+                let config = crate::sim::hubspot::SimConfig {
+                    token,
+                    ten_secondly,
+                    daily,
+                    search_per_second: 4,
+                    faults: crate::sim::hubspot::Faults {
+                        rate_limited: fault_429,
+                        server_error: fault_5xx,
+                        slow: fault_slow,
+                        slow_ms,
+                        dropped: fault_drop,
+                    },
+                };
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                let sim = crate::sim::hubspot::start(config, addr).await?;
+                println!("HubSpot emulator listening on {}", sim.base_url());
+                let _ = tokio::signal::ctrl_c().await;
+                sim.stop();
+                Ok(())
+            }
+        },
         Command::Query {
             sql,
             format,

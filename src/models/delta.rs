@@ -214,29 +214,27 @@ pub async fn register(ctx: &SessionContext, name: &str, table: &DeltaTable) -> R
 
 /// Replace the table's contents with `df` (one commit; the schema may change).
 pub async fn overwrite(lake: &Lake, url: &Url, df: DataFrame) -> Result<DeltaTable> {
-    let table = open_or_new(lake, url).await?;
-    let (state, plan) = df.into_parts();
-    table
-        .write(Vec::<arrow::record_batch::RecordBatch>::new())
-        .with_input_plan(plan)
-        .with_session_state(Arc::new(state))
-        .with_save_mode(SaveMode::Overwrite)
-        .with_schema_mode(SchemaMode::Overwrite)
-        .await
-        .map_err(delta_err)
+    write(lake, url, df, SaveMode::Overwrite).await
 }
 
 /// Append `df` to the table (created if missing).
 pub async fn append(lake: &Lake, url: &Url, df: DataFrame) -> Result<DeltaTable> {
+    write(lake, url, df, SaveMode::Append).await
+}
+
+/// Stream `df` into the table as one commit.
+async fn write(lake: &Lake, url: &Url, df: DataFrame, mode: SaveMode) -> Result<DeltaTable> {
     let table = open_or_new(lake, url).await?;
     let (state, plan) = df.into_parts();
-    table
+    let mut builder = table
         .write(Vec::<arrow::record_batch::RecordBatch>::new())
         .with_input_plan(plan)
         .with_session_state(Arc::new(state))
-        .with_save_mode(SaveMode::Append)
-        .await
-        .map_err(delta_err)
+        .with_save_mode(mode);
+    if mode == SaveMode::Overwrite {
+        builder = builder.with_schema_mode(SchemaMode::Overwrite);
+    }
+    builder.await.map_err(delta_err)
 }
 
 /// Merge `df` into an existing table on `keys`: matched rows are updated,

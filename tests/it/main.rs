@@ -2,7 +2,9 @@
 //! `landing`: the library's landing API against real lakes.
 //! `cli`: the real `ferry` binary end to end.
 //! `models`: SQL models on the fixture project `tests/fixtures/gtm`.
+//! `sim`: the HubSpot emulator over real HTTP.
 
 mod cli;
 mod landing;
 mod models;
+mod sim;

@@ -23,14 +23,21 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-fn fixture() -> (tempfile::TempDir, PathBuf) {
+/// A fresh copy of `tests/fixtures/<name>` in a temporary folder.
+fn copy_fixture(name: &str) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("gtm");
+    let dir = tmp.path().join(name);
     copy_dir(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gtm"),
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name),
         &dir,
     );
     (tmp, dir)
+}
+
+fn fixture() -> (tempfile::TempDir, PathBuf) {
+    copy_fixture("gtm")
 }
 
 fn ferry(dir: &Path, args: &[&str]) -> Output {
@@ -61,17 +68,18 @@ fn csv(dir: &Path, sql: &str) -> String {
     ok(ferry(dir, &["query", sql, "--format", "csv"]))
 }
 
+/// Land a fixture data file into crm.contacts.
+fn land(dir: &Path, file: &str) {
+    ok(ferry(
+        dir,
+        &["land", "crm.contacts", dir.join(file).to_str().unwrap()],
+    ));
+}
+
 /// Land, seed, run and test the fixture; returns its folder.
 fn built() -> (tempfile::TempDir, PathBuf) {
     let (tmp, dir) = fixture();
-    ok(ferry(
-        &dir,
-        &[
-            "land",
-            "crm.contacts",
-            dir.join("data/contacts.jsonl").to_str().unwrap(),
-        ],
-    ));
+    land(&dir, "data/contacts.jsonl");
     let seeded = ok(ferry(&dir, &["seed"]));
     assert!(
         seeded.contains("countries") && seeded.contains("7 rows"),
@@ -219,14 +227,7 @@ fn a_failing_test_prints_rows_and_fails_the_command() {
 #[test]
 fn compile_catches_a_wrong_column_without_running_anything() {
     let (_tmp, dir) = fixture();
-    ok(ferry(
-        &dir,
-        &[
-            "land",
-            "crm.contacts",
-            dir.join("data/contacts.jsonl").to_str().unwrap(),
-        ],
-    ));
+    land(&dir, "data/contacts.jsonl");
     std::fs::write(
         dir.join("models/marts/zz_bad.sql"),
         "{{ config(materialized='table') }}\nselect\n  id,\n  lead_scor\nfrom {{ ref('customers') }}\n",
@@ -246,14 +247,7 @@ fn compile_catches_a_wrong_column_without_running_anything() {
 #[test]
 fn compile_prints_the_rendered_sql_of_a_selected_model() {
     let (_tmp, dir) = fixture();
-    ok(ferry(
-        &dir,
-        &[
-            "land",
-            "crm.contacts",
-            dir.join("data/contacts.jsonl").to_str().unwrap(),
-        ],
-    ));
+    land(&dir, "data/contacts.jsonl");
     let out = ok(ferry(&dir, &["compile", "--select", "customers"]));
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/customers.sql");
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
@@ -425,14 +419,7 @@ fn a_broken_contract_fails_before_writing_and_names_the_column() {
 #[test]
 fn docs_carry_column_lineage_through_joins_and_aggregates() {
     let (_tmp, dir) = fixture();
-    ok(ferry(
-        &dir,
-        &[
-            "land",
-            "crm.contacts",
-            dir.join("data/contacts.jsonl").to_str().unwrap(),
-        ],
-    ));
+    land(&dir, "data/contacts.jsonl");
     let out = ok(ferry(&dir, &["docs"]));
     assert!(out.contains("documented 5 models"), "{out}");
     let manifest: serde_json::Value = serde_json::from_str(
@@ -489,12 +476,7 @@ fn docs_carry_column_lineage_through_joins_and_aggregates() {
 
 #[test]
 fn a_dbt_project_runs_unchanged() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("jaffle");
-    copy_dir(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dbt_jaffle"),
-        &dir,
-    );
+    let (_tmp, dir) = copy_fixture("dbt_jaffle");
     ok(ferry(&dir, &["seed"]));
     let run = ok(ferry(&dir, &["run"]));
     assert!(run.contains("3 succeeded, 0 failed"), "{run}");
@@ -516,12 +498,7 @@ fn a_dbt_project_runs_unchanged() {
 /// `{% for %}` loop and dbt's folder configs, on the dbt fixture.
 #[test]
 fn rendering_of_macros_loops_and_vars_matches_the_golden_file() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("jaffle");
-    copy_dir(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dbt_jaffle"),
-        &dir,
-    );
+    let (_tmp, dir) = copy_fixture("dbt_jaffle");
     let out = ok(ferry(
         &dir,
         &["compile", "--select", "stg_orders customers"],

@@ -1,0 +1,780 @@
+//! The emulator's HTTP routes and HubSpot's reply shapes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State as AxState};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{SecondsFormat, Utc};
+use serde_json::{Value, json};
+
+use super::store::{Crm, PropertyDef, Record, matches};
+use super::{Budget, Limited, State};
+
+type Shared = Arc<State>;
+
+pub(crate) fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/crm/v3/objects/{kind}", get(list))
+        .route("/crm/v3/objects/{kind}/search", post(search))
+        .route("/crm/v3/objects/{kind}/batch/{op}", post(batch))
+        .route(
+            "/crm/v3/properties/{kind}",
+            get(properties).post(create_property),
+        )
+        .with_state(state)
+}
+
+fn now() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// HubSpot's error body.
+fn error(status: StatusCode, category: &str, message: &str, errors: Vec<Value>) -> Response {
+    let mut body = json!({
+        "status": "error",
+        "message": message,
+        "correlationId": uuid::Uuid::new_v4().to_string(),
+        "category": category,
+    });
+    if !errors.is_empty() {
+        body["errors"] = Value::Array(errors);
+    }
+    (status, Json(body)).into_response()
+}
+
+fn rate_limited(policy: &str) -> Response {
+    let message = match policy {
+        "DAILY" => "You have reached your daily limit.",
+        "SECONDLY" => "You have reached your secondly limit.",
+        _ => "You have reached your ten_secondly_rolling limit.",
+    };
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        Json(json!({
+            "status": "error",
+            "message": message,
+            "errorType": "RATE_LIMIT",
+            "correlationId": uuid::Uuid::new_v4().to_string(),
+            "policyName": policy,
+        })),
+    )
+        .into_response()
+}
+
+/// Auth, faults and limits for one call. `Ok` carries the budget for the
+/// rate-limit headers (none for search, as on HubSpot).
+async fn gate(s: &State, headers: &HeaderMap, search: bool) -> Result<Option<Budget>, Response> {
+    s.stats.calls.fetch_add(1, Ordering::SeqCst);
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if token != Some(s.config.token.as_str()) {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "INVALID_AUTHENTICATION",
+            "Authentication credentials not found. This API supports OAuth 2.0 authentication and you can find more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview",
+            vec![],
+        ));
+    }
+    let f = &s.config.faults;
+    if f.slow > 0.0 && rand::random::<f64>() < f.slow {
+        tokio::time::sleep(Duration::from_millis(f.slow_ms)).await;
+    }
+    if f.dropped > 0.0 && rand::random::<f64>() < f.dropped {
+        let broken = futures::stream::once(async {
+            Err::<bytes::Bytes, std::io::Error>(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "emulated dropped connection",
+            ))
+        });
+        return Err(Response::new(Body::from_stream(broken)));
+    }
+    if f.server_error > 0.0 && rand::random::<f64>() < f.server_error {
+        return Err(error(
+            StatusCode::BAD_GATEWAY,
+            "INTERNAL_ERROR",
+            "The server encountered a temporary error (emulated).",
+            vec![],
+        ));
+    }
+    if f.rate_limited > 0.0 && rand::random::<f64>() < f.rate_limited {
+        s.stats.rate_limited.fetch_add(1, Ordering::SeqCst);
+        return Err(rate_limited("TEN_SECONDLY_ROLLING"));
+    }
+    match s.take(search) {
+        Ok(b) => Ok((!search).then_some(b)),
+        Err(l) => {
+            s.stats.rate_limited.fetch_add(1, Ordering::SeqCst);
+            Err(rate_limited(match l {
+                Limited::TenSecondly => "TEN_SECONDLY_ROLLING",
+                Limited::Daily => "DAILY",
+                Limited::Search => "SECONDLY",
+            }))
+        }
+    }
+}
+
+fn with_budget(s: &State, mut r: Response, b: Option<Budget>) -> Response {
+    if let Some(b) = b {
+        let h = r.headers_mut();
+        let mut set = |k: &'static str, v: String| {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                h.insert(k, v);
+            }
+        };
+        set("x-hubspot-ratelimit-max", s.config.ten_secondly.to_string());
+        set("x-hubspot-ratelimit-remaining", b.remaining.to_string());
+        set("x-hubspot-ratelimit-interval-milliseconds", "10000".into());
+        set("x-hubspot-ratelimit-daily", s.config.daily.to_string());
+        set(
+            "x-hubspot-ratelimit-daily-remaining",
+            b.daily_remaining.to_string(),
+        );
+    }
+    r
+}
+
+fn unknown_type(kind: &str) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "OBJECT_TYPE_NOT_FOUND",
+        &format!("Unable to infer object type from: {kind}"),
+        vec![],
+    )
+}
+
+fn split_props(q: Option<&String>) -> Vec<String> {
+    q.map(|p| {
+        p.split(',')
+            .map(|x| x.trim().to_string())
+            .filter(|x| !x.is_empty())
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+async fn list(
+    AxState(s): AxState<Shared>,
+    Path(kind): Path<String>,
+    Query(q): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let budget = match gate(&s, &headers, false).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(10);
+    if limit == 0 || limit > 100 {
+        return with_budget(
+            &s,
+            error(
+                StatusCode::BAD_REQUEST,
+                "VALIDATION_ERROR",
+                "limit must be between 1 and 100",
+                vec![],
+            ),
+            budget,
+        );
+    }
+    let after: u64 = q.get("after").and_then(|a| a.parse().ok()).unwrap_or(0);
+    let archived = q.get("archived").is_some_and(|a| a == "true");
+    let props = split_props(q.get("properties"));
+    let Ok(crm) = s.crm.lock() else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL_ERROR",
+            "lock",
+            vec![],
+        );
+    };
+    let Some(t) = crm.types.get(&kind) else {
+        return with_budget(&s, unknown_type(&kind), budget);
+    };
+    let page: Vec<&Record> = t
+        .records
+        .range(after + 1..)
+        .map(|(_, r)| r)
+        .filter(|r| r.archived == archived)
+        .take(limit + 1)
+        .collect();
+    let mut body = json!({
+        "results": page.iter().take(limit).map(|r| r.to_json(Some(&props).filter(|p| !p.is_empty()).map(|p| p.as_slice()))).collect::<Vec<_>>(),
+    });
+    if page.len() > limit {
+        let next = page[limit - 1].id.to_string();
+        body["paging"] = json!({"next": {"after": next, "link": format!("/crm/v3/objects/{kind}?after={next}")}});
+    }
+    with_budget(&s, Json(body).into_response(), budget)
+}
+
+async fn search(
+    AxState(s): AxState<Shared>,
+    Path(kind): Path<String>,
+    headers: HeaderMap,
+    body: Option<Json<Value>>,
+) -> Response {
+    if let Err(r) = gate(&s, &headers, true).await {
+        return r;
+    }
+    let body = body.map(|b| b.0).unwrap_or(Value::Null);
+    let limit = body["limit"].as_u64().unwrap_or(10) as usize;
+    if limit > 200 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_ERROR",
+            "limit must be at most 200",
+            vec![],
+        );
+    }
+    let after: usize = match &body["after"] {
+        Value::String(a) => a.parse().unwrap_or(0),
+        Value::Number(n) => n.as_u64().unwrap_or(0) as usize,
+        _ => 0,
+    };
+    if after + limit > 10_000 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_ERROR",
+            "There was a problem with the request. Search results are limited to 10,000 per query: narrow your filters.",
+            vec![],
+        );
+    }
+    let groups = body["filterGroups"].as_array().cloned().unwrap_or_default();
+    if groups.len() > 6 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_ERROR",
+            "at most 6 filterGroups",
+            vec![],
+        );
+    }
+    let props: Vec<String> = body["properties"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let Ok(crm) = s.crm.lock() else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL_ERROR",
+            "lock",
+            vec![],
+        );
+    };
+    let Some(t) = crm.types.get(&kind) else {
+        return unknown_type(&kind);
+    };
+    let mut hits = Vec::new();
+    for r in t.records.values().filter(|r| !r.archived) {
+        let mut ok = groups.is_empty();
+        for g in &groups {
+            let filters = g["filters"].as_array().cloned().unwrap_or_default();
+            let mut all = true;
+            for f in &filters {
+                match matches(r, f) {
+                    Ok(m) => all &= m,
+                    Err(e) => {
+                        return error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", &e, vec![]);
+                    }
+                }
+            }
+            ok |= all;
+        }
+        if ok {
+            hits.push(r);
+        }
+    }
+    if let Some(sort) = body["sorts"].as_array().and_then(|a| a.first()) {
+        let name = sort["propertyName"]
+            .as_str()
+            .unwrap_or("hs_object_id")
+            .to_string();
+        let desc = sort["direction"].as_str() == Some("DESCENDING");
+        hits.sort_by(|a, b| {
+            let va = a.properties.get(&name).cloned().unwrap_or_default();
+            let vb = b.properties.get(&name).cloned().unwrap_or_default();
+            let o = match (va.parse::<f64>(), vb.parse::<f64>()) {
+                (Ok(x), Ok(y)) => x.total_cmp(&y),
+                _ => va.cmp(&vb),
+            }
+            .then(a.id.cmp(&b.id));
+            if desc { o.reverse() } else { o }
+        });
+    }
+    let total = hits.len();
+    let page: Vec<Value> = hits
+        .iter()
+        .skip(after)
+        .take(limit)
+        .map(|r| r.to_json(Some(props.as_slice()).filter(|p| !p.is_empty())))
+        .collect();
+    let mut out = json!({"total": total, "results": page});
+    if after + limit < total {
+        out["paging"] = json!({"next": {"after": (after + limit).to_string()}});
+    }
+    Json(out).into_response()
+}
+
+async fn properties(
+    AxState(s): AxState<Shared>,
+    Path(kind): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let budget = match gate(&s, &headers, false).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Ok(crm) = s.crm.lock() else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL_ERROR",
+            "lock",
+            vec![],
+        );
+    };
+    let Some(t) = crm.types.get(&kind) else {
+        return with_budget(&s, unknown_type(&kind), budget);
+    };
+    let results: Vec<&PropertyDef> = t.properties.values().collect();
+    with_budget(
+        &s,
+        Json(json!({"results": results})).into_response(),
+        budget,
+    )
+}
+
+async fn create_property(
+    AxState(s): AxState<Shared>,
+    Path(kind): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let budget = match gate(&s, &headers, false).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Some(name) = body["name"].as_str() else {
+        return with_budget(
+            &s,
+            error(
+                StatusCode::BAD_REQUEST,
+                "VALIDATION_ERROR",
+                "name is required",
+                vec![],
+            ),
+            budget,
+        );
+    };
+    let def = PropertyDef {
+        name: name.to_string(),
+        label: body["label"].as_str().unwrap_or(name).to_string(),
+        kind: body["type"].as_str().unwrap_or("string").to_string(),
+        field_type: body["fieldType"].as_str().unwrap_or("text").to_string(),
+        has_unique_value: body["hasUniqueValue"].as_bool().unwrap_or(false),
+    };
+    let Ok(mut crm) = s.crm.lock() else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL_ERROR",
+            "lock",
+            vec![],
+        );
+    };
+    let t = crm.types.entry(kind).or_default();
+    if t.properties.contains_key(name) {
+        return with_budget(
+            &s,
+            error(
+                StatusCode::CONFLICT,
+                "OBJECT_ALREADY_EXISTS",
+                &format!("A property named '{name}' already exists."),
+                vec![],
+            ),
+            budget,
+        );
+    }
+    t.properties.insert(name.to_string(), def.clone());
+    with_budget(
+        &s,
+        (StatusCode::CREATED, Json(json!(def))).into_response(),
+        budget,
+    )
+}
+
+/// Check and convert an input's properties; `Err` is a whole-batch 400.
+fn clean_properties(
+    defs: &BTreeMap<String, PropertyDef>,
+    raw: &Value,
+) -> Result<BTreeMap<String, String>, Value> {
+    let mut out = BTreeMap::new();
+    let Some(map) = raw.as_object() else {
+        return Ok(out);
+    };
+    for (k, v) in map {
+        let Some(def) = defs.get(k) else {
+            return Err(json!({
+                "message": format!("Property \"{k}\" does not exist"),
+                "code": "PROPERTY_DOESNT_EXIST",
+                "context": {"propertyName": [k]},
+            }));
+        };
+        let text = match v {
+            Value::Null => String::new(),
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            _ => {
+                return Err(json!({
+                    "message": format!("Property values must be strings: {k}"),
+                    "code": "INVALID_OPTION",
+                    "context": {"propertyName": [k]},
+                }));
+            }
+        };
+        if !text.is_empty() {
+            if k == "email" && (!text.contains('@') || text.contains(' ') || text.ends_with('@')) {
+                return Err(json!({
+                    "message": format!("Email address {text} is invalid"),
+                    "code": "INVALID_EMAIL",
+                    "context": {"propertyName": [k]},
+                }));
+            }
+            if def.kind == "number" && text.parse::<f64>().is_err() {
+                return Err(json!({
+                    "message": format!("{text} was not a valid number."),
+                    "code": "INVALID_INTEGER",
+                    "context": {"propertyName": [k]},
+                }));
+            }
+        }
+        out.insert(k.clone(), text);
+    }
+    Ok(out)
+}
+
+fn unique_props(defs: &BTreeMap<String, PropertyDef>) -> Vec<String> {
+    defs.values()
+        .filter(|d| d.has_unique_value && d.name != "hs_object_id")
+        .map(|d| d.name.clone())
+        .collect()
+}
+
+/// Which record (other than `except`) already holds a unique value in `props`.
+fn unique_clash(
+    crm: &Crm,
+    kind: &str,
+    props: &BTreeMap<String, String>,
+    except: Option<u64>,
+) -> Option<u64> {
+    let defs = &crm.types.get(kind)?.properties;
+    for p in unique_props(defs) {
+        if let Some(v) = props.get(&p).filter(|v| !v.is_empty())
+            && let Some(id) = crm.find_by(kind, &p, v)
+            && Some(id) != except
+        {
+            return Some(id);
+        }
+    }
+    None
+}
+
+fn new_record(crm: &mut Crm, kind: &str, mut props: BTreeMap<String, String>) -> Record {
+    let id = crm.next_id();
+    let at = Utc::now();
+    let stamp = at.to_rfc3339_opts(SecondsFormat::Millis, true);
+    props.insert("hs_object_id".into(), id.to_string());
+    props.insert("createdate".into(), stamp.clone());
+    props.insert("lastmodifieddate".into(), stamp);
+    let r = Record {
+        id,
+        properties: props,
+        created_at: at,
+        updated_at: at,
+        archived: false,
+    };
+    if let Some(t) = crm.types.get_mut(kind) {
+        t.records.insert(id, r.clone());
+    }
+    r
+}
+
+fn apply(crm: &mut Crm, kind: &str, id: u64, props: BTreeMap<String, String>) -> Option<Record> {
+    let r = crm.types.get_mut(kind)?.records.get_mut(&id)?;
+    let at = Utc::now();
+    for (k, v) in props {
+        if v.is_empty() {
+            r.properties.remove(&k);
+        } else {
+            r.properties.insert(k, v);
+        }
+    }
+    r.updated_at = at;
+    r.properties.insert(
+        "lastmodifieddate".into(),
+        at.to_rfc3339_opts(SecondsFormat::Millis, true),
+    );
+    Some(r.clone())
+}
+
+fn not_found(ids: &[String]) -> Value {
+    json!({
+        "status": "error",
+        "category": "OBJECT_NOT_FOUND",
+        "message": "Could not get some records: not found",
+        "context": {"ids": ids},
+        "errors": [],
+        "links": {},
+    })
+}
+
+fn batch_reply(
+    status: StatusCode,
+    results: Vec<Value>,
+    errors: Vec<Value>,
+    started: String,
+) -> Response {
+    let mut body = json!({
+        "status": "COMPLETE",
+        "results": results,
+        "startedAt": started,
+        "completedAt": now(),
+    });
+    if errors.is_empty() {
+        (status, Json(body)).into_response()
+    } else {
+        body["numErrors"] = json!(errors.len());
+        body["errors"] = Value::Array(errors);
+        (StatusCode::MULTI_STATUS, Json(body)).into_response()
+    }
+}
+
+async fn batch(
+    AxState(s): AxState<Shared>,
+    Path((kind, op)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Option<Json<Value>>,
+) -> Response {
+    let budget = match gate(&s, &headers, false).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let reply = run_batch(&s, &kind, &op, body.map(|b| b.0).unwrap_or(Value::Null));
+    with_budget(&s, reply, budget)
+}
+
+fn run_batch(s: &State, kind: &str, op: &str, body: Value) -> Response {
+    let started = now();
+    let bad = |msg: &str, errors: Vec<Value>| {
+        error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", msg, errors)
+    };
+    let Some(inputs) = body["inputs"].as_array() else {
+        return bad("Invalid input JSON: inputs is required", vec![]);
+    };
+    if inputs.len() > 100 {
+        return bad(
+            &format!("Too many inputs: {} (the limit is 100)", inputs.len()),
+            vec![],
+        );
+    }
+    let Ok(mut crm) = s.crm.lock() else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL_ERROR",
+            "lock",
+            vec![],
+        );
+    };
+    let Some(defs) = crm.types.get(kind).map(|t| t.properties.clone()) else {
+        return unknown_type(kind);
+    };
+    let id_property = body["idProperty"].as_str().map(str::to_string);
+    let resolve = |crm: &Crm, raw: &Value, idp: Option<&str>| -> Option<u64> {
+        let id = match raw {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            _ => return None,
+        };
+        match idp {
+            Some(p) if p != "hs_object_id" => crm.find_by(kind, p, &id),
+            _ => crm.find_by(kind, "hs_object_id", &id),
+        }
+    };
+    match op {
+        "read" => {
+            let props: Vec<String> = body["properties"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut results = Vec::new();
+            let mut missing = Vec::new();
+            for i in inputs {
+                match resolve(&crm, &i["id"], id_property.as_deref()) {
+                    Some(id) => {
+                        if let Some(r) = crm.types.get(kind).and_then(|t| t.records.get(&id)) {
+                            results
+                                .push(r.to_json(Some(props.as_slice()).filter(|p| !p.is_empty())));
+                        }
+                    }
+                    None => missing.push(
+                        i["id"]
+                            .as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| i["id"].to_string()),
+                    ),
+                }
+            }
+            let errors = if missing.is_empty() {
+                vec![]
+            } else {
+                vec![not_found(&missing)]
+            };
+            batch_reply(StatusCode::OK, results, errors, started)
+        }
+        "create" => {
+            let mut cleaned = Vec::new();
+            for i in inputs {
+                match clean_properties(&defs, &i["properties"]) {
+                    Ok(p) => cleaned.push(p),
+                    Err(e) => return bad("Property values were not valid", vec![e]),
+                }
+            }
+            let mut seen = BTreeSet::new();
+            for p in &cleaned {
+                if let Some(existing) = unique_clash(&crm, kind, p, None) {
+                    return error(
+                        StatusCode::CONFLICT,
+                        "CONFLICT",
+                        &format!("Contact already exists. Existing ID: {existing}"),
+                        vec![],
+                    );
+                }
+                for u in unique_props(&defs) {
+                    if let Some(v) = p.get(&u).filter(|v| !v.is_empty())
+                        && !seen.insert((u.clone(), v.to_lowercase()))
+                    {
+                        return bad(&format!("Duplicate {u} in batch input: {v}"), vec![]);
+                    }
+                }
+            }
+            let results = cleaned
+                .into_iter()
+                .map(|p| new_record(&mut crm, kind, p).to_json(None))
+                .collect();
+            batch_reply(StatusCode::CREATED, results, vec![], started)
+        }
+        "update" => {
+            let mut results = Vec::new();
+            let mut errors = Vec::new();
+            for i in inputs {
+                let props = match clean_properties(&defs, &i["properties"]) {
+                    Ok(p) => p,
+                    Err(e) => return bad("Property values were not valid", vec![e]),
+                };
+                let idp = i["idProperty"].as_str().or(id_property.as_deref());
+                let Some(id) = resolve(&crm, &i["id"], idp) else {
+                    errors.push(not_found(&[i["id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string()]));
+                    continue;
+                };
+                if let Some(other) = unique_clash(&crm, kind, &props, Some(id)) {
+                    errors.push(json!({
+                        "status": "error", "category": "CONFLICT",
+                        "message": format!("Another record already has this value. Existing ID: {other}"),
+                        "context": {"ids": [id.to_string()]}, "errors": [], "links": {},
+                    }));
+                    continue;
+                }
+                if let Some(r) = apply(&mut crm, kind, id, props) {
+                    results.push(r.to_json(None));
+                }
+            }
+            batch_reply(StatusCode::OK, results, errors, started)
+        }
+        "upsert" => {
+            let mut seen = BTreeSet::new();
+            let mut plan = Vec::new();
+            for i in inputs {
+                let props = match clean_properties(&defs, &i["properties"]) {
+                    Ok(p) => p,
+                    Err(e) => return bad("Property values were not valid", vec![e]),
+                };
+                let Some(idp) = i["idProperty"].as_str().or(id_property.as_deref()) else {
+                    return bad("idProperty is required for upsert", vec![]);
+                };
+                if !defs.get(idp).is_some_and(|d| d.has_unique_value) {
+                    return bad(
+                        &format!(
+                            "{idp} is not a unique property: upsert needs a property with unique values"
+                        ),
+                        vec![],
+                    );
+                }
+                let Some(value) = i["id"].as_str().map(str::to_string) else {
+                    return bad("each upsert input needs an id", vec![]);
+                };
+                if !seen.insert(value.to_lowercase()) {
+                    return bad(
+                        &format!("Duplicate IDs found in batch input: {value}"),
+                        vec![],
+                    );
+                }
+                plan.push((idp.to_string(), value, props));
+            }
+            let mut results = Vec::new();
+            for (idp, value, mut props) in plan {
+                match crm.find_by(kind, &idp, &value) {
+                    Some(id) => {
+                        if let Some(r) = apply(&mut crm, kind, id, props) {
+                            let mut j = r.to_json(None);
+                            j["new"] = json!(false);
+                            results.push(j);
+                        }
+                    }
+                    None => {
+                        if idp != "hs_object_id" {
+                            props.insert(idp.clone(), value.clone());
+                        }
+                        let mut j = new_record(&mut crm, kind, props).to_json(None);
+                        j["new"] = json!(true);
+                        results.push(j);
+                    }
+                }
+            }
+            batch_reply(StatusCode::OK, results, vec![], started)
+        }
+        "archive" => {
+            for i in inputs {
+                if let Some(id) = resolve(&crm, &i["id"], None)
+                    && let Some(r) = crm.types.get_mut(kind).and_then(|t| t.records.get_mut(&id))
+                {
+                    r.archived = true;
+                    r.updated_at = Utc::now();
+                }
+            }
+            StatusCode::NO_CONTENT.into_response()
+        }
+        other => error(
+            StatusCode::NOT_FOUND,
+            "OBJECT_NOT_FOUND",
+            &format!("No route for batch/{other}"),
+            vec![],
+        ),
+    }
+}

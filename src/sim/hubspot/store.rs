@@ -1,0 +1,247 @@
+//! The emulator's CRM data: objects by type, property definitions, unique
+//! properties, and search filtering.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+/// A property definition, as `GET /crm/v3/properties/{type}` returns it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PropertyDef {
+    pub name: String,
+    pub label: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub field_type: String,
+    pub has_unique_value: bool,
+}
+
+/// `(name, type, unique)` of a built-in property.
+type PropSpec = (&'static str, &'static str, bool);
+
+fn prop(name: &str, kind: &str, unique: bool) -> PropertyDef {
+    PropertyDef {
+        name: name.into(),
+        label: name.replace('_', " "),
+        kind: kind.into(),
+        field_type: if kind == "number" {
+            "number".into()
+        } else {
+            "text".into()
+        },
+        has_unique_value: unique,
+    }
+}
+
+/// One record.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub id: u64,
+    pub properties: BTreeMap<String, String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub archived: bool,
+}
+
+fn iso(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+impl Record {
+    /// The record as HubSpot returns it, with the requested properties (or
+    /// the defaults HubSpot returns when none are asked for).
+    pub fn to_json(&self, wanted: Option<&[String]>) -> Value {
+        let mut props = serde_json::Map::new();
+        let defaults = ["createdate", "lastmodifieddate", "hs_object_id"];
+        let names: Vec<String> = match wanted {
+            Some(w) if !w.is_empty() => w.to_vec(),
+            _ => self
+                .properties
+                .keys()
+                .filter(|k| {
+                    defaults.contains(&k.as_str())
+                        || k.as_str() == "email"
+                        || k.as_str() == "name"
+                        || k.as_str() == "domain"
+                })
+                .cloned()
+                .collect(),
+        };
+        for n in names {
+            let v = self.properties.get(&n).cloned();
+            props.insert(n, v.map(Value::String).unwrap_or(Value::Null));
+        }
+        json!({
+            "id": self.id.to_string(),
+            "properties": props,
+            "createdAt": iso(self.created_at),
+            "updatedAt": iso(self.updated_at),
+            "archived": self.archived,
+        })
+    }
+}
+
+/// All objects of one type.
+#[derive(Debug, Default)]
+pub struct ObjectType {
+    pub records: BTreeMap<u64, Record>,
+    pub properties: BTreeMap<String, PropertyDef>,
+}
+
+/// The whole CRM.
+#[derive(Debug)]
+pub struct Crm {
+    pub types: BTreeMap<String, ObjectType>,
+    next_id: u64,
+}
+
+impl Default for Crm {
+    fn default() -> Self {
+        let mut types = BTreeMap::new();
+        let common = [
+            ("createdate", "datetime", false),
+            ("lastmodifieddate", "datetime", false),
+            ("hs_object_id", "number", true),
+            ("hubspot_owner_id", "enumeration", false),
+        ];
+        let specific: [(&str, &[PropSpec]); 3] = [
+            (
+                "contacts",
+                &[
+                    ("email", "string", true),
+                    ("firstname", "string", false),
+                    ("lastname", "string", false),
+                    ("jobtitle", "string", false),
+                    ("company", "string", false),
+                    ("country", "string", false),
+                    ("state", "string", false),
+                    ("phone", "string", false),
+                    ("lifecyclestage", "enumeration", false),
+                    ("hs_lead_status", "enumeration", false),
+                ],
+            ),
+            (
+                "companies",
+                &[
+                    ("name", "string", false),
+                    ("domain", "string", false),
+                    ("industry", "enumeration", false),
+                    ("country", "string", false),
+                    ("numberofemployees", "number", false),
+                    ("annualrevenue", "number", false),
+                ],
+            ),
+            (
+                "deals",
+                &[
+                    ("dealname", "string", false),
+                    ("amount", "number", false),
+                    ("dealstage", "enumeration", false),
+                    ("pipeline", "enumeration", false),
+                    ("closedate", "datetime", false),
+                ],
+            ),
+        ];
+        for (t, props) in specific {
+            let mut ot = ObjectType::default();
+            for (n, k, u) in common.iter().chain(props.iter()) {
+                ot.properties.insert(n.to_string(), prop(n, k, *u));
+            }
+            types.insert(t.to_string(), ot);
+        }
+        Crm {
+            types,
+            next_id: 1001,
+        }
+    }
+}
+
+impl Crm {
+    pub fn next_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Find a live record of `kind` whose `property` equals `value` (`hs_object_id`
+    /// and the record id are the same thing).
+    pub fn find_by(&self, kind: &str, property: &str, value: &str) -> Option<u64> {
+        let ot = self.types.get(kind)?;
+        if property == "hs_object_id" {
+            return value
+                .parse::<u64>()
+                .ok()
+                .filter(|id| ot.records.get(id).is_some_and(|r| !r.archived));
+        }
+        ot.records
+            .values()
+            .find(|r| {
+                !r.archived
+                    && r.properties
+                        .get(property)
+                        .is_some_and(|v| v.eq_ignore_ascii_case(value))
+            })
+            .map(|r| r.id)
+    }
+}
+
+/// Whether a record passes one search filter.
+pub fn matches(record: &Record, filter: &Value) -> Result<bool, String> {
+    let name = filter["propertyName"]
+        .as_str()
+        .ok_or("each filter needs a propertyName")?;
+    let op = filter["operator"]
+        .as_str()
+        .ok_or("each filter needs an operator")?;
+    let actual = if name == "hs_object_id" {
+        Some(record.id.to_string())
+    } else {
+        record.properties.get(name).cloned()
+    };
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let cmp = |a: &str, b: &str| -> std::cmp::Ordering {
+        match (a.parse::<f64>(), b.parse::<f64>()) {
+            (Ok(x), Ok(y)) => x.total_cmp(&y),
+            _ => a.cmp(b),
+        }
+    };
+    use std::cmp::Ordering::*;
+    Ok(match op {
+        "HAS_PROPERTY" => actual.is_some_and(|a| !a.is_empty()),
+        "NOT_HAS_PROPERTY" => actual.is_none_or(|a| a.is_empty()),
+        _ => {
+            let Some(a) = actual else {
+                return Ok(op == "NEQ" || op == "NOT_IN");
+            };
+            let v = text(&filter["value"]);
+            match op {
+                "EQ" => a.eq_ignore_ascii_case(&v),
+                "NEQ" => !a.eq_ignore_ascii_case(&v),
+                "LT" => cmp(&a, &v) == Less,
+                "LTE" => cmp(&a, &v) != Greater,
+                "GT" => cmp(&a, &v) == Greater,
+                "GTE" => cmp(&a, &v) != Less,
+                "BETWEEN" => {
+                    let hi = text(&filter["highValue"]);
+                    cmp(&a, &v) != Less && cmp(&a, &hi) != Greater
+                }
+                "IN" | "NOT_IN" => {
+                    let values = filter["values"].as_array().ok_or("IN needs values")?;
+                    let found = values.iter().any(|x| text(x).eq_ignore_ascii_case(&a));
+                    found == (op == "IN")
+                }
+                "CONTAINS_TOKEN" => a
+                    .to_lowercase()
+                    .split(|c: char| !c.is_alphanumeric())
+                    .any(|t| t == v.to_lowercase().trim_matches('*')),
+                other => return Err(format!("unknown operator {other}")),
+            }
+        }
+    })
+}
