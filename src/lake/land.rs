@@ -129,12 +129,39 @@ impl Lander {
         options: StreamOptions,
         pieces: impl Iterator<Item = Result<Piece>> + Send,
     ) -> Result<LandReport> {
+        let mut report = LandReport::default();
+        let mut frozen_errors: Vec<(usize, String, String)> = Vec::new();
+        let outcome = self
+            .land_loop(stream, options, pieces, &mut report, &mut frozen_errors)
+            .await;
+        // Every file that became durable is logged, even when the call failed
+        // part-way (a storage error after some files were written).
+        let logged = self.log(&report.files).await;
+        outcome?;
+        logged?;
+        if let Some((rows, changes, path)) = frozen_errors.into_iter().next() {
+            return Err(Error::SchemaFrozen {
+                stream: stream.to_string(),
+                rows,
+                changes,
+                quarantine: path,
+            });
+        }
+        Ok(report)
+    }
+
+    async fn land_loop(
+        &self,
+        stream: &StreamRef,
+        options: StreamOptions,
+        pieces: impl Iterator<Item = Result<Piece>> + Send,
+        report: &mut LandReport,
+        frozen_errors: &mut Vec<(usize, String, String)>,
+    ) -> Result<()> {
         let started_at = Utc::now();
         let store = self.lake.store().clone();
         let mut current = schema::load(store.as_ref(), stream).await?;
-        let mut report = LandReport::default();
         let mut open: Option<OpenFile> = None;
-        let mut frozen_errors: Vec<(usize, String, String)> = Vec::new();
         let mut rejected: Vec<Rejected> = Vec::new();
 
         for piece in pieces {
@@ -167,7 +194,7 @@ impl Lander {
                         tracing::warn!(stream = %stream, "{change}");
                     }
                     if let Some(f) = open.take() {
-                        self.finish(stream, f, started_at, next.version - 1, &mut report)
+                        self.finish(stream, f, started_at, next.version - 1, report)
                             .await?;
                     }
                     current = Some(next);
@@ -211,7 +238,7 @@ impl Lander {
                 Some(f) if f.schema == table_schema => f,
                 _ => {
                     if let Some(f) = open.take() {
-                        self.finish(stream, f, started_at, stream_schema.version, &mut report)
+                        self.finish(stream, f, started_at, stream_schema.version, report)
                             .await?;
                     }
                     open.insert(OpenFile {
@@ -234,14 +261,13 @@ impl Lander {
                 >= self.target_file_bytes
                 && let Some(f) = open.take()
             {
-                self.finish(stream, f, started_at, stream_schema.version, &mut report)
+                self.finish(stream, f, started_at, stream_schema.version, report)
                     .await?;
             }
         }
         let version = current.as_ref().map(|s| s.version).unwrap_or(0);
         if let Some(f) = open.take() {
-            self.finish(stream, f, started_at, version, &mut report)
-                .await?;
+            self.finish(stream, f, started_at, version, report).await?;
         }
         report.schema_version = version;
         if !rejected.is_empty() {
@@ -249,17 +275,7 @@ impl Lander {
             report.rejected += entry.rejected_rows;
             report.files.push(entry);
         }
-        self.log(&report.files).await?;
-
-        if let Some((rows, changes, path)) = frozen_errors.into_iter().next() {
-            return Err(Error::SchemaFrozen {
-                stream: stream.to_string(),
-                rows,
-                changes,
-                quarantine: path,
-            });
-        }
-        Ok(report)
+        Ok(())
     }
 
     fn ferry_columns(&self, rows: usize, at: DateTime<Utc>) -> [ArrayRef; 2] {

@@ -161,6 +161,8 @@ async fn landed_files_are_plain_parquet_for_other_readers() {
 struct FailingWrites {
     inner: Arc<dyn ObjectStore>,
     fail: AtomicBool,
+    /// Writes under `raw/` allowed before failing (when `fail` is set).
+    allowed: std::sync::atomic::AtomicUsize,
 }
 
 impl fmt::Display for FailingWrites {
@@ -177,7 +179,13 @@ impl ObjectStore for FailingWrites {
         payload: PutPayload,
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
-        if self.fail.load(Ordering::SeqCst) && location.as_ref().starts_with("raw/") {
+        if self.fail.load(Ordering::SeqCst)
+            && location.as_ref().starts_with("raw/")
+            && self
+                .allowed
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_err()
+        {
             return Err(object_store::Error::Generic {
                 store: "test",
                 source: "connection reset mid-upload".into(),
@@ -228,6 +236,7 @@ async fn a_failed_write_leaves_nothing_visible_and_logs_nothing() {
     let store = Arc::new(FailingWrites {
         inner: local.store().clone(),
         fail: AtomicBool::new(false),
+        allowed: std::sync::atomic::AtomicUsize::new(0),
     });
     let lake = Lake::from_store(store.clone(), "failing");
     let stream = StreamRef::parse("crm.contacts").unwrap();
@@ -246,6 +255,23 @@ async fn a_failed_write_leaves_nothing_visible_and_logs_nothing() {
     assert_eq!(count(&lake, "crm.contacts").await, 3);
     assert_eq!(count(&lake, "ferry.ingestions").await, 1);
 
+    // A failure after some files were written: those are logged, the rest
+    // never appear.
+    store.allowed.store(1, Ordering::SeqCst);
+    let mut lander = Lander::new(lake.clone(), RunId::new());
+    lander.target_file_bytes = 1; // one file per batch
+    let err = lander
+        .land_batches(
+            &stream,
+            evolve(),
+            vec![contacts_batch(), contacts_batch(), contacts_batch()],
+        )
+        .await
+        .unwrap_err();
+    assert!(err.retryable(), "{err}");
+    assert_eq!(count(&lake, "crm.contacts").await, 6);
+    assert_eq!(count(&lake, "ferry.ingestions").await, 2);
+
     // The local store stages writes beside the target; a staging file left by
     // a killed process is never read as data.
     let day = std::fs::read_dir(dir.path().join("lake/raw/crm/contacts"))
@@ -259,7 +285,7 @@ async fn a_failed_write_leaves_nothing_visible_and_logs_nothing() {
         b"PAR1 half a file",
     )
     .unwrap();
-    assert_eq!(count(&lake, "crm.contacts").await, 3);
+    assert_eq!(count(&lake, "crm.contacts").await, 6);
 }
 
 #[tokio::test]
