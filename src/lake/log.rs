@@ -51,11 +51,13 @@ pub fn encode(schema: SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
     Ok(w.into_inner()?)
 }
 
-fn ts_type() -> DataType {
+/// UTC microsecond timestamps, the type of every time column ferry writes.
+pub fn ts_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
-fn ts_array(values: impl Iterator<Item = DateTime<Utc>>) -> ArrayRef {
+/// A UTC timestamp column.
+pub fn ts_array(values: impl Iterator<Item = DateTime<Utc>>) -> ArrayRef {
     Arc::new(
         TimestampMicrosecondArray::from(values.map(|t| t.timestamp_micros()).collect::<Vec<_>>())
             .with_timezone("UTC"),

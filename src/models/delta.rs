@@ -278,37 +278,29 @@ pub async fn merge(table: DeltaTable, df: DataFrame, keys: &[String]) -> Result<
     Ok(table)
 }
 
-/// Names of the Delta tables under `folder`.
-pub async fn list(lake: &Lake, folder: &str) -> Result<Vec<String>> {
-    let store = lake.store();
-    let list = match store.list_with_delimiter(Some(&Path::from(folder))).await {
-        Ok(l) => l,
-        Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
-    };
-    let mut names = Vec::new();
-    for p in list.common_prefixes {
-        let Some(name) = p.filename().map(str::to_string) else {
-            continue;
-        };
-        let log = Path::from_iter([folder, &name, "_delta_log"]);
-        let has_log = store
-            .list_with_delimiter(Some(&log))
-            .await
-            .map(|l| !l.objects.is_empty())
-            .unwrap_or(false);
-        if has_log {
-            names.push(name);
-        }
+/// Folder names directly under `folder` (candidate tables; [`open`] tells
+/// which hold a Delta log).
+async fn folders(lake: &Lake, folder: &str) -> Result<Vec<String>> {
+    match lake
+        .store()
+        .list_with_delimiter(Some(&Path::from(folder)))
+        .await
+    {
+        Ok(l) => Ok(l
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect()),
+        Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
     }
-    Ok(names)
 }
 
 /// Register every seed and persisted model in the lake under its name.
 pub async fn register_all(ctx: &SessionContext, lake: &Lake) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for folder in [SEEDS, MODELS] {
-        for name in list(lake, folder).await? {
+        for name in folders(lake, folder).await? {
             if let Some(t) = open(lake, &table_url(folder, &name)?).await? {
                 register(ctx, &name, &t).await?;
                 out.push(name);

@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, Utc};
 use datafusion::execution::context::SessionContext;
@@ -256,20 +256,9 @@ pub async fn run(
     Ok(chosen.iter().filter_map(|n| results.remove(n)).collect())
 }
 
-fn ts() -> DataType {
-    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
-}
-
-fn ts_array(v: Vec<DateTime<Utc>>) -> ArrayRef {
-    std::sync::Arc::new(
-        TimestampMicrosecondArray::from(v.iter().map(|t| t.timestamp_micros()).collect::<Vec<_>>())
-            .with_timezone("UTC"),
-    )
-}
-
 /// Schema of `ferry.runs`.
 pub fn runs_schema() -> SchemaRef {
-    std::sync::Arc::new(Schema::new(vec![
+    Arc::new(Schema::new(vec![
         Field::new("run_id", DataType::Utf8, false),
         Field::new("command", DataType::Utf8, false),
         Field::new("status", DataType::Utf8, false),
@@ -278,14 +267,14 @@ pub fn runs_schema() -> SchemaRef {
         Field::new("failed", DataType::Int64, false),
         Field::new("skipped", DataType::Int64, false),
         Field::new("seconds", DataType::Float64, false),
-        Field::new("started_at", ts(), false),
-        Field::new("finished_at", ts(), false),
+        Field::new("started_at", log::ts_type(), false),
+        Field::new("finished_at", log::ts_type(), false),
     ]))
 }
 
 /// Schema of `ferry.model_runs`.
 pub fn model_runs_schema() -> SchemaRef {
-    std::sync::Arc::new(Schema::new(vec![
+    Arc::new(Schema::new(vec![
         Field::new("run_id", DataType::Utf8, false),
         Field::new("model", DataType::Utf8, false),
         Field::new("materialized", DataType::Utf8, false),
@@ -293,8 +282,8 @@ pub fn model_runs_schema() -> SchemaRef {
         Field::new("rows", DataType::Int64, true),
         Field::new("seconds", DataType::Float64, false),
         Field::new("error", DataType::Utf8, true),
-        Field::new("started_at", ts(), false),
-        Field::new("finished_at", ts(), false),
+        Field::new("started_at", log::ts_type(), false),
+        Field::new("finished_at", log::ts_type(), false),
     ]))
 }
 
@@ -314,52 +303,52 @@ pub async fn record(
         "success"
     };
     let cols: Vec<ArrayRef> = vec![
-        std::sync::Arc::new(StringArray::from(vec![run_id.to_string()])),
-        std::sync::Arc::new(StringArray::from(vec![command])),
-        std::sync::Arc::new(StringArray::from(vec![status])),
-        std::sync::Arc::new(Int64Array::from(vec![results.len() as i64])),
-        std::sync::Arc::new(Int64Array::from(vec![count(Status::Success)])),
-        std::sync::Arc::new(Int64Array::from(vec![count(Status::Error)])),
-        std::sync::Arc::new(Int64Array::from(vec![count(Status::Skipped)])),
-        std::sync::Arc::new(Float64Array::from(vec![
+        Arc::new(StringArray::from(vec![run_id.to_string()])),
+        Arc::new(StringArray::from(vec![command])),
+        Arc::new(StringArray::from(vec![status])),
+        Arc::new(Int64Array::from(vec![results.len() as i64])),
+        Arc::new(Int64Array::from(vec![count(Status::Success)])),
+        Arc::new(Int64Array::from(vec![count(Status::Error)])),
+        Arc::new(Int64Array::from(vec![count(Status::Skipped)])),
+        Arc::new(Float64Array::from(vec![
             (finished_at - started_at).num_milliseconds() as f64 / 1000.0,
         ])),
-        ts_array(vec![started_at]),
-        ts_array(vec![finished_at]),
+        log::ts_array([started_at].into_iter()),
+        log::ts_array([finished_at].into_iter()),
     ];
     let runs = RecordBatch::try_new(runs_schema(), cols)?;
     let n = results.len();
     let cols: Vec<ArrayRef> = vec![
-        std::sync::Arc::new(StringArray::from(vec![run_id.to_string(); n])),
-        std::sync::Arc::new(StringArray::from(
+        Arc::new(StringArray::from(vec![run_id.to_string(); n])),
+        Arc::new(StringArray::from(
             results.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
         )),
-        std::sync::Arc::new(StringArray::from(
+        Arc::new(StringArray::from(
             results
                 .iter()
                 .map(|r| r.materialized.as_str())
                 .collect::<Vec<_>>(),
         )),
-        std::sync::Arc::new(StringArray::from(
+        Arc::new(StringArray::from(
             results
                 .iter()
                 .map(|r| r.status.as_str())
                 .collect::<Vec<_>>(),
         )),
-        std::sync::Arc::new(Int64Array::from(
+        Arc::new(Int64Array::from(
             results
                 .iter()
                 .map(|r| r.rows.map(|x| x as i64))
                 .collect::<Vec<_>>(),
         )),
-        std::sync::Arc::new(Float64Array::from(
+        Arc::new(Float64Array::from(
             results.iter().map(|r| r.seconds).collect::<Vec<_>>(),
         )),
-        std::sync::Arc::new(StringArray::from(
+        Arc::new(StringArray::from(
             results.iter().map(|r| r.error.clone()).collect::<Vec<_>>(),
         )),
-        ts_array(results.iter().map(|r| r.started_at).collect()),
-        ts_array(results.iter().map(|r| r.finished_at).collect()),
+        log::ts_array(results.iter().map(|r| r.started_at)),
+        log::ts_array(results.iter().map(|r| r.finished_at)),
     ];
     let model_runs = RecordBatch::try_new(model_runs_schema(), cols)?;
     // Model results first: a run row always has its model rows.
