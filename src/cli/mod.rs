@@ -5,6 +5,7 @@
 mod land;
 mod models;
 mod output;
+mod sync;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -93,6 +94,25 @@ enum Command {
         out: Option<PathBuf>,
     },
     /// Run a vendor emulator on loopback (for tests and demos).
+    /// Reverse-sync models to the CRM: send what changed since the CRM last
+    /// confirmed, and log every row's outcome in ferry.sync_log.
+    Sync {
+        /// Syncs to run (all in ferry.toml when none are given).
+        names: Vec<String>,
+        /// Report what would be created, updated, archived, left unchanged or
+        /// rejected, with sample before/after values. Reads the CRM; writes nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Send only the rows whose last outcome was a failure or a CRM rejection.
+        #[arg(long)]
+        retry_failed: bool,
+        /// Let a mirror sync archive more than max_delete_pct, or run on an empty model.
+        #[arg(long)]
+        allow_mass_delete: bool,
+        /// Take the sync's lock even if another run seems to hold it.
+        #[arg(long)]
+        break_lock: bool,
+    },
     Sim {
         #[command(subcommand)]
         vendor: SimVendor,
@@ -281,6 +301,22 @@ async fn run(cli: Cli) -> Result<()> {
             let out = out.unwrap_or_else(|| project.dir.join("target").join("docs"));
             models::docs(&project, lake, &select, &out).await
         }
+        Command::Sync {
+            names,
+            dry_run,
+            retry_failed,
+            allow_mass_delete,
+            break_lock,
+        } => {
+            let (project, lake) = open(&cli.project_dir)?;
+            let opts = crate::sync::SyncOptions {
+                dry_run,
+                retry_failed,
+                allow_mass_delete,
+                break_lock,
+            };
+            sync::run(&project, lake, &names, &opts).await
+        }
         Command::Sim { vendor } => match vendor {
             SimVendor::Hubspot {
                 port,
@@ -295,6 +331,7 @@ async fn run(cli: Cli) -> Result<()> {
             } => {
                 let config = crate::sim::hubspot::SimConfig {
                     token,
+                    oauth: None,
                     ten_secondly,
                     daily,
                     search_per_second: 4,

@@ -94,6 +94,19 @@ pub async fn register_lake(ctx: &SessionContext, lake: &Lake) -> Result<Vec<Stri
         crate::models::run::model_runs_schema(),
     )?;
 
+    register(
+        ctx,
+        "ferry.sync_log",
+        &crate::sync::state::log_root(),
+        crate::sync::state::log_schema(),
+    )?;
+    register(
+        ctx,
+        "ferry.sync_runs",
+        &crate::sync::state::runs_root(),
+        crate::sync::state::runs_schema(),
+    )?;
+
     let store = lake.store().as_ref();
     let mut tables = Vec::new();
     for source in children(store, &Path::from(layout::RAW)).await? {

@@ -105,6 +105,8 @@ pub fn load(dir: &Path, lake_override: Option<String>) -> Result<Project> {
             .unwrap_or_else(|| d.iter().map(|s| s.to_string()).collect())
     };
     Ok(Project {
+        destinations: BTreeMap::new(),
+        syncs: BTreeMap::new(),
         dir: dir.to_path_buf(),
         name: p.name.clone(),
         lake: LakeConfig {

@@ -20,6 +20,7 @@ use toml::Spanned;
 pub use secret::{Secret, SecretSource};
 
 use crate::error::{Error, Result};
+use crate::sync::config as sync_config;
 
 /// The project file's name.
 pub const CONFIG_FILE: &str = "ferry.toml";
@@ -46,6 +47,12 @@ struct ConfigFile {
     /// Values for `{{ var('name') }}` in models.
     #[serde(default)]
     vars: BTreeMap<String, toml::Value>,
+    /// Reverse-sync destinations (accounts and credentials), by name.
+    #[serde(default)]
+    destinations: BTreeMap<String, sync_config::DestinationSection>,
+    /// Reverse syncs (model → CRM object), by name.
+    #[serde(default)]
+    syncs: BTreeMap<String, sync_config::SyncSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -147,6 +154,10 @@ pub struct Project {
     pub paths: Paths,
     /// `[vars]`: values for `var()` in models.
     pub vars: BTreeMap<String, serde_json::Value>,
+    /// `[destinations.<name>]`, resolved.
+    pub destinations: BTreeMap<String, sync_config::Destination>,
+    /// `[syncs.<name>]`, resolved.
+    pub syncs: BTreeMap<String, sync_config::Sync>,
 }
 
 impl Project {
@@ -260,7 +271,69 @@ impl Project {
             vars.insert(k.clone(), j);
         }
 
+        let mut destinations = BTreeMap::new();
+        for (dname, d) in &raw.destinations {
+            let at = |what: &str| find_key(text, &format!("destinations.{dname}{what}"));
+            if let Err(why) = check_identifier(dname) {
+                return Err(config_error(file, text, at(""), format!("destination name {dname:?} {why}")));
+            }
+            let secret = |v: &Spanned<String>| {
+                secrets
+                    .interpolate(v.get_ref())
+                    .map_err(|msg| config_error(file, text, v.span().start, msg))
+            };
+            let auth = match (&d.token, &d.oauth) {
+                (Some(t), None) => crate::http::Auth::Bearer(secret(t)?),
+                (None, Some(o)) => {
+                    let base = d.url.clone().unwrap_or_else(|| "https://api.hubapi.com".into());
+                    crate::http::Auth::OAuth(crate::http::OAuthConfig {
+                        token_url: o.token_url.clone().unwrap_or_else(|| {
+                            format!("{}/oauth/v1/token", base.trim_end_matches('/'))
+                        }),
+                        client_id: secret(&o.client_id)?.expose().to_string(),
+                        client_secret: secret(&o.client_secret)?,
+                        refresh_token: secret(&o.refresh_token)?,
+                    })
+                }
+                (Some(_), Some(_)) => {
+                    return Err(config_error(file, text, at(""),
+                        "give either token or [oauth], not both".into()));
+                }
+                (None, None) => {
+                    return Err(config_error(file, text, at(""),
+                        "no credentials: add token = \"${HUBSPOT_TOKEN}\" (a private-app token) or an [oauth] table".into()));
+                }
+            };
+            let resolved = sync_config::Destination::resolve(dname, d, auth)
+                .map_err(|msg| config_error(file, text, at(""), msg))?;
+            destinations.insert(dname.clone(), resolved);
+        }
+        let mut syncs = BTreeMap::new();
+        for (sname, s) in &raw.syncs {
+            let at = |what: &str| find_key(text, &format!("syncs.{sname}{what}"));
+            if let Err(why) = check_identifier(sname) {
+                return Err(config_error(file, text, at(""), format!("sync name {sname:?} {why}")));
+            }
+            if !destinations.contains_key(&s.destination) {
+                let known: Vec<&String> = destinations.keys().collect();
+                return Err(config_error(
+                    file,
+                    text,
+                    at(""),
+                    format!(
+                        "destination {:?} is not defined: add a [destinations.{}] table (defined: {known:?})",
+                        s.destination, s.destination
+                    ),
+                ));
+            }
+            let resolved = sync_config::Sync::resolve(sname, s)
+                .map_err(|msg| config_error(file, text, at(""), msg))?;
+            syncs.insert(sname.clone(), resolved);
+        }
+
         Ok(Project {
+            destinations,
+            syncs,
             model_configs: vec![(Vec::new(), model_defaults)],
             paths: Paths::default(),
             vars,

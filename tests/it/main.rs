@@ -3,8 +3,10 @@
 //! `cli`: the real `ferry` binary end to end.
 //! `models`: SQL models on the fixture project `tests/fixtures/gtm`.
 //! `sim`: the HubSpot emulator over real HTTP.
+//! `sync`: reverse sync to the emulator, incl. the kill -9 crash test.
 
 mod cli;
 mod landing;
 mod models;
 mod sim;
+mod sync;

@@ -28,6 +28,7 @@ pub(crate) fn router(state: Shared) -> Router {
             "/crm/v3/properties/{kind}",
             get(properties).post(create_property),
         )
+        .route("/oauth/v1/token", post(oauth_token))
         .with_state(state)
 }
 
@@ -76,7 +77,8 @@ async fn gate(s: &State, headers: &HeaderMap, search: bool) -> Result<Option<Bud
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if token != Some(s.config.token.as_str()) {
+    let valid = token.is_some_and(|t| s.tokens.lock().is_ok_and(|set| set.contains(t)));
+    if !valid {
         return Err(error(
             StatusCode::UNAUTHORIZED,
             "INVALID_AUTHENTICATION",
@@ -120,6 +122,49 @@ async fn gate(s: &State, headers: &HeaderMap, search: bool) -> Result<Option<Bud
             }))
         }
     }
+}
+
+/// `POST /oauth/v1/token` with `grant_type=refresh_token`: a new access token
+/// for the configured OAuth app, as HubSpot's token endpoint answers it.
+async fn oauth_token(
+    AxState(s): AxState<Shared>,
+    axum::extract::Form(form): axum::extract::Form<BTreeMap<String, String>>,
+) -> Response {
+    let bad = |status: &str, message: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"status": status, "message": message,
+                        "correlationId": uuid::Uuid::new_v4().to_string()})),
+        )
+            .into_response()
+    };
+    let Some(app) = &s.config.oauth else {
+        return bad("BAD_CLIENT_ID", "missing or invalid client_id");
+    };
+    if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
+        return bad("BAD_GRANT_TYPE", "grant_type must be refresh_token");
+    }
+    if form.get("client_id") != Some(&app.client_id) {
+        return bad("BAD_CLIENT_ID", "missing or invalid client_id");
+    }
+    if form.get("client_secret") != Some(&app.client_secret) {
+        return bad("BAD_CLIENT_SECRET", "missing or invalid client_secret");
+    }
+    if form.get("refresh_token") != Some(&app.refresh_token) {
+        return bad("BAD_REFRESH_TOKEN", "missing or unknown refresh token");
+    }
+    let token = format!("sim-access-{}", uuid::Uuid::new_v4().simple());
+    if let Ok(mut set) = s.tokens.lock() {
+        set.insert(token.clone());
+    }
+    s.stats.token_refreshes.fetch_add(1, Ordering::SeqCst);
+    Json(json!({
+        "token_type": "bearer",
+        "refresh_token": app.refresh_token,
+        "access_token": token,
+        "expires_in": 1800,
+    }))
+    .into_response()
 }
 
 fn with_budget(s: &State, mut r: Response, b: Option<Budget>) -> Response {
@@ -404,7 +449,7 @@ async fn create_property(
             budget,
         );
     }
-    t.properties.insert(name.to_string(), def.clone());
+    t.define(def.clone());
     with_budget(
         &s,
         (StatusCode::CREATED, Json(json!(def))).into_response(),
@@ -489,42 +534,38 @@ fn unique_clash(
     None
 }
 
-fn new_record(crm: &mut Crm, kind: &str, mut props: BTreeMap<String, String>) -> Record {
-    let id = crm.next_id();
-    let at = Utc::now();
-    let stamp = at.to_rfc3339_opts(SecondsFormat::Millis, true);
-    props.insert("hs_object_id".into(), id.to_string());
-    props.insert("createdate".into(), stamp.clone());
-    props.insert("lastmodifieddate".into(), stamp);
-    let r = Record {
-        id,
-        properties: props,
-        created_at: at,
-        updated_at: at,
-        archived: false,
-    };
-    if let Some(t) = crm.types.get_mut(kind) {
-        t.records.insert(id, r.clone());
-    }
-    r
+fn new_record(crm: &mut Crm, kind: &str, props: BTreeMap<String, String>) -> Record {
+    crm.create(kind, props)
 }
 
 fn apply(crm: &mut Crm, kind: &str, id: u64, props: BTreeMap<String, String>) -> Option<Record> {
-    let r = crm.types.get_mut(kind)?.records.get_mut(&id)?;
     let at = Utc::now();
-    for (k, v) in props {
-        if v.is_empty() {
-            r.properties.remove(&k);
-        } else {
-            r.properties.insert(k, v);
+    crm.types.get_mut(kind)?.modify(id, |r| {
+        for (k, v) in props {
+            if v.is_empty() {
+                r.properties.remove(&k);
+            } else {
+                r.properties.insert(k, v);
+            }
         }
+        r.updated_at = at;
+        r.properties.insert(
+            "lastmodifieddate".into(),
+            at.to_rfc3339_opts(SecondsFormat::Millis, true),
+        );
+        r.clone()
+    })
+}
+
+/// The properties a write reply shows: those written, the id property, and
+/// HubSpot's defaults.
+fn written(props: &BTreeMap<String, String>, id_property: Option<&str>) -> Vec<String> {
+    let mut names: BTreeSet<String> = props.keys().cloned().collect();
+    names.extend(id_property.map(str::to_string));
+    for d in ["createdate", "lastmodifieddate", "hs_object_id"] {
+        names.insert(d.to_string());
     }
-    r.updated_at = at;
-    r.properties.insert(
-        "lastmodifieddate".into(),
-        at.to_rfc3339_opts(SecondsFormat::Millis, true),
-    );
-    Some(r.clone())
+    names.into_iter().collect()
 }
 
 fn not_found(ids: &[String]) -> Value {
@@ -673,7 +714,10 @@ fn run_batch(s: &State, kind: &str, op: &str, body: Value) -> Response {
             }
             let results = cleaned
                 .into_iter()
-                .map(|p| new_record(&mut crm, kind, p).to_json(None))
+                .map(|p| {
+                    let wanted = written(&p, None);
+                    new_record(&mut crm, kind, p).to_json(Some(&wanted))
+                })
                 .collect();
             batch_reply(StatusCode::CREATED, results, vec![], started)
         }
@@ -701,8 +745,9 @@ fn run_batch(s: &State, kind: &str, op: &str, body: Value) -> Response {
                     }));
                     continue;
                 }
+                let wanted = written(&props, idp);
                 if let Some(r) = apply(&mut crm, kind, id, props) {
-                    results.push(r.to_json(None));
+                    results.push(r.to_json(Some(&wanted)));
                 }
             }
             batch_reply(StatusCode::OK, results, errors, started)
@@ -739,10 +784,11 @@ fn run_batch(s: &State, kind: &str, op: &str, body: Value) -> Response {
             }
             let mut results = Vec::new();
             for (idp, value, mut props) in plan {
+                let wanted = written(&props, Some(&idp));
                 match crm.find_by(kind, &idp, &value) {
                     Some(id) => {
                         if let Some(r) = apply(&mut crm, kind, id, props) {
-                            let mut j = r.to_json(None);
+                            let mut j = r.to_json(Some(&wanted));
                             j["new"] = json!(false);
                             results.push(j);
                         }
@@ -751,7 +797,7 @@ fn run_batch(s: &State, kind: &str, op: &str, body: Value) -> Response {
                         if idp != "hs_object_id" {
                             props.insert(idp.clone(), value.clone());
                         }
-                        let mut j = new_record(&mut crm, kind, props).to_json(None);
+                        let mut j = new_record(&mut crm, kind, props).to_json(Some(&wanted));
                         j["new"] = json!(true);
                         results.push(j);
                     }
@@ -762,10 +808,12 @@ fn run_batch(s: &State, kind: &str, op: &str, body: Value) -> Response {
         "archive" => {
             for i in inputs {
                 if let Some(id) = resolve(&crm, &i["id"], None)
-                    && let Some(r) = crm.types.get_mut(kind).and_then(|t| t.records.get_mut(&id))
+                    && let Some(t) = crm.types.get_mut(kind)
                 {
-                    r.archived = true;
-                    r.updated_at = Utc::now();
+                    t.modify(id, |r| {
+                        r.archived = true;
+                        r.updated_at = Utc::now();
+                    });
                 }
             }
             StatusCode::NO_CONTENT.into_response()

@@ -46,11 +46,22 @@ pub struct Faults {
     pub dropped: f64,
 }
 
+/// An OAuth app whose refresh token `POST /oauth/v1/token` accepts.
+#[derive(Debug, Clone)]
+pub struct OAuthApp {
+    pub client_id: String,
+    pub client_secret: String,
+    pub refresh_token: String,
+}
+
 /// Emulator settings.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
-    /// The one accepted bearer token.
+    /// The bearer token accepted from the start (a private-app token, or an
+    /// OAuth access token until [`RunningSim::expire_tokens`]).
     pub token: String,
+    /// The OAuth app that may refresh access tokens, if any.
+    pub oauth: Option<OAuthApp>,
     /// Requests per rolling 10 seconds (HubSpot Free/Starter: 100).
     pub ten_secondly: usize,
     /// Requests per day (Free/Starter: 250,000).
@@ -64,6 +75,7 @@ impl Default for SimConfig {
     fn default() -> Self {
         SimConfig {
             token: "ferry-sim-token".into(),
+            oauth: None,
             ten_secondly: 100,
             daily: 250_000,
             search_per_second: 4,
@@ -77,11 +89,14 @@ impl Default for SimConfig {
 pub struct Stats {
     pub calls: AtomicU64,
     pub rate_limited: AtomicU64,
+    pub token_refreshes: AtomicU64,
 }
 
 pub(crate) struct State {
     pub config: SimConfig,
     pub crm: Mutex<Crm>,
+    /// Access tokens currently accepted.
+    pub tokens: Mutex<std::collections::BTreeSet<String>>,
     window: Mutex<VecDeque<Instant>>,
     search_window: Mutex<VecDeque<Instant>>,
     daily_used: AtomicU64,
@@ -104,6 +119,7 @@ pub(crate) struct Budget {
 impl State {
     fn new(config: SimConfig) -> State {
         State {
+            tokens: Mutex::new([config.token.clone()].into_iter().collect()),
             config,
             crm: Mutex::new(Crm::default()),
             window: Mutex::new(VecDeque::new()),
@@ -190,6 +206,24 @@ impl RunningSim {
             self.state.stats.calls.load(Ordering::SeqCst),
             self.state.stats.rate_limited.load(Ordering::SeqCst),
         )
+    }
+
+    /// Every access token issued so far stops working (as when an OAuth
+    /// access token expires); a refresh through `/oauth/v1/token` issues a new one.
+    pub fn expire_tokens(&self) {
+        if let Ok(mut set) = self.state.tokens.lock() {
+            set.clear();
+        }
+    }
+
+    /// OAuth token refreshes answered.
+    pub fn token_refreshes(&self) -> u64 {
+        self.state.stats.token_refreshes.load(Ordering::SeqCst)
+    }
+
+    /// Run `f` on the CRM (tests use it to plant records or read state).
+    pub fn with_crm<T>(&self, f: impl FnOnce(&mut Crm) -> T) -> Option<T> {
+        self.state.crm.lock().ok().map(|mut crm| f(&mut crm))
     }
 
     /// Stop serving.

@@ -1,7 +1,7 @@
 //! The emulator's CRM data: objects by type, property definitions, unique
 //! properties, and search filtering.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -89,6 +89,101 @@ impl Record {
 pub struct ObjectType {
     pub records: BTreeMap<u64, Record>,
     pub properties: BTreeMap<String, PropertyDef>,
+    /// Live record ids by lower-cased value, for unique properties and
+    /// `domain` (the lookups upsert, create and matching need), so large
+    /// emulated CRMs answer in constant time.
+    index: HashMap<String, HashMap<String, BTreeSet<u64>>>,
+}
+
+impl ObjectType {
+    fn indexed(&self, property: &str) -> bool {
+        property == "domain"
+            || self
+                .properties
+                .get(property)
+                .is_some_and(|d| d.has_unique_value && d.name != "hs_object_id")
+    }
+
+    fn unindex(&mut self, id: u64) {
+        let Some(r) = self.records.get(&id) else {
+            return;
+        };
+        for (k, v) in &r.properties {
+            if let Some(ix) = self.index.get_mut(k)
+                && let Some(ids) = ix.get_mut(&v.to_lowercase())
+            {
+                ids.remove(&id);
+            }
+        }
+    }
+
+    fn reindex(&mut self, id: u64) {
+        let Some(r) = self.records.get(&id) else {
+            return;
+        };
+        if r.archived {
+            return;
+        }
+        let pairs: Vec<(String, String)> = r
+            .properties
+            .iter()
+            .filter(|(k, v)| !v.is_empty() && self.indexed(k))
+            .map(|(k, v)| (k.clone(), v.to_lowercase()))
+            .collect();
+        for (k, v) in pairs {
+            self.index.entry(k).or_default().entry(v).or_default().insert(id);
+        }
+    }
+
+    /// Add a record (or replace one with the same id).
+    pub fn insert(&mut self, record: Record) {
+        let id = record.id;
+        self.unindex(id);
+        self.records.insert(id, record);
+        self.reindex(id);
+    }
+
+    /// Change a record through `f`, keeping the index right.
+    pub fn modify<T>(&mut self, id: u64, f: impl FnOnce(&mut Record) -> T) -> Option<T> {
+        self.unindex(id);
+        let out = self.records.get_mut(&id).map(f);
+        self.reindex(id);
+        out
+    }
+
+    /// Add a property definition (indexing existing values if it is unique).
+    pub fn define(&mut self, def: PropertyDef) {
+        let name = def.name.clone();
+        self.properties.insert(name.clone(), def);
+        if self.indexed(&name) {
+            let ids: Vec<u64> = self.records.keys().copied().collect();
+            for id in ids {
+                self.reindex(id);
+            }
+        }
+    }
+
+    /// Live records whose `property` equals `value` (case-insensitively).
+    pub fn ids_by(&self, property: &str, value: &str) -> Vec<u64> {
+        if self.indexed(property) {
+            return self
+                .index
+                .get(property)
+                .and_then(|ix| ix.get(&value.to_lowercase()))
+                .map(|ids| ids.iter().copied().collect())
+                .unwrap_or_default();
+        }
+        self.records
+            .values()
+            .filter(|r| {
+                !r.archived
+                    && r.properties
+                        .get(property)
+                        .is_some_and(|v| v.eq_ignore_ascii_case(value))
+            })
+            .map(|r| r.id)
+            .collect()
+    }
 }
 
 /// The whole CRM.
@@ -148,7 +243,7 @@ impl Default for Crm {
         for (t, props) in specific {
             let mut ot = ObjectType::default();
             for (n, k, u) in common.iter().chain(props.iter()) {
-                ot.properties.insert(n.to_string(), prop(n, k, *u));
+                ot.define(prop(n, k, *u));
             }
             types.insert(t.to_string(), ot);
         }
@@ -166,6 +261,28 @@ impl Crm {
         id
     }
 
+    /// Create a record of `kind` with `props` (HubSpot's own properties
+    /// `hs_object_id`, `createdate` and `lastmodifieddate` are set here).
+    pub fn create(&mut self, kind: &str, mut props: BTreeMap<String, String>) -> Record {
+        let id = self.next_id();
+        let at = Utc::now();
+        let stamp = iso(at);
+        props.insert("hs_object_id".into(), id.to_string());
+        props.insert("createdate".into(), stamp.clone());
+        props.insert("lastmodifieddate".into(), stamp);
+        let r = Record {
+            id,
+            properties: props,
+            created_at: at,
+            updated_at: at,
+            archived: false,
+        };
+        if let Some(t) = self.types.get_mut(kind) {
+            t.insert(r.clone());
+        }
+        r
+    }
+
     /// Find a live record of `kind` whose `property` equals `value` (`hs_object_id`
     /// and the record id are the same thing).
     pub fn find_by(&self, kind: &str, property: &str, value: &str) -> Option<u64> {
@@ -176,15 +293,7 @@ impl Crm {
                 .ok()
                 .filter(|id| ot.records.get(id).is_some_and(|r| !r.archived));
         }
-        ot.records
-            .values()
-            .find(|r| {
-                !r.archived
-                    && r.properties
-                        .get(property)
-                        .is_some_and(|v| v.eq_ignore_ascii_case(value))
-            })
-            .map(|r| r.id)
+        ot.ids_by(property, value).first().copied()
     }
 }
 

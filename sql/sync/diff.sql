@@ -1,0 +1,50 @@
+{#- The diff of one sync: the model's rows against what the CRM last
+    confirmed ({{ snapshot }}), by match key. Each row gets an operation:
+      add        the key is not in the snapshot: send it
+      change     the hash of the mapped values differs from the confirmed one: send it
+      unchanged  same hash: nothing to send
+      remove     the key left the model (mirror archives it if this sync created it)
+      reject     empty or duplicate match key: never sent, logged with the reason
+    The hash covers every mapped value, each written as <length>:<text> (or ~
+    for null) so that no two different rows hash alike by accident. -#}
+with model_rows as (
+    select
+        {% if lower_key %}lower(trim(cast({{ key }} as varchar))){% else %}trim(cast({{ key }} as varchar)){% endif %} as _key,
+        {%- for c in columns %}
+        {{ c }} as _v{{ loop.index0 }},
+        {%- endfor %}
+        md5(concat_ws(','
+            {%- for c in columns %},
+            case when {{ c }} is null then '~'
+                 else concat(cast(character_length(cast({{ c }} as varchar)) as varchar), ':', cast({{ c }} as varchar)) end
+            {%- endfor %})) as _hash
+    from {{ model }}
+),
+counted as (
+    select *, count(*) over (partition by _key) as _n from model_rows
+)
+select
+    coalesce(m._key, s._key) as _key,
+    case
+        when m._hash is null then 'remove'
+        when m._key is null or m._key = '' then 'reject'
+        when m._n > 1 then 'reject'
+        when s._key is null then 'add'
+        when s._hash <> m._hash then 'change'
+        else 'unchanged'
+    end as _op,
+    case
+        when m._hash is not null and (m._key is null or m._key = '')
+            then 'empty match key: {{ key_name }} is null or blank'
+        when m._n > 1
+            then concat('duplicate match key: ', cast(m._n as varchar), ' rows have {{ key_name }} = ', m._key)
+    end as _reason,
+    m._hash as _hash,
+    s._crm_id as _crm_id,
+    coalesce(s._created, false) as _created,
+    s._payload as _prev_payload
+    {%- for c in columns %},
+    m._v{{ loop.index0 }}
+    {%- endfor %}
+from counted as m
+full outer join {{ snapshot }} as s on m._key = s._key

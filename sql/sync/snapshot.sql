@@ -1,0 +1,21 @@
+{#- What the CRM last confirmed for one sync: the newest snapshot file plus
+    every confirmed (`status = 'ok'`) outcome logged after it, newest per key.
+    Records archived or released by the sync drop out.
+    Inputs: {{ base }} (a snapshot, possibly empty), {{ log }} (the sync's
+    `ferry.sync_log` rows), {{ after }} (the snapshot's cut-off, microseconds). -#}
+select key as _key, hash as _hash, crm_id as _crm_id, created as _created, payload as _payload
+from (
+    select key, hash, crm_id, created, payload, operation,
+           row_number() over (partition by key order by at desc) as _rn
+    from (
+        select key, hash, crm_id, created, payload, operation, at
+        from {{ base }}
+        union all
+        select key, hash, crm_id, created, payload, operation, at
+        from {{ log }}
+        where status = 'ok'
+          and operation in ('create', 'update', 'upsert', 'skip', 'archive', 'forget')
+          and arrow_cast(at, 'Int64') > {{ after }}
+    ) as history
+) as latest
+where _rn = 1 and operation not in ('archive', 'forget')

@@ -1,0 +1,306 @@
+//! Rate limiting and circuit breaking for vendor APIs.
+//!
+//! A [`RateLimiter`] holds one vendor account's budget: a rolling window
+//! (HubSpot: 100 requests per 10 s) and an optional daily budget. Every call
+//! to the account waits in [`RateLimiter::acquire`] before it is sent, so all
+//! syncs and extracts sharing the account share the budget. The vendor's
+//! rate-limit headers steer it ([`RateLimiter::observe`]): when the vendor
+//! reports less budget left than ferry has counted (another app uses the same
+//! account), the window is topped up so ferry slows down before a 429.
+//!
+//! A [`Breaker`] stops sending when most recent calls failed, waits, and lets
+//! one probe through before resuming.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Margin added to the window so a request never arrives at the vendor just
+/// before its oldest predecessor leaves the vendor's window.
+const WINDOW_MARGIN: Duration = Duration::from_millis(60);
+
+/// The daily budget is spent: no call may be sent until it resets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DailyExhausted;
+
+#[derive(Debug)]
+struct Window {
+    max: usize,
+    interval: Duration,
+    sent: VecDeque<Instant>,
+    paused_until: Option<Instant>,
+    daily_remaining: Option<u64>,
+}
+
+/// One account's request budget.
+#[derive(Debug)]
+pub struct RateLimiter {
+    inner: Mutex<Window>,
+}
+
+impl RateLimiter {
+    /// `max` requests per rolling `interval`, and `daily` requests per day if set.
+    pub fn new(max: usize, interval: Duration, daily: Option<u64>) -> RateLimiter {
+        RateLimiter {
+            inner: Mutex::new(Window {
+                max: max.max(1),
+                interval,
+                sent: VecDeque::new(),
+                paused_until: None,
+                daily_remaining: daily,
+            }),
+        }
+    }
+
+    /// Wait until a request may be sent, and count it.
+    pub async fn acquire(&self) -> Result<(), DailyExhausted> {
+        loop {
+            let wait = {
+                let Ok(mut w) = self.inner.lock() else {
+                    return Ok(());
+                };
+                let now = Instant::now();
+                if w.daily_remaining == Some(0) {
+                    return Err(DailyExhausted);
+                }
+                let interval = w.interval;
+                while w
+                    .sent
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) >= interval + WINDOW_MARGIN)
+                {
+                    w.sent.pop_front();
+                }
+                match w.paused_until {
+                    Some(until) if until > now => until - now,
+                    _ => {
+                        w.paused_until = None;
+                        if w.sent.len() < w.max {
+                            w.sent.push_back(now);
+                            if let Some(d) = w.daily_remaining.as_mut() {
+                                *d = d.saturating_sub(1);
+                            }
+                            return Ok(());
+                        }
+                        let oldest = w.sent.front().copied().unwrap_or(now);
+                        (oldest + interval + WINDOW_MARGIN).saturating_duration_since(now)
+                    }
+                }
+            };
+            tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
+        }
+    }
+
+    /// Steer by what the vendor reported after a call: its window size, what
+    /// is left in the window, and what is left today.
+    pub fn observe(&self, max: Option<usize>, remaining: Option<usize>, daily_remaining: Option<u64>) {
+        let Ok(mut w) = self.inner.lock() else {
+            return;
+        };
+        if let Some(m) = max
+            && m > 0
+            && m < w.max
+        {
+            w.max = m;
+        }
+        if let Some(r) = remaining {
+            // The vendor counts more calls than ferry sent: someone else
+            // shares the account. Count theirs too.
+            let used_by_vendor = w.max.saturating_sub(r);
+            let now = Instant::now();
+            while w.sent.len() < used_by_vendor {
+                w.sent.push_back(now);
+            }
+        }
+        if let Some(d) = daily_remaining {
+            w.daily_remaining = Some(w.daily_remaining.map_or(d, |mine| mine.min(d)));
+        }
+    }
+
+    /// Send nothing for `pause` (after a 429 for the rolling window).
+    pub fn pause(&self, pause: Duration) {
+        if let Ok(mut w) = self.inner.lock() {
+            let until = Instant::now() + pause;
+            if w.paused_until.is_none_or(|u| u < until) {
+                w.paused_until = Some(until);
+            }
+        }
+    }
+
+    /// The vendor said the daily budget is spent.
+    pub fn exhaust_daily(&self) {
+        if let Ok(mut w) = self.inner.lock() {
+            w.daily_remaining = Some(0);
+        }
+    }
+
+    /// The rolling window's length.
+    pub fn interval(&self) -> Duration {
+        self.inner
+            .lock()
+            .map(|w| w.interval)
+            .unwrap_or(Duration::from_secs(10))
+    }
+}
+
+#[derive(Debug)]
+enum BreakerState {
+    Closed,
+    Open { until: Instant },
+    Probing,
+}
+
+#[derive(Debug)]
+struct BreakerInner {
+    recent: VecDeque<bool>,
+    state: BreakerState,
+    cooldown: Duration,
+    trips: u64,
+}
+
+/// Opens when more than half of the last `window` calls failed (with at least
+/// `window / 2` calls seen); after a cool-down one probe call goes through,
+/// and its success closes the breaker again. Each consecutive trip doubles the
+/// cool-down, up to a minute.
+#[derive(Debug)]
+pub struct Breaker {
+    window: usize,
+    base_cooldown: Duration,
+    inner: Mutex<BreakerInner>,
+}
+
+impl Breaker {
+    pub fn new(window: usize, cooldown: Duration) -> Breaker {
+        Breaker {
+            window: window.max(2),
+            base_cooldown: cooldown,
+            inner: Mutex::new(BreakerInner {
+                recent: VecDeque::new(),
+                state: BreakerState::Closed,
+                cooldown,
+                trips: 0,
+            }),
+        }
+    }
+
+    /// Wait until a call may be sent.
+    pub async fn admit(&self) {
+        loop {
+            let wait = {
+                let Ok(mut b) = self.inner.lock() else {
+                    return;
+                };
+                let now = Instant::now();
+                match b.state {
+                    BreakerState::Closed => return,
+                    BreakerState::Open { until } if until <= now => {
+                        tracing::info!("circuit breaker: sending one probe call");
+                        b.state = BreakerState::Probing;
+                        return;
+                    }
+                    BreakerState::Open { until } => until - now,
+                    BreakerState::Probing => Duration::from_millis(50),
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Record a call's outcome (`ok = false` for 5xx, timeouts, dropped connections).
+    pub fn record(&self, ok: bool) {
+        let Ok(mut b) = self.inner.lock() else {
+            return;
+        };
+        if matches!(b.state, BreakerState::Probing) {
+            if ok {
+                tracing::info!("circuit breaker: probe succeeded, resuming");
+                b.state = BreakerState::Closed;
+                b.recent.clear();
+                b.cooldown = self.base_cooldown;
+            } else {
+                b.cooldown = (b.cooldown * 2).min(Duration::from_secs(60));
+                b.state = BreakerState::Open {
+                    until: Instant::now() + b.cooldown,
+                };
+            }
+            return;
+        }
+        b.recent.push_back(ok);
+        while b.recent.len() > self.window {
+            b.recent.pop_front();
+        }
+        let failed = b.recent.iter().filter(|ok| !**ok).count();
+        if matches!(b.state, BreakerState::Closed)
+            && b.recent.len() >= self.window / 2
+            && failed * 2 > b.recent.len()
+        {
+            b.trips += 1;
+            tracing::warn!(
+                failed,
+                of = b.recent.len(),
+                pause_ms = b.cooldown.as_millis() as u64,
+                "circuit breaker open: most recent calls failed; pausing before a probe"
+            );
+            b.state = BreakerState::Open {
+                until: Instant::now() + b.cooldown,
+            };
+        }
+    }
+
+    /// How many times the breaker opened.
+    pub fn trips(&self) -> u64 {
+        self.inner.lock().map(|b| b.trips).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn limiter_spaces_calls_to_the_window() {
+        let l = RateLimiter::new(5, Duration::from_millis(200), None);
+        let start = Instant::now();
+        for _ in 0..10 {
+            l.acquire().await.unwrap();
+        }
+        // The sixth call had to wait for the first to leave the window.
+        assert!(start.elapsed() >= Duration::from_millis(200));
+    }
+
+    #[tokio::test]
+    async fn daily_budget_stops_calls() {
+        let l = RateLimiter::new(100, Duration::from_secs(10), Some(2));
+        assert!(l.acquire().await.is_ok());
+        assert!(l.acquire().await.is_ok());
+        assert_eq!(l.acquire().await, Err(DailyExhausted));
+    }
+
+    #[tokio::test]
+    async fn vendor_headers_shrink_the_budget() {
+        let l = RateLimiter::new(10, Duration::from_millis(300), None);
+        // The vendor says only 1 call is left: another app used 9.
+        l.observe(None, Some(1), None);
+        let start = Instant::now();
+        l.acquire().await.unwrap();
+        l.acquire().await.unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(300));
+    }
+
+    #[tokio::test]
+    async fn breaker_opens_on_failures_and_probes() {
+        let b = Breaker::new(4, Duration::from_millis(100));
+        b.record(false);
+        b.record(false);
+        assert_eq!(b.trips(), 1);
+        let start = Instant::now();
+        b.admit().await; // the probe, after the cool-down
+        assert!(start.elapsed() >= Duration::from_millis(90));
+        b.record(true);
+        // Closed again: the history starts over, so one failure does not trip it.
+        b.record(false);
+        assert_eq!(b.trips(), 1);
+        b.record(false);
+        assert_eq!(b.trips(), 2);
+    }
+}

@@ -1,0 +1,541 @@
+//! The HTTP layer every vendor connection shares: auth (bearer token or OAuth
+//! refresh), the account's rate budget, the circuit breaker, and what to do
+//! with each kind of reply.
+//!
+//! One [`Client`] per vendor account. A call goes through:
+//! stopped? → breaker → rate budget (account, plus the caller's own) → send →
+//! classify the reply:
+//!
+//! | reply | what happens |
+//! |---|---|
+//! | 2xx, 207 | returned; rate-limit headers steer the budget |
+//! | 429 window (`TEN_SECONDLY_ROLLING`) | wait for the window (or `Retry-After`), send again |
+//! | 429 daily (`DAILY`) | [`CallError::DailyLimit`]: stop cleanly, resume tomorrow |
+//! | 401 / 403 | with OAuth, refresh the token once and send again; otherwise [`CallError::Auth`] and the client refuses every later call |
+//! | 400, 404, 409, 422 | [`CallError::Rejected`] with the vendor's body: the caller isolates the bad rows |
+//! | 5xx, timeout, dropped connection | exponential backoff (1 s doubling to 60 s, plus jitter) for idempotent calls, up to `max_attempts`; non-idempotent calls return at once so the caller can check what landed before resending |
+
+pub mod limit;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+
+pub use limit::{Breaker, DailyExhausted, RateLimiter};
+
+use crate::project::secret::Secret;
+
+/// How a client authenticates.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// `Authorization: Bearer <token>` (a private-app token).
+    Bearer(Secret),
+    /// OAuth 2.0 with a refresh token: the access token is fetched on first
+    /// use and refreshed once when a call answers 401.
+    OAuth(OAuthConfig),
+}
+
+/// An OAuth app and the refresh token it was granted.
+#[derive(Debug, Clone)]
+pub struct OAuthConfig {
+    pub token_url: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub refresh_token: Secret,
+}
+
+/// Retries for transient failures.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts per call, the first included.
+    pub max_attempts: u32,
+    /// First backoff; it doubles each attempt.
+    pub initial: Duration,
+    /// Longest backoff.
+    pub max: Duration,
+    /// Per-request timeout.
+    pub timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 6,
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Backoff before attempt `attempt + 1` (attempt counts from 1): `initial ×
+    /// 2^(attempt-1)`, capped at `max`, plus up to 500 ms (or half of
+    /// `initial`, if smaller) of jitter.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .initial
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+        let jitter_cap = (self.initial / 2).min(Duration::from_millis(500));
+        let jitter = jitter_cap.mul_f64(rand::random::<f64>());
+        exp.min(self.max) + jitter
+    }
+}
+
+/// The vendor's rate-limit conventions.
+#[derive(Debug, Clone, Copy)]
+pub struct Vendor {
+    pub name: &'static str,
+    /// Header with the window's size.
+    pub max_header: &'static str,
+    /// Header with what is left in the window.
+    pub remaining_header: &'static str,
+    /// Header with what is left today.
+    pub daily_remaining_header: &'static str,
+    /// Whether a 429 body says the daily budget is spent.
+    pub is_daily: fn(&Value) -> bool,
+}
+
+/// What a failed call means for the caller.
+#[derive(Debug, Clone)]
+pub enum CallError {
+    /// 401/403: the credentials are wrong or lack a scope. The client sends
+    /// nothing more.
+    Auth { status: u16, message: String },
+    /// The daily budget is spent; resume after it resets.
+    DailyLimit,
+    /// The vendor refused the request as invalid (400, 404, 409, 422).
+    Rejected { status: u16, body: Value },
+    /// Still failing after the allowed attempts (5xx, timeouts, dropped
+    /// connections), or failed once on a call that is not safe to resend.
+    Transient { message: String, attempts: u32 },
+}
+
+impl CallError {
+    /// A short category for logs and the sync log.
+    pub fn category(&self) -> String {
+        match self {
+            CallError::Auth { .. } => "AUTH".into(),
+            CallError::DailyLimit => "DAILY_LIMIT".into(),
+            CallError::Rejected { body, status } => body["category"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("HTTP_{status}")),
+            CallError::Transient { .. } => "TRANSIENT".into(),
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            CallError::Auth { status, message } => format!("HTTP {status}: {message}"),
+            CallError::DailyLimit => "the vendor's daily request budget is spent".into(),
+            CallError::Rejected { status, body } => {
+                let m = body["message"].as_str().unwrap_or_default();
+                let detail: Vec<&str> = body["errors"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|e| e["message"].as_str()).collect())
+                    .unwrap_or_default();
+                if detail.is_empty() {
+                    format!("HTTP {status}: {m}")
+                } else {
+                    format!("HTTP {status}: {m}: {}", detail.join("; "))
+                }
+            }
+            CallError::Transient { message, attempts } => {
+                format!("{message} (after {attempts} attempts)")
+            }
+        }
+    }
+}
+
+/// One call.
+pub struct Call<'a> {
+    pub method: reqwest::Method,
+    /// Path and query, appended to the base URL.
+    pub path: String,
+    pub body: Option<&'a Value>,
+    /// Safe to send again when the first reply was lost.
+    pub idempotent: bool,
+    /// Budgets besides the account's that this call must fit (a sync's own
+    /// share, the search endpoint's 4 per second).
+    pub limits: Vec<&'a RateLimiter>,
+}
+
+impl<'a> Call<'a> {
+    pub fn get(path: impl Into<String>) -> Call<'a> {
+        Call {
+            method: reqwest::Method::GET,
+            path: path.into(),
+            body: None,
+            idempotent: true,
+            limits: Vec::new(),
+        }
+    }
+
+    pub fn post(path: impl Into<String>, body: &'a Value, idempotent: bool) -> Call<'a> {
+        Call {
+            method: reqwest::Method::POST,
+            path: path.into(),
+            body: Some(body),
+            idempotent,
+            limits: Vec::new(),
+        }
+    }
+
+    pub fn limited_by(mut self, limit: &'a RateLimiter) -> Call<'a> {
+        self.limits.push(limit);
+        self
+    }
+}
+
+/// A successful reply.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    /// The JSON body (`Null` for an empty body such as 204).
+    pub body: Value,
+}
+
+/// Counters for run summaries and benchmarks.
+#[derive(Debug, Default)]
+pub struct CallStats {
+    /// Requests sent (every attempt).
+    pub calls: AtomicU64,
+    /// 429 replies.
+    pub rate_limited: AtomicU64,
+    /// Attempts that failed transiently (5xx, timeout, dropped).
+    pub transient_failures: AtomicU64,
+}
+
+/// A client for one vendor account.
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    auth: Auth,
+    access: RwLock<(u64, Option<Secret>)>,
+    vendor: Vendor,
+    account: Arc<RateLimiter>,
+    breaker: Breaker,
+    retry: RetryPolicy,
+    stopped: Mutex<Option<CallError>>,
+    pub stats: CallStats,
+}
+
+enum Attempt {
+    Done(Reply),
+    Fail(CallError),
+    /// Send again after the pause (rate limited: not counted as an attempt).
+    RateLimited(Duration),
+    /// Send again after refreshing the token.
+    Refresh,
+    Transient(String),
+}
+
+impl Client {
+    pub fn new(
+        base: &str,
+        auth: Auth,
+        vendor: Vendor,
+        account: Arc<RateLimiter>,
+        retry: RetryPolicy,
+    ) -> Result<Client, String> {
+        let http = reqwest::Client::builder()
+            .timeout(retry.timeout)
+            .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let access = match &auth {
+            Auth::Bearer(t) => Some(t.clone()),
+            Auth::OAuth(_) => None,
+        };
+        Ok(Client {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            auth,
+            access: RwLock::new((0, access)),
+            vendor,
+            account,
+            breaker: Breaker::new(20, Duration::from_secs(2)),
+            retry,
+            stopped: Mutex::new(None),
+            stats: CallStats::default(),
+        })
+    }
+
+    /// The account's budget (shared with every user of this client).
+    pub fn limiter(&self) -> &Arc<RateLimiter> {
+        &self.account
+    }
+
+    /// Requests sent so far.
+    pub fn calls(&self) -> u64 {
+        self.stats.calls.load(Ordering::SeqCst)
+    }
+
+    /// Why the client stopped, if it did.
+    pub fn stopped(&self) -> Option<CallError> {
+        self.stopped.lock().ok().and_then(|s| s.clone())
+    }
+
+    fn stop(&self, why: CallError) -> CallError {
+        if let Ok(mut s) = self.stopped.lock()
+            && s.is_none()
+        {
+            *s = Some(why.clone());
+        }
+        why
+    }
+
+    /// Send a call, with the retries and waits described in the module docs.
+    pub async fn send(&self, call: Call<'_>) -> Result<Reply, CallError> {
+        let mut attempts = 0u32;
+        let mut refreshed = false;
+        let mut rate_waits = 0u32;
+        loop {
+            if let Some(why) = self.stopped() {
+                return Err(why);
+            }
+            self.breaker.admit().await;
+            for l in &call.limits {
+                l.acquire().await.map_err(|_| CallError::DailyLimit)?;
+            }
+            if self.account.acquire().await.is_err() {
+                return Err(self.stop(CallError::DailyLimit));
+            }
+            attempts += 1;
+            match self.attempt(&call).await {
+                Attempt::Done(r) => {
+                    self.breaker.record(true);
+                    return Ok(r);
+                }
+                Attempt::Fail(e) => {
+                    self.breaker.record(true);
+                    return Err(match e {
+                        CallError::Auth { .. } | CallError::DailyLimit => self.stop(e),
+                        other => other,
+                    });
+                }
+                Attempt::RateLimited(pause) => {
+                    attempts -= 1;
+                    rate_waits += 1;
+                    if rate_waits > 30 {
+                        return Err(CallError::Transient {
+                            message: "still rate limited after 30 waits".into(),
+                            attempts,
+                        });
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+                Attempt::Refresh => {
+                    if refreshed {
+                        let e = CallError::Auth {
+                            status: 401,
+                            message: "the refreshed access token was refused too".into(),
+                        };
+                        return Err(self.stop(e));
+                    }
+                    refreshed = true;
+                    attempts -= 1;
+                    if let Err(e) = self.refresh().await {
+                        return Err(self.stop(e));
+                    }
+                }
+                Attempt::Transient(message) => {
+                    self.breaker.record(false);
+                    self.stats.transient_failures.fetch_add(1, Ordering::SeqCst);
+                    if !call.idempotent || attempts >= self.retry.max_attempts {
+                        return Err(CallError::Transient { message, attempts });
+                    }
+                    let pause = self.retry.backoff(attempts);
+                    tracing::debug!(
+                        path = %call.path,
+                        attempt = attempts,
+                        pause_ms = pause.as_millis() as u64,
+                        "transient failure, retrying: {message}"
+                    );
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+    }
+
+    async fn token(&self) -> Result<(u64, Secret), CallError> {
+        if let Ok(guard) = self.access.read()
+            && let (generation, Some(t)) = &*guard
+        {
+            return Ok((*generation, t.clone()));
+        }
+        self.refresh().await?;
+        let guard = self.access.read().map_err(|_| CallError::Auth {
+            status: 401,
+            message: "token lock poisoned".into(),
+        })?;
+        match &*guard {
+            (g, Some(t)) => Ok((*g, t.clone())),
+            _ => Err(CallError::Auth {
+                status: 401,
+                message: "no access token".into(),
+            }),
+        }
+    }
+
+    /// Fetch a new OAuth access token with the refresh token.
+    async fn refresh(&self) -> Result<(), CallError> {
+        let Auth::OAuth(o) = &self.auth else {
+            return Err(CallError::Auth {
+                status: 401,
+                message: "the token was refused".into(),
+            });
+        };
+        tracing::info!(vendor = self.vendor.name, "refreshing the OAuth access token");
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("client_id", o.client_id.as_str()),
+            ("client_secret", o.client_secret.expose()),
+            ("refresh_token", o.refresh_token.expose()),
+        ];
+        let reply = self
+            .http
+            .post(&o.token_url)
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| CallError::Auth {
+                status: 0,
+                message: format!("cannot reach the OAuth token endpoint: {}", e.without_url()),
+            })?;
+        let status = reply.status().as_u16();
+        let body: Value = reply.json().await.unwrap_or(Value::Null);
+        let Some(token) = body["access_token"].as_str().filter(|_| status == 200) else {
+            return Err(CallError::Auth {
+                status,
+                message: format!(
+                    "the OAuth token refresh was refused ({}): check client_id, client_secret and refresh_token",
+                    body["status"].as_str().unwrap_or("no access_token in the reply")
+                ),
+            });
+        };
+        if let Ok(mut guard) = self.access.write() {
+            guard.0 += 1;
+            guard.1 = Some(Secret::new(token));
+        }
+        Ok(())
+    }
+
+    async fn attempt(&self, call: &Call<'_>) -> Attempt {
+        let (generation, token) = match self.token().await {
+            Ok(t) => t,
+            Err(e) => return Attempt::Fail(e),
+        };
+        let url = format!("{}{}", self.base, call.path);
+        let mut req = self
+            .http
+            .request(call.method.clone(), &url)
+            .bearer_auth(token.expose());
+        if let Some(b) = call.body {
+            req = req.json(b);
+        }
+        self.stats.calls.fetch_add(1, Ordering::SeqCst);
+        let reply = match req.send().await {
+            Ok(r) => r,
+            // without_url: a URL may carry an API key in its query.
+            Err(e) => return Attempt::Transient(format!("{}", e.without_url())),
+        };
+        let status = reply.status().as_u16();
+        let headers = reply.headers().clone();
+        let bytes = match reply.bytes().await {
+            Ok(b) => b,
+            Err(e) => return Attempt::Transient(format!("reply cut off: {}", e.without_url())),
+        };
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                Value::String(String::from_utf8_lossy(&bytes[..bytes.len().min(500)]).into())
+            })
+        };
+        self.observe(&headers);
+        match status {
+            200..=299 => Attempt::Done(Reply { status, body }),
+            429 => {
+                self.stats.rate_limited.fetch_add(1, Ordering::SeqCst);
+                if (self.vendor.is_daily)(&body) {
+                    self.account.exhaust_daily();
+                    return Attempt::Fail(CallError::DailyLimit);
+                }
+                let pause = retry_after(&headers).unwrap_or_else(|| self.account.interval());
+                tracing::info!(
+                    vendor = self.vendor.name,
+                    pause_ms = pause.as_millis() as u64,
+                    policy = body["policyName"].as_str().unwrap_or("unknown"),
+                    "rate limited; waiting for the window"
+                );
+                self.account.pause(pause);
+                Attempt::RateLimited(pause)
+            }
+            401 => {
+                let stale = self.access.read().is_ok_and(|g| g.0 != generation);
+                if stale {
+                    // Another call refreshed the token meanwhile: send again.
+                    return Attempt::RateLimited(Duration::ZERO);
+                }
+                if matches!(self.auth, Auth::OAuth(_)) {
+                    return Attempt::Refresh;
+                }
+                Attempt::Fail(CallError::Auth {
+                    status,
+                    message: body["message"].as_str().unwrap_or("unauthorized").to_string(),
+                })
+            }
+            403 => Attempt::Fail(CallError::Auth {
+                status,
+                message: body["message"].as_str().unwrap_or("forbidden").to_string(),
+            }),
+            400..=499 => Attempt::Fail(CallError::Rejected { status, body }),
+            _ => Attempt::Transient(format!(
+                "HTTP {status}: {}",
+                body["message"].as_str().unwrap_or("server error")
+            )),
+        }
+    }
+
+    fn observe(&self, h: &HeaderMap) {
+        let num = |name: &str| {
+            h.get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let max = num(self.vendor.max_header).map(|v| v as usize);
+        let remaining = num(self.vendor.remaining_header).map(|v| v as usize);
+        let daily = num(self.vendor.daily_remaining_header);
+        if max.is_some() || remaining.is_some() || daily.is_some() {
+            self.account.observe(max, remaining, daily);
+        }
+    }
+}
+
+fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    let v = h.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    v.trim().parse::<f64>().ok().map(Duration::from_secs_f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_bounded_jitter() {
+        let p = RetryPolicy::default();
+        for (attempt, base) in [(1, 1), (2, 2), (3, 4), (6, 32), (7, 60), (12, 60)] {
+            let b = p.backoff(attempt);
+            assert!(b >= Duration::from_secs(base), "attempt {attempt}: {b:?}");
+            assert!(
+                b <= Duration::from_secs(base) + Duration::from_millis(500),
+                "attempt {attempt}: {b:?}"
+            );
+        }
+    }
+}

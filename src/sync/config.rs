@@ -1,0 +1,352 @@
+//! What the user writes for reverse syncs: `[destinations.<name>]` profiles
+//! (the account and its credentials, shared by every sync to it) and
+//! `[syncs.<name>]` (one model → one CRM object).
+//!
+//! ```toml
+//! [destinations.hubspot]
+//! type = "hubspot"
+//! token = "${HUBSPOT_TOKEN}"
+//!
+//! [syncs.contact_scores]
+//! model = "contact_scores"
+//! destination = "hubspot"
+//! object = "contacts"
+//! mode = "upsert"
+//! match = { column = "email", property = "email" }
+//!
+//! [syncs.contact_scores.fields]
+//! lead_score = "ferry_lead_score"
+//! persona = { property = "persona", policy = "if_empty" }
+//! ```
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::http::{Auth, RetryPolicy};
+
+/// The kinds of destination ferry can write to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DestinationKind {
+    Hubspot,
+}
+
+/// One `[destinations.<name>]` table as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationSection {
+    /// `hubspot`.
+    #[serde(rename = "type")]
+    pub kind: DestinationKind,
+    /// API base URL; HubSpot's is the default (`https://api.hubapi.com`).
+    /// Point it at `ferry sim hubspot` to work against the emulator.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// A private-app token, usually `"${HUBSPOT_TOKEN}"`.
+    #[serde(default)]
+    pub token: Option<Spanned<String>>,
+    /// OAuth instead of a token.
+    #[serde(default)]
+    pub oauth: Option<OAuthSection>,
+    /// Requests per rolling 10 seconds for the whole account (HubSpot
+    /// Free/Starter: 100; Professional/Enterprise: 190).
+    #[serde(default = "default_requests_per_10s")]
+    pub requests_per_10s: usize,
+    /// Requests per day for the whole account (Free/Starter: 250,000).
+    #[serde(default = "default_daily_limit")]
+    pub daily_limit: u64,
+    /// Requests in flight at once.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Attempts per call for transient failures (5xx, timeouts, dropped
+    /// connections), the first included.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// First retry backoff in milliseconds; doubles up to `backoff_max_ms`.
+    #[serde(default = "default_backoff_initial_ms")]
+    pub backoff_initial_ms: u64,
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+    /// Per-request timeout in seconds.
+    #[serde(default = "default_timeout_seconds")]
+    pub timeout_seconds: u64,
+}
+
+/// `[destinations.<name>.oauth]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthSection {
+    pub client_id: Spanned<String>,
+    pub client_secret: Spanned<String>,
+    pub refresh_token: Spanned<String>,
+    /// Token endpoint; HubSpot's `<url>/oauth/v1/token` by default.
+    #[serde(default)]
+    pub token_url: Option<String>,
+}
+
+fn default_requests_per_10s() -> usize {
+    100
+}
+fn default_daily_limit() -> u64 {
+    250_000
+}
+fn default_max_in_flight() -> usize {
+    8
+}
+fn default_max_attempts() -> u32 {
+    6
+}
+fn default_backoff_initial_ms() -> u64 {
+    1000
+}
+fn default_backoff_max_ms() -> u64 {
+    60_000
+}
+fn default_timeout_seconds() -> u64 {
+    30
+}
+
+/// A resolved destination profile (secrets interpolated).
+#[derive(Debug, Clone)]
+pub struct Destination {
+    pub name: String,
+    pub kind: DestinationKind,
+    pub url: String,
+    pub auth: Auth,
+    pub requests_per_10s: usize,
+    pub daily_limit: u64,
+    pub max_in_flight: usize,
+    pub retry: RetryPolicy,
+}
+
+impl Destination {
+    pub(crate) fn resolve(
+        name: &str,
+        s: &DestinationSection,
+        auth: Auth,
+    ) -> Result<Destination, String> {
+        if s.requests_per_10s == 0 || s.max_in_flight == 0 || s.max_attempts == 0 {
+            return Err(
+                "requests_per_10s, max_in_flight and max_attempts must be at least 1".into(),
+            );
+        }
+        Ok(Destination {
+            name: name.to_string(),
+            kind: s.kind,
+            url: s
+                .url
+                .clone()
+                .unwrap_or_else(|| "https://api.hubapi.com".into())
+                .trim_end_matches('/')
+                .to_string(),
+            auth,
+            requests_per_10s: s.requests_per_10s,
+            daily_limit: s.daily_limit,
+            max_in_flight: s.max_in_flight,
+            retry: RetryPolicy {
+                max_attempts: s.max_attempts,
+                initial: Duration::from_millis(s.backoff_initial_ms),
+                max: Duration::from_millis(s.backoff_max_ms.max(s.backoff_initial_ms)),
+                timeout: Duration::from_secs(s.timeout_seconds.max(1)),
+            },
+        })
+    }
+}
+
+/// What a sync does with the model's rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Create records that do not exist, update those that do.
+    #[default]
+    Upsert,
+    /// Only update records that exist; never create.
+    Update,
+    /// Only create records that do not exist; never touch existing ones.
+    Insert,
+    /// Upsert, and archive records this sync created once they leave the model.
+    Mirror,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Upsert => "upsert",
+            Mode::Update => "update",
+            Mode::Insert => "insert",
+            Mode::Mirror => "mirror",
+        }
+    }
+}
+
+/// Who owns a CRM field.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// The model owns the field: its value is written, a null clears it.
+    #[default]
+    Overwrite,
+    /// The CRM's users own the field: written only where the CRM value is
+    /// empty, so a rep's input is never replaced.
+    IfEmpty,
+    /// Written like `overwrite`, but a null in the model never clears a value.
+    SkipNulls,
+}
+
+impl Policy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Overwrite => "overwrite",
+            Policy::IfEmpty => "if_empty",
+            Policy::SkipNulls => "skip_nulls",
+        }
+    }
+}
+
+/// A field mapping: a property name, or a property with its policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum FieldSection {
+    Property(String),
+    Full {
+        property: String,
+        #[serde(default)]
+        policy: Policy,
+    },
+}
+
+/// `match = { column = "...", property = "..." }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchKey {
+    /// The model column holding the key.
+    pub column: String,
+    /// The CRM property it matches (`email`, a custom unique property, or a
+    /// non-unique one such as `domain`, which ferry looks up before writing).
+    pub property: String,
+}
+
+/// One `[syncs.<name>]` table as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncSection {
+    /// The model (or any table `ferry query` can read) whose rows are synced.
+    pub model: String,
+    /// A `[destinations.<name>]` profile.
+    pub destination: String,
+    /// CRM object type: `contacts`, `companies`, `deals`, or a custom object's type id.
+    pub object: String,
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(rename = "match")]
+    pub match_key: MatchKey,
+    /// Model column → CRM property (or `{ property, policy }`).
+    pub fields: BTreeMap<String, FieldSection>,
+    /// Records per API call (at most 100 for HubSpot).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// `mirror` refuses to archive more than this share of the synced records.
+    #[serde(default = "default_max_delete_pct")]
+    pub max_delete_pct: f64,
+    /// This sync's own share of the account's 10-second budget (defaults to all of it).
+    #[serde(default)]
+    pub requests_per_10s: Option<usize>,
+}
+
+fn default_batch_size() -> usize {
+    100
+}
+fn default_max_delete_pct() -> f64 {
+    20.0
+}
+
+/// One field mapping, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Field {
+    pub column: String,
+    pub property: String,
+    pub policy: Policy,
+}
+
+/// A resolved sync.
+#[derive(Debug, Clone)]
+pub struct Sync {
+    pub name: String,
+    pub model: String,
+    pub destination: String,
+    pub object: String,
+    pub mode: Mode,
+    pub key_column: String,
+    pub key_property: String,
+    pub fields: Vec<Field>,
+    pub batch_size: usize,
+    pub max_delete_pct: f64,
+    pub requests_per_10s: Option<usize>,
+}
+
+impl Sync {
+    pub(crate) fn resolve(name: &str, s: &SyncSection) -> Result<Sync, String> {
+        if s.fields.is_empty() {
+            return Err("a sync needs at least one field under fields".into());
+        }
+        if s.batch_size == 0 || s.batch_size > 100 {
+            return Err(format!(
+                "batch_size = {} is out of range: HubSpot takes 1 to 100 records per call",
+                s.batch_size
+            ));
+        }
+        if !(0.0..=100.0).contains(&s.max_delete_pct) {
+            return Err("max_delete_pct must be between 0 and 100".into());
+        }
+        let fields: Vec<Field> = s
+            .fields
+            .iter()
+            .map(|(column, f)| match f {
+                FieldSection::Property(p) => Field {
+                    column: column.clone(),
+                    property: p.clone(),
+                    policy: Policy::Overwrite,
+                },
+                FieldSection::Full { property, policy } => Field {
+                    column: column.clone(),
+                    property: property.clone(),
+                    policy: *policy,
+                },
+            })
+            .collect();
+        let mut seen = std::collections::BTreeSet::new();
+        for f in &fields {
+            if f.property.trim().is_empty() {
+                return Err(format!("fields.{}: the CRM property is empty", f.column));
+            }
+            if !seen.insert(f.property.to_lowercase()) {
+                return Err(format!(
+                    "fields: two columns write the CRM property {:?}",
+                    f.property
+                ));
+            }
+            if f.property.eq_ignore_ascii_case(&s.match_key.property) {
+                return Err(format!(
+                    "fields.{}: {:?} is the match property; it is written from match.column",
+                    f.column, f.property
+                ));
+            }
+        }
+        Ok(Sync {
+            name: name.to_string(),
+            model: s.model.clone(),
+            destination: s.destination.clone(),
+            object: s.object.clone(),
+            mode: s.mode,
+            key_column: s.match_key.column.clone(),
+            key_property: s.match_key.property.clone(),
+            fields,
+            batch_size: s.batch_size,
+            max_delete_pct: s.max_delete_pct,
+            requests_per_10s: s.requests_per_10s,
+        })
+    }
+}

@@ -1,0 +1,422 @@
+//! The set-based diff of a sync, in DataFusion. The SQL lives in
+//! `sql/sync/`: `snapshot.sql` rebuilds what the CRM last confirmed from the
+//! lake, `diff.sql` compares the model with it by match key.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use arrow::datatypes::DataType;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::datasource::MemTable;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::execution::context::SessionContext;
+use futures::StreamExt;
+use minijinja::{Environment, context};
+
+use super::state;
+use crate::engine::LAKE_URL;
+use crate::error::{Error, Result};
+use crate::lake::Lake;
+
+/// `sql/sync/diff.sql`
+pub const DIFF_SQL: &str = include_str!("../../sql/sync/diff.sql");
+/// `sql/sync/snapshot.sql`
+pub const SNAPSHOT_SQL: &str = include_str!("../../sql/sync/snapshot.sql");
+
+pub const SNAPSHOT: &str = "__ferry_sync_snapshot";
+pub const DIFF: &str = "__ferry_sync_diff";
+const BASE: &str = "__ferry_sync_base";
+const LOG: &str = "__ferry_sync_log";
+
+/// Keys compared case-insensitively: HubSpot treats these properties so.
+pub fn lower_key(property: &str) -> bool {
+    matches!(property.to_ascii_lowercase().as_str(), "email" | "domain")
+}
+
+/// `"a"."b"` for `a.b`.
+pub fn quote_relation(name: &str) -> String {
+    name.split('.').map(quote_ident).collect::<Vec<_>>().join(".")
+}
+
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn render(template: &str, ctx: minijinja::Value) -> Result<String> {
+    let mut env = Environment::new();
+    env.add_template("t", template)
+        .map_err(|e| Error::Internal(format!("sync SQL template: {e}")))?;
+    env.get_template("t")
+        .and_then(|t| t.render(ctx))
+        .map_err(|e| Error::Internal(format!("sync SQL template: {e}")))
+}
+
+/// The diff SQL for a model relation, key column and mapped columns.
+pub fn diff_sql(
+    model: &str,
+    key_column: &str,
+    lower: bool,
+    columns: &[String],
+    snapshot: &str,
+) -> Result<String> {
+    render(
+        DIFF_SQL,
+        context! {
+            model => model,
+            key => quote_ident(key_column),
+            key_name => key_column.replace('\'', "''"),
+            lower_key => lower,
+            columns => columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>(),
+            snapshot => snapshot,
+        },
+    )
+}
+
+/// The snapshot SQL over a base snapshot, a log, and a cut-off.
+pub fn snapshot_sql(base: &str, log: &str, after: i64) -> Result<String> {
+    render(SNAPSHOT_SQL, context! { base => base, log => log, after => after })
+}
+
+async fn has_files(lake: &Lake, prefix: &object_store::path::Path) -> Result<bool> {
+    let mut list = lake.store().list(Some(prefix));
+    match list.next().await {
+        Some(Ok(_)) => Ok(true),
+        Some(Err(object_store::Error::NotFound { .. })) | None => Ok(false),
+        Some(Err(e)) => Err(e.into()),
+    }
+}
+
+fn listing(ctx: &SessionContext, name: &str, url: String) -> Result<()> {
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+        .with_file_extension(".parquet");
+    let config = ListingTableConfig::new(ListingTableUrl::parse(url)?)
+        .with_listing_options(options)
+        .with_schema(state::log_schema());
+    ctx.register_table(name, Arc::new(ListingTable::try_new(config)?))?;
+    Ok(())
+}
+
+fn empty(ctx: &SessionContext, name: &str) -> Result<()> {
+    let t = MemTable::try_new(state::log_schema(), vec![vec![]])?;
+    ctx.register_table(name, Arc::new(t))?;
+    Ok(())
+}
+
+/// Register `__ferry_sync_snapshot`: the sync's confirmed state.
+pub async fn register_snapshot(ctx: &SessionContext, lake: &Lake, sync: &str) -> Result<()> {
+    for t in [BASE, LOG, SNAPSHOT] {
+        ctx.deregister_table(t)?;
+    }
+    let after = match state::latest_snapshot(lake, sync).await? {
+        Some((path, micros)) => {
+            listing(ctx, BASE, format!("{LAKE_URL}{path}"))?;
+            micros
+        }
+        None => {
+            empty(ctx, BASE)?;
+            i64::MIN
+        }
+    };
+    let prefix = state::log_prefix(sync);
+    if has_files(lake, &prefix).await? {
+        listing(ctx, LOG, format!("{LAKE_URL}{prefix}/"))?;
+    } else {
+        empty(ctx, LOG)?;
+    }
+    let sql = snapshot_sql(BASE, LOG, after)?;
+    let view = ctx.sql(&sql).await?.into_view();
+    ctx.register_table(SNAPSHOT, view)?;
+    Ok(())
+}
+
+/// Register `__ferry_sync_diff` for a model relation against the snapshot.
+pub async fn register_diff(
+    ctx: &SessionContext,
+    model: &str,
+    key_column: &str,
+    lower: bool,
+    columns: &[String],
+) -> Result<()> {
+    ctx.deregister_table(DIFF)?;
+    let sql = diff_sql(model, key_column, lower, columns, SNAPSHOT)?;
+    let view = ctx.sql(&sql).await?.into_view();
+    ctx.register_table(DIFF, view)?;
+    Ok(())
+}
+
+/// What the diff says to do with a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DiffOp {
+    Add,
+    Change,
+    Unchanged,
+    Remove,
+    Reject,
+}
+
+impl DiffOp {
+    pub fn parse(s: &str) -> Option<DiffOp> {
+        Some(match s {
+            "add" => DiffOp::Add,
+            "change" => DiffOp::Change,
+            "unchanged" => DiffOp::Unchanged,
+            "remove" => DiffOp::Remove,
+            "reject" => DiffOp::Reject,
+            _ => return None,
+        })
+    }
+}
+
+/// One row of the diff, values formatted as CRM strings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub key: Option<String>,
+    pub op: DiffOp,
+    pub reason: Option<String>,
+    pub hash: Option<String>,
+    pub crm_id: Option<String>,
+    pub created: bool,
+    pub prev_payload: Option<String>,
+    pub values: Vec<Option<String>>,
+}
+
+fn options() -> FormatOptions<'static> {
+    FormatOptions::new()
+        .with_null("")
+        .with_date_format(Some("%Y-%m-%d"))
+        .with_timestamp_format(Some("%Y-%m-%dT%H:%M:%S%.3fZ"))
+        .with_timestamp_tz_format(Some("%Y-%m-%dT%H:%M:%S%.3f%:z"))
+}
+
+fn strings(batch: &RecordBatch, name: &str) -> Result<Vec<Option<String>>> {
+    let col = batch
+        .column_by_name(name)
+        .ok_or_else(|| Error::Internal(format!("diff column {name} missing")))?;
+    let col = arrow::compute::cast(col, &DataType::Utf8)?;
+    let a = col.as_string::<i32>();
+    Ok((0..a.len())
+        .map(|i| (!a.is_null(i)).then(|| a.value(i).to_string()))
+        .collect())
+}
+
+/// Decode a batch of the diff.
+pub fn rows(batch: &RecordBatch, columns: usize) -> Result<Vec<Row>> {
+    let keys = strings(batch, "_key")?;
+    let ops = strings(batch, "_op")?;
+    let reasons = strings(batch, "_reason")?;
+    let hashes = strings(batch, "_hash")?;
+    let ids = strings(batch, "_crm_id")?;
+    let prev = strings(batch, "_prev_payload")?;
+    let created = batch
+        .column_by_name("_created")
+        .and_then(|c| c.as_any().downcast_ref::<BooleanArray>().cloned())
+        .ok_or_else(|| Error::Internal("diff column _created missing".into()))?;
+    let opts = options();
+    let first = batch.num_columns() - columns;
+    let formatters = (0..columns)
+        .map(|i| ArrayFormatter::try_new(batch.column(first + i).as_ref(), &opts))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let mut out = Vec::with_capacity(batch.num_rows());
+    for r in 0..batch.num_rows() {
+        let op = ops[r]
+            .as_deref()
+            .and_then(DiffOp::parse)
+            .ok_or_else(|| Error::Internal(format!("unknown diff op {:?}", ops[r])))?;
+        let values = (0..columns)
+            .map(|i| {
+                let col = batch.column(first + i);
+                (!col.is_null(r)).then(|| formatters[i].value(r).to_string())
+            })
+            .collect();
+        out.push(Row {
+            key: keys[r].clone(),
+            op,
+            reason: reasons[r].clone(),
+            hash: hashes[r].clone(),
+            crm_id: ids[r].clone(),
+            created: !created.is_null(r) && created.value(r),
+            prev_payload: prev[r].clone(),
+            values,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{Field, Schema};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Model rows: (key, a, b) with small domains so collisions, nulls,
+    /// blanks, case variants and duplicates all happen.
+    fn model_strategy() -> impl Strategy<Value = Vec<(Option<String>, Option<String>, Option<i64>)>> {
+        let key = prop_oneof![
+            3 => prop::sample::select(vec!["a@x.io", "A@x.io", "b@x.io", "c@x.io", "d@x.io", "e@x.io", "f@x.io", " g@x.io"]).prop_map(|s| Some(s.to_string())),
+            1 => Just(None),
+            1 => Just(Some("  ".to_string())),
+        ];
+        let a = prop_oneof![
+            prop::sample::select(vec!["", "1", "1,", ",1", "1:", "~", "x|y"]).prop_map(|s| Some(s.to_string())),
+            Just(None),
+        ];
+        let b = prop_oneof![(0i64..3).prop_map(Some), Just(None)];
+        prop::collection::vec((key, a, b), 0..12)
+    }
+
+    fn table(rows: &[(Option<String>, Option<String>, Option<i64>)]) -> MemTable {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("email", DataType::Utf8, true),
+            Field::new("a", DataType::Utf8, true),
+            Field::new("b", DataType::Int64, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>())),
+                Arc::new(StringArray::from(rows.iter().map(|r| r.1.clone()).collect::<Vec<_>>())),
+                Arc::new(Int64Array::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())),
+            ],
+        )
+        .unwrap();
+        MemTable::try_new(schema, vec![vec![batch]]).unwrap()
+    }
+
+    type Model = Vec<(Option<String>, Option<String>, Option<i64>)>;
+
+    /// The naive reference: valid rows by normalized key.
+    fn valid(m: &Model) -> BTreeMap<String, (Option<String>, Option<i64>)> {
+        let mut n: BTreeMap<String, usize> = BTreeMap::new();
+        for r in m {
+            if let Some(k) = &r.0 {
+                *n.entry(k.trim().to_lowercase()).or_default() += 1;
+            }
+        }
+        m.iter()
+            .filter_map(|r| {
+                let k = r.0.as_ref()?.trim().to_lowercase();
+                (!k.is_empty() && n[&k] == 1).then(|| (k, (r.1.clone(), r.2)))
+            })
+            .collect()
+    }
+
+    async fn run_diff(ctx: &SessionContext) -> Vec<(Option<String>, String)> {
+        let sql = diff_sql("model", "email", true, &["a".into(), "b".into()], "snap").unwrap();
+        let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+        let mut out = Vec::new();
+        for b in &batches {
+            for r in rows(b, 2).unwrap() {
+                let op = format!("{:?}", r.op);
+                out.push((r.key, op));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn diff_matches_a_naive_reference(prev in model_strategy(), now in model_strategy()) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async {
+                // The snapshot is what a run of `prev` against nothing confirms.
+                let ctx = SessionContext::new();
+                ctx.register_table("model", Arc::new(table(&prev))).unwrap();
+                let empty = "select cast(null as varchar) as _key, cast(null as varchar) as _hash, \
+                             cast(null as varchar) as _crm_id, cast(null as boolean) as _created, \
+                             cast(null as varchar) as _payload where false";
+                ctx.register_table("snap", ctx.sql(empty).await.unwrap().into_view()).unwrap();
+                let sql = diff_sql("model", "email", true, &["a".into(), "b".into()], "snap").unwrap();
+                let confirmed = ctx
+                    .sql(&format!("select _key, _hash, cast(null as varchar) as _crm_id, false as _created, cast(null as varchar) as _payload from ({sql}) where _op = 'add'"))
+                    .await.unwrap().collect().await.unwrap();
+                let snap = MemTable::try_new(confirmed.first().map(|b| b.schema()).unwrap_or_else(|| {
+                    Arc::new(Schema::new(vec![
+                        Field::new("_key", DataType::Utf8, true),
+                        Field::new("_hash", DataType::Utf8, true),
+                        Field::new("_crm_id", DataType::Utf8, true),
+                        Field::new("_created", DataType::Boolean, false),
+                        Field::new("_payload", DataType::Utf8, true),
+                    ]))
+                }), vec![confirmed]).unwrap();
+                ctx.deregister_table("snap").unwrap();
+                ctx.register_table("snap", Arc::new(snap)).unwrap();
+                ctx.deregister_table("model").unwrap();
+                ctx.register_table("model", Arc::new(table(&now))).unwrap();
+                let got = run_diff(&ctx).await;
+
+                let before = valid(&prev);
+                let after = valid(&now);
+                let mut want: Vec<(Option<String>, String)> = Vec::new();
+                let mut present = BTreeSet::new();
+                let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+                for r in &now {
+                    if let Some(k) = &r.0 {
+                        *counts.entry(k.trim().to_lowercase()).or_default() += 1;
+                    }
+                }
+                for r in &now {
+                    let k = r.0.as_ref().map(|k| k.trim().to_lowercase());
+                    if let Some(k) = &k { present.insert(k.clone()); }
+                    let op = match &k {
+                        None => "Reject",
+                        Some(k) if k.is_empty() => "Reject",
+                        Some(k) if counts[k] > 1 => "Reject",
+                        Some(k) => match before.get(k) {
+                            None => "Add",
+                            Some(v) if v != &after[k] => "Change",
+                            Some(_) => "Unchanged",
+                        },
+                    };
+                    want.push((k, op.to_string()));
+                }
+                for k in before.keys() {
+                    if !present.contains(k) {
+                        want.push((Some(k.clone()), "Remove".to_string()));
+                    }
+                }
+                want.sort();
+                assert_eq!(got, want);
+            });
+        }
+    }
+}
+#[cfg(test)]
+mod golden {
+    /// The rendered diff and snapshot SQL for a two-column sync, against
+    /// `tests/golden/sync_*.sql` (UPDATE_GOLDEN=1 rewrites them).
+    #[test]
+    fn rendered_sync_sql_matches_golden_files() {
+        let cases = [
+            (
+                "sync_diff.sql",
+                super::diff_sql(
+                    "\"contact_scores\"",
+                    "email",
+                    true,
+                    &["lead_score".into(), "persona".into()],
+                    super::SNAPSHOT,
+                )
+                .unwrap(),
+            ),
+            ("sync_snapshot.sql", super::snapshot_sql("base", "log", 1_700_000_000_000_000).unwrap()),
+        ];
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+        for (file, sql) in cases {
+            let path = dir.join(file);
+            if std::env::var_os("UPDATE_GOLDEN").is_some() {
+                std::fs::write(&path, &sql).unwrap();
+            }
+            let want = std::fs::read_to_string(&path).unwrap_or_default();
+            assert_eq!(sql, want, "{file} differs; run with UPDATE_GOLDEN=1 if the change is intended");
+        }
+    }
+}

@@ -1,0 +1,1045 @@
+//! Reverse sync: model rows back into the CRM.
+//!
+//! One run of a sync:
+//!
+//! 1. take the sync's lock in the lake ([`state::SyncLock`]);
+//! 2. check the CRM object and properties (one call) and learn whether the
+//!    match property is unique;
+//! 3. diff the model against the snapshot of what the CRM last confirmed
+//!    (`sql/sync/*.sql`, in DataFusion): added, changed, removed, unchanged,
+//!    rejected (empty or duplicate key);
+//! 4. refuse a mirror run that would archive too much;
+//! 5. send added and changed rows in batches, concurrently up to the
+//!    account's limit: look records up where needed (non-unique key,
+//!    `update`/`insert` modes, `if_empty` fields), apply ownership policies,
+//!    write, split rejected batches in halves to isolate bad rows, and look
+//!    before resending a create whose reply was lost;
+//! 6. after each batch the CRM answered, append its outcomes to
+//!    `ferry.sync_log`; that file is the commit. A killed run loses at most
+//!    the batches in flight, and the next run's diff sends exactly what is
+//!    not confirmed;
+//! 7. archive (mirror) or release removed rows, write a new snapshot, record
+//!    the run in `ferry.sync_runs`, release the lock.
+
+pub mod config;
+pub mod destination;
+pub mod diff;
+pub mod hubspot;
+pub mod state;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use chrono::Utc;
+use datafusion::execution::context::SessionContext;
+use futures::StreamExt;
+
+use crate::error::{Error, Result};
+use crate::http::CallError;
+use crate::lake::Lake;
+use crate::lake::layout::RunId;
+use crate::project::Project;
+use config::{Mode, Policy, Sync};
+use destination::{Destination, Existing, Op, Outcome, Outgoing, Refusal, Written};
+use diff::{DiffOp, Row};
+use state::{LogRow, LogWriter};
+
+/// Command-line switches for a run.
+#[derive(Debug, Clone, Default)]
+pub struct SyncOptions {
+    /// Compute and report, write nothing (lookups still read the CRM).
+    pub dry_run: bool,
+    /// Send only the rows that failed or were rejected by the CRM last time.
+    pub retry_failed: bool,
+    /// Let `mirror` archive more than `max_delete_pct`, or run on an empty model.
+    pub allow_mass_delete: bool,
+    /// Take the lock even if another run seems to hold it.
+    pub break_lock: bool,
+}
+
+/// What a run did (or, in a dry run, would do).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub created: u64,
+    pub updated: u64,
+    pub archived: u64,
+    pub unchanged: u64,
+    /// Rejected by the diff (bad key) or by the CRM (bad value, not found...).
+    pub rejected: u64,
+    /// Transient failures that outlasted the retries; sent again next run.
+    pub failed: u64,
+    /// `insert` mode: the record exists and was left alone.
+    pub skipped: u64,
+    /// Left the model and were released without archiving.
+    pub released: u64,
+    /// Not sent because the run stopped (auth, daily limit): sent next run.
+    pub not_sent: u64,
+}
+
+/// A sample change for `--dry-run`.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub key: String,
+    pub action: &'static str,
+    pub before: BTreeMap<String, String>,
+    pub after: BTreeMap<String, String>,
+}
+
+/// The result of one run.
+#[derive(Debug, Clone)]
+pub struct SyncReport {
+    pub sync: String,
+    pub run_id: RunId,
+    pub mode: Mode,
+    pub dry_run: bool,
+    pub counts: Counts,
+    pub api_calls: u64,
+    pub rate_limited: u64,
+    pub seconds: f64,
+    /// Why the run stopped early (the rest is sent next run).
+    pub stopped: Option<String>,
+    pub samples: Vec<Sample>,
+}
+
+impl SyncReport {
+    /// Whether every row ended where the model says.
+    pub fn clean(&self) -> bool {
+        self.stopped.is_none() && self.counts.failed == 0 && self.counts.rejected == 0
+    }
+}
+
+/// Runs syncs; keeps one client per destination account so that syncs to the
+/// same account share its rate budget.
+pub struct Syncer {
+    project: Project,
+    lake: Lake,
+    accounts: HashMap<String, Arc<hubspot::Account>>,
+}
+
+const SAMPLES: usize = 5;
+
+impl Syncer {
+    pub fn new(project: &Project, lake: Lake) -> Syncer {
+        Syncer {
+            project: project.clone(),
+            lake,
+            accounts: HashMap::new(),
+        }
+    }
+
+    fn destination(&mut self, sync: &Sync) -> Result<hubspot::HubSpot> {
+        let cfg = self.project.destinations.get(&sync.destination).ok_or_else(|| {
+            Error::Input(format!(
+                "sync {} names destination {:?}, which is not defined",
+                sync.name, sync.destination
+            ))
+        })?;
+        let account = match self.accounts.get(&cfg.name) {
+            Some(a) => a.clone(),
+            None => {
+                let a = Arc::new(hubspot::Account::new(cfg)?);
+                self.accounts.insert(cfg.name.clone(), a.clone());
+                a
+            }
+        };
+        Ok(hubspot::HubSpot::new(account, sync.requests_per_10s))
+    }
+
+    /// Run one sync.
+    pub async fn run(&mut self, name: &str, opts: &SyncOptions) -> Result<SyncReport> {
+        let sync = self.project.syncs.get(name).cloned().ok_or_else(|| {
+            let known: Vec<&String> = self.project.syncs.keys().collect();
+            Error::Input(format!(
+                "no sync named {name:?} in ferry.toml (defined: {known:?})"
+            ))
+        })?;
+        let dest = self.destination(&sync)?;
+        let max_in_flight = self
+            .project
+            .destinations
+            .get(&sync.destination)
+            .map(|d| d.max_in_flight)
+            .unwrap_or(1);
+        let retry = self
+            .project
+            .destinations
+            .get(&sync.destination)
+            .map(|d| d.retry)
+            .unwrap_or_default();
+        let run_id = RunId::new();
+        let started = Utc::now();
+        let lock = if opts.dry_run {
+            None
+        } else {
+            Some(state::SyncLock::acquire(&self.lake, &sync.name, &run_id, opts.break_lock).await?)
+        };
+        let (calls0, limited0) = dest.usage();
+        let run = Run {
+            sync: &sync,
+            dest: &dest,
+            lake: &self.lake,
+            project: &self.project,
+            opts,
+            log: LogWriter::new(self.lake.clone(), &sync.name, run_id.clone()),
+            max_in_flight,
+            retry,
+            counts: Mutex::new(Counts::default()),
+            samples: Mutex::new(Vec::new()),
+            stop: Mutex::new(None),
+        };
+        let clock = Instant::now();
+        let outcome = run.execute().await;
+        let (calls1, limited1) = dest.usage();
+        let counts = run.counts.lock().map(|c| c.clone()).unwrap_or_default();
+        let stopped = run.stop.lock().ok().and_then(|s| s.clone());
+        let samples = run.samples.lock().map(|s| s.clone()).unwrap_or_default();
+        let report = SyncReport {
+            sync: sync.name.clone(),
+            run_id: run_id.clone(),
+            mode: sync.mode,
+            dry_run: opts.dry_run,
+            counts: counts.clone(),
+            api_calls: calls1 - calls0,
+            rate_limited: limited1 - limited0,
+            seconds: clock.elapsed().as_secs_f64(),
+            stopped: stopped.as_ref().map(|e| hubspot::call_error(e.clone()).to_string()),
+            samples,
+        };
+        if !opts.dry_run {
+            let status = match (&outcome, &stopped) {
+                (Err(_), _) => "failed",
+                (Ok(()), Some(_)) => "stopped",
+                _ if !report.clean() => "partial",
+                _ => "success",
+            };
+            let row = state::RunRow {
+                mode: sync.mode.as_str().into(),
+                status: status.into(),
+                counts: [
+                    counts.created as i64,
+                    counts.updated as i64,
+                    counts.archived as i64,
+                    counts.unchanged as i64,
+                    counts.rejected as i64,
+                    counts.failed as i64,
+                ],
+                api_calls: report.api_calls as i64,
+                rate_limited: report.rate_limited as i64,
+                error: outcome
+                    .as_ref()
+                    .err()
+                    .map(|e| e.to_string())
+                    .or(report.stopped.clone()),
+                started_at: started,
+            };
+            if let Err(e) = state::record_run(&self.lake, &sync.name, &run_id, &row).await {
+                tracing::warn!(sync = %sync.name, "could not record the run in ferry.sync_runs: {e}");
+            }
+        }
+        if let Some(lock) = lock {
+            lock.release().await?;
+        }
+        outcome?;
+        Ok(report)
+    }
+}
+
+/// One run in progress.
+struct Run<'a> {
+    sync: &'a Sync,
+    dest: &'a dyn Destination,
+    lake: &'a Lake,
+    project: &'a Project,
+    opts: &'a SyncOptions,
+    log: LogWriter,
+    max_in_flight: usize,
+    retry: crate::http::RetryPolicy,
+    counts: Mutex<Counts>,
+    samples: Mutex<Vec<Sample>>,
+    stop: Mutex<Option<CallError>>,
+}
+
+/// What to do with one row after looking at the CRM.
+#[derive(Debug)]
+enum Action {
+    Send(Op, Outgoing),
+    /// Nothing to write (insert mode: exists; update: every field is owned by the CRM).
+    Noop { id: String, skipped: bool },
+    Reject { category: &'static str, message: String },
+}
+
+impl Run<'_> {
+    fn add(&self, f: impl FnOnce(&mut Counts)) {
+        if let Ok(mut c) = self.counts.lock() {
+            f(&mut c);
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.lock().map(|s| s.is_some()).unwrap_or(true)
+    }
+
+    fn set_stop(&self, e: CallError) {
+        if let Ok(mut s) = self.stop.lock()
+            && s.is_none()
+        {
+            tracing::error!(sync = %self.sync.name, "stopping: {}", e.message());
+            *s = Some(e);
+        }
+    }
+
+    fn properties(&self) -> Vec<String> {
+        self.sync.fields.iter().map(|f| f.property.clone()).collect()
+    }
+
+    fn has_if_empty(&self) -> bool {
+        self.sync.fields.iter().any(|f| f.policy == Policy::IfEmpty)
+    }
+
+    async fn execute(&self) -> Result<()> {
+        let sync = self.sync;
+        let unique = self
+            .dest
+            .prepare(&sync.object, &sync.key_property, &self.properties())
+            .await?;
+        let ctx = crate::engine::session(self.lake).await?;
+        if self.project.dir.join("models").is_dir() {
+            match crate::models::Workspace::load(self.project, &[]) {
+                Ok(ws) => ws.register_views(&ctx, self.lake).await?,
+                Err(e) => tracing::warn!("models are not queryable: {e}"),
+            }
+        }
+        let model = diff::quote_relation(&sync.model);
+        let model_schema = match ctx.sql(&format!("select * from {model} limit 0")).await {
+            Ok(df) => df.schema().clone(),
+            Err(e) => {
+                return Err(Error::Input(format!(
+                    "sync {}: cannot read model {:?}: {e}. Run `ferry run` first, or fix model in [syncs.{}]",
+                    sync.name, sync.model, sync.name
+                )));
+            }
+        };
+        let columns: Vec<String> = sync.fields.iter().map(|f| f.column.clone()).collect();
+        for c in columns.iter().chain([&sync.key_column]) {
+            if model_schema.field_with_unqualified_name(c).is_err() {
+                let names: Vec<&str> = model_schema.fields().iter().map(|f| f.name().as_str()).collect();
+                return Err(Error::Input(format!(
+                    "sync {}: model {} has no column {c:?} (its columns: {}). Fix [syncs.{}]",
+                    sync.name,
+                    sync.model,
+                    names.join(", "),
+                    sync.name
+                )));
+            }
+        }
+        diff::register_snapshot(&ctx, self.lake, &sync.name).await?;
+        diff::register_diff(
+            &ctx,
+            &model,
+            &sync.key_column,
+            diff::lower_key(&sync.key_property),
+            &columns,
+        )
+        .await?;
+
+        // Counts first: the mirror guard must decide before anything is sent.
+        let tally = ctx
+            .sql(&format!(
+                "select _op, _created, count(*) as n from {} group by _op, _created",
+                diff::DIFF
+            ))
+            .await?
+            .collect()
+            .await?;
+        let mut by_op: HashMap<(String, bool), i64> = HashMap::new();
+        for b in &tally {
+            let ops = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8)?;
+            let ops = arrow::array::AsArray::as_string::<i32>(&ops);
+            let created = arrow::array::AsArray::as_boolean(b.column(1));
+            let n = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(b.column(2));
+            for i in 0..b.num_rows() {
+                by_op.insert((ops.value(i).to_string(), created.value(i)), n.value(i));
+            }
+        }
+        let count = |op: &str| -> i64 {
+            by_op.get(&(op.to_string(), true)).copied().unwrap_or(0)
+                + by_op.get(&(op.to_string(), false)).copied().unwrap_or(0)
+        };
+        let model_rows = count("add") + count("change") + count("unchanged") + count("reject");
+        let snapshot_rows = {
+            let b = ctx
+                .sql(&format!("select count(*) from {}", diff::SNAPSHOT))
+                .await?
+                .collect()
+                .await?;
+            b.first()
+                .map(|b| arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(b.column(0)).value(0))
+                .unwrap_or(0)
+        };
+        let to_archive = by_op.get(&("remove".to_string(), true)).copied().unwrap_or(0);
+        if sync.mode == Mode::Mirror && !self.opts.allow_mass_delete {
+            if model_rows == 0 {
+                return Err(Error::Input(format!(
+                    "sync {}: model {} is empty, so mirror would archive every record this sync created ({to_archive}). \
+                     Nothing was sent. If that is intended, run again with --allow-mass-delete",
+                    sync.name, sync.model
+                )));
+            }
+            let pct = if snapshot_rows > 0 {
+                to_archive as f64 * 100.0 / snapshot_rows as f64
+            } else {
+                0.0
+            };
+            if pct > sync.max_delete_pct {
+                return Err(Error::Input(format!(
+                    "sync {}: mirror would archive {to_archive} of {snapshot_rows} synced records ({pct:.1}%), \
+                     more than max_delete_pct = {}. Nothing was sent. Check model {}; if this is intended, \
+                     run again with --allow-mass-delete",
+                    sync.name, sync.max_delete_pct, sync.model
+                )));
+            }
+        }
+        self.add(|c| c.unchanged = count("unchanged") as u64);
+
+        let retry_keys = if self.opts.retry_failed {
+            Some(self.failed_keys(&ctx).await?)
+        } else {
+            None
+        };
+
+        // Stream what is not unchanged; rejects are logged as they come.
+        let mut stream = ctx
+            .sql(&format!("select * from {} where _op <> 'unchanged'", diff::DIFF))
+            .await?
+            .execute_stream()
+            .await?;
+        let mut pending: Vec<Row> = Vec::new();
+        let mut removed: Vec<Row> = Vec::new();
+        let mut rejects: Vec<LogRow> = Vec::new();
+        while let Some(batch) = stream.next().await {
+            for row in diff::rows(&batch?, columns.len())? {
+                if let Some(keys) = &retry_keys
+                    && !row.key.as_ref().is_some_and(|k| keys.contains(k))
+                {
+                    continue;
+                }
+                match row.op {
+                    DiffOp::Add | DiffOp::Change => pending.push(row),
+                    DiffOp::Remove => removed.push(row),
+                    DiffOp::Reject => {
+                        let mut l = LogRow::error(
+                            row.key.as_deref(),
+                            "reject",
+                            "rejected",
+                            "INVALID_KEY",
+                            row.reason.as_deref().unwrap_or("invalid match key"),
+                        );
+                        l.hash = row.hash.clone();
+                        l.payload = Some(self.model_values(&row));
+                        rejects.push(l);
+                    }
+                    DiffOp::Unchanged => {}
+                }
+            }
+        }
+        if !rejects.is_empty() {
+            tracing::warn!(sync = %sync.name, rows = rejects.len(), "rows rejected: empty or duplicate match key (see ferry.sync_log)");
+            self.add(|c| c.rejected += rejects.len() as u64);
+            if !self.opts.dry_run {
+                self.log.append(&rejects).await?;
+            }
+        }
+
+        // Send, up to max_in_flight batches at once.
+        let batch = sync.batch_size.min(self.dest.max_batch()).max(1);
+        let chunks: Vec<Vec<Row>> = pending.chunks(batch).map(|c| c.to_vec()).collect();
+        drop(pending);
+        let mut results = futures::stream::iter(chunks.into_iter().map(|c| self.chunk(c, unique)))
+            .buffer_unordered(self.max_in_flight.max(1));
+        let mut first_error = None;
+        while let Some(r) = results.next().await {
+            if let Err(e) = r {
+                tracing::error!(sync = %sync.name, "batch failed: {e}");
+                first_error.get_or_insert(e);
+            }
+        }
+        drop(results);
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+
+        // Removed rows: mirror archives what this sync created; the rest are released.
+        if !removed.is_empty() && !self.stopped() {
+            self.removals(removed).await?;
+        }
+
+        if !self.opts.dry_run {
+            self.compact(&ctx).await?;
+        }
+        Ok(())
+    }
+
+    /// Keys whose newest outcome is a CRM rejection or a failure.
+    async fn failed_keys(&self, ctx: &SessionContext) -> Result<HashSet<String>> {
+        let sql = format!(
+            "select key from (select key, status, operation, row_number() over (partition by key order by at desc) as rn \
+             from ferry.sync_log where sync = '{}') where rn = 1 and status in ('failed', 'rejected') and operation <> 'reject'",
+            self.sync.name.replace('\'', "''")
+        );
+        let batches = ctx.sql(&sql).await?.collect().await?;
+        let mut keys = HashSet::new();
+        for b in &batches {
+            let col = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8)?;
+            let a = arrow::array::AsArray::as_string::<i32>(&col);
+            for i in 0..arrow::array::Array::len(a) {
+                if arrow::array::Array::is_valid(a, i) {
+                    keys.insert(a.value(i).to_string());
+                }
+            }
+        }
+        Ok(keys)
+    }
+
+    fn model_values(&self, row: &Row) -> String {
+        let m: BTreeMap<&str, &Option<String>> = self
+            .sync
+            .fields
+            .iter()
+            .zip(&row.values)
+            .map(|(f, v)| (f.column.as_str(), v))
+            .collect();
+        serde_json::to_string(&m).unwrap_or_default()
+    }
+
+    /// The properties to send for `row`, under each field's ownership policy.
+    /// `current` is the CRM record when known; `creating` when it will be new.
+    fn payload(&self, row: &Row, current: Option<&Existing>, creating: bool) -> BTreeMap<String, String> {
+        let mut p = BTreeMap::new();
+        for (f, v) in self.sync.fields.iter().zip(&row.values) {
+            match (v, f.policy) {
+                (None, Policy::Overwrite) => {
+                    p.insert(f.property.clone(), String::new());
+                }
+                (None, _) => {}
+                (Some(v), Policy::IfEmpty) => {
+                    let empty = creating
+                        || current.is_some_and(|c| {
+                            c.properties
+                                .get(&f.property)
+                                .is_none_or(|x| x.trim().is_empty())
+                        });
+                    if empty {
+                        p.insert(f.property.clone(), v.clone());
+                    }
+                }
+                (Some(v), _) => {
+                    p.insert(f.property.clone(), v.clone());
+                }
+            }
+        }
+        p
+    }
+
+    /// Decide what to do with each row of a batch.
+    async fn plan(&self, rows: &[Row], unique: bool) -> Result<Vec<Action>, CallError> {
+        let sync = self.sync;
+        // Upserts by a unique key and updates by a unique key need no lookup,
+        // unless an if_empty field needs the CRM's current value (or this is a
+        // dry run, which reports creates and updates apart).
+        let need_lookup =
+            !unique || sync.mode == Mode::Insert || self.has_if_empty() || self.opts.dry_run;
+        let found = if need_lookup {
+            let keys: Vec<String> = rows.iter().filter_map(|r| r.key.clone()).collect();
+            self.dest
+                .lookup(&sync.object, &sync.key_property, unique, &keys, &self.properties())
+                .await?
+        } else {
+            HashMap::new()
+        };
+        let mut actions = Vec::with_capacity(rows.len());
+        for row in rows {
+            let key = row.key.clone().unwrap_or_default();
+            let matches: &[Existing] = found.get(&key.to_lowercase()).map(Vec::as_slice).unwrap_or(&[]);
+            if matches.len() > 1 {
+                let ids: Vec<&str> = matches.iter().map(|m| m.id.as_str()).collect();
+                actions.push(Action::Reject {
+                    category: "AMBIGUOUS_MATCH",
+                    message: format!(
+                        "{} CRM records have {} = {key} (ids {}): merge them in the CRM or match on a unique property",
+                        matches.len(),
+                        sync.key_property,
+                        ids.join(", ")
+                    ),
+                });
+                continue;
+            }
+            let existing = matches.first();
+            let out = |op: Op, id: Option<String>, creating: bool| {
+                Action::Send(
+                    op,
+                    Outgoing {
+                        key: key.clone(),
+                        id,
+                        properties: self.payload(row, existing, creating),
+                    },
+                )
+            };
+            let action = match (sync.mode, unique, existing) {
+                // A dry run reports an upsert of a key the CRM lacks as a create.
+                (Mode::Upsert | Mode::Mirror, true, None) if self.opts.dry_run => {
+                    out(Op::Create, None, true)
+                }
+                // Not found (or not looked up): the upsert creates it.
+                (Mode::Upsert | Mode::Mirror, true, e) => {
+                    out(Op::Upsert, None, e.is_none() && need_lookup)
+                }
+                (Mode::Upsert | Mode::Mirror, false, None) => out(Op::Create, None, true),
+                (Mode::Upsert | Mode::Mirror | Mode::Update, false, Some(e)) => {
+                    out(Op::Update, Some(e.id.clone()), false)
+                }
+                (Mode::Update, true, Some(e)) => out(Op::Update, Some(e.id.clone()), false),
+                (Mode::Update, true, None) if !need_lookup => out(Op::UpdateByKey, None, false),
+                (Mode::Update, _, None) => Action::Reject {
+                    category: "OBJECT_NOT_FOUND",
+                    message: format!(
+                        "no CRM record has {} = {key}; mode = \"update\" never creates records",
+                        sync.key_property
+                    ),
+                },
+                (Mode::Insert, _, Some(e)) => Action::Noop {
+                    id: e.id.clone(),
+                    skipped: true,
+                },
+                (Mode::Insert, _, None) => out(Op::Create, None, true),
+            };
+            // An update with nothing left to write (every field owned by the CRM).
+            let action = match action {
+                Action::Send(Op::Update | Op::UpdateByKey, o) if o.properties.is_empty() => {
+                    Action::Noop {
+                        id: o.id.unwrap_or_default(),
+                        skipped: false,
+                    }
+                }
+                Action::Send(Op::Upsert, o) if o.properties.is_empty() && existing.is_some() => {
+                    Action::Noop {
+                        id: existing.map(|e| e.id.clone()).unwrap_or_default(),
+                        skipped: false,
+                    }
+                }
+                a => a,
+            };
+            actions.push(action);
+        }
+        if self.opts.dry_run
+            && let Ok(mut samples) = self.samples.lock()
+        {
+            for (row, a) in rows.iter().zip(&actions) {
+                if samples.len() >= SAMPLES {
+                    break;
+                }
+                if let Action::Send(op, o) = a {
+                    let key = row.key.clone().unwrap_or_default();
+                    let before = found
+                        .get(&key.to_lowercase())
+                        .and_then(|m| m.first())
+                        .map(|e| {
+                            o.properties
+                                .keys()
+                                .map(|k| (k.clone(), e.properties.get(k).cloned().unwrap_or_default()))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let action = match (op, found.contains_key(&key.to_lowercase())) {
+                        (Op::Create, _) | (Op::Upsert, false) => "create",
+                        _ => "update",
+                    };
+                    samples.push(Sample {
+                        key,
+                        action,
+                        before,
+                        after: o.properties.clone(),
+                    });
+                }
+            }
+        }
+        Ok(actions)
+    }
+
+    /// Plan, send and commit one batch of added/changed rows.
+    async fn chunk(&self, rows: Vec<Row>, unique: bool) -> Result<()> {
+        if self.stopped() {
+            self.add(|c| c.not_sent += rows.len() as u64);
+            return Ok(());
+        }
+        let actions = match self.plan(&rows, unique).await {
+            Ok(a) => a,
+            Err(e @ (CallError::Auth { .. } | CallError::DailyLimit)) => {
+                self.set_stop(e);
+                self.add(|c| c.not_sent += rows.len() as u64);
+                return Ok(());
+            }
+            Err(e) => {
+                // The lookup failed: these rows are not sent; they stay pending.
+                let logs: Vec<LogRow> = rows
+                    .iter()
+                    .map(|r| {
+                        let mut l = LogRow::error(r.key.as_deref(), "lookup", "failed", &e.category(), &e.message());
+                        l.hash = r.hash.clone();
+                        l
+                    })
+                    .collect();
+                self.add(|c| c.failed += logs.len() as u64);
+                if !self.opts.dry_run {
+                    self.log.append(&logs).await?;
+                }
+                return Ok(());
+            }
+        };
+        let by_key: HashMap<String, &Row> = rows
+            .iter()
+            .map(|r| (r.key.clone().unwrap_or_default(), r))
+            .collect();
+        let mut logs: Vec<LogRow> = Vec::new();
+        let mut groups: BTreeMap<u8, (Op, Vec<Outgoing>)> = BTreeMap::new();
+        for (row, action) in rows.iter().zip(actions) {
+            let key = row.key.clone().unwrap_or_default();
+            match action {
+                Action::Send(op, o) => {
+                    let slot = match op {
+                        Op::Upsert => 0,
+                        Op::Create => 1,
+                        Op::Update => 2,
+                        Op::UpdateByKey => 3,
+                        Op::Archive => 4,
+                    };
+                    groups.entry(slot).or_insert((op, Vec::new())).1.push(o);
+                }
+                Action::Noop { id, skipped } => {
+                    let mut l = LogRow::ok(&key, if skipped { "skip" } else { "update" }, Some(id), row.created);
+                    l.hash = row.hash.clone();
+                    l.attempts = 0;
+                    logs.push(l);
+                    self.add(|c| {
+                        if skipped {
+                            c.skipped += 1
+                        } else {
+                            c.updated += 1
+                        }
+                    });
+                }
+                Action::Reject { category, message } => {
+                    let mut l = LogRow::error(Some(&key), "reject", "rejected", category, &message);
+                    l.hash = row.hash.clone();
+                    l.payload = Some(self.model_values(row));
+                    logs.push(l);
+                    self.add(|c| c.rejected += 1);
+                }
+            }
+        }
+        if self.opts.dry_run {
+            for (op, outs) in groups.values() {
+                let n = outs.len() as u64;
+                match op {
+                    Op::Create => self.add(|c| c.created += n),
+                    _ => self.add(|c| c.updated += n),
+                }
+            }
+            return Ok(());
+        }
+        for (_, (op, outs)) in groups {
+            let sent: Vec<(Outgoing, Outcome, u32)> = if op == Op::Create {
+                self.create_safely(outs, unique).await
+            } else {
+                self.send_split(op, outs).await
+            };
+            for (o, outcome, attempts) in sent {
+                let row = by_key.get(&o.key).copied();
+                let hash = row.and_then(|r| r.hash.clone());
+                let was_created = row.is_some_and(|r| r.created);
+                let payload = serde_json::to_string(&o.properties).ok();
+                let l = match outcome.result {
+                    Ok(Written { id, created }) => {
+                        self.add(|c| {
+                            if created {
+                                c.created += 1
+                            } else {
+                                c.updated += 1
+                            }
+                        });
+                        let mut l = LogRow::ok(&o.key, op.as_str(), Some(id), created || was_created);
+                        l.hash = hash;
+                        l.payload = payload;
+                        l.attempts = attempts as i64;
+                        l
+                    }
+                    Err(Refusal { category, message, response, transient }) => {
+                        let status = if transient { "failed" } else { "rejected" };
+                        self.add(|c| {
+                            if transient {
+                                c.failed += 1
+                            } else {
+                                c.rejected += 1
+                            }
+                        });
+                        let mut l = LogRow::error(Some(&o.key), op.as_str(), status, &category, &message);
+                        l.crm_id = o.id.clone();
+                        l.created = was_created;
+                        l.hash = hash;
+                        l.payload = payload;
+                        l.response = response;
+                        l.attempts = attempts as i64;
+                        l
+                    }
+                };
+                logs.push(l);
+            }
+        }
+        // The commit: this batch's outcomes are durable before the batch counts as done.
+        self.log.append(&logs).await
+    }
+
+    /// Send one group; a batch refused as a whole is split in halves until
+    /// the bad records are alone. Returns every record's outcome and how many
+    /// calls carried it. Records not sent because the run stopped are left out.
+    async fn send_split(&self, op: Op, rows: Vec<Outgoing>) -> Vec<(Outgoing, Outcome, u32)> {
+        let mut out = Vec::new();
+        let mut stack: Vec<(Vec<Outgoing>, u32)> = vec![(rows, 0)];
+        while let Some((mut part, tries)) = stack.pop() {
+            if self.stopped() {
+                self.add(|c| c.not_sent += part.len() as u64);
+                continue;
+            }
+            match self
+                .dest
+                .write(&self.sync.object, op, &self.sync.key_property, &part)
+                .await
+            {
+                Ok(outcomes) => {
+                    let by_key: HashMap<String, Outcome> =
+                        outcomes.into_iter().map(|o| (o.key.clone(), o)).collect();
+                    for o in part {
+                        let outcome = by_key.get(&o.key).cloned().unwrap_or_else(|| Outcome {
+                            key: o.key.clone(),
+                            result: Err(Refusal {
+                                category: "NO_RESULT".into(),
+                                message: "no outcome for this record".into(),
+                                response: None,
+                                transient: true,
+                            }),
+                        });
+                        out.push((o, outcome, tries + 1));
+                    }
+                }
+                Err(CallError::Rejected { .. }) if part.len() > 1 => {
+                    let right = part.split_off(part.len() / 2);
+                    stack.push((right, tries + 1));
+                    stack.push((part, tries + 1));
+                }
+                Err(e @ CallError::Rejected { .. }) => {
+                    let body = match &e {
+                        CallError::Rejected { body, .. } => Some(body.to_string()),
+                        _ => None,
+                    };
+                    for o in part {
+                        out.push((
+                            o.clone(),
+                            Outcome {
+                                key: o.key.clone(),
+                                result: Err(Refusal {
+                                    category: e.category(),
+                                    message: e.message(),
+                                    response: body.clone(),
+                                    transient: false,
+                                }),
+                            },
+                            tries + 1,
+                        ));
+                    }
+                }
+                Err(e @ CallError::Transient { .. }) => {
+                    let attempts = match &e {
+                        CallError::Transient { attempts, .. } => *attempts,
+                        _ => 1,
+                    };
+                    for o in part {
+                        out.push((
+                            o.clone(),
+                            Outcome {
+                                key: o.key.clone(),
+                                result: Err(Refusal {
+                                    category: e.category(),
+                                    message: e.message(),
+                                    response: None,
+                                    transient: true,
+                                }),
+                            },
+                            tries + attempts,
+                        ));
+                    }
+                }
+                Err(e) => {
+                    self.add(|c| c.not_sent += part.len() as u64);
+                    self.set_stop(e);
+                }
+            }
+        }
+        out
+    }
+
+    /// Creates are not idempotent: when a reply is lost, look the records up
+    /// before sending them again, so a create that did happen is not repeated.
+    async fn create_safely(&self, rows: Vec<Outgoing>, unique: bool) -> Vec<(Outgoing, Outcome, u32)> {
+        let mut done = Vec::new();
+        let mut pending = rows;
+        let mut attempt = 0u32;
+        while !pending.is_empty() && !self.stopped() {
+            attempt += 1;
+            let sent = self.send_split(Op::Create, pending).await;
+            let mut lost = Vec::new();
+            for (o, outcome, tries) in sent {
+                match &outcome.result {
+                    Err(r) if r.transient && attempt < self.retry.max_attempts => lost.push((o, tries)),
+                    _ => done.push((o, outcome, tries)),
+                }
+            }
+            if lost.is_empty() {
+                break;
+            }
+            tokio::time::sleep(self.retry.backoff(attempt)).await;
+            let keys: Vec<String> = lost.iter().map(|(o, _)| o.key.clone()).collect();
+            let found = match self
+                .dest
+                .lookup(&self.sync.object, &self.sync.key_property, unique, &keys, &[])
+                .await
+            {
+                Ok(f) => f,
+                Err(e @ (CallError::Auth { .. } | CallError::DailyLimit)) => {
+                    self.set_stop(e);
+                    self.add(|c| c.not_sent += lost.len() as u64);
+                    break;
+                }
+                Err(_) => HashMap::new(),
+            };
+            pending = Vec::new();
+            for (o, tries) in lost {
+                match found.get(&o.key.to_lowercase()).map(Vec::as_slice) {
+                    Some([e]) => {
+                        tracing::info!(key = %o.key, id = %e.id, "a create whose reply was lost did happen; not sending it again");
+                        let outcome = Outcome {
+                            key: o.key.clone(),
+                            result: Ok(Written {
+                                id: e.id.clone(),
+                                created: true,
+                            }),
+                        };
+                        done.push((o, outcome, tries));
+                    }
+                    _ => pending.push(o),
+                }
+            }
+        }
+        done
+    }
+
+    /// Archive removed records this sync created (mirror); release the rest.
+    async fn removals(&self, removed: Vec<Row>) -> Result<()> {
+        let (archive, release): (Vec<Row>, Vec<Row>) = removed
+            .into_iter()
+            .partition(|r| self.sync.mode == Mode::Mirror && r.created && r.crm_id.is_some());
+        if self.opts.dry_run {
+            self.add(|c| {
+                c.archived += archive.len() as u64;
+                c.released += release.len() as u64;
+            });
+            return Ok(());
+        }
+        let logs: Vec<LogRow> = release
+            .iter()
+            .map(|r| {
+                let mut l = LogRow::ok(r.key.as_deref().unwrap_or_default(), "forget", r.crm_id.clone(), r.created);
+                l.attempts = 0;
+                l
+            })
+            .collect();
+        self.add(|c| c.released += logs.len() as u64);
+        self.log.append(&logs).await?;
+        let batch = self.sync.batch_size.min(self.dest.max_batch()).max(1);
+        for chunk in archive.chunks(batch) {
+            if self.stopped() {
+                self.add(|c| c.not_sent += chunk.len() as u64);
+                continue;
+            }
+            let outs: Vec<Outgoing> = chunk
+                .iter()
+                .map(|r| Outgoing {
+                    key: r.key.clone().unwrap_or_default(),
+                    id: r.crm_id.clone(),
+                    properties: BTreeMap::new(),
+                })
+                .collect();
+            let mut logs = Vec::new();
+            for (o, outcome, tries) in self.send_split(Op::Archive, outs).await {
+                let mut l = match outcome.result {
+                    Ok(_) => {
+                        self.add(|c| c.archived += 1);
+                        LogRow::ok(&o.key, "archive", o.id.clone(), true)
+                    }
+                    Err(r) => {
+                        self.add(|c| if r.transient { c.failed += 1 } else { c.rejected += 1 });
+                        let mut l = LogRow::error(
+                            Some(&o.key),
+                            "archive",
+                            if r.transient { "failed" } else { "rejected" },
+                            &r.category,
+                            &r.message,
+                        );
+                        l.crm_id = o.id.clone();
+                        l.created = true;
+                        l
+                    }
+                };
+                l.attempts = tries as i64;
+                logs.push(l);
+            }
+            self.log.append(&logs).await?;
+        }
+        Ok(())
+    }
+
+    /// Fold the log into a new snapshot so the next run reads one file.
+    async fn compact(&self, ctx: &SessionContext) -> Result<()> {
+        let micros = Utc::now().timestamp_micros();
+        diff::register_snapshot(ctx, self.lake, &self.sync.name).await?;
+        let batches = ctx
+            .sql(&format!(
+                "select cast('snapshot' as varchar) as run_id, cast('{}' as varchar) as sync, _key as key, \
+                 cast('snapshot' as varchar) as operation, cast('ok' as varchar) as status, _crm_id as crm_id, \
+                 _created as created, _hash as hash, _payload as payload, cast(null as varchar) as error_category, \
+                 cast(null as varchar) as error_message, cast(null as varchar) as response, cast(0 as bigint) as attempts, \
+                 arrow_cast({micros}, 'Timestamp(Microsecond, Some(\"UTC\"))') as at from {}",
+                self.sync.name.replace('\'', "''"),
+                diff::SNAPSHOT
+            ))
+            .await?
+            .collect()
+            .await?;
+        let schema = state::log_schema();
+        let batches = batches
+            .into_iter()
+            .map(|b| {
+                let cols = b
+                    .columns()
+                    .iter()
+                    .zip(schema.fields())
+                    .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                arrow::record_batch::RecordBatch::try_new(schema.clone(), cols).map_err(Error::from)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let bytes = crate::lake::log::encode(schema, &batches)?;
+        let path = state::snapshot_path(&self.sync.name, micros);
+        crate::lake::log::put_once(self.lake.store().as_ref(), &path, bytes).await?;
+        state::prune_snapshots(self.lake, &self.sync.name).await
+    }
+}

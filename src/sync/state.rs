@@ -1,0 +1,394 @@
+//! A sync's state in the lake, all under `_ferry/`:
+//!
+//! - `sync_log/<sync>/<run_id>-<seq>.parquet`: `ferry.sync_log`, one row per
+//!   record per run (what was done, the outcome, the CRM id, the error). A
+//!   file is written after the CRM confirmed (or refused) its batch, so a
+//!   row with `status = 'ok'` is always true of the CRM.
+//! - `sync_state/<sync>/snapshot-<micros>.parquet`: the confirmed state as of
+//!   a run's end (key, hash of the mapped values, CRM id, whether this sync
+//!   created the record). The state at any moment is the newest snapshot plus
+//!   the `ok` log rows written after it, so a crash between batches loses
+//!   nothing and the next run resumes from the last confirmed batch.
+//! - `sync_state/<sync>/lock`: who is running the sync (write-once; removed
+//!   at the end). A lock left by a killed process on this machine is taken over.
+//! - `sync_runs/<sync>/<run_id>.parquet`: `ferry.sync_runs`, one summary row per run.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use chrono::{DateTime, Utc};
+use object_store::ObjectStoreExt;
+use object_store::path::Path;
+use serde_json::json;
+
+use crate::error::{Error, Result};
+use crate::lake::Lake;
+use crate::lake::layout::{META, RunId};
+use crate::lake::log::{encode, put_once, ts_array, ts_type};
+
+/// `_ferry/sync_log/`
+pub fn log_root() -> Path {
+    Path::from_iter([META, "sync_log"])
+}
+
+/// `_ferry/sync_log/<sync>/`
+pub fn log_prefix(sync: &str) -> Path {
+    Path::from_iter([META, "sync_log", sync])
+}
+
+/// `_ferry/sync_runs/`
+pub fn runs_root() -> Path {
+    Path::from_iter([META, "sync_runs"])
+}
+
+/// `_ferry/sync_state/<sync>/`
+pub fn state_prefix(sync: &str) -> Path {
+    Path::from_iter([META, "sync_state", sync])
+}
+
+/// Schema of `ferry.sync_log`.
+pub fn log_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("sync", DataType::Utf8, false),
+        Field::new("key", DataType::Utf8, true),
+        // create | update | upsert | archive | skip | forget | reject | snapshot
+        Field::new("operation", DataType::Utf8, false),
+        // ok | rejected | failed
+        Field::new("status", DataType::Utf8, false),
+        Field::new("crm_id", DataType::Utf8, true),
+        // Whether this sync created the record (mirror archives only those).
+        Field::new("created", DataType::Boolean, false),
+        // Hash of the mapped model values this outcome is about.
+        Field::new("hash", DataType::Utf8, true),
+        // The properties sent, as JSON (the dead letter's payload).
+        Field::new("payload", DataType::Utf8, true),
+        Field::new("error_category", DataType::Utf8, true),
+        Field::new("error_message", DataType::Utf8, true),
+        // The vendor's reply for a rejected record, as JSON.
+        Field::new("response", DataType::Utf8, true),
+        Field::new("attempts", DataType::Int64, false),
+        Field::new("at", ts_type(), false),
+    ]))
+}
+
+/// One row of `ferry.sync_log`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogRow {
+    pub key: Option<String>,
+    pub operation: &'static str,
+    pub status: &'static str,
+    pub crm_id: Option<String>,
+    pub created: bool,
+    pub hash: Option<String>,
+    pub payload: Option<String>,
+    pub error_category: Option<String>,
+    pub error_message: Option<String>,
+    pub response: Option<String>,
+    pub attempts: i64,
+}
+
+impl LogRow {
+    pub fn ok(key: &str, operation: &'static str, crm_id: Option<String>, created: bool) -> LogRow {
+        LogRow {
+            key: Some(key.to_string()),
+            operation,
+            status: "ok",
+            crm_id,
+            created,
+            hash: None,
+            payload: None,
+            error_category: None,
+            error_message: None,
+            response: None,
+            attempts: 1,
+        }
+    }
+
+    pub fn error(
+        key: Option<&str>,
+        operation: &'static str,
+        status: &'static str,
+        category: &str,
+        message: &str,
+    ) -> LogRow {
+        LogRow {
+            key: key.map(str::to_string),
+            operation,
+            status,
+            crm_id: None,
+            created: false,
+            hash: None,
+            payload: None,
+            error_category: Some(category.to_string()),
+            error_message: Some(message.to_string()),
+            response: None,
+            attempts: 1,
+        }
+    }
+}
+
+/// Encode log rows with their run, sync and time.
+pub fn log_batch(run_id: &str, sync: &str, rows: &[LogRow], at: DateTime<Utc>) -> Result<RecordBatch> {
+    let s = |f: &dyn Fn(&LogRow) -> Option<String>| -> ArrayRef {
+        Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))
+    };
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec![run_id; rows.len()])),
+        Arc::new(StringArray::from(vec![sync; rows.len()])),
+        s(&|r| r.key.clone()),
+        s(&|r| Some(r.operation.to_string())),
+        s(&|r| Some(r.status.to_string())),
+        s(&|r| r.crm_id.clone()),
+        Arc::new(BooleanArray::from(rows.iter().map(|r| r.created).collect::<Vec<_>>())),
+        s(&|r| r.hash.clone()),
+        s(&|r| r.payload.clone()),
+        s(&|r| r.error_category.clone()),
+        s(&|r| r.error_message.clone()),
+        s(&|r| r.response.clone()),
+        Arc::new(Int64Array::from(rows.iter().map(|r| r.attempts).collect::<Vec<_>>())),
+        ts_array(std::iter::repeat_n(at, rows.len())),
+    ];
+    Ok(RecordBatch::try_new(log_schema(), cols)?)
+}
+
+/// Appends a run's outcomes to `ferry.sync_log`, one write-once file per call.
+pub struct LogWriter {
+    lake: Lake,
+    sync: String,
+    run_id: RunId,
+    seq: AtomicU64,
+}
+
+impl LogWriter {
+    pub fn new(lake: Lake, sync: &str, run_id: RunId) -> LogWriter {
+        LogWriter {
+            lake,
+            sync: sync.to_string(),
+            run_id,
+            seq: AtomicU64::new(0),
+        }
+    }
+
+    /// Make `rows` durable. Returns once the file is in the lake.
+    pub async fn append(&self, rows: &[LogRow]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let batch = log_batch(self.run_id.as_str(), &self.sync, rows, Utc::now())?;
+        let bytes = encode(log_schema(), &[batch])?;
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst);
+        let path = log_prefix(&self.sync).join(format!("{}-{seq:06}.parquet", self.run_id));
+        put_once(self.lake.store().as_ref(), &path, bytes).await
+    }
+}
+
+/// The newest snapshot file of a sync and the time it covers up to
+/// (microseconds since the epoch), if any.
+pub async fn latest_snapshot(lake: &Lake, sync: &str) -> Result<Option<(Path, i64)>> {
+    let listed = match lake
+        .store()
+        .list_with_delimiter(Some(&state_prefix(sync)))
+        .await
+    {
+        Ok(l) => l,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(listed
+        .objects
+        .iter()
+        .filter_map(|o| {
+            let name = o.location.filename()?;
+            let micros = name
+                .strip_prefix("snapshot-")?
+                .strip_suffix(".parquet")?
+                .parse::<i64>()
+                .ok()?;
+            Some((o.location.clone(), micros))
+        })
+        .max_by_key(|(_, m)| *m))
+}
+
+/// Path of a snapshot covering log rows up to `micros`.
+pub fn snapshot_path(sync: &str, micros: i64) -> Path {
+    state_prefix(sync).join(format!("snapshot-{micros:020}.parquet"))
+}
+
+/// Delete snapshots older than the newest two (the newest is what the next
+/// run reads; the one before it is kept for inspection).
+pub async fn prune_snapshots(lake: &Lake, sync: &str) -> Result<()> {
+    let listed = match lake
+        .store()
+        .list_with_delimiter(Some(&state_prefix(sync)))
+        .await
+    {
+        Ok(l) => l,
+        Err(object_store::Error::NotFound { .. }) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut snaps: Vec<Path> = listed
+        .objects
+        .into_iter()
+        .map(|o| o.location)
+        .filter(|p| p.filename().is_some_and(|n| n.starts_with("snapshot-")))
+        .collect();
+    snaps.sort_by(|a, b| a.as_ref().cmp(b.as_ref()));
+    for old in snaps.iter().rev().skip(2) {
+        lake.store().delete(old).await?;
+    }
+    Ok(())
+}
+
+/// Schema of `ferry.sync_runs`.
+pub fn runs_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("sync", DataType::Utf8, false),
+        Field::new("mode", DataType::Utf8, false),
+        // success | partial (some rows failed or were rejected) | stopped | failed
+        Field::new("status", DataType::Utf8, false),
+        Field::new("created", DataType::Int64, false),
+        Field::new("updated", DataType::Int64, false),
+        Field::new("archived", DataType::Int64, false),
+        Field::new("unchanged", DataType::Int64, false),
+        Field::new("rejected", DataType::Int64, false),
+        Field::new("failed", DataType::Int64, false),
+        Field::new("api_calls", DataType::Int64, false),
+        Field::new("rate_limited", DataType::Int64, false),
+        Field::new("error", DataType::Utf8, true),
+        Field::new("seconds", DataType::Float64, false),
+        Field::new("started_at", ts_type(), false),
+        Field::new("finished_at", ts_type(), false),
+    ]))
+}
+
+/// One `ferry.sync_runs` row.
+#[derive(Debug, Clone)]
+pub struct RunRow {
+    pub mode: String,
+    pub status: String,
+    pub counts: [i64; 6],
+    pub api_calls: i64,
+    pub rate_limited: i64,
+    pub error: Option<String>,
+    pub started_at: DateTime<Utc>,
+}
+
+/// Append a run summary to `ferry.sync_runs`.
+pub async fn record_run(lake: &Lake, sync: &str, run_id: &RunId, row: &RunRow) -> Result<()> {
+    let finished = Utc::now();
+    let seconds = (finished - row.started_at).num_milliseconds() as f64 / 1000.0;
+    let mut cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec![run_id.as_str()])),
+        Arc::new(StringArray::from(vec![sync])),
+        Arc::new(StringArray::from(vec![row.mode.as_str()])),
+        Arc::new(StringArray::from(vec![row.status.as_str()])),
+    ];
+    for c in row.counts {
+        cols.push(Arc::new(Int64Array::from(vec![c])));
+    }
+    cols.push(Arc::new(Int64Array::from(vec![row.api_calls])));
+    cols.push(Arc::new(Int64Array::from(vec![row.rate_limited])));
+    cols.push(Arc::new(StringArray::from(vec![row.error.clone()])));
+    cols.push(Arc::new(Float64Array::from(vec![seconds])));
+    cols.push(ts_array(std::iter::once(row.started_at)));
+    cols.push(ts_array(std::iter::once(finished)));
+    let batch = RecordBatch::try_new(runs_schema(), cols)?;
+    let path = runs_root()
+        .join(sync)
+        .join(format!("{run_id}.parquet"));
+    put_once(lake.store().as_ref(), &path, encode(runs_schema(), &[batch])?).await
+}
+
+/// The lock that keeps two runs of one sync apart.
+pub struct SyncLock {
+    lake: Lake,
+    path: Path,
+}
+
+fn host() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-host".into())
+}
+
+/// Whether a process with this id runs on this machine (Linux: `/proc`).
+fn alive(pid: u64) -> bool {
+    if cfg!(target_os = "linux") {
+        std::path::Path::new(&format!("/proc/{pid}")).exists()
+    } else {
+        true
+    }
+}
+
+impl SyncLock {
+    /// Take the lock of `sync`. Fails if another run holds it, unless that
+    /// run's process on this machine is gone, or `force` is set.
+    pub async fn acquire(lake: &Lake, sync: &str, run_id: &RunId, force: bool) -> Result<SyncLock> {
+        let path = state_prefix(sync).join("lock");
+        let me = json!({
+            "run_id": run_id.as_str(),
+            "pid": std::process::id(),
+            "host": host(),
+            "started_at": Utc::now().to_rfc3339(),
+        })
+        .to_string();
+        for _ in 0..2 {
+            match put_once(lake.store().as_ref(), &path, me.clone().into_bytes()).await {
+                Ok(()) => {
+                    return Ok(SyncLock {
+                        lake: lake.clone(),
+                        path,
+                    });
+                }
+                Err(Error::Storage(object_store::Error::AlreadyExists { .. })) => {
+                    let holder = match lake.store().get(&path).await {
+                        Ok(g) => g.bytes().await.map(|b| b.to_vec()).unwrap_or_default(),
+                        Err(object_store::Error::NotFound { .. }) => continue,
+                        Err(e) => return Err(e.into()),
+                    };
+                    let h: serde_json::Value =
+                        serde_json::from_slice(&holder).unwrap_or(serde_json::Value::Null);
+                    let same_host = h["host"].as_str() == Some(host().as_str());
+                    let dead = same_host && h["pid"].as_u64().is_some_and(|p| !alive(p));
+                    if dead || force {
+                        tracing::warn!(
+                            sync,
+                            holder = %h["run_id"],
+                            "taking over the lock of a run that is no longer running"
+                        );
+                        lake.store().delete(&path).await?;
+                        continue;
+                    }
+                    return Err(Error::Input(format!(
+                        "sync {sync} is already running (run {}, pid {} on {}, since {}). \
+                         Wait for it to finish; if that process is gone, run again with --break-lock",
+                        h["run_id"].as_str().unwrap_or("?"),
+                        h["pid"],
+                        h["host"].as_str().unwrap_or("?"),
+                        h["started_at"].as_str().unwrap_or("?"),
+                    )));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Input(format!(
+            "could not take the lock of sync {sync} at {path}: another run took it first"
+        )))
+    }
+
+    /// Give the lock up.
+    pub async fn release(self) -> Result<()> {
+        match self.lake.store().delete(&self.path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,39 @@
+with model_rows as (
+    select
+        lower(trim(cast("email" as varchar))) as _key,
+        "lead_score" as _v0,
+        "persona" as _v1,
+        md5(concat_ws(',',
+            case when "lead_score" is null then '~'
+                 else concat(cast(character_length(cast("lead_score" as varchar)) as varchar), ':', cast("lead_score" as varchar)) end,
+            case when "persona" is null then '~'
+                 else concat(cast(character_length(cast("persona" as varchar)) as varchar), ':', cast("persona" as varchar)) end)) as _hash
+    from "contact_scores"
+),
+counted as (
+    select *, count(*) over (partition by _key) as _n from model_rows
+)
+select
+    coalesce(m._key, s._key) as _key,
+    case
+        when m._hash is null then 'remove'
+        when m._key is null or m._key = '' then 'reject'
+        when m._n > 1 then 'reject'
+        when s._key is null then 'add'
+        when s._hash <> m._hash then 'change'
+        else 'unchanged'
+    end as _op,
+    case
+        when m._hash is not null and (m._key is null or m._key = '')
+            then 'empty match key: email is null or blank'
+        when m._n > 1
+            then concat('duplicate match key: ', cast(m._n as varchar), ' rows have email = ', m._key)
+    end as _reason,
+    m._hash as _hash,
+    s._crm_id as _crm_id,
+    coalesce(s._created, false) as _created,
+    s._payload as _prev_payload,
+    m._v0,
+    m._v1
+from counted as m
+full outer join __ferry_sync_snapshot as s on m._key = s._key
