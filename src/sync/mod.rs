@@ -475,7 +475,10 @@ impl Run<'_> {
         }
 
         if !self.opts.dry_run {
-            self.compact(&ctx).await?;
+            // A fresh session: the run's own session has cached the log's
+            // file listing from before this run wrote to it.
+            let fresh = crate::engine::session(self.lake).await?;
+            self.compact(&fresh).await?;
         }
         Ok(())
     }

@@ -245,3 +245,363 @@ async fn upsert_sends_only_what_changed() {
     let runs = query(&dir, "select count(*), sum(created), sum(updated) from ferry.sync_runs").await;
     assert_eq!(runs, vec![vec!["3".to_string(), "250".into(), "4".into()]]);
 }
+
+fn sync_toml(name: &str, model: &str, object: &str, mode: &str, key: (&str, &str), fields: &str, extra: &str) -> String {
+    format!(
+        "[syncs.{name}]\nmodel = \"{model}\"\ndestination = \"hubspot\"\nobject = \"{object}\"\nmode = \"{mode}\"\n\
+         match = {{ column = \"{}\", property = \"{}\" }}\n{extra}\n[syncs.{name}.fields]\n{fields}\n",
+        key.0, key.1
+    )
+}
+
+fn some(s: &str) -> Option<String> {
+    Some(s.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_mode_never_creates_and_reports_missing_records() {
+    let s = sim(SimConfig::default()).await;
+    plant(&s, "contacts", &[("email", "known@example.com"), ("ferry_lead_score", "1")]);
+    let tmp = tempfile::tempdir().unwrap();
+    let toml = sync_toml("scores", "scores", "contacts", "update", ("email", "email"),
+        "lead_score = \"ferry_lead_score\"", "");
+    let dir = project(tmp.path(), &s.base_url(), &toml);
+    model(&dir, "scores", &vec![
+        (some("KNOWN@example.com"), some("50"), None),
+        (some("stranger@example.com"), some("60"), None),
+    ]);
+    let r = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
+    assert_eq!((r.counts.created, r.counts.updated, r.counts.rejected), (0, 1, 1), "{r:?}");
+    let state = crm(&s, "contacts", "email");
+    assert_eq!(state.len(), 1);
+    assert_eq!(state["known@example.com"]["ferry_lead_score"], "50");
+    // The 207 per-record error is in the log with HubSpot's category.
+    let log = query(&dir, "select key, status, error_category from ferry.sync_log where status <> 'ok'").await;
+    assert_eq!(log, vec![vec!["stranger@example.com".to_string(), "rejected".into(), "OBJECT_NOT_FOUND".into()]]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insert_mode_leaves_existing_records_alone() {
+    let s = sim(SimConfig::default()).await;
+    plant(&s, "contacts", &[("email", "known@example.com"), ("ferry_lead_score", "1")]);
+    let tmp = tempfile::tempdir().unwrap();
+    let toml = sync_toml("scores", "scores", "contacts", "insert", ("email", "email"),
+        "lead_score = \"ferry_lead_score\"", "");
+    let dir = project(tmp.path(), &s.base_url(), &toml);
+    model(&dir, "scores", &vec![
+        (some("known@example.com"), some("50"), None),
+        (some("new@example.com"), some("60"), None),
+    ]);
+    let r = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
+    assert_eq!((r.counts.created, r.counts.skipped), (1, 1), "{r:?}");
+    let state = crm(&s, "contacts", "email");
+    assert_eq!(state["known@example.com"]["ferry_lead_score"], "1");
+    assert_eq!(state["new@example.com"]["ferry_lead_score"], "60");
+    // Both are confirmed: the next run sends nothing.
+    let r = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
+    assert_eq!((r.counts.unchanged, r.api_calls), (2, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ownership_policies_protect_crm_values() {
+    let s = sim(SimConfig::default()).await;
+    define(&s, "contacts", "ferry_owner_note", "string", false);
+    // A rep typed a persona for ann; bob's is empty; both have a note.
+    plant(&s, "contacts", &[("email", "ann@example.com"), ("ferry_persona", "Rep's call"), ("ferry_owner_note", "keep")]);
+    plant(&s, "contacts", &[("email", "bob@example.com"), ("ferry_owner_note", "keep")]);
+    let tmp = tempfile::tempdir().unwrap();
+    let toml = sync_toml("scores", "scores", "contacts", "upsert", ("email", "email"),
+        "lead_score = \"ferry_lead_score\"\npersona = { property = \"ferry_persona\", policy = \"if_empty\" }\n\
+         note = { property = \"ferry_owner_note\", policy = \"skip_nulls\" }", "");
+    let dir = project(tmp.path(), &s.base_url(), &toml);
+    std::fs::write(dir.join("models/scores.sql"),
+        "{{ config(materialized='view') }}\nselect cast(column1 as varchar) as email, cast(column2 as varchar) as lead_score, \
+         cast(column3 as varchar) as persona, cast(column4 as varchar) as note from (values \
+         ('ann@example.com', '10', 'Marketing Leader', null), ('bob@example.com', '20', 'Sales Leader', null), \
+         ('cy@example.com', null, 'Ops', 'fresh'))").unwrap();
+    let r = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
+    assert!(r.clean(), "{r:?}");
+    let state = crm(&s, "contacts", "email");
+    assert_eq!(state["ann@example.com"]["ferry_persona"], "Rep's call", "if_empty never overwrites");
+    assert_eq!(state["bob@example.com"]["ferry_persona"], "Sales Leader", "if_empty fills an empty value");
+    assert_eq!(state["ann@example.com"]["ferry_owner_note"], "keep", "skip_nulls: a null never clears");
+    assert_eq!(state["cy@example.com"]["ferry_owner_note"], "fresh");
+    assert_eq!(state["cy@example.com"]["ferry_persona"], "Ops", "a new record gets if_empty fields");
+    assert!(!state["cy@example.com"].contains_key("ferry_lead_score"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bad_row_in_a_batch_of_100_is_isolated_by_splitting() {
+    let s = sim(SimConfig::default()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = project(tmp.path(), &s.base_url(), SCORES);
+    let mut data = rows(100, "a");
+    data[42].1 = some("not a number"); // ferry_lead_score is a number property: HubSpot 400s the whole batch
+    model(&dir, "scores", &data);
+    let r = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
+    assert_eq!((r.counts.created, r.counts.rejected, r.counts.failed), (99, 1, 0), "{r:?}");
+    // 1 check + 1 full batch + 2 per halving level (7 levels for 100 rows) at most.
+    assert!(r.api_calls <= 16, "{} calls", r.api_calls);
+    assert_eq!(crm(&s, "contacts", "email").len(), 99);
+    let log = query(&dir, "select key, error_category, error_message, payload from ferry.sync_log where status = 'rejected'").await;
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0][0], "person42@example.com");
+    assert_eq!(log[0][1], "VALIDATION_ERROR");
+    assert!(log[0][2].contains("not a number"), "{:?}", log[0]);
+    assert!(log[0][3].contains("not a number"), "the dead letter keeps the payload: {:?}", log[0]);
+
+    // Fixed in the model: the next run sends just that row.
+    data[42].1 = some("42");
+    model(&dir, "scores", &data);
+    let r = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
+    assert_eq!((r.counts.created, r.counts.unchanged, r.api_calls), (1, 99, 2));
+    assert_matches(&s, &data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_token_stops_at_once() {
+    let s = sim(SimConfig::default()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = project(tmp.path(), &s.base_url(), SCORES);
+    std::fs::write(dir.join("secrets.toml"), "HS_TOKEN = \"wrong\"\n").unwrap();
+    model(&dir, "scores", &rows(300, "a"));
+    let e = sync(&dir, "scores", SyncOptions::default()).await.unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("refused the credentials"), "{msg}");
+    assert!(!msg.contains("wrong"), "the token must not be printed: {msg}");
+    assert_eq!(s.stats().0, 1, "exactly one call, then nothing");
+    assert!(s.records("contacts").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth_refreshes_once_on_401_and_continues() {
+    let s = sim(SimConfig {
+        oauth: Some(hubspot::OAuthApp {
+            client_id: "app".into(),
+            client_secret: "shh".into(),
+            refresh_token: "refresh-me".into(),
+        }),
+        ..SimConfig::default()
+    })
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = project(tmp.path(), &s.base_url(), SCORES);
+    let text = std::fs::read_to_string(dir.join("ferry.toml")).unwrap().replace(
+        "token = \"${HS_TOKEN}\"",
+        "[destinations.hubspot.oauth]\nclient_id = \"app\"\nclient_secret = \"${HS_SECRET}\"\nrefresh_token = \"${HS_REFRESH}\"",
+    );
+    // The [oauth] table must come last in its destination.
+    let text = text.replace("max_attempts = 8\nbackoff_initial_ms = 20\nbackoff_max_ms = 200\ntimeout_seconds = 5\n", "");
+    let text = text.replace("type = \"hubspot\"\n", "type = \"hubspot\"\nmax_attempts = 8\nbackoff_initial_ms = 20\n");
+    std::fs::write(dir.join("ferry.toml"), text).unwrap();
+    std::fs::write(dir.join("secrets.toml"), "HS_SECRET = \"shh\"\nHS_REFRESH = \"refresh-me\"\n").unwrap();
+    let mut data = rows(150, "a");
+    model(&dir, "scores", &data);
+    let r = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
+    assert_eq!(r.counts.created, 150, "{r:?}");
+    assert_eq!(s.token_refreshes(), 1, "the first call fetches a token");
+
+    // The access token expires; the next run refreshes once and goes on.
+    s.expire_tokens();
+    data[0].1 = some("1");
+    model(&dir, "scores", &data);
+    let r = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
+    assert_eq!(r.counts.updated, 1, "{r:?}");
+    assert_eq!(s.token_refreshes(), 2);
+    assert_matches(&s, &data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_percent_faults_still_converge_to_the_model() {
+    let s = sim(SimConfig {
+        faults: Faults {
+            rate_limited: 0.05,
+            server_error: 0.05,
+            slow: 0.05,
+            slow_ms: 300,
+            dropped: 0.05,
+        },
+        ..SimConfig::default()
+    })
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let toml = SCORES.to_string() + "batch_size = 10\n";
+    let toml = toml.replace("[syncs.scores.fields]\nlead_score = \"ferry_lead_score\"\npersona = \"ferry_persona\"\nbatch_size = 10\n",
+        "batch_size = 10\n[syncs.scores.fields]\nlead_score = \"ferry_lead_score\"\npersona = \"ferry_persona\"\n");
+    let dir = project(tmp.path(), &s.base_url(), &toml);
+    let mut data = rows(300, "a");
+    for i in (0..300).step_by(3) {
+        data[i].2 = None;
+    }
+    model(&dir, "scores", &data);
+    let mut runs = 0;
+    loop {
+        runs += 1;
+        match sync(&dir, "scores", SyncOptions::default()).await {
+            Ok(r) if r.clean() => break,
+            Ok(r) => eprintln!("run {runs}: {:?}", r.counts),
+            Err(e) => eprintln!("run {runs}: {e}"),
+        }
+        assert!(runs < 5, "no convergence after {runs} runs");
+    }
+    assert_matches(&s, &data);
+    // Changing every row under faults converges too.
+    let data = rows(300, "b");
+    model(&dir, "scores", &data);
+    for _ in 0..5 {
+        if sync(&dir, "scores", SyncOptions::default()).await.is_ok_and(|r| r.clean()) {
+            break;
+        }
+    }
+    assert_matches(&s, &data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_archives_only_its_own_records_and_guards_mass_deletes() {
+    let s = sim(SimConfig::default()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = project(tmp.path(), &s.base_url(), &SCORES.replace("mode = \"upsert\"", "mode = \"mirror\""));
+    // A record the sync did not create, but will update.
+    let theirs = plant(&s, "contacts", &[("email", "person0@example.com")]);
+    let data = rows(50, "a");
+    model(&dir, "scores", &data);
+    let r = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
+    assert_eq!((r.counts.created, r.counts.updated), (49, 1), "{r:?}");
+
+    // 4 of 50 leave the model (8%): archived, except the one it did not create.
+    let without_theirs: Rows = data
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i == 1 || *i >= 5)
+        .map(|(_, r)| r.clone())
+        .collect();
+    model(&dir, "scores", &without_theirs);
+    let r = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
+    assert_eq!((r.counts.archived, r.counts.released), (3, 1), "{r:?}");
+    let state = crm(&s, "contacts", "email");
+    assert!(state.contains_key("person0@example.com"), "records the sync did not create are never archived");
+    assert_eq!(state.len(), 47);
+    assert_eq!(state["person0@example.com"]["hs_object_id"], theirs.to_string());
+
+    // Dropping 40 of 46 synced records is over 20%: refused, nothing sent.
+    let (calls, _) = s.stats();
+    model(&dir, "scores", &without_theirs[..6].to_vec());
+    let e = sync(&dir, "scores", SyncOptions::default()).await.unwrap_err();
+    assert!(e.to_string().contains("max_delete_pct"), "{e}");
+    assert_eq!(s.stats().0, calls + 1, "only the properties check");
+    // An empty model is refused too.
+    model(&dir, "scores", &vec![]);
+    let e = sync(&dir, "scores", SyncOptions::default()).await.unwrap_err();
+    assert!(e.to_string().contains("is empty"), "{e}");
+    assert_eq!(crm(&s, "contacts", "email").len(), 47);
+    // Unless the user says so.
+    model(&dir, "scores", &without_theirs[..6].to_vec());
+    let r = sync(&dir, "scores", SyncOptions { allow_mass_delete: true, ..Default::default() }).await.unwrap();
+    assert_eq!(r.counts.archived, 40, "{r:?}");
+    assert_eq!(crm(&s, "contacts", "email").len(), 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_reports_and_writes_nothing() {
+    let s = sim(SimConfig::default()).await;
+    plant(&s, "contacts", &[("email", "person1@example.com"), ("ferry_lead_score", "3")]);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = project(tmp.path(), &s.base_url(), SCORES);
+    let mut data = rows(10, "a");
+    data.push((None, some("1"), None));
+    data.push((some("person2@example.com"), some("5"), None));
+    model(&dir, "scores", &data);
+    let r = sync(&dir, "scores", SyncOptions { dry_run: true, ..Default::default() }).await.unwrap();
+    // person2 appears twice: both rejected, with the empty key.
+    assert_eq!((r.counts.created, r.counts.updated, r.counts.rejected), (8, 1, 3), "{r:?}");
+    let sample = r.samples.iter().find(|x| x.key == "person1@example.com").expect("a sample of the update");
+    assert_eq!(sample.action, "update");
+    assert_eq!(sample.before["ferry_lead_score"], "3");
+    assert_eq!(sample.after["ferry_lead_score"], "7");
+    assert_eq!(s.records("contacts").len(), 1, "nothing written to the CRM");
+    assert!(!dir.join("lake/_ferry/sync_log").exists(), "nothing written to the lake");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_failed_resends_only_failed_rows() {
+    let s = sim(SimConfig::default()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = project(tmp.path(), &s.base_url(), SCORES);
+    let data = rows(20, "a");
+    model(&dir, "scores", &data);
+    let r = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
+    assert_eq!(r.counts.created, 20);
+
+    // HubSpot rejects row 0's value.
+    let mut changed = data.clone();
+    changed[0].1 = some("bad number");
+    changed[1].1 = some("11");
+    model(&dir, "scores", &changed);
+    let r = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
+    assert_eq!((r.counts.updated, r.counts.rejected), (1, 1), "{r:?}");
+
+    // Fixed, while row 2 also changed: --retry-failed sends row 0 only.
+    changed[0].1 = some("10");
+    changed[2].1 = some("12");
+    model(&dir, "scores", &changed);
+    let r = sync(&dir, "scores", SyncOptions { retry_failed: true, ..Default::default() }).await.unwrap();
+    assert_eq!((r.counts.updated, r.api_calls), (1, 2), "{r:?}");
+    let state = crm(&s, "contacts", "email");
+    assert_eq!(state["person0@example.com"]["ferry_lead_score"], "10");
+    assert_eq!(state["person2@example.com"]["ferry_lead_score"], "14", "not retried: it never failed");
+    // A normal run sends the rest.
+    let r = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
+    assert_eq!(r.counts.updated, 1);
+    assert_matches(&s, &changed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_unique_key_is_looked_up_and_never_duplicated() {
+    let s = sim(SimConfig::default()).await;
+    define(&s, "companies", "ferry_fit", "string", false);
+    plant(&s, "companies", &[("domain", "acme.com"), ("name", "Acme")]);
+    plant(&s, "companies", &[("domain", "twin.io"), ("name", "Twin A")]);
+    plant(&s, "companies", &[("domain", "twin.io"), ("name", "Twin B")]);
+    let tmp = tempfile::tempdir().unwrap();
+    let toml = sync_toml("accounts", "accounts", "companies", "upsert", ("domain", "domain"), "fit = \"ferry_fit\"", "");
+    let dir = project(tmp.path(), &s.base_url(), &toml);
+    std::fs::write(dir.join("models/accounts.sql"),
+        "{{ config(materialized='view') }}\nselect column1 as domain, column2 as fit from (values \
+         ('ACME.com', 'A'), ('twin.io', 'B'), ('new.dev', 'C'))").unwrap();
+    let r = sync(&dir, "accounts", SyncOptions::default()).await.unwrap();
+    assert_eq!((r.counts.created, r.counts.updated, r.counts.rejected), (1, 1, 1), "{r:?}");
+    let companies = s.records("companies");
+    assert_eq!(companies.len(), 4);
+    let fit = |d: &str| companies.iter().filter(|c| c.properties.get("domain").map(String::as_str) == Some(d))
+        .map(|c| c.properties.get("ferry_fit").cloned().unwrap_or_default()).collect::<Vec<_>>();
+    assert_eq!(fit("acme.com"), vec!["A"]);
+    assert_eq!(fit("new.dev"), vec!["C"]);
+    assert_eq!(fit("twin.io"), vec!["", ""], "ambiguous matches are rejected, not guessed");
+    let log = query(&dir, "select error_category from ferry.sync_log where status = 'rejected'").await;
+    assert_eq!(log, vec![vec!["AMBIGUOUS_MATCH".to_string()]]);
+    // Running again creates nothing new.
+    let r = sync(&dir, "accounts", SyncOptions::default()).await.unwrap();
+    assert_eq!(r.counts.created, 0);
+    assert_eq!(s.records("companies").len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runs_of_one_sync_never_overlap() {
+    let s = sim(SimConfig::default()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = project(tmp.path(), &s.base_url(), SCORES);
+    model(&dir, "scores", &rows(5, "a"));
+    // A live holder: this process.
+    let lock = format!(
+        "{{\"run_id\": \"other\", \"pid\": {}, \"host\": \"elsewhere\", \"started_at\": \"now\"}}",
+        std::process::id()
+    );
+    std::fs::create_dir_all(dir.join("lake/_ferry/sync_state/scores")).unwrap();
+    std::fs::write(dir.join("lake/_ferry/sync_state/scores/lock"), lock).unwrap();
+    let e = sync(&dir, "scores", SyncOptions::default()).await.unwrap_err();
+    assert!(e.to_string().contains("already running"), "{e}");
+    assert!(s.records("contacts").is_empty());
+    let r = sync(&dir, "scores", SyncOptions { break_lock: true, ..Default::default() }).await.unwrap();
+    assert_eq!(r.counts.created, 5);
+    assert!(!dir.join("lake/_ferry/sync_state/scores/lock").exists(), "released at the end");
+}

@@ -264,6 +264,8 @@ impl Crm {
     /// Create a record of `kind` with `props` (HubSpot's own properties
     /// `hs_object_id`, `createdate` and `lastmodifieddate` are set here).
     pub fn create(&mut self, kind: &str, mut props: BTreeMap<String, String>) -> Record {
+        // An empty string means "no value", as in an update.
+        props.retain(|_, v| !v.is_empty());
         let id = self.next_id();
         let at = Utc::now();
         let stamp = iso(at);
