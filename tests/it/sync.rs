@@ -605,3 +605,128 @@ async fn two_runs_of_one_sync_never_overlap() {
     assert_eq!(r.counts.created, 5);
     assert!(!dir.join("lake/_ferry/sync_state/scores/lock").exists(), "released at the end");
 }
+
+/// The real binary, killed with SIGKILL at random moments 20 times, then run
+/// to completion: the CRM ends up exactly as the model says, without a
+/// duplicate record, and no create is confirmed twice. Companies match on
+/// `domain`, which HubSpot does not keep unique, so this also exercises
+/// look-before-create after lost replies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_random_points_then_resume_converges() {
+    use rand::Rng;
+    let s = sim(SimConfig {
+        faults: Faults {
+            slow: 0.5,
+            slow_ms: 60,
+            dropped: 0.02,
+            ..Faults::default()
+        },
+        ten_secondly: 100_000,
+        ..SimConfig::default()
+    })
+    .await;
+    define(&s, "companies", "ferry_fit", "string", false);
+    // Records that exist before the first run: matched, not duplicated.
+    for i in (0..300).step_by(10) {
+        plant(&s, "companies", &[("domain", &format!("co{i}.example")), ("name", "planted")]);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let toml = sync_toml(
+        "accounts",
+        "accounts",
+        "companies",
+        "upsert",
+        ("domain", "domain"),
+        "fit = \"ferry_fit\"\ntier = \"name\"",
+        "batch_size = 20",
+    );
+    let dir = project(tmp.path(), &s.base_url(), &toml);
+    let write_model = |salt: &str| {
+        let values: Vec<String> = (0..300)
+            .map(|i| format!("('co{i}.example', '{salt}-{}', 'tier-{}')", i % 7, i % 3))
+            .collect();
+        std::fs::write(
+            dir.join("models/accounts.sql"),
+            format!(
+                "{{{{ config(materialized='view') }}}}\nselect column1 as domain, column2 as fit, column3 as tier from (values {})\n",
+                values.join(", ")
+            ),
+        )
+        .unwrap();
+    };
+    write_model("v1");
+    let run = |dir: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .arg("--project-dir")
+            .arg(dir)
+            .args(["sync", "accounts"])
+            .env_remove("FERRY_LAKE")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut rng = rand::rng();
+    let mut killed = 0;
+    let mut finished_early = 0;
+    let mut salt = String::new();
+    while killed < 20 {
+        // A new model version every few kills: each run has work to do, and
+        // the end state must be the last version.
+        if killed % 4 == 0 {
+            salt = format!("v{killed}");
+            write_model(&salt);
+        }
+        let mut child = run(&dir);
+        tokio::time::sleep(std::time::Duration::from_millis(rng.random_range(50..1500))).await;
+        match child.try_wait().unwrap() {
+            Some(_) => finished_early += 1,
+            None => {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                killed += 1;
+            }
+        }
+        assert!(finished_early < 40, "runs finish too fast to be killed");
+    }
+    let mut done = false;
+    for _ in 0..10 {
+        let status = run(&dir).wait().unwrap();
+        if status.success() {
+            done = true;
+            break;
+        }
+    }
+    assert!(done, "ferry sync never finished after the kills");
+
+    let companies = s.records("companies");
+    let mut by_domain: BTreeMap<String, Vec<&hubspot::Record>> = BTreeMap::new();
+    for c in &companies {
+        by_domain.entry(c.properties["domain"].clone()).or_default().push(c);
+    }
+    assert_eq!(by_domain.len(), 300);
+    for (domain, records) in &by_domain {
+        assert_eq!(records.len(), 1, "duplicate records for {domain}");
+        let i: usize = domain.trim_start_matches("co").trim_end_matches(".example").parse().unwrap();
+        assert_eq!(records[0].properties["ferry_fit"], format!("{salt}-{}", i % 7), "{domain}");
+        assert_eq!(records[0].properties["name"], format!("tier-{}", i % 3), "{domain}");
+    }
+    let twice = query(
+        &dir,
+        "select key from ferry.sync_log where operation = 'create' and status = 'ok' group by key having count(*) > 1",
+    )
+    .await;
+    assert!(twice.is_empty(), "creates confirmed twice: {twice:?}");
+    // Kills landed after some batches were committed (runs with log rows
+    // but no summary), so resuming was really exercised.
+    let interrupted = query(
+        &dir,
+        "select count(distinct run_id) from ferry.sync_log where run_id not in (select run_id from ferry.sync_runs)",
+    )
+    .await;
+    let interrupted: u32 = interrupted[0][0].parse().unwrap();
+    assert!(interrupted >= 3, "only {interrupted} killed runs had committed batches");
+    // A last run finds nothing to do.
+    let r = sync(&dir, "accounts", SyncOptions::default()).await.unwrap();
+    assert_eq!((r.counts.created, r.counts.updated, r.counts.unchanged), (0, 0, 300));
+}
