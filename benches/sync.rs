@@ -1,0 +1,206 @@
+//! Benchmark: reverse sync.
+//!
+//! 1. Throughput: N changed rows (default 100,000; FERRY_BENCH_SYNC_ROWS)
+//!    upserted to the HubSpot emulator at HubSpot's default limit of 100
+//!    requests per 10 s. Reports the share of the limit's ceiling used, API
+//!    calls per changed row (the floor is 1/100) and 429s seen.
+//! 2. Diff: the set-based diff (`sql/sync/diff.sql`) of a 1M- and a 10M-row
+//!    model against a snapshot of the same size with 10% of rows changed
+//!    (FERRY_BENCH_DIFF_ROWS=1000000,10000000 to choose).
+//!
+//! Run: `cargo bench --profile dev --bench sync`.
+
+use std::time::Instant;
+
+mod common;
+use common::peak_rss_mib;
+use ferry::lake::Lake;
+use ferry::project::Project;
+use ferry::sim::hubspot::store::PropertyDef;
+use ferry::sim::hubspot::{self, SimConfig};
+use ferry::sync::{SyncOptions, Syncer, diff};
+use futures::StreamExt;
+
+fn model_sql(rows: u64, salt: &str) -> String {
+    format!(
+        "select concat('person', cast(value as varchar), '@example.com') as email, \
+         cast((value * 7) % 100 as varchar) as lead_score, concat('{salt}-', cast(value % 5 as varchar)) as persona \
+         from generate_series(1, {rows})"
+    )
+}
+
+async fn throughput(rows: u64) {
+    let sim = hubspot::start(SimConfig::default(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    for p in ["ferry_lead_score", "ferry_persona"] {
+        sim.with_crm(|crm| {
+            crm.types.get_mut("contacts").unwrap().define(PropertyDef {
+                name: p.into(),
+                label: p.into(),
+                kind: "string".into(),
+                field_type: "text".into(),
+                has_unique_value: false,
+            })
+        });
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("models")).unwrap();
+    std::fs::write(
+        dir.join("ferry.toml"),
+        format!(
+            r#"[project]
+name = "syncbench"
+
+[destinations.hubspot]
+type = "hubspot"
+url = "{}"
+token = "ferry-sim-token"
+
+[syncs.scores]
+model = "scores"
+destination = "hubspot"
+object = "contacts"
+match = {{ column = "email", property = "email" }}
+
+[syncs.scores.fields]
+lead_score = "ferry_lead_score"
+persona = "ferry_persona"
+"#,
+            sim.base_url()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("models/scores.sql"),
+        format!("{{{{ config(materialized='view') }}}}\n{}\n", model_sql(rows, "a")),
+    )
+    .unwrap();
+    let project = Project::load(dir).unwrap();
+    let lake = Lake::open(&project.lake, &project.dir).unwrap();
+    let start = Instant::now();
+    let r = Syncer::new(&project, lake)
+        .run("scores", &SyncOptions::default())
+        .await
+        .unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    let (calls, limited) = sim.stats();
+    // Ceiling: 100 requests per 10 s. The first 100 go at once (the window
+    // starts empty), so the ideal time for C calls is (C - 100) / 10 s.
+    let ideal = (calls.saturating_sub(100)) as f64 / 10.0;
+    println!(
+        "sync throughput: {rows} changed rows, {calls} API calls ({:.4} per row), {limited} 429s, \
+         {secs:.1} s, {:.0} rows/s, {:.1} requests/s = {:.1}% of the 10 req/s ceiling \
+         (ideal {ideal:.1} s); created {}, peak RSS {:.0} MiB",
+        calls as f64 / rows as f64,
+        rows as f64 / secs,
+        calls as f64 / secs,
+        if secs > 0.0 { ideal / secs * 100.0 } else { 0.0 },
+        r.counts.created,
+        peak_rss_mib()
+    );
+}
+
+async fn diff_time(rows: u64) {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = datafusion::prelude::SessionContext::new_with_config(ferry::engine::session_config());
+    // The snapshot: what a first run of version "a" confirmed.
+    ctx.register_table(
+        "v0",
+        ctx.sql(&model_sql(rows, "a")).await.unwrap().into_view(),
+    )
+    .unwrap();
+    let empty = "select cast(null as varchar) as _key, cast(null as varchar) as _hash, \
+                 cast(null as varchar) as _crm_id, cast(null as boolean) as _created, \
+                 cast(null as varchar) as _payload where false";
+    ctx.register_table("empty", ctx.sql(empty).await.unwrap().into_view())
+        .unwrap();
+    let cols = ["lead_score".to_string(), "persona".to_string()];
+    let first = diff::diff_sql("v0", "email", true, &cols, "empty").unwrap();
+    let snap_dir = tmp.path().join("snap");
+    ctx.sql(&format!(
+        "select _key, _hash, cast(concat('id', _key) as varchar) as _crm_id, true as _created, \
+         cast(null as varchar) as _payload from ({first}) where _op = 'add'"
+    ))
+    .await
+    .unwrap()
+    .write_parquet(
+        snap_dir.to_str().unwrap(),
+        datafusion::dataframe::DataFrameWriteOptions::new(),
+        None,
+    )
+    .await
+    .unwrap();
+    ctx.register_parquet("snap", snap_dir.to_str().unwrap(), Default::default())
+        .await
+        .unwrap();
+    // Version "b": every tenth row changes, 1% of rows left, 1% are new.
+    ctx.register_table(
+        "v1",
+        ctx.sql(&format!(
+            "select concat('person', cast(value as varchar), '@example.com') as email, \
+             cast((value * 7) % 100 as varchar) as lead_score, \
+             case when value % 10 = 0 then 'changed' else concat('a-', cast(value % 5 as varchar)) end as persona \
+             from generate_series(1, {rows}) where value % 100 <> 55 \
+             union all select concat('new', cast(value as varchar), '@example.com'), '1', 'x' \
+             from generate_series(1, {})",
+            rows / 100
+        ))
+        .await
+        .unwrap()
+        .into_view(),
+    )
+    .unwrap();
+    let sql = diff::diff_sql("v1", "email", true, &cols, "snap").unwrap();
+    let start = Instant::now();
+    let tally = ctx
+        .sql(&format!("select _op, count(*) as n from ({sql}) group by _op order by _op"))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let tally_secs = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let mut stream = ctx
+        .sql(&format!("select * from ({sql}) where _op <> 'unchanged'"))
+        .await
+        .unwrap()
+        .execute_stream()
+        .await
+        .unwrap();
+    let mut pending = 0usize;
+    while let Some(b) = stream.next().await {
+        pending += diff::rows(&b.unwrap(), cols.len()).unwrap().len();
+    }
+    let stream_secs = start.elapsed().as_secs_f64();
+    let counts = arrow::util::pretty::pretty_format_batches(&tally)
+        .unwrap()
+        .to_string()
+        .replace('\n', " ");
+    println!(
+        "sync diff: {rows} model rows vs {rows}-row snapshot: counts {tally_secs:.2} s, \
+         streaming {pending} rows to send {stream_secs:.2} s ({:.0} model rows/s), peak RSS {:.0} MiB\n  {counts}",
+        rows as f64 / (tally_secs + stream_secs),
+        peak_rss_mib()
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let rows: u64 = std::env::var("FERRY_BENCH_SYNC_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let diffs: Vec<u64> = std::env::var("FERRY_BENCH_DIFF_ROWS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1_000_000, 10_000_000]);
+    for n in diffs {
+        diff_time(n).await;
+    }
+    if rows > 0 {
+        throughput(rows).await;
+    }
+}
