@@ -20,8 +20,13 @@ with model_rows as (
             {%- endfor %})) as _hash
     from {{ model }}
 ),
+-- Keys held by more than one row (rare: a small hash table, no sort).
+duplicates as (
+    select _key as _dup_key, count(*) as _n from model_rows group by _key having count(*) > 1
+),
 counted as (
-    select *, count(*) over (partition by _key) as _n from model_rows
+    select model_rows.*, coalesce(d._n, 1) as _n
+    from model_rows left join duplicates as d on model_rows._key = d._dup_key
 )
 select
     coalesce(m._key, s._key) as _key,

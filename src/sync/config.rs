@@ -254,6 +254,28 @@ pub struct SyncSection {
     /// This sync's own share of the account's 10-second budget (defaults to all of it).
     #[serde(default)]
     pub requests_per_10s: Option<usize>,
+    /// A copy of the CRM object extracted into the lake, to judge `if_empty`
+    /// fields without reading the CRM while it is fresh enough.
+    #[serde(default)]
+    pub crm_copy: Option<CrmCopy>,
+}
+
+/// `crm_copy = { table = "hubspot.contacts", max_age_minutes = 60 }`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrmCopy {
+    /// A lake table with the match property, the record `id` (or
+    /// `hs_object_id`) and the `if_empty` properties as columns, as the
+    /// HubSpot extractor lands them.
+    pub table: String,
+    /// Used only if its newest row was landed at most this long ago; otherwise
+    /// ferry reads the current values from the CRM in batches.
+    #[serde(default = "default_copy_age")]
+    pub max_age_minutes: u64,
+}
+
+fn default_copy_age() -> u64 {
+    60
 }
 
 fn default_batch_size() -> usize {
@@ -285,6 +307,7 @@ pub struct Sync {
     pub batch_size: usize,
     pub max_delete_pct: f64,
     pub requests_per_10s: Option<usize>,
+    pub crm_copy: Option<CrmCopy>,
 }
 
 impl Sync {
@@ -347,6 +370,7 @@ impl Sync {
             batch_size: s.batch_size,
             max_delete_pct: s.max_delete_pct,
             requests_per_10s: s.requests_per_10s,
+            crm_copy: s.crm_copy.clone(),
         })
     }
 }

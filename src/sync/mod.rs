@@ -119,6 +119,9 @@ pub struct Syncer {
 
 const SAMPLES: usize = 5;
 
+/// Current CRM values by lower-cased match key, from the lake copy.
+type CrmCopy = HashMap<String, Existing>;
+
 impl Syncer {
     pub fn new(project: &Project, lake: Lake) -> Syncer {
         Syncer {
@@ -343,6 +346,8 @@ impl Run<'_> {
         )
         .await?;
 
+        let copy = self.crm_copy(&ctx).await?;
+
         // Counts first: the mirror guard must decide before anything is sent.
         let tally = ctx
             .sql(&format!(
@@ -455,7 +460,8 @@ impl Run<'_> {
         let batch = sync.batch_size.min(self.dest.max_batch()).max(1);
         let chunks: Vec<Vec<Row>> = pending.chunks(batch).map(|c| c.to_vec()).collect();
         drop(pending);
-        let mut results = futures::stream::iter(chunks.into_iter().map(|c| self.chunk(c, unique)))
+        let copy = copy.as_ref();
+        let mut results = futures::stream::iter(chunks.into_iter().map(|c| self.chunk(c, unique, copy)))
             .buffer_unordered(self.max_in_flight.max(1));
         let mut first_error = None;
         while let Some(r) = results.next().await {
@@ -481,6 +487,112 @@ impl Run<'_> {
             self.compact(&fresh).await?;
         }
         Ok(())
+    }
+
+    /// The CRM's current values of the `if_empty` properties from the lake
+    /// copy named in `crm_copy`, newest row per key, if the copy is fresh and
+    /// has the columns; otherwise `None` (the CRM is read instead).
+    async fn crm_copy(&self, ctx: &SessionContext) -> Result<Option<CrmCopy>> {
+        let Some(cfg) = &self.sync.crm_copy else {
+            return Ok(None);
+        };
+        if !self.has_if_empty() {
+            return Ok(None);
+        }
+        let table = diff::quote_relation(&cfg.table);
+        let df = match ctx.sql(&format!("select * from {table} limit 0")).await {
+            Ok(df) => df,
+            Err(e) => {
+                tracing::warn!(sync = %self.sync.name, table = %cfg.table, "crm_copy is not readable ({e}); reading current values from the CRM");
+                return Ok(None);
+            }
+        };
+        let schema = df.schema().clone();
+        let has = |c: &str| schema.field_with_unqualified_name(c).is_ok();
+        let id_col = ["id", "hs_object_id"].into_iter().find(|c| has(c));
+        let props: Vec<&str> = self
+            .sync
+            .fields
+            .iter()
+            .filter(|f| f.policy == Policy::IfEmpty)
+            .map(|f| f.property.as_str())
+            .collect();
+        let missing: Vec<&str> = props
+            .iter()
+            .copied()
+            .chain([self.sync.key_property.as_str(), crate::lake::layout::LOADED_AT_COLUMN])
+            .filter(|c| !has(c))
+            .collect();
+        let Some(id_col) = id_col.filter(|_| missing.is_empty()) else {
+            tracing::warn!(
+                sync = %self.sync.name, table = %cfg.table,
+                "crm_copy lacks columns {missing:?} (or id); reading current values from the CRM"
+            );
+            return Ok(None);
+        };
+        let newest = ctx
+            .sql(&format!(
+                "select arrow_cast(max({}), 'Int64') from {table}",
+                crate::lake::layout::LOADED_AT_COLUMN
+            ))
+            .await?
+            .collect()
+            .await?;
+        let newest = newest
+            .first()
+            .map(|b| arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(b.column(0)))
+            .filter(|a| arrow::array::Array::is_valid(*a, 0))
+            .map(|a| a.value(0));
+        let fresh_after = Utc::now().timestamp_micros() - (cfg.max_age_minutes as i64) * 60_000_000;
+        if newest.is_none_or(|t| t < fresh_after) {
+            tracing::info!(sync = %self.sync.name, table = %cfg.table, "crm_copy is older than max_age_minutes; reading current values from the CRM");
+            return Ok(None);
+        }
+        let key = format!("lower(trim(cast({} as varchar)))", diff::quote_ident(&self.sync.key_property));
+        let cols: Vec<String> = props
+            .iter()
+            .map(|p| format!("cast({} as varchar)", diff::quote_ident(p)))
+            .collect();
+        let sql = format!(
+            "select _k, _id{} from (select {key} as _k, cast({} as varchar) as _id{}, \
+             row_number() over (partition by {key} order by {} desc) as _rn from {table}) where _rn = 1",
+            (0..props.len()).map(|i| format!(", _p{i}")).collect::<String>(),
+            diff::quote_ident(id_col),
+            cols.iter().enumerate().map(|(i, c)| format!(", {c} as _p{i}")).collect::<String>(),
+            crate::lake::layout::LOADED_AT_COLUMN,
+        );
+        let mut copy = CrmCopy::new();
+        for b in ctx.sql(&sql).await?.collect().await? {
+            let strings: Vec<arrow::array::ArrayRef> = b
+                .columns()
+                .iter()
+                .map(|c| arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8))
+                .collect::<std::result::Result<_, _>>()?;
+            let col = |i: usize| arrow::array::AsArray::as_string::<i32>(&strings[i]).clone();
+            let (k, id) = (col(0), col(1));
+            let values: Vec<_> = (0..props.len()).map(|i| col(2 + i)).collect();
+            for r in 0..b.num_rows() {
+                if arrow::array::Array::is_null(&k, r) || arrow::array::Array::is_null(&id, r) {
+                    continue;
+                }
+                let mut properties = BTreeMap::new();
+                for (p, v) in props.iter().zip(&values) {
+                    if arrow::array::Array::is_valid(v, r) {
+                        properties.insert(p.to_string(), v.value(r).to_string());
+                    }
+                }
+                copy.insert(
+                    k.value(r).to_string(),
+                    Existing {
+                        id: id.value(r).to_string(),
+                        properties,
+                        created_at: None,
+                    },
+                );
+            }
+        }
+        tracing::info!(sync = %self.sync.name, table = %cfg.table, keys = copy.len(), "judging if_empty fields from the lake copy");
+        Ok(Some(copy))
     }
 
     /// Keys whose newest outcome is a CRM rejection or a failure.
@@ -545,7 +657,7 @@ impl Run<'_> {
     }
 
     /// Decide what to do with each row of a batch.
-    async fn plan(&self, rows: &[Row], unique: bool) -> Result<Vec<Action>, CallError> {
+    async fn plan(&self, rows: &[Row], unique: bool, copy: Option<&CrmCopy>) -> Result<Vec<Action>, CallError> {
         let sync = self.sync;
         // Upserts by a unique key and updates by a unique key need no lookup,
         // unless an if_empty field needs the CRM's current value (or this is a
@@ -554,9 +666,29 @@ impl Run<'_> {
             !unique || sync.mode == Mode::Insert || self.has_if_empty() || self.opts.dry_run;
         let found = if need_lookup {
             let keys: Vec<String> = rows.iter().filter_map(|r| r.key.clone()).collect();
-            self.dest
-                .lookup(&sync.object, &sync.key_property, unique, &keys, &self.properties())
-                .await?
+            // A fresh lake copy answers if_empty for the keys it holds, when
+            // that is all the lookup is for; the CRM is read for the rest.
+            let from_copy = copy.filter(|_| {
+                unique && sync.mode != Mode::Insert && !self.opts.dry_run
+            });
+            let mut found: HashMap<String, Vec<Existing>> = HashMap::new();
+            let mut ask = Vec::new();
+            for k in keys {
+                match from_copy.and_then(|c| c.get(&k.to_lowercase())) {
+                    Some(e) => {
+                        found.insert(k.to_lowercase(), vec![e.clone()]);
+                    }
+                    None => ask.push(k),
+                }
+            }
+            if !ask.is_empty() {
+                found.extend(
+                    self.dest
+                        .lookup(&sync.object, &sync.key_property, unique, &ask, &self.properties())
+                        .await?,
+                );
+            }
+            found
         } else {
             HashMap::new()
         };
@@ -670,12 +802,12 @@ impl Run<'_> {
     }
 
     /// Plan, send and commit one batch of added/changed rows.
-    async fn chunk(&self, rows: Vec<Row>, unique: bool) -> Result<()> {
+    async fn chunk(&self, rows: Vec<Row>, unique: bool, copy: Option<&CrmCopy>) -> Result<()> {
         if self.stopped() {
             self.add(|c| c.not_sent += rows.len() as u64);
             return Ok(());
         }
-        let actions = match self.plan(&rows, unique).await {
+        let actions = match self.plan(&rows, unique, copy).await {
             Ok(a) => a,
             Err(e @ (CallError::Auth { .. } | CallError::DailyLimit)) => {
                 self.set_stop(e);

@@ -730,3 +730,137 @@ async fn kill_9_at_random_points_then_resume_converges() {
     let r = sync(&dir, "accounts", SyncOptions::default()).await.unwrap();
     assert_eq!((r.counts.created, r.counts.updated, r.counts.unchanged), (0, 0, 300));
 }
+
+fn parse(text: &str) -> ferry::Result<Project> {
+    let secrets = ferry::project::SecretSource::new(
+        [("HUBSPOT_TOKEN".to_string(), "pat-secret".to_string())].into_iter().collect(),
+    );
+    Project::parse(Path::new("p"), Path::new("p/ferry.toml"), text, &secrets, None)
+}
+
+/// The README's sync configuration parses as documented, and mistakes in it
+/// are caught before any call, naming the line and key.
+#[test]
+fn readme_sync_example_parses_and_mistakes_are_located() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let block = readme
+        .split("```toml\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .find(|b| b.contains("[syncs."))
+        .expect("a sync example in README.md");
+    let text = format!("[project]\nname = \"readme\"\n\n{block}");
+    let p = parse(&text).unwrap();
+    let s = &p.syncs["contact_scores"];
+    assert_eq!((s.object.as_str(), s.key_property.as_str(), s.batch_size), ("contacts", "email", 100));
+    let policies: Vec<(&str, &str)> = s.fields.iter().map(|f| (f.property.as_str(), f.policy.as_str())).collect();
+    assert_eq!(
+        policies,
+        vec![("ferry_lead_score", "overwrite"), ("ferry_mql_date", "skip_nulls"), ("ferry_persona", "if_empty")]
+    );
+    let d = &p.destinations["hubspot"];
+    assert_eq!((d.requests_per_10s, d.daily_limit), (100, 250_000));
+    assert!(!format!("{d:?}").contains("pat-secret"), "the token never prints");
+
+    let e = parse(&text.replace("destination = \"hubspot\"", "destination = \"hubspt\"")).unwrap_err().to_string();
+    assert!(e.contains("destination \"hubspt\" is not defined") && e.contains("p/ferry.toml:"), "{e}");
+    let e = parse(&text.replace("batch_size = 100 ", "batch_size = 500 ")).unwrap_err().to_string();
+    assert!(e.contains("batch_size = 500 is out of range"), "{e}");
+    let e = parse(&text.replace("mode = \"upsert\"", "mode = \"upsrt\"")).unwrap_err().to_string();
+    assert!(e.contains("syncs.contact_scores.mode") || e.contains("upsrt"), "{e}");
+    let e = parse(&text.replace("max_delete_pct", "max_delete_percent")).unwrap_err().to_string();
+    assert!(e.contains("unknown field `max_delete_percent`"), "{e}");
+    let e = parse(&text.replace("token = \"${HUBSPOT_TOKEN}\"", "")).unwrap_err().to_string();
+    assert!(e.contains("no credentials"), "{e}");
+}
+
+/// `if_empty` judged from a fresh lake copy of the CRM reads nothing from
+/// HubSpot; a stale copy falls back to batch reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn if_empty_uses_a_fresh_lake_copy_of_the_crm() {
+    use ferry::lake::{Lander, RunId, StreamRef};
+    let s = sim(SimConfig::default()).await;
+    let ann = plant(&s, "contacts", &[("email", "ann@example.com"), ("ferry_persona", "Rep's call")]);
+    let bob = plant(&s, "contacts", &[("email", "bob@example.com")]);
+    let tmp = tempfile::tempdir().unwrap();
+    let toml = sync_toml(
+        "scores",
+        "scores",
+        "contacts",
+        "upsert",
+        ("email", "email"),
+        "lead_score = \"ferry_lead_score\"\npersona = { property = \"ferry_persona\", policy = \"if_empty\" }",
+        "crm_copy = { table = \"hubspot.contacts\", max_age_minutes = 60 }",
+    );
+    let dir = project(tmp.path(), &s.base_url(), &toml);
+    // The extracted copy, as the HubSpot extractor lands it.
+    let project_ = Project::load(&dir).unwrap();
+    let lake = Lake::open(&project_.lake, &project_.dir).unwrap();
+    let copy = vec![
+        Ok(serde_json::json!({"id": ann.to_string(), "email": "ann@example.com", "ferry_persona": "Rep's call"})),
+        Ok(serde_json::json!({"id": bob.to_string(), "email": "bob@example.com", "ferry_persona": null})),
+    ];
+    Lander::new(lake, RunId::new())
+        .land_json(&StreamRef::new("hubspot", "contacts").unwrap(), Default::default(), copy)
+        .await
+        .unwrap();
+    let mut data: Rows = vec![
+        (some("ann@example.com"), some("10"), some("Marketing Leader")),
+        (some("bob@example.com"), some("20"), some("Sales Leader")),
+    ];
+    model(&dir, "scores", &data);
+    let r = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
+    assert_eq!(r.counts.updated, 2, "{r:?}");
+    assert_eq!(r.api_calls, 2, "properties check + one upsert; no batch read");
+    let state = crm(&s, "contacts", "email");
+    assert_eq!(state["ann@example.com"]["ferry_persona"], "Rep's call");
+    assert_eq!(state["bob@example.com"]["ferry_persona"], "Sales Leader");
+
+    // A stale copy (max age 0) is not trusted: HubSpot is read in a batch.
+    let text = std::fs::read_to_string(dir.join("ferry.toml")).unwrap();
+    std::fs::write(dir.join("ferry.toml"), text.replace("max_age_minutes = 60", "max_age_minutes = 0")).unwrap();
+    data[0].1 = some("11");
+    model(&dir, "scores", &data);
+    let r = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
+    assert_eq!((r.counts.updated, r.api_calls), (1, 3), "{r:?}");
+    assert_eq!(crm(&s, "contacts", "email")["ann@example.com"]["ferry_persona"], "Rep's call");
+}
+
+/// `ferry sync` from the command line: the dry run's report, then the real
+/// run's summary and exit code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_dry_run_then_sync() {
+    let s = sim(SimConfig::default()).await;
+    plant(&s, "contacts", &[("email", "person1@example.com"), ("ferry_lead_score", "3")]);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = project(tmp.path(), &s.base_url(), SCORES);
+    model(&dir, "scores", &rows(3, "a"));
+    let ferry = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .arg("--project-dir")
+            .arg(&dir)
+            .args(args)
+            .env_remove("FERRY_LAKE")
+            .output()
+            .unwrap()
+    };
+    let out = ferry(&["sync", "--dry-run"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("dry run (nothing written)"), "{text}");
+    assert!(text.contains("would be created 2  would be updated 1"), "{text}");
+    assert!(text.contains("sample update person1@example.com:"), "{text}");
+    assert!(text.contains("ferry_lead_score: \"3\" -> \"7\""), "{text}");
+    assert_eq!(s.records("contacts").len(), 1);
+
+    let out = ferry(&["sync", "scores"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("created 2  updated 1  archived 0  unchanged 0  rejected 0  failed 0"), "{text}");
+    assert!(text.contains("API calls 2  rate limited (429) 0"), "{text}");
+    assert_matches(&s, &rows(3, "a"));
+
+    let out = ferry(&["sync", "nope"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no sync named \"nope\""));
+}
