@@ -864,3 +864,41 @@ async fn cli_dry_run_then_sync() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no sync named \"nope\""));
 }
+
+/// The daily budget running out stops the run cleanly (confirmed batches
+/// kept, the rest not sent); the next day's run sends only the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daily_limit_stops_cleanly_and_resumes() {
+    let s = sim(SimConfig { daily: 3, ..SimConfig::default() }).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = project(tmp.path(), &s.base_url(), SCORES);
+    let t = std::fs::read_to_string(dir.join("ferry.toml")).unwrap();
+    std::fs::write(dir.join("ferry.toml"), t.replace("timeout_seconds = 5\n", "timeout_seconds = 5\nmax_in_flight = 1\n")).unwrap();
+    let data = rows(300, "a");
+    model(&dir, "scores", &data);
+    let r = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
+    assert_eq!((r.counts.created, r.counts.not_sent), (200, 100), "{r:?}");
+    assert!(r.stopped.as_deref().is_some_and(|m| m.contains("daily")), "{r:?}");
+    assert_eq!(crm(&s, "contacts", "email").len(), 200);
+
+    s.reset_daily();
+    let r = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
+    assert_eq!((r.counts.created, r.counts.unchanged, r.api_calls), (100, 200, 2), "{r:?}");
+    assert_matches(&s, &data);
+}
+
+/// Paced by the account's budget, a sync larger than one window sees no 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steady_sync_stays_under_the_limit() {
+    let s = sim(SimConfig { ten_secondly: 8, ..SimConfig::default() }).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = project(tmp.path(), &s.base_url(), SCORES);
+    let t = std::fs::read_to_string(dir.join("ferry.toml")).unwrap();
+    std::fs::write(dir.join("ferry.toml"), t.replace("type = \"hubspot\"\n", "type = \"hubspot\"\nrequests_per_10s = 8\n")).unwrap();
+    let data = rows(1200, "a");
+    model(&dir, "scores", &data);
+    let r = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
+    assert_eq!((r.counts.created, r.api_calls, r.rate_limited), (1200, 13, 0), "{r:?}");
+    assert_eq!(s.stats().1, 0, "the emulator refused nothing");
+    assert_matches(&s, &data);
+}

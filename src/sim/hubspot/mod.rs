@@ -216,6 +216,12 @@ impl RunningSim {
         }
     }
 
+    /// Start a new day: the daily budget is whole again (HubSpot resets it
+    /// at midnight in the account's time zone).
+    pub fn reset_daily(&self) {
+        self.state.daily_used.store(0, Ordering::SeqCst);
+    }
+
     /// OAuth token refreshes answered.
     pub fn token_refreshes(&self) -> u64 {
         self.state.stats.token_refreshes.load(Ordering::SeqCst)
