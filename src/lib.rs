@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod engine;
 pub mod error;
+pub mod extract;
 pub mod http;
 pub mod lake;
 pub mod models;

@@ -2,6 +2,7 @@
 //! runtime, and maps errors to messages and exit codes (0 ok, 1 failed,
 //! 2 bad usage). Each command is a thin call into the library.
 
+mod extract;
 mod land;
 mod models;
 mod output;
@@ -94,6 +95,12 @@ enum Command {
         out: Option<PathBuf>,
     },
     /// Run a vendor emulator on loopback (for tests and demos).
+    /// Pull vendor streams into the lake (all sources with a type when none
+    /// are given): pages, rows, bytes and seconds per stream.
+    Extract {
+        /// `source` or `source.stream`.
+        streams: Vec<String>,
+    },
     /// Reverse-sync models to the CRM: send what changed since the CRM last
     /// confirmed, and log every row's outcome in ferry.sync_log.
     Sync {
@@ -300,6 +307,10 @@ async fn run(cli: Cli) -> Result<()> {
             let (project, lake) = open(&cli.project_dir)?;
             let out = out.unwrap_or_else(|| project.dir.join("target").join("docs"));
             models::docs(&project, lake, &select, &out).await
+        }
+        Command::Extract { streams } => {
+            let (project, lake) = open(&cli.project_dir)?;
+            extract::run(&project, lake, &streams).await
         }
         Command::Sync {
             names,

@@ -31,11 +31,31 @@ use crate::project::secret::Secret;
 /// How a client authenticates.
 #[derive(Debug, Clone)]
 pub enum Auth {
+    /// No credentials.
+    None,
     /// `Authorization: Bearer <token>` (a private-app token).
     Bearer(Secret),
     /// OAuth 2.0 with a refresh token: the access token is fetched on first
     /// use and refreshed once when a call answers 401.
     OAuth(OAuthConfig),
+    /// OAuth 2.0 client credentials: the access token is fetched on first use
+    /// and fetched again once when a call answers 401.
+    ClientCredentials(ClientCredentials),
+    /// An API key in a header.
+    ApiKeyHeader { header: String, key: Secret },
+    /// An API key in a query parameter.
+    ApiKeyQuery { param: String, key: Secret },
+    /// HTTP basic auth.
+    Basic { username: String, password: Secret },
+}
+
+/// An OAuth 2.0 client-credentials grant.
+#[derive(Debug, Clone)]
+pub struct ClientCredentials {
+    pub token_url: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub scopes: Vec<String>,
 }
 
 /// An OAuth app and the refresh token it was granted.
@@ -197,6 +217,9 @@ pub struct Reply {
     pub status: u16,
     /// The JSON body (`Null` for an empty body such as 204).
     pub body: Value,
+    pub headers: HeaderMap,
+    /// Size of the body in bytes.
+    pub bytes: usize,
 }
 
 /// Counters for run summaries and benchmarks.
@@ -221,6 +244,7 @@ pub struct Client {
     breaker: Breaker,
     retry: RetryPolicy,
     stopped: Mutex<Option<CallError>>,
+    scopes: String,
     pub stats: CallStats,
 }
 
@@ -247,9 +271,15 @@ impl Client {
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let auth_scopes = match &auth {
+            Auth::ClientCredentials(c) => Some(c.scopes.join(" ")),
+            _ => None,
+        };
         let access = match &auth {
             Auth::Bearer(t) => Some(t.clone()),
-            Auth::OAuth(_) => None,
+            Auth::OAuth(_) | Auth::ClientCredentials(_) => None,
+            // No token to fetch: these put their credentials on each request.
+            _ => Some(Secret::new("")),
         };
         Ok(Client {
             http,
@@ -261,6 +291,10 @@ impl Client {
             breaker: Breaker::new(20, Duration::from_secs(2)),
             retry,
             stopped: Mutex::new(None),
+            scopes: match &auth_scopes {
+                Some(s) => s.clone(),
+                None => String::new(),
+            },
             stats: CallStats::default(),
         })
     }
@@ -382,24 +416,40 @@ impl Client {
         }
     }
 
-    /// Fetch a new OAuth access token with the refresh token.
+    /// Fetch a new OAuth access token (refresh-token or client-credentials grant).
     async fn refresh(&self) -> Result<(), CallError> {
-        let Auth::OAuth(o) = &self.auth else {
-            return Err(CallError::Auth {
-                status: 401,
-                message: "the token was refused".into(),
-            });
+        let (token_url, form): (&str, Vec<(&str, &str)>) = match &self.auth {
+            Auth::OAuth(o) => (
+                &o.token_url,
+                vec![
+                    ("grant_type", "refresh_token"),
+                    ("client_id", o.client_id.as_str()),
+                    ("client_secret", o.client_secret.expose()),
+                    ("refresh_token", o.refresh_token.expose()),
+                ],
+            ),
+            Auth::ClientCredentials(c) => {
+                let mut f = vec![
+                    ("grant_type", "client_credentials"),
+                    ("client_id", c.client_id.as_str()),
+                    ("client_secret", c.client_secret.expose()),
+                ];
+                if !c.scopes.is_empty() {
+                    f.push(("scope", self.scopes.as_str()));
+                }
+                (&c.token_url, f)
+            }
+            _ => {
+                return Err(CallError::Auth {
+                    status: 401,
+                    message: "the credentials were refused".into(),
+                });
+            }
         };
-        tracing::info!(vendor = self.vendor.name, "refreshing the OAuth access token");
-        let form = [
-            ("grant_type", "refresh_token"),
-            ("client_id", o.client_id.as_str()),
-            ("client_secret", o.client_secret.expose()),
-            ("refresh_token", o.refresh_token.expose()),
-        ];
+        tracing::info!(vendor = self.vendor.name, "fetching an OAuth access token");
         let reply = self
             .http
-            .post(&o.token_url)
+            .post(token_url)
             .form(&form)
             .send()
             .await
@@ -413,8 +463,11 @@ impl Client {
             return Err(CallError::Auth {
                 status,
                 message: format!(
-                    "the OAuth token refresh was refused ({}): check client_id, client_secret and refresh_token",
-                    body["status"].as_str().unwrap_or("no access_token in the reply")
+                    "the OAuth token request was refused ({}): check client_id, client_secret and the refresh token or scopes",
+                    body["status"]
+                        .as_str()
+                        .or(body["error"].as_str())
+                        .unwrap_or("no access_token in the reply")
                 ),
             });
         };
@@ -430,11 +483,31 @@ impl Client {
             Ok(t) => t,
             Err(e) => return Attempt::Fail(e),
         };
-        let url = format!("{}{}", self.base, call.path);
-        let mut req = self
-            .http
-            .request(call.method.clone(), &url)
-            .bearer_auth(token.expose());
+        // An absolute URL (a "next" link) must stay on the vendor's host, so
+        // credentials never go anywhere else.
+        let url = if call.path.starts_with("http://") || call.path.starts_with("https://") {
+            if !same_origin(&call.path, &self.base) {
+                return Attempt::Fail(CallError::Rejected {
+                    status: 0,
+                    body: serde_json::json!({"message": format!(
+                        "refusing to follow a link to another host: {}", call.path
+                    )}),
+                });
+            }
+            call.path.clone()
+        } else {
+            format!("{}{}", self.base, call.path)
+        };
+        let mut req = self.http.request(call.method.clone(), &url);
+        req = match &self.auth {
+            Auth::None => req,
+            Auth::Bearer(_) | Auth::OAuth(_) | Auth::ClientCredentials(_) => {
+                req.bearer_auth(token.expose())
+            }
+            Auth::ApiKeyHeader { header, key } => req.header(header.as_str(), key.expose()),
+            Auth::ApiKeyQuery { param, key } => req.query(&[(param.as_str(), key.expose())]),
+            Auth::Basic { username, password } => req.basic_auth(username, Some(password.expose())),
+        };
         if let Some(b) = call.body {
             req = req.json(b);
         }
@@ -459,7 +532,12 @@ impl Client {
         };
         self.observe(&headers);
         match status {
-            200..=299 => Attempt::Done(Reply { status, body }),
+            200..=299 => Attempt::Done(Reply {
+                status,
+                body,
+                bytes: bytes.len(),
+                headers,
+            }),
             429 => {
                 self.stats.rate_limited.fetch_add(1, Ordering::SeqCst);
                 if (self.vendor.is_daily)(&body) {
@@ -482,7 +560,7 @@ impl Client {
                     // Another call refreshed the token meanwhile: send again.
                     return Attempt::RateLimited(Duration::ZERO);
                 }
-                if matches!(self.auth, Auth::OAuth(_)) {
+                if matches!(self.auth, Auth::OAuth(_) | Auth::ClientCredentials(_)) {
                     return Attempt::Refresh;
                 }
                 Attempt::Fail(CallError::Auth {
@@ -514,6 +592,13 @@ impl Client {
         if max.is_some() || remaining.is_some() || daily.is_some() {
             self.account.observe(max, remaining, daily);
         }
+    }
+}
+
+fn same_origin(url: &str, base: &str) -> bool {
+    match (url::Url::parse(url), url::Url::parse(base)) {
+        (Ok(a), Ok(b)) => a.origin() == b.origin(),
+        _ => false,
     }
 }
 

@@ -106,6 +106,7 @@ pub fn load(dir: &Path, lake_override: Option<String>) -> Result<Project> {
     };
     Ok(Project {
         destinations: BTreeMap::new(),
+        extract: BTreeMap::new(),
         syncs: BTreeMap::new(),
         dir: dir.to_path_buf(),
         name: p.name.clone(),

@@ -20,6 +20,7 @@ use toml::Spanned;
 pub use secret::{Secret, SecretSource};
 
 use crate::error::{Error, Result};
+use crate::extract::config as extract_config;
 use crate::sync::config as sync_config;
 
 /// The project file's name.
@@ -106,6 +107,19 @@ pub enum SchemaMode {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
+    /// How `ferry extract` pulls this source (`rest`); absent for a source
+    /// that is only landed into (`ferry land`).
+    #[serde(default, rename = "type")]
+    pub kind: Option<extract_config::SourceKind>,
+    /// The API's base URL.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Credentials: `{ type = "bearer" | "api_key" | "basic" | "oauth2", ... }`.
+    #[serde(default)]
+    pub auth: Option<extract_config::AuthSection>,
+    /// Requests per second to this API (all streams together).
+    #[serde(default)]
+    pub requests_per_second: Option<usize>,
     /// Schema policy for every stream of this source that does not set its own.
     #[serde(default)]
     pub schema: Option<SchemaMode>,
@@ -121,6 +135,27 @@ pub struct StreamConfig {
     /// Schema policy for this stream; overrides the source's.
     #[serde(default)]
     pub schema: Option<SchemaMode>,
+    /// REST: path under the source's url (`/sequences/{id}/steps` for a child stream).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// REST: extra query parameters.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// REST: dotted path of the records array in the reply (absent: the reply is the array).
+    #[serde(default)]
+    pub records: Option<String>,
+    /// REST: dotted path of the field identifying a record.
+    #[serde(default)]
+    pub primary_key: Option<String>,
+    /// REST: how the endpoint pages.
+    #[serde(default)]
+    pub pagination: Option<extract_config::Pagination>,
+    /// REST: the incremental cursor field and the parameter that sends it.
+    #[serde(default)]
+    pub incremental: Option<extract_config::Incremental>,
+    /// REST: a parent stream whose records each give one request.
+    #[serde(default)]
+    pub parent: Option<extract_config::Parent>,
 }
 
 /// Resolved settings for landing one stream.
@@ -158,6 +193,8 @@ pub struct Project {
     pub destinations: BTreeMap<String, sync_config::Destination>,
     /// `[syncs.<name>]`, resolved.
     pub syncs: BTreeMap<String, sync_config::Sync>,
+    /// Sources `ferry extract` pulls, resolved (those with a `type`).
+    pub extract: BTreeMap<String, extract_config::SourceSpec>,
 }
 
 impl Project {
@@ -331,7 +368,83 @@ impl Project {
             syncs.insert(sname.clone(), resolved);
         }
 
+        let mut extract = BTreeMap::new();
+        for (sname, src) in &raw.sources {
+            let at = |what: &str| find_key(text, &format!("sources.{sname}{what}"));
+            let Some(kind) = src.kind else {
+                if src.url.is_some() || src.auth.is_some() {
+                    return Err(config_error(file, text, at(""),
+                        "url and auth need a source type: add type = \"rest\"".into()));
+                }
+                continue;
+            };
+            match kind {
+                extract_config::SourceKind::Rest => {
+                    let Some(url) = src.url.clone() else {
+                        return Err(config_error(file, text, at(""),
+                            "a rest source needs url = \"https://api.vendor.com/v1\"".into()));
+                    };
+                    use extract_config::AuthSection as A;
+                    let auth_offset = at(".auth");
+                    let secret = |v: &String| {
+                        secrets
+                            .interpolate(v)
+                            .map_err(|msg| config_error(file, text, auth_offset, msg))
+                    };
+                    let auth = match &src.auth {
+                        None => crate::http::Auth::None,
+                        Some(A::Bearer { token }) => crate::http::Auth::Bearer(secret(token)?),
+                        Some(A::ApiKey { key, header, query }) => match (header, query) {
+                            (Some(h), None) => crate::http::Auth::ApiKeyHeader { header: h.clone(), key: secret(key)? },
+                            (None, Some(q)) => crate::http::Auth::ApiKeyQuery { param: q.clone(), key: secret(key)? },
+                            _ => return Err(config_error(file, text, at(".auth"),
+                                "api_key auth needs exactly one of header = \"X-Api-Key\" or query = \"api_key\"".into())),
+                        },
+                        Some(A::Basic { username, password }) => crate::http::Auth::Basic {
+                            username: username.clone(),
+                            password: secret(password)?,
+                        },
+                        Some(A::Oauth2 { token_url, client_id, client_secret, scopes }) => {
+                            crate::http::Auth::ClientCredentials(crate::http::ClientCredentials {
+                                token_url: token_url.clone(),
+                                client_id: client_id.clone(),
+                                client_secret: secret(client_secret)?,
+                                scopes: scopes.clone(),
+                            })
+                        }
+                    };
+                    let mut streams = Vec::new();
+                    for (tname, t) in &src.streams {
+                        let Some(path) = t.path.clone() else {
+                            return Err(config_error(file, text, at(&format!(".streams.{tname}")),
+                                format!("stream {tname} needs path = \"/{tname}\"")));
+                        };
+                        streams.push(extract_config::RestStream {
+                            name: tname.clone(),
+                            path,
+                            params: t.params.clone(),
+                            records: t.records.clone().unwrap_or_default(),
+                            primary_key: t.primary_key.clone(),
+                            pagination: t.pagination.clone().unwrap_or(extract_config::Pagination::None),
+                            incremental: t.incremental.clone(),
+                            parent: t.parent.clone(),
+                        });
+                    }
+                    let streams = extract_config::order_streams(streams)
+                        .map_err(|msg| config_error(file, text, at(""), msg))?;
+                    extract.insert(sname.clone(), extract_config::SourceSpec::Rest {
+                        name: sname.clone(),
+                        url: url.trim_end_matches('/').to_string(),
+                        auth,
+                        requests_per_second: src.requests_per_second,
+                        streams,
+                    });
+                }
+            }
+        }
+
         Ok(Project {
+            extract,
             destinations,
             syncs,
             model_configs: vec![(Vec::new(), model_defaults)],

@@ -3,3 +3,4 @@
 //! bodies), so tests and demos run ferry over real HTTP on loopback.
 
 pub mod hubspot;
+pub mod rest;

@@ -1,0 +1,251 @@
+//! What the user writes for extraction, inside `[sources.<name>]` and
+//! `[sources.<name>.streams.<stream>]`. A source without `type` is only a
+//! landing target (`ferry land`).
+//!
+//! ```toml
+//! [sources.outreach]
+//! type = "rest"
+//! url = "https://api.outreach.io/api/v2"
+//! auth = { type = "bearer", token = "${OUTREACH_TOKEN}" }
+//! requests_per_second = 10
+//!
+//! [sources.outreach.streams.prospects]
+//! path = "/prospects"
+//! records = "data"
+//! primary_key = "id"
+//! pagination = { type = "next_url", path = "links.next" }
+//! incremental = { cursor_field = "attributes.updatedAt", param = "filter[updatedAt][gte]" }
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::http::Auth;
+
+/// The kinds of extraction source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// A declarative REST API.
+    Rest,
+}
+
+/// `auth = { type = ..., ... }` as written. (Plain strings: spans do not
+/// survive serde's internally tagged enums; errors point at the `auth` key.)
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AuthSection {
+    Bearer {
+        token: String,
+    },
+    ApiKey {
+        key: String,
+        /// Send the key in this header...
+        #[serde(default)]
+        header: Option<String>,
+        /// ...or in this query parameter.
+        #[serde(default)]
+        query: Option<String>,
+    },
+    Basic {
+        username: String,
+        password: String,
+    },
+    Oauth2 {
+        token_url: String,
+        client_id: String,
+        client_secret: String,
+        #[serde(default)]
+        scopes: Vec<String>,
+    },
+}
+
+/// How an endpoint pages.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Pagination {
+    /// One request.
+    None,
+    /// A cursor in the body (`cursor_path`), sent back as `param`.
+    Cursor {
+        cursor_path: String,
+        param: String,
+        /// Page size parameter and value, if the API takes one.
+        #[serde(default)]
+        limit_param: Option<String>,
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+    /// The next page's URL in the body (`path`); absent or null at the end.
+    NextUrl { path: String },
+    /// The next page's URL in the `Link` header (`rel="next"`).
+    LinkHeader,
+    /// `offset`/`limit` parameters; stops at a short or empty page.
+    Offset {
+        #[serde(default = "default_offset")]
+        param: String,
+        #[serde(default = "default_limit_param")]
+        limit_param: String,
+        #[serde(default = "default_page_size")]
+        limit: usize,
+    },
+    /// A page number; stops at an empty page (or `total_pages_path`).
+    Page {
+        #[serde(default = "default_page")]
+        param: String,
+        #[serde(default = "one")]
+        start: usize,
+        #[serde(default)]
+        size_param: Option<String>,
+        #[serde(default)]
+        size: Option<usize>,
+        #[serde(default)]
+        total_pages_path: Option<String>,
+    },
+}
+
+fn default_offset() -> String {
+    "offset".into()
+}
+fn default_limit_param() -> String {
+    "limit".into()
+}
+fn default_page_size() -> usize {
+    100
+}
+fn default_page() -> String {
+    "page".into()
+}
+fn one() -> usize {
+    1
+}
+
+/// `incremental = { cursor_field = ..., param = ... }`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Incremental {
+    /// Dotted path of the field that only grows as records change (an
+    /// updated-at time or a sequence number).
+    pub cursor_field: String,
+    /// Query parameter that sends the last value seen (records with a cursor
+    /// at or after it are returned).
+    pub param: String,
+    /// Value for the first run (omit to start from the beginning).
+    #[serde(default)]
+    pub start: Option<String>,
+}
+
+/// `parent = { stream = ..., key = ... }`: one request per parent record,
+/// with `{key}` in `path` replaced by the parent's value.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Parent {
+    pub stream: String,
+    #[serde(default = "default_parent_key")]
+    pub key: String,
+}
+
+fn default_parent_key() -> String {
+    "id".into()
+}
+
+/// The extraction fields of `[sources.<s>.streams.<t>]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct RestStreamSection {
+    /// Path under the source's `url` (`/sequences/{id}/steps` for a child).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Extra query parameters.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// Dotted path of the records array in the body ("" or absent: the body is the array).
+    #[serde(default)]
+    pub records: Option<String>,
+    /// Dotted path of the field that identifies a record.
+    #[serde(default)]
+    pub primary_key: Option<String>,
+    #[serde(default)]
+    pub pagination: Option<Pagination>,
+    #[serde(default)]
+    pub incremental: Option<Incremental>,
+    #[serde(default)]
+    pub parent: Option<Parent>,
+}
+
+/// A resolved REST stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestStream {
+    pub name: String,
+    pub path: String,
+    pub params: BTreeMap<String, String>,
+    pub records: String,
+    pub primary_key: Option<String>,
+    pub pagination: Pagination,
+    pub incremental: Option<Incremental>,
+    pub parent: Option<Parent>,
+}
+
+/// A resolved extraction source.
+#[derive(Debug, Clone)]
+pub enum SourceSpec {
+    Rest {
+        name: String,
+        url: String,
+        auth: Auth,
+        requests_per_second: Option<usize>,
+        /// In dependency order: parents before children.
+        streams: Vec<RestStream>,
+    },
+}
+
+impl SourceSpec {
+    pub fn name(&self) -> &str {
+        match self {
+            SourceSpec::Rest { name, .. } => name,
+        }
+    }
+
+    /// Stream names in extraction order.
+    pub fn streams(&self) -> Vec<String> {
+        match self {
+            SourceSpec::Rest { streams, .. } => streams.iter().map(|s| s.name.clone()).collect(),
+        }
+    }
+}
+
+/// Order REST streams so parents come first; fail on unknown parents or cycles.
+pub fn order_streams(mut streams: Vec<RestStream>) -> Result<Vec<RestStream>, String> {
+    let names: std::collections::BTreeSet<String> = streams.iter().map(|s| s.name.clone()).collect();
+    for s in &streams {
+        if let Some(p) = &s.parent {
+            if !names.contains(&p.stream) {
+                return Err(format!(
+                    "streams.{}: parent stream {:?} is not defined in this source",
+                    s.name, p.stream
+                ));
+            }
+            if !s.path.contains(&format!("{{{}}}", p.key)) {
+                return Err(format!(
+                    "streams.{}: path {:?} must contain {{{}}} for the parent's value",
+                    s.name, s.path, p.key
+                ));
+            }
+        }
+    }
+    let mut out: Vec<RestStream> = Vec::new();
+    while !streams.is_empty() {
+        let before = streams.len();
+        let (ready, rest): (Vec<_>, Vec<_>) = streams.into_iter().partition(|s| {
+            s.parent
+                .as_ref()
+                .is_none_or(|p| out.iter().any(|o| o.name == p.stream))
+        });
+        out.extend(ready);
+        streams = rest;
+        if streams.len() == before {
+            return Err("streams form a parent cycle".into());
+        }
+    }
+    Ok(out)
+}

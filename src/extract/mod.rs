@@ -1,0 +1,303 @@
+//! Extraction: vendor data into the lake, incrementally.
+//!
+//! A [`Source`] knows one vendor's API; the runner ([`extract`]) gives it a
+//! [`StreamRun`] per stream to push pages into. `StreamRun` buffers records,
+//! lands them through the [`Lander`] in files of up to 10,000 rows, and
+//! persists the stream's cursor only **after** the data it covers is durable
+//! in the lake (`_ferry/extract_state/<source>/<stream>.json`). A crash
+//! re-extracts at most what was pushed after the last persisted cursor;
+//! duplicates that causes are removed downstream by primary key (the
+//! `latest_by` macro in `sql/macros/`).
+
+pub mod config;
+pub mod rest;
+
+use std::time::Instant;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use object_store::{ObjectStoreExt, PutPayload};
+use object_store::path::Path;
+use serde_json::{Value, json};
+
+use crate::error::{Error, Result};
+use crate::lake::layout::{META, RunId, StreamRef};
+use crate::lake::{Lake, Lander};
+use crate::project::{Project, StreamOptions};
+use config::SourceSpec;
+
+/// Rows landed per file.
+pub const FLUSH_ROWS: usize = 10_000;
+
+/// A vendor API that can extract named streams.
+///
+/// Contract: `extract` pushes every record of `stream` it fetches into `run`
+/// (page by page, with the bytes fetched), may call
+/// [`StreamRun::checkpoint`] with a cursor that covers everything pushed so
+/// far (only when the API returns records in cursor order), and returns the
+/// cursor for the next run (or `None` for full loads). On error it returns
+/// at once; what was pushed and checkpointed stays valid.
+#[async_trait]
+pub trait Source: Send + Sync {
+    /// Streams, in extraction order (parents before children).
+    fn streams(&self) -> Vec<String>;
+
+    async fn extract(&self, stream: &str, run: &mut StreamRun<'_>) -> Result<Option<Value>>;
+}
+
+/// `_ferry/extract_state/<source>/<stream>.json`
+pub fn state_path(stream: &StreamRef) -> Path {
+    Path::from_iter([
+        META,
+        "extract_state",
+        &stream.source,
+        &format!("{}.json", stream.stream),
+    ])
+}
+
+/// The stream's persisted cursor.
+pub async fn load_cursor(lake: &Lake, stream: &StreamRef) -> Result<Option<Value>> {
+    match lake.store().get(&state_path(stream)).await {
+        Ok(g) => {
+            let bytes = g.bytes().await?;
+            let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+                Error::Internal(format!("{} is not valid JSON: {e}", state_path(stream)))
+            })?;
+            Ok(v.get("cursor").cloned().filter(|c| !c.is_null()))
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn save_cursor(lake: &Lake, stream: &StreamRef, cursor: &Value, run_id: &RunId) -> Result<()> {
+    let body = json!({
+        "cursor": cursor,
+        "run_id": run_id.as_str(),
+        "saved_at": Utc::now().to_rfc3339(),
+    });
+    // A single put replaces the object atomically: readers see the old or the new state.
+    lake.store()
+        .put(&state_path(stream), PutPayload::from(body.to_string().into_bytes()))
+        .await?;
+    Ok(())
+}
+
+/// What one stream's extraction did.
+#[derive(Debug, Clone, Default)]
+pub struct StreamSummary {
+    pub stream: String,
+    pub pages: u64,
+    pub rows: u64,
+    pub bytes: u64,
+    pub quarantined: u64,
+    pub seconds: f64,
+    pub cursor: Option<Value>,
+}
+
+/// One stream being extracted: buffers pages, lands them, persists cursors.
+pub struct StreamRun<'a> {
+    lake: &'a Lake,
+    lander: &'a Lander,
+    stream: StreamRef,
+    options: StreamOptions,
+    start_cursor: Option<Value>,
+    buffer: Vec<Value>,
+    pending: Option<Value>,
+    summary: StreamSummary,
+    progress: Option<indicatif::ProgressBar>,
+}
+
+impl<'a> StreamRun<'a> {
+    /// The cursor the previous run left (where to start).
+    pub fn cursor(&self) -> Option<&Value> {
+        self.start_cursor.as_ref()
+    }
+
+    pub fn stream(&self) -> &StreamRef {
+        &self.stream
+    }
+
+    /// Rows of the same source landed so far (for child streams that read
+    /// their parents' keys).
+    pub fn lake(&self) -> &Lake {
+        self.lake
+    }
+
+    /// One fetched page.
+    pub async fn push(&mut self, records: Vec<Value>, bytes: usize) -> Result<()> {
+        self.summary.pages += 1;
+        self.summary.bytes += bytes as u64;
+        self.summary.rows += records.len() as u64;
+        if let Some(p) = &self.progress {
+            p.set_message(format!(
+                "{}: {} pages, {} rows",
+                self.stream, self.summary.pages, self.summary.rows
+            ));
+            p.tick();
+        }
+        self.buffer.extend(records);
+        if self.buffer.len() >= FLUSH_ROWS {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// `cursor` covers everything pushed so far; it is persisted once that is landed.
+    pub fn checkpoint(&mut self, cursor: Value) {
+        self.pending = Some(cursor);
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        let records = std::mem::take(&mut self.buffer);
+        if !records.is_empty() {
+            let report = self
+                .lander
+                .land_json(&self.stream, self.options, records.into_iter().map(Ok))
+                .await?;
+            self.summary.quarantined += report.rejected;
+        }
+        if let Some(c) = self.pending.take() {
+            save_cursor(self.lake, &self.stream, &c, self.lander.run_id()).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Extract the selected streams (`source` or `source.stream`; all when empty).
+pub async fn extract(
+    project: &Project,
+    lake: &Lake,
+    selection: &[String],
+    mut report: impl FnMut(&StreamSummary),
+) -> Result<Vec<StreamSummary>> {
+    if project.extract.is_empty() {
+        return Err(Error::Input(
+            "no extraction sources in ferry.toml: give a [sources.<name>] a type (rest), a url and streams"
+                .into(),
+        ));
+    }
+    let mut chosen: Vec<(&SourceSpec, Vec<String>)> = Vec::new();
+    for spec in project.extract.values() {
+        let streams = spec.streams();
+        let picked: Vec<String> = if selection.is_empty() {
+            streams
+        } else {
+            streams
+                .into_iter()
+                .filter(|s| {
+                    selection
+                        .iter()
+                        .any(|x| x == spec.name() || *x == format!("{}.{s}", spec.name()))
+                })
+                .collect()
+        };
+        if !picked.is_empty() {
+            chosen.push((spec, picked));
+        }
+    }
+    for want in selection {
+        let known = project.extract.values().any(|s| {
+            s.name() == want || s.streams().iter().any(|t| *want == format!("{}.{t}", s.name()))
+        });
+        if !known {
+            let all: Vec<String> = project
+                .extract
+                .values()
+                .flat_map(|s| s.streams().into_iter().map(move |t| format!("{}.{t}", s.name())))
+                .collect();
+            return Err(Error::Input(format!(
+                "nothing to extract matches {want:?}: sources and streams are {}",
+                all.join(", ")
+            )));
+        }
+    }
+    let run_id = RunId::new();
+    let lander = Lander::new(lake.clone(), run_id);
+    let mut out = Vec::new();
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    for (spec, streams) in chosen {
+        let source: Box<dyn Source> = match spec {
+            SourceSpec::Rest { .. } => Box::new(rest::RestSource::new(spec)?),
+        };
+        for name in streams {
+            let stream = StreamRef::new(spec.name(), &name)?;
+            let started = Instant::now();
+            let start_cursor = load_cursor(lake, &stream).await?;
+            let progress = tty.then(|| {
+                let p = indicatif::ProgressBar::new_spinner();
+                p.enable_steady_tick(std::time::Duration::from_millis(200));
+                p
+            });
+            let mut run = StreamRun {
+                lake,
+                lander: &lander,
+                options: project.stream_options(spec.name(), &name),
+                stream: stream.clone(),
+                start_cursor,
+                buffer: Vec::new(),
+                pending: None,
+                summary: StreamSummary {
+                    stream: stream.to_string(),
+                    ..Default::default()
+                },
+                progress,
+            };
+            let result = source.extract(&name, &mut run).await;
+            if let Some(p) = &run.progress {
+                p.finish_and_clear();
+            }
+            // Whatever was fetched lands, even when the stream failed part-way;
+            // the cursor moves only on success.
+            match result {
+                Ok(cursor) => {
+                    if let Some(c) = &cursor {
+                        run.pending = Some(c.clone());
+                    }
+                    run.flush().await?;
+                    run.summary.cursor = cursor;
+                }
+                Err(e) => {
+                    run.pending = None;
+                    run.flush().await?;
+                    return Err(Error::Input(format!(
+                        "{stream}: {e} ({} rows landed before the failure; the cursor was not moved, so the next run fetches them again)",
+                        run.summary.rows
+                    )));
+                }
+            }
+            run.summary.seconds = started.elapsed().as_secs_f64();
+            report(&run.summary);
+            out.push(run.summary);
+        }
+    }
+    Ok(out)
+}
+
+/// The value at a dotted path (`""` is the value itself).
+pub fn at_path<'v>(value: &'v Value, path: &str) -> Option<&'v Value> {
+    if path.is_empty() {
+        return Some(value);
+    }
+    path.split('.').try_fold(value, |v, k| match v {
+        Value::Object(m) => m.get(k),
+        Value::Array(a) => k.parse::<usize>().ok().and_then(|i| a.get(i)),
+        _ => None,
+    })
+}
+
+/// Whether cursor value `a` is after `b` (numbers numerically, else as text).
+pub fn cursor_after(a: &Value, b: &Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => x > y,
+        _ => text(a) > text(b),
+    }
+}
+
+/// A JSON scalar as text (strings unquoted).
+pub fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,284 @@
+//! The declarative REST source: a vendor API described in `ferry.toml`
+//! (base URL, auth, per-stream path, records path, pagination, incremental
+//! cursor, parent → child), fetched through the shared HTTP layer (rate
+//! limit, retries, backoff, `Retry-After`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use super::config::{Pagination, RestStream, SourceSpec};
+use super::{Source, StreamRun, at_path, cursor_after, text};
+use crate::error::{Error, Result};
+use crate::http::{Call, CallError, Client, RateLimiter, Vendor};
+
+/// Generic rate-limit conventions (`X-RateLimit-*`, no daily budget in the body).
+pub const VENDOR: Vendor = Vendor {
+    name: "rest",
+    max_header: "x-ratelimit-limit",
+    remaining_header: "x-ratelimit-remaining",
+    daily_remaining_header: "x-ratelimit-daily-remaining",
+    is_daily: |_| false,
+};
+
+pub struct RestSource {
+    name: String,
+    client: Client,
+    streams: Vec<RestStream>,
+}
+
+impl RestSource {
+    pub fn new(spec: &SourceSpec) -> Result<RestSource> {
+        let SourceSpec::Rest {
+            name,
+            url,
+            auth,
+            requests_per_second,
+            streams,
+        } = spec;
+        let limiter = Arc::new(match requests_per_second {
+            Some(n) => RateLimiter::new(*n, Duration::from_secs(1), None),
+            None => RateLimiter::new(1_000_000, Duration::from_secs(1), None),
+        });
+        let client = Client::new(url, auth.clone(), VENDOR, limiter, Default::default())
+            .map_err(Error::Input)?;
+        Ok(RestSource {
+            name: name.clone(),
+            client,
+            streams: streams.clone(),
+        })
+    }
+
+    fn stream(&self, name: &str) -> Result<&RestStream> {
+        self.streams
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| Error::Input(format!("source {} has no stream {name}", self.name)))
+    }
+
+    async fn get(&self, path: String) -> Result<crate::http::Reply> {
+        self.client.send(Call::get(path)).await.map_err(|e| match e {
+            CallError::Auth { .. } => Error::Input(format!(
+                "{}: the API refused the credentials ({}); check auth in [sources.{}]",
+                self.name,
+                e.message(),
+                self.name
+            )),
+            other => Error::Input(format!("{}: {}", self.name, other.message())),
+        })
+    }
+
+    /// Fetch every page of one endpoint, pushing records; returns the largest
+    /// incremental cursor seen.
+    async fn pages(
+        &self,
+        s: &RestStream,
+        path: &str,
+        cursor: Option<&Value>,
+        run: &mut StreamRun<'_>,
+        mut best: Option<Value>,
+    ) -> Result<Option<Value>> {
+        let mut params: BTreeMap<String, String> = s.params.clone();
+        if let (Some(inc), Some(c)) = (&s.incremental, cursor) {
+            params.insert(inc.param.clone(), text(c));
+        } else if let Some(start) = s.incremental.as_ref().and_then(|i| i.start.clone()) {
+            if let Some(inc) = &s.incremental {
+                params.insert(inc.param.clone(), start);
+            }
+        }
+        let mut page_no = match &s.pagination {
+            Pagination::Page { start, .. } => *start,
+            _ => 0,
+        };
+        let mut offset = 0usize;
+        let mut next: Option<String> = None;
+        let mut guard = 0u64;
+        loop {
+            guard += 1;
+            if guard > 10_000_000 {
+                return Err(Error::Input(format!("{}: more than 10M pages; stopping", s.name)));
+            }
+            let mut q = params.clone();
+            match &s.pagination {
+                Pagination::Cursor { param, limit_param, limit, .. } => {
+                    if let (Some(lp), Some(l)) = (limit_param, limit) {
+                        q.insert(lp.clone(), l.to_string());
+                    }
+                    if let Some(n) = &next {
+                        q.insert(param.clone(), n.clone());
+                    }
+                }
+                Pagination::Offset { param, limit_param, limit } => {
+                    q.insert(param.clone(), offset.to_string());
+                    q.insert(limit_param.clone(), limit.to_string());
+                }
+                Pagination::Page { param, size_param, size, .. } => {
+                    q.insert(param.clone(), page_no.to_string());
+                    if let (Some(sp), Some(n)) = (size_param, size) {
+                        q.insert(sp.clone(), n.to_string());
+                    }
+                }
+                _ => {}
+            }
+            let url = match (&s.pagination, &next) {
+                (Pagination::NextUrl { .. } | Pagination::LinkHeader, Some(n)) => n.clone(),
+                _ => with_query(path, &q),
+            };
+            let reply = self.get(url.clone()).await?;
+            let records = match at_path(&reply.body, &s.records) {
+                Some(Value::Array(a)) => a.clone(),
+                Some(Value::Null) | None if !s.records.is_empty() => Vec::new(),
+                Some(other) => {
+                    return Err(Error::Input(format!(
+                        "{}.{}: {url}: expected an array at {:?}, found {}",
+                        self.name,
+                        s.name,
+                        s.records,
+                        kind(other)
+                    )));
+                }
+                None => Vec::new(),
+            };
+            let n = records.len();
+            if let Some(inc) = &s.incremental {
+                for r in &records {
+                    if let Some(v) = at_path(r, &inc.cursor_field).filter(|v| !v.is_null())
+                        && best.as_ref().is_none_or(|b| cursor_after(v, b))
+                    {
+                        best = Some(v.clone());
+                    }
+                }
+            }
+            run.push(records, reply.bytes).await?;
+            next = match &s.pagination {
+                Pagination::None => None,
+                Pagination::Cursor { cursor_path, .. } => at_path(&reply.body, cursor_path)
+                    .filter(|v| !v.is_null() && !text(v).is_empty())
+                    .map(text),
+                Pagination::NextUrl { path } => at_path(&reply.body, path)
+                    .filter(|v| !v.is_null() && !text(v).is_empty())
+                    .map(text),
+                Pagination::LinkHeader => reply
+                    .headers
+                    .get("link")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(next_link),
+                Pagination::Offset { limit, .. } => {
+                    offset += n;
+                    (n >= *limit && n > 0).then(String::new)
+                }
+                Pagination::Page { total_pages_path, .. } => {
+                    let last = total_pages_path
+                        .as_ref()
+                        .and_then(|p| at_path(&reply.body, p))
+                        .and_then(Value::as_u64)
+                        .is_some_and(|total| page_no as u64 >= total);
+                    page_no += 1;
+                    (n > 0 && !last).then(String::new)
+                }
+            };
+            if next.is_none() {
+                return Ok(best);
+            }
+        }
+    }
+
+    /// Values of `key` in the parent stream's landed rows.
+    async fn parent_keys(&self, run: &StreamRun<'_>, parent: &str, key: &str) -> Result<Vec<String>> {
+        let ctx = crate::engine::session(run.lake()).await?;
+        let table = format!("\"{}\".\"{}\"", self.name, parent);
+        let column = key.replace('.', "__");
+        let sql = format!("select distinct cast(\"{column}\" as varchar) as k from {table} where \"{column}\" is not null order by 1");
+        let batches = ctx.sql(&sql).await.map_err(|e| {
+            Error::Input(format!(
+                "{}: cannot read parent keys {key:?} from {}.{parent}: {e}",
+                self.name, self.name
+            ))
+        })?;
+        let mut keys = Vec::new();
+        for b in batches.collect().await? {
+            let col = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8)?;
+            let a = arrow::array::AsArray::as_string::<i32>(&col);
+            for i in 0..arrow::array::Array::len(a) {
+                keys.push(a.value(i).to_string());
+            }
+        }
+        Ok(keys)
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn with_query(path: &str, q: &BTreeMap<String, String>) -> String {
+    if q.is_empty() {
+        return path.to_string();
+    }
+    let qs: String = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(q.iter())
+        .finish();
+    let sep = if path.contains('?') { '&' } else { '?' };
+    format!("{path}{sep}{qs}")
+}
+
+/// The `rel="next"` URL of a `Link` header.
+pub fn next_link(header: &str) -> Option<String> {
+    header.split(',').find_map(|part| {
+        let (url, params) = part.split_once(';')?;
+        let is_next = params
+            .split(';')
+            .any(|p| p.trim().replace(' ', "").eq_ignore_ascii_case("rel=\"next\"") || p.trim().eq_ignore_ascii_case("rel=next"));
+        is_next.then(|| url.trim().trim_start_matches('<').trim_end_matches('>').to_string())
+    })
+}
+
+#[async_trait]
+impl Source for RestSource {
+    fn streams(&self) -> Vec<String> {
+        self.streams.iter().map(|s| s.name.clone()).collect()
+    }
+
+    async fn extract(&self, stream: &str, run: &mut StreamRun<'_>) -> Result<Option<Value>> {
+        let s = self.stream(stream)?.clone();
+        let cursor = run.cursor().cloned();
+        let best = match &s.parent {
+            None => self.pages(&s, &s.path, cursor.as_ref(), run, cursor.clone()).await?,
+            Some(p) => {
+                let mut best = cursor.clone();
+                for k in self.parent_keys(run, &p.stream, &p.key).await? {
+                    let encoded: String = url::form_urlencoded::byte_serialize(k.as_bytes()).collect();
+                    let path = s.path.replace(&format!("{{{}}}", p.key), &encoded);
+                    best = self.pages(&s, &path, cursor.as_ref(), run, best).await?;
+                }
+                best
+            }
+        };
+        Ok(s.incremental.as_ref().and(best))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_headers() {
+        assert_eq!(
+            next_link("<https://api.x.io/items?page=3>; rel=\"next\", <https://api.x.io/items?page=1>; rel=\"first\""),
+            Some("https://api.x.io/items?page=3".into())
+        );
+        assert_eq!(next_link("<https://api.x.io/items?page=1>; rel=\"prev\""), None);
+        assert_eq!(next_link(""), None);
+    }
+}

@@ -1,0 +1,435 @@
+//! A generic vendor REST API for tests, demos and benchmarks: the same
+//! records behind every pagination style ferry's declarative REST source
+//! supports, every auth scheme, a parent → child endpoint, an
+//! `updated_since` filter, and a per-second rate limit with 429 and
+//! `Retry-After`.
+//!
+//! Endpoints (records are `{"id", "name", "email", "updated_at", "account": {...}, "tags": [...]}`):
+//!
+//! | path | pagination |
+//! |---|---|
+//! | `GET /cursor/items?cursor=&limit=` | `{"data": [...], "meta": {"next_cursor": "..."}}` (absent at the end) |
+//! | `GET /next_url/items?page=` | `{"results": [...], "next": "<absolute URL>"}` (`null` at the end) |
+//! | `GET /link/items?page=` | a JSON array; `Link: <url>; rel="next"` |
+//! | `GET /offset/items?offset=&limit=` | `{"items": [...], "total": N}` |
+//! | `GET /page/items?page=&per_page=` | `{"records": [...], "page": n, "total_pages": m}` |
+//! | `GET /sequences` | `{"data": [{"id": 1, "name": ...}]}` (no paging) |
+//! | `GET /sequences/{id}/steps` | `{"data": [{"id", "sequence_id", "step"}]}` |
+//! | `POST /oauth/token` | client credentials → `{"access_token", "token_type", "expires_in"}` |
+//!
+//! Every list endpoint takes `updated_since` (RFC 3339; records with
+//! `updated_at >= updated_since`, in `updated_at` then `id` order).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, Query, State as AxState};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Utc};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Result};
+
+/// How clients must authenticate.
+#[derive(Debug, Clone, Default)]
+pub enum RestAuth {
+    #[default]
+    None,
+    Bearer(String),
+    /// A header name and key.
+    ApiKeyHeader(String, String),
+    /// A query parameter name and key.
+    ApiKeyQuery(String, String),
+    Basic(String, String),
+    /// Client id and secret for `POST /oauth/token`; issued tokens are bearer tokens.
+    OAuth2(String, String),
+}
+
+/// Emulator settings.
+#[derive(Debug, Clone)]
+pub struct RestConfig {
+    /// Records behind `/…/items`.
+    pub records: usize,
+    /// Parent records behind `/sequences` (each has 3 steps).
+    pub sequences: usize,
+    pub auth: RestAuth,
+    /// Requests per second (0: unlimited); over it, 429 with `Retry-After: 1`.
+    pub per_second: usize,
+    /// Largest page a client may ask for.
+    pub max_page: usize,
+}
+
+impl Default for RestConfig {
+    fn default() -> Self {
+        RestConfig {
+            records: 250,
+            sequences: 4,
+            auth: RestAuth::None,
+            per_second: 0,
+            max_page: 100,
+        }
+    }
+}
+
+struct State {
+    config: RestConfig,
+    /// Overrides of `updated_at` (touched records), by id.
+    touched: Mutex<BTreeMap<u64, DateTime<Utc>>>,
+    tokens: Mutex<Vec<String>>,
+    window: Mutex<Vec<Instant>>,
+    calls: AtomicU64,
+    limited: AtomicU64,
+    base: String,
+}
+
+fn epoch() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().unwrap_or_default()
+}
+
+impl State {
+    fn updated_at(&self, id: u64) -> DateTime<Utc> {
+        self.touched
+            .lock()
+            .ok()
+            .and_then(|t| t.get(&id).copied())
+            .unwrap_or_else(|| epoch() + ChronoDuration::seconds(id as i64))
+    }
+
+    fn record(&self, id: u64) -> Value {
+        json!({
+            "id": id,
+            "name": format!("Person {id}"),
+            "email": format!("person{id}@example.com"),
+            "score": (id * 7) % 100,
+            "updated_at": self.updated_at(id).to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "account": {"domain": format!("co{}.example", id % 50), "size": (id % 5) * 100},
+            "tags": ["gtm", if id % 2 == 0 { "even" } else { "odd" }],
+        })
+    }
+
+    /// Ids in `updated_at`, `id` order, filtered by `updated_since`.
+    fn ids(&self, since: Option<&str>) -> std::result::Result<Vec<u64>, Response> {
+        let since = match since {
+            Some(s) => Some(
+                DateTime::parse_from_rfc3339(s)
+                    .map_err(|_| bad(&format!("updated_since: not an RFC 3339 time: {s}")))?
+                    .with_timezone(&Utc),
+            ),
+            None => None,
+        };
+        let mut ids: Vec<(DateTime<Utc>, u64)> = (1..=self.config.records as u64)
+            .map(|id| (self.updated_at(id), id))
+            .filter(|(t, _)| since.is_none_or(|s| *t >= s))
+            .collect();
+        ids.sort();
+        Ok(ids.into_iter().map(|(_, id)| id).collect())
+    }
+
+    fn check(&self, headers: &HeaderMap, query: &BTreeMap<String, String>) -> std::result::Result<(), Response> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let header = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let ok = match &self.config.auth {
+            RestAuth::None => true,
+            RestAuth::Bearer(t) => header("authorization") == format!("Bearer {t}"),
+            RestAuth::ApiKeyHeader(h, k) => header(h) == k,
+            RestAuth::ApiKeyQuery(q, k) => query.get(q) == Some(k),
+            RestAuth::Basic(u, p) => {
+                use base64::Engine;
+                let want = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+                header("authorization") == format!("Basic {want}")
+            }
+            RestAuth::OAuth2(..) => {
+                let got = header("authorization").strip_prefix("Bearer ").unwrap_or("").to_string();
+                self.tokens.lock().is_ok_and(|t| t.contains(&got))
+            }
+        };
+        if !ok {
+            return Err((StatusCode::UNAUTHORIZED, Json(json!({"error": "unauthorized"}))).into_response());
+        }
+        if self.config.per_second > 0 {
+            let now = Instant::now();
+            let mut w = self.window.lock().map_err(|_| bad("lock"))?;
+            w.retain(|t| now.duration_since(*t) < Duration::from_secs(1));
+            if w.len() >= self.config.per_second {
+                self.limited.fetch_add(1, Ordering::SeqCst);
+                let mut r = (StatusCode::TOO_MANY_REQUESTS, Json(json!({"error": "rate limited"}))).into_response();
+                r.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+                return Err(r);
+            }
+            w.push(now);
+        }
+        Ok(())
+    }
+}
+
+fn bad(message: &str) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({"error": message}))).into_response()
+}
+
+type Shared = Arc<State>;
+type Q = Query<BTreeMap<String, String>>;
+
+fn num(q: &BTreeMap<String, String>, k: &str, default: usize) -> std::result::Result<usize, Response> {
+    match q.get(k) {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|_| bad(&format!("{k} must be a number"))),
+    }
+}
+
+fn page_of(s: &State, ids: &[u64], from: usize, size: usize) -> Vec<Value> {
+    ids.iter().skip(from).take(size).map(|id| s.record(*id)).collect()
+}
+
+async fn cursor(AxState(s): AxState<Shared>, headers: HeaderMap, Query(q): Q) -> Response {
+    if let Err(r) = s.check(&headers, &q) {
+        return r;
+    }
+    let ids = match s.ids(q.get("updated_since").map(String::as_str)) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let limit = match num(&q, "limit", 25) {
+        Ok(l) => l.min(s.config.max_page).max(1),
+        Err(r) => return r,
+    };
+    // The cursor is opaque to clients: the next position, encoded.
+    let from = match q.get("cursor") {
+        None => 0,
+        Some(c) => match c.strip_prefix("pos_").and_then(|p| p.parse::<usize>().ok()) {
+            Some(p) => p,
+            None => return bad("invalid cursor"),
+        },
+    };
+    let data = page_of(&s, &ids, from, limit);
+    let mut body = json!({"data": data, "meta": {}});
+    if from + limit < ids.len() {
+        body["meta"]["next_cursor"] = json!(format!("pos_{}", from + limit));
+    }
+    Json(body).into_response()
+}
+
+fn passthrough(q: &BTreeMap<String, String>, skip: &[&str]) -> String {
+    q.iter()
+        .filter(|(k, _)| !skip.contains(&k.as_str()))
+        .map(|(k, v)| format!("&{}={}", k, url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()))
+        .collect()
+}
+
+async fn next_url(AxState(s): AxState<Shared>, headers: HeaderMap, Query(q): Q) -> Response {
+    if let Err(r) = s.check(&headers, &q) {
+        return r;
+    }
+    let ids = match s.ids(q.get("updated_since").map(String::as_str)) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let page = match num(&q, "page", 1) {
+        Ok(p) => p.max(1),
+        Err(r) => return r,
+    };
+    let size = 20;
+    let data = page_of(&s, &ids, (page - 1) * size, size);
+    let next = (page * size < ids.len()).then(|| {
+        format!("{}/next_url/items?page={}{}", s.base, page + 1, passthrough(&q, &["page"]))
+    });
+    Json(json!({"results": data, "next": next})).into_response()
+}
+
+async fn link(AxState(s): AxState<Shared>, headers: HeaderMap, Query(q): Q) -> Response {
+    if let Err(r) = s.check(&headers, &q) {
+        return r;
+    }
+    let ids = match s.ids(q.get("updated_since").map(String::as_str)) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let page = match num(&q, "page", 1) {
+        Ok(p) => p.max(1),
+        Err(r) => return r,
+    };
+    let size = 30;
+    let data = page_of(&s, &ids, (page - 1) * size, size);
+    let mut r = Json(Value::Array(data)).into_response();
+    if page * size < ids.len() {
+        let next = format!(
+            "<{}/link/items?page={}{}>; rel=\"next\"",
+            s.base,
+            page + 1,
+            passthrough(&q, &["page"])
+        );
+        if let Ok(v) = HeaderValue::from_str(&next) {
+            r.headers_mut().insert("link", v);
+        }
+    }
+    r
+}
+
+async fn offset(AxState(s): AxState<Shared>, headers: HeaderMap, Query(q): Q) -> Response {
+    if let Err(r) = s.check(&headers, &q) {
+        return r;
+    }
+    let ids = match s.ids(q.get("updated_since").map(String::as_str)) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let (offset, limit) = match (num(&q, "offset", 0), num(&q, "limit", 50)) {
+        (Ok(o), Ok(l)) => (o, l.min(s.config.max_page).max(1)),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    Json(json!({"items": page_of(&s, &ids, offset, limit), "total": ids.len()})).into_response()
+}
+
+async fn paged(AxState(s): AxState<Shared>, headers: HeaderMap, Query(q): Q) -> Response {
+    if let Err(r) = s.check(&headers, &q) {
+        return r;
+    }
+    let ids = match s.ids(q.get("updated_since").map(String::as_str)) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let (page, per) = match (num(&q, "page", 1), num(&q, "per_page", 50)) {
+        (Ok(p), Ok(n)) => (p.max(1), n.min(s.config.max_page).max(1)),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let total_pages = ids.len().div_ceil(per).max(1);
+    Json(json!({
+        "records": page_of(&s, &ids, (page - 1) * per, per),
+        "page": page,
+        "total_pages": total_pages,
+    }))
+    .into_response()
+}
+
+async fn sequences(AxState(s): AxState<Shared>, headers: HeaderMap, Query(q): Q) -> Response {
+    if let Err(r) = s.check(&headers, &q) {
+        return r;
+    }
+    let data: Vec<Value> = (1..=s.config.sequences)
+        .map(|i| json!({"id": i, "name": format!("Sequence {i}")}))
+        .collect();
+    Json(json!({ "data": data })).into_response()
+}
+
+async fn steps(
+    AxState(s): AxState<Shared>,
+    Path(id): Path<usize>,
+    headers: HeaderMap,
+    Query(q): Q,
+) -> Response {
+    if let Err(r) = s.check(&headers, &q) {
+        return r;
+    }
+    if id == 0 || id > s.config.sequences {
+        return (StatusCode::NOT_FOUND, Json(json!({"error": "no such sequence"}))).into_response();
+    }
+    let data: Vec<Value> = (1..=3)
+        .map(|n| json!({"id": id * 100 + n, "sequence_id": id, "step": n}))
+        .collect();
+    Json(json!({ "data": data })).into_response()
+}
+
+async fn oauth(
+    AxState(s): AxState<Shared>,
+    axum::extract::Form(form): axum::extract::Form<BTreeMap<String, String>>,
+) -> Response {
+    let RestAuth::OAuth2(id, secret) = &s.config.auth else {
+        return bad("oauth is not enabled");
+    };
+    if form.get("grant_type").map(String::as_str) != Some("client_credentials")
+        || form.get("client_id") != Some(id)
+        || form.get("client_secret") != Some(secret)
+    {
+        return (StatusCode::UNAUTHORIZED, Json(json!({"error": "invalid_client"}))).into_response();
+    }
+    let token = format!("rest-{}", uuid::Uuid::new_v4().simple());
+    if let Ok(mut t) = s.tokens.lock() {
+        t.push(token.clone());
+    }
+    Json(json!({"access_token": token, "token_type": "bearer", "expires_in": 3600})).into_response()
+}
+
+/// A running REST emulator.
+pub struct RunningRest {
+    pub addr: SocketAddr,
+    state: Shared,
+    handle: JoinHandle<()>,
+}
+
+impl RunningRest {
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Requests answered and 429s sent.
+    pub fn stats(&self) -> (u64, u64) {
+        (
+            self.state.calls.load(Ordering::SeqCst),
+            self.state.limited.load(Ordering::SeqCst),
+        )
+    }
+
+    /// Mark records as changed now (their `updated_at` moves forward).
+    pub fn touch(&self, ids: &[u64], at: DateTime<Utc>) {
+        if let Ok(mut t) = self.state.touched.lock() {
+            for id in ids {
+                t.insert(*id, at);
+            }
+        }
+    }
+
+    /// The record as the API serves it.
+    pub fn record(&self, id: u64) -> Value {
+        self.state.record(id)
+    }
+
+    pub fn stop(self) {
+        self.handle.abort();
+    }
+}
+
+/// Start the emulator on `addr` (port 0 picks a free port).
+pub async fn start(config: RestConfig, addr: SocketAddr) -> Result<RunningRest> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Input(format!("cannot listen on {addr}: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let state = Arc::new(State {
+        config,
+        touched: Mutex::new(BTreeMap::new()),
+        tokens: Mutex::new(Vec::new()),
+        window: Mutex::new(Vec::new()),
+        calls: AtomicU64::new(0),
+        limited: AtomicU64::new(0),
+        base: format!("http://{addr}"),
+    });
+    let app = Router::new()
+        .route("/cursor/items", get(cursor))
+        .route("/next_url/items", get(next_url))
+        .route("/link/items", get(link))
+        .route("/offset/items", get(offset))
+        .route("/page/items", get(paged))
+        .route("/sequences", get(sequences))
+        .route("/sequences/{id}/steps", get(steps))
+        .route("/oauth/token", post(oauth))
+        .with_state(state.clone());
+    let handle = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("REST emulator stopped: {e}");
+        }
+    });
+    Ok(RunningRest {
+        addr,
+        state,
+        handle,
+    })
+}
