@@ -29,6 +29,30 @@ use crate::http::Auth;
 pub enum SourceKind {
     /// A declarative REST API.
     Rest,
+    /// CSV, JSONL and Parquet files dropped in a folder or object-store prefix.
+    Files,
+}
+
+/// A dropped file's format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileFormat {
+    Csv,
+    Jsonl,
+    Parquet,
+}
+
+/// A resolved file-drop stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileStream {
+    pub name: String,
+    /// File-name pattern (`*` matches any run of characters).
+    pub pattern: String,
+    /// Format; by extension when absent.
+    pub format: Option<FileFormat>,
+    /// Declared CSV header: checked before anything lands.
+    pub columns: Vec<String>,
+    pub delimiter: u8,
 }
 
 /// `auth = { type = ..., ... }` as written. (Plain strings: spans do not
@@ -197,12 +221,18 @@ pub enum SourceSpec {
         /// In dependency order: parents before children.
         streams: Vec<RestStream>,
     },
+    Files {
+        name: String,
+        /// Folder (relative to the project) or object-store URL.
+        location: String,
+        streams: Vec<FileStream>,
+    },
 }
 
 impl SourceSpec {
     pub fn name(&self) -> &str {
         match self {
-            SourceSpec::Rest { name, .. } => name,
+            SourceSpec::Rest { name, .. } | SourceSpec::Files { name, .. } => name,
         }
     }
 
@@ -210,6 +240,7 @@ impl SourceSpec {
     pub fn streams(&self) -> Vec<String> {
         match self {
             SourceSpec::Rest { streams, .. } => streams.iter().map(|s| s.name.clone()).collect(),
+            SourceSpec::Files { streams, .. } => streams.iter().map(|s| s.name.clone()).collect(),
         }
     }
 }

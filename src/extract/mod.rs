@@ -10,6 +10,7 @@
 //! `latest_by` macro in `sql/macros/`).
 
 pub mod config;
+pub mod files;
 pub mod rest;
 
 use std::time::Instant;
@@ -91,6 +92,10 @@ pub struct StreamSummary {
     pub rows: u64,
     pub bytes: u64,
     pub quarantined: u64,
+    /// Files skipped because the same content was landed before.
+    pub skipped_files: u64,
+    /// Files refused whole, with the reason.
+    pub rejected_files: Vec<String>,
     pub seconds: f64,
     pub cursor: Option<Value>,
 }
@@ -141,6 +146,59 @@ impl<'a> StreamRun<'a> {
             self.flush().await?;
         }
         Ok(())
+    }
+
+    /// Land one input file's records and rejected rows now, recorded with
+    /// the file's path in `ferry.ingestions`.
+    pub async fn land_file(
+        &mut self,
+        origin: &str,
+        records: Vec<Value>,
+        rejected: Vec<crate::lake::Rejected>,
+        bytes: usize,
+    ) -> Result<crate::lake::LandReport> {
+        self.flush().await?;
+        let lander = self.lander.for_file(origin);
+        let items = records
+            .into_iter()
+            .map(Ok)
+            .chain(rejected.into_iter().map(Err))
+            .collect::<Vec<_>>();
+        let report = lander.land_json(&self.stream, self.options, items).await?;
+        self.count_file(&report, bytes);
+        Ok(report)
+    }
+
+    /// Land one input file's record batches (Parquet drops).
+    pub async fn land_file_batches(
+        &mut self,
+        origin: &str,
+        batches: Vec<arrow::record_batch::RecordBatch>,
+        bytes: usize,
+    ) -> Result<crate::lake::LandReport> {
+        self.flush().await?;
+        let lander = self.lander.for_file(origin);
+        let report = lander.land_batches(&self.stream, self.options, batches).await?;
+        self.count_file(&report, bytes);
+        Ok(report)
+    }
+
+    fn count_file(&mut self, report: &crate::lake::LandReport, bytes: usize) {
+        self.summary.pages += 1;
+        self.summary.rows += report.rows;
+        self.summary.bytes += bytes as u64;
+        self.summary.quarantined += report.rejected;
+    }
+
+    /// Record that an input file was refused whole (nothing landed).
+    pub async fn reject_file(&mut self, origin: &str, error: &str) -> Result<()> {
+        self.summary.rejected_files.push(error.to_string());
+        self.lander.for_file(origin).reject_file(&self.stream, error).await
+    }
+
+    /// A file skipped because its content was landed before.
+    pub fn skipped_file(&mut self) {
+        self.summary.skipped_files += 1;
     }
 
     /// `cursor` covers everything pushed so far; it is persisted once that is landed.
@@ -219,6 +277,7 @@ pub async fn extract(
     for (spec, streams) in chosen {
         let source: Box<dyn Source> = match spec {
             SourceSpec::Rest { .. } => Box::new(rest::RestSource::new(spec)?),
+            SourceSpec::Files { .. } => Box::new(files::FileSource::new(spec, &project.dir)?),
         };
         for name in streams {
             let stream = StreamRef::new(spec.name(), &name)?;

@@ -60,7 +60,9 @@ pub struct LandReport {
 pub struct Lander {
     lake: Lake,
     run_id: RunId,
-    seq: AtomicU64,
+    seq: std::sync::Arc<AtomicU64>,
+    /// The input file being landed, recorded in `ferry.ingestions.source_file`.
+    origin: Option<String>,
     /// Roll to a new file once the current one holds about this many bytes.
     pub target_file_bytes: usize,
 }
@@ -78,8 +80,21 @@ impl Lander {
         Lander {
             lake,
             run_id,
-            seq: AtomicU64::new(1),
+            seq: std::sync::Arc::new(AtomicU64::new(1)),
+            origin: None,
             target_file_bytes: 128 * 1024 * 1024,
+        }
+    }
+
+    /// The same run (sharing file sequence numbers), recording `origin` (an
+    /// input file's path) as the source of what it lands.
+    pub fn for_file(&self, origin: &str) -> Lander {
+        Lander {
+            lake: self.lake.clone(),
+            run_id: self.run_id.clone(),
+            seq: self.seq.clone(),
+            origin: Some(origin.to_string()),
+            target_file_bytes: self.target_file_bytes,
         }
     }
 
@@ -314,6 +329,7 @@ impl Lander {
             stream: stream.clone(),
             path: path.to_string(),
             status: "landed",
+            source_file: self.origin.clone(),
             rows: file.rows,
             rejected_rows: 0,
             bytes: size,
@@ -346,6 +362,7 @@ impl Lander {
             stream: stream.clone(),
             path: path.to_string(),
             status: "quarantined",
+            source_file: self.origin.clone(),
             rows: 0,
             rejected_rows: rows.len() as u64,
             bytes: size,
@@ -371,6 +388,29 @@ impl Lander {
         let bytes = log::encode(batch.schema(), &[batch])?;
         let path = layout::ingestions_file(Utc::now(), &self.run_id, self.next_seq());
         log::put_once(self.lake.store().as_ref(), &path, bytes).await
+    }
+
+    /// Record in `ferry.ingestions` that this lander's input file was refused
+    /// whole (for example, a header that does not match), with the reason.
+    pub async fn reject_file(&self, stream: &StreamRef, error: &str) -> Result<()> {
+        let now = Utc::now();
+        self.log(&[Ingestion {
+            run_id: self.run_id.clone(),
+            stream: stream.clone(),
+            path: self.origin.clone().unwrap_or_default(),
+            status: "rejected",
+            source_file: self.origin.clone(),
+            rows: 0,
+            rejected_rows: 0,
+            bytes: 0,
+            schema_fingerprint: String::new(),
+            schema_version: 0,
+            warnings: Vec::new(),
+            error: Some(error.to_string()),
+            started_at: now,
+            landed_at: now,
+        }])
+        .await
     }
 
     /// Quarantine rows that never made it to a batch and log the entry.

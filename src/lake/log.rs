@@ -71,8 +71,10 @@ pub struct Ingestion {
     pub stream: StreamRef,
     /// Lake-relative path of the file.
     pub path: String,
-    /// `landed` or `quarantined`.
+    /// `landed`, `quarantined`, or `rejected` (an input file refused whole).
     pub status: &'static str,
+    /// The input file the rows came from (file drops), if any.
+    pub source_file: Option<String>,
     pub rows: u64,
     pub rejected_rows: u64,
     pub bytes: u64,
@@ -101,6 +103,7 @@ pub fn ingestions_schema() -> SchemaRef {
         Field::new("error", DataType::Utf8, true),
         Field::new("started_at", ts_type(), false),
         Field::new("landed_at", ts_type(), false),
+        Field::new("source_file", DataType::Utf8, true),
     ]))
 }
 
@@ -135,6 +138,9 @@ pub fn ingestions_batch(entries: &[Ingestion]) -> Result<RecordBatch> {
         )),
         ts_array(entries.iter().map(|e| e.started_at)),
         ts_array(entries.iter().map(|e| e.landed_at)),
+        Arc::new(StringArray::from(
+            entries.iter().map(|e| e.source_file.clone()).collect::<Vec<_>>(),
+        )),
     ];
     Ok(RecordBatch::try_new(ingestions_schema(), columns)?)
 }

@@ -120,6 +120,10 @@ pub struct SourceConfig {
     /// Requests per second to this API (all streams together).
     #[serde(default)]
     pub requests_per_second: Option<usize>,
+    /// Files: the folder (relative to the project) or object-store URL
+    /// (`s3://bucket/drops/`) where files are dropped.
+    #[serde(default)]
+    pub path: Option<String>,
     /// Schema policy for every stream of this source that does not set its own.
     #[serde(default)]
     pub schema: Option<SchemaMode>,
@@ -156,6 +160,19 @@ pub struct StreamConfig {
     /// REST: a parent stream whose records each give one request.
     #[serde(default)]
     pub parent: Option<extract_config::Parent>,
+    /// Files: which file names belong to this stream (`*` wildcard).
+    #[serde(default)]
+    pub pattern: Option<String>,
+    /// Files: `csv`, `jsonl` or `parquet` (default: by extension).
+    #[serde(default)]
+    pub format: Option<extract_config::FileFormat>,
+    /// Files: the CSV header this stream expects; a file whose header lacks
+    /// one of these is refused before anything lands.
+    #[serde(default)]
+    pub columns: Vec<String>,
+    /// Files: the CSV delimiter (default `,`).
+    #[serde(default)]
+    pub delimiter: Option<String>,
 }
 
 /// Resolved settings for landing one stream.
@@ -379,6 +396,38 @@ impl Project {
                 continue;
             };
             match kind {
+                extract_config::SourceKind::Files => {
+                    let Some(location) = src.path.clone() else {
+                        return Err(config_error(file, text, at(""),
+                            "a files source needs path = \"drops/events\" (a folder or s3://, gs://, az:// URL)".into()));
+                    };
+                    let mut streams = Vec::new();
+                    for (tname, t) in &src.streams {
+                        let delimiter = match t.delimiter.as_deref() {
+                            None => b',',
+                            Some(d) if d.len() == 1 => d.as_bytes()[0],
+                            Some("\\t") | Some("\t") => b'\t',
+                            Some(d) => return Err(config_error(file, text, at(&format!(".streams.{tname}")),
+                                format!("delimiter {d:?} must be one character"))),
+                        };
+                        streams.push(extract_config::FileStream {
+                            name: tname.clone(),
+                            pattern: t.pattern.clone().unwrap_or_else(|| format!("{tname}*")),
+                            format: t.format,
+                            columns: t.columns.clone(),
+                            delimiter,
+                        });
+                    }
+                    if streams.is_empty() {
+                        return Err(config_error(file, text, at(""),
+                            "a files source needs at least one [sources.<name>.streams.<stream>] with a pattern".into()));
+                    }
+                    extract.insert(sname.clone(), extract_config::SourceSpec::Files {
+                        name: sname.clone(),
+                        location,
+                        streams,
+                    });
+                }
                 extract_config::SourceKind::Rest => {
                     let Some(url) = src.url.clone() else {
                         return Err(config_error(file, text, at(""),

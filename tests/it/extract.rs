@@ -192,3 +192,85 @@ fn config_mistakes_are_caught_before_any_call() {
     let e = parse("[sources.a]\ntype = \"rest\"\n[sources.a.streams.t]\npath = \"/t\"\n");
     assert!(e.contains("needs url"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_drops_check_headers_quarantine_bad_rows_and_land_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = project(
+        tmp.path(),
+        r#"[sources.events]
+type = "files"
+path = "drops"
+
+[sources.events.streams.attendees]
+pattern = "attendees*.csv"
+columns = ["Email", "Company Name", "Registered At"]
+
+[sources.events.streams.leads]
+pattern = "*.jsonl"
+
+[sources.events.streams.partners]
+pattern = "*.parquet"
+"#,
+    );
+    let drops = dir.join("drops");
+    std::fs::create_dir_all(&drops).unwrap();
+    std::fs::write(
+        drops.join("attendees-1.csv"),
+        "Email,Company Name,Registered At\nann@a.io,Acme,2026-11-01\nbob@b.io,\"Beta, Inc\",2026-11-02\nbroken@c.io,Gamma\ncy@c.io,,2026-11-03\n",
+    )
+    .unwrap();
+    std::fs::write(drops.join("attendees-2.csv"), "Email,Company,Registered At\ndee@d.io,Delta,2026-11-04\n").unwrap();
+    std::fs::write(drops.join("leads.jsonl"), "{\"email\": \"x@y.io\", \"score\": 3}\nnot json\n{\"email\": \"z@y.io\"}\n").unwrap();
+    {
+        use std::sync::Arc;
+        let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("partner", arrow::datatypes::DataType::Utf8, false),
+            arrow::datatypes::Field::new("deals", arrow::datatypes::DataType::Int64, false),
+        ]));
+        let batch = arrow::record_batch::RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(arrow::array::StringArray::from(vec!["p1", "p2"])),
+                Arc::new(arrow::array::Int64Array::from(vec![4, 7])),
+            ],
+        )
+        .unwrap();
+        let f = std::fs::File::create(drops.join("partners.parquet")).unwrap();
+        let mut w = parquet::arrow::ArrowWriter::try_new(f, schema, None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+    }
+    let out = extract(&dir, &[]).await.unwrap();
+    let by = |s: &str| out.iter().find(|x| x.stream == s).unwrap().clone();
+    let a = by("events.attendees");
+    assert_eq!((a.rows, a.quarantined, a.pages), (3, 1, 1), "{a:?}");
+    assert_eq!(a.rejected_files.len(), 1);
+    assert!(a.rejected_files[0].contains("\"Company\" where \"Company Name\" is declared"), "{:?}", a.rejected_files);
+    assert_eq!((by("events.leads").rows, by("events.leads").quarantined), (2, 1));
+    assert_eq!(by("events.partners").rows, 2);
+
+    assert_eq!(scalar(&dir, "select company_name from events.attendees where email = 'bob@b.io'").await, "Beta, Inc");
+    assert_eq!(scalar(&dir, "select count(*) from events.attendees where company_name is null").await, "1");
+    assert_eq!(scalar(&dir, "select sum(deals) from events.partners").await, "11");
+    let q = scalar(&dir, "select origin || ' ' || reason from ferry.quarantine where stream = 'attendees'").await;
+    assert!(q.starts_with("attendees-1.csv:4 expected 3 fields"), "{q}");
+    let q = scalar(&dir, "select origin from ferry.quarantine where stream = 'leads'").await;
+    assert_eq!(q, "leads.jsonl:2");
+    let log = scalar(
+        &dir,
+        "select string_agg(source_file || '=' || status || ':' || rows || '/' || rejected_rows, ' ' order by source_file, status) from ferry.ingestions where stream = 'attendees'",
+    )
+    .await;
+    assert_eq!(log, "attendees-1.csv=landed:3/0 attendees-1.csv=quarantined:0/1 attendees-2.csv=rejected:0/0");
+
+    // Re-run: nothing lands twice; the same content under a new name is skipped too.
+    std::fs::copy(drops.join("attendees-1.csv"), drops.join("attendees-1-copy.csv")).unwrap();
+    let out = extract(&dir, &["events.attendees"]).await.unwrap();
+    assert_eq!((out[0].rows, out[0].skipped_files), (0, 2), "{:?}", out[0]);
+    // The fixed file lands.
+    std::fs::write(drops.join("attendees-2.csv"), "Email,Company Name,Registered At\ndee@d.io,Delta,2026-11-04\n").unwrap();
+    let out = extract(&dir, &["events.attendees"]).await.unwrap();
+    assert_eq!(out[0].rows, 1);
+    assert_eq!(scalar(&dir, "select count(*) from events.attendees").await, "4");
+}

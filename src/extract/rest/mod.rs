@@ -38,7 +38,10 @@ impl RestSource {
             auth,
             requests_per_second,
             streams,
-        } = spec;
+        } = spec
+        else {
+            return Err(Error::Internal("not a REST source".into()));
+        };
         let limiter = Arc::new(match requests_per_second {
             Some(n) => RateLimiter::new(*n, Duration::from_secs(1), None),
             None => RateLimiter::new(1_000_000, Duration::from_secs(1), None),
