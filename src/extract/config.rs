@@ -31,6 +31,20 @@ pub enum SourceKind {
     Rest,
     /// CSV, JSONL and Parquet files dropped in a folder or object-store prefix.
     Files,
+    /// HubSpot CRM objects and their associations.
+    Hubspot,
+}
+
+/// A resolved HubSpot stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HubspotStream {
+    pub name: String,
+    /// CRM object type (`contacts`, `companies`, `deals`, a custom type id).
+    pub object: String,
+    /// Properties to extract; all (from the properties API) when `None`.
+    pub properties: Option<Vec<String>>,
+    /// Object types whose associations land in `<stream>_<type>`.
+    pub associations: Vec<String>,
 }
 
 /// A dropped file's format.
@@ -227,12 +241,24 @@ pub enum SourceSpec {
         location: String,
         streams: Vec<FileStream>,
     },
+    Hubspot {
+        name: String,
+        url: String,
+        auth: Auth,
+        /// The account's budget per rolling 10 s.
+        requests_per_10s: usize,
+        /// The search endpoint's budget per second.
+        search_per_second: usize,
+        streams: Vec<HubspotStream>,
+    },
 }
 
 impl SourceSpec {
     pub fn name(&self) -> &str {
         match self {
-            SourceSpec::Rest { name, .. } | SourceSpec::Files { name, .. } => name,
+            SourceSpec::Rest { name, .. }
+            | SourceSpec::Files { name, .. }
+            | SourceSpec::Hubspot { name, .. } => name,
         }
     }
 
@@ -241,6 +267,7 @@ impl SourceSpec {
         match self {
             SourceSpec::Rest { streams, .. } => streams.iter().map(|s| s.name.clone()).collect(),
             SourceSpec::Files { streams, .. } => streams.iter().map(|s| s.name.clone()).collect(),
+            SourceSpec::Hubspot { streams, .. } => streams.iter().map(|s| s.name.clone()).collect(),
         }
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod files;
+pub mod hubspot;
 pub mod rest;
 
 use std::time::Instant;
@@ -108,6 +109,7 @@ pub struct StreamRun<'a> {
     options: StreamOptions,
     start_cursor: Option<Value>,
     buffer: Vec<Value>,
+    siblings: std::collections::BTreeMap<StreamRef, Vec<Value>>,
     pending: Option<Value>,
     summary: StreamSummary,
     progress: Option<indicatif::ProgressBar>,
@@ -143,6 +145,19 @@ impl<'a> StreamRun<'a> {
         }
         self.buffer.extend(records);
         if self.buffer.len() >= FLUSH_ROWS {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Land records into a sibling stream of the same source (for example
+    /// HubSpot associations), now.
+    /// They land with the stream's own buffer, before its cursor moves.
+    pub async fn push_sibling(&mut self, stream: &str, records: Vec<Value>) -> Result<()> {
+        let sibling = StreamRef::new(&self.stream.source, stream)?;
+        let buffer = self.siblings.entry(sibling).or_default();
+        buffer.extend(records);
+        if buffer.len() >= FLUSH_ROWS {
             self.flush().await?;
         }
         Ok(())
@@ -215,6 +230,13 @@ impl<'a> StreamRun<'a> {
                 .await?;
             self.summary.quarantined += report.rejected;
         }
+        for (sibling, rows) in std::mem::take(&mut self.siblings) {
+            if !rows.is_empty() {
+                self.lander
+                    .land_json(&sibling, self.options, rows.into_iter().map(Ok))
+                    .await?;
+            }
+        }
         if let Some(c) = self.pending.take() {
             save_cursor(self.lake, &self.stream, &c, self.lander.run_id()).await?;
         }
@@ -278,6 +300,7 @@ pub async fn extract(
         let source: Box<dyn Source> = match spec {
             SourceSpec::Rest { .. } => Box::new(rest::RestSource::new(spec)?),
             SourceSpec::Files { .. } => Box::new(files::FileSource::new(spec, &project.dir)?),
+            SourceSpec::Hubspot { .. } => Box::new(hubspot::HubspotSource::new(spec)?),
         };
         for name in streams {
             let stream = StreamRef::new(spec.name(), &name)?;
@@ -295,6 +318,7 @@ pub async fn extract(
                 stream: stream.clone(),
                 start_cursor,
                 buffer: Vec::new(),
+                siblings: Default::default(),
                 pending: None,
                 summary: StreamSummary {
                     stream: stream.to_string(),

@@ -120,6 +120,15 @@ pub struct SourceConfig {
     /// Requests per second to this API (all streams together).
     #[serde(default)]
     pub requests_per_second: Option<usize>,
+    /// HubSpot: a private-app token, usually `"${HUBSPOT_TOKEN}"`.
+    #[serde(default)]
+    pub token: Option<Spanned<String>>,
+    /// HubSpot: the account's budget per rolling 10 s (default 100).
+    #[serde(default)]
+    pub requests_per_10s: Option<usize>,
+    /// HubSpot: the search endpoint's budget per second (default 4).
+    #[serde(default)]
+    pub search_per_second: Option<usize>,
     /// Files: the folder (relative to the project) or object-store URL
     /// (`s3://bucket/drops/`) where files are dropped.
     #[serde(default)]
@@ -160,6 +169,15 @@ pub struct StreamConfig {
     /// REST: a parent stream whose records each give one request.
     #[serde(default)]
     pub parent: Option<extract_config::Parent>,
+    /// HubSpot: the CRM object type (default: the stream's name).
+    #[serde(default)]
+    pub object: Option<String>,
+    /// HubSpot: properties to extract (default: all, from the properties API).
+    #[serde(default)]
+    pub properties: Option<Vec<String>>,
+    /// HubSpot: associated object types, landed as `<stream>_<type>` (from_id, to_id).
+    #[serde(default)]
+    pub associations: Vec<String>,
     /// Files: which file names belong to this stream (`*` wildcard).
     #[serde(default)]
     pub pattern: Option<String>,
@@ -396,6 +414,37 @@ impl Project {
                 continue;
             };
             match kind {
+                extract_config::SourceKind::Hubspot => {
+                    let Some(token) = &src.token else {
+                        return Err(config_error(file, text, at(""),
+                            "a hubspot source needs token = \"${HUBSPOT_TOKEN}\" (a private-app token)".into()));
+                    };
+                    let token = secrets
+                        .interpolate(token.get_ref())
+                        .map_err(|msg| config_error(file, text, token.span().start, msg))?;
+                    let streams: Vec<extract_config::HubspotStream> = src
+                        .streams
+                        .iter()
+                        .map(|(tname, t)| extract_config::HubspotStream {
+                            name: tname.clone(),
+                            object: t.object.clone().unwrap_or_else(|| tname.clone()),
+                            properties: t.properties.clone(),
+                            associations: t.associations.clone(),
+                        })
+                        .collect();
+                    if streams.is_empty() {
+                        return Err(config_error(file, text, at(""),
+                            "a hubspot source needs streams, for example [sources.hubspot.streams.contacts]".into()));
+                    }
+                    extract.insert(sname.clone(), extract_config::SourceSpec::Hubspot {
+                        name: sname.clone(),
+                        url: src.url.clone().unwrap_or_else(|| "https://api.hubapi.com".into()).trim_end_matches('/').to_string(),
+                        auth: crate::http::Auth::Bearer(token),
+                        requests_per_10s: src.requests_per_10s.unwrap_or(100),
+                        search_per_second: src.search_per_second.unwrap_or(4),
+                        streams,
+                    });
+                }
                 extract_config::SourceKind::Files => {
                     let Some(location) = src.path.clone() else {
                         return Err(config_error(file, text, at(""),

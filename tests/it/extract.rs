@@ -274,3 +274,112 @@ pattern = "*.parquet"
     assert_eq!(out[0].rows, 1);
     assert_eq!(scalar(&dir, "select count(*) from events.attendees").await, "4");
 }
+
+fn hubspot_project(dir: &Path, url: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("secrets.toml"), "HUBSPOT_TOKEN = \"ferry-sim-token\"\n").unwrap();
+    std::fs::write(
+        dir.join("ferry.toml"),
+        format!(
+            r#"[project]
+name = "hs"
+
+[sources.hubspot]
+type = "hubspot"
+url = "{url}"
+token = "${{HUBSPOT_TOKEN}}"
+requests_per_10s = 10000
+search_per_second = 100
+
+[sources.hubspot.streams.contacts]
+properties = ["email", "firstname", "country"]
+associations = ["companies"]
+
+[sources.hubspot.streams.companies]
+"#
+        ),
+    )
+    .unwrap();
+    dir.to_path_buf()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubspot_full_then_incremental_with_associations() {
+    use ferry::sim::hubspot::{self, SimConfig};
+    let s = hubspot::start(SimConfig { ten_secondly: 10_000, search_per_second: 100, ..Default::default() }, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let (contacts, companies) = s
+        .with_crm(|crm| {
+            let co: Vec<u64> = (0..30)
+                .map(|i| crm.create("companies", [("domain".to_string(), format!("co{i}.io")), ("name".to_string(), format!("Co {i}"))].into()).id)
+                .collect();
+            let ct: Vec<u64> = (0..250)
+                .map(|i| {
+                    let id = crm
+                        .create("contacts", [("email".to_string(), format!("p{i}@x.io")), ("country".to_string(), "US".to_string())].into())
+                        .id;
+                    crm.associate("contacts", id, "companies", co[i % 30]);
+                    id
+                })
+                .collect();
+            (ct, co)
+        })
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = hubspot_project(tmp.path(), &s.base_url());
+    let out = extract(&dir, &[]).await.unwrap();
+    assert_eq!(out.iter().map(|x| (x.stream.as_str(), x.rows)).collect::<Vec<_>>(), vec![("hubspot.companies", 30), ("hubspot.contacts", 250)]);
+    assert_eq!(scalar(&dir, "select count(distinct id) from hubspot.contacts").await, "250");
+    assert_eq!(scalar(&dir, "select country from hubspot.contacts where email = 'p7@x.io'").await, "US");
+    // Properties became columns; all properties were discovered for companies.
+    assert_eq!(scalar(&dir, "select name from hubspot.companies where domain = 'co3.io'").await, "Co 3");
+    assert_eq!(scalar(&dir, "select count(*) from hubspot.contacts_companies").await, "250");
+    let linked = scalar(&dir, &format!("select to_id from hubspot.contacts_companies where from_id = '{}'", contacts[31])).await;
+    assert_eq!(linked, companies[1].to_string());
+
+    // Incremental: only records modified since.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    s.with_crm(|crm| {
+        for id in &contacts[10..15] {
+            crm.touch("contacts", *id, chrono::Utc::now());
+        }
+    });
+    let (calls_before, _) = s.stats();
+    let out = extract(&dir, &["hubspot.contacts"]).await.unwrap();
+    assert_eq!(out[0].rows, 5);
+    assert!(s.stats().0 - calls_before <= 4, "a count, a page, associations");
+    let out = extract(&dir, &["hubspot.contacts"]).await.unwrap();
+    assert_eq!(out[0].rows, 0, "nothing changed since");
+}
+
+/// More than 10,000 records changed since the last run: the search window is
+/// split so every one of them is fetched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubspot_incremental_crosses_the_10000_result_search_cap() {
+    use ferry::sim::hubspot::{self, SimConfig};
+    let s = hubspot::start(SimConfig { ten_secondly: 100_000, search_per_second: 1000, ..Default::default() }, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let ids: Vec<u64> = s
+        .with_crm(|crm| (0..12_500).map(|i| crm.create("contacts", [("email".to_string(), format!("p{i}@x.io"))].into()).id).collect())
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = hubspot_project(tmp.path(), &s.base_url());
+    let out = extract(&dir, &["hubspot.contacts"]).await.unwrap();
+    assert_eq!(out[0].rows, 12_500);
+    // Every record changes, 2,500 of them in the very same millisecond.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let base = chrono::Utc::now();
+    s.with_crm(|crm| {
+        for (i, id) in ids.iter().enumerate() {
+            let at = if i < 2_500 { base } else { base + chrono::Duration::milliseconds(1 + (i as i64 % 3000)) };
+            crm.touch("contacts", *id, at);
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    let out = extract(&dir, &["hubspot.contacts"]).await.unwrap();
+    assert_eq!(out[0].rows, 12_500, "{:?}", out[0]);
+    let n = scalar(&dir, "select count(distinct id) from hubspot.contacts where lastmodifieddate >= '2026-01-01' and _ferry_run_id = (select max(_ferry_run_id) from hubspot.contacts)").await;
+    assert_eq!(n, "12500");
+}

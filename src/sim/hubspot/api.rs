@@ -29,6 +29,10 @@ pub(crate) fn router(state: Shared) -> Router {
             get(properties).post(create_property),
         )
         .route("/oauth/v1/token", post(oauth_token))
+        .route(
+            "/crm/v4/associations/{from}/{to}/batch/read",
+            post(associations),
+        )
         .with_state(state)
 }
 
@@ -122,6 +126,60 @@ async fn gate(s: &State, headers: &HeaderMap, search: bool) -> Result<Option<Bud
             }))
         }
     }
+}
+
+/// `POST /crm/v4/associations/{from}/{to}/batch/read`: for each input id,
+/// the associated records of type `to`.
+async fn associations(
+    AxState(s): AxState<Shared>,
+    Path((from, to)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Option<Json<Value>>,
+) -> Response {
+    let budget = match gate(&s, &headers, false).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let body = body.map(|b| b.0).unwrap_or(Value::Null);
+    let Some(inputs) = body["inputs"].as_array() else {
+        return with_budget(&s, error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "inputs is required", vec![]), budget);
+    };
+    if inputs.len() > 1000 {
+        return with_budget(&s, error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "at most 1000 inputs", vec![]), budget);
+    }
+    let Ok(crm) = s.crm.lock() else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "lock", vec![]);
+    };
+    if !crm.types.contains_key(&from) || !crm.types.contains_key(&to) {
+        return with_budget(&s, unknown_type(if crm.types.contains_key(&from) { &to } else { &from }), budget);
+    }
+    let started = now();
+    let mut results = Vec::new();
+    for i in inputs {
+        let id = match &i["id"] {
+            Value::String(x) => x.parse::<u64>().ok(),
+            Value::Number(n) => n.as_u64(),
+            _ => None,
+        };
+        let Some(id) = id else { continue };
+        let linked: Vec<Value> = crm
+            .associations
+            .get(&(from.clone(), id))
+            .map(|set| {
+                set.iter()
+                    .filter(|(t, _)| *t == to)
+                    .map(|(_, to_id)| json!({
+                        "toObjectId": to_id,
+                        "associationTypes": [{"category": "HUBSPOT_DEFINED", "typeId": 1, "label": null}],
+                    }))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !linked.is_empty() {
+            results.push(json!({"from": {"id": id.to_string()}, "to": linked}));
+        }
+    }
+    with_budget(&s, batch_reply(StatusCode::OK, results, vec![], started), budget)
 }
 
 /// `POST /oauth/v1/token` with `grant_type=refresh_token`: a new access token
@@ -549,10 +607,9 @@ fn apply(crm: &mut Crm, kind: &str, id: u64, props: BTreeMap<String, String>) ->
             }
         }
         r.updated_at = at;
-        r.properties.insert(
-            "lastmodifieddate".into(),
-            at.to_rfc3339_opts(SecondsFormat::Millis, true),
-        );
+        let stamp = at.to_rfc3339_opts(SecondsFormat::Millis, true);
+        r.properties.insert("lastmodifieddate".into(), stamp.clone());
+        r.properties.insert("hs_lastmodifieddate".into(), stamp);
         r.clone()
     })
 }

@@ -190,6 +190,8 @@ impl ObjectType {
 #[derive(Debug)]
 pub struct Crm {
     pub types: BTreeMap<String, ObjectType>,
+    /// Associations, both directions: (from type, from id) → (to type, to id).
+    pub associations: BTreeMap<(String, u64), BTreeSet<(String, u64)>>,
     next_id: u64,
 }
 
@@ -199,6 +201,7 @@ impl Default for Crm {
         let common = [
             ("createdate", "datetime", false),
             ("lastmodifieddate", "datetime", false),
+            ("hs_lastmodifieddate", "datetime", false),
             ("hs_object_id", "number", true),
             ("hubspot_owner_id", "enumeration", false),
         ];
@@ -249,6 +252,7 @@ impl Default for Crm {
         }
         Crm {
             types,
+            associations: BTreeMap::new(),
             next_id: 1001,
         }
     }
@@ -271,7 +275,8 @@ impl Crm {
         let stamp = iso(at);
         props.insert("hs_object_id".into(), id.to_string());
         props.insert("createdate".into(), stamp.clone());
-        props.insert("lastmodifieddate".into(), stamp);
+        props.insert("lastmodifieddate".into(), stamp.clone());
+        props.insert("hs_lastmodifieddate".into(), stamp);
         let r = Record {
             id,
             properties: props,
@@ -283,6 +288,30 @@ impl Crm {
             t.insert(r.clone());
         }
         r
+    }
+
+    /// Associate two records (both directions, as HubSpot shows them).
+    pub fn associate(&mut self, from: &str, from_id: u64, to: &str, to_id: u64) {
+        self.associations
+            .entry((from.to_string(), from_id))
+            .or_default()
+            .insert((to.to_string(), to_id));
+        self.associations
+            .entry((to.to_string(), to_id))
+            .or_default()
+            .insert((from.to_string(), from_id));
+    }
+
+    /// Mark a record modified at `at` (as an edit in HubSpot would).
+    pub fn touch(&mut self, kind: &str, id: u64, at: DateTime<Utc>) {
+        let stamp = iso(at);
+        if let Some(t) = self.types.get_mut(kind) {
+            t.modify(id, |r| {
+                r.updated_at = at;
+                r.properties.insert("lastmodifieddate".into(), stamp.clone());
+                r.properties.insert("hs_lastmodifieddate".into(), stamp);
+            });
+        }
     }
 
     /// Find a live record of `kind` whose `property` equals `value` (`hs_object_id`
