@@ -15,6 +15,7 @@ pub mod http;
 pub mod lake;
 pub mod models;
 pub mod project;
+pub mod serve;
 pub mod sim;
 pub mod sync;
 

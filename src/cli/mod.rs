@@ -101,6 +101,18 @@ enum Command {
         /// `source` or `source.stream`.
         streams: Vec<String>,
     },
+    /// Serve webhook endpoints (POST /webhooks/<source>) and /health; events
+    /// land in micro-batches as <source>.events. Ctrl-C lands what is pending and stops.
+    Serve {
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Milliseconds between micro-batch landings.
+        #[arg(long, default_value_t = 1000)]
+        flush_ms: u64,
+    },
     /// Reverse-sync models to the CRM: send what changed since the CRM last
     /// confirmed, and log every row's outcome in ferry.sync_log.
     Sync {
@@ -307,6 +319,20 @@ async fn run(cli: Cli) -> Result<()> {
             let (project, lake) = open(&cli.project_dir)?;
             let out = out.unwrap_or_else(|| project.dir.join("target").join("docs"));
             models::docs(&project, lake, &select, &out).await
+        }
+        Command::Serve { port, host, flush_ms } => {
+            let (project, lake) = open(&cli.project_dir)?;
+            let addr: std::net::SocketAddr = format!("{host}:{port}")
+                .parse()
+                .map_err(|e| Error::Input(format!("--host {host}: {e}")))?;
+            let server = crate::serve::start(&project, lake, addr, std::time::Duration::from_millis(flush_ms)).await?;
+            println!("ferry serve listening on {}", server.url());
+            for name in project.webhooks.keys() {
+                println!("  POST {}/webhooks/{name}", server.url());
+            }
+            let _ = tokio::signal::ctrl_c().await;
+            server.shutdown().await;
+            Ok(())
         }
         Command::Extract { streams } => {
             let (project, lake) = open(&cli.project_dir)?;

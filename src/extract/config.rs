@@ -33,6 +33,36 @@ pub enum SourceKind {
     Files,
     /// HubSpot CRM objects and their associations.
     Hubspot,
+    /// Signed webhook deliveries received by `ferry serve`.
+    Webhook,
+}
+
+/// Whose signature scheme a webhook uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookPreset {
+    /// `X-HubSpot-Signature-v3`: base64 HMAC-SHA256 of method + URI + body +
+    /// `X-HubSpot-Request-Timestamp` (ms); the body is an array of events.
+    Hubspot,
+    /// `Stripe-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "t.body">`.
+    Stripe,
+    /// `Typeform-Signature: sha256=<base64 HMAC-SHA256 of the body>`.
+    Typeform,
+}
+
+/// A resolved webhook source.
+#[derive(Debug, Clone)]
+pub struct WebhookSpec {
+    pub name: String,
+    pub preset: WebhookPreset,
+    pub secret: crate::project::Secret,
+    /// Largest accepted body.
+    pub max_body_bytes: usize,
+    /// How old a signed timestamp may be (replay protection).
+    pub tolerance_seconds: u64,
+    /// The URL the vendor calls, as it signs it (HubSpot signs the full URI);
+    /// default `http://<Host header><path>`.
+    pub public_url: Option<String>,
 }
 
 /// A resolved HubSpot stream.

@@ -13,6 +13,7 @@ pub mod config;
 pub mod files;
 pub mod hubspot;
 pub mod rest;
+pub mod webhook;
 
 use std::time::Instant;
 

@@ -107,6 +107,7 @@ pub fn load(dir: &Path, lake_override: Option<String>) -> Result<Project> {
     Ok(Project {
         destinations: BTreeMap::new(),
         extract: BTreeMap::new(),
+        webhooks: BTreeMap::new(),
         syncs: BTreeMap::new(),
         dir: dir.to_path_buf(),
         name: p.name.clone(),

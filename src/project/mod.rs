@@ -120,6 +120,21 @@ pub struct SourceConfig {
     /// Requests per second to this API (all streams together).
     #[serde(default)]
     pub requests_per_second: Option<usize>,
+    /// Webhook: `hubspot`, `stripe` or `typeform` (the signature scheme).
+    #[serde(default)]
+    pub preset: Option<extract_config::WebhookPreset>,
+    /// Webhook: the signing secret, usually `"${STRIPE_WEBHOOK_SECRET}"`.
+    #[serde(default)]
+    pub secret: Option<Spanned<String>>,
+    /// Webhook: largest accepted body in bytes (default 1 MiB).
+    #[serde(default)]
+    pub max_body_bytes: Option<usize>,
+    /// Webhook: how old a signed timestamp may be, in seconds (default 300).
+    #[serde(default)]
+    pub tolerance_seconds: Option<u64>,
+    /// Webhook: the public URL the vendor calls (HubSpot signs it).
+    #[serde(default)]
+    pub public_url: Option<String>,
     /// HubSpot: a private-app token, usually `"${HUBSPOT_TOKEN}"`.
     #[serde(default)]
     pub token: Option<Spanned<String>>,
@@ -230,6 +245,8 @@ pub struct Project {
     pub syncs: BTreeMap<String, sync_config::Sync>,
     /// Sources `ferry extract` pulls, resolved (those with a `type`).
     pub extract: BTreeMap<String, extract_config::SourceSpec>,
+    /// Webhook sources `ferry serve` receives.
+    pub webhooks: BTreeMap<String, extract_config::WebhookSpec>,
 }
 
 impl Project {
@@ -404,6 +421,7 @@ impl Project {
         }
 
         let mut extract = BTreeMap::new();
+        let mut webhooks = BTreeMap::new();
         for (sname, src) in &raw.sources {
             let at = |what: &str| find_key(text, &format!("sources.{sname}{what}"));
             let Some(kind) = src.kind else {
@@ -414,6 +432,23 @@ impl Project {
                 continue;
             };
             match kind {
+                extract_config::SourceKind::Webhook => {
+                    let (Some(preset), Some(secret)) = (src.preset, &src.secret) else {
+                        return Err(config_error(file, text, at(""),
+                            "a webhook source needs preset = \"hubspot\" | \"stripe\" | \"typeform\" and secret = \"${WEBHOOK_SECRET}\"".into()));
+                    };
+                    let secret = secrets
+                        .interpolate(secret.get_ref())
+                        .map_err(|msg| config_error(file, text, secret.span().start, msg))?;
+                    webhooks.insert(sname.clone(), extract_config::WebhookSpec {
+                        name: sname.clone(),
+                        preset,
+                        secret,
+                        max_body_bytes: src.max_body_bytes.unwrap_or(1024 * 1024),
+                        tolerance_seconds: src.tolerance_seconds.unwrap_or(300),
+                        public_url: src.public_url.clone(),
+                    });
+                }
                 extract_config::SourceKind::Hubspot => {
                     let Some(token) = &src.token else {
                         return Err(config_error(file, text, at(""),
@@ -543,6 +578,7 @@ impl Project {
 
         Ok(Project {
             extract,
+            webhooks,
             destinations,
             syncs,
             model_configs: vec![(Vec::new(), model_defaults)],

@@ -1,0 +1,501 @@
+//! Signed webhooks: verify, persist, acknowledge, then land in micro-batches.
+//!
+//! Accepting a delivery (`POST /webhooks/<source>`):
+//! 1. a body over `max_body_bytes` is refused with 413, nothing kept;
+//! 2. the signature is checked (HMAC-SHA256 with the source's secret,
+//!    constant-time compare) and a signed timestamp must be within
+//!    `tolerance_seconds`: otherwise 401, nothing kept;
+//! 3. each event in the body becomes a canonical envelope and is written to
+//!    the lake's inbox, `_ferry/webhooks/<source>/inbox/<sha256(event id)>.json`,
+//!    write-once: an event id already received is a duplicate and is not kept
+//!    twice;
+//! 4. only then the sender gets 200.
+//!
+//! A background task lands the inbox every `flush` interval as one Parquet
+//! file in `<source>.events`, records the landed ids in
+//! `_ferry/webhooks/<source>/landed/`, then deletes those inbox files. A
+//! crash after acknowledging loses nothing (the inbox is in the lake); a
+//! crash between landing and recording can land a batch twice, which the
+//! `latest_by` macro removes by `event_id`.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use base64::Engine;
+use chrono::{DateTime, TimeZone, Utc};
+use futures::TryStreamExt;
+use hmac::{Hmac, Mac};
+use object_store::ObjectStoreExt;
+use object_store::path::Path;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::config::{WebhookPreset, WebhookSpec};
+use crate::error::{Error, Result};
+use crate::lake::layout::{META, RunId, StreamRef};
+use crate::lake::log::{put_once, ts_array, ts_type};
+use crate::lake::{Lake, Lander};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Version of the envelope's columns.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// The canonical event envelope every webhook source lands.
+pub fn envelope_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("event_id", DataType::Utf8, false),
+        Field::new("event_type", DataType::Utf8, true),
+        Field::new("source_system", DataType::Utf8, false),
+        Field::new("account_id", DataType::Utf8, true),
+        Field::new("contact_id", DataType::Utf8, true),
+        Field::new("payload", DataType::Utf8, false),
+        Field::new("fired_at", ts_type(), true),
+        Field::new("received_at", ts_type(), false),
+        Field::new("schema_version", DataType::Int64, false),
+    ]))
+}
+
+/// One event as received.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Envelope {
+    pub event_id: String,
+    pub event_type: Option<String>,
+    pub source_system: String,
+    pub account_id: Option<String>,
+    pub contact_id: Option<String>,
+    pub payload: String,
+    pub fired_at: Option<DateTime<Utc>>,
+    pub received_at: DateTime<Utc>,
+}
+
+/// Why a delivery was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refused {
+    TooLarge,
+    BadSignature(String),
+    BadBody(String),
+}
+
+impl Refused {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refused::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Refused::BadSignature(_) => StatusCode::UNAUTHORIZED,
+            Refused::BadBody(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Refused::TooLarge => "body too large".into(),
+            Refused::BadSignature(m) | Refused::BadBody(m) => m.clone(),
+        }
+    }
+}
+
+fn mac(secret: &str) -> HmacSha256 {
+    // HMAC takes keys of any length.
+    HmacSha256::new_from_slice(secret.as_bytes()).unwrap_or_else(|_| {
+        HmacSha256::new_from_slice(b"").unwrap_or_else(|_| unreachable!("HMAC accepts any key length"))
+    })
+}
+
+/// Sign `message` (for tests and senders): raw HMAC-SHA256 bytes.
+pub fn sign(secret: &str, message: &[u8]) -> Vec<u8> {
+    let mut m = mac(secret);
+    m.update(message);
+    m.finalize().into_bytes().to_vec()
+}
+
+fn header<'h>(h: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn check_time(ts: i64, tolerance: u64, now: DateTime<Utc>) -> std::result::Result<(), Refused> {
+    if (now.timestamp() - ts).unsigned_abs() > tolerance {
+        return Err(Refused::BadSignature(format!(
+            "timestamp is {} s away from now (tolerance {tolerance} s): a replay or a wrong clock",
+            now.timestamp() - ts
+        )));
+    }
+    Ok(())
+}
+
+/// Verify a delivery's signature for the source's preset.
+pub fn verify(
+    spec: &WebhookSpec,
+    method: &str,
+    url: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: DateTime<Utc>,
+) -> std::result::Result<(), Refused> {
+    let bad = |m: &str| Refused::BadSignature(m.to_string());
+    let secret = spec.secret.expose();
+    match spec.preset {
+        WebhookPreset::Hubspot => {
+            let sig = header(headers, "x-hubspot-signature-v3").ok_or_else(|| bad("missing X-HubSpot-Signature-v3"))?;
+            let ts = header(headers, "x-hubspot-request-timestamp").ok_or_else(|| bad("missing X-HubSpot-Request-Timestamp"))?;
+            let ms: i64 = ts.parse().map_err(|_| bad("X-HubSpot-Request-Timestamp is not a number"))?;
+            check_time(ms / 1000, spec.tolerance_seconds, now)?;
+            let given = base64::engine::general_purpose::STANDARD
+                .decode(sig)
+                .map_err(|_| bad("X-HubSpot-Signature-v3 is not base64"))?;
+            let mut m = mac(secret);
+            m.update(method.as_bytes());
+            m.update(url.as_bytes());
+            m.update(body);
+            m.update(ts.as_bytes());
+            m.verify_slice(&given).map_err(|_| bad("signature mismatch"))
+        }
+        WebhookPreset::Stripe => {
+            let sig = header(headers, "stripe-signature").ok_or_else(|| bad("missing Stripe-Signature"))?;
+            let mut t = None;
+            let mut v1 = Vec::new();
+            for part in sig.split(',') {
+                match part.trim().split_once('=') {
+                    Some(("t", v)) => t = Some(v.to_string()),
+                    Some(("v1", v)) => v1.push(v.to_string()),
+                    _ => {}
+                }
+            }
+            let t = t.ok_or_else(|| bad("Stripe-Signature has no t="))?;
+            let ts: i64 = t.parse().map_err(|_| bad("Stripe-Signature t= is not a number"))?;
+            check_time(ts, spec.tolerance_seconds, now)?;
+            for candidate in v1 {
+                let Ok(given) = hex::decode(&candidate) else { continue };
+                let mut m = mac(secret);
+                m.update(t.as_bytes());
+                m.update(b".");
+                m.update(body);
+                if m.verify_slice(&given).is_ok() {
+                    return Ok(());
+                }
+            }
+            Err(bad("signature mismatch"))
+        }
+        WebhookPreset::Typeform => {
+            let sig = header(headers, "typeform-signature").ok_or_else(|| bad("missing Typeform-Signature"))?;
+            let b64 = sig.strip_prefix("sha256=").ok_or_else(|| bad("Typeform-Signature must start with sha256="))?;
+            let given = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|_| bad("Typeform-Signature is not base64"))?;
+            let mut m = mac(secret);
+            m.update(body);
+            m.verify_slice(&given).map_err(|_| bad("signature mismatch"))
+        }
+    }
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::Null => None,
+        Value::String(s) if s.is_empty() => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+fn from_epoch(v: &Value, millis: bool) -> Option<DateTime<Utc>> {
+    let n = v.as_i64().or_else(|| v.as_str()?.parse().ok())?;
+    if millis {
+        Utc.timestamp_millis_opt(n).single()
+    } else {
+        Utc.timestamp_opt(n, 0).single()
+    }
+}
+
+fn from_iso(v: &Value) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(v.as_str()?).ok().map(|t| t.with_timezone(&Utc))
+}
+
+/// Turn a verified body into envelopes.
+pub fn envelopes(spec: &WebhookSpec, body: &[u8], now: DateTime<Utc>) -> std::result::Result<Vec<Envelope>, Refused> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| Refused::BadBody(format!("body is not JSON: {e}")))?;
+    let events: Vec<Value> = match (spec.preset, value) {
+        (WebhookPreset::Hubspot, Value::Array(a)) => a,
+        (WebhookPreset::Hubspot, v @ Value::Object(_)) => vec![v],
+        (_, v @ Value::Object(_)) => vec![v],
+        _ => return Err(Refused::BadBody("expected a JSON object (or an array of events for HubSpot)".into())),
+    };
+    let mut out = Vec::with_capacity(events.len());
+    for e in events {
+        let (id, kind, account, contact, fired) = match spec.preset {
+            WebhookPreset::Hubspot => (
+                text(&e["eventId"]),
+                text(&e["subscriptionType"]),
+                text(&e["portalId"]),
+                text(&e["subscriptionType"])
+                    .filter(|t| t.starts_with("contact."))
+                    .and_then(|_| text(&e["objectId"])),
+                from_epoch(&e["occurredAt"], true),
+            ),
+            WebhookPreset::Stripe => (
+                text(&e["id"]),
+                text(&e["type"]),
+                text(&e["account"]),
+                text(&e["data"]["object"]["customer"]),
+                from_epoch(&e["created"], false),
+            ),
+            WebhookPreset::Typeform => (
+                text(&e["event_id"]),
+                text(&e["event_type"]),
+                text(&e["form_response"]["form_id"]),
+                text(&e["form_response"]["hidden"]["contact_id"])
+                    .or_else(|| text(&e["form_response"]["hidden"]["email"])),
+                from_iso(&e["form_response"]["submitted_at"]),
+            ),
+        };
+        let id = id.ok_or_else(|| Refused::BadBody("an event has no id".into()))?;
+        out.push(Envelope {
+            event_id: id,
+            event_type: kind,
+            source_system: format!("{:?}", spec.preset).to_lowercase(),
+            account_id: account,
+            contact_id: contact,
+            payload: e.to_string(),
+            fired_at: fired,
+            received_at: now,
+        });
+    }
+    Ok(out)
+}
+
+fn id_hash(id: &str) -> String {
+    hex::encode(Sha256::digest(id.as_bytes()))
+}
+
+fn inbox(source: &str) -> Path {
+    Path::from_iter([META, "webhooks", source, "inbox"])
+}
+
+fn landed_prefix(source: &str) -> Path {
+    Path::from_iter([META, "webhooks", source, "landed"])
+}
+
+/// One webhook source's receiver: the inbox, the landing loop's state.
+pub struct Receiver {
+    pub spec: WebhookSpec,
+    lake: Lake,
+    /// Hashes of event ids received (inbox or landed).
+    seen: Mutex<HashSet<String>>,
+    /// Serializes landing rounds.
+    landing: tokio::sync::Mutex<()>,
+}
+
+/// What one delivery did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    pub accepted: usize,
+    pub duplicates: usize,
+}
+
+impl Receiver {
+    /// Open a receiver, loading the ids already landed or waiting in the inbox.
+    pub async fn open(spec: WebhookSpec, lake: Lake) -> Result<Receiver> {
+        let mut seen = HashSet::new();
+        let store = lake.store().clone();
+        let listed: Vec<_> = match store.list(Some(&landed_prefix(&spec.name))).try_collect().await {
+            Ok(l) => l,
+            Err(object_store::Error::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        for o in listed {
+            let bytes = store.get(&o.location).await?.bytes().await?;
+            let ids: Vec<String> = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Internal(format!("{}: {e}", o.location)))?;
+            seen.extend(ids);
+        }
+        let pending: Vec<_> = match store.list(Some(&inbox(&spec.name))).try_collect().await {
+            Ok(l) => l,
+            Err(object_store::Error::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        for o in pending {
+            if let Some(name) = o.location.filename().and_then(|n| n.strip_suffix(".json")) {
+                seen.insert(name.to_string());
+            }
+        }
+        Ok(Receiver {
+            spec,
+            lake,
+            seen: Mutex::new(seen),
+            landing: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Verify and persist one delivery. `Ok` means every event in it is
+    /// durable in the lake (or was received before).
+    pub async fn accept(&self, method: &str, url: &str, headers: &HeaderMap, body: &Bytes) -> std::result::Result<Accepted, Refused> {
+        if body.len() > self.spec.max_body_bytes {
+            return Err(Refused::TooLarge);
+        }
+        let now = Utc::now();
+        verify(&self.spec, method, url, headers, body, now)?;
+        let events = envelopes(&self.spec, body, now)?;
+        let mut result = Accepted { accepted: 0, duplicates: 0 };
+        for e in events {
+            let hash = id_hash(&e.event_id);
+            if self.seen.lock().map(|s| s.contains(&hash)).unwrap_or(false) {
+                result.duplicates += 1;
+                continue;
+            }
+            let bytes = serde_json::to_vec(&e).map_err(|x| Refused::BadBody(x.to_string()))?;
+            let path = inbox(&self.spec.name).join(format!("{hash}.json"));
+            match put_once(self.lake.store().as_ref(), &path, bytes).await {
+                Ok(()) => result.accepted += 1,
+                Err(Error::Storage(object_store::Error::AlreadyExists { .. })) => result.duplicates += 1,
+                Err(err) => {
+                    tracing::error!(source = %self.spec.name, "cannot persist a webhook event: {err}");
+                    return Err(Refused::BadBody("storage unavailable; retry later".into()));
+                }
+            }
+            if let Ok(mut s) = self.seen.lock() {
+                s.insert(hash);
+            }
+        }
+        Ok(result)
+    }
+
+    /// Land everything in the inbox as one file; returns the events landed.
+    pub async fn land(&self) -> Result<usize> {
+        let _one = self.landing.lock().await;
+        let store = self.lake.store().clone();
+        let listed: Vec<_> = match store.list(Some(&inbox(&self.spec.name))).try_collect().await {
+            Ok(l) => l,
+            Err(object_store::Error::NotFound { .. }) => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        if listed.is_empty() {
+            return Ok(0);
+        }
+        let mut events = Vec::with_capacity(listed.len());
+        let mut hashes = Vec::with_capacity(listed.len());
+        for o in &listed {
+            let bytes = store.get(&o.location).await?.bytes().await?;
+            let e: Envelope = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Internal(format!("{}: {e}", o.location)))?;
+            events.push(e);
+            hashes.push(o.location.filename().unwrap_or_default().trim_end_matches(".json").to_string());
+        }
+        let batch = envelope_batch(&events)?;
+        let run_id = RunId::new();
+        let stream = StreamRef::new(&self.spec.name, "events")?;
+        Lander::new(self.lake.clone(), run_id.clone())
+            .land_batches(&stream, Default::default(), [batch])
+            .await?;
+        // Landed: remember the ids, then empty those inbox files.
+        let record = landed_prefix(&self.spec.name).join(format!("{run_id}.json"));
+        put_once(store.as_ref(), &record, serde_json::to_vec(&hashes).unwrap_or_default()).await?;
+        for o in &listed {
+            match store.delete(&o.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(events.len())
+    }
+
+    /// Land every `every` until `stop` fires, then once more.
+    pub async fn run(self: Arc<Self>, every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.changed() => {
+                    if let Err(e) = self.land().await {
+                        tracing::error!(source = %self.spec.name, "landing webhook events failed: {e}");
+                    }
+                    return;
+                }
+            }
+            if let Err(e) = self.land().await {
+                tracing::error!(source = %self.spec.name, "landing webhook events failed (kept in the inbox, retried): {e}");
+            }
+        }
+    }
+}
+
+/// Envelopes as one Arrow batch.
+pub fn envelope_batch(events: &[Envelope]) -> Result<RecordBatch> {
+    let s = |f: &dyn Fn(&Envelope) -> Option<String>| -> ArrayRef {
+        Arc::new(StringArray::from(events.iter().map(f).collect::<Vec<_>>()))
+    };
+    let fired: ArrayRef = Arc::new(
+        arrow::array::TimestampMicrosecondArray::from(
+            events.iter().map(|e| e.fired_at.map(|t| t.timestamp_micros())).collect::<Vec<_>>(),
+        )
+        .with_timezone("UTC"),
+    );
+    let cols: Vec<ArrayRef> = vec![
+        s(&|e| Some(e.event_id.clone())),
+        s(&|e| e.event_type.clone()),
+        s(&|e| Some(e.source_system.clone())),
+        s(&|e| e.account_id.clone()),
+        s(&|e| e.contact_id.clone()),
+        s(&|e| Some(e.payload.clone())),
+        fired,
+        ts_array(events.iter().map(|e| e.received_at)),
+        Arc::new(Int64Array::from(vec![SCHEMA_VERSION; events.len()])),
+    ];
+    Ok(RecordBatch::try_new(envelope_schema(), cols)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(preset: WebhookPreset) -> WebhookSpec {
+        WebhookSpec {
+            name: "hooks".into(),
+            preset,
+            secret: crate::project::Secret::new("whsec"),
+            max_body_bytes: 1000,
+            tolerance_seconds: 300,
+            public_url: None,
+        }
+    }
+
+    #[test]
+    fn presets_verify_their_signatures() {
+        let now = Utc::now();
+        let body = br#"{"id": "evt_1", "type": "invoice.paid", "created": 1, "data": {"object": {"customer": "cus_9"}}}"#;
+        let t = now.timestamp().to_string();
+        let sig = hex::encode(sign("whsec", format!("{t}.{}", String::from_utf8_lossy(body)).as_bytes()));
+        let mut h = HeaderMap::new();
+        h.insert("stripe-signature", format!("t={t},v1={sig}").parse().unwrap());
+        assert_eq!(verify(&spec(WebhookPreset::Stripe), "POST", "", &h, body, now), Ok(()));
+        // Tampered body, wrong secret, stale timestamp: refused.
+        assert!(verify(&spec(WebhookPreset::Stripe), "POST", "", &h, b"{}", now).is_err());
+        let later = now + chrono::Duration::seconds(301);
+        assert!(matches!(verify(&spec(WebhookPreset::Stripe), "POST", "", &h, body, later), Err(Refused::BadSignature(m)) if m.contains("replay")));
+        let env = envelopes(&spec(WebhookPreset::Stripe), body, now).unwrap();
+        assert_eq!((env[0].event_id.as_str(), env[0].contact_id.as_deref()), ("evt_1", Some("cus_9")));
+
+        let b64 = base64::engine::general_purpose::STANDARD.encode(sign("whsec", body));
+        let mut h = HeaderMap::new();
+        h.insert("typeform-signature", format!("sha256={b64}").parse().unwrap());
+        assert_eq!(verify(&spec(WebhookPreset::Typeform), "POST", "", &h, body, now), Ok(()));
+        h.insert("typeform-signature", "sha256=AAAA".parse().unwrap());
+        assert!(verify(&spec(WebhookPreset::Typeform), "POST", "", &h, body, now).is_err());
+
+        let ms = now.timestamp_millis().to_string();
+        let url = "https://hooks.example.com/webhooks/hooks";
+        let mut msg = Vec::new();
+        msg.extend_from_slice(b"POST");
+        msg.extend_from_slice(url.as_bytes());
+        msg.extend_from_slice(body);
+        msg.extend_from_slice(ms.as_bytes());
+        let b64 = base64::engine::general_purpose::STANDARD.encode(sign("whsec", &msg));
+        let mut h = HeaderMap::new();
+        h.insert("x-hubspot-signature-v3", b64.parse().unwrap());
+        h.insert("x-hubspot-request-timestamp", ms.parse().unwrap());
+        assert_eq!(verify(&spec(WebhookPreset::Hubspot), "POST", url, &h, body, now), Ok(()));
+        assert!(verify(&spec(WebhookPreset::Hubspot), "POST", "https://elsewhere/x", &h, body, now).is_err());
+    }
+}
