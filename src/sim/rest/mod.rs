@@ -116,7 +116,7 @@ impl State {
     }
 
     /// Ids in `updated_at`, `id` order, filtered by `updated_since`.
-    fn ids(&self, since: Option<&str>) -> std::result::Result<Vec<u64>, Response> {
+    fn ids(&self, since: Option<&str>) -> std::result::Result<Ids, Response> {
         let since = match since {
             Some(s) => Some(
                 DateTime::parse_from_rfc3339(s)
@@ -125,12 +125,25 @@ impl State {
             ),
             None => None,
         };
-        let mut ids: Vec<(DateTime<Utc>, u64)> = (1..=self.config.records as u64)
+        let n = self.config.records as u64;
+        let untouched = self.touched.lock().map(|t| t.is_empty()).unwrap_or(false);
+        if untouched {
+            // Record i was updated at epoch + i seconds: the order is the id order.
+            let first = since
+                .map(|s| (s - epoch()).num_seconds().max(1) as u64)
+                .map(|f| {
+                    let t = epoch() + ChronoDuration::seconds(f as i64);
+                    if t < since.unwrap_or(t) { f + 1 } else { f }
+                })
+                .unwrap_or(1);
+            return Ok(Ids::Range(first.max(1), n + 1));
+        }
+        let mut ids: Vec<(DateTime<Utc>, u64)> = (1..=n)
             .map(|id| (self.updated_at(id), id))
             .filter(|(t, _)| since.is_none_or(|s| *t >= s))
             .collect();
         ids.sort();
-        Ok(ids.into_iter().map(|(_, id)| id).collect())
+        Ok(Ids::List(ids.into_iter().map(|(_, id)| id).collect()))
     }
 
     fn check(&self, headers: &HeaderMap, query: &BTreeMap<String, String>) -> std::result::Result<(), Response> {
@@ -184,8 +197,31 @@ fn num(q: &BTreeMap<String, String>, k: &str, default: usize) -> std::result::Re
     }
 }
 
-fn page_of(s: &State, ids: &[u64], from: usize, size: usize) -> Vec<Value> {
-    ids.iter().skip(from).take(size).map(|id| s.record(*id)).collect()
+/// Record ids in serving order, without materializing the common case.
+enum Ids {
+    /// `start..end`.
+    Range(u64, u64),
+    List(Vec<u64>),
+}
+
+impl Ids {
+    fn len(&self) -> usize {
+        match self {
+            Ids::Range(a, b) => b.saturating_sub(*a) as usize,
+            Ids::List(v) => v.len(),
+        }
+    }
+
+    fn page(&self, from: usize, size: usize) -> Vec<u64> {
+        match self {
+            Ids::Range(a, b) => (a + from as u64..*b).take(size).collect(),
+            Ids::List(v) => v.iter().skip(from).take(size).copied().collect(),
+        }
+    }
+}
+
+fn page_of(s: &State, ids: &Ids, from: usize, size: usize) -> Vec<Value> {
+    ids.page(from, size).into_iter().map(|id| s.record(id)).collect()
 }
 
 async fn cursor(AxState(s): AxState<Shared>, headers: HeaderMap, Query(q): Q) -> Response {

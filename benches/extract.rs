@@ -1,0 +1,116 @@
+//! Benchmark: extraction.
+//!
+//! 1. Landing N records (default 1,000,000; FERRY_BENCH_ROWS) from a local
+//!    paginated JSON API (the REST emulator, 100 records per page, cursor
+//!    pagination) into Parquet through the declarative REST source.
+//! 2. Webhook events accepted per second by `ferry serve` (Stripe-signed,
+//!    concurrency 50; FERRY_BENCH_EVENTS, default 5,000), each persisted in the
+//!    lake before the 200.
+//!
+//! Run: `cargo bench --profile dev --bench extract`.
+
+use std::time::{Duration, Instant};
+
+mod common;
+use common::peak_rss_mib;
+use ferry::lake::Lake;
+use ferry::project::Project;
+use ferry::sim::rest::{self, RestConfig};
+use futures::StreamExt;
+
+async fn rest_landing(rows: usize) {
+    let api = rest::start(
+        RestConfig { records: rows, max_page: 100, ..Default::default() },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("ferry.toml"),
+        format!(
+            r#"[project]
+name = "bench"
+
+[sources.api]
+type = "rest"
+url = "{}"
+
+[sources.api.streams.items]
+path = "/cursor/items"
+records = "data"
+primary_key = "id"
+pagination = {{ type = "cursor", cursor_path = "meta.next_cursor", param = "cursor", limit_param = "limit", limit = 100 }}
+"#,
+            api.base_url()
+        ),
+    )
+    .unwrap();
+    let project = Project::load(tmp.path()).unwrap();
+    let lake = Lake::open(&project.lake, &project.dir).unwrap();
+    let start = Instant::now();
+    let out = ferry::extract::extract(&project, &lake, &[], |_| {}).await.unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    let s = &out[0];
+    println!(
+        "extract: {} records in {} pages of 100 from a local JSON API: {secs:.1} s, {:.0} rows/s, {:.1} MiB/s of JSON, peak RSS {:.0} MiB",
+        s.rows,
+        s.pages,
+        s.rows as f64 / secs,
+        s.bytes as f64 / secs / 1048576.0,
+        peak_rss_mib()
+    );
+}
+
+async fn webhooks(events: usize) {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("ferry.toml"),
+        "[project]\nname = \"bench\"\n\n[sources.billing]\ntype = \"webhook\"\npreset = \"stripe\"\nsecret = \"whsec_bench\"\n",
+    )
+    .unwrap();
+    let project = Project::load(tmp.path()).unwrap();
+    let lake = Lake::open(&project.lake, &project.dir).unwrap();
+    let server = ferry::serve::start(&project, lake, "127.0.0.1:0".parse().unwrap(), Duration::from_millis(500))
+        .await
+        .unwrap();
+    let url = format!("{}/webhooks/billing", server.url());
+    let client = reqwest::Client::new();
+    let now = chrono::Utc::now().timestamp();
+    let start = Instant::now();
+    let ok = futures::stream::iter((0..events).map(|i| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let body = format!(r#"{{"id": "evt_{i}", "type": "invoice.paid", "created": {now}, "data": {{"object": {{"customer": "cus_{i}"}}}}}}"#);
+            let sig = hex::encode(ferry::extract::webhook::sign("whsec_bench", format!("{now}.{body}").as_bytes()));
+            client
+                .post(&url)
+                .header("stripe-signature", format!("t={now},v1={sig}"))
+                .body(body)
+                .send()
+                .await
+                .map(|r| r.status().as_u16() == 200)
+                .unwrap_or(false)
+        }
+    }))
+    .buffer_unordered(50)
+    .filter(|ok| futures::future::ready(*ok))
+    .count()
+    .await;
+    let secs = start.elapsed().as_secs_f64();
+    let land_start = Instant::now();
+    server.shutdown().await;
+    println!(
+        "webhooks: {ok}/{events} events accepted at concurrency 50 in {secs:.2} s: {:.0} events/s (each durable before its 200); final landing {:.2} s; peak RSS {:.0} MiB",
+        ok as f64 / secs,
+        land_start.elapsed().as_secs_f64(),
+        peak_rss_mib()
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    rest_landing(env("FERRY_BENCH_ROWS", 1_000_000)).await;
+    webhooks(env("FERRY_BENCH_EVENTS", 5_000)).await;
+}
