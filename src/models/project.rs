@@ -227,6 +227,10 @@ pub struct SingularTest {
     pub sql: String,
 }
 
+/// Macros every project has (from the repository's `sql/macros/`).
+pub const BUILTIN_MACROS: [(&str, &str); 1] =
+    [("latest_by.sql", include_str!("../../sql/macros/latest_by.sql"))];
+
 /// Everything the model commands work on.
 #[derive(Debug, Clone, Default)]
 pub struct ModelProject {
@@ -466,6 +470,13 @@ impl ModelProject {
 
         for (_, path) in in_all(&paths.macros, &["sql"])? {
             project.macros.push((rel(dir, &path), read(&path)?));
+        }
+        // ferry's built-in macros, unless the project has a file of that name.
+        for (file, text) in BUILTIN_MACROS {
+            let shadowed = project.macros.iter().any(|(p, _)| p.ends_with(file));
+            if !shadowed {
+                project.macros.insert(0, (format!("<ferry>/{file}"), text.to_string()));
+            }
         }
         {
             for (_, path) in in_all(&paths.tests, &["sql"])? {
