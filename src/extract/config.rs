@@ -202,6 +202,10 @@ pub struct Incremental {
     /// Value for the first run (omit to start from the beginning).
     #[serde(default)]
     pub start: Option<String>,
+    /// How the value is written into the parameter, `{cursor}` standing for
+    /// it (Outreach wants `"{cursor}..inf"`). Default: the value itself.
+    #[serde(default)]
+    pub template: Option<String>,
 }
 
 /// `parent = { stream = ..., key = ... }`: one request per parent record,

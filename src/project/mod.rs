@@ -534,7 +534,8 @@ impl Project {
                                 "api_key auth needs exactly one of header = \"X-Api-Key\" or query = \"api_key\"".into())),
                         },
                         Some(A::Basic { username, password }) => crate::http::Auth::Basic {
-                            username: username.clone(),
+                            // An access-key id is often kept with its secret.
+                            username: secret(username)?.expose().to_string(),
                             password: secret(password)?,
                         },
                         Some(A::Oauth2 { token_url, client_id, client_secret, scopes }) => {

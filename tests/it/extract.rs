@@ -587,3 +587,42 @@ incremental = {{ cursor_field = "updated_at", param = "updated_since" }}
     let out = extract(&dir, &["api.items"]).await.unwrap();
     assert_eq!(out[0].rows, 1);
 }
+
+/// Every source example in the README parses, with the streams it shows.
+#[test]
+fn readme_source_examples_parse() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let secrets = ferry::project::SecretSource::new(
+        ["HUBSPOT_TOKEN", "OUTREACH_TOKEN", "GONG_ACCESS_KEY", "GONG_ACCESS_SECRET", "ENRICH_KEY", "INTENT_KEY", "BILLING_SECRET", "STRIPE_WEBHOOK_SECRET"]
+            .into_iter()
+            .map(|k| (k.to_string(), format!("value-of-{k}")))
+            .collect(),
+    );
+    let mut streams = Vec::new();
+    let mut webhooks = Vec::new();
+    for block in readme.split("```toml\n").skip(1).map(|b| b.split("```").next().unwrap()) {
+        // The extraction examples (the projects section has its own test).
+        if !block.contains("type = \"") || !block.contains("[sources.") || block.contains("[project]") {
+            continue;
+        }
+        let text = format!("[project]\nname = \"readme\"\n\n{block}");
+        let p = Project::parse(Path::new("p"), Path::new("p/ferry.toml"), &text, &secrets, None)
+            .unwrap_or_else(|e| panic!("{e}\n{block}"));
+        for spec in p.extract.values() {
+            for s in spec.streams() {
+                streams.push(format!("{}.{s}", spec.name()));
+            }
+        }
+        webhooks.extend(p.webhooks.keys().cloned());
+    }
+    for want in [
+        "hubspot.contacts", "hubspot.companies", "hubspot.deals", "outreach.prospects", "outreach.sequence_steps",
+        "gong.calls", "enrich.companies", "intent.signals", "billing_api.invoices", "events.attendees", "events.partner_leads",
+    ] {
+        assert!(streams.contains(&want.to_string()), "{want} missing from {streams:?}");
+    }
+    // Children come after their parents.
+    let pos = |s: &str| streams.iter().position(|x| x == s).unwrap();
+    assert!(pos("outreach.sequences") < pos("outreach.sequence_steps"));
+    assert_eq!(webhooks, vec!["billing".to_string()]);
+}

@@ -85,11 +85,14 @@ impl RestSource {
         mut best: Option<Value>,
     ) -> Result<Option<Value>> {
         let mut params: BTreeMap<String, String> = s.params.clone();
-        if let (Some(inc), Some(c)) = (&s.incremental, cursor) {
-            params.insert(inc.param.clone(), text(c));
-        } else if let Some(start) = s.incremental.as_ref().and_then(|i| i.start.clone()) {
-            if let Some(inc) = &s.incremental {
-                params.insert(inc.param.clone(), start);
+        if let Some(inc) = &s.incremental {
+            let value = cursor.map(text).or_else(|| inc.start.clone());
+            if let Some(v) = value {
+                let v = match &inc.template {
+                    Some(t) => t.replace("{cursor}", &v),
+                    None => v,
+                };
+                params.insert(inc.param.clone(), v);
             }
         }
         let mut page_no = match &s.pagination {
