@@ -385,7 +385,7 @@ impl Client {
                     }
                     let pause = self.retry.backoff(attempts);
                     tracing::debug!(
-                        path = %call.path,
+                        path = %call.path.split('?').next().unwrap_or_default(),
                         attempt = attempts,
                         pause_ms = pause.as_millis() as u64,
                         "transient failure, retrying: {message}"

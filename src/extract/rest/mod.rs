@@ -139,9 +139,11 @@ impl RestSource {
                 Some(Value::Null) | None if !s.records.is_empty() => Vec::new(),
                 Some(other) => {
                     return Err(Error::Input(format!(
-                        "{}.{}: {url}: expected an array at {:?}, found {}",
+                        "{}.{}: {}: expected an array at {:?}, found {}",
                         self.name,
                         s.name,
+                        // Without the query string: it may carry a key.
+                        url.split('?').next().unwrap_or_default(),
                         s.records,
                         kind(other)
                     )));
