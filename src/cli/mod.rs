@@ -2,6 +2,7 @@
 //! runtime, and maps errors to messages and exit codes (0 ok, 1 failed,
 //! 2 bad usage). Each command is a thin call into the library.
 
+mod build;
 mod extract;
 mod land;
 mod models;
@@ -95,6 +96,23 @@ enum Command {
         out: Option<PathBuf>,
     },
     /// Run a vendor emulator on loopback (for tests and demos).
+    /// The whole route: extract, seed, run, test, then sync, which runs only
+    /// if everything before it succeeded (failing error-severity tests keep
+    /// bad data out of the CRM). One summary; recorded in ferry.runs.
+    Build {
+        #[command(flatten)]
+        select: SelectArgs,
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+        #[arg(long)]
+        full_refresh: bool,
+        /// Build from what is already in the lake.
+        #[arg(long)]
+        skip_extract: bool,
+        /// Stop after the tests.
+        #[arg(long)]
+        skip_sync: bool,
+    },
     /// Pull vendor streams into the lake (all sources with a type when none
     /// are given): pages, rows, bytes and seconds per stream.
     Extract {
@@ -319,6 +337,22 @@ async fn run(cli: Cli) -> Result<()> {
             let (project, lake) = open(&cli.project_dir)?;
             let out = out.unwrap_or_else(|| project.dir.join("target").join("docs"));
             models::docs(&project, lake, &select, &out).await
+        }
+        Command::Build {
+            select,
+            threads,
+            full_refresh,
+            skip_extract,
+            skip_sync,
+        } => {
+            let (project, lake) = open(&cli.project_dir)?;
+            let opts = build::BuildOptions {
+                threads,
+                full_refresh,
+                skip_extract,
+                skip_sync,
+            };
+            build::build(&project, lake, &select, &opts).await
         }
         Command::Serve { port, host, flush_ms } => {
             let (project, lake) = open(&cli.project_dir)?;

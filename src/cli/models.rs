@@ -26,7 +26,7 @@ fn vars(args: &SelectArgs) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
-fn load(project: &Project, args: &SelectArgs) -> Result<(Workspace, BTreeSet<String>)> {
+pub(crate) fn load(project: &Project, args: &SelectArgs) -> Result<(Workspace, BTreeSet<String>)> {
     let ws = Workspace::load(project, &vars(args)?)?;
     let selected = dag::select(&ws.project, &ws.dag, &args.select, &args.exclude)?;
     Ok((ws, selected))
@@ -77,6 +77,37 @@ pub async fn run(
 ) -> Result<()> {
     let started_at = Utc::now();
     let t = Instant::now();
+    let run_id = RunId::new();
+    let results = run_models(project, &lake, args, threads, full_refresh).await?;
+    run::record(&lake, &run_id, "run", started_at, &results).await?;
+    let count = |s: Status| results.iter().filter(|r| r.status == s).count();
+    let (ok, failed, skipped) = (
+        count(Status::Success),
+        count(Status::Error),
+        count(Status::Skipped),
+    );
+    println!(
+        "\n{ok} succeeded, {failed} failed, {skipped} skipped in {:.2}s (run {run_id})",
+        t.elapsed().as_secs_f64()
+    );
+    if failed > 0 || skipped > 0 {
+        return Err(Error::Input(format!(
+            "{failed} model(s) failed and {skipped} were skipped; see the errors above \
+             (select * from ferry.model_runs where run_id = '{run_id}')"
+        )));
+    }
+    Ok(())
+}
+
+/// Run the selected models, printing a line per model; returns every result.
+pub async fn run_models(
+    project: &Project,
+    lake: &Lake,
+    args: &SelectArgs,
+    threads: usize,
+    full_refresh: bool,
+) -> Result<Vec<run::ModelResult>> {
+    let lake = lake.clone();
     let (ws, selected) = load(project, args)?;
     let selected: BTreeSet<String> = selected
         .into_iter()
@@ -84,7 +115,6 @@ pub async fn run(
         .collect();
     let ctx = crate::engine::session(&lake).await?;
     seed::register_for_planning(&ctx, &lake, &ws.project).await?;
-    let run_id = RunId::new();
 
     let bar = indicatif::ProgressBar::new(selected.len() as u64);
     if std::io::stderr().is_terminal() {
@@ -132,24 +162,7 @@ pub async fn run(
     )
     .await?;
     bar.finish_and_clear();
-    run::record(&lake, &run_id, "run", started_at, &results).await?;
-    let count = |s: Status| results.iter().filter(|r| r.status == s).count();
-    let (ok, failed, skipped) = (
-        count(Status::Success),
-        count(Status::Error),
-        count(Status::Skipped),
-    );
-    println!(
-        "\n{ok} succeeded, {failed} failed, {skipped} skipped in {:.2}s (run {run_id})",
-        t.elapsed().as_secs_f64()
-    );
-    if failed > 0 || skipped > 0 {
-        return Err(Error::Input(format!(
-            "{failed} model(s) failed and {skipped} were skipped; see the errors above \
-             (select * from ferry.model_runs where run_id = '{run_id}')"
-        )));
-    }
-    Ok(())
+    Ok(results)
 }
 
 pub async fn test(project: &Project, lake: Lake, args: &SelectArgs) -> Result<()> {

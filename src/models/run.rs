@@ -295,13 +295,23 @@ pub async fn record(
     started_at: DateTime<Utc>,
     results: &[ModelResult],
 ) -> Result<()> {
+    let ok = results.iter().all(|r| r.status == Status::Success);
+    record_as(lake, run_id, command, started_at, results, ok).await
+}
+
+/// [`record`], with the run's status decided by the caller (`ferry build`
+/// also fails on tests and syncs).
+pub async fn record_as(
+    lake: &Lake,
+    run_id: &RunId,
+    command: &str,
+    started_at: DateTime<Utc>,
+    results: &[ModelResult],
+    ok: bool,
+) -> Result<()> {
     let finished_at = Utc::now();
     let count = |s: Status| results.iter().filter(|r| r.status == s).count() as i64;
-    let status = if results.iter().any(|r| r.status != Status::Success) {
-        "error"
-    } else {
-        "success"
-    };
+    let status = if ok { "success" } else { "error" };
     let cols: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from(vec![run_id.to_string()])),
         Arc::new(StringArray::from(vec![command])),

@@ -902,3 +902,44 @@ async fn steady_sync_stays_under_the_limit() {
     assert_eq!(s.stats().1, 0, "the emulator refused nothing");
     assert_matches(&s, &data);
 }
+
+/// `ferry build` runs the route and refuses to sync when an error-severity
+/// test fails: bad data never reaches the CRM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_refuses_to_sync_after_a_failing_test() {
+    let s = sim(SimConfig::default()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = project(tmp.path(), &s.base_url(), SCORES);
+    std::fs::write(
+        dir.join("models/schema.yml"),
+        "version: 2\nmodels:\n  - name: scores\n    columns:\n      - name: lead_score\n        data_tests: [not_null]\n",
+    )
+    .unwrap();
+    let mut data = rows(5, "a");
+    data[2].1 = None;
+    model(&dir, "scores", &data);
+    let build = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .arg("--project-dir")
+            .arg(&dir)
+            .arg("build")
+            .env_remove("FERRY_LAKE")
+            .output()
+            .unwrap()
+    };
+    let out = build();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("sync skipped: the test stage failed"), "{text}");
+    assert!(s.records("contacts").is_empty(), "nothing reached the CRM");
+
+    data[2].1 = some("42");
+    model(&dir, "scores", &data);
+    let out = build();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("scores: created 5"), "{text}");
+    assert_matches(&s, &data);
+    let runs = query(&dir, "select status from ferry.runs where command = 'build' order by started_at").await;
+    assert_eq!(runs, vec![vec!["error".to_string()], vec!["success".to_string()]]);
+}
