@@ -670,13 +670,15 @@ async fn kill_9_at_random_points_then_resume_converges() {
     let mut killed = 0;
     let mut finished_early = 0;
     let mut salt = String::new();
+    let mut round = 0;
     while killed < 20 {
-        // A new model version every few kills: each run has work to do, and
-        // the end state must be the last version.
-        if killed % 4 == 0 {
-            salt = format!("v{killed}");
+        // A new model version every few runs: runs have work to do, and the
+        // end state must be the last version.
+        if round % 3 == 0 {
+            salt = format!("v{round}");
             write_model(&salt);
         }
+        round += 1;
         let mut child = run(&dir);
         tokio::time::sleep(std::time::Duration::from_millis(rng.random_range(50..1500))).await;
         match child.try_wait().unwrap() {
