@@ -161,6 +161,7 @@ impl RestSource {
                 }
             }
             run.push(records, reply.bytes).await?;
+            let previous = next.take();
             next = match &s.pagination {
                 Pagination::None => None,
                 Pagination::Cursor { cursor_path, .. } => at_path(&reply.body, cursor_path)
@@ -190,6 +191,18 @@ impl RestSource {
             };
             if next.is_none() {
                 return Ok(best);
+            }
+            // An API that hands back the cursor (or link) it was just given
+            // would page forever.
+            if previous.is_some() && previous == next && !next.as_deref().is_some_and(str::is_empty) {
+                return Err(Error::Input(format!(
+                    "{}.{}: the API returned the same next page ({}) twice; check pagination in [sources.{}.streams.{}]",
+                    self.name,
+                    s.name,
+                    next.as_deref().unwrap_or_default().split('?').next().unwrap_or_default(),
+                    self.name,
+                    s.name
+                )));
             }
         }
     }
