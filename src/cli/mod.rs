@@ -22,7 +22,7 @@ use crate::project::{self, Project};
 #[command(
     name = "ferry",
     version,
-    about = "The GTM data route in one binary: land vendor data in a Parquet lake and query it with SQL"
+    about = "The GTM data route in one binary: extract vendor data into a Parquet lake, model it with SQL, sync results back to the CRM"
 )]
 struct Cli {
     /// The project folder (the one holding ferry.toml).
@@ -95,7 +95,6 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Run a vendor emulator on loopback (for tests and demos).
     /// The whole route: extract, seed, run, test, then sync, which runs only
     /// if everything before it succeeded (failing error-severity tests keep
     /// bad data out of the CRM). One summary; recorded in ferry.runs.
@@ -150,6 +149,7 @@ enum Command {
         #[arg(long)]
         break_lock: bool,
     },
+    /// Run a vendor emulator on loopback (for tests and demos).
     Sim {
         #[command(subcommand)]
         vendor: SimVendor,
