@@ -379,7 +379,8 @@ async fn hubspot_incremental_crosses_the_10000_result_search_cap() {
     });
     tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
     let out = extract(&dir, &["hubspot.contacts"]).await.unwrap();
-    assert_eq!(out[0].rows, 12_500, "{:?}", out[0]);
+    // Keyset paging re-reads records at page boundaries (at least once).
+    assert!(out[0].rows >= 12_500, "{:?}", out[0]);
     let n = scalar(&dir, "select count(distinct id) from hubspot.contacts where lastmodifieddate >= '2026-01-01' and _ferry_run_id = (select max(_ferry_run_id) from hubspot.contacts)").await;
     assert_eq!(n, "12500");
 }

@@ -4,13 +4,14 @@
 //! - First run: a full load through the list endpoint (`after` paging, 100
 //!   per page), with the chosen properties or all of them (properties API).
 //! - Later runs: the search endpoint on the last-modified property
-//!   (`lastmodifieddate` for contacts, `hs_lastmodifieddate` otherwise), in
-//!   half-open time windows `[since, run start)`. A search query can page
-//!   through at most 10,000 results, so a window holding more is halved until
-//!   each half fits (a known way other extractors silently lose rows); a
-//!   single millisecond holding more is read in record-id order. Search has
-//!   its own budget of 4 requests per second. The cursor moves to each
-//!   window's end once the window is landed.
+//!   (`lastmodifieddate` for contacts, `hs_lastmodifieddate` otherwise) over
+//!   `[since, run start)`. A search query can page through at most 10,000
+//!   results (a known way other extractors silently lose rows), and offset
+//!   paging over records that change meanwhile skips some; so each query asks
+//!   for the oldest 200 records at or after a moving lower bound (keyset
+//!   paging), and a single millisecond holding more than a page is read in
+//!   record-id order. Search has its own budget of 4 requests per second. The
+//!   cursor moves with the lower bound once the pages before it are landed.
 //! - Associations (`associations = ["companies"]`): for each page of records,
 //!   `POST /crm/v4/associations/{from}/{to}/batch/read`, landed as
 //!   `<stream>_<type>` rows (`from_id`, `to_id`, `type_id`); a record's
@@ -28,8 +29,7 @@ use super::{Source, StreamRun};
 use crate::error::{Error, Result};
 use crate::http::{Call, CallError, Client, RateLimiter};
 
-/// Search pages through at most this many results per query.
-pub const SEARCH_CAP: u64 = 10_000;
+/// Records per search request (HubSpot's maximum).
 const SEARCH_PAGE: u64 = 200;
 
 pub struct HubspotSource {
@@ -163,55 +163,16 @@ impl HubspotSource {
         }
     }
 
-    fn search_body(cursor: &str, props: &[String], filters: Vec<Value>, sort: &str, after: u64, limit: u64) -> Value {
-        let mut body = json!({
+    fn search_body(props: &[String], filters: Vec<Value>, sort: &str, limit: u64) -> Value {
+        json!({
             "filterGroups": [{"filters": filters}],
             "sorts": [{"propertyName": sort, "direction": "ASCENDING"}],
             "properties": props,
             "limit": limit,
-        });
-        if after > 0 {
-            body["after"] = json!(after.to_string());
-        }
-        let _ = cursor;
-        body
+        })
     }
 
-    /// How many records were modified in `[lo, hi)`.
-    async fn count(&self, s: &HubspotStream, cursor: &str, lo: i64, hi: i64) -> Result<u64> {
-        let filters = vec![
-            json!({"propertyName": cursor, "operator": "GTE", "value": from_millis(lo)}),
-            json!({"propertyName": cursor, "operator": "LT", "value": from_millis(hi)}),
-        ];
-        let body = Self::search_body(cursor, &[cursor.to_string()], filters, cursor, 0, 1);
-        let reply = self.post(format!("/crm/v3/objects/{}/search", s.object), &body, true).await?;
-        Ok(reply.body["total"].as_u64().unwrap_or(0))
-    }
-
-    /// Fetch every record matching `filters`, paging in `sort` order (at most 10,000).
-    async fn fetch(&self, s: &HubspotStream, props: &[String], filters: Vec<Value>, sort: &str, run: &mut StreamRun<'_>) -> Result<u64> {
-        let mut after = 0u64;
-        let mut n = 0u64;
-        loop {
-            let body = Self::search_body(sort, props, filters.clone(), sort, after, SEARCH_PAGE);
-            let reply = self.post(format!("/crm/v3/objects/{}/search", s.object), &body, true).await?;
-            let results = reply.body["results"].as_array().cloned().unwrap_or_default();
-            n += results.len() as u64;
-            self.page(s, &results, reply.bytes, run).await?;
-            match reply.body["paging"]["next"]["after"].as_str().and_then(|a| a.parse::<u64>().ok()) {
-                Some(a) if a + SEARCH_PAGE <= SEARCH_CAP => after = a,
-                Some(_) => {
-                    return Err(Error::Internal(format!(
-                        "{}: a search window grew past 10,000 results while reading it",
-                        s.name
-                    )));
-                }
-                None => return Ok(n),
-            }
-        }
-    }
-
-    /// Records modified in one millisecond when more than 10,000 share it:
+    /// Records modified in one millisecond when more than a page share it:
     /// read them in id order with `hs_object_id > last`.
     async fn same_instant(&self, s: &HubspotStream, props: &[String], cursor: &str, at: i64, run: &mut StreamRun<'_>) -> Result<()> {
         let mut last = 0u64;
@@ -220,7 +181,7 @@ impl HubspotSource {
                 json!({"propertyName": cursor, "operator": "EQ", "value": from_millis(at)}),
                 json!({"propertyName": "hs_object_id", "operator": "GT", "value": last.to_string()}),
             ];
-            let body = Self::search_body(cursor, props, filters, "hs_object_id", 0, SEARCH_PAGE);
+            let body = Self::search_body(props, filters, "hs_object_id", SEARCH_PAGE);
             let reply = self.post(format!("/crm/v3/objects/{}/search", s.object), &body, true).await?;
             let results = reply.body["results"].as_array().cloned().unwrap_or_default();
             if results.is_empty() {
@@ -235,28 +196,47 @@ impl HubspotSource {
         }
     }
 
-    /// Everything modified in `[lo, hi)`, in windows that each fit the search cap.
+    /// Everything modified in `[lo, hi)`. Each query asks for the oldest 200
+    /// records modified at or after `cur` and then moves `cur` to the newest
+    /// one seen (keyset paging): no query pages past HubSpot's 10,000-result
+    /// cap, and a record edited meanwhile (it moves past `hi`, to the next
+    /// run) cannot shift the pages and hide another, as `after` offsets would.
     async fn incremental(&self, s: &HubspotStream, props: &[String], cursor: &str, lo: i64, hi: i64, run: &mut StreamRun<'_>) -> Result<()> {
-        let mut lo = lo;
-        while lo < hi {
-            let mut end = hi;
-            let mut total = self.count(s, cursor, lo, end).await?;
-            while total > SEARCH_CAP && end - lo > 1 {
-                end = lo + (end - lo) / 2;
-                total = self.count(s, cursor, lo, end).await?;
+        let mut cur = lo;
+        while cur < hi {
+            let filters = vec![
+                json!({"propertyName": cursor, "operator": "GTE", "value": from_millis(cur)}),
+                json!({"propertyName": cursor, "operator": "LT", "value": from_millis(hi)}),
+            ];
+            let body = Self::search_body(props, filters, cursor, SEARCH_PAGE);
+            let reply = self.post(format!("/crm/v3/objects/{}/search", s.object), &body, true).await?;
+            let results = reply.body["results"].as_array().cloned().unwrap_or_default();
+            let last = results
+                .iter()
+                .filter_map(|r| r["properties"][cursor].as_str().and_then(millis))
+                .max();
+            let full = results.len() as u64 >= SEARCH_PAGE;
+            self.page(s, &results, reply.bytes, run).await?;
+            if !full {
+                break;
             }
-            if total > SEARCH_CAP {
-                self.same_instant(s, props, cursor, lo, run).await?;
-            } else if total > 0 {
-                let filters = vec![
-                    json!({"propertyName": cursor, "operator": "GTE", "value": from_millis(lo)}),
-                    json!({"propertyName": cursor, "operator": "LT", "value": from_millis(end)}),
-                ];
-                self.fetch(s, props, filters, cursor, run).await?;
+            match last {
+                // More than a page share the instant `cur`: read it in id order.
+                Some(t) if t <= cur => {
+                    self.same_instant(s, props, cursor, cur, run).await?;
+                    cur += 1;
+                }
+                // Records at `t` come again on the next page: duplicates, never gaps.
+                Some(t) => cur = t,
+                None => {
+                    return Err(Error::Input(format!(
+                        "{}: HubSpot search results lack {cursor}; cannot page incrementally",
+                        s.name
+                    )));
+                }
             }
-            // Everything before `end` is fetched; it is the cursor once landed.
-            run.checkpoint(json!({ "since": from_millis(end) }));
-            lo = end;
+            // Everything modified before `cur` is fetched; it is the cursor once landed.
+            run.checkpoint(json!({ "since": from_millis(cur) }));
         }
         Ok(())
     }
