@@ -19,6 +19,26 @@ use std::time::{Duration, Instant};
 /// before its oldest predecessor leaves the vendor's window.
 const WINDOW_MARGIN: Duration = Duration::from_millis(60);
 
+/// One budget per vendor account in this process, keyed by [`account_key`]:
+/// every extractor and sync that talks to the same account waits in the same
+/// limiter. Entries live as long as someone holds them.
+static ACCOUNTS: std::sync::LazyLock<Mutex<std::collections::HashMap<String, std::sync::Weak<RateLimiter>>>> =
+    std::sync::LazyLock::new(|| Mutex::new(std::collections::HashMap::new()));
+
+/// The shared budget for `key`, created with these limits if nobody holds it.
+pub fn account_budget(key: &str, max: usize, interval: Duration, daily: Option<u64>) -> std::sync::Arc<RateLimiter> {
+    let Ok(mut map) = ACCOUNTS.lock() else {
+        return std::sync::Arc::new(RateLimiter::new(max, interval, daily));
+    };
+    if let Some(existing) = map.get(key).and_then(std::sync::Weak::upgrade) {
+        return existing;
+    }
+    let fresh = std::sync::Arc::new(RateLimiter::new(max, interval, daily));
+    map.retain(|_, w| w.strong_count() > 0);
+    map.insert(key.to_string(), std::sync::Arc::downgrade(&fresh));
+    fresh
+}
+
 /// The daily budget is spent: no call may be sent until it resets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DailyExhausted;
@@ -285,6 +305,15 @@ mod tests {
         l.acquire().await.unwrap();
         l.acquire().await.unwrap();
         assert!(start.elapsed() >= Duration::from_millis(300));
+    }
+
+    #[test]
+    fn one_budget_per_account() {
+        let a = account_budget("test/acct-1", 10, Duration::from_secs(10), None);
+        let b = account_budget("test/acct-1", 99, Duration::from_secs(10), None);
+        let c = account_budget("test/acct-2", 10, Duration::from_secs(10), None);
+        assert!(std::sync::Arc::ptr_eq(&a, &b));
+        assert!(!std::sync::Arc::ptr_eq(&a, &c));
     }
 
     #[tokio::test]

@@ -24,7 +24,7 @@ use std::time::Duration;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 
-pub use limit::{Breaker, DailyExhausted, RateLimiter};
+pub use limit::{Breaker, DailyExhausted, RateLimiter, account_budget};
 
 use crate::project::secret::Secret;
 
@@ -47,6 +47,28 @@ pub enum Auth {
     ApiKeyQuery { param: String, key: Secret },
     /// HTTP basic auth.
     Basic { username: String, password: Secret },
+}
+
+impl Auth {
+    /// A one-way fingerprint of the credentials (never the credentials), so
+    /// that callers with the same account share one rate budget.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let material = match self {
+            Auth::None => String::new(),
+            Auth::Bearer(t) => t.expose().to_string(),
+            Auth::OAuth(o) => format!("{}\0{}", o.client_id, o.refresh_token.expose()),
+            Auth::ClientCredentials(c) => format!("{}\0{}", c.client_id, c.client_secret.expose()),
+            Auth::ApiKeyHeader { key, .. } | Auth::ApiKeyQuery { key, .. } => key.expose().to_string(),
+            Auth::Basic { username, password } => format!("{username}\0{}", password.expose()),
+        };
+        hex::encode(&Sha256::digest(material.as_bytes())[..8])
+    }
+}
+
+/// The key of a vendor account's shared budget.
+pub fn account_key(vendor: &str, base_url: &str, auth: &Auth) -> String {
+    format!("{vendor} {} {}", base_url.trim_end_matches('/'), auth.fingerprint())
 }
 
 /// An OAuth 2.0 client-credentials grant.

@@ -35,7 +35,7 @@ const SEARCH_PAGE: u64 = 200;
 pub struct HubspotSource {
     name: String,
     client: Client,
-    search: RateLimiter,
+    search: Arc<RateLimiter>,
     streams: Vec<HubspotStream>,
 }
 
@@ -56,13 +56,16 @@ impl HubspotSource {
         let SourceSpec::Hubspot { name, url, auth, requests_per_10s, search_per_second, streams } = spec else {
             return Err(Error::Internal("not a HubSpot source".into()));
         };
-        let limiter = Arc::new(RateLimiter::new(*requests_per_10s, Duration::from_secs(10), None));
+        // The same budget as every sync to this account in this process.
+        let key = crate::http::account_key("hubspot", url, auth);
+        let limiter = crate::http::account_budget(&key, *requests_per_10s, Duration::from_secs(10), None);
+        let search = crate::http::account_budget(&format!("{key} search"), *search_per_second, Duration::from_secs(1), None);
         let client = Client::new(url, auth.clone(), crate::sync::hubspot::VENDOR, limiter, Default::default())
             .map_err(Error::Input)?;
         Ok(HubspotSource {
             name: name.clone(),
             client,
-            search: RateLimiter::new(*search_per_second, Duration::from_secs(1), None),
+            search,
             streams: streams.clone(),
         })
     }

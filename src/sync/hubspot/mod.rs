@@ -36,22 +36,24 @@ pub const VENDOR: Vendor = Vendor {
 /// search endpoint's budget, shared by every sync to the account.
 pub struct Account {
     pub client: Client,
-    search: RateLimiter,
+    search: Arc<RateLimiter>,
 }
 
 impl Account {
     pub fn new(config: &DestinationConfig) -> Result<Account> {
-        let limiter = Arc::new(RateLimiter::new(
+        // The account's budget is shared with every other user of the same
+        // account in this process (other syncs, the HubSpot extractor).
+        let key = crate::http::account_key("hubspot", &config.url, &config.auth);
+        let limiter = crate::http::account_budget(
+            &key,
             config.requests_per_10s,
             Duration::from_secs(10),
             Some(config.daily_limit),
-        ));
+        );
+        let search = crate::http::account_budget(&format!("{key} search"), 4, Duration::from_secs(1), None);
         let client = Client::new(&config.url, config.auth.clone(), VENDOR, limiter, config.retry)
             .map_err(Error::Input)?;
-        Ok(Account {
-            client,
-            search: RateLimiter::new(4, Duration::from_secs(1), None),
-        })
+        Ok(Account { client, search })
     }
 }
 
