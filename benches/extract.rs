@@ -20,7 +20,11 @@ use futures::StreamExt;
 
 async fn rest_landing(rows: usize) {
     let api = rest::start(
-        RestConfig { records: rows, max_page: 100, ..Default::default() },
+        RestConfig {
+            records: rows,
+            max_page: 100,
+            ..Default::default()
+        },
         "127.0.0.1:0".parse().unwrap(),
     )
     .await
@@ -49,7 +53,9 @@ pagination = {{ type = "cursor", cursor_path = "meta.next_cursor", param = "curs
     let project = Project::load(tmp.path()).unwrap();
     let lake = Lake::open(&project.lake, &project.dir).unwrap();
     let start = Instant::now();
-    let out = ferry::extract::extract(&project, &lake, &[], |_| {}).await.unwrap();
+    let out = ferry::extract::extract(&project, &lake, &[], |_| {})
+        .await
+        .unwrap();
     let secs = start.elapsed().as_secs_f64();
     let s = &out[0];
     println!(
@@ -71,9 +77,14 @@ async fn webhooks(events: usize) {
     .unwrap();
     let project = Project::load(tmp.path()).unwrap();
     let lake = Lake::open(&project.lake, &project.dir).unwrap();
-    let server = ferry::serve::start(&project, lake, "127.0.0.1:0".parse().unwrap(), Duration::from_millis(500))
-        .await
-        .unwrap();
+    let server = ferry::serve::start(
+        &project,
+        lake,
+        "127.0.0.1:0".parse().unwrap(),
+        Duration::from_millis(500),
+    )
+    .await
+    .unwrap();
     let url = format!("{}/webhooks/billing", server.url());
     let client = reqwest::Client::new();
     let now = chrono::Utc::now().timestamp();
@@ -110,7 +121,12 @@ async fn webhooks(events: usize) {
 
 #[tokio::main]
 async fn main() {
-    let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
     rest_landing(env("FERRY_BENCH_ROWS", 1_000_000)).await;
     webhooks(env("FERRY_BENCH_EVENTS", 5_000)).await;
 }

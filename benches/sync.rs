@@ -74,7 +74,10 @@ persona = "ferry_persona"
     .unwrap();
     std::fs::write(
         dir.join("models/scores.sql"),
-        format!("{{{{ config(materialized='view') }}}}\n{}\n", model_sql(rows, "a")),
+        format!(
+            "{{{{ config(materialized='view') }}}}\n{}\n",
+            model_sql(rows, "a")
+        ),
     )
     .unwrap();
     let project = Project::load(dir).unwrap();
@@ -97,7 +100,11 @@ persona = "ferry_persona"
         calls as f64 / rows as f64,
         rows as f64 / secs,
         calls as f64 / secs,
-        if secs > 0.0 { ideal / secs * 100.0 } else { 0.0 },
+        if secs > 0.0 {
+            ideal / secs * 100.0
+        } else {
+            0.0
+        },
         r.counts.created,
         peak_rss_mib()
     );
@@ -156,7 +163,9 @@ async fn diff_time(rows: u64) {
     let sql = diff::diff_sql("v1", "email", true, &cols, "snap").unwrap();
     let start = Instant::now();
     let tally = ctx
-        .sql(&format!("select _op, count(*) as n from ({sql}) group by _op order by _op"))
+        .sql(&format!(
+            "select _op, count(*) as n from ({sql}) group by _op order by _op"
+        ))
         .await
         .unwrap()
         .collect()

@@ -30,7 +30,12 @@ pub struct BuildOptions {
     pub skip_sync: bool,
 }
 
-pub async fn build(project: &Project, lake: Lake, args: &SelectArgs, opts: &BuildOptions) -> Result<()> {
+pub async fn build(
+    project: &Project,
+    lake: Lake,
+    args: &SelectArgs,
+    opts: &BuildOptions,
+) -> Result<()> {
     let started_at = Utc::now();
     let run_id = RunId::new();
     let mut stages: Vec<Stage> = Vec::new();
@@ -40,38 +45,75 @@ pub async fn build(project: &Project, lake: Lake, args: &SelectArgs, opts: &Buil
     // 1. extract
     let t = Instant::now();
     if project.extract.is_empty() || opts.skip_extract {
-        let why = if opts.skip_extract { "--skip-extract" } else { "no extraction sources" };
-        stages.push(Stage { name: "extract", status: "skipped", seconds: 0.0, detail: why.into() });
+        let why = if opts.skip_extract {
+            "--skip-extract"
+        } else {
+            "no extraction sources"
+        };
+        stages.push(Stage {
+            name: "extract",
+            status: "skipped",
+            seconds: 0.0,
+            detail: why.into(),
+        });
     } else {
         println!("== extract");
         let result = crate::extract::extract(project, &lake, &[], |s| {
-            println!("{:<32} {:>6} pages {:>10} rows {:>8.1}s", s.stream, s.pages, s.rows, s.seconds)
+            println!(
+                "{:<32} {:>6} pages {:>10} rows {:>8.1}s",
+                s.stream, s.pages, s.rows, s.seconds
+            )
         })
         .await;
         match result {
             Ok(s) => {
                 let rows: u64 = s.iter().map(|x| x.rows).sum();
-                stages.push(Stage { name: "extract", status: "ok", seconds: t.elapsed().as_secs_f64(), detail: format!("{rows} rows from {} streams", s.len()) });
+                stages.push(Stage {
+                    name: "extract",
+                    status: "ok",
+                    seconds: t.elapsed().as_secs_f64(),
+                    detail: format!("{rows} rows from {} streams", s.len()),
+                });
             }
             Err(e) => {
                 eprintln!("error: {e}");
-                stages.push(Stage { name: "extract", status: "failed", seconds: t.elapsed().as_secs_f64(), detail: e.to_string() });
+                stages.push(Stage {
+                    name: "extract",
+                    status: "failed",
+                    seconds: t.elapsed().as_secs_f64(),
+                    detail: e.to_string(),
+                });
             }
         }
     }
 
     // 2. seed, 3. run, 4. test: the same as the commands of those names.
-    let (ws, _) = super::models::load(project, args)?;
+    let (ws, chosen) = super::models::load(project, args)?;
     let t = Instant::now();
     if ws.project.seeds.is_empty() {
-        stages.push(Stage { name: "seed", status: "skipped", seconds: 0.0, detail: "no seeds".into() });
+        stages.push(Stage {
+            name: "seed",
+            status: "skipped",
+            seconds: 0.0,
+            detail: "no seeds".into(),
+        });
     } else {
         println!("== seed");
         match super::models::seed(project, lake.clone(), args).await {
-            Ok(()) => stages.push(Stage { name: "seed", status: "ok", seconds: t.elapsed().as_secs_f64(), detail: format!("{} seeds", ws.project.seeds.len()) }),
+            Ok(()) => stages.push(Stage {
+                name: "seed",
+                status: "ok",
+                seconds: t.elapsed().as_secs_f64(),
+                detail: format!("{} seeds", ws.project.seeds.len()),
+            }),
             Err(e) => {
                 eprintln!("error: {e}");
-                stages.push(Stage { name: "seed", status: "failed", seconds: t.elapsed().as_secs_f64(), detail: e.to_string() });
+                stages.push(Stage {
+                    name: "seed",
+                    status: "failed",
+                    seconds: t.elapsed().as_secs_f64(),
+                    detail: e.to_string(),
+                });
             }
         }
     }
@@ -79,7 +121,10 @@ pub async fn build(project: &Project, lake: Lake, args: &SelectArgs, opts: &Buil
     println!("== run");
     match super::models::run_models(project, &lake, args, opts.threads, opts.full_refresh).await {
         Ok(results) => {
-            let bad = results.iter().filter(|r| r.status != Status::Success).count();
+            let bad = results
+                .iter()
+                .filter(|r| r.status != Status::Success)
+                .count();
             stages.push(Stage {
                 name: "run",
                 status: if bad == 0 { "ok" } else { "failed" },
@@ -90,14 +135,29 @@ pub async fn build(project: &Project, lake: Lake, args: &SelectArgs, opts: &Buil
         }
         Err(e) => {
             eprintln!("error: {e}");
-            stages.push(Stage { name: "run", status: "failed", seconds: t.elapsed().as_secs_f64(), detail: e.to_string() });
+            stages.push(Stage {
+                name: "run",
+                status: "failed",
+                seconds: t.elapsed().as_secs_f64(),
+                detail: e.to_string(),
+            });
         }
     }
     let t = Instant::now();
     println!("== test");
     match super::models::test(project, lake.clone(), args).await {
-        Ok(()) => stages.push(Stage { name: "test", status: "ok", seconds: t.elapsed().as_secs_f64(), detail: String::new() }),
-        Err(e) => stages.push(Stage { name: "test", status: "failed", seconds: t.elapsed().as_secs_f64(), detail: e.to_string() }),
+        Ok(()) => stages.push(Stage {
+            name: "test",
+            status: "ok",
+            seconds: t.elapsed().as_secs_f64(),
+            detail: String::new(),
+        }),
+        Err(e) => stages.push(Stage {
+            name: "test",
+            status: "failed",
+            seconds: t.elapsed().as_secs_f64(),
+            detail: e.to_string(),
+        }),
     }
 
     // 5. sync: the syncs whose model was built (all, without --select).
@@ -105,17 +165,38 @@ pub async fn build(project: &Project, lake: Lake, args: &SelectArgs, opts: &Buil
     let selected: Vec<String> = if args.select.is_empty() {
         project.syncs.keys().cloned().collect()
     } else {
-        let (ws, chosen) = super::models::load(project, args)?;
-        let _ = ws;
-        project.syncs.values().filter(|s| chosen.contains(&s.model)).map(|s| s.name.clone()).collect()
+        project
+            .syncs
+            .values()
+            .filter(|s| chosen.contains(&s.model))
+            .map(|s| s.name.clone())
+            .collect()
     };
     if selected.is_empty() || opts.skip_sync {
-        let why = if opts.skip_sync { "--skip-sync" } else { "no syncs for the selected models" };
-        stages.push(Stage { name: "sync", status: "skipped", seconds: 0.0, detail: why.into() });
+        let why = if opts.skip_sync {
+            "--skip-sync"
+        } else {
+            "no syncs for the selected models"
+        };
+        stages.push(Stage {
+            name: "sync",
+            status: "skipped",
+            seconds: 0.0,
+            detail: why.into(),
+        });
     } else if failed(&stages) {
-        let first = stages.iter().find(|s| s.status == "failed").map(|s| s.name).unwrap_or("?");
+        let first = stages
+            .iter()
+            .find(|s| s.status == "failed")
+            .map(|s| s.name)
+            .unwrap_or("?");
         println!("== sync skipped: the {first} stage failed, so nothing is sent to the CRM");
-        stages.push(Stage { name: "sync", status: "skipped", seconds: 0.0, detail: format!("{first} failed: nothing sent to the CRM") });
+        stages.push(Stage {
+            name: "sync",
+            status: "skipped",
+            seconds: 0.0,
+            detail: format!("{first} failed: nothing sent to the CRM"),
+        });
     } else {
         println!("== sync");
         let mut syncer = Syncer::new(project, lake.clone());
@@ -127,11 +208,24 @@ pub async fn build(project: &Project, lake: Lake, args: &SelectArgs, opts: &Buil
                     let c = &r.counts;
                     println!(
                         "{name}: created {}, updated {}, archived {}, unchanged {}, rejected {}, failed {}, {} API calls",
-                        c.created, c.updated, c.archived, c.unchanged, c.rejected, c.failed, r.api_calls
+                        c.created,
+                        c.updated,
+                        c.archived,
+                        c.unchanged,
+                        c.rejected,
+                        c.failed,
+                        r.api_calls
                     );
-                    details.push(format!("{name}: {} sent", c.created + c.updated + c.archived));
+                    details.push(format!(
+                        "{name}: {} sent",
+                        c.created + c.updated + c.archived
+                    ));
                     if r.stopped.is_some() || c.failed > 0 {
-                        problems.push(format!("{name}: {}", r.stopped.unwrap_or_else(|| format!("{} rows failed", c.failed))));
+                        problems.push(format!(
+                            "{name}: {}",
+                            r.stopped
+                                .unwrap_or_else(|| format!("{} rows failed", c.failed))
+                        ));
                     }
                 }
                 Err(e) => {
@@ -144,22 +238,40 @@ pub async fn build(project: &Project, lake: Lake, args: &SelectArgs, opts: &Buil
             name: "sync",
             status: if problems.is_empty() { "ok" } else { "failed" },
             seconds: t.elapsed().as_secs_f64(),
-            detail: if problems.is_empty() { details.join("; ") } else { problems.join("; ") },
+            detail: if problems.is_empty() {
+                details.join("; ")
+            } else {
+                problems.join("; ")
+            },
         });
     }
 
     let ok = !failed(&stages);
     run::record_as(&lake, &run_id, "build", started_at, &model_results, ok).await?;
-    println!("\nbuild {run_id}: {}", if ok { "success" } else { "FAILED" });
+    println!(
+        "\nbuild {run_id}: {}",
+        if ok { "success" } else { "FAILED" }
+    );
     for s in &stages {
-        println!("  {:<8} {:<8} {:>7.2}s  {}", s.name, s.status, s.seconds, s.detail.lines().next().unwrap_or(""));
+        println!(
+            "  {:<8} {:<8} {:>7.2}s  {}",
+            s.name,
+            s.status,
+            s.seconds,
+            s.detail.lines().next().unwrap_or("")
+        );
     }
     if ok {
         Ok(())
     } else {
         Err(Error::Input(format!(
             "the build failed at: {}",
-            stages.iter().filter(|s| s.status == "failed").map(|s| s.name).collect::<Vec<_>>().join(", ")
+            stages
+                .iter()
+                .filter(|s| s.status == "failed")
+                .map(|s| s.name)
+                .collect::<Vec<_>>()
+                .join(", ")
         )))
     }
 }

@@ -354,12 +354,22 @@ async fn run(cli: Cli) -> Result<()> {
             };
             build::build(&project, lake, &select, &opts).await
         }
-        Command::Serve { port, host, flush_ms } => {
+        Command::Serve {
+            port,
+            host,
+            flush_ms,
+        } => {
             let (project, lake) = open(&cli.project_dir)?;
             let addr: std::net::SocketAddr = format!("{host}:{port}")
                 .parse()
                 .map_err(|e| Error::Input(format!("--host {host}: {e}")))?;
-            let server = crate::serve::start(&project, lake, addr, std::time::Duration::from_millis(flush_ms)).await?;
+            let server = crate::serve::start(
+                &project,
+                lake,
+                addr,
+                std::time::Duration::from_millis(flush_ms),
+            )
+            .await?;
             println!("ferry serve listening on {}", server.url());
             for name in project.webhooks.keys() {
                 println!("  POST {}/webhooks/{name}", server.url());

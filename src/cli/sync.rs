@@ -5,7 +5,12 @@ use crate::lake::Lake;
 use crate::project::Project;
 use crate::sync::{SyncOptions, SyncReport, Syncer};
 
-pub async fn run(project: &Project, lake: Lake, names: &[String], opts: &SyncOptions) -> Result<()> {
+pub async fn run(
+    project: &Project,
+    lake: Lake,
+    names: &[String],
+    opts: &SyncOptions,
+) -> Result<()> {
     if project.syncs.is_empty() {
         return Err(Error::Input(
             "no syncs in ferry.toml: add a [destinations.<name>] profile and a [syncs.<name>] table (see README: Reverse sync)".into(),
@@ -45,7 +50,11 @@ pub async fn run(project: &Project, lake: Lake, names: &[String], opts: &SyncOpt
 
 fn print(r: &SyncReport) {
     let c = &r.counts;
-    let verb = if r.dry_run { "dry run (nothing written)" } else { "done" };
+    let verb = if r.dry_run {
+        "dry run (nothing written)"
+    } else {
+        "done"
+    };
     println!(
         "sync {} ({}, run {}): {verb} in {:.1}s",
         r.sync,
@@ -59,7 +68,10 @@ fn print(r: &SyncReport) {
         c.created, c.updated, c.archived, c.unchanged, c.rejected, c.failed
     );
     if c.skipped > 0 {
-        println!("  left alone (already in the CRM, insert mode) {}", c.skipped);
+        println!(
+            "  left alone (already in the CRM, insert mode) {}",
+            c.skipped
+        );
     }
     if c.released > 0 {
         println!("  left the model, not archived {}", c.released);

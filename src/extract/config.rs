@@ -222,29 +222,6 @@ fn default_parent_key() -> String {
     "id".into()
 }
 
-/// The extraction fields of `[sources.<s>.streams.<t>]`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-pub struct RestStreamSection {
-    /// Path under the source's `url` (`/sequences/{id}/steps` for a child).
-    #[serde(default)]
-    pub path: Option<String>,
-    /// Extra query parameters.
-    #[serde(default)]
-    pub params: BTreeMap<String, String>,
-    /// Dotted path of the records array in the body ("" or absent: the body is the array).
-    #[serde(default)]
-    pub records: Option<String>,
-    /// Dotted path of the field that identifies a record.
-    #[serde(default)]
-    pub primary_key: Option<String>,
-    #[serde(default)]
-    pub pagination: Option<Pagination>,
-    #[serde(default)]
-    pub incremental: Option<Incremental>,
-    #[serde(default)]
-    pub parent: Option<Parent>,
-}
-
 /// A resolved REST stream.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RestStream {
@@ -308,7 +285,8 @@ impl SourceSpec {
 
 /// Order REST streams so parents come first; fail on unknown parents or cycles.
 pub fn order_streams(mut streams: Vec<RestStream>) -> Result<Vec<RestStream>, String> {
-    let names: std::collections::BTreeSet<String> = streams.iter().map(|s| s.name.clone()).collect();
+    let names: std::collections::BTreeSet<String> =
+        streams.iter().map(|s| s.name.clone()).collect();
     for s in &streams {
         if let Some(p) = &s.parent {
             if !names.contains(&p.stream) {

@@ -19,8 +19,8 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use object_store::{ObjectStoreExt, PutPayload};
 use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutPayload};
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
@@ -73,7 +73,12 @@ pub async fn load_cursor(lake: &Lake, stream: &StreamRef) -> Result<Option<Value
     }
 }
 
-async fn save_cursor(lake: &Lake, stream: &StreamRef, cursor: &Value, run_id: &RunId) -> Result<()> {
+async fn save_cursor(
+    lake: &Lake,
+    stream: &StreamRef,
+    cursor: &Value,
+    run_id: &RunId,
+) -> Result<()> {
     let body = json!({
         "cursor": cursor,
         "run_id": run_id.as_str(),
@@ -81,7 +86,10 @@ async fn save_cursor(lake: &Lake, stream: &StreamRef, cursor: &Value, run_id: &R
     });
     // A single put replaces the object atomically: readers see the old or the new state.
     lake.store()
-        .put(&state_path(stream), PutPayload::from(body.to_string().into_bytes()))
+        .put(
+            &state_path(stream),
+            PutPayload::from(body.to_string().into_bytes()),
+        )
         .await?;
     Ok(())
 }
@@ -194,7 +202,9 @@ impl<'a> StreamRun<'a> {
     ) -> Result<crate::lake::LandReport> {
         self.flush().await?;
         let lander = self.lander.for_file(origin);
-        let report = lander.land_batches(&self.stream, self.options, batches).await?;
+        let report = lander
+            .land_batches(&self.stream, self.options, batches)
+            .await?;
         self.count_file(&report, bytes);
         Ok(report)
     }
@@ -209,7 +219,10 @@ impl<'a> StreamRun<'a> {
     /// Record that an input file was refused whole (nothing landed).
     pub async fn reject_file(&mut self, origin: &str, error: &str) -> Result<()> {
         self.summary.rejected_files.push(error.to_string());
-        self.lander.for_file(origin).reject_file(&self.stream, error).await
+        self.lander
+            .for_file(origin)
+            .reject_file(&self.stream, error)
+            .await
     }
 
     /// A file skipped because its content was landed before.
@@ -279,13 +292,20 @@ pub async fn extract(
     }
     for want in selection {
         let known = project.extract.values().any(|s| {
-            s.name() == want || s.streams().iter().any(|t| *want == format!("{}.{t}", s.name()))
+            s.name() == want
+                || s.streams()
+                    .iter()
+                    .any(|t| *want == format!("{}.{t}", s.name()))
         });
         if !known {
             let all: Vec<String> = project
                 .extract
                 .values()
-                .flat_map(|s| s.streams().into_iter().map(move |t| format!("{}.{t}", s.name())))
+                .flat_map(|s| {
+                    s.streams()
+                        .into_iter()
+                        .map(move |t| format!("{}.{t}", s.name()))
+                })
                 .collect();
             return Err(Error::Input(format!(
                 "nothing to extract matches {want:?}: sources and streams are {}",

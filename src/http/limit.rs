@@ -22,11 +22,17 @@ const WINDOW_MARGIN: Duration = Duration::from_millis(60);
 /// One budget per vendor account in this process, keyed by [`account_key`]:
 /// every extractor and sync that talks to the same account waits in the same
 /// limiter. Entries live as long as someone holds them.
-static ACCOUNTS: std::sync::LazyLock<Mutex<std::collections::HashMap<String, std::sync::Weak<RateLimiter>>>> =
-    std::sync::LazyLock::new(|| Mutex::new(std::collections::HashMap::new()));
+static ACCOUNTS: std::sync::LazyLock<
+    Mutex<std::collections::HashMap<String, std::sync::Weak<RateLimiter>>>,
+> = std::sync::LazyLock::new(|| Mutex::new(std::collections::HashMap::new()));
 
 /// The shared budget for `key`, created with these limits if nobody holds it.
-pub fn account_budget(key: &str, max: usize, interval: Duration, daily: Option<u64>) -> std::sync::Arc<RateLimiter> {
+pub fn account_budget(
+    key: &str,
+    max: usize,
+    interval: Duration,
+    daily: Option<u64>,
+) -> std::sync::Arc<RateLimiter> {
     let Ok(mut map) = ACCOUNTS.lock() else {
         return std::sync::Arc::new(RateLimiter::new(max, interval, daily));
     };
@@ -113,7 +119,12 @@ impl RateLimiter {
 
     /// Steer by what the vendor reported after a call: its window size, what
     /// is left in the window, and what is left today.
-    pub fn observe(&self, max: Option<usize>, remaining: Option<usize>, daily_remaining: Option<u64>) {
+    pub fn observe(
+        &self,
+        max: Option<usize>,
+        remaining: Option<usize>,
+        daily_remaining: Option<u64>,
+    ) {
         let Ok(mut w) = self.inner.lock() else {
             return;
         };

@@ -59,7 +59,9 @@ impl Auth {
             Auth::Bearer(t) => t.expose().to_string(),
             Auth::OAuth(o) => format!("{}\0{}", o.client_id, o.refresh_token.expose()),
             Auth::ClientCredentials(c) => format!("{}\0{}", c.client_id, c.client_secret.expose()),
-            Auth::ApiKeyHeader { key, .. } | Auth::ApiKeyQuery { key, .. } => key.expose().to_string(),
+            Auth::ApiKeyHeader { key, .. } | Auth::ApiKeyQuery { key, .. } => {
+                key.expose().to_string()
+            }
             Auth::Basic { username, password } => format!("{username}\0{}", password.expose()),
         };
         hex::encode(&Sha256::digest(material.as_bytes())[..8])
@@ -68,7 +70,11 @@ impl Auth {
 
 /// The key of a vendor account's shared budget.
 pub fn account_key(vendor: &str, base_url: &str, auth: &Auth) -> String {
-    format!("{vendor} {} {}", base_url.trim_end_matches('/'), auth.fingerprint())
+    format!(
+        "{vendor} {} {}",
+        base_url.trim_end_matches('/'),
+        auth.fingerprint()
+    )
 }
 
 /// An OAuth 2.0 client-credentials grant.
@@ -587,7 +593,10 @@ impl Client {
                 }
                 Attempt::Fail(CallError::Auth {
                     status,
-                    message: body["message"].as_str().unwrap_or("unauthorized").to_string(),
+                    message: body["message"]
+                        .as_str()
+                        .unwrap_or("unauthorized")
+                        .to_string(),
                 })
             }
             403 => Attempt::Fail(CallError::Auth {

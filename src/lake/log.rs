@@ -139,7 +139,10 @@ pub fn ingestions_batch(entries: &[Ingestion]) -> Result<RecordBatch> {
         ts_array(entries.iter().map(|e| e.started_at)),
         ts_array(entries.iter().map(|e| e.landed_at)),
         Arc::new(StringArray::from(
-            entries.iter().map(|e| e.source_file.clone()).collect::<Vec<_>>(),
+            entries
+                .iter()
+                .map(|e| e.source_file.clone())
+                .collect::<Vec<_>>(),
         )),
     ];
     Ok(RecordBatch::try_new(ingestions_schema(), columns)?)

@@ -228,8 +228,10 @@ pub struct SingularTest {
 }
 
 /// Macros every project has (from the repository's `sql/macros/`).
-pub const BUILTIN_MACROS: [(&str, &str); 1] =
-    [("latest_by.sql", include_str!("../../sql/macros/latest_by.sql"))];
+pub const BUILTIN_MACROS: [(&str, &str); 1] = [(
+    "latest_by.sql",
+    include_str!("../../sql/macros/latest_by.sql"),
+)];
 
 /// Everything the model commands work on.
 #[derive(Debug, Clone, Default)]
@@ -475,7 +477,9 @@ impl ModelProject {
         for (file, text) in BUILTIN_MACROS {
             let shadowed = project.macros.iter().any(|(p, _)| p.ends_with(file));
             if !shadowed {
-                project.macros.insert(0, (format!("<ferry>/{file}"), text.to_string()));
+                project
+                    .macros
+                    .insert(0, (format!("<ferry>/{file}"), text.to_string()));
             }
         }
         {

@@ -364,7 +364,12 @@ impl Project {
         for (dname, d) in &raw.destinations {
             let at = |what: &str| find_key(text, &format!("destinations.{dname}{what}"));
             if let Err(why) = check_identifier(dname) {
-                return Err(config_error(file, text, at(""), format!("destination name {dname:?} {why}")));
+                return Err(config_error(
+                    file,
+                    text,
+                    at(""),
+                    format!("destination name {dname:?} {why}"),
+                ));
             }
             let secret = |v: &Spanned<String>| {
                 secrets
@@ -374,7 +379,10 @@ impl Project {
             let auth = match (&d.token, &d.oauth) {
                 (Some(t), None) => crate::http::Auth::Bearer(secret(t)?),
                 (None, Some(o)) => {
-                    let base = d.url.clone().unwrap_or_else(|| "https://api.hubapi.com".into());
+                    let base = d
+                        .url
+                        .clone()
+                        .unwrap_or_else(|| "https://api.hubapi.com".into());
                     crate::http::Auth::OAuth(crate::http::OAuthConfig {
                         token_url: o.token_url.clone().unwrap_or_else(|| {
                             format!("{}/oauth/v1/token", base.trim_end_matches('/'))
@@ -385,8 +393,12 @@ impl Project {
                     })
                 }
                 (Some(_), Some(_)) => {
-                    return Err(config_error(file, text, at(""),
-                        "give either token or [oauth], not both".into()));
+                    return Err(config_error(
+                        file,
+                        text,
+                        at(""),
+                        "give either token or [oauth], not both".into(),
+                    ));
                 }
                 (None, None) => {
                     return Err(config_error(file, text, at(""),
@@ -401,7 +413,12 @@ impl Project {
         for (sname, s) in &raw.syncs {
             let at = |what: &str| find_key(text, &format!("syncs.{sname}{what}"));
             if let Err(why) = check_identifier(sname) {
-                return Err(config_error(file, text, at(""), format!("sync name {sname:?} {why}")));
+                return Err(config_error(
+                    file,
+                    text,
+                    at(""),
+                    format!("sync name {sname:?} {why}"),
+                ));
             }
             if !destinations.contains_key(&s.destination) {
                 let known: Vec<&String> = destinations.keys().collect();
@@ -426,8 +443,12 @@ impl Project {
             let at = |what: &str| find_key(text, &format!("sources.{sname}{what}"));
             let Some(kind) = src.kind else {
                 if src.url.is_some() || src.auth.is_some() {
-                    return Err(config_error(file, text, at(""),
-                        "url and auth need a source type: add type = \"rest\"".into()));
+                    return Err(config_error(
+                        file,
+                        text,
+                        at(""),
+                        "url and auth need a source type: add type = \"rest\"".into(),
+                    ));
                 }
                 continue;
             };
@@ -440,14 +461,17 @@ impl Project {
                     let secret = secrets
                         .interpolate(secret.get_ref())
                         .map_err(|msg| config_error(file, text, secret.span().start, msg))?;
-                    webhooks.insert(sname.clone(), extract_config::WebhookSpec {
-                        name: sname.clone(),
-                        preset,
-                        secret,
-                        max_body_bytes: src.max_body_bytes.unwrap_or(1024 * 1024),
-                        tolerance_seconds: src.tolerance_seconds.unwrap_or(300),
-                        public_url: src.public_url.clone(),
-                    });
+                    webhooks.insert(
+                        sname.clone(),
+                        extract_config::WebhookSpec {
+                            name: sname.clone(),
+                            preset,
+                            secret,
+                            max_body_bytes: src.max_body_bytes.unwrap_or(1024 * 1024),
+                            tolerance_seconds: src.tolerance_seconds.unwrap_or(300),
+                            public_url: src.public_url.clone(),
+                        },
+                    );
                 }
                 extract_config::SourceKind::Hubspot => {
                     let Some(token) = &src.token else {
@@ -471,14 +495,22 @@ impl Project {
                         return Err(config_error(file, text, at(""),
                             "a hubspot source needs streams, for example [sources.hubspot.streams.contacts]".into()));
                     }
-                    extract.insert(sname.clone(), extract_config::SourceSpec::Hubspot {
-                        name: sname.clone(),
-                        url: src.url.clone().unwrap_or_else(|| "https://api.hubapi.com".into()).trim_end_matches('/').to_string(),
-                        auth: crate::http::Auth::Bearer(token),
-                        requests_per_10s: src.requests_per_10s.unwrap_or(100),
-                        search_per_second: src.search_per_second.unwrap_or(4),
-                        streams,
-                    });
+                    extract.insert(
+                        sname.clone(),
+                        extract_config::SourceSpec::Hubspot {
+                            name: sname.clone(),
+                            url: src
+                                .url
+                                .clone()
+                                .unwrap_or_else(|| "https://api.hubapi.com".into())
+                                .trim_end_matches('/')
+                                .to_string(),
+                            auth: crate::http::Auth::Bearer(token),
+                            requests_per_10s: src.requests_per_10s.unwrap_or(100),
+                            search_per_second: src.search_per_second.unwrap_or(4),
+                            streams,
+                        },
+                    );
                 }
                 extract_config::SourceKind::Files => {
                     let Some(location) = src.path.clone() else {
@@ -491,8 +523,14 @@ impl Project {
                             None => b',',
                             Some(d) if d.len() == 1 => d.as_bytes()[0],
                             Some("\\t") | Some("\t") => b'\t',
-                            Some(d) => return Err(config_error(file, text, at(&format!(".streams.{tname}")),
-                                format!("delimiter {d:?} must be one character"))),
+                            Some(d) => {
+                                return Err(config_error(
+                                    file,
+                                    text,
+                                    at(&format!(".streams.{tname}")),
+                                    format!("delimiter {d:?} must be one character"),
+                                ));
+                            }
                         };
                         streams.push(extract_config::FileStream {
                             name: tname.clone(),
@@ -506,16 +544,23 @@ impl Project {
                         return Err(config_error(file, text, at(""),
                             "a files source needs at least one [sources.<name>.streams.<stream>] with a pattern".into()));
                     }
-                    extract.insert(sname.clone(), extract_config::SourceSpec::Files {
-                        name: sname.clone(),
-                        location,
-                        streams,
-                    });
+                    extract.insert(
+                        sname.clone(),
+                        extract_config::SourceSpec::Files {
+                            name: sname.clone(),
+                            location,
+                            streams,
+                        },
+                    );
                 }
                 extract_config::SourceKind::Rest => {
                     let Some(url) = src.url.clone() else {
-                        return Err(config_error(file, text, at(""),
-                            "a rest source needs url = \"https://api.vendor.com/v1\"".into()));
+                        return Err(config_error(
+                            file,
+                            text,
+                            at(""),
+                            "a rest source needs url = \"https://api.vendor.com/v1\"".into(),
+                        ));
                     };
                     use extract_config::AuthSection as A;
                     let auth_offset = at(".auth");
@@ -550,8 +595,12 @@ impl Project {
                     let mut streams = Vec::new();
                     for (tname, t) in &src.streams {
                         let Some(path) = t.path.clone() else {
-                            return Err(config_error(file, text, at(&format!(".streams.{tname}")),
-                                format!("stream {tname} needs path = \"/{tname}\"")));
+                            return Err(config_error(
+                                file,
+                                text,
+                                at(&format!(".streams.{tname}")),
+                                format!("stream {tname} needs path = \"/{tname}\""),
+                            ));
                         };
                         streams.push(extract_config::RestStream {
                             name: tname.clone(),
@@ -559,20 +608,26 @@ impl Project {
                             params: t.params.clone(),
                             records: t.records.clone().unwrap_or_default(),
                             primary_key: t.primary_key.clone(),
-                            pagination: t.pagination.clone().unwrap_or(extract_config::Pagination::None),
+                            pagination: t
+                                .pagination
+                                .clone()
+                                .unwrap_or(extract_config::Pagination::None),
                             incremental: t.incremental.clone(),
                             parent: t.parent.clone(),
                         });
                     }
                     let streams = extract_config::order_streams(streams)
                         .map_err(|msg| config_error(file, text, at(""), msg))?;
-                    extract.insert(sname.clone(), extract_config::SourceSpec::Rest {
-                        name: sname.clone(),
-                        url: url.trim_end_matches('/').to_string(),
-                        auth,
-                        requests_per_second: src.requests_per_second,
-                        streams,
-                    });
+                    extract.insert(
+                        sname.clone(),
+                        extract_config::SourceSpec::Rest {
+                            name: sname.clone(),
+                            url: url.trim_end_matches('/').to_string(),
+                            auth,
+                            requests_per_second: src.requests_per_second,
+                            streams,
+                        },
+                    );
                 }
             }
         }

@@ -33,18 +33,31 @@ async fn webhook(
     body: Bytes,
 ) -> Response {
     let Some(r) = receivers.get(&source) else {
-        return (StatusCode::NOT_FOUND, Json(json!({"error": format!("no webhook source {source}")}))).into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": format!("no webhook source {source}")})),
+        )
+            .into_response();
     };
     let url = match &r.spec.public_url {
         Some(u) => u.clone(),
         None => format!(
             "http://{}{}",
-            headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("localhost"),
-            uri.path_and_query().map(|p| p.as_str()).unwrap_or(uri.path())
+            headers
+                .get("host")
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("localhost"),
+            uri.path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or(uri.path())
         ),
     };
     match r.accept("POST", &url, &headers, &body).await {
-        Ok(a) => (StatusCode::OK, Json(json!({"accepted": a.accepted, "duplicates": a.duplicates}))).into_response(),
+        Ok(a) => (
+            StatusCode::OK,
+            Json(json!({"accepted": a.accepted, "duplicates": a.duplicates})),
+        )
+            .into_response(),
         Err(refused) => {
             tracing::warn!(source = %source, "webhook refused: {}", refused.message());
             (refused.status(), Json(json!({"error": refused.message()}))).into_response()
@@ -88,16 +101,29 @@ impl Server {
 }
 
 /// Start serving on `addr`, landing every `flush`.
-pub async fn start(project: &Project, lake: Lake, addr: SocketAddr, flush: Duration) -> Result<Server> {
+pub async fn start(
+    project: &Project,
+    lake: Lake,
+    addr: SocketAddr,
+    flush: Duration,
+) -> Result<Server> {
     if project.webhooks.is_empty() {
         return Err(Error::Input(
             "nothing to serve: add a [sources.<name>] with type = \"webhook\", a preset and a secret".into(),
         ));
     }
     let mut receivers = BTreeMap::new();
-    let max_body = project.webhooks.values().map(|w| w.max_body_bytes).max().unwrap_or(1 << 20);
+    let max_body = project
+        .webhooks
+        .values()
+        .map(|w| w.max_body_bytes)
+        .max()
+        .unwrap_or(1 << 20);
     for spec in project.webhooks.values() {
-        receivers.insert(spec.name.clone(), Arc::new(Receiver::open(spec.clone(), lake.clone()).await?));
+        receivers.insert(
+            spec.name.clone(),
+            Arc::new(Receiver::open(spec.clone(), lake.clone()).await?),
+        );
     }
     let (stop, watch) = tokio::sync::watch::channel(false);
     let landers = receivers
@@ -115,11 +141,18 @@ pub async fn start(project: &Project, lake: Lake, addr: SocketAddr, flush: Durat
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| Error::Input(format!("cannot listen on {addr}: {e}")))?;
-    let addr = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Internal(e.to_string()))?;
     let http = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("server stopped: {e}");
         }
     });
-    Ok(Server { addr, stop, http, landers })
+    Ok(Server {
+        addr,
+        stop,
+        http,
+        landers,
+    })
 }

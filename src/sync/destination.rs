@@ -104,8 +104,12 @@ pub trait Destination: Send + Sync {
     /// Check that `object` exists with every one of `properties` and the match
     /// property; return whether the match property holds unique values.
     /// Errors name the missing property and say what to do.
-    async fn prepare(&self, object: &str, key_property: &str, properties: &[String])
-    -> Result<bool>;
+    async fn prepare(
+        &self,
+        object: &str,
+        key_property: &str,
+        properties: &[String],
+    ) -> Result<bool>;
 
     /// Find records by match key, with the current values of `properties`.
     /// Keys are compared case-insensitively; a key may match several records

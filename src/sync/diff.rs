@@ -38,7 +38,10 @@ pub fn lower_key(property: &str) -> bool {
 
 /// `"a"."b"` for `a.b`.
 pub fn quote_relation(name: &str) -> String {
-    name.split('.').map(quote_ident).collect::<Vec<_>>().join(".")
+    name.split('.')
+        .map(quote_ident)
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 pub fn quote_ident(name: &str) -> String {
@@ -77,7 +80,10 @@ pub fn diff_sql(
 
 /// The snapshot SQL over a base snapshot, a log, and a cut-off.
 pub fn snapshot_sql(base: &str, log: &str, after: i64) -> Result<String> {
-    render(SNAPSHOT_SQL, context! { base => base, log => log, after => after })
+    render(
+        SNAPSHOT_SQL,
+        context! { base => base, log => log, after => after },
+    )
 }
 
 async fn has_files(lake: &Lake, prefix: &object_store::path::Path) -> Result<bool> {
@@ -90,8 +96,8 @@ async fn has_files(lake: &Lake, prefix: &object_store::path::Path) -> Result<boo
 }
 
 fn listing(ctx: &SessionContext, name: &str, url: String) -> Result<()> {
-    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-        .with_file_extension(".parquet");
+    let options =
+        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
     let config = ListingTableConfig::new(ListingTableUrl::parse(url)?)
         .with_listing_options(options)
         .with_schema(state::log_schema());
@@ -257,14 +263,16 @@ mod tests {
 
     /// Model rows: (key, a, b) with small domains so collisions, nulls,
     /// blanks, case variants and duplicates all happen.
-    fn model_strategy() -> impl Strategy<Value = Vec<(Option<String>, Option<String>, Option<i64>)>> {
+    fn model_strategy() -> impl Strategy<Value = Vec<(Option<String>, Option<String>, Option<i64>)>>
+    {
         let key = prop_oneof![
             3 => prop::sample::select(vec!["a@x.io", "A@x.io", "b@x.io", "c@x.io", "d@x.io", "e@x.io", "f@x.io", " g@x.io"]).prop_map(|s| Some(s.to_string())),
             1 => Just(None),
             1 => Just(Some("  ".to_string())),
         ];
         let a = prop_oneof![
-            prop::sample::select(vec!["", "1", "1,", ",1", "1:", "~", "x|y"]).prop_map(|s| Some(s.to_string())),
+            prop::sample::select(vec!["", "1", "1,", ",1", "1:", "~", "x|y"])
+                .prop_map(|s| Some(s.to_string())),
             Just(None),
         ];
         let b = prop_oneof![(0i64..3).prop_map(Some), Just(None)];
@@ -280,9 +288,15 @@ mod tests {
         let batch = RecordBatch::try_new(
             schema.clone(),
             vec![
-                Arc::new(StringArray::from(rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>())),
-                Arc::new(StringArray::from(rows.iter().map(|r| r.1.clone()).collect::<Vec<_>>())),
-                Arc::new(Int64Array::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())),
+                Arc::new(StringArray::from(
+                    rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
+                )),
+                Arc::new(StringArray::from(
+                    rows.iter().map(|r| r.1.clone()).collect::<Vec<_>>(),
+                )),
+                Arc::new(Int64Array::from(
+                    rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+                )),
             ],
         )
         .unwrap();
@@ -407,7 +421,10 @@ mod golden {
                 )
                 .unwrap(),
             ),
-            ("sync_snapshot.sql", super::snapshot_sql("base", "log", 1_700_000_000_000_000).unwrap()),
+            (
+                "sync_snapshot.sql",
+                super::snapshot_sql("base", "log", 1_700_000_000_000_000).unwrap(),
+            ),
         ];
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
         for (file, sql) in cases {
@@ -416,7 +433,10 @@ mod golden {
                 std::fs::write(&path, &sql).unwrap();
             }
             let want = std::fs::read_to_string(&path).unwrap_or_default();
-            assert_eq!(sql, want, "{file} differs; run with UPDATE_GOLDEN=1 if the change is intended");
+            assert_eq!(
+                sql, want,
+                "{file} differs; run with UPDATE_GOLDEN=1 if the change is intended"
+            );
         }
     }
 }

@@ -132,12 +132,16 @@ impl Syncer {
     }
 
     fn destination(&mut self, sync: &Sync) -> Result<hubspot::HubSpot> {
-        let cfg = self.project.destinations.get(&sync.destination).ok_or_else(|| {
-            Error::Input(format!(
-                "sync {} names destination {:?}, which is not defined",
-                sync.name, sync.destination
-            ))
-        })?;
+        let cfg = self
+            .project
+            .destinations
+            .get(&sync.destination)
+            .ok_or_else(|| {
+                Error::Input(format!(
+                    "sync {} names destination {:?}, which is not defined",
+                    sync.name, sync.destination
+                ))
+            })?;
         let account = match self.accounts.get(&cfg.name) {
             Some(a) => a.clone(),
             None => {
@@ -206,7 +210,9 @@ impl Syncer {
             api_calls: calls1 - calls0,
             rate_limited: limited1 - limited0,
             seconds: clock.elapsed().as_secs_f64(),
-            stopped: stopped.as_ref().map(|e| hubspot::call_error(e.clone()).to_string()),
+            stopped: stopped
+                .as_ref()
+                .map(|e| hubspot::call_error(e.clone()).to_string()),
             samples,
         };
         if !opts.dry_run {
@@ -268,8 +274,14 @@ struct Run<'a> {
 enum Action {
     Send(Op, Outgoing),
     /// Nothing to write (insert mode: exists; update: every field is owned by the CRM).
-    Noop { id: String, skipped: bool },
-    Reject { category: &'static str, message: String },
+    Noop {
+        id: String,
+        skipped: bool,
+    },
+    Reject {
+        category: &'static str,
+        message: String,
+    },
 }
 
 impl Run<'_> {
@@ -293,7 +305,11 @@ impl Run<'_> {
     }
 
     fn properties(&self) -> Vec<String> {
-        self.sync.fields.iter().map(|f| f.property.clone()).collect()
+        self.sync
+            .fields
+            .iter()
+            .map(|f| f.property.clone())
+            .collect()
     }
 
     fn has_if_empty(&self) -> bool {
@@ -326,7 +342,11 @@ impl Run<'_> {
         let columns: Vec<String> = sync.fields.iter().map(|f| f.column.clone()).collect();
         for c in columns.iter().chain([&sync.key_column]) {
             if model_schema.field_with_unqualified_name(c).is_err() {
-                let names: Vec<&str> = model_schema.fields().iter().map(|f| f.name().as_str()).collect();
+                let names: Vec<&str> = model_schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect();
                 return Err(Error::Input(format!(
                     "sync {}: model {} has no column {c:?} (its columns: {}). Fix [syncs.{}]",
                     sync.name,
@@ -379,10 +399,16 @@ impl Run<'_> {
                 .collect()
                 .await?;
             b.first()
-                .map(|b| arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(b.column(0)).value(0))
+                .map(|b| {
+                    arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(b.column(0))
+                        .value(0)
+                })
                 .unwrap_or(0)
         };
-        let to_archive = by_op.get(&("remove".to_string(), true)).copied().unwrap_or(0);
+        let to_archive = by_op
+            .get(&("remove".to_string(), true))
+            .copied()
+            .unwrap_or(0);
         if sync.mode == Mode::Mirror && !self.opts.allow_mass_delete {
             if model_rows == 0 {
                 return Err(Error::Input(format!(
@@ -415,7 +441,10 @@ impl Run<'_> {
 
         // Stream what is not unchanged; rejects are logged as they come.
         let mut stream = ctx
-            .sql(&format!("select * from {} where _op <> 'unchanged'", diff::DIFF))
+            .sql(&format!(
+                "select * from {} where _op <> 'unchanged'",
+                diff::DIFF
+            ))
             .await?
             .execute_stream()
             .await?;
@@ -461,8 +490,9 @@ impl Run<'_> {
         let chunks: Vec<Vec<Row>> = pending.chunks(batch).map(|c| c.to_vec()).collect();
         drop(pending);
         let copy = copy.as_ref();
-        let mut results = futures::stream::iter(chunks.into_iter().map(|c| self.chunk(c, unique, copy)))
-            .buffer_unordered(self.max_in_flight.max(1));
+        let mut results =
+            futures::stream::iter(chunks.into_iter().map(|c| self.chunk(c, unique, copy)))
+                .buffer_unordered(self.max_in_flight.max(1));
         let mut first_error = None;
         while let Some(r) = results.next().await {
             if let Err(e) = r {
@@ -520,7 +550,10 @@ impl Run<'_> {
         let missing: Vec<&str> = props
             .iter()
             .copied()
-            .chain([self.sync.key_property.as_str(), crate::lake::layout::LOADED_AT_COLUMN])
+            .chain([
+                self.sync.key_property.as_str(),
+                crate::lake::layout::LOADED_AT_COLUMN,
+            ])
             .filter(|c| !has(c))
             .collect();
         let Some(id_col) = id_col.filter(|_| missing.is_empty()) else {
@@ -540,7 +573,9 @@ impl Run<'_> {
             .await?;
         let newest = newest
             .first()
-            .map(|b| arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(b.column(0)))
+            .map(|b| {
+                arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(b.column(0))
+            })
             .filter(|a| arrow::array::Array::is_valid(*a, 0))
             .map(|a| a.value(0));
         let fresh_after = Utc::now().timestamp_micros() - (cfg.max_age_minutes as i64) * 60_000_000;
@@ -548,7 +583,10 @@ impl Run<'_> {
             tracing::info!(sync = %self.sync.name, table = %cfg.table, "crm_copy is older than max_age_minutes; reading current values from the CRM");
             return Ok(None);
         }
-        let key = format!("lower(trim(cast({} as varchar)))", diff::quote_ident(&self.sync.key_property));
+        let key = format!(
+            "lower(trim(cast({} as varchar)))",
+            diff::quote_ident(&self.sync.key_property)
+        );
         let cols: Vec<String> = props
             .iter()
             .map(|p| format!("cast({} as varchar)", diff::quote_ident(p)))
@@ -556,9 +594,14 @@ impl Run<'_> {
         let sql = format!(
             "select _k, _id{} from (select {key} as _k, cast({} as varchar) as _id{}, \
              row_number() over (partition by {key} order by {} desc) as _rn from {table}) where _rn = 1",
-            (0..props.len()).map(|i| format!(", _p{i}")).collect::<String>(),
+            (0..props.len())
+                .map(|i| format!(", _p{i}"))
+                .collect::<String>(),
             diff::quote_ident(id_col),
-            cols.iter().enumerate().map(|(i, c)| format!(", {c} as _p{i}")).collect::<String>(),
+            cols.iter()
+                .enumerate()
+                .map(|(i, c)| format!(", {c} as _p{i}"))
+                .collect::<String>(),
             crate::lake::layout::LOADED_AT_COLUMN,
         );
         let mut copy = CrmCopy::new();
@@ -629,7 +672,12 @@ impl Run<'_> {
 
     /// The properties to send for `row`, under each field's ownership policy.
     /// `current` is the CRM record when known; `creating` when it will be new.
-    fn payload(&self, row: &Row, current: Option<&Existing>, creating: bool) -> BTreeMap<String, String> {
+    fn payload(
+        &self,
+        row: &Row,
+        current: Option<&Existing>,
+        creating: bool,
+    ) -> BTreeMap<String, String> {
         let mut p = BTreeMap::new();
         for (f, v) in self.sync.fields.iter().zip(&row.values) {
             match (v, f.policy) {
@@ -657,7 +705,12 @@ impl Run<'_> {
     }
 
     /// Decide what to do with each row of a batch.
-    async fn plan(&self, rows: &[Row], unique: bool, copy: Option<&CrmCopy>) -> Result<Vec<Action>, CallError> {
+    async fn plan(
+        &self,
+        rows: &[Row],
+        unique: bool,
+        copy: Option<&CrmCopy>,
+    ) -> Result<Vec<Action>, CallError> {
         let sync = self.sync;
         // Upserts by a unique key and updates by a unique key need no lookup,
         // unless an if_empty field needs the CRM's current value (or this is a
@@ -668,9 +721,8 @@ impl Run<'_> {
             let keys: Vec<String> = rows.iter().filter_map(|r| r.key.clone()).collect();
             // A fresh lake copy answers if_empty for the keys it holds, when
             // that is all the lookup is for; the CRM is read for the rest.
-            let from_copy = copy.filter(|_| {
-                unique && sync.mode != Mode::Insert && !self.opts.dry_run
-            });
+            let from_copy =
+                copy.filter(|_| unique && sync.mode != Mode::Insert && !self.opts.dry_run);
             let mut found: HashMap<String, Vec<Existing>> = HashMap::new();
             let mut ask = Vec::new();
             for k in keys {
@@ -684,7 +736,13 @@ impl Run<'_> {
             if !ask.is_empty() {
                 found.extend(
                     self.dest
-                        .lookup(&sync.object, &sync.key_property, unique, &ask, &self.properties())
+                        .lookup(
+                            &sync.object,
+                            &sync.key_property,
+                            unique,
+                            &ask,
+                            &self.properties(),
+                        )
                         .await?,
                 );
             }
@@ -695,7 +753,10 @@ impl Run<'_> {
         let mut actions = Vec::with_capacity(rows.len());
         for row in rows {
             let key = row.key.clone().unwrap_or_default();
-            let matches: &[Existing] = found.get(&key.to_lowercase()).map(Vec::as_slice).unwrap_or(&[]);
+            let matches: &[Existing] = found
+                .get(&key.to_lowercase())
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
             if matches.len() > 1 {
                 let ids: Vec<&str> = matches.iter().map(|m| m.id.as_str()).collect();
                 actions.push(Action::Reject {
@@ -781,7 +842,9 @@ impl Run<'_> {
                         .map(|e| {
                             o.properties
                                 .keys()
-                                .map(|k| (k.clone(), e.properties.get(k).cloned().unwrap_or_default()))
+                                .map(|k| {
+                                    (k.clone(), e.properties.get(k).cloned().unwrap_or_default())
+                                })
                                 .collect()
                         })
                         .unwrap_or_default();
@@ -819,7 +882,13 @@ impl Run<'_> {
                 let logs: Vec<LogRow> = rows
                     .iter()
                     .map(|r| {
-                        let mut l = LogRow::error(r.key.as_deref(), "lookup", "failed", &e.category(), &e.message());
+                        let mut l = LogRow::error(
+                            r.key.as_deref(),
+                            "lookup",
+                            "failed",
+                            &e.category(),
+                            &e.message(),
+                        );
                         l.hash = r.hash.clone();
                         l
                     })
@@ -851,7 +920,12 @@ impl Run<'_> {
                     groups.entry(slot).or_insert((op, Vec::new())).1.push(o);
                 }
                 Action::Noop { id, skipped } => {
-                    let mut l = LogRow::ok(&key, if skipped { "skip" } else { "update" }, Some(id), row.created);
+                    let mut l = LogRow::ok(
+                        &key,
+                        if skipped { "skip" } else { "update" },
+                        Some(id),
+                        row.created,
+                    );
                     l.hash = row.hash.clone();
                     l.attempts = 0;
                     logs.push(l);
@@ -902,13 +976,19 @@ impl Run<'_> {
                                 c.updated += 1
                             }
                         });
-                        let mut l = LogRow::ok(&o.key, op.as_str(), Some(id), created || was_created);
+                        let mut l =
+                            LogRow::ok(&o.key, op.as_str(), Some(id), created || was_created);
                         l.hash = hash;
                         l.payload = payload;
                         l.attempts = attempts as i64;
                         l
                     }
-                    Err(Refusal { category, message, response, transient }) => {
+                    Err(Refusal {
+                        category,
+                        message,
+                        response,
+                        transient,
+                    }) => {
                         let status = if transient { "failed" } else { "rejected" };
                         self.add(|c| {
                             if transient {
@@ -917,7 +997,8 @@ impl Run<'_> {
                                 c.rejected += 1
                             }
                         });
-                        let mut l = LogRow::error(Some(&o.key), op.as_str(), status, &category, &message);
+                        let mut l =
+                            LogRow::error(Some(&o.key), op.as_str(), status, &category, &message);
                         l.crm_id = o.id.clone();
                         l.created = was_created;
                         l.hash = hash;
@@ -1024,7 +1105,11 @@ impl Run<'_> {
 
     /// Creates are not idempotent: when a reply is lost, look the records up
     /// before sending them again, so a create that did happen is not repeated.
-    async fn create_safely(&self, rows: Vec<Outgoing>, unique: bool) -> Vec<(Outgoing, Outcome, u32)> {
+    async fn create_safely(
+        &self,
+        rows: Vec<Outgoing>,
+        unique: bool,
+    ) -> Vec<(Outgoing, Outcome, u32)> {
         let mut done = Vec::new();
         let mut pending = rows;
         let mut attempt = 0u32;
@@ -1034,7 +1119,9 @@ impl Run<'_> {
             let mut lost = Vec::new();
             for (o, outcome, tries) in sent {
                 match &outcome.result {
-                    Err(r) if r.transient && attempt < self.retry.max_attempts => lost.push((o, tries)),
+                    Err(r) if r.transient && attempt < self.retry.max_attempts => {
+                        lost.push((o, tries))
+                    }
                     _ => done.push((o, outcome, tries)),
                 }
             }
@@ -1045,7 +1132,13 @@ impl Run<'_> {
             let keys: Vec<String> = lost.iter().map(|(o, _)| o.key.clone()).collect();
             let found = match self
                 .dest
-                .lookup(&self.sync.object, &self.sync.key_property, unique, &keys, &[])
+                .lookup(
+                    &self.sync.object,
+                    &self.sync.key_property,
+                    unique,
+                    &keys,
+                    &[],
+                )
                 .await
             {
                 Ok(f) => f,
@@ -1092,7 +1185,12 @@ impl Run<'_> {
         let logs: Vec<LogRow> = release
             .iter()
             .map(|r| {
-                let mut l = LogRow::ok(r.key.as_deref().unwrap_or_default(), "forget", r.crm_id.clone(), r.created);
+                let mut l = LogRow::ok(
+                    r.key.as_deref().unwrap_or_default(),
+                    "forget",
+                    r.crm_id.clone(),
+                    r.created,
+                );
                 l.attempts = 0;
                 l
             })
@@ -1121,7 +1219,13 @@ impl Run<'_> {
                         LogRow::ok(&o.key, "archive", o.id.clone(), true)
                     }
                     Err(r) => {
-                        self.add(|c| if r.transient { c.failed += 1 } else { c.rejected += 1 });
+                        self.add(|c| {
+                            if r.transient {
+                                c.failed += 1
+                            } else {
+                                c.rejected += 1
+                            }
+                        });
                         let mut l = LogRow::error(
                             Some(&o.key),
                             "archive",

@@ -132,7 +132,12 @@ impl LogRow {
 }
 
 /// Encode log rows with their run, sync and time.
-pub fn log_batch(run_id: &str, sync: &str, rows: &[LogRow], at: DateTime<Utc>) -> Result<RecordBatch> {
+pub fn log_batch(
+    run_id: &str,
+    sync: &str,
+    rows: &[LogRow],
+    at: DateTime<Utc>,
+) -> Result<RecordBatch> {
     let s = |f: &dyn Fn(&LogRow) -> Option<String>| -> ArrayRef {
         Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))
     };
@@ -143,13 +148,17 @@ pub fn log_batch(run_id: &str, sync: &str, rows: &[LogRow], at: DateTime<Utc>) -
         s(&|r| Some(r.operation.to_string())),
         s(&|r| Some(r.status.to_string())),
         s(&|r| r.crm_id.clone()),
-        Arc::new(BooleanArray::from(rows.iter().map(|r| r.created).collect::<Vec<_>>())),
+        Arc::new(BooleanArray::from(
+            rows.iter().map(|r| r.created).collect::<Vec<_>>(),
+        )),
         s(&|r| r.hash.clone()),
         s(&|r| r.payload.clone()),
         s(&|r| r.error_category.clone()),
         s(&|r| r.error_message.clone()),
         s(&|r| r.response.clone()),
-        Arc::new(Int64Array::from(rows.iter().map(|r| r.attempts).collect::<Vec<_>>())),
+        Arc::new(Int64Array::from(
+            rows.iter().map(|r| r.attempts).collect::<Vec<_>>(),
+        )),
         ts_array(std::iter::repeat_n(at, rows.len())),
     ];
     Ok(RecordBatch::try_new(log_schema(), cols)?)
@@ -298,10 +307,13 @@ pub async fn record_run(lake: &Lake, sync: &str, run_id: &RunId, row: &RunRow) -
     cols.push(ts_array(std::iter::once(row.started_at)));
     cols.push(ts_array(std::iter::once(finished)));
     let batch = RecordBatch::try_new(runs_schema(), cols)?;
-    let path = runs_root()
-        .join(sync)
-        .join(format!("{run_id}.parquet"));
-    put_once(lake.store().as_ref(), &path, encode(runs_schema(), &[batch])?).await
+    let path = runs_root().join(sync).join(format!("{run_id}.parquet"));
+    put_once(
+        lake.store().as_ref(),
+        &path,
+        encode(runs_schema(), &[batch])?,
+    )
+    .await
 }
 
 /// The lock that keeps two runs of one sync apart.

@@ -9,17 +9,30 @@ use ferry::project::Project;
 use ferry::sim::rest::{self, RestAuth, RestConfig, RunningRest};
 
 pub async fn api(config: RestConfig) -> RunningRest {
-    rest::start(config, "127.0.0.1:0".parse().unwrap()).await.unwrap()
+    rest::start(config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
 }
 
 pub fn project(dir: &Path, sources: &str) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("ferry.toml"), format!("[project]\nname = \"ex\"\n\n{sources}\n")).unwrap();
-    std::fs::write(dir.join("secrets.toml"), "API_TOKEN = \"tok-123\"\nAPI_SECRET = \"sec-456\"\n").unwrap();
+    std::fs::write(
+        dir.join("ferry.toml"),
+        format!("[project]\nname = \"ex\"\n\n{sources}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("secrets.toml"),
+        "API_TOKEN = \"tok-123\"\nAPI_SECRET = \"sec-456\"\n",
+    )
+    .unwrap();
     dir.to_path_buf()
 }
 
-pub async fn extract(dir: &Path, selection: &[&str]) -> ferry::Result<Vec<ferry::extract::StreamSummary>> {
+pub async fn extract(
+    dir: &Path,
+    selection: &[&str],
+) -> ferry::Result<Vec<ferry::extract::StreamSummary>> {
     let project = Project::load(dir)?;
     let lake = Lake::open(&project.lake, &project.dir)?;
     let sel: Vec<String> = selection.iter().map(|s| s.to_string()).collect();
@@ -32,7 +45,9 @@ pub async fn scalar(dir: &Path, sql: &str) -> String {
     let ctx = ferry::engine::session(&lake).await.unwrap();
     let b = ctx.sql(sql).await.unwrap().collect().await.unwrap();
     let col = arrow::compute::cast(b[0].column(0), &arrow::datatypes::DataType::Utf8).unwrap();
-    arrow::array::AsArray::as_string::<i32>(&col).value(0).to_string()
+    arrow::array::AsArray::as_string::<i32>(&col)
+        .value(0)
+        .to_string()
 }
 
 const STYLES: &str = r#"
@@ -78,11 +93,19 @@ parent = { stream = "sequences", key = "id" }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_pagination_style_fetches_every_record_once() {
-    let s = api(RestConfig { records: 257, auth: RestAuth::Bearer("tok-123".into()), ..Default::default() }).await;
+    let s = api(RestConfig {
+        records: 257,
+        auth: RestAuth::Bearer("tok-123".into()),
+        ..Default::default()
+    })
+    .await;
     let tmp = tempfile::tempdir().unwrap();
     let dir = project(tmp.path(), &STYLES.replace("URL", &s.base_url()));
     let summaries = extract(&dir, &[]).await.unwrap();
-    let rows: Vec<(String, u64, u64)> = summaries.iter().map(|x| (x.stream.clone(), x.rows, x.pages)).collect();
+    let rows: Vec<(String, u64, u64)> = summaries
+        .iter()
+        .map(|x| (x.stream.clone(), x.rows, x.pages))
+        .collect();
     assert_eq!(
         rows,
         vec![
@@ -95,12 +118,26 @@ async fn every_pagination_style_fetches_every_record_once() {
             ("api.steps".into(), 12, 4),
         ]
     );
-    for t in ["by_cursor", "by_next_url", "by_link", "by_offset", "by_page"] {
-        let n = scalar(&dir, &format!("select count(distinct id) || '/' || count(*) || '/' || max(id) from api.{t}")).await;
+    for t in [
+        "by_cursor",
+        "by_next_url",
+        "by_link",
+        "by_offset",
+        "by_page",
+    ] {
+        let n = scalar(
+            &dir,
+            &format!("select count(distinct id) || '/' || count(*) || '/' || max(id) from api.{t}"),
+        )
+        .await;
         assert_eq!(n, "257/257/257", "{t}");
     }
     // Nested objects flatten one level; arrays stay JSON text.
-    let v = scalar(&dir, "select account__domain || ' ' || tags from api.by_cursor where id = 3").await;
+    let v = scalar(
+        &dir,
+        "select account__domain || ' ' || tags from api.by_cursor where id = 3",
+    )
+    .await;
     assert_eq!(v, "co3.example [\"gtm\",\"odd\"]");
     let v = scalar(&dir, "select count(*) from api.steps where sequence_id = 2").await;
     assert_eq!(v, "3");
@@ -109,7 +146,11 @@ async fn every_pagination_style_fetches_every_record_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incremental_runs_fetch_only_changed_records() {
-    let s = api(RestConfig { records: 120, ..Default::default() }).await;
+    let s = api(RestConfig {
+        records: 120,
+        ..Default::default()
+    })
+    .await;
     let tmp = tempfile::tempdir().unwrap();
     let dir = project(
         tmp.path(),
@@ -141,7 +182,11 @@ incremental = {{ cursor_field = "updated_at", param = "updated_since" }}
     let later = chrono::Utc::now();
     s.touch(&[5, 60, 77], later);
     let third = extract(&dir, &["api.items"]).await.unwrap();
-    assert_eq!(third[0].rows, 3 + 1, "the changed records, plus the old boundary record");
+    assert_eq!(
+        third[0].rows,
+        3 + 1,
+        "the changed records, plus the old boundary record"
+    );
     let ids = scalar(&dir, "select string_agg(cast(id as varchar), ',' order by id) from (select distinct id from api.items where updated_at >= '2026-06-01')").await;
     assert_eq!(ids, "5,60,77");
     // The macro-free way to read the latest row per key.
@@ -152,13 +197,31 @@ incremental = {{ cursor_field = "updated_at", param = "updated_since" }}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_schemes_and_rate_limits() {
     let cases: Vec<(RestAuth, &str)> = vec![
-        (RestAuth::ApiKeyHeader("X-Api-Key".into(), "tok-123".into()), r#"{ type = "api_key", header = "X-Api-Key", key = "${API_TOKEN}" }"#),
-        (RestAuth::ApiKeyQuery("api_key".into(), "tok-123".into()), r#"{ type = "api_key", query = "api_key", key = "${API_TOKEN}" }"#),
-        (RestAuth::Basic("ferry".into(), "sec-456".into()), r#"{ type = "basic", username = "ferry", password = "${API_SECRET}" }"#),
-        (RestAuth::OAuth2("client".into(), "sec-456".into()), r#"{ type = "oauth2", token_url = "URL/oauth/token", client_id = "client", client_secret = "${API_SECRET}" }"#),
+        (
+            RestAuth::ApiKeyHeader("X-Api-Key".into(), "tok-123".into()),
+            r#"{ type = "api_key", header = "X-Api-Key", key = "${API_TOKEN}" }"#,
+        ),
+        (
+            RestAuth::ApiKeyQuery("api_key".into(), "tok-123".into()),
+            r#"{ type = "api_key", query = "api_key", key = "${API_TOKEN}" }"#,
+        ),
+        (
+            RestAuth::Basic("ferry".into(), "sec-456".into()),
+            r#"{ type = "basic", username = "ferry", password = "${API_SECRET}" }"#,
+        ),
+        (
+            RestAuth::OAuth2("client".into(), "sec-456".into()),
+            r#"{ type = "oauth2", token_url = "URL/oauth/token", client_id = "client", client_secret = "${API_SECRET}" }"#,
+        ),
     ];
     for (auth, toml) in cases {
-        let s = api(RestConfig { records: 30, auth: auth.clone(), per_second: 3, ..Default::default() }).await;
+        let s = api(RestConfig {
+            records: 30,
+            auth: auth.clone(),
+            per_second: 3,
+            ..Default::default()
+        })
+        .await;
         let tmp = tempfile::tempdir().unwrap();
         let text = format!(
             "[sources.api]\ntype = \"rest\"\nurl = \"URL\"\nauth = {toml}\nrequests_per_second = 3\n\n\
@@ -170,9 +233,16 @@ async fn auth_schemes_and_rate_limits() {
         assert_eq!(out[0].rows, 30, "{auth:?}");
         assert_eq!(s.stats().1, 0, "{auth:?}: paced under 3 requests/s, no 429");
         // Wrong credentials: a clear error that does not print the secret.
-        std::fs::write(dir.join("secrets.toml"), "API_TOKEN = \"nope-1\"\nAPI_SECRET = \"nope-2\"\n").unwrap();
+        std::fs::write(
+            dir.join("secrets.toml"),
+            "API_TOKEN = \"nope-1\"\nAPI_SECRET = \"nope-2\"\n",
+        )
+        .unwrap();
         let e = extract(&dir, &[]).await.unwrap_err().to_string();
-        assert!(e.contains("refused the credentials") || e.contains("refused"), "{auth:?}: {e}");
+        assert!(
+            e.contains("refused the credentials") || e.contains("refused"),
+            "{auth:?}: {e}"
+        );
         assert!(!e.contains("nope-"), "{e}");
     }
 }
@@ -180,14 +250,24 @@ async fn auth_schemes_and_rate_limits() {
 #[test]
 fn config_mistakes_are_caught_before_any_call() {
     let parse = |t: &str| {
-        Project::parse(Path::new("p"), Path::new("p/ferry.toml"), &format!("[project]\nname = \"x\"\n{t}"), &Default::default(), None)
-            .map(|_| ())
-            .unwrap_err()
-            .to_string()
+        Project::parse(
+            Path::new("p"),
+            Path::new("p/ferry.toml"),
+            &format!("[project]\nname = \"x\"\n{t}"),
+            &Default::default(),
+            None,
+        )
+        .map(|_| ())
+        .unwrap_err()
+        .to_string()
     };
-    let e = parse("[sources.a]\ntype = \"rest\"\nurl = \"http://x\"\n[sources.a.streams.kids]\npath = \"/k\"\nparent = { stream = \"mom\" }\n");
+    let e = parse(
+        "[sources.a]\ntype = \"rest\"\nurl = \"http://x\"\n[sources.a.streams.kids]\npath = \"/k\"\nparent = { stream = \"mom\" }\n",
+    );
     assert!(e.contains("parent stream \"mom\" is not defined"), "{e}");
-    let e = parse("[sources.a]\ntype = \"rest\"\nurl = \"http://x\"\n[sources.a.streams.kids]\npath = \"/k\"\npagination = { type = \"cursr\" }\n");
+    let e = parse(
+        "[sources.a]\ntype = \"rest\"\nurl = \"http://x\"\n[sources.a.streams.kids]\npath = \"/k\"\npagination = { type = \"cursr\" }\n",
+    );
     assert!(e.contains("cursr") && e.contains("ferry.toml:"), "{e}");
     let e = parse("[sources.a]\ntype = \"rest\"\n[sources.a.streams.t]\npath = \"/t\"\n");
     assert!(e.contains("needs url"), "{e}");
@@ -220,8 +300,16 @@ pattern = "*.parquet"
         "Email,Company Name,Registered At\nann@a.io,Acme,2026-11-01\nbob@b.io,\"Beta, Inc\",2026-11-02\nbroken@c.io,Gamma\ncy@c.io,,2026-11-03\n",
     )
     .unwrap();
-    std::fs::write(drops.join("attendees-2.csv"), "Email,Company,Registered At\ndee@d.io,Delta,2026-11-04\n").unwrap();
-    std::fs::write(drops.join("leads.jsonl"), "{\"email\": \"x@y.io\", \"score\": 3}\nnot json\n{\"email\": \"z@y.io\"}\n").unwrap();
+    std::fs::write(
+        drops.join("attendees-2.csv"),
+        "Email,Company,Registered At\ndee@d.io,Delta,2026-11-04\n",
+    )
+    .unwrap();
+    std::fs::write(
+        drops.join("leads.jsonl"),
+        "{\"email\": \"x@y.io\", \"score\": 3}\nnot json\n{\"email\": \"z@y.io\"}\n",
+    )
+    .unwrap();
     {
         use std::sync::Arc;
         let schema = Arc::new(arrow::datatypes::Schema::new(vec![
@@ -246,38 +334,88 @@ pattern = "*.parquet"
     let a = by("events.attendees");
     assert_eq!((a.rows, a.quarantined, a.pages), (3, 1, 1), "{a:?}");
     assert_eq!(a.rejected_files.len(), 1);
-    assert!(a.rejected_files[0].contains("\"Company\" where \"Company Name\" is declared"), "{:?}", a.rejected_files);
-    assert_eq!((by("events.leads").rows, by("events.leads").quarantined), (2, 1));
+    assert!(
+        a.rejected_files[0].contains("\"Company\" where \"Company Name\" is declared"),
+        "{:?}",
+        a.rejected_files
+    );
+    assert_eq!(
+        (by("events.leads").rows, by("events.leads").quarantined),
+        (2, 1)
+    );
     assert_eq!(by("events.partners").rows, 2);
 
-    assert_eq!(scalar(&dir, "select company_name from events.attendees where email = 'bob@b.io'").await, "Beta, Inc");
-    assert_eq!(scalar(&dir, "select count(*) from events.attendees where company_name is null").await, "1");
-    assert_eq!(scalar(&dir, "select sum(deals) from events.partners").await, "11");
-    let q = scalar(&dir, "select origin || ' ' || reason from ferry.quarantine where stream = 'attendees'").await;
+    assert_eq!(
+        scalar(
+            &dir,
+            "select company_name from events.attendees where email = 'bob@b.io'"
+        )
+        .await,
+        "Beta, Inc"
+    );
+    assert_eq!(
+        scalar(
+            &dir,
+            "select count(*) from events.attendees where company_name is null"
+        )
+        .await,
+        "1"
+    );
+    assert_eq!(
+        scalar(&dir, "select sum(deals) from events.partners").await,
+        "11"
+    );
+    let q = scalar(
+        &dir,
+        "select origin || ' ' || reason from ferry.quarantine where stream = 'attendees'",
+    )
+    .await;
     assert!(q.starts_with("attendees-1.csv:4 expected 3 fields"), "{q}");
-    let q = scalar(&dir, "select origin from ferry.quarantine where stream = 'leads'").await;
+    let q = scalar(
+        &dir,
+        "select origin from ferry.quarantine where stream = 'leads'",
+    )
+    .await;
     assert_eq!(q, "leads.jsonl:2");
     let log = scalar(
         &dir,
         "select string_agg(source_file || '=' || status || ':' || rows || '/' || rejected_rows, ' ' order by source_file, status) from ferry.ingestions where stream = 'attendees'",
     )
     .await;
-    assert_eq!(log, "attendees-1.csv=landed:3/0 attendees-1.csv=quarantined:0/1 attendees-2.csv=rejected:0/0");
+    assert_eq!(
+        log,
+        "attendees-1.csv=landed:3/0 attendees-1.csv=quarantined:0/1 attendees-2.csv=rejected:0/0"
+    );
 
     // Re-run: nothing lands twice; the same content under a new name is skipped too.
-    std::fs::copy(drops.join("attendees-1.csv"), drops.join("attendees-1-copy.csv")).unwrap();
+    std::fs::copy(
+        drops.join("attendees-1.csv"),
+        drops.join("attendees-1-copy.csv"),
+    )
+    .unwrap();
     let out = extract(&dir, &["events.attendees"]).await.unwrap();
     assert_eq!((out[0].rows, out[0].skipped_files), (0, 2), "{:?}", out[0]);
     // The fixed file lands.
-    std::fs::write(drops.join("attendees-2.csv"), "Email,Company Name,Registered At\ndee@d.io,Delta,2026-11-04\n").unwrap();
+    std::fs::write(
+        drops.join("attendees-2.csv"),
+        "Email,Company Name,Registered At\ndee@d.io,Delta,2026-11-04\n",
+    )
+    .unwrap();
     let out = extract(&dir, &["events.attendees"]).await.unwrap();
     assert_eq!(out[0].rows, 1);
-    assert_eq!(scalar(&dir, "select count(*) from events.attendees").await, "4");
+    assert_eq!(
+        scalar(&dir, "select count(*) from events.attendees").await,
+        "4"
+    );
 }
 
 fn hubspot_project(dir: &Path, url: &str) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("secrets.toml"), "HUBSPOT_TOKEN = \"ferry-sim-token\"\n").unwrap();
+    std::fs::write(
+        dir.join("secrets.toml"),
+        "HUBSPOT_TOKEN = \"ferry-sim-token\"\n",
+    )
+    .unwrap();
     std::fs::write(
         dir.join("ferry.toml"),
         format!(
@@ -306,18 +444,42 @@ associations = ["companies"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hubspot_full_then_incremental_with_associations() {
     use ferry::sim::hubspot::{self, SimConfig};
-    let s = hubspot::start(SimConfig { ten_secondly: 10_000, search_per_second: 100, ..Default::default() }, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let s = hubspot::start(
+        SimConfig {
+            ten_secondly: 10_000,
+            search_per_second: 100,
+            ..Default::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
     let (contacts, companies) = s
         .with_crm(|crm| {
             let co: Vec<u64> = (0..30)
-                .map(|i| crm.create("companies", [("domain".to_string(), format!("co{i}.io")), ("name".to_string(), format!("Co {i}"))].into()).id)
+                .map(|i| {
+                    crm.create(
+                        "companies",
+                        [
+                            ("domain".to_string(), format!("co{i}.io")),
+                            ("name".to_string(), format!("Co {i}")),
+                        ]
+                        .into(),
+                    )
+                    .id
+                })
                 .collect();
             let ct: Vec<u64> = (0..250)
                 .map(|i| {
                     let id = crm
-                        .create("contacts", [("email".to_string(), format!("p{i}@x.io")), ("country".to_string(), "US".to_string())].into())
+                        .create(
+                            "contacts",
+                            [
+                                ("email".to_string(), format!("p{i}@x.io")),
+                                ("country".to_string(), "US".to_string()),
+                            ]
+                            .into(),
+                        )
                         .id;
                     crm.associate("contacts", id, "companies", co[i % 30]);
                     id
@@ -329,13 +491,45 @@ async fn hubspot_full_then_incremental_with_associations() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = hubspot_project(tmp.path(), &s.base_url());
     let out = extract(&dir, &[]).await.unwrap();
-    assert_eq!(out.iter().map(|x| (x.stream.as_str(), x.rows)).collect::<Vec<_>>(), vec![("hubspot.companies", 30), ("hubspot.contacts", 250)]);
-    assert_eq!(scalar(&dir, "select count(distinct id) from hubspot.contacts").await, "250");
-    assert_eq!(scalar(&dir, "select country from hubspot.contacts where email = 'p7@x.io'").await, "US");
+    assert_eq!(
+        out.iter()
+            .map(|x| (x.stream.as_str(), x.rows))
+            .collect::<Vec<_>>(),
+        vec![("hubspot.companies", 30), ("hubspot.contacts", 250)]
+    );
+    assert_eq!(
+        scalar(&dir, "select count(distinct id) from hubspot.contacts").await,
+        "250"
+    );
+    assert_eq!(
+        scalar(
+            &dir,
+            "select country from hubspot.contacts where email = 'p7@x.io'"
+        )
+        .await,
+        "US"
+    );
     // Properties became columns; all properties were discovered for companies.
-    assert_eq!(scalar(&dir, "select name from hubspot.companies where domain = 'co3.io'").await, "Co 3");
-    assert_eq!(scalar(&dir, "select count(*) from hubspot.contacts_companies").await, "250");
-    let linked = scalar(&dir, &format!("select to_id from hubspot.contacts_companies where from_id = '{}'", contacts[31])).await;
+    assert_eq!(
+        scalar(
+            &dir,
+            "select name from hubspot.companies where domain = 'co3.io'"
+        )
+        .await,
+        "Co 3"
+    );
+    assert_eq!(
+        scalar(&dir, "select count(*) from hubspot.contacts_companies").await,
+        "250"
+    );
+    let linked = scalar(
+        &dir,
+        &format!(
+            "select to_id from hubspot.contacts_companies where from_id = '{}'",
+            contacts[31]
+        ),
+    )
+    .await;
     assert_eq!(linked, companies[1].to_string());
 
     // Incremental: only records modified since.
@@ -348,7 +542,10 @@ async fn hubspot_full_then_incremental_with_associations() {
     let (calls_before, _) = s.stats();
     let out = extract(&dir, &["hubspot.contacts"]).await.unwrap();
     assert_eq!(out[0].rows, 5);
-    assert!(s.stats().0 - calls_before <= 4, "a count, a page, associations");
+    assert!(
+        s.stats().0 - calls_before <= 4,
+        "a count, a page, associations"
+    );
     let out = extract(&dir, &["hubspot.contacts"]).await.unwrap();
     assert_eq!(out[0].rows, 0, "nothing changed since");
 }
@@ -358,11 +555,28 @@ async fn hubspot_full_then_incremental_with_associations() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hubspot_incremental_crosses_the_10000_result_search_cap() {
     use ferry::sim::hubspot::{self, SimConfig};
-    let s = hubspot::start(SimConfig { ten_secondly: 100_000, search_per_second: 1000, ..Default::default() }, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let s = hubspot::start(
+        SimConfig {
+            ten_secondly: 100_000,
+            search_per_second: 1000,
+            ..Default::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
     let ids: Vec<u64> = s
-        .with_crm(|crm| (0..12_500).map(|i| crm.create("contacts", [("email".to_string(), format!("p{i}@x.io"))].into()).id).collect())
+        .with_crm(|crm| {
+            (0..12_500)
+                .map(|i| {
+                    crm.create(
+                        "contacts",
+                        [("email".to_string(), format!("p{i}@x.io"))].into(),
+                    )
+                    .id
+                })
+                .collect()
+        })
         .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let dir = hubspot_project(tmp.path(), &s.base_url());
@@ -373,7 +587,11 @@ async fn hubspot_incremental_crosses_the_10000_result_search_cap() {
     let base = chrono::Utc::now();
     s.with_crm(|crm| {
         for (i, id) in ids.iter().enumerate() {
-            let at = if i < 2_500 { base } else { base + chrono::Duration::milliseconds(1 + (i as i64 % 3000)) };
+            let at = if i < 2_500 {
+                base
+            } else {
+                base + chrono::Duration::milliseconds(1 + (i as i64 % 3000))
+            };
             crm.touch("contacts", *id, at);
         }
     });
@@ -387,7 +605,11 @@ async fn hubspot_incremental_crosses_the_10000_result_search_cap() {
 
 fn webhook_project(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("secrets.toml"), "STRIPE_SECRET = \"whsec_test\"\nTF_SECRET = \"tf_secret\"\n").unwrap();
+    std::fs::write(
+        dir.join("secrets.toml"),
+        "STRIPE_SECRET = \"whsec_test\"\nTF_SECRET = \"tf_secret\"\n",
+    )
+    .unwrap();
     std::fs::write(
         dir.join("ferry.toml"),
         r#"[project]
@@ -419,12 +641,24 @@ fn stripe_event(i: usize) -> String {
 }
 
 fn stripe_headers(secret: &str, body: &str, at: i64) -> String {
-    let sig = hex::encode(ferry::extract::webhook::sign(secret, format!("{at}.{body}").as_bytes()));
+    let sig = hex::encode(ferry::extract::webhook::sign(
+        secret,
+        format!("{at}.{body}").as_bytes(),
+    ));
     format!("t={at},v1={sig}")
 }
 
 async fn post(client: &reqwest::Client, url: &str, header: (&str, String), body: String) -> u16 {
-    client.post(url).header(header.0, header.1).header("content-type", "application/json").body(body).send().await.unwrap().status().as_u16()
+    client
+        .post(url)
+        .header(header.0, header.1)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -433,40 +667,122 @@ async fn webhooks_verify_signatures_and_land_each_event_once() {
     let dir = webhook_project(tmp.path());
     let project = Project::load(&dir).unwrap();
     let lake = Lake::open(&project.lake, &project.dir).unwrap();
-    let server = ferry::serve::start(&project, lake.clone(), "127.0.0.1:0".parse().unwrap(), std::time::Duration::from_millis(200))
-        .await
-        .unwrap();
+    let server = ferry::serve::start(
+        &project,
+        lake.clone(),
+        "127.0.0.1:0".parse().unwrap(),
+        std::time::Duration::from_millis(200),
+    )
+    .await
+    .unwrap();
     let url = format!("{}/webhooks/billing", server.url());
     let c = reqwest::Client::new();
     let now = chrono::Utc::now().timestamp();
     let good = stripe_event(1);
-    assert_eq!(post(&c, &url, ("stripe-signature", stripe_headers("whsec_test", &good, now)), good.clone()).await, 200);
+    assert_eq!(
+        post(
+            &c,
+            &url,
+            ("stripe-signature", stripe_headers("whsec_test", &good, now)),
+            good.clone()
+        )
+        .await,
+        200
+    );
     // Replayed delivery of the same event: acknowledged, not kept twice.
-    assert_eq!(post(&c, &url, ("stripe-signature", stripe_headers("whsec_test", &good, now)), good.clone()).await, 200);
+    assert_eq!(
+        post(
+            &c,
+            &url,
+            ("stripe-signature", stripe_headers("whsec_test", &good, now)),
+            good.clone()
+        )
+        .await,
+        200
+    );
     // Wrong secret, tampered body, stale timestamp (a replay of an old capture).
-    assert_eq!(post(&c, &url, ("stripe-signature", stripe_headers("wrong", &good, now)), good.clone()).await, 401);
-    assert_eq!(post(&c, &url, ("stripe-signature", stripe_headers("whsec_test", &good, now)), stripe_event(2)).await, 401);
+    assert_eq!(
+        post(
+            &c,
+            &url,
+            ("stripe-signature", stripe_headers("wrong", &good, now)),
+            good.clone()
+        )
+        .await,
+        401
+    );
+    assert_eq!(
+        post(
+            &c,
+            &url,
+            ("stripe-signature", stripe_headers("whsec_test", &good, now)),
+            stripe_event(2)
+        )
+        .await,
+        401
+    );
     let old = stripe_event(3);
-    assert_eq!(post(&c, &url, ("stripe-signature", stripe_headers("whsec_test", &old, now - 3600)), old).await, 401);
+    assert_eq!(
+        post(
+            &c,
+            &url,
+            (
+                "stripe-signature",
+                stripe_headers("whsec_test", &old, now - 3600)
+            ),
+            old
+        )
+        .await,
+        401
+    );
     // Oversized body.
     let big = format!(r#"{{"id": "evt_big", "pad": "{}"}}"#, "x".repeat(5000));
-    assert_eq!(post(&c, &url, ("stripe-signature", stripe_headers("whsec_test", &big, now)), big).await, 413);
+    assert_eq!(
+        post(
+            &c,
+            &url,
+            ("stripe-signature", stripe_headers("whsec_test", &big, now)),
+            big
+        )
+        .await,
+        413
+    );
     // Typeform-style.
     let tf = r#"{"event_id": "tf_1", "event_type": "form_response", "form_response": {"form_id": "F1", "submitted_at": "2026-11-24T10:00:00Z", "hidden": {"email": "ann@a.io"}}}"#;
     let sig = {
         use base64::Engine;
-        base64::engine::general_purpose::STANDARD.encode(ferry::extract::webhook::sign("tf_secret", tf.as_bytes()))
+        base64::engine::general_purpose::STANDARD
+            .encode(ferry::extract::webhook::sign("tf_secret", tf.as_bytes()))
     };
     let turl = format!("{}/webhooks/forms", server.url());
-    assert_eq!(post(&c, &turl, ("typeform-signature", format!("sha256={sig}")), tf.to_string()).await, 200);
+    assert_eq!(
+        post(
+            &c,
+            &turl,
+            ("typeform-signature", format!("sha256={sig}")),
+            tf.to_string()
+        )
+        .await,
+        200
+    );
     server.shutdown().await;
 
-    assert_eq!(scalar(&dir, "select count(*) from billing.events").await, "1");
+    assert_eq!(
+        scalar(&dir, "select count(*) from billing.events").await,
+        "1"
+    );
     assert_eq!(
         scalar(&dir, "select event_id || ' ' || event_type || ' ' || contact_id || ' ' || account_id || ' ' || source_system from billing.events").await,
         "evt_1 invoice.paid cus_1 acct_1 stripe"
     );
-    assert_eq!(scalar(&dir, "select contact_id || ' ' || cast(fired_at as varchar) from forms.events").await, "ann@a.io 2026-11-24T10:00:00Z");
+    assert_eq!(
+        scalar(
+            &dir,
+            "select contact_id || ' ' || cast(fired_at as varchar) from forms.events"
+        )
+        .await,
+        "ann@a.io 2026-11-24T10:00:00Z"
+    );
 }
 
 /// 1,000 signed events posted at concurrency 50 (with 100 redeliveries):
@@ -479,9 +795,14 @@ async fn webhook_load_1000_events_at_concurrency_50_land_exactly_once() {
     let dir = webhook_project(tmp.path());
     let project = Project::load(&dir).unwrap();
     let lake = Lake::open(&project.lake, &project.dir).unwrap();
-    let server = ferry::serve::start(&project, lake.clone(), "127.0.0.1:0".parse().unwrap(), std::time::Duration::from_millis(250))
-        .await
-        .unwrap();
+    let server = ferry::serve::start(
+        &project,
+        lake.clone(),
+        "127.0.0.1:0".parse().unwrap(),
+        std::time::Duration::from_millis(250),
+    )
+    .await
+    .unwrap();
     let url = format!("{}/webhooks/billing", server.url());
     let c = reqwest::Client::new();
     let now = chrono::Utc::now().timestamp();
@@ -489,36 +810,91 @@ async fn webhook_load_1000_events_at_concurrency_50_land_exactly_once() {
         let (c, url) = (c.clone(), url.clone());
         async move {
             let body = stripe_event(i % 1000);
-            post(&c, &url, ("stripe-signature", stripe_headers("whsec_test", &body, now)), body).await
+            post(
+                &c,
+                &url,
+                ("stripe-signature", stripe_headers("whsec_test", &body, now)),
+                body,
+            )
+            .await
         }
     }))
     .buffer_unordered(50)
     .collect()
     .await;
-    assert!(statuses.iter().all(|s| *s == 200), "{:?}", statuses.iter().filter(|s| **s != 200).count());
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "{:?}",
+        statuses.iter().filter(|s| **s != 200).count()
+    );
     server.shutdown().await;
-    assert_eq!(scalar(&dir, "select count(*) || '/' || count(distinct event_id) from billing.events").await, "1000/1000");
+    assert_eq!(
+        scalar(
+            &dir,
+            "select count(*) || '/' || count(distinct event_id) from billing.events"
+        )
+        .await,
+        "1000/1000"
+    );
 
     // Acknowledged, then the process dies before landing: nothing is lost.
-    let server = ferry::serve::start(&project, lake.clone(), "127.0.0.1:0".parse().unwrap(), std::time::Duration::from_secs(3600))
-        .await
-        .unwrap();
+    let server = ferry::serve::start(
+        &project,
+        lake.clone(),
+        "127.0.0.1:0".parse().unwrap(),
+        std::time::Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
     let url = format!("{}/webhooks/billing", server.url());
     for i in 1000..1010 {
         let body = stripe_event(i);
-        assert_eq!(post(&c, &url, ("stripe-signature", stripe_headers("whsec_test", &body, now)), body).await, 200);
+        assert_eq!(
+            post(
+                &c,
+                &url,
+                ("stripe-signature", stripe_headers("whsec_test", &body, now)),
+                body
+            )
+            .await,
+            200
+        );
     }
     server.kill();
-    assert_eq!(scalar(&dir, "select count(*) from billing.events").await, "1000");
-    let server = ferry::serve::start(&project, lake.clone(), "127.0.0.1:0".parse().unwrap(), std::time::Duration::from_millis(100))
-        .await
-        .unwrap();
+    assert_eq!(
+        scalar(&dir, "select count(*) from billing.events").await,
+        "1000"
+    );
+    let server = ferry::serve::start(
+        &project,
+        lake.clone(),
+        "127.0.0.1:0".parse().unwrap(),
+        std::time::Duration::from_millis(100),
+    )
+    .await
+    .unwrap();
     // A redelivery after the restart is still recognised.
     let url = format!("{}/webhooks/billing", server.url());
     let body = stripe_event(5);
-    assert_eq!(post(&c, &url, ("stripe-signature", stripe_headers("whsec_test", &body, now)), body).await, 200);
+    assert_eq!(
+        post(
+            &c,
+            &url,
+            ("stripe-signature", stripe_headers("whsec_test", &body, now)),
+            body
+        )
+        .await,
+        200
+    );
     server.shutdown().await;
-    assert_eq!(scalar(&dir, "select count(*) || '/' || count(distinct event_id) from billing.events").await, "1010/1010");
+    assert_eq!(
+        scalar(
+            &dir,
+            "select count(*) || '/' || count(distinct event_id) from billing.events"
+        )
+        .await,
+        "1010/1010"
+    );
 }
 
 /// The real `ferry extract`, killed with SIGKILL mid-run several times, then
@@ -527,7 +903,12 @@ async fn webhook_load_1000_events_at_concurrency_50_land_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_extract_then_rerun_loses_nothing() {
     use rand::Rng;
-    let s = api(RestConfig { records: 3000, per_second: 40, ..Default::default() }).await;
+    let s = api(RestConfig {
+        records: 3000,
+        per_second: 40,
+        ..Default::default()
+    })
+    .await;
     let tmp = tempfile::tempdir().unwrap();
     let dir = project(
         tmp.path(),
@@ -560,12 +941,18 @@ incremental = {{ cursor_field = "updated_at", param = "updated_since" }}
     let mut rng = rand::rng();
     for _ in 0..5 {
         let mut child = run();
-        tokio::time::sleep(std::time::Duration::from_millis(rng.random_range(200..2500))).await;
+        tokio::time::sleep(std::time::Duration::from_millis(
+            rng.random_range(200..2500),
+        ))
+        .await;
         let _ = child.kill();
         child.wait().unwrap();
     }
     assert!(run().wait().unwrap().success());
-    assert_eq!(scalar(&dir, "select count(distinct id) from api.items").await, "3000");
+    assert_eq!(
+        scalar(&dir, "select count(distinct id) from api.items").await,
+        "3000"
+    );
     assert_eq!(
         scalar(&dir, "select count(*) from (select id, row_number() over (partition by id order by _ferry_loaded_at desc) rn from api.items) where rn = 1").await,
         "3000"
@@ -580,10 +967,20 @@ incremental = {{ cursor_field = "updated_at", param = "updated_since" }}
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
         .arg("--project-dir")
         .arg(&dir)
-        .args(["query", "select count(*) as n, count(distinct id) as ids from items_latest", "--format", "csv"])
+        .args([
+            "query",
+            "select count(*) as n, count(distinct id) as ids from items_latest",
+            "--format",
+            "csv",
+        ])
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "n,ids\n3000,3000\n", "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "n,ids\n3000,3000\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The cursor moved only with a complete run: the next run asks from the newest record on.
     let out = extract(&dir, &["api.items"]).await.unwrap();
     assert_eq!(out[0].rows, 1);
@@ -592,23 +989,46 @@ incremental = {{ cursor_field = "updated_at", param = "updated_since" }}
 /// Every source example in the README parses, with the streams it shows.
 #[test]
 fn readme_source_examples_parse() {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
     let secrets = ferry::project::SecretSource::new(
-        ["HUBSPOT_TOKEN", "OUTREACH_TOKEN", "GONG_ACCESS_KEY", "GONG_ACCESS_SECRET", "ENRICH_KEY", "INTENT_KEY", "BILLING_SECRET", "STRIPE_WEBHOOK_SECRET"]
-            .into_iter()
-            .map(|k| (k.to_string(), format!("value-of-{k}")))
-            .collect(),
+        [
+            "HUBSPOT_TOKEN",
+            "OUTREACH_TOKEN",
+            "GONG_ACCESS_KEY",
+            "GONG_ACCESS_SECRET",
+            "ENRICH_KEY",
+            "INTENT_KEY",
+            "BILLING_SECRET",
+            "STRIPE_WEBHOOK_SECRET",
+        ]
+        .into_iter()
+        .map(|k| (k.to_string(), format!("value-of-{k}")))
+        .collect(),
     );
     let mut streams = Vec::new();
     let mut webhooks = Vec::new();
-    for block in readme.split("```toml\n").skip(1).map(|b| b.split("```").next().unwrap()) {
+    for block in readme
+        .split("```toml\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+    {
         // The extraction examples (the projects section has its own test).
-        if !block.contains("type = \"") || !block.contains("[sources.") || block.contains("[project]") {
+        if !block.contains("type = \"")
+            || !block.contains("[sources.")
+            || block.contains("[project]")
+        {
             continue;
         }
         let text = format!("[project]\nname = \"readme\"\n\n{block}");
-        let p = Project::parse(Path::new("p"), Path::new("p/ferry.toml"), &text, &secrets, None)
-            .unwrap_or_else(|e| panic!("{e}\n{block}"));
+        let p = Project::parse(
+            Path::new("p"),
+            Path::new("p/ferry.toml"),
+            &text,
+            &secrets,
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{block}"));
         for spec in p.extract.values() {
             for s in spec.streams() {
                 streams.push(format!("{}.{s}", spec.name()));
@@ -617,10 +1037,22 @@ fn readme_source_examples_parse() {
         webhooks.extend(p.webhooks.keys().cloned());
     }
     for want in [
-        "hubspot.contacts", "hubspot.companies", "hubspot.deals", "outreach.prospects", "outreach.sequence_steps",
-        "gong.calls", "enrich.companies", "intent.signals", "billing_api.invoices", "events.attendees", "events.partner_leads",
+        "hubspot.contacts",
+        "hubspot.companies",
+        "hubspot.deals",
+        "outreach.prospects",
+        "outreach.sequence_steps",
+        "gong.calls",
+        "enrich.companies",
+        "intent.signals",
+        "billing_api.invoices",
+        "events.attendees",
+        "events.partner_leads",
     ] {
-        assert!(streams.contains(&want.to_string()), "{want} missing from {streams:?}");
+        assert!(
+            streams.contains(&want.to_string()),
+            "{want} missing from {streams:?}"
+        );
     }
     // Children come after their parents.
     let pos = |s: &str| streams.iter().position(|x| x == s).unwrap();

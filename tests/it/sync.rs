@@ -56,7 +56,11 @@ pub fn plant(s: &RunningSim, kind: &str, props: &[(&str, &str)]) -> u64 {
 }
 
 /// Live records of `kind` keyed by `property`, with their properties.
-pub fn crm(s: &RunningSim, kind: &str, property: &str) -> BTreeMap<String, BTreeMap<String, String>> {
+pub fn crm(
+    s: &RunningSim,
+    kind: &str,
+    property: &str,
+) -> BTreeMap<String, BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for r in s.records(kind) {
         let key = r.properties.get(property).cloned().unwrap_or_default();
@@ -72,7 +76,11 @@ pub fn crm(s: &RunningSim, kind: &str, property: &str) -> BTreeMap<String, BTree
 /// HubSpot contacts.
 pub fn project(dir: &Path, sim_url: &str, sync: &str) -> PathBuf {
     std::fs::create_dir_all(dir.join("models")).unwrap();
-    std::fs::write(dir.join("secrets.toml"), format!("HS_TOKEN = \"{TOKEN}\"\n")).unwrap();
+    std::fs::write(
+        dir.join("secrets.toml"),
+        format!("HS_TOKEN = \"{TOKEN}\"\n"),
+    )
+    .unwrap();
     std::fs::write(
         dir.join("ferry.toml"),
         format!(
@@ -189,14 +197,20 @@ pub fn assert_matches(s: &RunningSim, rows: &Rows) {
     let state = crm(s, "contacts", "email");
     let mut want = BTreeMap::new();
     for r in rows {
-        want.insert(r.0.clone().unwrap().to_lowercase(), (r.1.clone(), r.2.clone()));
+        want.insert(
+            r.0.clone().unwrap().to_lowercase(),
+            (r.1.clone(), r.2.clone()),
+        );
     }
     let got: BTreeMap<String, (Option<String>, Option<String>)> = state
         .iter()
         .map(|(k, p)| {
             (
                 k.clone(),
-                (p.get("ferry_lead_score").cloned(), p.get("ferry_persona").cloned()),
+                (
+                    p.get("ferry_lead_score").cloned(),
+                    p.get("ferry_persona").cloned(),
+                ),
             )
         })
         .collect();
@@ -212,14 +226,20 @@ async fn upsert_sends_only_what_changed() {
     model(&dir, "scores", &data);
 
     let r = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
-    assert_eq!((r.counts.created, r.counts.updated, r.counts.unchanged), (250, 0, 0));
+    assert_eq!(
+        (r.counts.created, r.counts.updated, r.counts.unchanged),
+        (250, 0, 0)
+    );
     // One properties check + three batches of at most 100.
     assert_eq!(r.api_calls, 4, "{r:?}");
     assert_matches(&s, &data);
 
     // Nothing changed: nothing is sent.
     let r = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
-    assert_eq!((r.counts.created, r.counts.updated, r.counts.unchanged), (0, 0, 250));
+    assert_eq!(
+        (r.counts.created, r.counts.updated, r.counts.unchanged),
+        (0, 0, 250)
+    );
     assert_eq!(r.api_calls, 1);
 
     // Three rows change: one batch carries exactly those three.
@@ -229,7 +249,10 @@ async fn upsert_sends_only_what_changed() {
     data[5].2 = None; // overwrite policy: a null clears the CRM value
     model(&dir, "scores", &data);
     let r = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
-    assert_eq!((r.counts.created, r.counts.updated, r.counts.unchanged), (0, 4, 246));
+    assert_eq!(
+        (r.counts.created, r.counts.updated, r.counts.unchanged),
+        (0, 4, 246)
+    );
     assert_eq!(r.api_calls, 2);
     assert_matches(&s, &data);
 
@@ -241,12 +264,27 @@ async fn upsert_sends_only_what_changed() {
         ),
     )
     .await;
-    assert_eq!(log, vec![vec!["upsert".to_string(), "ok".into(), "4".into()]]);
-    let runs = query(&dir, "select count(*), sum(created), sum(updated) from ferry.sync_runs").await;
+    assert_eq!(
+        log,
+        vec![vec!["upsert".to_string(), "ok".into(), "4".into()]]
+    );
+    let runs = query(
+        &dir,
+        "select count(*), sum(created), sum(updated) from ferry.sync_runs",
+    )
+    .await;
     assert_eq!(runs, vec![vec!["3".to_string(), "250".into(), "4".into()]]);
 }
 
-fn sync_toml(name: &str, model: &str, object: &str, mode: &str, key: (&str, &str), fields: &str, extra: &str) -> String {
+fn sync_toml(
+    name: &str,
+    model: &str,
+    object: &str,
+    mode: &str,
+    key: (&str, &str),
+    fields: &str,
+    extra: &str,
+) -> String {
     format!(
         "[syncs.{name}]\nmodel = \"{model}\"\ndestination = \"hubspot\"\nobject = \"{object}\"\nmode = \"{mode}\"\n\
          match = {{ column = \"{}\", property = \"{}\" }}\n{extra}\n[syncs.{name}.fields]\n{fields}\n",
@@ -261,37 +299,82 @@ fn some(s: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_mode_never_creates_and_reports_missing_records() {
     let s = sim(SimConfig::default()).await;
-    plant(&s, "contacts", &[("email", "known@example.com"), ("ferry_lead_score", "1")]);
+    plant(
+        &s,
+        "contacts",
+        &[("email", "known@example.com"), ("ferry_lead_score", "1")],
+    );
     let tmp = tempfile::tempdir().unwrap();
-    let toml = sync_toml("scores", "scores", "contacts", "update", ("email", "email"),
-        "lead_score = \"ferry_lead_score\"", "");
+    let toml = sync_toml(
+        "scores",
+        "scores",
+        "contacts",
+        "update",
+        ("email", "email"),
+        "lead_score = \"ferry_lead_score\"",
+        "",
+    );
     let dir = project(tmp.path(), &s.base_url(), &toml);
-    model(&dir, "scores", &vec![
-        (some("KNOWN@example.com"), some("50"), None),
-        (some("stranger@example.com"), some("60"), None),
-    ]);
+    model(
+        &dir,
+        "scores",
+        &vec![
+            (some("KNOWN@example.com"), some("50"), None),
+            (some("stranger@example.com"), some("60"), None),
+        ],
+    );
     let r = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
-    assert_eq!((r.counts.created, r.counts.updated, r.counts.rejected), (0, 1, 1), "{r:?}");
+    assert_eq!(
+        (r.counts.created, r.counts.updated, r.counts.rejected),
+        (0, 1, 1),
+        "{r:?}"
+    );
     let state = crm(&s, "contacts", "email");
     assert_eq!(state.len(), 1);
     assert_eq!(state["known@example.com"]["ferry_lead_score"], "50");
     // The 207 per-record error is in the log with HubSpot's category.
-    let log = query(&dir, "select key, status, error_category from ferry.sync_log where status <> 'ok'").await;
-    assert_eq!(log, vec![vec!["stranger@example.com".to_string(), "rejected".into(), "OBJECT_NOT_FOUND".into()]]);
+    let log = query(
+        &dir,
+        "select key, status, error_category from ferry.sync_log where status <> 'ok'",
+    )
+    .await;
+    assert_eq!(
+        log,
+        vec![vec![
+            "stranger@example.com".to_string(),
+            "rejected".into(),
+            "OBJECT_NOT_FOUND".into()
+        ]]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn insert_mode_leaves_existing_records_alone() {
     let s = sim(SimConfig::default()).await;
-    plant(&s, "contacts", &[("email", "known@example.com"), ("ferry_lead_score", "1")]);
+    plant(
+        &s,
+        "contacts",
+        &[("email", "known@example.com"), ("ferry_lead_score", "1")],
+    );
     let tmp = tempfile::tempdir().unwrap();
-    let toml = sync_toml("scores", "scores", "contacts", "insert", ("email", "email"),
-        "lead_score = \"ferry_lead_score\"", "");
+    let toml = sync_toml(
+        "scores",
+        "scores",
+        "contacts",
+        "insert",
+        ("email", "email"),
+        "lead_score = \"ferry_lead_score\"",
+        "",
+    );
     let dir = project(tmp.path(), &s.base_url(), &toml);
-    model(&dir, "scores", &vec![
-        (some("known@example.com"), some("50"), None),
-        (some("new@example.com"), some("60"), None),
-    ]);
+    model(
+        &dir,
+        "scores",
+        &vec![
+            (some("known@example.com"), some("50"), None),
+            (some("new@example.com"), some("60"), None),
+        ],
+    );
     let r = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
     assert_eq!((r.counts.created, r.counts.skipped), (1, 1), "{r:?}");
     let state = crm(&s, "contacts", "email");
@@ -307,12 +390,31 @@ async fn ownership_policies_protect_crm_values() {
     let s = sim(SimConfig::default()).await;
     define(&s, "contacts", "ferry_owner_note", "string", false);
     // A rep typed a persona for ann; bob's is empty; both have a note.
-    plant(&s, "contacts", &[("email", "ann@example.com"), ("ferry_persona", "Rep's call"), ("ferry_owner_note", "keep")]);
-    plant(&s, "contacts", &[("email", "bob@example.com"), ("ferry_owner_note", "keep")]);
+    plant(
+        &s,
+        "contacts",
+        &[
+            ("email", "ann@example.com"),
+            ("ferry_persona", "Rep's call"),
+            ("ferry_owner_note", "keep"),
+        ],
+    );
+    plant(
+        &s,
+        "contacts",
+        &[("email", "bob@example.com"), ("ferry_owner_note", "keep")],
+    );
     let tmp = tempfile::tempdir().unwrap();
-    let toml = sync_toml("scores", "scores", "contacts", "upsert", ("email", "email"),
+    let toml = sync_toml(
+        "scores",
+        "scores",
+        "contacts",
+        "upsert",
+        ("email", "email"),
         "lead_score = \"ferry_lead_score\"\npersona = { property = \"ferry_persona\", policy = \"if_empty\" }\n\
-         note = { property = \"ferry_owner_note\", policy = \"skip_nulls\" }", "");
+         note = { property = \"ferry_owner_note\", policy = \"skip_nulls\" }",
+        "",
+    );
     let dir = project(tmp.path(), &s.base_url(), &toml);
     std::fs::write(dir.join("models/scores.sql"),
         "{{ config(materialized='view') }}\nselect cast(column1 as varchar) as email, cast(column2 as varchar) as lead_score, \
@@ -322,11 +424,23 @@ async fn ownership_policies_protect_crm_values() {
     let r = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
     assert!(r.clean(), "{r:?}");
     let state = crm(&s, "contacts", "email");
-    assert_eq!(state["ann@example.com"]["ferry_persona"], "Rep's call", "if_empty never overwrites");
-    assert_eq!(state["bob@example.com"]["ferry_persona"], "Sales Leader", "if_empty fills an empty value");
-    assert_eq!(state["ann@example.com"]["ferry_owner_note"], "keep", "skip_nulls: a null never clears");
+    assert_eq!(
+        state["ann@example.com"]["ferry_persona"], "Rep's call",
+        "if_empty never overwrites"
+    );
+    assert_eq!(
+        state["bob@example.com"]["ferry_persona"], "Sales Leader",
+        "if_empty fills an empty value"
+    );
+    assert_eq!(
+        state["ann@example.com"]["ferry_owner_note"], "keep",
+        "skip_nulls: a null never clears"
+    );
     assert_eq!(state["cy@example.com"]["ferry_owner_note"], "fresh");
-    assert_eq!(state["cy@example.com"]["ferry_persona"], "Ops", "a new record gets if_empty fields");
+    assert_eq!(
+        state["cy@example.com"]["ferry_persona"], "Ops",
+        "a new record gets if_empty fields"
+    );
     assert!(!state["cy@example.com"].contains_key("ferry_lead_score"));
 }
 
@@ -339,7 +453,11 @@ async fn one_bad_row_in_a_batch_of_100_is_isolated_by_splitting() {
     data[42].1 = some("not a number"); // ferry_lead_score is a number property: HubSpot 400s the whole batch
     model(&dir, "scores", &data);
     let r = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
-    assert_eq!((r.counts.created, r.counts.rejected, r.counts.failed), (99, 1, 0), "{r:?}");
+    assert_eq!(
+        (r.counts.created, r.counts.rejected, r.counts.failed),
+        (99, 1, 0),
+        "{r:?}"
+    );
     // 1 check + 1 full batch + 2 per halving level (7 levels for 100 rows) at most.
     assert!(r.api_calls <= 16, "{} calls", r.api_calls);
     assert_eq!(crm(&s, "contacts", "email").len(), 99);
@@ -348,13 +466,20 @@ async fn one_bad_row_in_a_batch_of_100_is_isolated_by_splitting() {
     assert_eq!(log[0][0], "person42@example.com");
     assert_eq!(log[0][1], "VALIDATION_ERROR");
     assert!(log[0][2].contains("not a number"), "{:?}", log[0]);
-    assert!(log[0][3].contains("not a number"), "the dead letter keeps the payload: {:?}", log[0]);
+    assert!(
+        log[0][3].contains("not a number"),
+        "the dead letter keeps the payload: {:?}",
+        log[0]
+    );
 
     // Fixed in the model: the next run sends just that row.
     data[42].1 = some("42");
     model(&dir, "scores", &data);
     let r = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
-    assert_eq!((r.counts.created, r.counts.unchanged, r.api_calls), (1, 99, 2));
+    assert_eq!(
+        (r.counts.created, r.counts.unchanged, r.api_calls),
+        (1, 99, 2)
+    );
     assert_matches(&s, &data);
 }
 
@@ -365,10 +490,15 @@ async fn bad_token_stops_at_once() {
     let dir = project(tmp.path(), &s.base_url(), SCORES);
     std::fs::write(dir.join("secrets.toml"), "HS_TOKEN = \"wrong\"\n").unwrap();
     model(&dir, "scores", &rows(300, "a"));
-    let e = sync(&dir, "scores", SyncOptions::default()).await.unwrap_err();
+    let e = sync(&dir, "scores", SyncOptions::default())
+        .await
+        .unwrap_err();
     let msg = e.to_string();
     assert!(msg.contains("refused the credentials"), "{msg}");
-    assert!(!msg.contains("wrong"), "the token must not be printed: {msg}");
+    assert!(
+        !msg.contains("wrong"),
+        "the token must not be printed: {msg}"
+    );
     assert_eq!(s.stats().0, 1, "exactly one call, then nothing");
     assert!(s.records("contacts").is_empty());
 }
@@ -391,10 +521,20 @@ async fn oauth_refreshes_once_on_401_and_continues() {
         "[destinations.hubspot.oauth]\nclient_id = \"app\"\nclient_secret = \"${HS_SECRET}\"\nrefresh_token = \"${HS_REFRESH}\"",
     );
     // The [oauth] table must come last in its destination.
-    let text = text.replace("max_attempts = 8\nbackoff_initial_ms = 20\nbackoff_max_ms = 200\ntimeout_seconds = 5\n", "");
-    let text = text.replace("type = \"hubspot\"\n", "type = \"hubspot\"\nmax_attempts = 8\nbackoff_initial_ms = 20\n");
+    let text = text.replace(
+        "max_attempts = 8\nbackoff_initial_ms = 20\nbackoff_max_ms = 200\ntimeout_seconds = 5\n",
+        "",
+    );
+    let text = text.replace(
+        "type = \"hubspot\"\n",
+        "type = \"hubspot\"\nmax_attempts = 8\nbackoff_initial_ms = 20\n",
+    );
     std::fs::write(dir.join("ferry.toml"), text).unwrap();
-    std::fs::write(dir.join("secrets.toml"), "HS_SECRET = \"shh\"\nHS_REFRESH = \"refresh-me\"\n").unwrap();
+    std::fs::write(
+        dir.join("secrets.toml"),
+        "HS_SECRET = \"shh\"\nHS_REFRESH = \"refresh-me\"\n",
+    )
+    .unwrap();
     let mut data = rows(150, "a");
     model(&dir, "scores", &data);
     let r = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
@@ -449,7 +589,10 @@ async fn twenty_percent_faults_still_converge_to_the_model() {
     let data = rows(300, "b");
     model(&dir, "scores", &data);
     for _ in 0..5 {
-        if sync(&dir, "scores", SyncOptions::default()).await.is_ok_and(|r| r.clean()) {
+        if sync(&dir, "scores", SyncOptions::default())
+            .await
+            .is_ok_and(|r| r.clean())
+        {
             break;
         }
     }
@@ -460,7 +603,11 @@ async fn twenty_percent_faults_still_converge_to_the_model() {
 async fn mirror_archives_only_its_own_records_and_guards_mass_deletes() {
     let s = sim(SimConfig::default()).await;
     let tmp = tempfile::tempdir().unwrap();
-    let dir = project(tmp.path(), &s.base_url(), &SCORES.replace("mode = \"upsert\"", "mode = \"mirror\""));
+    let dir = project(
+        tmp.path(),
+        &s.base_url(),
+        &SCORES.replace("mode = \"upsert\"", "mode = \"mirror\""),
+    );
     // A record the sync did not create, but will update.
     let theirs = plant(&s, "contacts", &[("email", "person0@example.com")]);
     let data = rows(50, "a");
@@ -479,24 +626,43 @@ async fn mirror_archives_only_its_own_records_and_guards_mass_deletes() {
     let r = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
     assert_eq!((r.counts.archived, r.counts.released), (3, 1), "{r:?}");
     let state = crm(&s, "contacts", "email");
-    assert!(state.contains_key("person0@example.com"), "records the sync did not create are never archived");
+    assert!(
+        state.contains_key("person0@example.com"),
+        "records the sync did not create are never archived"
+    );
     assert_eq!(state.len(), 47);
-    assert_eq!(state["person0@example.com"]["hs_object_id"], theirs.to_string());
+    assert_eq!(
+        state["person0@example.com"]["hs_object_id"],
+        theirs.to_string()
+    );
 
     // Dropping 40 of 46 synced records is over 20%: refused, nothing sent.
     let (calls, _) = s.stats();
     model(&dir, "scores", &without_theirs[..6].to_vec());
-    let e = sync(&dir, "scores", SyncOptions::default()).await.unwrap_err();
+    let e = sync(&dir, "scores", SyncOptions::default())
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("max_delete_pct"), "{e}");
     assert_eq!(s.stats().0, calls + 1, "only the properties check");
     // An empty model is refused too.
     model(&dir, "scores", &vec![]);
-    let e = sync(&dir, "scores", SyncOptions::default()).await.unwrap_err();
+    let e = sync(&dir, "scores", SyncOptions::default())
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("is empty"), "{e}");
     assert_eq!(crm(&s, "contacts", "email").len(), 47);
     // Unless the user says so.
     model(&dir, "scores", &without_theirs[..6].to_vec());
-    let r = sync(&dir, "scores", SyncOptions { allow_mass_delete: true, ..Default::default() }).await.unwrap();
+    let r = sync(
+        &dir,
+        "scores",
+        SyncOptions {
+            allow_mass_delete: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(r.counts.archived, 40, "{r:?}");
     assert_eq!(crm(&s, "contacts", "email").len(), 7);
 }
@@ -504,22 +670,46 @@ async fn mirror_archives_only_its_own_records_and_guards_mass_deletes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_reports_and_writes_nothing() {
     let s = sim(SimConfig::default()).await;
-    plant(&s, "contacts", &[("email", "person1@example.com"), ("ferry_lead_score", "3")]);
+    plant(
+        &s,
+        "contacts",
+        &[("email", "person1@example.com"), ("ferry_lead_score", "3")],
+    );
     let tmp = tempfile::tempdir().unwrap();
     let dir = project(tmp.path(), &s.base_url(), SCORES);
     let mut data = rows(10, "a");
     data.push((None, some("1"), None));
     data.push((some("person2@example.com"), some("5"), None));
     model(&dir, "scores", &data);
-    let r = sync(&dir, "scores", SyncOptions { dry_run: true, ..Default::default() }).await.unwrap();
+    let r = sync(
+        &dir,
+        "scores",
+        SyncOptions {
+            dry_run: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     // person2 appears twice: both rejected, with the empty key.
-    assert_eq!((r.counts.created, r.counts.updated, r.counts.rejected), (8, 1, 3), "{r:?}");
-    let sample = r.samples.iter().find(|x| x.key == "person1@example.com").expect("a sample of the update");
+    assert_eq!(
+        (r.counts.created, r.counts.updated, r.counts.rejected),
+        (8, 1, 3),
+        "{r:?}"
+    );
+    let sample = r
+        .samples
+        .iter()
+        .find(|x| x.key == "person1@example.com")
+        .expect("a sample of the update");
     assert_eq!(sample.action, "update");
     assert_eq!(sample.before["ferry_lead_score"], "3");
     assert_eq!(sample.after["ferry_lead_score"], "7");
     assert_eq!(s.records("contacts").len(), 1, "nothing written to the CRM");
-    assert!(!dir.join("lake/_ferry/sync_log").exists(), "nothing written to the lake");
+    assert!(
+        !dir.join("lake/_ferry/sync_log").exists(),
+        "nothing written to the lake"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -544,11 +734,23 @@ async fn retry_failed_resends_only_failed_rows() {
     changed[0].1 = some("10");
     changed[2].1 = some("12");
     model(&dir, "scores", &changed);
-    let r = sync(&dir, "scores", SyncOptions { retry_failed: true, ..Default::default() }).await.unwrap();
+    let r = sync(
+        &dir,
+        "scores",
+        SyncOptions {
+            retry_failed: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!((r.counts.updated, r.api_calls), (1, 2), "{r:?}");
     let state = crm(&s, "contacts", "email");
     assert_eq!(state["person0@example.com"]["ferry_lead_score"], "10");
-    assert_eq!(state["person2@example.com"]["ferry_lead_score"], "14", "not retried: it never failed");
+    assert_eq!(
+        state["person2@example.com"]["ferry_lead_score"], "14",
+        "not retried: it never failed"
+    );
     // A normal run sends the rest.
     let r = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
     assert_eq!(r.counts.updated, 1);
@@ -560,27 +762,67 @@ async fn non_unique_key_is_looked_up_and_never_duplicated() {
     let s = sim(SimConfig::default()).await;
     define(&s, "companies", "ferry_fit", "string", false);
     plant(&s, "companies", &[("domain", "acme.com"), ("name", "Acme")]);
-    plant(&s, "companies", &[("domain", "twin.io"), ("name", "Twin A")]);
-    plant(&s, "companies", &[("domain", "twin.io"), ("name", "Twin B")]);
+    plant(
+        &s,
+        "companies",
+        &[("domain", "twin.io"), ("name", "Twin A")],
+    );
+    plant(
+        &s,
+        "companies",
+        &[("domain", "twin.io"), ("name", "Twin B")],
+    );
     let tmp = tempfile::tempdir().unwrap();
-    let toml = sync_toml("accounts", "accounts", "companies", "upsert", ("domain", "domain"), "fit = \"ferry_fit\"", "");
+    let toml = sync_toml(
+        "accounts",
+        "accounts",
+        "companies",
+        "upsert",
+        ("domain", "domain"),
+        "fit = \"ferry_fit\"",
+        "",
+    );
     let dir = project(tmp.path(), &s.base_url(), &toml);
-    std::fs::write(dir.join("models/accounts.sql"),
+    std::fs::write(
+        dir.join("models/accounts.sql"),
         "{{ config(materialized='view') }}\nselect column1 as domain, column2 as fit from (values \
-         ('ACME.com', 'A'), ('twin.io', 'B'), ('new.dev', 'C'))").unwrap();
-    let r = sync(&dir, "accounts", SyncOptions::default()).await.unwrap();
-    assert_eq!((r.counts.created, r.counts.updated, r.counts.rejected), (1, 1, 1), "{r:?}");
+         ('ACME.com', 'A'), ('twin.io', 'B'), ('new.dev', 'C'))",
+    )
+    .unwrap();
+    let r = sync(&dir, "accounts", SyncOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.counts.created, r.counts.updated, r.counts.rejected),
+        (1, 1, 1),
+        "{r:?}"
+    );
     let companies = s.records("companies");
     assert_eq!(companies.len(), 4);
-    let fit = |d: &str| companies.iter().filter(|c| c.properties.get("domain").map(String::as_str) == Some(d))
-        .map(|c| c.properties.get("ferry_fit").cloned().unwrap_or_default()).collect::<Vec<_>>();
+    let fit = |d: &str| {
+        companies
+            .iter()
+            .filter(|c| c.properties.get("domain").map(String::as_str) == Some(d))
+            .map(|c| c.properties.get("ferry_fit").cloned().unwrap_or_default())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(fit("acme.com"), vec!["A"]);
     assert_eq!(fit("new.dev"), vec!["C"]);
-    assert_eq!(fit("twin.io"), vec!["", ""], "ambiguous matches are rejected, not guessed");
-    let log = query(&dir, "select error_category from ferry.sync_log where status = 'rejected'").await;
+    assert_eq!(
+        fit("twin.io"),
+        vec!["", ""],
+        "ambiguous matches are rejected, not guessed"
+    );
+    let log = query(
+        &dir,
+        "select error_category from ferry.sync_log where status = 'rejected'",
+    )
+    .await;
     assert_eq!(log, vec![vec!["AMBIGUOUS_MATCH".to_string()]]);
     // Running again creates nothing new.
-    let r = sync(&dir, "accounts", SyncOptions::default()).await.unwrap();
+    let r = sync(&dir, "accounts", SyncOptions::default())
+        .await
+        .unwrap();
     assert_eq!(r.counts.created, 0);
     assert_eq!(s.records("companies").len(), 4);
 }
@@ -598,12 +840,26 @@ async fn two_runs_of_one_sync_never_overlap() {
     );
     std::fs::create_dir_all(dir.join("lake/_ferry/sync_state/scores")).unwrap();
     std::fs::write(dir.join("lake/_ferry/sync_state/scores/lock"), lock).unwrap();
-    let e = sync(&dir, "scores", SyncOptions::default()).await.unwrap_err();
+    let e = sync(&dir, "scores", SyncOptions::default())
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("already running"), "{e}");
     assert!(s.records("contacts").is_empty());
-    let r = sync(&dir, "scores", SyncOptions { break_lock: true, ..Default::default() }).await.unwrap();
+    let r = sync(
+        &dir,
+        "scores",
+        SyncOptions {
+            break_lock: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(r.counts.created, 5);
-    assert!(!dir.join("lake/_ferry/sync_state/scores/lock").exists(), "released at the end");
+    assert!(
+        !dir.join("lake/_ferry/sync_state/scores/lock").exists(),
+        "released at the end"
+    );
 }
 
 /// The real binary, killed with SIGKILL at random moments 20 times, then run
@@ -628,7 +884,11 @@ async fn kill_9_at_random_points_then_resume_converges() {
     define(&s, "companies", "ferry_fit", "string", false);
     // Records that exist before the first run: matched, not duplicated.
     for i in (0..300).step_by(10) {
-        plant(&s, "companies", &[("domain", &format!("co{i}.example")), ("name", "planted")]);
+        plant(
+            &s,
+            "companies",
+            &[("domain", &format!("co{i}.example")), ("name", "planted")],
+        );
     }
     let tmp = tempfile::tempdir().unwrap();
     let toml = sync_toml(
@@ -704,14 +964,29 @@ async fn kill_9_at_random_points_then_resume_converges() {
     let companies = s.records("companies");
     let mut by_domain: BTreeMap<String, Vec<&hubspot::Record>> = BTreeMap::new();
     for c in &companies {
-        by_domain.entry(c.properties["domain"].clone()).or_default().push(c);
+        by_domain
+            .entry(c.properties["domain"].clone())
+            .or_default()
+            .push(c);
     }
     assert_eq!(by_domain.len(), 300);
     for (domain, records) in &by_domain {
         assert_eq!(records.len(), 1, "duplicate records for {domain}");
-        let i: usize = domain.trim_start_matches("co").trim_end_matches(".example").parse().unwrap();
-        assert_eq!(records[0].properties["ferry_fit"], format!("{salt}-{}", i % 7), "{domain}");
-        assert_eq!(records[0].properties["name"], format!("tier-{}", i % 3), "{domain}");
+        let i: usize = domain
+            .trim_start_matches("co")
+            .trim_end_matches(".example")
+            .parse()
+            .unwrap();
+        assert_eq!(
+            records[0].properties["ferry_fit"],
+            format!("{salt}-{}", i % 7),
+            "{domain}"
+        );
+        assert_eq!(
+            records[0].properties["name"],
+            format!("tier-{}", i % 3),
+            "{domain}"
+        );
     }
     let twice = query(
         &dir,
@@ -727,24 +1002,41 @@ async fn kill_9_at_random_points_then_resume_converges() {
     )
     .await;
     let interrupted: u32 = interrupted[0][0].parse().unwrap();
-    assert!(interrupted >= 3, "only {interrupted} killed runs had committed batches");
+    assert!(
+        interrupted >= 3,
+        "only {interrupted} killed runs had committed batches"
+    );
     // A last run finds nothing to do.
-    let r = sync(&dir, "accounts", SyncOptions::default()).await.unwrap();
-    assert_eq!((r.counts.created, r.counts.updated, r.counts.unchanged), (0, 0, 300));
+    let r = sync(&dir, "accounts", SyncOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.counts.created, r.counts.updated, r.counts.unchanged),
+        (0, 0, 300)
+    );
 }
 
 fn parse(text: &str) -> ferry::Result<Project> {
     let secrets = ferry::project::SecretSource::new(
-        [("HUBSPOT_TOKEN".to_string(), "pat-secret".to_string())].into_iter().collect(),
+        [("HUBSPOT_TOKEN".to_string(), "pat-secret".to_string())]
+            .into_iter()
+            .collect(),
     );
-    Project::parse(Path::new("p"), Path::new("p/ferry.toml"), text, &secrets, None)
+    Project::parse(
+        Path::new("p"),
+        Path::new("p/ferry.toml"),
+        text,
+        &secrets,
+        None,
+    )
 }
 
 /// The README's sync configuration parses as documented, and mistakes in it
 /// are caught before any call, naming the line and key.
 #[test]
 fn readme_sync_example_parses_and_mistakes_are_located() {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
     let block = readme
         .split("```toml\n")
         .skip(1)
@@ -754,25 +1046,55 @@ fn readme_sync_example_parses_and_mistakes_are_located() {
     let text = format!("[project]\nname = \"readme\"\n\n{block}");
     let p = parse(&text).unwrap();
     let s = &p.syncs["contact_scores"];
-    assert_eq!((s.object.as_str(), s.key_property.as_str(), s.batch_size), ("contacts", "email", 100));
-    let policies: Vec<(&str, &str)> = s.fields.iter().map(|f| (f.property.as_str(), f.policy.as_str())).collect();
+    assert_eq!(
+        (s.object.as_str(), s.key_property.as_str(), s.batch_size),
+        ("contacts", "email", 100)
+    );
+    let policies: Vec<(&str, &str)> = s
+        .fields
+        .iter()
+        .map(|f| (f.property.as_str(), f.policy.as_str()))
+        .collect();
     assert_eq!(
         policies,
-        vec![("ferry_lead_score", "overwrite"), ("ferry_mql_date", "skip_nulls"), ("ferry_persona", "if_empty")]
+        vec![
+            ("ferry_lead_score", "overwrite"),
+            ("ferry_mql_date", "skip_nulls"),
+            ("ferry_persona", "if_empty")
+        ]
     );
     let d = &p.destinations["hubspot"];
     assert_eq!((d.requests_per_10s, d.daily_limit), (100, 250_000));
-    assert!(!format!("{d:?}").contains("pat-secret"), "the token never prints");
+    assert!(
+        !format!("{d:?}").contains("pat-secret"),
+        "the token never prints"
+    );
 
-    let e = parse(&text.replace("destination = \"hubspot\"", "destination = \"hubspt\"")).unwrap_err().to_string();
-    assert!(e.contains("destination \"hubspt\" is not defined") && e.contains("p/ferry.toml:"), "{e}");
-    let e = parse(&text.replace("batch_size = 100 ", "batch_size = 500 ")).unwrap_err().to_string();
+    let e = parse(&text.replace("destination = \"hubspot\"", "destination = \"hubspt\""))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("destination \"hubspt\" is not defined") && e.contains("p/ferry.toml:"),
+        "{e}"
+    );
+    let e = parse(&text.replace("batch_size = 100 ", "batch_size = 500 "))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("batch_size = 500 is out of range"), "{e}");
-    let e = parse(&text.replace("mode = \"upsert\"", "mode = \"upsrt\"")).unwrap_err().to_string();
-    assert!(e.contains("syncs.contact_scores.mode") || e.contains("upsrt"), "{e}");
-    let e = parse(&text.replace("max_delete_pct", "max_delete_percent")).unwrap_err().to_string();
+    let e = parse(&text.replace("mode = \"upsert\"", "mode = \"upsrt\""))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("syncs.contact_scores.mode") || e.contains("upsrt"),
+        "{e}"
+    );
+    let e = parse(&text.replace("max_delete_pct", "max_delete_percent"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("unknown field `max_delete_percent`"), "{e}");
-    let e = parse(&text.replace("token = \"${HUBSPOT_TOKEN}\"", "")).unwrap_err().to_string();
+    let e = parse(&text.replace("token = \"${HUBSPOT_TOKEN}\"", ""))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no credentials"), "{e}");
 }
 
@@ -782,7 +1104,14 @@ fn readme_sync_example_parses_and_mistakes_are_located() {
 async fn if_empty_uses_a_fresh_lake_copy_of_the_crm() {
     use ferry::lake::{Lander, RunId, StreamRef};
     let s = sim(SimConfig::default()).await;
-    let ann = plant(&s, "contacts", &[("email", "ann@example.com"), ("ferry_persona", "Rep's call")]);
+    let ann = plant(
+        &s,
+        "contacts",
+        &[
+            ("email", "ann@example.com"),
+            ("ferry_persona", "Rep's call"),
+        ],
+    );
     let bob = plant(&s, "contacts", &[("email", "bob@example.com")]);
     let tmp = tempfile::tempdir().unwrap();
     let toml = sync_toml(
@@ -799,33 +1128,55 @@ async fn if_empty_uses_a_fresh_lake_copy_of_the_crm() {
     let project_ = Project::load(&dir).unwrap();
     let lake = Lake::open(&project_.lake, &project_.dir).unwrap();
     let copy = vec![
-        Ok(serde_json::json!({"id": ann.to_string(), "email": "ann@example.com", "ferry_persona": "Rep's call"})),
-        Ok(serde_json::json!({"id": bob.to_string(), "email": "bob@example.com", "ferry_persona": null})),
+        Ok(
+            serde_json::json!({"id": ann.to_string(), "email": "ann@example.com", "ferry_persona": "Rep's call"}),
+        ),
+        Ok(
+            serde_json::json!({"id": bob.to_string(), "email": "bob@example.com", "ferry_persona": null}),
+        ),
     ];
     Lander::new(lake, RunId::new())
-        .land_json(&StreamRef::new("hubspot", "contacts").unwrap(), Default::default(), copy)
+        .land_json(
+            &StreamRef::new("hubspot", "contacts").unwrap(),
+            Default::default(),
+            copy,
+        )
         .await
         .unwrap();
     let mut data: Rows = vec![
-        (some("ann@example.com"), some("10"), some("Marketing Leader")),
+        (
+            some("ann@example.com"),
+            some("10"),
+            some("Marketing Leader"),
+        ),
         (some("bob@example.com"), some("20"), some("Sales Leader")),
     ];
     model(&dir, "scores", &data);
     let r = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
     assert_eq!(r.counts.updated, 2, "{r:?}");
-    assert_eq!(r.api_calls, 2, "properties check + one upsert; no batch read");
+    assert_eq!(
+        r.api_calls, 2,
+        "properties check + one upsert; no batch read"
+    );
     let state = crm(&s, "contacts", "email");
     assert_eq!(state["ann@example.com"]["ferry_persona"], "Rep's call");
     assert_eq!(state["bob@example.com"]["ferry_persona"], "Sales Leader");
 
     // A stale copy (max age 0) is not trusted: HubSpot is read in a batch.
     let text = std::fs::read_to_string(dir.join("ferry.toml")).unwrap();
-    std::fs::write(dir.join("ferry.toml"), text.replace("max_age_minutes = 60", "max_age_minutes = 0")).unwrap();
+    std::fs::write(
+        dir.join("ferry.toml"),
+        text.replace("max_age_minutes = 60", "max_age_minutes = 0"),
+    )
+    .unwrap();
     data[0].1 = some("11");
     model(&dir, "scores", &data);
     let r = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
     assert_eq!((r.counts.updated, r.api_calls), (1, 3), "{r:?}");
-    assert_eq!(crm(&s, "contacts", "email")["ann@example.com"]["ferry_persona"], "Rep's call");
+    assert_eq!(
+        crm(&s, "contacts", "email")["ann@example.com"]["ferry_persona"],
+        "Rep's call"
+    );
 }
 
 /// `ferry sync` from the command line: the dry run's report, then the real
@@ -833,7 +1184,11 @@ async fn if_empty_uses_a_fresh_lake_copy_of_the_crm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_dry_run_then_sync() {
     let s = sim(SimConfig::default()).await;
-    plant(&s, "contacts", &[("email", "person1@example.com"), ("ferry_lead_score", "3")]);
+    plant(
+        &s,
+        "contacts",
+        &[("email", "person1@example.com"), ("ferry_lead_score", "3")],
+    );
     let tmp = tempfile::tempdir().unwrap();
     let dir = project(tmp.path(), &s.base_url(), SCORES);
     model(&dir, "scores", &rows(3, "a"));
@@ -848,17 +1203,30 @@ async fn cli_dry_run_then_sync() {
     };
     let out = ferry(&["sync", "--dry-run"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("dry run (nothing written)"), "{text}");
-    assert!(text.contains("would be created 2  would be updated 1"), "{text}");
-    assert!(text.contains("sample update person1@example.com:"), "{text}");
+    assert!(
+        text.contains("would be created 2  would be updated 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sample update person1@example.com:"),
+        "{text}"
+    );
     assert!(text.contains("ferry_lead_score: \"3\" -> \"7\""), "{text}");
     assert_eq!(s.records("contacts").len(), 1);
 
     let out = ferry(&["sync", "scores"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("created 2  updated 1  archived 0  unchanged 0  rejected 0  failed 0"), "{text}");
+    assert!(
+        text.contains("created 2  updated 1  archived 0  unchanged 0  rejected 0  failed 0"),
+        "{text}"
+    );
     assert!(text.contains("API calls 2  rate limited (429) 0"), "{text}");
     assert_matches(&s, &rows(3, "a"));
 
@@ -871,36 +1239,69 @@ async fn cli_dry_run_then_sync() {
 /// kept, the rest not sent); the next day's run sends only the rest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daily_limit_stops_cleanly_and_resumes() {
-    let s = sim(SimConfig { daily: 3, ..SimConfig::default() }).await;
+    let s = sim(SimConfig {
+        daily: 3,
+        ..SimConfig::default()
+    })
+    .await;
     let tmp = tempfile::tempdir().unwrap();
     let dir = project(tmp.path(), &s.base_url(), SCORES);
     let t = std::fs::read_to_string(dir.join("ferry.toml")).unwrap();
-    std::fs::write(dir.join("ferry.toml"), t.replace("timeout_seconds = 5\n", "timeout_seconds = 5\nmax_in_flight = 1\n")).unwrap();
+    std::fs::write(
+        dir.join("ferry.toml"),
+        t.replace(
+            "timeout_seconds = 5\n",
+            "timeout_seconds = 5\nmax_in_flight = 1\n",
+        ),
+    )
+    .unwrap();
     let data = rows(300, "a");
     model(&dir, "scores", &data);
     let r = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
     assert_eq!((r.counts.created, r.counts.not_sent), (200, 100), "{r:?}");
-    assert!(r.stopped.as_deref().is_some_and(|m| m.contains("daily")), "{r:?}");
+    assert!(
+        r.stopped.as_deref().is_some_and(|m| m.contains("daily")),
+        "{r:?}"
+    );
     assert_eq!(crm(&s, "contacts", "email").len(), 200);
 
     s.reset_daily();
     let r = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
-    assert_eq!((r.counts.created, r.counts.unchanged, r.api_calls), (100, 200, 2), "{r:?}");
+    assert_eq!(
+        (r.counts.created, r.counts.unchanged, r.api_calls),
+        (100, 200, 2),
+        "{r:?}"
+    );
     assert_matches(&s, &data);
 }
 
 /// Paced by the account's budget, a sync larger than one window sees no 429.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn steady_sync_stays_under_the_limit() {
-    let s = sim(SimConfig { ten_secondly: 8, ..SimConfig::default() }).await;
+    let s = sim(SimConfig {
+        ten_secondly: 8,
+        ..SimConfig::default()
+    })
+    .await;
     let tmp = tempfile::tempdir().unwrap();
     let dir = project(tmp.path(), &s.base_url(), SCORES);
     let t = std::fs::read_to_string(dir.join("ferry.toml")).unwrap();
-    std::fs::write(dir.join("ferry.toml"), t.replace("type = \"hubspot\"\n", "type = \"hubspot\"\nrequests_per_10s = 8\n")).unwrap();
+    std::fs::write(
+        dir.join("ferry.toml"),
+        t.replace(
+            "type = \"hubspot\"\n",
+            "type = \"hubspot\"\nrequests_per_10s = 8\n",
+        ),
+    )
+    .unwrap();
     let data = rows(1200, "a");
     model(&dir, "scores", &data);
     let r = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
-    assert_eq!((r.counts.created, r.api_calls, r.rate_limited), (1200, 13, 0), "{r:?}");
+    assert_eq!(
+        (r.counts.created, r.api_calls, r.rate_limited),
+        (1200, 13, 0),
+        "{r:?}"
+    );
     assert_eq!(s.stats().1, 0, "the emulator refused nothing");
     assert_matches(&s, &data);
 }
@@ -932,16 +1333,30 @@ async fn build_refuses_to_sync_after_a_failing_test() {
     let out = build();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(!out.status.success(), "{text}");
-    assert!(text.contains("sync skipped: the test stage failed"), "{text}");
+    assert!(
+        text.contains("sync skipped: the test stage failed"),
+        "{text}"
+    );
     assert!(s.records("contacts").is_empty(), "nothing reached the CRM");
 
     data[2].1 = some("42");
     model(&dir, "scores", &data);
     let out = build();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("scores: created 5"), "{text}");
     assert_matches(&s, &data);
-    let runs = query(&dir, "select status from ferry.runs where command = 'build' order by started_at").await;
-    assert_eq!(runs, vec![vec!["error".to_string()], vec!["success".to_string()]]);
+    let runs = query(
+        &dir,
+        "select status from ferry.runs where command = 'build' order by started_at",
+    )
+    .await;
+    assert_eq!(
+        runs,
+        vec![vec!["error".to_string()], vec!["success".to_string()]]
+    );
 }

@@ -11,8 +11,8 @@
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
-use object_store::{ObjectStore, ObjectStoreExt};
 use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
@@ -30,7 +30,12 @@ pub struct FileSource {
 
 impl FileSource {
     pub fn new(spec: &SourceSpec, project_dir: &std::path::Path) -> Result<FileSource> {
-        let SourceSpec::Files { name, location, streams } = spec else {
+        let SourceSpec::Files {
+            name,
+            location,
+            streams,
+        } = spec
+        else {
             return Err(Error::Internal("not a files source".into()));
         };
         let files = Lake::from_url(location, project_dir, &Default::default())?;
@@ -82,18 +87,28 @@ pub fn column_name(header: &str) -> String {
 
 /// Check a CSV header against the declared columns. `Err` says what is missing,
 /// pairing each missing column with the closest unexpected one.
-pub fn check_header(file: &str, header: &[String], declared: &[String]) -> std::result::Result<(), String> {
+pub fn check_header(
+    file: &str,
+    header: &[String],
+    declared: &[String],
+) -> std::result::Result<(), String> {
     if declared.is_empty() {
         return Ok(());
     }
     let norm = |s: &String| s.trim().to_lowercase();
     let have: Vec<String> = header.iter().map(norm).collect();
-    let missing: Vec<&String> = declared.iter().filter(|d| !have.contains(&norm(d))).collect();
+    let missing: Vec<&String> = declared
+        .iter()
+        .filter(|d| !have.contains(&norm(d)))
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
     let declared_n: Vec<String> = declared.iter().map(norm).collect();
-    let unexpected: Vec<&String> = header.iter().filter(|h| !declared_n.contains(&norm(h))).collect();
+    let unexpected: Vec<&String> = header
+        .iter()
+        .filter(|h| !declared_n.contains(&norm(h)))
+        .collect();
     let pairs: Vec<String> = missing
         .iter()
         .map(|m| {
@@ -127,7 +142,10 @@ pub fn parse_csv(
         .from_reader(bytes);
     let mut records = reader.records();
     let header: Vec<String> = match records.next() {
-        Some(Ok(h)) => h.iter().map(|x| x.trim_start_matches('\u{feff}').to_string()).collect(),
+        Some(Ok(h)) => h
+            .iter()
+            .map(|x| x.trim_start_matches('\u{feff}').to_string())
+            .collect(),
         Some(Err(e)) => return Err(format!("{file}:1: cannot read the header: {e}")),
         None => return Err(format!("{file}: the file is empty (no header)")),
     };
@@ -145,8 +163,15 @@ pub fn parse_csv(
             Ok(r) if r.len() == 1 && r.get(0).is_some_and(str::is_empty) => {}
             Ok(r) if r.len() != names.len() => bad.push(Rejected {
                 origin: Some(format!("{file}:{line}")),
-                reason: format!("expected {} fields (as in the header), found {}", names.len(), r.len()),
-                record: r.iter().collect::<Vec<_>>().join(&(delimiter as char).to_string()),
+                reason: format!(
+                    "expected {} fields (as in the header), found {}",
+                    names.len(),
+                    r.len()
+                ),
+                record: r
+                    .iter()
+                    .collect::<Vec<_>>()
+                    .join(&(delimiter as char).to_string()),
             }),
             Ok(r) => {
                 let mut m = Map::new();
@@ -192,7 +217,14 @@ pub fn parse_jsonl(file: &str, bytes: &[u8]) -> (Vec<Value>, Vec<Rejected>) {
 }
 
 fn manifest_path(source: &str, stream: &str, sha: &str) -> Path {
-    Path::from_iter([META, "extract_state", source, stream, "files", &format!("{sha}.json")])
+    Path::from_iter([
+        META,
+        "extract_state",
+        source,
+        stream,
+        "files",
+        &format!("{sha}.json"),
+    ])
 }
 
 #[async_trait]
@@ -234,7 +266,10 @@ impl Source for FileSource {
                 let lower = name.to_lowercase();
                 if lower.ends_with(".csv") || lower.ends_with(".tsv") {
                     Some(FileFormat::Csv)
-                } else if lower.ends_with(".jsonl") || lower.ends_with(".ndjson") || lower.ends_with(".json") {
+                } else if lower.ends_with(".jsonl")
+                    || lower.ends_with(".ndjson")
+                    || lower.ends_with(".json")
+                {
                     Some(FileFormat::Jsonl)
                 } else if lower.ends_with(".parquet") {
                     Some(FileFormat::Parquet)
@@ -276,7 +311,13 @@ impl Source for FileSource {
             // The content is durable: remember it so it never lands twice.
             let entry = json!({"path": name, "sha256": sha, "rows": report.rows, "rejected": report.rejected,
                                "landed_at": chrono::Utc::now().to_rfc3339()});
-            match crate::lake::log::put_once(run.lake().store().as_ref(), &manifest, entry.to_string().into_bytes()).await {
+            match crate::lake::log::put_once(
+                run.lake().store().as_ref(),
+                &manifest,
+                entry.to_string().into_bytes(),
+            )
+            .await
+            {
                 Ok(()) | Err(Error::Storage(object_store::Error::AlreadyExists { .. })) => {}
                 Err(e) => return Err(e),
             }
@@ -293,9 +334,24 @@ mod tests {
     #[test]
     fn header_mismatch_names_the_columns() {
         let h = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let e = check_header("a.csv", &h(&["Email", "Company", "Title"]), &h(&["Email", "Company Name"])).unwrap_err();
-        assert!(e.contains("\"Company\" where \"Company Name\" is declared"), "{e}");
-        assert!(check_header("a.csv", &h(&["email", " Company Name ", "x"]), &h(&["Email", "Company Name"])).is_ok());
+        let e = check_header(
+            "a.csv",
+            &h(&["Email", "Company", "Title"]),
+            &h(&["Email", "Company Name"]),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("\"Company\" where \"Company Name\" is declared"),
+            "{e}"
+        );
+        assert!(
+            check_header(
+                "a.csv",
+                &h(&["email", " Company Name ", "x"]),
+                &h(&["Email", "Company Name"])
+            )
+            .is_ok()
+        );
     }
 
     #[test]

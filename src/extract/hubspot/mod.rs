@@ -44,24 +44,49 @@ fn iso(t: DateTime<Utc>) -> String {
 }
 
 fn millis(s: &str) -> Option<i64> {
-    DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis())
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.timestamp_millis())
 }
 
 fn from_millis(ms: i64) -> String {
-    Utc.timestamp_millis_opt(ms).single().map(iso).unwrap_or_default()
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .map(iso)
+        .unwrap_or_default()
 }
 
 impl HubspotSource {
     pub fn new(spec: &SourceSpec) -> Result<HubspotSource> {
-        let SourceSpec::Hubspot { name, url, auth, requests_per_10s, search_per_second, streams } = spec else {
+        let SourceSpec::Hubspot {
+            name,
+            url,
+            auth,
+            requests_per_10s,
+            search_per_second,
+            streams,
+        } = spec
+        else {
             return Err(Error::Internal("not a HubSpot source".into()));
         };
         // The same budget as every sync to this account in this process.
         let key = crate::http::account_key("hubspot", url, auth);
-        let limiter = crate::http::account_budget(&key, *requests_per_10s, Duration::from_secs(10), None);
-        let search = crate::http::account_budget(&format!("{key} search"), *search_per_second, Duration::from_secs(1), None);
-        let client = Client::new(url, auth.clone(), crate::sync::hubspot::VENDOR, limiter, Default::default())
-            .map_err(Error::Input)?;
+        let limiter =
+            crate::http::account_budget(&key, *requests_per_10s, Duration::from_secs(10), None);
+        let search = crate::http::account_budget(
+            &format!("{key} search"),
+            *search_per_second,
+            Duration::from_secs(1),
+            None,
+        );
+        let client = Client::new(
+            url,
+            auth.clone(),
+            crate::sync::hubspot::VENDOR,
+            limiter,
+            Default::default(),
+        )
+        .map_err(Error::Input)?;
         Ok(HubspotSource {
             name: name.clone(),
             client,
@@ -83,7 +108,10 @@ impl HubspotSource {
     }
 
     async fn get(&self, path: String) -> Result<crate::http::Reply> {
-        self.client.send(Call::get(path)).await.map_err(|e| self.fail(e))
+        self.client
+            .send(Call::get(path))
+            .await
+            .map_err(|e| self.fail(e))
     }
 
     async fn post(&self, path: String, body: &Value, search: bool) -> Result<crate::http::Reply> {
@@ -98,7 +126,11 @@ impl HubspotSource {
         let reply = self.get(format!("/crm/v3/properties/{object}")).await?;
         let mut names: Vec<String> = reply.body["results"]
             .as_array()
-            .map(|a| a.iter().filter_map(|d| d["name"].as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|d| d["name"].as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
         names.sort();
         Ok(names)
@@ -122,7 +154,13 @@ impl HubspotSource {
     }
 
     /// Land a page of records and the associations of those records.
-    async fn page(&self, s: &HubspotStream, results: &[Value], bytes: usize, run: &mut StreamRun<'_>) -> Result<()> {
+    async fn page(
+        &self,
+        s: &HubspotStream,
+        results: &[Value],
+        bytes: usize,
+        run: &mut StreamRun<'_>,
+    ) -> Result<()> {
         let rows: Vec<Value> = results.iter().map(Self::row).collect();
         let ids: Vec<Value> = results.iter().map(|r| json!({"id": r["id"]})).collect();
         run.push(rows, bytes).await?;
@@ -132,7 +170,11 @@ impl HubspotSource {
             }
             let body = json!({ "inputs": ids });
             let reply = self
-                .post(format!("/crm/v4/associations/{}/{to}/batch/read", s.object), &body, false)
+                .post(
+                    format!("/crm/v4/associations/{}/{to}/batch/read", s.object),
+                    &body,
+                    false,
+                )
                 .await?;
             let mut links = Vec::new();
             for r in reply.body["results"].as_array().into_iter().flatten() {
@@ -149,15 +191,27 @@ impl HubspotSource {
         Ok(())
     }
 
-    async fn full_load(&self, s: &HubspotStream, props: &[String], run: &mut StreamRun<'_>) -> Result<()> {
+    async fn full_load(
+        &self,
+        s: &HubspotStream,
+        props: &[String],
+        run: &mut StreamRun<'_>,
+    ) -> Result<()> {
         let mut after: Option<String> = None;
         loop {
-            let mut path = format!("/crm/v3/objects/{}?limit=100&properties={}", s.object, props.join(","));
+            let mut path = format!(
+                "/crm/v3/objects/{}?limit=100&properties={}",
+                s.object,
+                props.join(",")
+            );
             if let Some(a) = &after {
                 path.push_str(&format!("&after={a}"));
             }
             let reply = self.get(path).await?;
-            let results = reply.body["results"].as_array().cloned().unwrap_or_default();
+            let results = reply.body["results"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             self.page(s, &results, reply.bytes, run).await?;
             match reply.body["paging"]["next"]["after"].as_str() {
                 Some(a) => after = Some(a.to_string()),
@@ -177,7 +231,14 @@ impl HubspotSource {
 
     /// Records modified in one millisecond when more than a page share it:
     /// read them in id order with `hs_object_id > last`.
-    async fn same_instant(&self, s: &HubspotStream, props: &[String], cursor: &str, at: i64, run: &mut StreamRun<'_>) -> Result<()> {
+    async fn same_instant(
+        &self,
+        s: &HubspotStream,
+        props: &[String],
+        cursor: &str,
+        at: i64,
+        run: &mut StreamRun<'_>,
+    ) -> Result<()> {
         let mut last = 0u64;
         loop {
             let filters = vec![
@@ -185,8 +246,13 @@ impl HubspotSource {
                 json!({"propertyName": "hs_object_id", "operator": "GT", "value": last.to_string()}),
             ];
             let body = Self::search_body(props, filters, "hs_object_id", SEARCH_PAGE);
-            let reply = self.post(format!("/crm/v3/objects/{}/search", s.object), &body, true).await?;
-            let results = reply.body["results"].as_array().cloned().unwrap_or_default();
+            let reply = self
+                .post(format!("/crm/v3/objects/{}/search", s.object), &body, true)
+                .await?;
+            let results = reply.body["results"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             if results.is_empty() {
                 return Ok(());
             }
@@ -204,7 +270,15 @@ impl HubspotSource {
     /// one seen (keyset paging): no query pages past HubSpot's 10,000-result
     /// cap, and a record edited meanwhile (it moves past `hi`, to the next
     /// run) cannot shift the pages and hide another, as `after` offsets would.
-    async fn incremental(&self, s: &HubspotStream, props: &[String], cursor: &str, lo: i64, hi: i64, run: &mut StreamRun<'_>) -> Result<()> {
+    async fn incremental(
+        &self,
+        s: &HubspotStream,
+        props: &[String],
+        cursor: &str,
+        lo: i64,
+        hi: i64,
+        run: &mut StreamRun<'_>,
+    ) -> Result<()> {
         let mut cur = lo;
         while cur < hi {
             let filters = vec![
@@ -212,8 +286,13 @@ impl HubspotSource {
                 json!({"propertyName": cursor, "operator": "LT", "value": from_millis(hi)}),
             ];
             let body = Self::search_body(props, filters, cursor, SEARCH_PAGE);
-            let reply = self.post(format!("/crm/v3/objects/{}/search", s.object), &body, true).await?;
-            let results = reply.body["results"].as_array().cloned().unwrap_or_default();
+            let reply = self
+                .post(format!("/crm/v3/objects/{}/search", s.object), &body, true)
+                .await?;
+            let results = reply.body["results"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             let last = results
                 .iter()
                 .filter_map(|r| r["properties"][cursor].as_str().and_then(millis))
@@ -258,7 +337,11 @@ impl Source for HubspotSource {
             .find(|x| x.name == stream)
             .ok_or_else(|| Error::Input(format!("source {} has no stream {stream}", self.name)))?
             .clone();
-        let cursor = if s.object == "contacts" { "lastmodifieddate" } else { "hs_lastmodifieddate" };
+        let cursor = if s.object == "contacts" {
+            "lastmodifieddate"
+        } else {
+            "hs_lastmodifieddate"
+        };
         let mut props = match &s.properties {
             Some(p) => p.clone(),
             None => self.all_properties(&s.object).await?,

@@ -63,15 +63,18 @@ impl RestSource {
     }
 
     async fn get(&self, path: String) -> Result<crate::http::Reply> {
-        self.client.send(Call::get(path)).await.map_err(|e| match e {
-            CallError::Auth { .. } => Error::Input(format!(
-                "{}: the API refused the credentials ({}); check auth in [sources.{}]",
-                self.name,
-                e.message(),
-                self.name
-            )),
-            other => Error::Input(format!("{}: {}", self.name, other.message())),
-        })
+        self.client
+            .send(Call::get(path))
+            .await
+            .map_err(|e| match e {
+                CallError::Auth { .. } => Error::Input(format!(
+                    "{}: the API refused the credentials ({}); check auth in [sources.{}]",
+                    self.name,
+                    e.message(),
+                    self.name
+                )),
+                other => Error::Input(format!("{}: {}", self.name, other.message())),
+            })
     }
 
     /// Fetch every page of one endpoint, pushing records; returns the largest
@@ -105,11 +108,19 @@ impl RestSource {
         loop {
             guard += 1;
             if guard > 10_000_000 {
-                return Err(Error::Input(format!("{}: more than 10M pages; stopping", s.name)));
+                return Err(Error::Input(format!(
+                    "{}: more than 10M pages; stopping",
+                    s.name
+                )));
             }
             let mut q = params.clone();
             match &s.pagination {
-                Pagination::Cursor { param, limit_param, limit, .. } => {
+                Pagination::Cursor {
+                    param,
+                    limit_param,
+                    limit,
+                    ..
+                } => {
                     if let (Some(lp), Some(l)) = (limit_param, limit) {
                         q.insert(lp.clone(), l.to_string());
                     }
@@ -117,11 +128,20 @@ impl RestSource {
                         q.insert(param.clone(), n.clone());
                     }
                 }
-                Pagination::Offset { param, limit_param, limit } => {
+                Pagination::Offset {
+                    param,
+                    limit_param,
+                    limit,
+                } => {
                     q.insert(param.clone(), offset.to_string());
                     q.insert(limit_param.clone(), limit.to_string());
                 }
-                Pagination::Page { param, size_param, size, .. } => {
+                Pagination::Page {
+                    param,
+                    size_param,
+                    size,
+                    ..
+                } => {
                     q.insert(param.clone(), page_no.to_string());
                     if let (Some(sp), Some(n)) = (size_param, size) {
                         q.insert(sp.clone(), n.to_string());
@@ -179,7 +199,9 @@ impl RestSource {
                     offset += n;
                     (n >= *limit && n > 0).then(String::new)
                 }
-                Pagination::Page { total_pages_path, .. } => {
+                Pagination::Page {
+                    total_pages_path, ..
+                } => {
                     let last = total_pages_path
                         .as_ref()
                         .and_then(|p| at_path(&reply.body, p))
@@ -194,12 +216,17 @@ impl RestSource {
             }
             // An API that hands back the cursor (or link) it was just given
             // would page forever.
-            if previous.is_some() && previous == next && !next.as_deref().is_some_and(str::is_empty) {
+            if previous.is_some() && previous == next && !next.as_deref().is_some_and(str::is_empty)
+            {
                 return Err(Error::Input(format!(
                     "{}.{}: the API returned the same next page ({}) twice; check pagination in [sources.{}.streams.{}]",
                     self.name,
                     s.name,
-                    next.as_deref().unwrap_or_default().split('?').next().unwrap_or_default(),
+                    next.as_deref()
+                        .unwrap_or_default()
+                        .split('?')
+                        .next()
+                        .unwrap_or_default(),
                     self.name,
                     s.name
                 )));
@@ -208,11 +235,18 @@ impl RestSource {
     }
 
     /// Values of `key` in the parent stream's landed rows.
-    async fn parent_keys(&self, run: &StreamRun<'_>, parent: &str, key: &str) -> Result<Vec<String>> {
+    async fn parent_keys(
+        &self,
+        run: &StreamRun<'_>,
+        parent: &str,
+        key: &str,
+    ) -> Result<Vec<String>> {
         let ctx = crate::engine::session(run.lake()).await?;
         let table = format!("\"{}\".\"{}\"", self.name, parent);
         let column = key.replace('.', "__");
-        let sql = format!("select distinct cast(\"{column}\" as varchar) as k from {table} where \"{column}\" is not null order by 1");
+        let sql = format!(
+            "select distinct cast(\"{column}\" as varchar) as k from {table} where \"{column}\" is not null order by 1"
+        );
         let batches = ctx.sql(&sql).await.map_err(|e| {
             Error::Input(format!(
                 "{}: cannot read parent keys {key:?} from {}.{parent}: {e}",
@@ -257,10 +291,18 @@ fn with_query(path: &str, q: &BTreeMap<String, String>) -> String {
 pub fn next_link(header: &str) -> Option<String> {
     header.split(',').find_map(|part| {
         let (url, params) = part.split_once(';')?;
-        let is_next = params
-            .split(';')
-            .any(|p| p.trim().replace(' ', "").eq_ignore_ascii_case("rel=\"next\"") || p.trim().eq_ignore_ascii_case("rel=next"));
-        is_next.then(|| url.trim().trim_start_matches('<').trim_end_matches('>').to_string())
+        let is_next = params.split(';').any(|p| {
+            p.trim()
+                .replace(' ', "")
+                .eq_ignore_ascii_case("rel=\"next\"")
+                || p.trim().eq_ignore_ascii_case("rel=next")
+        });
+        is_next.then(|| {
+            url.trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string()
+        })
     })
 }
 
@@ -274,11 +316,15 @@ impl Source for RestSource {
         let s = self.stream(stream)?.clone();
         let cursor = run.cursor().cloned();
         let best = match &s.parent {
-            None => self.pages(&s, &s.path, cursor.as_ref(), run, cursor.clone()).await?,
+            None => {
+                self.pages(&s, &s.path, cursor.as_ref(), run, cursor.clone())
+                    .await?
+            }
             Some(p) => {
                 let mut best = cursor.clone();
                 for k in self.parent_keys(run, &p.stream, &p.key).await? {
-                    let encoded: String = url::form_urlencoded::byte_serialize(k.as_bytes()).collect();
+                    let encoded: String =
+                        url::form_urlencoded::byte_serialize(k.as_bytes()).collect();
                     let path = s.path.replace(&format!("{{{}}}", p.key), &encoded);
                     best = self.pages(&s, &path, cursor.as_ref(), run, best).await?;
                 }
@@ -296,10 +342,15 @@ mod tests {
     #[test]
     fn link_headers() {
         assert_eq!(
-            next_link("<https://api.x.io/items?page=3>; rel=\"next\", <https://api.x.io/items?page=1>; rel=\"first\""),
+            next_link(
+                "<https://api.x.io/items?page=3>; rel=\"next\", <https://api.x.io/items?page=1>; rel=\"first\""
+            ),
             Some("https://api.x.io/items?page=3".into())
         );
-        assert_eq!(next_link("<https://api.x.io/items?page=1>; rel=\"prev\""), None);
+        assert_eq!(
+            next_link("<https://api.x.io/items?page=1>; rel=\"prev\""),
+            None
+        );
         assert_eq!(next_link(""), None);
     }
 }

@@ -102,7 +102,8 @@ impl Refused {
 fn mac(secret: &str) -> HmacSha256 {
     // HMAC takes keys of any length.
     HmacSha256::new_from_slice(secret.as_bytes()).unwrap_or_else(|_| {
-        HmacSha256::new_from_slice(b"").unwrap_or_else(|_| unreachable!("HMAC accepts any key length"))
+        HmacSha256::new_from_slice(b"")
+            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"))
     })
 }
 
@@ -140,9 +141,13 @@ pub fn verify(
     let secret = spec.secret.expose();
     match spec.preset {
         WebhookPreset::Hubspot => {
-            let sig = header(headers, "x-hubspot-signature-v3").ok_or_else(|| bad("missing X-HubSpot-Signature-v3"))?;
-            let ts = header(headers, "x-hubspot-request-timestamp").ok_or_else(|| bad("missing X-HubSpot-Request-Timestamp"))?;
-            let ms: i64 = ts.parse().map_err(|_| bad("X-HubSpot-Request-Timestamp is not a number"))?;
+            let sig = header(headers, "x-hubspot-signature-v3")
+                .ok_or_else(|| bad("missing X-HubSpot-Signature-v3"))?;
+            let ts = header(headers, "x-hubspot-request-timestamp")
+                .ok_or_else(|| bad("missing X-HubSpot-Request-Timestamp"))?;
+            let ms: i64 = ts
+                .parse()
+                .map_err(|_| bad("X-HubSpot-Request-Timestamp is not a number"))?;
             check_time(ms / 1000, spec.tolerance_seconds, now)?;
             let given = base64::engine::general_purpose::STANDARD
                 .decode(sig)
@@ -152,10 +157,12 @@ pub fn verify(
             m.update(url.as_bytes());
             m.update(body);
             m.update(ts.as_bytes());
-            m.verify_slice(&given).map_err(|_| bad("signature mismatch"))
+            m.verify_slice(&given)
+                .map_err(|_| bad("signature mismatch"))
         }
         WebhookPreset::Stripe => {
-            let sig = header(headers, "stripe-signature").ok_or_else(|| bad("missing Stripe-Signature"))?;
+            let sig = header(headers, "stripe-signature")
+                .ok_or_else(|| bad("missing Stripe-Signature"))?;
             let mut t = None;
             let mut v1 = Vec::new();
             for part in sig.split(',') {
@@ -166,10 +173,14 @@ pub fn verify(
                 }
             }
             let t = t.ok_or_else(|| bad("Stripe-Signature has no t="))?;
-            let ts: i64 = t.parse().map_err(|_| bad("Stripe-Signature t= is not a number"))?;
+            let ts: i64 = t
+                .parse()
+                .map_err(|_| bad("Stripe-Signature t= is not a number"))?;
             check_time(ts, spec.tolerance_seconds, now)?;
             for candidate in v1 {
-                let Ok(given) = hex::decode(&candidate) else { continue };
+                let Ok(given) = hex::decode(&candidate) else {
+                    continue;
+                };
                 let mut m = mac(secret);
                 m.update(t.as_bytes());
                 m.update(b".");
@@ -181,14 +192,18 @@ pub fn verify(
             Err(bad("signature mismatch"))
         }
         WebhookPreset::Typeform => {
-            let sig = header(headers, "typeform-signature").ok_or_else(|| bad("missing Typeform-Signature"))?;
-            let b64 = sig.strip_prefix("sha256=").ok_or_else(|| bad("Typeform-Signature must start with sha256="))?;
+            let sig = header(headers, "typeform-signature")
+                .ok_or_else(|| bad("missing Typeform-Signature"))?;
+            let b64 = sig
+                .strip_prefix("sha256=")
+                .ok_or_else(|| bad("Typeform-Signature must start with sha256="))?;
             let given = base64::engine::general_purpose::STANDARD
                 .decode(b64)
                 .map_err(|_| bad("Typeform-Signature is not base64"))?;
             let mut m = mac(secret);
             m.update(body);
-            m.verify_slice(&given).map_err(|_| bad("signature mismatch"))
+            m.verify_slice(&given)
+                .map_err(|_| bad("signature mismatch"))
         }
     }
 }
@@ -212,17 +227,28 @@ fn from_epoch(v: &Value, millis: bool) -> Option<DateTime<Utc>> {
 }
 
 fn from_iso(v: &Value) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(v.as_str()?).ok().map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(v.as_str()?)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// Turn a verified body into envelopes.
-pub fn envelopes(spec: &WebhookSpec, body: &[u8], now: DateTime<Utc>) -> std::result::Result<Vec<Envelope>, Refused> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| Refused::BadBody(format!("body is not JSON: {e}")))?;
+pub fn envelopes(
+    spec: &WebhookSpec,
+    body: &[u8],
+    now: DateTime<Utc>,
+) -> std::result::Result<Vec<Envelope>, Refused> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| Refused::BadBody(format!("body is not JSON: {e}")))?;
     let events: Vec<Value> = match (spec.preset, value) {
         (WebhookPreset::Hubspot, Value::Array(a)) => a,
         (WebhookPreset::Hubspot, v @ Value::Object(_)) => vec![v],
         (_, v @ Value::Object(_)) => vec![v],
-        _ => return Err(Refused::BadBody("expected a JSON object (or an array of events for HubSpot)".into())),
+        _ => {
+            return Err(Refused::BadBody(
+                "expected a JSON object (or an array of events for HubSpot)".into(),
+            ));
+        }
     };
     let mut out = Vec::with_capacity(events.len());
     for e in events {
@@ -301,7 +327,11 @@ impl Receiver {
     pub async fn open(spec: WebhookSpec, lake: Lake) -> Result<Receiver> {
         let mut seen = HashSet::new();
         let store = lake.store().clone();
-        let listed: Vec<_> = match store.list(Some(&landed_prefix(&spec.name))).try_collect().await {
+        let listed: Vec<_> = match store
+            .list(Some(&landed_prefix(&spec.name)))
+            .try_collect()
+            .await
+        {
             Ok(l) => l,
             Err(object_store::Error::NotFound { .. }) => Vec::new(),
             Err(e) => return Err(e.into()),
@@ -332,14 +362,23 @@ impl Receiver {
 
     /// Verify and persist one delivery. `Ok` means every event in it is
     /// durable in the lake (or was received before).
-    pub async fn accept(&self, method: &str, url: &str, headers: &HeaderMap, body: &Bytes) -> std::result::Result<Accepted, Refused> {
+    pub async fn accept(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &HeaderMap,
+        body: &Bytes,
+    ) -> std::result::Result<Accepted, Refused> {
         if body.len() > self.spec.max_body_bytes {
             return Err(Refused::TooLarge);
         }
         let now = Utc::now();
         verify(&self.spec, method, url, headers, body, now)?;
         let events = envelopes(&self.spec, body, now)?;
-        let mut result = Accepted { accepted: 0, duplicates: 0 };
+        let mut result = Accepted {
+            accepted: 0,
+            duplicates: 0,
+        };
         for e in events {
             let hash = id_hash(&e.event_id);
             if self.seen.lock().map(|s| s.contains(&hash)).unwrap_or(false) {
@@ -350,7 +389,9 @@ impl Receiver {
             let path = inbox(&self.spec.name).join(format!("{hash}.json"));
             match put_once(self.lake.store().as_ref(), &path, bytes).await {
                 Ok(()) => result.accepted += 1,
-                Err(Error::Storage(object_store::Error::AlreadyExists { .. })) => result.duplicates += 1,
+                Err(Error::Storage(object_store::Error::AlreadyExists { .. })) => {
+                    result.duplicates += 1
+                }
                 Err(err) => {
                     tracing::error!(source = %self.spec.name, "cannot persist a webhook event: {err}");
                     return Err(Refused::BadBody("storage unavailable; retry later".into()));
@@ -367,7 +408,11 @@ impl Receiver {
     pub async fn land(&self) -> Result<usize> {
         let _one = self.landing.lock().await;
         let store = self.lake.store().clone();
-        let listed: Vec<_> = match store.list(Some(&inbox(&self.spec.name))).try_collect().await {
+        let listed: Vec<_> = match store
+            .list(Some(&inbox(&self.spec.name)))
+            .try_collect()
+            .await
+        {
             Ok(l) => l,
             Err(object_store::Error::NotFound { .. }) => return Ok(0),
             Err(e) => return Err(e.into()),
@@ -382,7 +427,13 @@ impl Receiver {
             let e: Envelope = serde_json::from_slice(&bytes)
                 .map_err(|e| Error::Internal(format!("{}: {e}", o.location)))?;
             events.push(e);
-            hashes.push(o.location.filename().unwrap_or_default().trim_end_matches(".json").to_string());
+            hashes.push(
+                o.location
+                    .filename()
+                    .unwrap_or_default()
+                    .trim_end_matches(".json")
+                    .to_string(),
+            );
         }
         let batch = envelope_batch(&events)?;
         let run_id = RunId::new();
@@ -392,7 +443,12 @@ impl Receiver {
             .await?;
         // Landed: remember the ids, then empty those inbox files.
         let record = landed_prefix(&self.spec.name).join(format!("{run_id}.json"));
-        put_once(store.as_ref(), &record, serde_json::to_vec(&hashes).unwrap_or_default()).await?;
+        put_once(
+            store.as_ref(),
+            &record,
+            serde_json::to_vec(&hashes).unwrap_or_default(),
+        )
+        .await?;
         for o in &listed {
             match store.delete(&o.location).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
@@ -403,7 +459,11 @@ impl Receiver {
     }
 
     /// Land every `every` until `stop` fires, then once more.
-    pub async fn run(self: Arc<Self>, every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+    pub async fn run(
+        self: Arc<Self>,
+        every: Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
@@ -428,7 +488,10 @@ pub fn envelope_batch(events: &[Envelope]) -> Result<RecordBatch> {
     };
     let fired: ArrayRef = Arc::new(
         arrow::array::TimestampMicrosecondArray::from(
-            events.iter().map(|e| e.fired_at.map(|t| t.timestamp_micros())).collect::<Vec<_>>(),
+            events
+                .iter()
+                .map(|e| e.fired_at.map(|t| t.timestamp_micros()))
+                .collect::<Vec<_>>(),
         )
         .with_timezone("UTC"),
     );
@@ -466,21 +529,41 @@ mod tests {
         let now = Utc::now();
         let body = br#"{"id": "evt_1", "type": "invoice.paid", "created": 1, "data": {"object": {"customer": "cus_9"}}}"#;
         let t = now.timestamp().to_string();
-        let sig = hex::encode(sign("whsec", format!("{t}.{}", String::from_utf8_lossy(body)).as_bytes()));
+        let sig = hex::encode(sign(
+            "whsec",
+            format!("{t}.{}", String::from_utf8_lossy(body)).as_bytes(),
+        ));
         let mut h = HeaderMap::new();
-        h.insert("stripe-signature", format!("t={t},v1={sig}").parse().unwrap());
-        assert_eq!(verify(&spec(WebhookPreset::Stripe), "POST", "", &h, body, now), Ok(()));
+        h.insert(
+            "stripe-signature",
+            format!("t={t},v1={sig}").parse().unwrap(),
+        );
+        assert_eq!(
+            verify(&spec(WebhookPreset::Stripe), "POST", "", &h, body, now),
+            Ok(())
+        );
         // Tampered body, wrong secret, stale timestamp: refused.
         assert!(verify(&spec(WebhookPreset::Stripe), "POST", "", &h, b"{}", now).is_err());
         let later = now + chrono::Duration::seconds(301);
-        assert!(matches!(verify(&spec(WebhookPreset::Stripe), "POST", "", &h, body, later), Err(Refused::BadSignature(m)) if m.contains("replay")));
+        assert!(
+            matches!(verify(&spec(WebhookPreset::Stripe), "POST", "", &h, body, later), Err(Refused::BadSignature(m)) if m.contains("replay"))
+        );
         let env = envelopes(&spec(WebhookPreset::Stripe), body, now).unwrap();
-        assert_eq!((env[0].event_id.as_str(), env[0].contact_id.as_deref()), ("evt_1", Some("cus_9")));
+        assert_eq!(
+            (env[0].event_id.as_str(), env[0].contact_id.as_deref()),
+            ("evt_1", Some("cus_9"))
+        );
 
         let b64 = base64::engine::general_purpose::STANDARD.encode(sign("whsec", body));
         let mut h = HeaderMap::new();
-        h.insert("typeform-signature", format!("sha256={b64}").parse().unwrap());
-        assert_eq!(verify(&spec(WebhookPreset::Typeform), "POST", "", &h, body, now), Ok(()));
+        h.insert(
+            "typeform-signature",
+            format!("sha256={b64}").parse().unwrap(),
+        );
+        assert_eq!(
+            verify(&spec(WebhookPreset::Typeform), "POST", "", &h, body, now),
+            Ok(())
+        );
         h.insert("typeform-signature", "sha256=AAAA".parse().unwrap());
         assert!(verify(&spec(WebhookPreset::Typeform), "POST", "", &h, body, now).is_err());
 
@@ -495,7 +578,20 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-hubspot-signature-v3", b64.parse().unwrap());
         h.insert("x-hubspot-request-timestamp", ms.parse().unwrap());
-        assert_eq!(verify(&spec(WebhookPreset::Hubspot), "POST", url, &h, body, now), Ok(()));
-        assert!(verify(&spec(WebhookPreset::Hubspot), "POST", "https://elsewhere/x", &h, body, now).is_err());
+        assert_eq!(
+            verify(&spec(WebhookPreset::Hubspot), "POST", url, &h, body, now),
+            Ok(())
+        );
+        assert!(
+            verify(
+                &spec(WebhookPreset::Hubspot),
+                "POST",
+                "https://elsewhere/x",
+                &h,
+                body,
+                now
+            )
+            .is_err()
+        );
     }
 }

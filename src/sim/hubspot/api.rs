@@ -142,16 +142,47 @@ async fn associations(
     };
     let body = body.map(|b| b.0).unwrap_or(Value::Null);
     let Some(inputs) = body["inputs"].as_array() else {
-        return with_budget(&s, error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "inputs is required", vec![]), budget);
+        return with_budget(
+            &s,
+            error(
+                StatusCode::BAD_REQUEST,
+                "VALIDATION_ERROR",
+                "inputs is required",
+                vec![],
+            ),
+            budget,
+        );
     };
     if inputs.len() > 1000 {
-        return with_budget(&s, error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "at most 1000 inputs", vec![]), budget);
+        return with_budget(
+            &s,
+            error(
+                StatusCode::BAD_REQUEST,
+                "VALIDATION_ERROR",
+                "at most 1000 inputs",
+                vec![],
+            ),
+            budget,
+        );
     }
     let Ok(crm) = s.crm.lock() else {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "lock", vec![]);
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL_ERROR",
+            "lock",
+            vec![],
+        );
     };
     if !crm.types.contains_key(&from) || !crm.types.contains_key(&to) {
-        return with_budget(&s, unknown_type(if crm.types.contains_key(&from) { &to } else { &from }), budget);
+        return with_budget(
+            &s,
+            unknown_type(if crm.types.contains_key(&from) {
+                &to
+            } else {
+                &from
+            }),
+            budget,
+        );
     }
     let started = now();
     let mut results = Vec::new();
@@ -179,7 +210,11 @@ async fn associations(
             results.push(json!({"from": {"id": id.to_string()}, "to": linked}));
         }
     }
-    with_budget(&s, batch_reply(StatusCode::OK, results, vec![], started), budget)
+    with_budget(
+        &s,
+        batch_reply(StatusCode::OK, results, vec![], started),
+        budget,
+    )
 }
 
 /// `POST /oauth/v1/token` with `grant_type=refresh_token`: a new access token
@@ -608,7 +643,8 @@ fn apply(crm: &mut Crm, kind: &str, id: u64, props: BTreeMap<String, String>) ->
         }
         r.updated_at = at;
         let stamp = at.to_rfc3339_opts(SecondsFormat::Millis, true);
-        r.properties.insert("lastmodifieddate".into(), stamp.clone());
+        r.properties
+            .insert("lastmodifieddate".into(), stamp.clone());
         r.properties.insert("hs_lastmodifieddate".into(), stamp);
         r.clone()
     })

@@ -131,7 +131,12 @@ impl ObjectType {
             .map(|(k, v)| (k.clone(), v.to_lowercase()))
             .collect();
         for (k, v) in pairs {
-            self.index.entry(k).or_default().entry(v).or_default().insert(id);
+            self.index
+                .entry(k)
+                .or_default()
+                .entry(v)
+                .or_default()
+                .insert(id);
         }
     }
 
@@ -308,7 +313,8 @@ impl Crm {
         if let Some(t) = self.types.get_mut(kind) {
             t.modify(id, |r| {
                 r.updated_at = at;
-                r.properties.insert("lastmodifieddate".into(), stamp.clone());
+                r.properties
+                    .insert("lastmodifieddate".into(), stamp.clone());
                 r.properties.insert("hs_lastmodifieddate".into(), stamp);
             });
         }

@@ -92,7 +92,9 @@ struct State {
 }
 
 fn epoch() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().unwrap_or_default()
+    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+        .single()
+        .unwrap_or_default()
 }
 
 impl State {
@@ -147,7 +149,11 @@ impl State {
         Ok(Ids::List(ids.into_iter().map(|(_, id)| id).collect()))
     }
 
-    fn check(&self, headers: &HeaderMap, query: &BTreeMap<String, String>) -> std::result::Result<(), Response> {
+    fn check(
+        &self,
+        headers: &HeaderMap,
+        query: &BTreeMap<String, String>,
+    ) -> std::result::Result<(), Response> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let header = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or("");
         let ok = match &self.config.auth {
@@ -161,12 +167,19 @@ impl State {
                 header("authorization") == format!("Basic {want}")
             }
             RestAuth::OAuth2(..) => {
-                let got = header("authorization").strip_prefix("Bearer ").unwrap_or("").to_string();
+                let got = header("authorization")
+                    .strip_prefix("Bearer ")
+                    .unwrap_or("")
+                    .to_string();
                 self.tokens.lock().is_ok_and(|t| t.contains(&got))
             }
         };
         if !ok {
-            return Err((StatusCode::UNAUTHORIZED, Json(json!({"error": "unauthorized"}))).into_response());
+            return Err((
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"error": "unauthorized"})),
+            )
+                .into_response());
         }
         if self.config.per_second > 0 {
             let now = Instant::now();
@@ -174,8 +187,13 @@ impl State {
             w.retain(|t| now.duration_since(*t) < Duration::from_secs(1));
             if w.len() >= self.config.per_second {
                 self.limited.fetch_add(1, Ordering::SeqCst);
-                let mut r = (StatusCode::TOO_MANY_REQUESTS, Json(json!({"error": "rate limited"}))).into_response();
-                r.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+                let mut r = (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Json(json!({"error": "rate limited"})),
+                )
+                    .into_response();
+                r.headers_mut()
+                    .insert("retry-after", HeaderValue::from_static("1"));
                 return Err(r);
             }
             w.push(now);
@@ -191,7 +209,11 @@ fn bad(message: &str) -> Response {
 type Shared = Arc<State>;
 type Q = Query<BTreeMap<String, String>>;
 
-fn num(q: &BTreeMap<String, String>, k: &str, default: usize) -> std::result::Result<usize, Response> {
+fn num(
+    q: &BTreeMap<String, String>,
+    k: &str,
+    default: usize,
+) -> std::result::Result<usize, Response> {
     match q.get(k) {
         None => Ok(default),
         Some(v) => v.parse().map_err(|_| bad(&format!("{k} must be a number"))),
@@ -222,7 +244,10 @@ impl Ids {
 }
 
 fn page_of(s: &State, ids: &Ids, from: usize, size: usize) -> Vec<Value> {
-    ids.page(from, size).into_iter().map(|id| s.record(id)).collect()
+    ids.page(from, size)
+        .into_iter()
+        .map(|id| s.record(id))
+        .collect()
 }
 
 async fn cursor(AxState(s): AxState<Shared>, headers: HeaderMap, Query(q): Q) -> Response {
@@ -256,7 +281,13 @@ async fn cursor(AxState(s): AxState<Shared>, headers: HeaderMap, Query(q): Q) ->
 fn passthrough(q: &BTreeMap<String, String>, skip: &[&str]) -> String {
     q.iter()
         .filter(|(k, _)| !skip.contains(&k.as_str()))
-        .map(|(k, v)| format!("&{}={}", k, url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()))
+        .map(|(k, v)| {
+            format!(
+                "&{}={}",
+                k,
+                url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()
+            )
+        })
         .collect()
 }
 
@@ -275,7 +306,12 @@ async fn next_url(AxState(s): AxState<Shared>, headers: HeaderMap, Query(q): Q) 
     let size = 20;
     let data = page_of(&s, &ids, (page - 1) * size, size);
     let next = (page * size < ids.len()).then(|| {
-        format!("{}/next_url/items?page={}{}", s.base, page + 1, passthrough(&q, &["page"]))
+        format!(
+            "{}/next_url/items?page={}{}",
+            s.base,
+            page + 1,
+            passthrough(&q, &["page"])
+        )
     });
     Json(json!({"results": data, "next": next})).into_response()
 }
@@ -365,7 +401,11 @@ async fn steps(
         return r;
     }
     if id == 0 || id > s.config.sequences {
-        return (StatusCode::NOT_FOUND, Json(json!({"error": "no such sequence"}))).into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "no such sequence"})),
+        )
+            .into_response();
     }
     let data: Vec<Value> = (1..=3)
         .map(|n| json!({"id": id * 100 + n, "sequence_id": id, "step": n}))
@@ -384,7 +424,11 @@ async fn oauth(
         || form.get("client_id") != Some(id)
         || form.get("client_secret") != Some(secret)
     {
-        return (StatusCode::UNAUTHORIZED, Json(json!({"error": "invalid_client"}))).into_response();
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "invalid_client"})),
+        )
+            .into_response();
     }
     let token = format!("rest-{}", uuid::Uuid::new_v4().simple());
     if let Ok(mut t) = s.tokens.lock() {

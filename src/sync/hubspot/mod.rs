@@ -50,9 +50,16 @@ impl Account {
             Duration::from_secs(10),
             Some(config.daily_limit),
         );
-        let search = crate::http::account_budget(&format!("{key} search"), 4, Duration::from_secs(1), None);
-        let client = Client::new(&config.url, config.auth.clone(), VENDOR, limiter, config.retry)
-            .map_err(Error::Input)?;
+        let search =
+            crate::http::account_budget(&format!("{key} search"), 4, Duration::from_secs(1), None);
+        let client = Client::new(
+            &config.url,
+            config.auth.clone(),
+            VENDOR,
+            limiter,
+            config.retry,
+        )
+        .map_err(Error::Input)?;
         Ok(Account { client, search })
     }
 }
