@@ -78,12 +78,13 @@ impl RateLimiter {
         }
     }
 
-    /// Wait until a request may be sent, and count it.
-    pub async fn acquire(&self) -> Result<(), DailyExhausted> {
+    /// Wait until a request may be sent, and count it. Returns the request's
+    /// stamp for [`RateLimiter::complete`].
+    pub async fn acquire(&self) -> Result<Instant, DailyExhausted> {
         loop {
             let wait = {
                 let Ok(mut w) = self.inner.lock() else {
-                    return Ok(());
+                    return Ok(Instant::now());
                 };
                 let now = Instant::now();
                 if w.daily_remaining == Some(0) {
@@ -106,7 +107,7 @@ impl RateLimiter {
                             if let Some(d) = w.daily_remaining.as_mut() {
                                 *d = d.saturating_sub(1);
                             }
-                            return Ok(());
+                            return Ok(now);
                         }
                         let oldest = w.sent.front().copied().unwrap_or(now);
                         (oldest + interval + WINDOW_MARGIN).saturating_duration_since(now)
@@ -114,6 +115,21 @@ impl RateLimiter {
                 }
             };
             tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
+        }
+    }
+
+    /// The reply to the request stamped `stamp` arrived: count the request
+    /// from now on. The vendor counted it from when it arrived there, which is
+    /// somewhere between the two; counting from the reply means a slow
+    /// network or a busy machine can never make ferry send into a window the
+    /// vendor still considers full.
+    pub fn complete(&self, stamp: Instant) {
+        let Ok(mut w) = self.inner.lock() else {
+            return;
+        };
+        if let Some(slot) = w.sent.iter_mut().find(|t| **t == stamp) {
+            *slot = Instant::now();
+            w.sent.make_contiguous().sort();
         }
     }
 
@@ -297,6 +313,21 @@ mod tests {
         }
         // The sixth call had to wait for the first to leave the window.
         assert!(start.elapsed() >= Duration::from_millis(200));
+    }
+
+    #[tokio::test]
+    async fn a_request_counts_from_its_reply() {
+        let l = RateLimiter::new(2, Duration::from_millis(200), None);
+        let start = Instant::now();
+        let first = l.acquire().await.unwrap();
+        let second = l.acquire().await.unwrap();
+        // The replies take 100 ms: the slots free 200 ms after that, not
+        // 200 ms after sending.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        l.complete(first);
+        l.complete(second);
+        l.acquire().await.unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(300));
     }
 
     #[tokio::test]

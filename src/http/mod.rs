@@ -361,14 +361,20 @@ impl Client {
                 return Err(why);
             }
             self.breaker.admit().await;
+            let mut stamps = Vec::with_capacity(call.limits.len());
             for l in &call.limits {
-                l.acquire().await.map_err(|_| CallError::DailyLimit)?;
+                stamps.push(l.acquire().await.map_err(|_| CallError::DailyLimit)?);
             }
-            if self.account.acquire().await.is_err() {
+            let Ok(stamp) = self.account.acquire().await else {
                 return Err(self.stop(CallError::DailyLimit));
-            }
+            };
             attempts += 1;
-            match self.attempt(&call).await {
+            let outcome = self.attempt(&call).await;
+            for (l, s) in call.limits.iter().zip(stamps) {
+                l.complete(s);
+            }
+            self.account.complete(stamp);
+            match outcome {
                 Attempt::Done(r) => {
                     self.breaker.record(true);
                     return Ok(r);
