@@ -16,11 +16,21 @@ use crate::models::run::{self, Status};
 use crate::project::Project;
 use crate::sync::{SyncOptions, Syncer};
 
-struct Stage {
-    name: &'static str,
-    status: &'static str,
-    seconds: f64,
-    detail: String,
+/// One stage of a build, as the summary shows it.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    pub name: &'static str,
+    /// `ok`, `failed` or `skipped`.
+    pub status: &'static str,
+    pub seconds: f64,
+    pub detail: String,
+}
+
+/// A successful build's stages.
+#[derive(Debug, Clone)]
+pub struct BuildReport {
+    pub run_id: String,
+    pub stages: Vec<Stage>,
 }
 
 pub struct BuildOptions {
@@ -35,7 +45,7 @@ pub async fn build(
     lake: Lake,
     args: &SelectArgs,
     opts: &BuildOptions,
-) -> Result<()> {
+) -> Result<BuildReport> {
     let started_at = Utc::now();
     let run_id = RunId::new();
     let mut stages: Vec<Stage> = Vec::new();
@@ -262,7 +272,10 @@ pub async fn build(
         );
     }
     if ok {
-        Ok(())
+        Ok(BuildReport {
+            run_id: run_id.to_string(),
+            stages,
+        })
     } else {
         Err(Error::Input(format!(
             "the build failed at: {}",

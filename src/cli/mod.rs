@@ -2,7 +2,7 @@
 //! runtime, and maps errors to messages and exit codes (0 ok, 1 failed,
 //! 2 bad usage). Each command is a thin call into the library.
 
-mod build;
+pub mod build;
 mod extract;
 mod land;
 mod models;
@@ -111,6 +111,44 @@ enum Command {
         /// Stop after the tests.
         #[arg(long)]
         skip_sync: bool,
+    },
+    /// The whole route in one command with no external services: generate
+    /// a GTM dataset, serve it from the embedded HubSpot and marketing
+    /// emulators, run `ferry build` on the starter project, print a report.
+    /// The lake stays for `ferry query`.
+    Demo {
+        /// Contacts to generate (companies, touches, leads, email events and deals follow).
+        #[arg(long, default_value_t = 2000)]
+        scale: usize,
+        #[arg(long, default_value_t = crate::demo::DEFAULT_SEED)]
+        seed: u64,
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+    },
+    /// A deterministic synthetic GTM dataset (companies, contacts, deals,
+    /// campaigns, touches, form-fill leads, email events) with the mess of
+    /// real vendor data: written as JSON lines (--out) or served by the
+    /// emulators for `ferry build` (--serve).
+    Generate {
+        /// Contacts to generate; the other streams follow.
+        #[arg(long, default_value_t = 2000)]
+        scale: usize,
+        #[arg(long, default_value_t = crate::demo::DEFAULT_SEED)]
+        seed: u64,
+        /// Write DIR/<stream>.jsonl.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Serve the data until Ctrl-C: HubSpot on --hubspot-port, the
+        /// marketing and sequencer API on --marketing-port.
+        #[arg(long)]
+        serve: bool,
+        #[arg(long, default_value_t = 8090)]
+        hubspot_port: u16,
+        #[arg(long, default_value_t = 8091)]
+        marketing_port: u16,
+        /// The HubSpot emulator's requests per rolling 10 s.
+        #[arg(long, default_value_t = 190)]
+        ten_secondly: usize,
     },
     /// Pull vendor streams into the lake (all sources with a type when none
     /// are given): pages, rows, bytes and seconds per stream.
@@ -352,7 +390,78 @@ async fn run(cli: Cli) -> Result<()> {
                 skip_extract,
                 skip_sync,
             };
-            build::build(&project, lake, &select, &opts).await
+            build::build(&project, lake, &select, &opts)
+                .await
+                .map(|_| ())
+        }
+        Command::Demo {
+            scale,
+            seed,
+            threads,
+        } => {
+            let (project, lake) = open(&cli.project_dir)?;
+            let opts = crate::demo::DemoOptions {
+                scale,
+                seed,
+                threads,
+                ..crate::demo::DemoOptions::default()
+            };
+            let demo = crate::demo::run(project, lake, &opts).await?;
+            demo.served.hubspot.stop();
+            demo.served.marketing.stop();
+            Ok(())
+        }
+        Command::Generate {
+            scale,
+            seed,
+            out,
+            serve,
+            hubspot_port,
+            marketing_port,
+            ten_secondly,
+        } => {
+            if out.is_none() && !serve {
+                return Err(Error::Input(
+                    "say where the data goes: --out DIR (JSON lines) and/or --serve (emulators)"
+                        .into(),
+                ));
+            }
+            let t = std::time::Instant::now();
+            let data = std::sync::Arc::new(crate::demo::generate::Dataset::generate(scale, seed));
+            if let Some(dir) = &out {
+                for (stream, n) in crate::demo::write_jsonl(&data, dir)? {
+                    println!(
+                        "{:<14} {n:>10} records  {}",
+                        stream,
+                        dir.join(format!("{stream}.jsonl")).display()
+                    );
+                }
+                println!("generated in {:.1}s", t.elapsed().as_secs_f64());
+            }
+            if serve {
+                let served = crate::demo::serve::serve(
+                    data,
+                    crate::sim::hubspot::SimConfig {
+                        ten_secondly,
+                        ..Default::default()
+                    },
+                    ([127, 0, 0, 1], hubspot_port).into(),
+                    ([127, 0, 0, 1], marketing_port).into(),
+                )
+                .await?;
+                println!(
+                    "HubSpot emulator at {} (token {}), marketing and sequencer API at {}/api/v1 (token {}).\n\
+                     In another shell: HUBSPOT_TOKEN={} MARKETING_API_TOKEN={} ferry build\nCtrl-C stops.",
+                    served.hubspot.base_url(),
+                    crate::sim::hubspot::SimConfig::default().token,
+                    served.marketing.base_url(),
+                    crate::demo::serve::MARKETING_TOKEN,
+                    crate::sim::hubspot::SimConfig::default().token,
+                    crate::demo::serve::MARKETING_TOKEN,
+                );
+                let _ = tokio::signal::ctrl_c().await;
+            }
+            Ok(())
         }
         Command::Serve {
             port,

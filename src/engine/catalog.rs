@@ -109,8 +109,23 @@ pub async fn register_lake(ctx: &SessionContext, lake: &Lake) -> Result<Vec<Stri
 
     let store = lake.store().as_ref();
     let mut tables = Vec::new();
-    for source in children(store, &Path::from(layout::RAW)).await? {
-        for stream in children(store, &Path::from_iter([layout::RAW, &source])).await? {
+    // Streams with files, and streams a connector declared before any
+    // record arrived (an empty HubSpot object): those read as empty tables.
+    let mut streams = std::collections::BTreeSet::new();
+    for root in [
+        Path::from(layout::RAW),
+        Path::from_iter([layout::META, "schemas"]),
+    ] {
+        for source in children(store, &root).await? {
+            let under =
+                Path::from_iter(root.parts().chain(std::iter::once(source.as_str().into())));
+            for stream in children(store, &under).await? {
+                streams.insert((source.clone(), stream));
+            }
+        }
+    }
+    for (source, stream) in streams {
+        {
             let Ok(stream_ref) = StreamRef::new(&source, &stream) else {
                 tracing::warn!(
                     "skipping lake folder raw/{source}/{stream}: not a valid source.stream name"

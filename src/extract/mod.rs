@@ -230,6 +230,22 @@ impl<'a> StreamRun<'a> {
         self.summary.skipped_files += 1;
     }
 
+    /// Declare columns of this stream (`sibling`: of a sibling stream)
+    /// before any value arrives, for connectors that know them: a column
+    /// null in every record so far, or a stream with no records yet, still
+    /// reads with the declared type.
+    pub async fn declare(
+        &mut self,
+        sibling: Option<&str>,
+        columns: &[(String, arrow::datatypes::DataType)],
+    ) -> Result<()> {
+        let stream = match sibling {
+            Some(s) => StreamRef::new(&self.stream.source, s)?,
+            None => self.stream.clone(),
+        };
+        crate::lake::schema::declare(self.lake.store().as_ref(), &stream, columns).await
+    }
+
     /// `cursor` covers everything pushed so far; it is persisted once that is landed.
     pub fn checkpoint(&mut self, cursor: Value) {
         self.pending = Some(cursor);

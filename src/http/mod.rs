@@ -47,6 +47,9 @@ pub enum Auth {
     ApiKeyQuery { param: String, key: Secret },
     /// HTTP basic auth.
     Basic { username: String, password: Secret },
+    /// The credentials' `${VAR}` is not set: every call fails with this
+    /// message (naming the file, line and variable), before anything is sent.
+    Missing(String),
 }
 
 impl Auth {
@@ -55,7 +58,7 @@ impl Auth {
     pub fn fingerprint(&self) -> String {
         use sha2::{Digest, Sha256};
         let material = match self {
-            Auth::None => String::new(),
+            Auth::None | Auth::Missing(_) => String::new(),
             Auth::Bearer(t) => t.expose().to_string(),
             Auth::OAuth(o) => format!("{}\0{}", o.client_id, o.refresh_token.expose()),
             Auth::ClientCredentials(c) => format!("{}\0{}", c.client_id, c.client_secret.expose()),
@@ -294,6 +297,9 @@ impl Client {
         account: Arc<RateLimiter>,
         retry: RetryPolicy,
     ) -> Result<Client, String> {
+        if let Auth::Missing(why) = &auth {
+            return Err(why.clone());
+        }
         let http = reqwest::Client::builder()
             .timeout(retry.timeout)
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
@@ -534,7 +540,7 @@ impl Client {
         };
         let mut req = self.http.request(call.method.clone(), &url);
         req = match &self.auth {
-            Auth::None => req,
+            Auth::None | Auth::Missing(_) => req,
             Auth::Bearer(_) | Auth::OAuth(_) | Auth::ClientCredentials(_) => {
                 req.bearer_auth(token.expose())
             }

@@ -138,6 +138,37 @@ pub async fn save(
     }
 }
 
+/// Make sure the stream's stored schema has `columns`, for a connector that
+/// knows its columns before any value arrives (HubSpot properties are
+/// strings whether or not a record has one set). Columns already stored
+/// keep their type; the stream is registered (empty) even before its first
+/// file, so models that read it plan. Safe against concurrent writers.
+pub async fn declare(
+    store: &dyn ObjectStore,
+    stream: &StreamRef,
+    columns: &[(String, DataType)],
+) -> Result<()> {
+    let input = Schema::new(
+        columns
+            .iter()
+            .map(|(n, t)| Field::new(n, t.clone(), true))
+            .collect::<Vec<_>>(),
+    );
+    for _ in 0..10 {
+        let current = load(store, stream).await?;
+        let plan = plan(current.as_ref(), &input)?;
+        if current.is_some() && plan.new_columns.is_empty() {
+            return Ok(());
+        }
+        if save(store, stream, &plan.evolve(current.as_ref())).await? {
+            return Ok(());
+        }
+    }
+    Err(Error::Internal(format!(
+        "could not store the declared schema of {stream}: other writers kept changing it"
+    )))
+}
+
 /// Where one input column goes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ColumnMove {

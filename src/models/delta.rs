@@ -222,9 +222,40 @@ pub async fn append(lake: &Lake, url: &Url, df: DataFrame) -> Result<DeltaTable>
     write(lake, url, df, SaveMode::Append).await
 }
 
+/// Delta stores timestamps in microseconds. SQL's `cast(x as timestamp)`
+/// gives nanoseconds, which the writer would truncate with a warning per
+/// file; cast them here, once, so the table's schema is what is written.
+fn delta_types(df: DataFrame) -> Result<DataFrame> {
+    use arrow::datatypes::{DataType, TimeUnit};
+    use datafusion::common::Column;
+    use datafusion::logical_expr::{Expr, cast};
+    let fields = df.schema().fields().clone();
+    if !fields
+        .iter()
+        .any(|f| matches!(f.data_type(), DataType::Timestamp(TimeUnit::Nanosecond, _)))
+    {
+        return Ok(df);
+    }
+    let exprs: Vec<Expr> = df
+        .schema()
+        .iter()
+        .map(|(q, f)| {
+            let c = Expr::Column(Column::new(q.cloned(), f.name()));
+            match f.data_type() {
+                DataType::Timestamp(TimeUnit::Nanosecond, tz) => {
+                    cast(c, DataType::Timestamp(TimeUnit::Microsecond, tz.clone())).alias(f.name())
+                }
+                _ => c,
+            }
+        })
+        .collect();
+    Ok(df.select(exprs)?)
+}
+
 /// Stream `df` into the table as one commit.
 async fn write(lake: &Lake, url: &Url, df: DataFrame, mode: SaveMode) -> Result<DeltaTable> {
     let table = open_or_new(lake, url).await?;
+    let df = delta_types(df)?;
     let (state, plan) = df.into_parts();
     let mut builder = table
         .write(Vec::<arrow::record_batch::RecordBatch>::new())
@@ -240,6 +271,7 @@ async fn write(lake: &Lake, url: &Url, df: DataFrame, mode: SaveMode) -> Result<
 /// Merge `df` into an existing table on `keys`: matched rows are updated,
 /// new rows inserted (one commit).
 pub async fn merge(table: DeltaTable, df: DataFrame, keys: &[String]) -> Result<DeltaTable> {
+    let df = delta_types(df)?;
     let columns: Vec<String> = df
         .schema()
         .fields()

@@ -12,7 +12,7 @@ const GITIGNORE: &str =
     "# ferry: the local lake and secrets never go into git\n/lake/\nsecrets.toml\n";
 
 /// The example model (the same file as the repository's own example).
-const EXAMPLE_MODEL: &str = include_str!("../../models/contacts_by_country.sql");
+const EXAMPLE_MODEL: &str = include_str!("../../sql/init/contacts_by_country.sql");
 
 /// Ten CRM contacts with the mess of real vendor data: country variants,
 /// a nested company object, a list of tags, missing fields. The same file is

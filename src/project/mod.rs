@@ -61,6 +61,9 @@ struct ConfigFile {
 struct ProjectSection {
     /// Project name, used in run records and logs.
     name: String,
+    /// Folders holding seed CSVs (default `["seeds"]`).
+    #[serde(default)]
+    seed_paths: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -377,7 +380,11 @@ impl Project {
                     .map_err(|msg| config_error(file, text, v.span().start, msg))
             };
             let auth = match (&d.token, &d.oauth) {
-                (Some(t), None) => crate::http::Auth::Bearer(secret(t)?),
+                (Some(t), None) => match secret(t) {
+                    Ok(t) => crate::http::Auth::Bearer(t),
+                    // Commands that do not call the CRM still work without it.
+                    Err(e) => crate::http::Auth::Missing(e.to_string()),
+                },
                 (None, Some(o)) => {
                     let base = d
                         .url
@@ -478,9 +485,13 @@ impl Project {
                         return Err(config_error(file, text, at(""),
                             "a hubspot source needs token = \"${HUBSPOT_TOKEN}\" (a private-app token)".into()));
                     };
-                    let token = secrets
-                        .interpolate(token.get_ref())
-                        .map_err(|msg| config_error(file, text, token.span().start, msg))?;
+                    let auth = match secrets.interpolate(token.get_ref()) {
+                        Ok(t) => crate::http::Auth::Bearer(t),
+                        // Only `ferry extract` needs it: other commands work without.
+                        Err(msg) => crate::http::Auth::Missing(
+                            config_error(file, text, token.span().start, msg).to_string(),
+                        ),
+                    };
                     let streams: Vec<extract_config::HubspotStream> = src
                         .streams
                         .iter()
@@ -505,7 +516,7 @@ impl Project {
                                 .unwrap_or_else(|| "https://api.hubapi.com".into())
                                 .trim_end_matches('/')
                                 .to_string(),
-                            auth: crate::http::Auth::Bearer(token),
+                            auth,
                             requests_per_10s: src.requests_per_10s.unwrap_or(100),
                             search_per_second: src.search_per_second.unwrap_or(4),
                             streams,
@@ -571,7 +582,10 @@ impl Project {
                     };
                     let auth = match &src.auth {
                         None => crate::http::Auth::None,
-                        Some(A::Bearer { token }) => crate::http::Auth::Bearer(secret(token)?),
+                        Some(A::Bearer { token }) => match secret(token) {
+                            Ok(t) => crate::http::Auth::Bearer(t),
+                            Err(e) => crate::http::Auth::Missing(e.to_string()),
+                        },
                         Some(A::ApiKey { key, header, query }) => match (header, query) {
                             (Some(h), None) => crate::http::Auth::ApiKeyHeader { header: h.clone(), key: secret(key)? },
                             (None, Some(q)) => crate::http::Auth::ApiKeyQuery { param: q.clone(), key: secret(key)? },
@@ -638,7 +652,14 @@ impl Project {
             destinations,
             syncs,
             model_configs: vec![(Vec::new(), model_defaults)],
-            paths: Paths::default(),
+            paths: Paths {
+                seeds: raw
+                    .project
+                    .seed_paths
+                    .clone()
+                    .unwrap_or_else(|| Paths::default().seeds),
+                ..Paths::default()
+            },
             vars,
             dir: dir.to_path_buf(),
             name,

@@ -349,6 +349,32 @@ impl Source for HubspotSource {
         if !props.iter().any(|p| p == cursor) {
             props.push(cursor.to_string());
         }
+        // HubSpot sends every property as a string (null when unset): a
+        // property nobody has filled in yet is still a text column, and an
+        // object with no records is still a table.
+        use arrow::datatypes::DataType;
+        let mut columns: Vec<(String, DataType)> = vec![("id".into(), DataType::Utf8)];
+        columns.extend(
+            props
+                .iter()
+                .filter(|p| *p != "id")
+                .map(|p| (p.clone(), DataType::Utf8)),
+        );
+        columns.extend([
+            ("created_at".into(), DataType::Utf8),
+            ("updated_at".into(), DataType::Utf8),
+            ("archived".into(), DataType::Boolean),
+        ]);
+        run.declare(None, &columns).await?;
+        for to in &s.associations {
+            let links = [
+                ("from_id".to_string(), DataType::Utf8),
+                ("to_id".to_string(), DataType::Utf8),
+                ("type_id".to_string(), DataType::Int64),
+            ];
+            run.declare(Some(&format!("{}_{to}", s.name)), &links)
+                .await?;
+        }
         // The run's upper bound: changes after it are the next run's.
         let hi = Utc::now().timestamp_millis();
         let since = run

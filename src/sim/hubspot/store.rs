@@ -307,6 +307,31 @@ impl Crm {
             .insert((from.to_string(), from_id));
     }
 
+    /// Set when a record was created and last modified (for loading
+    /// historical data, such as `ferry demo`'s generated CRM).
+    pub fn backdate(
+        &mut self,
+        kind: &str,
+        id: u64,
+        created: DateTime<Utc>,
+        updated: DateTime<Utc>,
+    ) {
+        if let Some(t) = self.types.get_mut(kind) {
+            t.modify(id, |r| {
+                r.created_at = created;
+                r.properties.insert("createdate".into(), iso(created));
+            });
+        }
+        self.touch(kind, id, updated);
+    }
+
+    /// Add a custom property (as Settings → Properties in HubSpot does).
+    pub fn define_property(&mut self, kind: &str, name: &str, field_kind: &str) {
+        if let Some(t) = self.types.get_mut(kind) {
+            t.define(prop(name, field_kind, false));
+        }
+    }
+
     /// Mark a record modified at `at` (as an edit in HubSpot would).
     pub fn touch(&mut self, kind: &str, id: u64, at: DateTime<Utc>) {
         let stamp = iso(at);

@@ -17,6 +17,7 @@
 //! | `GET /sequences` | `{"data": [{"id": 1, "name": ...}]}` (no paging) |
 //! | `GET /sequences/{id}/steps` | `{"data": [{"id", "sequence_id", "step"}]}` |
 //! | `POST /oauth/token` | client credentials → `{"access_token", "token_type", "expires_in"}` |
+//! | `GET /api/v1/{collection}?cursor=&limit=&updated_since=` | a [`Collection`] (e.g. `ferry demo`'s generated touches): `{"data": [...], "meta": {"next_cursor": "..."}}` |
 //!
 //! Every list endpoint takes `updated_since` (RFC 3339; records with
 //! `updated_at >= updated_since`, in `updated_at` then `id` order).
@@ -54,9 +55,39 @@ pub enum RestAuth {
     OAuth2(String, String),
 }
 
+/// A named set of records served at `GET /api/v1/{name}` with cursor
+/// pagination and an `updated_since` filter. Records are held in
+/// `updated_at` order, so a filter is a binary search and a page is built
+/// only when asked for (ten million generated touches need no JSON in memory).
+pub trait Collection: Send + Sync {
+    fn name(&self) -> &str;
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// When record `i` last changed; non-decreasing in `i`.
+    fn updated_at(&self, i: usize) -> DateTime<Utc>;
+    /// Record `i` as the API serves it.
+    fn record(&self, i: usize) -> Value;
+}
+
+/// The collections an emulator serves.
+#[derive(Clone, Default)]
+pub struct Collections(pub Vec<Arc<dyn Collection>>);
+
+impl std::fmt::Debug for Collections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|c| (c.name().to_string(), c.len())))
+            .finish()
+    }
+}
+
 /// Emulator settings.
 #[derive(Debug, Clone)]
 pub struct RestConfig {
+    /// Extra record sets at `/api/v1/{name}`.
+    pub collections: Collections,
     /// Records behind `/…/items`.
     pub records: usize,
     /// Parent records behind `/sequences` (each has 3 steps).
@@ -71,6 +102,7 @@ pub struct RestConfig {
 impl Default for RestConfig {
     fn default() -> Self {
         RestConfig {
+            collections: Collections::default(),
             records: 250,
             sequences: 4,
             auth: RestAuth::None,
@@ -413,6 +445,65 @@ async fn steps(
     Json(json!({ "data": data })).into_response()
 }
 
+async fn collection(
+    AxState(s): AxState<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Query(q): Q,
+) -> Response {
+    if let Err(r) = s.check(&headers, &q) {
+        return r;
+    }
+    let Some(c) = s.config.collections.0.iter().find(|c| c.name() == name) else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": format!("no collection {name}")})),
+        )
+            .into_response();
+    };
+    let limit = match num(&q, "limit", 100) {
+        Ok(l) => l.min(s.config.max_page).max(1),
+        Err(r) => return r,
+    };
+    let first = match q.get("updated_since") {
+        None => 0,
+        Some(v) => match DateTime::parse_from_rfc3339(v) {
+            Ok(t) => {
+                let t = t.with_timezone(&Utc);
+                // First record with updated_at >= t (updated_at is sorted).
+                let (mut lo, mut hi) = (0, c.len());
+                while lo < hi {
+                    let mid = (lo + hi) / 2;
+                    if c.updated_at(mid) < t {
+                        lo = mid + 1;
+                    } else {
+                        hi = mid;
+                    }
+                }
+                lo
+            }
+            Err(_) => return bad(&format!("updated_since: not an RFC 3339 time: {v}")),
+        },
+    };
+    let from = match q.get("cursor") {
+        None => first,
+        Some(cur) => match cur
+            .strip_prefix("pos_")
+            .and_then(|p| p.parse::<usize>().ok())
+        {
+            Some(p) => p.max(first),
+            None => return bad("invalid cursor"),
+        },
+    };
+    let end = (from + limit).min(c.len());
+    let data: Vec<Value> = (from..end).map(|i| c.record(i)).collect();
+    let mut body = json!({"data": data, "meta": {}});
+    if end < c.len() {
+        body["meta"]["next_cursor"] = json!(format!("pos_{end}"));
+    }
+    Json(body).into_response()
+}
+
 async fn oauth(
     AxState(s): AxState<Shared>,
     axum::extract::Form(form): axum::extract::Form<BTreeMap<String, String>>,
@@ -502,6 +593,7 @@ pub async fn start(config: RestConfig, addr: SocketAddr) -> Result<RunningRest> 
         .route("/sequences", get(sequences))
         .route("/sequences/{id}/steps", get(steps))
         .route("/oauth/token", post(oauth))
+        .route("/api/v1/{name}", get(collection))
         .with_state(state.clone());
     let handle = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

@@ -1,0 +1,107 @@
+-- One row per person with an email: fit, engagement and lead score, the MQL
+-- flag and moment, owner routing and first/last-touch channel. This is what
+-- the contact_scores sync sends to HubSpot.
+--
+-- fit_score (0-50): the sum of the icp_rules points the person's account
+--   industry, size band, country and persona earn, capped at 50.
+-- engagement_score (0-50): each touch's points halve every
+--   var('engagement_half_life_days') days up to var('as_of'); capped at 50.
+-- lead_score (0-100): fit + engagement, rounded.
+-- mql_at: the first touch at which fit + engagement (decayed to that touch)
+--   reached var('mql_threshold'); a person stays an MQL once they crossed it.
+-- owner_id: the CRM's owner if a rep set one, else the territory seed's
+--   (most specific country and segment match first).
+{% set half_life = var('engagement_half_life_days', 30) %}
+with people as (
+    select p.*, a.industry, a.size_band, coalesce(a.segment, 'Unknown') as segment
+    from {{ ref('dim_people') }} p
+    left join {{ ref('dim_accounts') }} a on a.account_id = p.account_id
+    where p.email is not null
+),
+attributes as (
+    select person_id, 'industry' as attribute, industry as value from people
+    union all select person_id, 'size_band', size_band from people
+    union all select person_id, 'country_code', country_code from people
+    union all select person_id, 'persona', persona from people
+),
+fit as (
+    select a.person_id, least(sum(r.points), 50) as fit_score
+    from attributes a
+    join {{ ref('icp_rules') }} r on r.attribute = a.attribute and r.value = a.value
+    group by a.person_id
+),
+touches as (
+    select
+        t.person_id, t.touch_id, t.occurred_at, t.channel, t.points,
+        {{ days_between('min(t.occurred_at) over (partition by t.person_id)', 't.occurred_at') }} as days_in
+    from {{ ref('fct_touches') }} t
+    where t.person_id is not null and t.occurred_at <= {{ as_of() }}
+),
+running as (
+    -- Decayed engagement at each touch: sum_j w_j * 0.5^((t_k - t_j)/h)
+    -- = 0.5^(t_k/h) * sum_j w_j * 2^(t_j/h), with t measured from the
+    -- person's first touch: a running sum instead of a self-join.
+    select
+        person_id, touch_id, occurred_at, channel, days_in,
+        power(0.5, days_in / {{ half_life }}) * sum(points * power(2.0, days_in / {{ half_life }})) over (
+            partition by person_id order by occurred_at, touch_id
+            rows between unbounded preceding and current row
+        ) as engagement_then,
+        first_value(channel) over (partition by person_id order by occurred_at, touch_id) as first_channel,
+        first_value(channel) over (partition by person_id order by occurred_at desc, touch_id desc) as last_channel,
+        points
+    from touches
+),
+engagement as (
+    select
+        r.person_id,
+        power(0.5, ({{ days_between('min(r.occurred_at)', as_of()) }}) / {{ half_life }})
+            * sum(r.points * power(2.0, r.days_in / {{ half_life }})) as engagement_score,
+        min(case when coalesce(f.fit_score, 0) + least(r.engagement_then, 50) >= {{ var('mql_threshold', 60) }}
+                 then r.occurred_at end) as mql_at,
+        max(r.first_channel) as first_touch_channel,
+        max(r.last_channel) as last_touch_channel,
+        count(*) as touches
+    from running r
+    left join fit f on f.person_id = r.person_id
+    group by r.person_id
+),
+scored as (
+    select
+        p.person_id,
+        p.email,
+        p.hubspot_contact_id,
+        p.first_name,
+        p.last_name,
+        p.persona,
+        p.seniority,
+        p.country_code,
+        p.account_id,
+        p.segment,
+        cast(coalesce(f.fit_score, 0) as bigint) as fit_score,
+        round(least(coalesce(e.engagement_score, 0), 50), 1) as engagement_score,
+        cast(round(coalesce(f.fit_score, 0) + least(coalesce(e.engagement_score, 0), 50)) as bigint) as lead_score,
+        e.mql_at is not null as is_mql,
+        e.mql_at,
+        to_char(e.mql_at, '%Y-%m-%d') as mql_date,
+        p.crm_owner_id,
+        coalesce(t1.owner_id, t2.owner_id, t3.owner_id, t4.owner_id) as routed_owner_id,
+        coalesce(p.crm_owner_id, t1.owner_id, t2.owner_id, t3.owner_id, t4.owner_id) as owner_id,
+        coalesce(t1.territory, t2.territory, t3.territory, t4.territory) as territory,
+        e.first_touch_channel,
+        e.last_touch_channel,
+        coalesce(e.touches, 0) as touches,
+        row_number() over (
+            partition by p.email
+            order by p.hubspot_contact_id is null, p.hubspot_contact_id, p.person_id
+        ) as email_rank
+    from people p
+    left join fit f on f.person_id = p.person_id
+    left join engagement e on e.person_id = p.person_id
+    left join {{ ref('territories') }} t1 on t1.country_code = p.country_code and t1.segment = p.segment
+    left join {{ ref('territories') }} t2 on t2.country_code = p.country_code and t2.segment = '*'
+    left join {{ ref('territories') }} t3 on t3.country_code = '*' and t3.segment = p.segment
+    left join {{ ref('territories') }} t4 on t4.country_code = '*' and t4.segment = '*'
+)
+-- One row per email (the sync's key): a person with a CRM contact first.
+select * exclude (email_rank) from scored where email_rank = 1

@@ -1,0 +1,36 @@
+-- How good each lead source (first-touch channel) is: volume, average lead
+-- score, MQL, opportunity and win rates, and closed-won revenue credited to
+-- it under the first-touch and linear models.
+with outcomes as (
+    select i.person_id, max(1) as on_deal, max(case when d.is_won then 1 else 0 end) as won
+    from {{ ref('stg_hubspot__deal_contacts') }} dc
+    join {{ ref('stg_hubspot__deals') }} d on d.deal_id = dc.deal_id
+    join {{ ref('int_identity') }} i on i.record_id = 'hubspot:' || dc.contact_id
+    group by i.person_id
+),
+by_source as (
+    select
+        coalesce(s.first_touch_channel, 'No touches') as source,
+        count(*) as leads,
+        round(avg(s.lead_score), 1) as avg_lead_score,
+        round(avg(case when s.is_mql then 1.0 else 0.0 end), 4) as mql_rate,
+        round(avg(coalesce(o.on_deal, 0) * 1.0), 4) as opportunity_rate,
+        round(avg(coalesce(o.won, 0) * 1.0), 4) as win_rate
+    from {{ ref('contact_scores') }} s
+    left join outcomes o on o.person_id = s.person_id
+    group by 1
+),
+revenue as (
+    select
+        channel as source,
+        round(sum(case when model = 'first_touch' then revenue else 0 end), 2) as first_touch_revenue,
+        round(sum(case when model = 'linear' then revenue else 0 end), 2) as linear_revenue
+    from {{ ref('attribution_credits') }}
+    group by channel
+)
+select
+    b.*,
+    coalesce(r.first_touch_revenue, 0) as first_touch_revenue,
+    coalesce(r.linear_revenue, 0) as linear_revenue
+from by_source b
+left join revenue r on r.source = b.source

@@ -1,0 +1,320 @@
+//! `ferry demo` and `ferry generate`: the whole route in one command, with
+//! no external services.
+//!
+//! The demo generates a synthetic GTM dataset ([`generate`]), serves it
+//! from the embedded emulators ([`serve`]: HubSpot for the CRM, a REST API
+//! for the marketing platform and the sequencer), points the starter
+//! project's sources and HubSpot destination at them, runs `ferry build`
+//! (extract → seed → run → test → sync) and prints a short report read back
+//! from the lake. The lake stays for `ferry query`.
+
+pub mod generate;
+pub mod serve;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+
+use crate::cli::SelectArgs;
+use crate::cli::build::{self, BuildOptions, BuildReport};
+use crate::error::{Error, Result};
+use crate::extract::config::SourceSpec;
+use crate::http::Auth;
+use crate::lake::Lake;
+use crate::project::{Project, secret::Secret};
+use crate::sim::hubspot::SimConfig;
+use generate::Dataset;
+use serve::Served;
+
+/// The seed of the demo's dataset.
+pub const DEFAULT_SEED: u64 = 42;
+
+/// Written at the lake root by the demo: a lake holding it may be wiped by
+/// the next demo; any other non-empty lake is left alone.
+const MARKER: &str = "_ferry/demo";
+
+pub struct DemoOptions {
+    /// Contacts to generate.
+    pub scale: usize,
+    pub seed: u64,
+    pub threads: usize,
+    /// The HubSpot emulator's rolling 10-second budget.
+    pub hubspot_per_10s: usize,
+    /// The HubSpot emulator's daily budget.
+    pub hubspot_daily: u64,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            scale: 2_000,
+            seed: DEFAULT_SEED,
+            threads: 4,
+            // HubSpot Professional and Enterprise: 190 per 10 s.
+            hubspot_per_10s: 190,
+            // Professional.
+            hubspot_daily: 625_000,
+        }
+    }
+}
+
+/// What a demo leaves behind: the emulators (still serving, for tests to
+/// inspect), the build report and the data.
+pub struct Demo {
+    pub served: Served,
+    pub report: BuildReport,
+    pub data: Arc<Dataset>,
+    pub project: Project,
+    pub lake: Lake,
+    /// Seconds spent printing the report after the build.
+    pub report_seconds: f64,
+}
+
+/// The sources and destination the starter project must have.
+const STARTER_SOURCES: &[&str] = &["hubspot", "marketing", "sequencer"];
+
+/// Point the starter project at the emulators.
+fn aim(project: &mut Project, served: &Served, hubspot_per_10s: usize) -> Result<()> {
+    let not_starter = |what: &str| {
+        Error::Input(format!(
+            "ferry demo runs the GTM starter project (ferry.toml and models/ at the root of the \
+             ferry repository), and this project has no {what}: run it from the repository root \
+             or pass --project-dir to a copy of it"
+        ))
+    };
+    for s in STARTER_SOURCES {
+        if !project.extract.contains_key(*s) {
+            return Err(not_starter(&format!("[sources.{s}]")));
+        }
+    }
+    if !project.destinations.contains_key("hubspot") {
+        return Err(not_starter("[destinations.hubspot]"));
+    }
+    let token = SimConfig::default().token;
+    for spec in project.extract.values_mut() {
+        match spec {
+            SourceSpec::Hubspot {
+                url,
+                auth,
+                requests_per_10s,
+                ..
+            } => {
+                *url = served.hubspot.base_url();
+                *auth = Auth::Bearer(Secret::new(token.clone()));
+                *requests_per_10s = hubspot_per_10s;
+            }
+            SourceSpec::Rest { url, auth, .. } => {
+                *url = format!("{}/api/v1", served.marketing.base_url());
+                *auth = Auth::Bearer(Secret::new(serve::MARKETING_TOKEN));
+            }
+            SourceSpec::Files { .. } => {}
+        }
+    }
+    for d in project.destinations.values_mut() {
+        d.url = served.hubspot.base_url();
+        d.auth = Auth::Bearer(Secret::new(token.clone()));
+        d.requests_per_10s = hubspot_per_10s;
+    }
+    Ok(())
+}
+
+/// Empty the lake if a previous demo wrote it; refuse to touch anything else.
+async fn reset_lake(lake: &Lake) -> Result<()> {
+    let store = lake.store();
+    let objects: Vec<_> = store.list(None).try_collect().await?;
+    if objects.is_empty() {
+    } else if objects.iter().any(|o| o.location.as_ref() == MARKER) {
+        for o in &objects {
+            store.delete(&o.location).await?;
+        }
+    } else {
+        return Err(Error::Input(format!(
+            "the lake at {} already holds data that ferry demo did not write: the demo starts \
+             from an empty lake, so point it elsewhere (FERRY_LAKE=lake-demo ferry demo) or \
+             empty that one",
+            lake.location()
+        )));
+    }
+    store
+        .put(
+            &object_store::path::Path::from(MARKER),
+            bytes::Bytes::from_static(b"written by ferry demo\n").into(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Run the demo on `project`, leaving the emulators running.
+pub async fn run(project: Project, lake: Lake, opts: &DemoOptions) -> Result<Demo> {
+    let t = Instant::now();
+    let data = Arc::new(Dataset::generate(opts.scale, opts.seed));
+    run_on(project, lake, data, t.elapsed().as_secs_f64(), opts).await
+}
+
+/// Run the demo on a dataset made elsewhere (tests plant their own cases).
+pub async fn run_on(
+    mut project: Project,
+    lake: Lake,
+    data: Arc<Dataset>,
+    generated: f64,
+    opts: &DemoOptions,
+) -> Result<Demo> {
+    let started = Instant::now();
+    reset_lake(&lake).await?;
+    let t = Instant::now();
+    let local: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let served = serve::serve(
+        data.clone(),
+        SimConfig {
+            ten_secondly: opts.hubspot_per_10s,
+            daily: opts.hubspot_daily,
+            ..SimConfig::default()
+        },
+        local,
+        local,
+    )
+    .await?;
+    println!(
+        "generated {} companies, {} contacts, {} deals (HubSpot emulator at {}), \
+         {} campaigns, {} touches, {} form-fill leads, {} email events (marketing API at {}) \
+         in {:.1}s + {:.1}s to load",
+        data.companies.len(),
+        data.contacts.len(),
+        data.deals.len(),
+        served.hubspot.base_url(),
+        data.campaigns.len(),
+        data.touches.len(),
+        data.leads.len(),
+        data.email_events.len(),
+        served.marketing.base_url(),
+        generated,
+        t.elapsed().as_secs_f64()
+    );
+    aim(&mut project, &served, opts.hubspot_per_10s)?;
+    let args = SelectArgs {
+        select: vec![],
+        exclude: vec![],
+        // Score as of the end of the generated data, so the demo's numbers
+        // do not drift with the calendar.
+        vars: vec![format!(
+            "as_of={}",
+            generate::now().format("%Y-%m-%dT%H:%M:%SZ")
+        )],
+    };
+    let report = build::build(
+        &project,
+        lake.clone(),
+        &args,
+        &BuildOptions {
+            threads: opts.threads,
+            full_refresh: false,
+            skip_extract: false,
+            skip_sync: false,
+        },
+    )
+    .await?;
+    let t = Instant::now();
+    print_report(&project, &lake, &served).await?;
+    let report_seconds = t.elapsed().as_secs_f64();
+    println!(
+        "\ndemo finished in {:.1}s; the lake is at {}. Try:\n  ferry query \"select * from attribution_by_channel\"\n  ferry query \"select persona, count(*) as people, avg(lead_score) as avg_score from contact_scores group by persona order by people desc\"",
+        generated + started.elapsed().as_secs_f64(),
+        lake.location()
+    );
+    Ok(Demo {
+        served,
+        report,
+        data,
+        project,
+        lake,
+        report_seconds,
+    })
+}
+
+async fn show(ctx: &datafusion::prelude::SessionContext, title: &str, sql: &str) -> Result<()> {
+    let batches = ctx.sql(sql).await?.collect().await?;
+    println!("\n{title}");
+    println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?);
+    Ok(())
+}
+
+async fn print_report(project: &Project, lake: &Lake, served: &Served) -> Result<()> {
+    let ctx = crate::engine::session(lake).await?;
+    let ws = crate::models::Workspace::load(project, &[])?;
+    ws.register_views(&ctx, lake).await?;
+    show(
+        &ctx,
+        "rows extracted, by stream",
+        "select source || '.' || stream as stream, sum(rows) as rows, \
+         sum(rejected_rows) as rejected from ferry.ingestions \
+         where source in ('hubspot', 'marketing', 'sequencer') \
+         group by 1 order by 1",
+    )
+    .await?;
+    show(
+        &ctx,
+        "rows per model stage",
+        "select stage, rows from ( \
+           select 1 as n, 'staging: person records (CRM contacts + form fills)' as stage, \
+             (select count(*) from int_person_records) as rows \
+           union all select 2, 'identity: people', count(*) from dim_people \
+           union all select 3, 'identity: accounts (CRM companies deduplicated)', count(*) from dim_accounts \
+           union all select 4, 'touches', count(*) from fct_touches \
+           union all select 5, 'scored people (synced)', count(*) from contact_scores \
+           union all select 6, 'attribution credits', count(*) from attribution_credits \
+         ) order by n",
+    )
+    .await?;
+    show(
+        &ctx,
+        "lead score distribution",
+        "select case when lead_score >= 80 then '80-100' when lead_score >= 60 then '60-79' \
+           when lead_score >= 40 then '40-59' when lead_score >= 20 then '20-39' else '0-19' end as lead_score, \
+           count(*) as people, sum(case when is_mql then 1 else 0 end) as mqls \
+         from contact_scores group by 1 order by 1 desc",
+    )
+    .await?;
+    show(
+        &ctx,
+        "closed-won revenue by channel under each attribution model",
+        "select channel, first_touch, last_touch, linear, time_decay, u_shaped, w_shaped \
+         from attribution_by_channel order by linear desc",
+    )
+    .await?;
+    show(
+        &ctx,
+        "sync to HubSpot",
+        "select sync, status, created, updated, unchanged, rejected, failed, api_calls, rate_limited \
+         from ferry.sync_runs order by started_at",
+    )
+    .await?;
+    let (calls, limited) = served.hubspot.stats();
+    println!("HubSpot emulator: {calls} API calls answered, {limited} answered 429");
+    Ok(())
+}
+
+/// `ferry generate --out DIR`: every stream as `DIR/<stream>.jsonl`.
+pub fn write_jsonl(data: &Dataset, dir: &std::path::Path) -> Result<Vec<(String, usize)>> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut written = Vec::new();
+    for (stream, n) in data.streams() {
+        let path = dir.join(format!("{stream}.jsonl"));
+        // Write beside, then rename: a reader never sees half a file.
+        let tmp = dir.join(format!(".{stream}.jsonl.tmp"));
+        let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let mut w = std::io::BufWriter::new(file);
+        for i in 0..n {
+            serde_json::to_writer(&mut w, &data.record(stream, i))
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            w.write_all(b"\n").map_err(|e| Error::io(&tmp, e))?;
+        }
+        w.flush().map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        written.push((stream.to_string(), n));
+    }
+    Ok(written)
+}
