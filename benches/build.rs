@@ -10,7 +10,8 @@
 //! each stage made are printed so the time at a real account's limit
 //! (190 per 10 s on Professional) can be worked out.
 //!
-//! Run: `cargo bench --profile dev --bench build`.
+//! Run: `cargo bench --profile dev --bench build`. `FERRY_BENCH_LAKE=DIR`
+//! keeps the lake (an empty folder, or one an earlier bench or demo wrote).
 //! Prints wall time and peak memory (sampled RSS) per stage, overall peak
 //! (VmHWM) and API calls.
 
@@ -46,9 +47,13 @@ fn main() {
     let contacts = env_usize("FERRY_BENCH_CONTACTS", 1_000_000);
     let per_10s = env_usize("FERRY_BENCH_PER_10S", 20_000);
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    // FERRY_BENCH_LAKE=DIR keeps the lake for `ferry query` afterwards.
     let tmp = tempfile::tempdir().expect("temp dir");
+    let lake_dir = std::env::var("FERRY_BENCH_LAKE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| tmp.path().join("lake"));
     let lake = Lake::from_url(
-        tmp.path().join("lake").to_str().expect("utf-8 path"),
+        lake_dir.to_str().expect("utf-8 path"),
         tmp.path(),
         &Default::default(),
     )

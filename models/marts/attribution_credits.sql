@@ -95,7 +95,7 @@ select
     campaign_name,
     occurred_at,
     closed_at,
-    pos as touch_position,
+    cast(pos as bigint) as touch_position,
     n as touches_in_path,
     credit,
     amount * credit as revenue

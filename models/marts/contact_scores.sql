@@ -13,7 +13,8 @@
 --   (most specific country and segment match first).
 {% set half_life = var('engagement_half_life_days', 30) %}
 with people as (
-    select p.*, a.industry, a.size_band, coalesce(a.segment, 'Unknown') as segment
+    -- any_key ('*') lets the territory fallbacks join on keys, not on a constant
+    select p.*, a.industry, a.size_band, coalesce(a.segment, 'Unknown') as segment, '*' as any_key
     from {{ ref('dim_people') }} p
     left join {{ ref('dim_accounts') }} a on a.account_id = p.account_id
     where p.email is not null
@@ -31,10 +32,13 @@ fit as (
     group by a.person_id
 ),
 touches as (
+    -- fit travels with each touch, for the MQL moment below
     select
         t.person_id, t.touch_id, t.occurred_at, t.channel, t.points,
+        coalesce(f.fit_score, 0) as fit_score,
         {{ days_between('min(t.occurred_at) over (partition by t.person_id)', 't.occurred_at') }} as days_in
     from {{ ref('fct_touches') }} t
+    left join fit f on f.person_id = t.person_id
     where t.person_id is not null and t.occurred_at <= {{ as_of() }}
 ),
 running as (
@@ -42,29 +46,25 @@ running as (
     -- = 0.5^(t_k/h) * sum_j w_j * 2^(t_j/h), with t measured from the
     -- person's first touch: a running sum instead of a self-join.
     select
-        person_id, touch_id, occurred_at, channel, days_in,
+        person_id, touch_id, occurred_at, channel, days_in, points, fit_score,
         power(0.5, days_in / {{ half_life }}) * sum(points * power(2.0, days_in / {{ half_life }})) over (
             partition by person_id order by occurred_at, touch_id
             rows between unbounded preceding and current row
-        ) as engagement_then,
-        first_value(channel) over (partition by person_id order by occurred_at, touch_id) as first_channel,
-        first_value(channel) over (partition by person_id order by occurred_at desc, touch_id desc) as last_channel,
-        points
+        ) as engagement_then
     from touches
 ),
 engagement as (
     select
-        r.person_id,
-        power(0.5, ({{ days_between('min(r.occurred_at)', as_of()) }}) / {{ half_life }})
-            * sum(r.points * power(2.0, r.days_in / {{ half_life }})) as engagement_score,
-        min(case when coalesce(f.fit_score, 0) + least(r.engagement_then, 50) >= {{ var('mql_threshold', 60) }}
-                 then r.occurred_at end) as mql_at,
-        max(r.first_channel) as first_touch_channel,
-        max(r.last_channel) as last_touch_channel,
+        person_id,
+        power(0.5, ({{ days_between('min(occurred_at)', as_of()) }}) / {{ half_life }})
+            * sum(points * power(2.0, days_in / {{ half_life }})) as engagement_score,
+        min(case when fit_score + least(engagement_then, 50) >= {{ var('mql_threshold', 60) }}
+                 then occurred_at end) as mql_at,
+        first_value(channel order by occurred_at, touch_id) as first_touch_channel,
+        last_value(channel order by occurred_at, touch_id) as last_touch_channel,
         count(*) as touches
-    from running r
-    left join fit f on f.person_id = r.person_id
-    group by r.person_id
+    from running
+    group by person_id
 ),
 scored as (
     select
@@ -99,9 +99,9 @@ scored as (
     left join fit f on f.person_id = p.person_id
     left join engagement e on e.person_id = p.person_id
     left join {{ ref('territories') }} t1 on t1.country_code = p.country_code and t1.segment = p.segment
-    left join {{ ref('territories') }} t2 on t2.country_code = p.country_code and t2.segment = '*'
-    left join {{ ref('territories') }} t3 on t3.country_code = '*' and t3.segment = p.segment
-    left join {{ ref('territories') }} t4 on t4.country_code = '*' and t4.segment = '*'
+    left join {{ ref('territories') }} t2 on t2.country_code = p.country_code and t2.segment = p.any_key
+    left join {{ ref('territories') }} t3 on t3.country_code = p.any_key and t3.segment = p.segment
+    left join {{ ref('territories') }} t4 on t4.country_code = p.any_key and t4.segment = p.any_key
 )
 -- One row per email (the sync's key): a person with a CRM contact first.
 select * exclude (email_rank) from scored where email_rank = 1
