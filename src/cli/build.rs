@@ -155,12 +155,30 @@ pub async fn build(
     }
     let t = Instant::now();
     println!("== test");
-    match super::models::test(project, lake.clone(), args).await {
+    // Tests of models this build could not build would only repeat the
+    // run's errors: they are left out, and the run stage has failed anyway.
+    let unbuilt: Vec<String> = model_results
+        .iter()
+        .filter(|r| r.status != Status::Success)
+        .map(|r| r.name.clone())
+        .collect();
+    let mut test_args = args.clone();
+    test_args.exclude.extend(unbuilt.iter().cloned());
+    let note = if unbuilt.is_empty() {
+        String::new()
+    } else {
+        println!(
+            "(not testing {} model(s) that failed or were skipped)",
+            unbuilt.len()
+        );
+        format!("tests of {} unbuilt model(s) not run", unbuilt.len())
+    };
+    match super::models::test(project, lake.clone(), &test_args).await {
         Ok(()) => stages.push(Stage {
             name: "test",
             status: "ok",
             seconds: t.elapsed().as_secs_f64(),
-            detail: String::new(),
+            detail: note,
         }),
         Err(e) => stages.push(Stage {
             name: "test",

@@ -555,13 +555,13 @@ impl Client {
         let reply = match req.send().await {
             Ok(r) => r,
             // without_url: a URL may carry an API key in its query.
-            Err(e) => return Attempt::Transient(format!("{}", e.without_url())),
+            Err(e) => return Attempt::Transient(describe(e)),
         };
         let status = reply.status().as_u16();
         let headers = reply.headers().clone();
         let bytes = match reply.bytes().await {
             Ok(b) => b,
-            Err(e) => return Attempt::Transient(format!("reply cut off: {}", e.without_url())),
+            Err(e) => return Attempt::Transient(format!("reply cut off: {}", describe(e))),
         };
         let body: Value = if bytes.is_empty() {
             Value::Null
@@ -666,4 +666,21 @@ mod tests {
             );
         }
     }
+}
+
+/// A transport error with its causes ("error sending request: tcp connect
+/// error: Connection refused"), without the URL (its query may hold a key).
+fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = c.source();
+    }
+    text
 }
