@@ -32,38 +32,47 @@ fit as (
     group by a.person_id
 ),
 touches as (
-    -- fit travels with each touch, for the MQL moment below
     select
         t.person_id, t.touch_id, t.occurred_at, t.channel, t.points,
         coalesce(f.fit_score, 0) as fit_score,
-        {{ days_between('min(t.occurred_at) over (partition by t.person_id)', 't.occurred_at') }} as days_in
+        {{ days_between('t.occurred_at', as_of()) }} as days_ago
     from {{ ref('fct_touches') }} t
     left join fit f on f.person_id = t.person_id
     where t.person_id is not null and t.occurred_at <= {{ as_of() }}
 ),
-running as (
-    -- Decayed engagement at each touch: sum_j w_j * 0.5^((t_k - t_j)/h)
-    -- = 0.5^(t_k/h) * sum_j w_j * 2^(t_j/h), with t measured from the
-    -- person's first touch: a running sum instead of a self-join.
-    select
-        person_id, touch_id, occurred_at, channel, days_in, points, fit_score,
-        power(0.5, days_in / {{ half_life }}) * sum(points * power(2.0, days_in / {{ half_life }})) over (
-            partition by person_id order by occurred_at, touch_id
-            rows between unbounded preceding and current row
-        ) as engagement_then
-    from touches
-),
 engagement as (
+    -- each touch's points halve every half-life up to as_of: a plain
+    -- aggregate; first and last channel as ordered aggregates
     select
         person_id,
-        power(0.5, ({{ days_between('min(occurred_at)', as_of()) }}) / {{ half_life }})
-            * sum(points * power(2.0, days_in / {{ half_life }})) as engagement_score,
-        min(case when fit_score + least(engagement_then, 50) >= {{ var('mql_threshold', 60) }}
-                 then occurred_at end) as mql_at,
+        sum(points * power(0.5, days_ago / {{ half_life }})) as engagement_score,
+        sum(points) as undecayed_points,
+        max(fit_score) as fit_score,
         first_value(channel order by occurred_at, touch_id) as first_touch_channel,
         last_value(channel order by occurred_at, touch_id) as last_touch_channel,
         count(*) as touches
+    from touches
+    group by person_id
+),
+running as (
+    -- Decayed engagement at each touch k: sum_j w_j * 0.5^((t_k - t_j)/h)
+    -- = 2^(d_k/h) * sum_j w_j * 0.5^(d_j/h), with d the days before as_of:
+    -- a running sum instead of a self-join. Only people whose undecayed
+    -- points could reach the threshold are walked (the rest never become MQLs).
+    select
+        t.person_id, t.occurred_at, t.fit_score,
+        power(2.0, t.days_ago / {{ half_life }}) * sum(t.points * power(0.5, t.days_ago / {{ half_life }})) over (
+            partition by t.person_id order by t.occurred_at, t.touch_id
+            rows between unbounded preceding and current row
+        ) as engagement_then
+    from touches t
+    join engagement e on e.person_id = t.person_id
+    where e.fit_score + least(e.undecayed_points, 50) >= {{ var('mql_threshold', 60) }}
+),
+mql as (
+    select person_id, min(occurred_at) as mql_at
     from running
+    where fit_score + least(engagement_then, 50) >= {{ var('mql_threshold', 60) }}
     group by person_id
 ),
 scored as (
@@ -81,9 +90,9 @@ scored as (
         cast(coalesce(f.fit_score, 0) as bigint) as fit_score,
         round(least(coalesce(e.engagement_score, 0), 50), 1) as engagement_score,
         cast(round(coalesce(f.fit_score, 0) + least(coalesce(e.engagement_score, 0), 50)) as bigint) as lead_score,
-        e.mql_at is not null as is_mql,
-        e.mql_at,
-        to_char(e.mql_at, '%Y-%m-%d') as mql_date,
+        m.mql_at is not null as is_mql,
+        m.mql_at,
+        to_char(m.mql_at, '%Y-%m-%d') as mql_date,
         p.crm_owner_id,
         coalesce(t1.owner_id, t2.owner_id, t3.owner_id, t4.owner_id) as routed_owner_id,
         coalesce(p.crm_owner_id, t1.owner_id, t2.owner_id, t3.owner_id, t4.owner_id) as owner_id,
@@ -98,6 +107,7 @@ scored as (
     from people p
     left join fit f on f.person_id = p.person_id
     left join engagement e on e.person_id = p.person_id
+    left join mql m on m.person_id = p.person_id
     left join {{ ref('territories') }} t1 on t1.country_code = p.country_code and t1.segment = p.segment
     left join {{ ref('territories') }} t2 on t2.country_code = p.country_code and t2.segment = p.any_key
     left join {{ ref('territories') }} t3 on t3.country_code = p.any_key and t3.segment = p.segment

@@ -507,7 +507,7 @@ fn country_variant(rng: &mut StdRng, i: usize) -> &'static str {
     if rng.random_bool(0.5) {
         variants[0]
     } else {
-        *pick(rng, variants)
+        variants[rng.random_range(0..variants.len())]
     }
 }
 
@@ -832,9 +832,9 @@ impl Dataset {
                     });
                 }
             };
-        for i in 0..scale {
+        for (i, on_deal) in deal_contacts.iter().enumerate() {
             let from = d.contacts[i].created_at - rng.random_range(0..90) * DAY;
-            let n = if deal_contacts[i] {
+            let n = if *on_deal {
                 rng.random_range(8..30)
             } else {
                 rng.random_range(0..19)

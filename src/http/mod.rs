@@ -650,6 +650,23 @@ fn retry_after(h: &HeaderMap) -> Option<Duration> {
     v.trim().parse::<f64>().ok().map(Duration::from_secs_f64)
 }
 
+/// A transport error with its causes ("error sending request: tcp connect
+/// error: Connection refused"), without the URL (its query may hold a key).
+fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -666,21 +683,4 @@ mod tests {
             );
         }
     }
-}
-
-/// A transport error with its causes ("error sending request: tcp connect
-/// error: Connection refused"), without the URL (its query may hold a key).
-fn describe(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut text = e.to_string();
-    let mut cause = std::error::Error::source(&e);
-    while let Some(c) = cause {
-        let part = c.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        cause = c.source();
-    }
-    text
 }

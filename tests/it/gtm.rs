@@ -734,6 +734,13 @@ async fn attribution_weights_match_hand_computed_cases() {
     assert!((ch("Webinar", "last_touch") - 10_000.0).abs() < 0.01);
     assert!((ch("Email", "last_touch") - 10_000.0).abs() < 0.01);
     assert!((ch("Paid Search", "last_touch") - 10_000.0).abs() < 0.01);
+    let by_campaign = rows(
+        &demo,
+        "select * from attribution_by_campaign where campaign_name = 'google / cpc'",
+    )
+    .await;
+    assert_eq!(by_campaign.len(), 1, "{by_campaign:?}");
+    assert!((by_campaign[0]["first_touch"].as_f64().unwrap() - 30_000.0).abs() < 0.01);
     let linear: f64 = ["Paid Search", "Email", "Webinar"]
         .iter()
         .map(|c| ch(c, "linear"))
@@ -952,10 +959,8 @@ fn demo_and_generate_commands() {
     let tmp = tempfile::tempdir().unwrap();
     // A copy of the starter project, so the repository's own lake is untouched.
     let dir = tmp.path().join("starter");
-    for f in ["ferry.toml"] {
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::copy(root().join(f), dir.join(f)).unwrap();
-    }
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(root().join("ferry.toml"), dir.join("ferry.toml")).unwrap();
     for d in ["models", "sql"] {
         copy_dir(&root().join(d), &dir.join(d));
     }
