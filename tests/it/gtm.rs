@@ -887,6 +887,49 @@ async fn demo_leaves_the_crm_matching_the_scoring_mart() {
         }
     }
     assert!(kept_owner > 50, "reps owned some contacts: {kept_owner}");
+
+    // A second build (incremental extraction, same as_of) sends nothing.
+    let calls_before = demo.served.hubspot.stats().0;
+    ferry::cli::build::build(
+        &demo.project,
+        demo.lake.clone(),
+        &ferry::cli::SelectArgs {
+            vars: vec![format!("as_of={}", now().format("%Y-%m-%dT%H:%M:%SZ"))],
+            ..Default::default()
+        },
+        &ferry::cli::build::BuildOptions {
+            threads: 2,
+            full_refresh: false,
+            skip_extract: false,
+            skip_sync: false,
+        },
+    )
+    .await
+    .unwrap();
+    let last = rows(
+        &demo,
+        "select created, updated, unchanged, failed from ferry.sync_runs order by started_at desc limit 1",
+    )
+    .await;
+    assert_eq!(
+        (
+            s(last[0].get("created")),
+            s(last[0].get("updated")),
+            s(last[0].get("failed"))
+        ),
+        ("0".into(), "0".into(), "0".into()),
+        "{last:?}"
+    );
+    assert_eq!(s(last[0].get("unchanged")), scores.len().to_string());
+    assert_eq!(
+        demo.served.hubspot.records("contacts").len(),
+        crm.len(),
+        "nobody created twice"
+    );
+    assert!(
+        demo.served.hubspot.stats().0 > calls_before,
+        "the second build extracted again"
+    );
     // Every score in range, MQLs exist and are not everybody.
     let mqls = scores
         .iter()
