@@ -59,7 +59,7 @@ enum Command {
         #[arg(long, value_enum, default_value_t = InputFormat::Auto)]
         format: InputFormat,
     },
-    /// Load the CSV seeds under seeds/ as tables.
+    /// Load the CSV seeds (under seeds/, or [project] seed_paths) as tables.
     Seed {
         #[command(flatten)]
         select: SelectArgs,
