@@ -8,7 +8,8 @@
 --    addresses behind one name and domain make the match ambiguous: the
 --    record stays a person of its own (matched_by 'ambiguous_name').
 -- 3. Anything else is a person of its own, keyed by its email (or by name
---    and domain when it has no email).
+--    and domain when it has no email; a record with neither a name nor a
+--    domain is a person of its own: blank names never match).
 -- Two records with different work emails are never merged.
 with records as (
     select * from {{ ref('int_person_records') }}
@@ -17,6 +18,7 @@ work as (
     select name_key, company_domain, min(email) as email, count(distinct email) as candidates
     from records
     where email is not null and not is_free_email and company_domain is not null
+      and name_key <> '|'
     group by name_key, company_domain
 ),
 keyed as (
@@ -28,14 +30,17 @@ keyed as (
             case when r.email is not null and not r.is_free_email then r.email end,
             case when w.candidates = 1 then w.email end,
             r.email,
-            'name:' || r.name_key || '@' || coalesce(r.company_domain, '')
+            case when r.name_key <> '|' and r.company_domain is not null
+                 then 'name:' || r.name_key || '@' || r.company_domain
+                 else 'record:' || r.record_id end
         ) as person_key,
         case
             when r.email is not null and not r.is_free_email then 'work_email'
             when w.candidates = 1 then 'name_and_domain'
             when w.candidates > 1 then 'ambiguous_name'
             when r.email is not null then 'email'
-            else 'name_only'
+            when r.name_key <> '|' and r.company_domain is not null then 'name_only'
+            else 'record'
         end as matched_by
     from records r
     left join work w

@@ -48,6 +48,6 @@ select
     end as segment,
     (array_agg(country_code order by created_at, company_id) filter (where country_code is not null))[1] as country_code,
     count(*) as crm_records,
-    min(company_id) as hubspot_company_id
+    cast(min(cast(company_id as bigint)) as varchar) as hubspot_company_id
 from keyed
 group by account_id

@@ -41,14 +41,14 @@ candidates as (
 golden as (
     select
         person_id,
-        first_value(email order by email is null, p_email, updated_at desc, record_id) as email,
-        first_value(first_name order by first_name is null, p_first_name, updated_at desc, record_id) as first_name,
-        first_value(last_name order by last_name is null, p_last_name, updated_at desc, record_id) as last_name,
-        first_value(job_title order by job_title is null, p_job_title, updated_at desc, record_id) as job_title,
-        first_value(country_code order by country_code is null, p_country, updated_at desc, record_id) as country_code,
-        first_value(company_name order by company_name is null, p_company_name, updated_at desc, record_id) as company_name,
-        first_value(company_domain order by company_domain is null, p_company_domain, updated_at desc, record_id) as company_domain,
-        min(case when source = 'hubspot' then source_id end) as hubspot_contact_id,
+        first_value(email order by email is null, p_email, updated_at desc nulls last, record_id) as email,
+        first_value(first_name order by first_name is null, p_first_name, updated_at desc nulls last, record_id) as first_name,
+        first_value(last_name order by last_name is null, p_last_name, updated_at desc nulls last, record_id) as last_name,
+        first_value(job_title order by job_title is null, p_job_title, updated_at desc nulls last, record_id) as job_title,
+        first_value(country_code order by country_code is null, p_country, updated_at desc nulls last, record_id) as country_code,
+        first_value(company_name order by company_name is null, p_company_name, updated_at desc nulls last, record_id) as company_name,
+        first_value(company_domain order by company_domain is null, p_company_domain, updated_at desc nulls last, record_id) as company_domain,
+        cast(min(case when source = 'hubspot' then cast(source_id as bigint) end) as varchar) as hubspot_contact_id,
         min(created_at) as first_seen_at,
         count(*) as source_records,
         sum(case when source = 'hubspot' then 1 else 0 end) as crm_records

@@ -1,25 +1,34 @@
 -- The funnel by lead source (first-touch channel), segment and month the
--- person was first seen: leads → MQLs → SQLs (CRM lifecycle stage sales-
--- qualified or later, or on a deal) → opportunities (on a deal) → won (on a
--- closed-won deal), with stage-to-stage conversion rates.
+-- person was first seen: leads → MQLs → SQLs → opportunities → won, with
+-- stage-to-stage conversion rates. Stages nest: a person at a later stage
+-- counts as having passed the earlier ones (a deal contact who never
+-- crossed the score threshold is still an MQL and an SQL).
+--   MQL: crossed var('mql_threshold'), or the CRM says marketing-qualified
+--   SQL: CRM lifecycle stage sales-qualified or later
+--   opportunity: on a deal created by var('as_of')
+--   won: on a deal won by var('as_of')
 with deals as (
-    select i.person_id, max(case when d.is_won then 1 else 0 end) as won
+    select
+        i.person_id,
+        max(case when d.is_won and d.closed_at <= {{ as_of() }} then 1 else 0 end) as won
     from {{ ref('stg_hubspot__deal_contacts') }} dc
     join {{ ref('stg_hubspot__deals') }} d on d.deal_id = dc.deal_id
     join {{ ref('int_identity') }} i on i.record_id = 'hubspot:' || dc.contact_id
+    where d.created_at <= {{ as_of() }}
     group by i.person_id
 ),
-people as (
+stages as (
     select
         coalesce(s.first_touch_channel, 'No touches') as source,
         s.segment,
         date_trunc('month', p.first_seen_at) as month,
-        1 as lead,
-        case when s.is_mql then 1 else 0 end as mql,
+        coalesce(d.won, 0) as won,
+        case when d.person_id is not null then 1 else 0 end as opportunity,
         case when d.person_id is not null
                or p.lifecycle_stage in ('salesqualifiedlead', 'opportunity', 'customer') then 1 else 0 end as sql,
-        case when d.person_id is not null then 1 else 0 end as opportunity,
-        coalesce(d.won, 0) as won
+        case when s.is_mql or d.person_id is not null
+               or p.lifecycle_stage in ('marketingqualifiedlead', 'salesqualifiedlead', 'opportunity', 'customer')
+             then 1 else 0 end as mql
     from {{ ref('contact_scores') }} s
     join {{ ref('dim_people') }} p on p.person_id = s.person_id
     left join deals d on d.person_id = s.person_id
@@ -28,14 +37,14 @@ select
     source,
     segment,
     month,
-    sum(lead) as leads,
+    count(*) as leads,
     sum(mql) as mqls,
     sum(sql) as sqls,
     sum(opportunity) as opportunities,
     sum(won) as won,
-    round(sum(mql) * 1.0 / sum(lead), 4) as lead_to_mql,
+    round(sum(mql) * 1.0 / count(*), 4) as lead_to_mql,
     round(case when sum(mql) > 0 then sum(sql) * 1.0 / sum(mql) end, 4) as mql_to_sql,
     round(case when sum(sql) > 0 then sum(opportunity) * 1.0 / sum(sql) end, 4) as sql_to_opportunity,
     round(case when sum(opportunity) > 0 then sum(won) * 1.0 / sum(opportunity) end, 4) as opportunity_to_won
-from people
+from stages
 group by source, segment, month

@@ -2,10 +2,15 @@
 -- score, MQL, opportunity and win rates, and closed-won revenue credited to
 -- it under the first-touch and linear models.
 with outcomes as (
-    select i.person_id, max(1) as on_deal, max(case when d.is_won then 1 else 0 end) as won
+    -- deals as of var('as_of'), like the scores and attribution
+    select
+        i.person_id,
+        max(1) as on_deal,
+        max(case when d.is_won and d.closed_at <= {{ as_of() }} then 1 else 0 end) as won
     from {{ ref('stg_hubspot__deal_contacts') }} dc
     join {{ ref('stg_hubspot__deals') }} d on d.deal_id = dc.deal_id
     join {{ ref('int_identity') }} i on i.record_id = 'hubspot:' || dc.contact_id
+    where d.created_at <= {{ as_of() }}
     group by i.person_id
 ),
 by_source as (

@@ -6,8 +6,15 @@ with contacts as (
     select * from {{ latest_by(source('hubspot', 'contacts'), 'id') }}
 ),
 company as (
-    select cast(from_id as varchar) as contact_id, min(cast(to_id as varchar)) as company_id
-    from {{ source('hubspot', 'contacts_companies') }}
+    -- the current association (landed with the contact's latest version):
+    -- the primary company (association type 1) first, else the lowest id
+    select
+        cast(a.from_id as varchar) as contact_id,
+        cast(first_value(cast(a.to_id as bigint) order by coalesce(a.type_id, 0) <> 1, cast(a.to_id as bigint)) as varchar) as company_id
+    from {{ source('hubspot', 'contacts_companies') }} a
+    join contacts c
+      on cast(c.id as varchar) = cast(a.from_id as varchar)
+     and c._ferry_run_id = a._ferry_run_id
     group by 1
 )
 select

@@ -3,8 +3,15 @@ with deals as (
     select * from {{ latest_by(source('hubspot', 'deals'), 'id') }}
 ),
 company as (
-    select cast(from_id as varchar) as deal_id, min(cast(to_id as varchar)) as company_id
-    from {{ source('hubspot', 'deals_companies') }}
+    -- the current association (landed with the deal's latest version);
+    -- the lowest company id when there are several
+    select
+        cast(a.from_id as varchar) as deal_id,
+        cast(min(cast(a.to_id as bigint)) as varchar) as company_id
+    from {{ source('hubspot', 'deals_companies') }} a
+    join deals d
+      on cast(d.id as varchar) = cast(a.from_id as varchar)
+     and d._ferry_run_id = a._ferry_run_id
     group by 1
 )
 select

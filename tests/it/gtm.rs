@@ -930,6 +930,76 @@ async fn demo_leaves_the_crm_matching_the_scoring_mart() {
         demo.served.hubspot.stats().0 > calls_before,
         "the second build extracted again"
     );
+
+    // A rep takes a contact off a deal: after the next build the deal's
+    // contacts are the current ones, not every one it ever had.
+    let (deal, gone) = demo
+        .served
+        .hubspot
+        .with_crm(|crm| {
+            let (deal, contacts) = crm
+                .associations
+                .iter()
+                .filter(|((kind, _), to)| {
+                    kind == "deals" && to.iter().filter(|(k, _)| k == "contacts").count() >= 2
+                })
+                .map(|((_, id), to)| (*id, to.clone()))
+                .next()
+                .expect("a deal with two contacts");
+            let gone = contacts
+                .iter()
+                .find(|(k, _)| k == "contacts")
+                .map(|(_, id)| *id)
+                .unwrap();
+            for (from, to) in [
+                (("deals".to_string(), deal), ("contacts".to_string(), gone)),
+                (("contacts".to_string(), gone), ("deals".to_string(), deal)),
+            ] {
+                if let Some(set) = crm.associations.get_mut(&from) {
+                    set.remove(&to);
+                }
+            }
+            crm.touch("deals", deal, chrono::Utc::now());
+            (deal, gone)
+        })
+        .unwrap();
+    let before = rows(
+        &demo,
+        &format!("select contact_id from stg_hubspot__deal_contacts where deal_id = '{deal}'"),
+    )
+    .await;
+    assert!(
+        before
+            .iter()
+            .any(|r| s(r.get("contact_id")) == gone.to_string())
+    );
+    ferry::cli::build::build(
+        &demo.project,
+        demo.lake.clone(),
+        &ferry::cli::SelectArgs {
+            vars: vec![format!("as_of={}", now().format("%Y-%m-%dT%H:%M:%SZ"))],
+            ..Default::default()
+        },
+        &ferry::cli::build::BuildOptions {
+            threads: 2,
+            full_refresh: false,
+            skip_extract: false,
+            skip_sync: true,
+        },
+    )
+    .await
+    .unwrap();
+    let after = rows(
+        &demo,
+        &format!("select contact_id from stg_hubspot__deal_contacts where deal_id = '{deal}'"),
+    )
+    .await;
+    assert_eq!(after.len(), before.len() - 1, "{before:?} -> {after:?}");
+    assert!(
+        !after
+            .iter()
+            .any(|r| s(r.get("contact_id")) == gone.to_string())
+    );
     // Every score in range, MQLs exist and are not everybody.
     let mqls = scores
         .iter()
