@@ -47,6 +47,7 @@ engagement as (
         person_id,
         sum(points * power(0.5, days_ago / {{ half_life }})) as engagement_score,
         sum(points) as undecayed_points,
+        min(occurred_at) as first_touch_at,
         max(fit_score) as fit_score,
         first_value(channel order by occurred_at, touch_id) as first_touch_channel,
         last_value(channel order by occurred_at, touch_id) as last_touch_channel,
@@ -56,12 +57,15 @@ engagement as (
 ),
 running as (
     -- Decayed engagement at each touch k: sum_j w_j * 0.5^((t_k - t_j)/h)
-    -- = 2^(d_k/h) * sum_j w_j * 0.5^(d_j/h), with d the days before as_of:
-    -- a running sum instead of a self-join. Only people whose undecayed
-    -- points could reach the threshold are walked (the rest never become MQLs).
+    -- = 0.5^(s_k/h) * sum_j w_j * 2^(s_j/h), with s the days since the
+    -- person's first touch (so the exponents stay within one person's
+    -- history): a running sum instead of a self-join. Only people whose
+    -- undecayed points could reach the threshold are walked (the rest never
+    -- become MQLs).
     select
         t.person_id, t.occurred_at, t.fit_score,
-        power(2.0, t.days_ago / {{ half_life }}) * sum(t.points * power(0.5, t.days_ago / {{ half_life }})) over (
+        power(0.5, {{ days_between('e.first_touch_at', 't.occurred_at') }} / {{ half_life }})
+            * sum(t.points * power(2.0, {{ days_between('e.first_touch_at', 't.occurred_at') }} / {{ half_life }})) over (
             partition by t.person_id order by t.occurred_at, t.touch_id
             rows between unbounded preceding and current row
         ) as engagement_then

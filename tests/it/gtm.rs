@@ -753,6 +753,73 @@ async fn attribution_weights_match_hand_computed_cases() {
     demo.served.marketing.stop();
 }
 
+/// Scoring against a hand-computed case: fit from the ICP rules, engagement
+/// decaying by half every 30 days, the MQL moment at the touch that crossed
+/// 60, owner routed by territory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scoring_matches_hand_computed_case() {
+    let mut data = Dataset::default();
+    // Software (15) + 50-199 employees (10); the person: US (5), Marketing Leader (15).
+    data.companies
+        .push(company("Acme", Some("acme.com"), Some("SaaS"), Some("US")));
+    let mut c = contact("ava@acme.com", "Ava", "Chen", 0);
+    c.title = "VP Marketing";
+    c.country = "USA";
+    data.contacts.push(c);
+    data.contacts
+        .push(contact("cold@acme.com", "Cold", "Lead", 0));
+    data.campaigns.push(campaign("google", "cpc"));
+    let day = |d: i64| now().timestamp() - d * DAY;
+    // content_download (5) 60 days ago, webinar (10) 30 days ago, demo
+    // request (20) 10 days ago.
+    for (kind, days) in [(2u8, 60), (4, 30), (6, 10)] {
+        let mut t = touch(0, 0, day(days));
+        t.kind = kind;
+        data.touches.push(t);
+    }
+    let mut t = touch(1, 0, day(5));
+    t.kind = 0; // one page view (1)
+    data.touches.push(t);
+    data.touches.sort_by_key(|t| t.arrived_at);
+    let (_tmp, demo) = build(data).await;
+
+    let scores = rows(&demo, "select * from contact_scores order by email").await;
+    let ava = scores
+        .iter()
+        .find(|r| s(r.get("email")) == "ava@acme.com")
+        .unwrap();
+    assert_eq!(s(ava.get("persona")), "Marketing Leader");
+    assert_eq!(s(ava.get("fit_score")), "45");
+    // Now: 5 * 0.5^2 + 10 * 0.5 + 20 * 0.5^(1/3) = 22.12
+    let engagement = 5.0 * 0.25 + 10.0 * 0.5 + 20.0 * 0.5f64.powf(1.0 / 3.0);
+    assert!(
+        (ava["engagement_score"].as_f64().unwrap() - (engagement * 10.0).round() / 10.0).abs()
+            < 1e-9
+    );
+    assert_eq!(
+        s(ava.get("lead_score")),
+        (45.0 + engagement).round().to_string()
+    );
+    // At the webinar: 45 + 5 * 0.5 + 10 = 57.5 (not yet); at the demo
+    // request: 45 + 12.5 * 0.5^(20/30) + 20 = 72.9: the MQL moment.
+    assert_eq!(ava["is_mql"], Value::Bool(true));
+    let want = chrono::DateTime::from_timestamp(day(10), 0)
+        .unwrap()
+        .format("%Y-%m-%d")
+        .to_string();
+    assert_eq!(s(ava.get("mql_date")), want);
+    assert_eq!(s(ava.get("owner_id")), "71002", "US, SMB: NA Commercial");
+    assert_eq!(s(ava.get("first_touch_channel")), "Paid Search");
+    let cold = scores
+        .iter()
+        .find(|r| s(r.get("email")) == "cold@acme.com")
+        .unwrap();
+    assert_eq!(cold["is_mql"], Value::Bool(false));
+    assert_eq!(s(cold.get("persona")), "Other");
+    demo.served.hubspot.stop();
+    demo.served.marketing.stop();
+}
+
 fn num(v: &str) -> f64 {
     v.parse().unwrap_or(f64::NAN)
 }
