@@ -20,21 +20,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::peak_rss_mib;
+use common::{peak_rss_mib, status_mib};
 use ferry::demo::{self, DemoOptions, generate::Dataset};
 use ferry::lake::Lake;
 use ferry::project::Project;
-
-fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -69,7 +58,7 @@ fn main() {
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 if let Ok(mut s) = samples.lock() {
-                    s.push((start.elapsed().as_secs_f64(), rss_mib()));
+                    s.push((start.elapsed().as_secs_f64(), status_mib("VmRSS")));
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }

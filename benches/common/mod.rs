@@ -1,13 +1,18 @@
 //! Helpers shared by the bench binaries.
 
-/// Peak resident memory of this process so far (VmHWM), in MiB.
-pub fn peak_rss_mib() -> f64 {
+/// A memory line of /proc/self/status (`VmHWM`, `VmRSS`), in MiB.
+pub fn status_mib(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<f64>().ok())
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
+}
+
+/// Peak resident memory of this process so far (VmHWM), in MiB.
+pub fn peak_rss_mib() -> f64 {
+    status_mib("VmHWM")
 }

@@ -41,3 +41,12 @@ cast(nullif(cast({{ col }} as varchar), '') as timestamp)
 {% macro days_between(a, b) -%}
 ((date_part('epoch', {{ b }}) - date_part('epoch', {{ a }})) / 86400.0)
 {%- endmacro %}
+
+{#- Attribution revenue pivoted to one column per model (for a GROUP BY
+    over attribution_credits), then the deals touched. -#}
+{% macro revenue_by_model() -%}
+{%- for model in ['first_touch', 'last_touch', 'linear', 'time_decay', 'u_shaped', 'w_shaped'] %}
+    round(sum(case when model = '{{ model }}' then revenue else 0 end), 2) as {{ model }},
+{%- endfor %}
+    count(distinct deal_id) as deals_touched
+{%- endmacro %}

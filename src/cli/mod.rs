@@ -406,9 +406,7 @@ async fn run(cli: Cli) -> Result<()> {
                 threads,
                 ..crate::demo::DemoOptions::default()
             };
-            let demo = crate::demo::run(project, lake, &opts).await?;
-            demo.served.hubspot.stop();
-            demo.served.marketing.stop();
+            crate::demo::run(project, lake, &opts).await?.stop();
             Ok(())
         }
         Command::Generate {

@@ -73,6 +73,14 @@ pub struct Demo {
     pub report_seconds: f64,
 }
 
+impl Demo {
+    /// Stop the emulators.
+    pub fn stop(self) {
+        self.served.hubspot.stop();
+        self.served.marketing.stop();
+    }
+}
+
 /// The sources and destination the starter project must have.
 const STARTER_SOURCES: &[&str] = &["hubspot", "marketing", "sequencer"];
 

@@ -396,8 +396,7 @@ async fn normalization_dictionaries_map_every_variant() {
             assert_eq!(s(r.get("domain")), *clean, "domain {raw:?}");
         }
     }
-    demo.served.hubspot.stop();
-    demo.served.marketing.stop();
+    demo.stop();
 }
 
 /// Planted duplicates: the same person under another case of the address,
@@ -566,8 +565,7 @@ async fn identity_resolution_merges_planted_duplicates() {
         3,
         "acme.com, the German Acme, globex.io: {accounts:?}"
     );
-    demo.served.hubspot.stop();
-    demo.served.marketing.stop();
+    demo.stop();
 }
 
 /// Attribution weights against hand-computed answers: one touch, two
@@ -749,8 +747,7 @@ async fn attribution_weights_match_hand_computed_cases() {
         (linear - 30_000.0).abs() < 0.05,
         "linear credits all revenue: {linear}"
     );
-    demo.served.hubspot.stop();
-    demo.served.marketing.stop();
+    demo.stop();
 }
 
 /// Scoring against a hand-computed case: fit from the ICP rules, engagement
@@ -816,8 +813,27 @@ async fn scoring_matches_hand_computed_case() {
         .unwrap();
     assert_eq!(cold["is_mql"], Value::Bool(false));
     assert_eq!(s(cold.get("persona")), "Other");
-    demo.served.hubspot.stop();
-    demo.served.marketing.stop();
+    demo.stop();
+}
+
+/// `ferry build` again over the demo's lake and emulators (same as_of).
+async fn rebuild(demo: &Demo, skip_sync: bool) {
+    ferry::cli::build::build(
+        &demo.project,
+        demo.lake.clone(),
+        &ferry::cli::SelectArgs {
+            vars: vec![format!("as_of={}", now().format("%Y-%m-%dT%H:%M:%SZ"))],
+            ..Default::default()
+        },
+        &ferry::cli::build::BuildOptions {
+            threads: 2,
+            full_refresh: false,
+            skip_extract: false,
+            skip_sync,
+        },
+    )
+    .await
+    .unwrap();
 }
 
 fn num(v: &str) -> f64 {
@@ -957,22 +973,7 @@ async fn demo_leaves_the_crm_matching_the_scoring_mart() {
 
     // A second build (incremental extraction, same as_of) sends nothing.
     let calls_before = demo.served.hubspot.stats().0;
-    ferry::cli::build::build(
-        &demo.project,
-        demo.lake.clone(),
-        &ferry::cli::SelectArgs {
-            vars: vec![format!("as_of={}", now().format("%Y-%m-%dT%H:%M:%SZ"))],
-            ..Default::default()
-        },
-        &ferry::cli::build::BuildOptions {
-            threads: 2,
-            full_refresh: false,
-            skip_extract: false,
-            skip_sync: false,
-        },
-    )
-    .await
-    .unwrap();
+    rebuild(&demo, false).await;
     let last = rows(
         &demo,
         "select created, updated, unchanged, failed from ferry.sync_runs order by started_at desc limit 1",
@@ -1040,22 +1041,7 @@ async fn demo_leaves_the_crm_matching_the_scoring_mart() {
             .iter()
             .any(|r| s(r.get("contact_id")) == gone.to_string())
     );
-    ferry::cli::build::build(
-        &demo.project,
-        demo.lake.clone(),
-        &ferry::cli::SelectArgs {
-            vars: vec![format!("as_of={}", now().format("%Y-%m-%dT%H:%M:%SZ"))],
-            ..Default::default()
-        },
-        &ferry::cli::build::BuildOptions {
-            threads: 2,
-            full_refresh: false,
-            skip_extract: false,
-            skip_sync: true,
-        },
-    )
-    .await
-    .unwrap();
+    rebuild(&demo, true).await;
     let after = rows(
         &demo,
         &format!("select contact_id from stg_hubspot__deal_contacts where deal_id = '{deal}'"),
@@ -1129,8 +1115,7 @@ async fn demo_leaves_the_crm_matching_the_scoring_mart() {
         "{n} accounts from {} companies",
         cos.len()
     );
-    demo.served.hubspot.stop();
-    demo.served.marketing.stop();
+    demo.stop();
 }
 
 /// `ferry demo` and `ferry generate` through the real binary.
@@ -1142,7 +1127,7 @@ fn demo_and_generate_commands() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(root().join("ferry.toml"), dir.join("ferry.toml")).unwrap();
     for d in ["models", "sql"] {
-        copy_dir(&root().join(d), &dir.join(d));
+        crate::copy_dir(&root().join(d), &dir.join(d));
     }
     let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args([
@@ -1239,18 +1224,5 @@ fn demo_and_generate_commands() {
             std::fs::read(b.join(format!("{stream}.jsonl"))).unwrap(),
             "{stream} is deterministic"
         );
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.path().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
     }
 }

@@ -10,18 +10,7 @@ use std::process::{Command, Output};
 use ferry::models::{Workspace, dag};
 use ferry::project::Project;
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.path().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
-}
+use crate::copy_dir;
 
 /// A fresh copy of `tests/fixtures/<name>` in a temporary folder.
 fn copy_fixture(name: &str) -> (tempfile::TempDir, PathBuf) {
