@@ -1226,3 +1226,58 @@ fn demo_and_generate_commands() {
         );
     }
 }
+
+/// `ferry generate --serve` feeds `ferry build` on the starter project as
+/// the README says: the shipped ferry.toml (its ports changed) and the
+/// tokens the command prints.
+#[test]
+fn generate_serve_feeds_a_build() {
+    use std::io::BufRead;
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+            .to_string()
+    };
+    let (hubspot, marketing) = (free(), free());
+    let mut server = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["generate", "--scale", "150", "--serve"])
+        .args(["--hubspot-port", &hubspot, "--marketing-port", &marketing])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("HubSpot emulator at"), "{first}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("starter");
+    for d in ["models", "sql"] {
+        crate::copy_dir(&root().join(d), &dir.join(d));
+    }
+    let toml = std::fs::read_to_string(root().join("ferry.toml"))
+        .unwrap()
+        .replace("127.0.0.1:8090", &format!("127.0.0.1:{hubspot}"))
+        .replace("127.0.0.1:8091", &format!("127.0.0.1:{marketing}"));
+    std::fs::write(dir.join("ferry.toml"), toml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["--project-dir", dir.to_str().unwrap(), "build"])
+        .env_remove("FERRY_LAKE")
+        .env("HUBSPOT_TOKEN", "ferry-sim-token")
+        .env("MARKETING_API_TOKEN", "ferry-demo-marketing")
+        .output()
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("contact_scores: created"), "{text}");
+}
