@@ -11,6 +11,7 @@
 //! domains with schemes, `www.` and paths (or missing), free-mail addresses,
 //! the same person as a CRM contact and as a form-fill lead (same address in
 //! another case, or a personal address with the same name and company),
+//! the same person twice in the CRM (again under a personal address),
 //! the same company twice, UTM tags in several spellings, and touches and
 //! email events that arrive days after they happened.
 
@@ -386,6 +387,8 @@ pub struct Contact {
     pub updated_at: i64,
     pub owner: Option<&'static str>,
     pub lifecycle: &'static str,
+    /// The contact this one duplicates (ground truth, never served).
+    pub duplicate_of: Option<u32>,
 }
 
 /// A form-fill lead from the marketing platform.
@@ -663,6 +666,36 @@ impl Dataset {
                 } else {
                     "marketingqualifiedlead"
                 },
+                duplicate_of: None,
+            });
+        }
+
+        // The same person twice in the CRM: about one contact in fifty
+        // entered again later under a personal address (an import, a rep
+        // typing it in), with the same name and company.
+        for k in 0..scale / 50 {
+            let of = (k * 37 + 11) % scale;
+            let orig = d.contacts[of].clone();
+            if FREE_MAIL.iter().any(|f| orig.email.ends_with(f)) {
+                continue;
+            }
+            let local = format!("{}{}", orig.first.to_lowercase(), orig.last.to_lowercase());
+            let domain = *pick(&mut rng, FREE_MAIL);
+            let mut email = format!("{local}@{domain}");
+            let mut n = 2;
+            while !emails.insert(email.clone()) {
+                email = format!("{local}{n}@{domain}");
+                n += 1;
+            }
+            let created_at = rng.random_range(orig.created_at..end);
+            d.contacts.push(Contact {
+                email,
+                created_at,
+                updated_at: created_at,
+                owner: None,
+                lifecycle: "lead",
+                duplicate_of: Some(of as u32),
+                ..orig
             });
         }
 
@@ -755,7 +788,7 @@ impl Dataset {
         for (i, c) in d.contacts.iter().enumerate() {
             by_company[c.company as usize].push(i as u32);
         }
-        let mut deal_contacts = vec![false; scale];
+        let mut deal_contacts = vec![false; d.contacts.len()];
         for (company, members) in by_company.iter().enumerate() {
             if members.is_empty() || !rng.random_bool(0.17) {
                 continue;
@@ -1122,6 +1155,13 @@ mod tests {
         );
         assert!(a.companies.iter().any(|c| c.domain.is_none()));
         assert!(a.companies.iter().any(|c| c.duplicate_of.is_some()));
+        assert!(
+            a.contacts
+                .iter()
+                .filter(|c| c.duplicate_of.is_some())
+                .count()
+                > 20
+        );
         assert!(
             a.leads
                 .iter()

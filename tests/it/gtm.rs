@@ -145,6 +145,7 @@ fn contact(email: &str, first: &'static str, last: &'static str, company: u32) -
         updated_at: t,
         owner: None,
         lifecycle: "lead",
+        duplicate_of: None,
     }
 }
 
@@ -1094,6 +1095,30 @@ async fn demo_leaves_the_crm_matching_the_scoring_mart() {
         );
     }
     assert!(planted > 20, "{planted}");
+    // CRM duplicates (the same person again under a personal address, same
+    // name and company) resolve to the original's person, unless the
+    // company has no domain or the name is ambiguous there.
+    let person_of_contact = |c: &Contact| person_of_email.get(&c.email).cloned();
+    let (mut dupes, mut merged) = (0, 0);
+    for c in demo
+        .data
+        .contacts
+        .iter()
+        .filter(|c| c.duplicate_of.is_some())
+    {
+        let orig = &demo.data.contacts[c.duplicate_of.unwrap() as usize];
+        if demo.data.companies[orig.company as usize].domain.is_none() {
+            continue;
+        }
+        dupes += 1;
+        if person_of_contact(c).is_some() && person_of_contact(c) == person_of_contact(orig) {
+            merged += 1;
+        }
+    }
+    assert!(
+        dupes > 3 && merged * 10 >= dupes * 8,
+        "{merged} of {dupes} CRM duplicates merged"
+    );
     // The CRM's company duplicates collapse into fewer accounts.
     let accounts = rows(&demo, "select count(*) as n from dim_accounts").await;
     let n = accounts[0]["n"].as_u64().unwrap() as usize;
