@@ -447,7 +447,10 @@ async fn run(cli: Cli) -> Result<()> {
                     ([127, 0, 0, 1], marketing_port).into(),
                 )
                 .await?;
-                println!(
+                // The servers keep running if nobody reads this (a closed pipe).
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stdout(),
                     "HubSpot emulator at {} (token {}), marketing and sequencer API at {}/api/v1 (token {}).\n\
                      In another shell: HUBSPOT_TOKEN={} MARKETING_API_TOKEN={} ferry build\nCtrl-C stops.",
                     served.hubspot.base_url(),

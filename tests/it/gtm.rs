@@ -1273,10 +1273,10 @@ fn generate_serve_feeds_a_build() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // Hold the pipe open while the server runs: it prints more lines.
+    let mut said = std::io::BufReader::new(server.stdout.take().unwrap());
     let mut first = String::new();
-    std::io::BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
+    said.read_line(&mut first).unwrap();
     assert!(first.contains("HubSpot emulator at"), "{first}");
 
     let tmp = tempfile::tempdir().unwrap();
@@ -1298,6 +1298,7 @@ fn generate_serve_feeds_a_build() {
         .unwrap();
     let _ = server.kill();
     let _ = server.wait();
+    drop(said);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
