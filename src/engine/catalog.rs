@@ -125,31 +125,29 @@ pub async fn register_lake(ctx: &SessionContext, lake: &Lake) -> Result<Vec<Stri
         }
     }
     for (source, stream) in streams {
-        {
-            let Ok(stream_ref) = StreamRef::new(&source, &stream) else {
-                tracing::warn!(
-                    "skipping lake folder raw/{source}/{stream}: not a valid source.stream name"
-                );
-                continue;
-            };
-            let prefix = layout::raw_prefix(&stream_ref);
-            let table_schema = match schema::load(store, &stream_ref).await? {
-                Some(s) => s.table_schema()?,
-                None => {
-                    let url = table_url(&prefix)?;
-                    match listing_options().infer_schema(&ctx.state(), &url).await {
-                        Ok(s) => s,
-                        Err(e) => {
-                            tracing::warn!(stream = %stream_ref, "skipping stream without readable files: {e}");
-                            continue;
-                        }
+        let Ok(stream_ref) = StreamRef::new(&source, &stream) else {
+            tracing::warn!(
+                "skipping lake folder raw/{source}/{stream}: not a valid source.stream name"
+            );
+            continue;
+        };
+        let prefix = layout::raw_prefix(&stream_ref);
+        let table_schema = match schema::load(store, &stream_ref).await? {
+            Some(s) => s.table_schema()?,
+            None => {
+                let url = table_url(&prefix)?;
+                match listing_options().infer_schema(&ctx.state(), &url).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(stream = %stream_ref, "skipping stream without readable files: {e}");
+                        continue;
                     }
                 }
-            };
-            ensure_schema(ctx, &source)?;
-            register(ctx, &stream_ref.to_string(), &prefix, table_schema)?;
-            tables.push(stream_ref.to_string());
-        }
+            }
+        };
+        ensure_schema(ctx, &source)?;
+        register(ctx, &stream_ref.to_string(), &prefix, table_schema)?;
+        tables.push(stream_ref.to_string());
     }
     // Persisted models and seeds, by name.
     tables.extend(crate::models::delta::register_all(ctx, lake).await?);

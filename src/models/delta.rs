@@ -229,8 +229,9 @@ fn delta_types(df: DataFrame) -> Result<DataFrame> {
     use arrow::datatypes::{DataType, TimeUnit};
     use datafusion::common::Column;
     use datafusion::logical_expr::{Expr, cast};
-    let fields = df.schema().fields().clone();
-    if !fields
+    if !df
+        .schema()
+        .fields()
         .iter()
         .any(|f| matches!(f.data_type(), DataType::Timestamp(TimeUnit::Nanosecond, _)))
     {

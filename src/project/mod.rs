@@ -379,26 +379,7 @@ impl Project {
                     .interpolate(v.get_ref())
                     .map_err(|msg| config_error(file, text, v.span().start, msg))
             };
-            let auth = match (&d.token, &d.oauth) {
-                (Some(t), None) => match secret(t) {
-                    Ok(t) => crate::http::Auth::Bearer(t),
-                    // Commands that do not call the CRM still work without it.
-                    Err(e) => crate::http::Auth::Missing(e.to_string()),
-                },
-                (None, Some(o)) => {
-                    let base = d
-                        .url
-                        .clone()
-                        .unwrap_or_else(|| "https://api.hubapi.com".into());
-                    crate::http::Auth::OAuth(crate::http::OAuthConfig {
-                        token_url: o.token_url.clone().unwrap_or_else(|| {
-                            format!("{}/oauth/v1/token", base.trim_end_matches('/'))
-                        }),
-                        client_id: secret(&o.client_id)?.expose().to_string(),
-                        client_secret: secret(&o.client_secret)?,
-                        refresh_token: secret(&o.refresh_token)?,
-                    })
-                }
+            match (&d.token, &d.oauth) {
                 (Some(_), Some(_)) => {
                     return Err(config_error(
                         file,
@@ -411,7 +392,33 @@ impl Project {
                     return Err(config_error(file, text, at(""),
                         "no credentials: add token = \"${HUBSPOT_TOKEN}\" (a private-app token) or an [oauth] table".into()));
                 }
+                _ => {}
+            }
+            let resolve = || -> Result<crate::http::Auth> {
+                Ok(match (&d.token, &d.oauth) {
+                    (Some(t), _) => crate::http::Auth::Bearer(secret(t)?),
+                    (None, o) => {
+                        let Some(o) = o else {
+                            return Err(Error::Internal("destination without credentials".into()));
+                        };
+                        let base = d
+                            .url
+                            .clone()
+                            .unwrap_or_else(|| "https://api.hubapi.com".into());
+                        crate::http::Auth::OAuth(crate::http::OAuthConfig {
+                            token_url: o.token_url.clone().unwrap_or_else(|| {
+                                format!("{}/oauth/v1/token", base.trim_end_matches('/'))
+                            }),
+                            client_id: secret(&o.client_id)?.expose().to_string(),
+                            client_secret: secret(&o.client_secret)?,
+                            refresh_token: secret(&o.refresh_token)?,
+                        })
+                    }
+                })
             };
+            // An unset secret fails the calls that need it (with this
+            // message), not commands that never call the CRM.
+            let auth = resolve().unwrap_or_else(|e| crate::http::Auth::Missing(e.to_string()));
             let resolved = sync_config::Destination::resolve(dname, d, auth)
                 .map_err(|msg| config_error(file, text, at(""), msg))?;
             destinations.insert(dname.clone(), resolved);
@@ -580,32 +587,52 @@ impl Project {
                             .interpolate(v)
                             .map_err(|msg| config_error(file, text, auth_offset, msg))
                     };
-                    let auth = match &src.auth {
-                        None => crate::http::Auth::None,
-                        Some(A::Bearer { token }) => match secret(token) {
-                            Ok(t) => crate::http::Auth::Bearer(t),
-                            Err(e) => crate::http::Auth::Missing(e.to_string()),
-                        },
-                        Some(A::ApiKey { key, header, query }) => match (header, query) {
-                            (Some(h), None) => crate::http::Auth::ApiKeyHeader { header: h.clone(), key: secret(key)? },
-                            (None, Some(q)) => crate::http::Auth::ApiKeyQuery { param: q.clone(), key: secret(key)? },
-                            _ => return Err(config_error(file, text, at(".auth"),
-                                "api_key auth needs exactly one of header = \"X-Api-Key\" or query = \"api_key\"".into())),
-                        },
-                        Some(A::Basic { username, password }) => crate::http::Auth::Basic {
-                            // An access-key id is often kept with its secret.
-                            username: secret(username)?.expose().to_string(),
-                            password: secret(password)?,
-                        },
-                        Some(A::Oauth2 { token_url, client_id, client_secret, scopes }) => {
-                            crate::http::Auth::ClientCredentials(crate::http::ClientCredentials {
-                                token_url: token_url.clone(),
-                                client_id: client_id.clone(),
-                                client_secret: secret(client_secret)?,
-                                scopes: scopes.clone(),
-                            })
-                        }
+                    if let Some(A::ApiKey { header, query, .. }) = &src.auth
+                        && header.is_some() == query.is_some()
+                    {
+                        return Err(config_error(file, text, at(".auth"),
+                            "api_key auth needs exactly one of header = \"X-Api-Key\" or query = \"api_key\"".into()));
+                    }
+                    let resolve = || -> Result<crate::http::Auth> {
+                        Ok(match &src.auth {
+                            None => crate::http::Auth::None,
+                            Some(A::Bearer { token }) => crate::http::Auth::Bearer(secret(token)?),
+                            Some(A::ApiKey {
+                                key,
+                                header: Some(h),
+                                ..
+                            }) => crate::http::Auth::ApiKeyHeader {
+                                header: h.clone(),
+                                key: secret(key)?,
+                            },
+                            Some(A::ApiKey { key, query, .. }) => crate::http::Auth::ApiKeyQuery {
+                                param: query.clone().unwrap_or_default(),
+                                key: secret(key)?,
+                            },
+                            Some(A::Basic { username, password }) => crate::http::Auth::Basic {
+                                // An access-key id is often kept with its secret.
+                                username: secret(username)?.expose().to_string(),
+                                password: secret(password)?,
+                            },
+                            Some(A::Oauth2 {
+                                token_url,
+                                client_id,
+                                client_secret,
+                                scopes,
+                            }) => crate::http::Auth::ClientCredentials(
+                                crate::http::ClientCredentials {
+                                    token_url: token_url.clone(),
+                                    client_id: client_id.clone(),
+                                    client_secret: secret(client_secret)?,
+                                    scopes: scopes.clone(),
+                                },
+                            ),
+                        })
                     };
+                    // An unset secret fails the calls that need it (with this
+                    // message), not commands that never call the vendor.
+                    let auth =
+                        resolve().unwrap_or_else(|e| crate::http::Auth::Missing(e.to_string()));
                     let mut streams = Vec::new();
                     for (tname, t) in &src.streams {
                         let Some(path) = t.path.clone() else {

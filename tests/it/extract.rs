@@ -271,6 +271,36 @@ fn config_mistakes_are_caught_before_any_call() {
     assert!(e.contains("cursr") && e.contains("ferry.toml:"), "{e}");
     let e = parse("[sources.a]\ntype = \"rest\"\n[sources.a.streams.t]\npath = \"/t\"\n");
     assert!(e.contains("needs url"), "{e}");
+    let e = parse(
+        "[sources.a]\ntype = \"rest\"\nurl = \"http://x\"\nauth = { type = \"api_key\", key = \"k\", header = \"X\", query = \"k\" }\n[sources.a.streams.t]\npath = \"/t\"\n",
+    );
+    assert!(e.contains("exactly one of header"), "{e}");
+}
+
+/// An unset secret does not stop commands that never call the vendor; the
+/// extraction that needs it fails before any call, naming the file, line
+/// and variable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unset_secret_fails_only_the_calls_that_need_it() {
+    let project = Project::parse(
+        Path::new("p"),
+        Path::new("p/ferry.toml"),
+        "[project]\nname = \"x\"\n[sources.enrich]\ntype = \"rest\"\nurl = \"http://127.0.0.1:9\"\n\
+         auth = { type = \"api_key\", header = \"X-Api-Key\", key = \"${FERRY_TEST_UNSET_KEY}\" }\n\
+         [sources.enrich.streams.people]\npath = \"/people\"\n",
+        &Default::default(),
+        None,
+    )
+    .expect("a project with an unset secret still loads");
+    let lake = Lake::memory();
+    let e = ferry::extract::extract(&project, &lake, &[], |_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("FERRY_TEST_UNSET_KEY") && e.contains("ferry.toml:6"),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
