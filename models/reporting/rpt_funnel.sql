@@ -7,17 +7,7 @@
 --   SQL: CRM lifecycle stage sales-qualified or later
 --   opportunity: on a deal created by var('as_of')
 --   won: on a deal won by var('as_of')
-with deals as (
-    select
-        i.person_id,
-        max(case when d.is_won and d.closed_at <= {{ as_of() }} then 1 else 0 end) as won
-    from {{ ref('stg_hubspot__deal_contacts') }} dc
-    join {{ ref('stg_hubspot__deals') }} d on d.deal_id = dc.deal_id
-    join {{ ref('int_identity') }} i on i.record_id = 'hubspot:' || dc.contact_id
-    where d.created_at <= {{ as_of() }}
-    group by i.person_id
-),
-stages as (
+with stages as (
     select
         coalesce(s.first_touch_channel, 'No touches') as source,
         s.segment,
@@ -31,7 +21,7 @@ stages as (
              then 1 else 0 end as mql
     from {{ ref('contact_scores') }} s
     join {{ ref('dim_people') }} p on p.person_id = s.person_id
-    left join deals d on d.person_id = s.person_id
+    left join {{ ref('int_person_deals') }} d on d.person_id = s.person_id
 )
 select
     source,

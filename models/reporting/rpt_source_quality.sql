@@ -1,28 +1,16 @@
 -- How good each lead source (first-touch channel) is: volume, average lead
 -- score, MQL, opportunity and win rates, and closed-won revenue credited to
 -- it under the first-touch and linear models.
-with outcomes as (
-    -- deals as of var('as_of'), like the scores and attribution
-    select
-        i.person_id,
-        max(1) as on_deal,
-        max(case when d.is_won and d.closed_at <= {{ as_of() }} then 1 else 0 end) as won
-    from {{ ref('stg_hubspot__deal_contacts') }} dc
-    join {{ ref('stg_hubspot__deals') }} d on d.deal_id = dc.deal_id
-    join {{ ref('int_identity') }} i on i.record_id = 'hubspot:' || dc.contact_id
-    where d.created_at <= {{ as_of() }}
-    group by i.person_id
-),
-by_source as (
+with by_source as (
     select
         coalesce(s.first_touch_channel, 'No touches') as source,
         count(*) as leads,
         round(avg(s.lead_score), 1) as avg_lead_score,
         round(avg(case when s.is_mql then 1.0 else 0.0 end), 4) as mql_rate,
-        round(avg(coalesce(o.on_deal, 0) * 1.0), 4) as opportunity_rate,
+        round(avg(case when o.person_id is not null then 1.0 else 0.0 end), 4) as opportunity_rate,
         round(avg(coalesce(o.won, 0) * 1.0), 4) as win_rate
     from {{ ref('contact_scores') }} s
-    left join outcomes o on o.person_id = s.person_id
+    left join {{ ref('int_person_deals') }} o on o.person_id = s.person_id
     group by 1
 ),
 revenue as (
