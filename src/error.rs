@@ -1,9 +1,11 @@
 //! The crate-wide error type.
 //!
 //! Every error says whose move it is ([`Party`]): the user's (bad config, bad
-//! SQL, bad input), the vendor's or the storage's (a transient failure a retry
-//! may fix), or ferry's own (a bug: please report it). Messages name the file,
-//! line, key or record involved and what to do about it.
+//! SQL, bad input), a vendor's (5xx, a spent daily budget, refused
+//! credentials), the storage's (the lake's object store failed), or ferry's
+//! own (a bug: please report it), and whether running again without a change
+//! can help ([`Error::retryable`]). Messages name the file, line, key or
+//! record involved and what to do about it.
 
 use std::path::PathBuf;
 
@@ -15,8 +17,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Party {
     /// The user: fix the config, the SQL or the input, then run again.
     User,
-    /// The storage or a vendor: retrying later may succeed.
-    External,
+    /// A vendor API (down, rate limited, refusing the credentials).
+    Vendor,
+    /// The lake's storage (object store, local disk).
+    Storage,
     /// ferry itself: a bug.
     Ferry,
 }
@@ -44,6 +48,16 @@ pub enum Error {
         what: &'static str,
         name: String,
         why: &'static str,
+    },
+
+    /// A vendor API failed or refused. `retryable`: running again later,
+    /// unchanged, may succeed (5xx, timeouts, the daily budget); otherwise a
+    /// person must act first (refused credentials: fix the token or scopes).
+    #[error("{vendor}: {message}")]
+    Vendor {
+        vendor: String,
+        message: String,
+        retryable: bool,
     },
 
     /// Input records that cannot be landed as a whole (not per-row problems:
@@ -92,6 +106,14 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// Another error with what ferry was doing around it; keeps who must act.
+    #[error("{message}")]
+    Context {
+        message: String,
+        party: Party,
+        retryable: bool,
+    },
+
     /// Lake state written by ferry could not be read back. This is a bug or
     /// outside tampering with the lake's `_ferry/` folder.
     #[error(
@@ -110,21 +132,61 @@ impl Error {
             | Error::Input(_)
             | Error::SchemaFrozen { .. }
             | Error::LakeUrl { .. } => Party::User,
-            Error::Storage(_) | Error::Io { .. } => Party::External,
+            Error::Vendor { .. } => Party::Vendor,
+            Error::Storage(_) | Error::Io { .. } => Party::Storage,
             Error::Query(e) => match e.find_root() {
                 datafusion::error::DataFusionError::Internal(_) => Party::Ferry,
                 datafusion::error::DataFusionError::ObjectStore(_)
-                | datafusion::error::DataFusionError::IoError(_) => Party::External,
+                | datafusion::error::DataFusionError::IoError(_) => Party::Storage,
                 _ => Party::User,
             },
             Error::Arrow(_) | Error::Parquet(_) | Error::Table(_) => Party::User,
+            Error::Context { party, .. } => *party,
             Error::Internal(_) => Party::Ferry,
         }
     }
 
     /// Whether running the same thing again can succeed without a change.
     pub fn retryable(&self) -> bool {
-        self.party() == Party::External
+        match self {
+            Error::Vendor { retryable, .. } | Error::Context { retryable, .. } => *retryable,
+            other => other.party() == Party::Storage,
+        }
+    }
+
+    /// Who must act, in words for the CLI, the sync log and alerts.
+    pub fn who_acts(&self) -> &'static str {
+        match (self.party(), self.retryable()) {
+            (Party::User, _) => "fix the project or input, then run again",
+            (Party::Vendor, true) => "the vendor failed; running again later may succeed",
+            (Party::Vendor, false) => {
+                "the vendor refused; fix the credentials or account, then run again"
+            }
+            (Party::Storage, _) => "the lake's storage failed; running again may succeed",
+            (Party::Ferry, _) => "this looks like a bug in ferry; please report it",
+        }
+    }
+
+    /// The same error, its message rewritten by `f` (to say which stream,
+    /// file or record it is about); who must act is kept.
+    pub fn context(self, f: impl FnOnce(String) -> String) -> Error {
+        match self {
+            Error::Input(m) => Error::Input(f(m)),
+            Error::Vendor {
+                vendor,
+                message,
+                retryable,
+            } => Error::Vendor {
+                vendor,
+                message: f(message),
+                retryable,
+            },
+            other => Error::Context {
+                party: other.party(),
+                retryable: other.retryable(),
+                message: f(other.to_string()),
+            },
+        }
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

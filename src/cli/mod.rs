@@ -240,6 +240,18 @@ enum SimVendor {
         /// Share of calls whose connection is dropped.
         #[arg(long, default_value_t = 0.0)]
         fault_drop: f64,
+        /// Share of writes applied whose reply is then lost.
+        #[arg(long, default_value_t = 0.0)]
+        fault_lost_write: f64,
+        /// Share of reads and searches answered 200 with an HTML page.
+        #[arg(long, default_value_t = 0.0)]
+        fault_garbled: f64,
+        /// Milliseconds search lags writes (HubSpot's index is not instant).
+        #[arg(long, default_value_t = 1000)]
+        search_lag_ms: u64,
+        /// Store emails as given and echo idProperty (kinder than HubSpot).
+        #[arg(long)]
+        no_normalize: bool,
     },
 }
 
@@ -290,10 +302,8 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            if e.party() == Party::Ferry {
-                eprintln!("(this looks like a bug in ferry)");
-            } else if e.retryable() {
-                eprintln!("(this may be temporary: running the command again may succeed)");
+            if e.party() != Party::User {
+                eprintln!("({})", e.who_acts());
             }
             ExitCode::FAILURE
         }
@@ -519,6 +529,10 @@ async fn run(cli: Cli) -> Result<()> {
                 fault_slow,
                 slow_ms,
                 fault_drop,
+                fault_lost_write,
+                fault_garbled,
+                search_lag_ms,
+                no_normalize,
             } => {
                 let config = crate::sim::hubspot::SimConfig {
                     token,
@@ -526,12 +540,16 @@ async fn run(cli: Cli) -> Result<()> {
                     ten_secondly,
                     daily,
                     search_per_second: 4,
+                    search_lag: std::time::Duration::from_millis(search_lag_ms),
+                    normalize: !no_normalize,
                     faults: crate::sim::hubspot::Faults {
                         rate_limited: fault_429,
                         server_error: fault_5xx,
                         slow: fault_slow,
                         slow_ms,
                         dropped: fault_drop,
+                        lost_after_write: fault_lost_write,
+                        garbled: fault_garbled,
                     },
                 };
                 let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
@@ -556,7 +574,10 @@ async fn run(cli: Cli) -> Result<()> {
                     Err(e) => tracing::warn!("models are not queryable: {e}"),
                 }
             }
-            let batches = ctx.sql(&sql).await?.collect().await?;
+            let batches = crate::engine::read_only(&ctx, &sql)
+                .await?
+                .collect()
+                .await?;
             let mut out = std::io::stdout().lock();
             output::print(&mut out, &batches, format, max_rows)
         }

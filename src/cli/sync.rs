@@ -27,7 +27,8 @@ pub async fn run(
         match syncer.run(name, opts).await {
             Ok(report) => {
                 print(&report);
-                if report.stopped.is_some() || report.counts.failed > 0 {
+                if report.stopped.is_some() || report.counts.failed > 0 || report.counts.unknown > 0
+                {
                     failures.push(name.clone());
                 }
             }
@@ -79,6 +80,12 @@ fn print(r: &SyncReport) {
     if c.not_sent > 0 {
         println!("  not sent (run stopped; sent next run) {}", c.not_sent);
     }
+    if c.unknown > 0 {
+        println!(
+            "  outcome unknown (reply lost; looked up before anything is sent for them next run) {}",
+            c.unknown
+        );
+    }
     println!(
         "  API calls {}  rate limited (429) {}",
         r.api_calls, r.rate_limited
@@ -86,7 +93,7 @@ fn print(r: &SyncReport) {
     if let Some(why) = &r.stopped {
         println!("  stopped: {why}");
     }
-    if !r.dry_run && (c.rejected > 0 || c.failed > 0) {
+    if !r.dry_run && (c.rejected > 0 || c.failed > 0 || c.unknown > 0) {
         println!(
             "  see: ferry query \"select key, operation, status, error_category, error_message from ferry.sync_log \
              where run_id = '{}' and status <> 'ok'\"",

@@ -108,11 +108,15 @@ fn aim(project: &mut Project, served: &Served, hubspot_per_10s: usize) -> Result
                 url,
                 auth,
                 requests_per_10s,
+                lag_margin,
                 ..
             } => {
                 *url = served.hubspot.base_url();
                 *auth = Auth::Bearer(Secret::new(token.clone()));
                 *requests_per_10s = hubspot_per_10s;
+                // The emulator's search lags writes as HubSpot's does, by
+                // less than HubSpot's; the margin need only cover it.
+                *lag_margin = SimConfig::default().search_lag * 2;
             }
             SourceSpec::Rest { url, auth, .. } => {
                 *url = format!("{}/api/v1", served.marketing.base_url());
@@ -125,6 +129,7 @@ fn aim(project: &mut Project, served: &Served, hubspot_per_10s: usize) -> Result
         d.url = served.hubspot.base_url();
         d.auth = Auth::Bearer(Secret::new(token.clone()));
         d.requests_per_10s = hubspot_per_10s;
+        d.search_lag = SimConfig::default().search_lag * 2;
     }
     Ok(())
 }

@@ -139,6 +139,7 @@ pub async fn serve(
             auth: RestAuth::Bearer(MARKETING_TOKEN.into()),
             per_second: 0,
             max_page: 1000,
+            ..RestConfig::default()
         },
         marketing_addr,
     )

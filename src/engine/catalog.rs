@@ -102,6 +102,12 @@ pub async fn register_lake(ctx: &SessionContext, lake: &Lake) -> Result<Vec<Stri
     )?;
     register(
         ctx,
+        "ferry.extract_runs",
+        &layout::meta_prefix("extract_runs"),
+        crate::extract::extract_runs_schema(),
+    )?;
+    register(
+        ctx,
         "ferry.sync_runs",
         &crate::sync::state::runs_root(),
         crate::sync::state::runs_schema(),

@@ -53,3 +53,28 @@ pub async fn session(lake: &Lake) -> Result<SessionContext> {
     catalog::register_lake(&ctx, lake).await?;
     Ok(ctx)
 }
+
+/// Plan `sql` as a read: a query, `EXPLAIN`, `SHOW`, `DESCRIBE`. Writes
+/// (`INSERT`, `COPY`, `CREATE`/`DROP`, `SET`...) are refused: the lake is
+/// written only by ferry's own commands, which keep its promises (files are
+/// written once, under their stream's partitions, logged after the data).
+pub async fn read_only(
+    ctx: &SessionContext,
+    sql: &str,
+) -> Result<datafusion::dataframe::DataFrame> {
+    let options = datafusion::execution::context::SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    ctx.sql_with_options(sql, options).await.map_err(|e| {
+        let text = e.to_string();
+        if text.contains("not supported") || text.contains("not allowed") {
+            Error::Input(format!(
+                "ferry query runs reads only ({text}). The lake is written by ferry's own commands: \
+                 `ferry land` or `ferry extract` for raw data, models (`ferry run`) for tables"
+            ))
+        } else {
+            Error::Query(e)
+        }
+    })
+}

@@ -206,6 +206,18 @@ pub struct Incremental {
     /// it (Outreach wants `"{cursor}..inf"`). Default: the value itself.
     #[serde(default)]
     pub template: Option<String>,
+    /// For a time cursor (RFC 3339 text, or epoch seconds or milliseconds):
+    /// the saved cursor is at most the run's start minus this many seconds
+    /// (default 60), not the largest value seen, because a record changed
+    /// while the run paged (or whose change the API had not indexed yet)
+    /// could sort before it and be skipped for good. The overlap is read
+    /// again next run: duplicates, which `latest_by` removes, never gaps.
+    #[serde(default = "default_lag_margin_seconds")]
+    pub lag_margin_seconds: u64,
+}
+
+fn default_lag_margin_seconds() -> u64 {
+    60
 }
 
 /// `parent = { stream = ..., key = ... }`: one request per parent record,
@@ -260,6 +272,9 @@ pub enum SourceSpec {
         requests_per_10s: usize,
         /// The search endpoint's budget per second.
         search_per_second: usize,
+        /// Incremental runs read changes up to this long before the run's
+        /// start, because HubSpot's search index lags writes.
+        lag_margin: std::time::Duration,
         streams: Vec<HubspotStream>,
     },
 }

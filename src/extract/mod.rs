@@ -8,6 +8,10 @@
 //! re-extracts at most what was pushed after the last persisted cursor;
 //! duplicates that causes are removed downstream by primary key (the
 //! `latest_by` macro in `sql/macros/`).
+//!
+//! Every stream's attempt, successful or not, is a row in
+//! `ferry.extract_runs` (`_ferry/extract_runs/`), written after the stream's
+//! data: a failure is never invisible.
 
 pub mod config;
 pub mod files;
@@ -31,6 +35,89 @@ use config::SourceSpec;
 
 /// Rows landed per file.
 pub const FLUSH_ROWS: usize = 10_000;
+
+/// Schema of `ferry.extract_runs`: one row per stream per `ferry extract`.
+pub fn extract_runs_schema() -> arrow::datatypes::SchemaRef {
+    use arrow::datatypes::{DataType, Field, Schema};
+    std::sync::Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("stream", DataType::Utf8, false),
+        // ok | failed
+        Field::new("status", DataType::Utf8, false),
+        Field::new("pages", DataType::Int64, false),
+        Field::new("rows", DataType::Int64, false),
+        Field::new("quarantined", DataType::Int64, false),
+        Field::new("rejected_files", DataType::Int64, false),
+        // The stream's cursor before and after (JSON); after = before on failure.
+        Field::new("cursor_before", DataType::Utf8, true),
+        Field::new("cursor_after", DataType::Utf8, true),
+        Field::new("error", DataType::Utf8, true),
+        // user | vendor | storage | ferry: who must act on the error.
+        Field::new("error_party", DataType::Utf8, true),
+        Field::new("retryable", DataType::Boolean, true),
+        Field::new("seconds", DataType::Float64, false),
+        Field::new("started_at", crate::lake::log::ts_type(), false),
+    ]))
+}
+
+/// Append one stream attempt to `ferry.extract_runs`.
+async fn record_attempt(
+    lake: &Lake,
+    run_id: &RunId,
+    stream: &StreamRef,
+    summary: &StreamSummary,
+    before: Option<&Value>,
+    error: Option<&Error>,
+    started_at: chrono::DateTime<Utc>,
+) -> Result<()> {
+    use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray};
+    let one = |v: Option<String>| -> ArrayRef { std::sync::Arc::new(StringArray::from(vec![v])) };
+    let int = |v: u64| -> ArrayRef {
+        std::sync::Arc::new(Int64Array::from(vec![i64::try_from(v).unwrap_or(i64::MAX)]))
+    };
+    let after = if error.is_some() {
+        before.cloned()
+    } else {
+        summary.cursor.clone().or_else(|| before.cloned())
+    };
+    let party = error.map(|e| {
+        match e.party() {
+            crate::error::Party::User => "user",
+            crate::error::Party::Vendor => "vendor",
+            crate::error::Party::Storage => "storage",
+            crate::error::Party::Ferry => "ferry",
+        }
+        .to_string()
+    });
+    let cols: Vec<ArrayRef> = vec![
+        one(Some(run_id.to_string())),
+        one(Some(stream.source.clone())),
+        one(Some(stream.stream.clone())),
+        one(Some(
+            if error.is_some() { "failed" } else { "ok" }.to_string(),
+        )),
+        int(summary.pages),
+        int(summary.rows),
+        int(summary.quarantined),
+        int(summary.rejected_files.len() as u64),
+        one(before.map(Value::to_string)),
+        one(after.map(|v| v.to_string())),
+        one(error.map(|e| e.to_string())),
+        one(party),
+        std::sync::Arc::new(BooleanArray::from(vec![error.map(Error::retryable)])),
+        std::sync::Arc::new(Float64Array::from(vec![summary.seconds])),
+        crate::lake::log::ts_array(std::iter::once(started_at)),
+    ];
+    let batch = arrow::record_batch::RecordBatch::try_new(extract_runs_schema(), cols)?;
+    let bytes = crate::lake::log::encode(extract_runs_schema(), &[batch])?;
+    let path = Path::from_iter([
+        META,
+        "extract_runs",
+        &format!("{run_id}-{}.{}.parquet", stream.source, stream.stream),
+    ]);
+    crate::lake::log::put_once(lake.store().as_ref(), &path, bytes).await
+}
 
 /// A vendor API that can extract named streams.
 ///
@@ -342,7 +429,9 @@ pub async fn extract(
         for name in streams {
             let stream = StreamRef::new(spec.name(), &name)?;
             let started = Instant::now();
+            let started_at = Utc::now();
             let start_cursor = load_cursor(lake, &stream).await?;
+            let before = start_cursor.clone();
             let progress = tty.then(|| {
                 let p = indicatif::ProgressBar::new_spinner();
                 p.enable_steady_tick(std::time::Duration::from_millis(200));
@@ -379,14 +468,42 @@ pub async fn extract(
                 }
                 Err(e) => {
                     run.pending = None;
-                    run.flush().await?;
-                    return Err(Error::Input(format!(
-                        "{stream}: {e} ({} rows landed before the failure; the cursor was not moved, so the next run fetches them again)",
-                        run.summary.rows
-                    )));
+                    let flushed = run.flush().await;
+                    run.summary.seconds = started.elapsed().as_secs_f64();
+                    let rows = run.summary.rows;
+                    let e = e.context(|m| {
+                        format!(
+                            "{stream}: {m} ({rows} rows landed before the failure; the cursor was not moved, so the next run fetches them again)"
+                        )
+                    });
+                    if let Err(r) = record_attempt(
+                        lake,
+                        lander.run_id(),
+                        &stream,
+                        &run.summary,
+                        before.as_ref(),
+                        Some(&e),
+                        started_at,
+                    )
+                    .await
+                    {
+                        tracing::warn!(stream = %stream, "could not record the failed attempt in ferry.extract_runs: {r}");
+                    }
+                    flushed?;
+                    return Err(e);
                 }
             }
             run.summary.seconds = started.elapsed().as_secs_f64();
+            record_attempt(
+                lake,
+                lander.run_id(),
+                &stream,
+                &run.summary,
+                before.as_ref(),
+                None,
+                started_at,
+            )
+            .await?;
             report(&run.summary);
             out.push(run.summary);
         }

@@ -230,20 +230,25 @@ impl Breaker {
         }
     }
 
-    /// Wait until a call may be sent.
-    pub async fn admit(&self) {
+    /// Wait until a call may be sent. The returned [`Permit`] must be settled
+    /// with [`Permit::record`] once the call's outcome is known; a permit
+    /// dropped unsettled (the call was rate limited, refreshed its token,
+    /// stopped on the daily budget, timed out in the caller or was cancelled)
+    /// says nothing about the vendor's health, so a probe dropped that way
+    /// hands the probe to the next caller instead of leaving everyone parked.
+    pub async fn admit(&self) -> Permit<'_> {
         loop {
             let wait = {
                 let Ok(mut b) = self.inner.lock() else {
-                    return;
+                    return Permit::new(self, false);
                 };
                 let now = Instant::now();
                 match b.state {
-                    BreakerState::Closed => return,
+                    BreakerState::Closed => return Permit::new(self, false),
                     BreakerState::Open { until } if until <= now => {
                         tracing::info!("circuit breaker: sending one probe call");
                         b.state = BreakerState::Probing;
-                        return;
+                        return Permit::new(self, true);
                     }
                     BreakerState::Open { until } => until - now,
                     BreakerState::Probing => Duration::from_millis(50),
@@ -253,7 +258,19 @@ impl Breaker {
         }
     }
 
-    /// Record a call's outcome (`ok = false` for 5xx, timeouts, dropped connections).
+    /// A probe ended without an outcome: let the next caller probe.
+    fn unsettled_probe(&self) {
+        if let Ok(mut b) = self.inner.lock()
+            && matches!(b.state, BreakerState::Probing)
+        {
+            b.state = BreakerState::Open {
+                until: Instant::now(),
+            };
+        }
+    }
+
+    /// Record a call's outcome (`ok = false` for 5xx, timeouts, dropped
+    /// connections). Prefer [`Permit::record`], which also settles a probe.
     pub fn record(&self, ok: bool) {
         let Ok(mut b) = self.inner.lock() else {
             return;
@@ -297,6 +314,38 @@ impl Breaker {
     /// How many times the breaker opened.
     pub fn trips(&self) -> u64 {
         self.inner.lock().map(|b| b.trips).unwrap_or(0)
+    }
+}
+
+/// Leave to send one call through a [`Breaker`]; see [`Breaker::admit`].
+#[must_use = "settle the permit with record() once the call's outcome is known"]
+pub struct Permit<'a> {
+    breaker: &'a Breaker,
+    probe: bool,
+    settled: bool,
+}
+
+impl<'a> Permit<'a> {
+    fn new(breaker: &'a Breaker, probe: bool) -> Permit<'a> {
+        Permit {
+            breaker,
+            probe,
+            settled: false,
+        }
+    }
+
+    /// The call's outcome: `ok = false` for 5xx, timeouts, dropped connections.
+    pub fn record(mut self, ok: bool) {
+        self.settled = true;
+        self.breaker.record(ok);
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if self.probe && !self.settled {
+            self.breaker.unsettled_probe();
+        }
     }
 }
 
@@ -365,13 +414,32 @@ mod tests {
         b.record(false);
         assert_eq!(b.trips(), 1);
         let start = Instant::now();
-        b.admit().await; // the probe, after the cool-down
+        let probe = b.admit().await; // the probe, after the cool-down
         assert!(start.elapsed() >= Duration::from_millis(90));
-        b.record(true);
+        probe.record(true);
         // Closed again: the history starts over, so one failure does not trip it.
         b.record(false);
         assert_eq!(b.trips(), 1);
         b.record(false);
         assert_eq!(b.trips(), 2);
+    }
+
+    /// Regression: a 429 (or a token refresh, a daily stop, a cancelled call)
+    /// answering the probe left the breaker probing forever, and every later
+    /// call waited in `admit` for good.
+    #[tokio::test]
+    async fn a_probe_answered_429_does_not_park_every_call() {
+        let b = Breaker::new(2, Duration::from_millis(20));
+        b.record(false);
+        b.record(false);
+        let probe = b.admit().await;
+        drop(probe); // rate limited: no outcome for the breaker
+        let next = tokio::time::timeout(Duration::from_secs(2), b.admit()).await;
+        assert!(next.is_ok(), "the next call never got through the breaker");
+        next.unwrap().record(true);
+        // Closed again: calls pass at once.
+        let t = Instant::now();
+        b.admit().await.record(true);
+        assert!(t.elapsed() < Duration::from_millis(40));
     }
 }

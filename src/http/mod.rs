@@ -24,7 +24,7 @@ use std::time::Duration;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 
-pub use limit::{Breaker, DailyExhausted, RateLimiter, account_budget};
+pub use limit::{Breaker, DailyExhausted, Permit, RateLimiter, account_budget};
 
 use crate::project::secret::Secret;
 
@@ -46,7 +46,7 @@ pub enum Auth {
     /// An API key in a query parameter.
     ApiKeyQuery { param: String, key: Secret },
     /// HTTP basic auth.
-    Basic { username: String, password: Secret },
+    Basic { username: Secret, password: Secret },
     /// The credentials' `${VAR}` is not set: every call fails with this
     /// message (naming the file, line and variable), before anything is sent.
     Missing(String),
@@ -65,7 +65,9 @@ impl Auth {
             Auth::ApiKeyHeader { key, .. } | Auth::ApiKeyQuery { key, .. } => {
                 key.expose().to_string()
             }
-            Auth::Basic { username, password } => format!("{username}\0{}", password.expose()),
+            Auth::Basic { username, password } => {
+                format!("{}\0{}", username.expose(), password.expose())
+            }
         };
         hex::encode(&Sha256::digest(material.as_bytes())[..8])
     }
@@ -179,6 +181,27 @@ impl CallError {
         }
     }
 
+    /// As ferry's error, with who must act: refused credentials are the
+    /// vendor's answer that a person must fix (`auth_hint` says what), a
+    /// spent budget or a failure that outlasted the retries is the vendor's
+    /// and worth running again, and a refused request is the user's.
+    pub fn into_error(self, who: &str, auth_hint: &str) -> crate::error::Error {
+        use crate::error::Error;
+        match &self {
+            CallError::Auth { .. } => Error::Vendor {
+                vendor: who.to_string(),
+                message: format!("refused the credentials ({}); {auth_hint}", self.message()),
+                retryable: false,
+            },
+            CallError::DailyLimit | CallError::Transient { .. } => Error::Vendor {
+                vendor: who.to_string(),
+                message: self.message(),
+                retryable: true,
+            },
+            CallError::Rejected { .. } => Error::Input(format!("{who}: {}", self.message())),
+        }
+    }
+
     pub fn message(&self) -> String {
         match self {
             CallError::Auth { status, message } => format!("HTTP {status}: {message}"),
@@ -251,6 +274,11 @@ pub struct Reply {
     pub headers: HeaderMap,
     /// Size of the body in bytes.
     pub bytes: usize,
+    /// Attempts that carried the call (more than 1: an earlier attempt's
+    /// reply was lost, so the vendor may have applied it already).
+    pub attempts: u32,
+    /// When the first attempt was sent.
+    pub first_sent: chrono::DateTime<chrono::Utc>,
 }
 
 /// Counters for run summaries and benchmarks.
@@ -302,6 +330,19 @@ impl Client {
         }
         let http = reqwest::Client::builder()
             .timeout(retry.timeout)
+            // A 307/308 replays a POST of contact data with its credentials:
+            // follow a redirect only to the origin it came from.
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                let same = attempt
+                    .previous()
+                    .first()
+                    .is_some_and(|first| first.origin() == attempt.url().origin());
+                if same && attempt.previous().len() < 5 {
+                    attempt.follow()
+                } else {
+                    attempt.stop()
+                }
+            }))
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
@@ -362,11 +403,14 @@ impl Client {
         let mut attempts = 0u32;
         let mut refreshed = false;
         let mut rate_waits = 0u32;
+        let first_sent = chrono::Utc::now();
         loop {
             if let Some(why) = self.stopped() {
                 return Err(why);
             }
-            self.breaker.admit().await;
+            // Settled below for every outcome that says something about the
+            // vendor's health; dropped unsettled otherwise (see Permit).
+            let permit = self.breaker.admit().await;
             let mut stamps = Vec::with_capacity(call.limits.len());
             for l in &call.limits {
                 stamps.push(l.acquire().await.map_err(|_| CallError::DailyLimit)?);
@@ -381,18 +425,21 @@ impl Client {
             }
             self.account.complete(stamp);
             match outcome {
-                Attempt::Done(r) => {
-                    self.breaker.record(true);
+                Attempt::Done(mut r) => {
+                    permit.record(true);
+                    r.attempts = attempts;
+                    r.first_sent = first_sent;
                     return Ok(r);
                 }
                 Attempt::Fail(e) => {
-                    self.breaker.record(true);
+                    permit.record(true);
                     return Err(match e {
                         CallError::Auth { .. } | CallError::DailyLimit => self.stop(e),
                         other => other,
                     });
                 }
                 Attempt::RateLimited(pause) => {
+                    drop(permit);
                     attempts -= 1;
                     rate_waits += 1;
                     if rate_waits > 30 {
@@ -404,6 +451,7 @@ impl Client {
                     tokio::time::sleep(pause).await;
                 }
                 Attempt::Refresh => {
+                    drop(permit);
                     if refreshed {
                         let e = CallError::Auth {
                             status: 401,
@@ -418,7 +466,7 @@ impl Client {
                     }
                 }
                 Attempt::Transient(message) => {
-                    self.breaker.record(false);
+                    permit.record(false);
                     self.stats.transient_failures.fetch_add(1, Ordering::SeqCst);
                     if !call.idempotent || attempts >= self.retry.max_attempts {
                         return Err(CallError::Transient { message, attempts });
@@ -546,7 +594,9 @@ impl Client {
             }
             Auth::ApiKeyHeader { header, key } => req.header(header.as_str(), key.expose()),
             Auth::ApiKeyQuery { param, key } => req.query(&[(param.as_str(), key.expose())]),
-            Auth::Basic { username, password } => req.basic_auth(username, Some(password.expose())),
+            Auth::Basic { username, password } => {
+                req.basic_auth(username.expose(), Some(password.expose()))
+            }
         };
         if let Some(b) = call.body {
             req = req.json(b);
@@ -559,24 +609,51 @@ impl Client {
         };
         let status = reply.status().as_u16();
         let headers = reply.headers().clone();
-        let bytes = match reply.bytes().await {
+        let bytes = match read_capped(reply, MAX_REPLY_BYTES).await {
             Ok(b) => b,
-            Err(e) => return Attempt::Transient(format!("reply cut off: {}", describe(e))),
+            Err(why) => return Attempt::Transient(why),
         };
-        let body: Value = if bytes.is_empty() {
-            Value::Null
+        let parsed: Option<Value> = if bytes.is_empty() {
+            Some(Value::Null)
         } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-                Value::String(String::from_utf8_lossy(&bytes[..bytes.len().min(500)]).into())
-            })
+            serde_json::from_slice(&bytes).ok()
         };
         self.observe(&headers);
+        let body = match parsed {
+            Some(v) => v,
+            // A 2xx whose body is not JSON (a proxy's HTML page, a cut or
+            // garbled reply) is not evidence of anything: not "no records",
+            // not "written". It is a failed call.
+            None if (200..=299).contains(&status) => {
+                return Attempt::Transient(format!(
+                    "HTTP {status} with a reply that is not JSON ({} bytes: {:?}); treated as a failed call",
+                    bytes.len(),
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(80)])
+                ));
+            }
+            None => Value::String(String::from_utf8_lossy(&bytes[..bytes.len().min(500)]).into()),
+        };
         match status {
             200..=299 => Attempt::Done(Reply {
                 status,
                 body,
                 bytes: bytes.len(),
                 headers,
+                attempts: 1,
+                first_sent: chrono::Utc::now(),
+            }),
+            // Redirects are followed only within the vendor's origin (see
+            // Client::new); one that points elsewhere ends here.
+            300..=399 => Attempt::Fail(CallError::Rejected {
+                status,
+                body: serde_json::json!({
+                    "category": "REDIRECT_REFUSED",
+                    "message": format!(
+                        "the vendor redirected the call to {}; ferry follows redirects only within {}, so credentials and records never leave the vendor's host. Check the destination's url",
+                        headers.get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok()).map(redact_url).unwrap_or_else(|| "another address".into()),
+                        redact_url(&self.base)
+                    ),
+                }),
             }),
             429 => {
                 self.stats.rate_limited.fetch_add(1, Ordering::SeqCst);
@@ -645,9 +722,75 @@ fn same_origin(url: &str, base: &str) -> bool {
     }
 }
 
+/// The longest pause a `Retry-After` can ask for; longer asks are clamped.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// The largest reply body ferry reads; a longer one is a failed call.
+pub const MAX_REPLY_BYTES: usize = 64 << 20;
+
 fn retry_after(h: &HeaderMap) -> Option<Duration> {
     let v = h.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    v.trim().parse::<f64>().ok().map(Duration::from_secs_f64)
+    parse_retry_after(v, std::time::SystemTime::now())
+}
+
+/// A `Retry-After` value as a pause: delay-seconds (fractions accepted) or
+/// an HTTP-date, clamped to `0..=MAX_RETRY_AFTER`. Negative values mean no
+/// pause; NaN, infinities and text that is neither form give `None` (the
+/// caller waits for the window instead). Never panics.
+pub fn parse_retry_after(v: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<f64>() {
+        if !secs.is_finite() {
+            return None;
+        }
+        return Some(Duration::from_secs_f64(
+            secs.clamp(0.0, MAX_RETRY_AFTER.as_secs_f64()),
+        ));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(
+        at.duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_RETRY_AFTER),
+    )
+}
+
+/// Read a reply's body, refusing one larger than `cap` bytes.
+async fn read_capped(mut reply: reqwest::Response, cap: usize) -> Result<bytes::Bytes, String> {
+    if reply.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(format!(
+            "the reply is {} bytes, more than the {cap} ferry reads",
+            reply.content_length().unwrap_or_default()
+        ));
+    }
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        match reply.chunk().await {
+            Ok(Some(c)) => {
+                if buf.len() + c.len() > cap {
+                    return Err(format!(
+                        "the reply is longer than the {cap} bytes ferry reads"
+                    ));
+                }
+                buf.extend_from_slice(&c);
+            }
+            Ok(None) => return Ok(buf.freeze()),
+            Err(e) => return Err(format!("reply cut off: {}", describe(e))),
+        }
+    }
+}
+
+/// A URL without its query (which may hold an API key) or user info.
+fn redact_url(u: &str) -> String {
+    match url::Url::parse(u) {
+        Ok(mut url) => {
+            url.set_query(None);
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.to_string()
+        }
+        Err(_) => "an unreadable address".into(),
+    }
 }
 
 /// A transport error with its causes ("error sending request: tcp connect
@@ -681,6 +824,39 @@ mod tests {
                 b <= Duration::from_secs(base) + Duration::from_millis(500),
                 "attempt {attempt}: {b:?}"
             );
+        }
+    }
+
+    /// Regression: `Retry-After: -1`, `1e30` or `NaN` panicked in
+    /// `Duration::from_secs_f64` and killed ferry.
+    #[test]
+    fn retry_after_never_panics_and_is_clamped() {
+        let now = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let p = |v: &str| parse_retry_after(v, now);
+        assert_eq!(p("-1"), Some(Duration::ZERO));
+        assert_eq!(p("1e30"), Some(MAX_RETRY_AFTER));
+        assert_eq!(p("NaN"), None);
+        assert_eq!(p("inf"), None);
+        assert_eq!(p(" 2 "), Some(Duration::from_secs(2)));
+        assert_eq!(p("0.5"), Some(Duration::from_millis(500)));
+        assert_eq!(p("soon"), None);
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(p(&later), Some(Duration::from_secs(30)));
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(p(&past), Some(Duration::ZERO));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn retry_after_accepts_any_text(v in "\\PC{0,40}") {
+            let d = parse_retry_after(&v, std::time::SystemTime::now());
+            proptest::prop_assert!(d.is_none_or(|d| d <= MAX_RETRY_AFTER));
+        }
+
+        #[test]
+        fn retry_after_accepts_any_number(x in proptest::num::f64::ANY) {
+            let d = parse_retry_after(&x.to_string(), std::time::SystemTime::now());
+            proptest::prop_assert!(d.is_none_or(|d| d <= MAX_RETRY_AFTER));
         }
     }
 }

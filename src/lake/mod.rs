@@ -15,6 +15,7 @@
 //! - `_ferry/quarantine/<source>/<stream>/dt=.../...parquet`: rejected rows
 //!   with the reason (`ferry.quarantine`).
 
+pub mod durable;
 pub mod json;
 pub mod land;
 pub mod layout;
@@ -160,7 +161,8 @@ impl Lake {
     fn local(path: &Path) -> Result<Lake> {
         std::fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
         let root = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
-        let store = LocalFileSystem::new_with_prefix(&root)?;
+        let store =
+            durable::DurableLocal::new(LocalFileSystem::new_with_prefix(&root)?, root.clone());
         Ok(Lake {
             store: Arc::new(store),
             location: root.display().to_string(),

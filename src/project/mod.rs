@@ -147,6 +147,12 @@ pub struct SourceConfig {
     /// HubSpot: the search endpoint's budget per second (default 4).
     #[serde(default)]
     pub search_per_second: Option<usize>,
+    /// HubSpot: incremental runs read changes made up to this many seconds
+    /// before the run's start (default 120), because HubSpot's search index
+    /// lags writes; later changes are the next run's. Smaller is fresher,
+    /// but a change the index has not caught up with would be skipped.
+    #[serde(default)]
+    pub search_lag_margin_seconds: Option<u64>,
     /// Files: the folder (relative to the project) or object-store URL
     /// (`s3://bucket/drops/`) where files are dropped.
     #[serde(default)]
@@ -475,6 +481,17 @@ impl Project {
                     let secret = secrets
                         .interpolate(secret.get_ref())
                         .map_err(|msg| config_error(file, text, secret.span().start, msg))?;
+                    // HubSpot signs the https URL configured in the app, which
+                    // ferry cannot know from the request behind a proxy.
+                    if preset == extract_config::WebhookPreset::Hubspot {
+                        match src.public_url.as_deref().map(url::Url::parse) {
+                            Some(Ok(u)) if u.scheme() == "https" || u.scheme() == "http" => {}
+                            Some(_) => return Err(config_error(file, text, at(".public_url"),
+                                "public_url must be the full URL HubSpot calls, e.g. \"https://ferry.example.com/webhooks/hubspot_events\"".into())),
+                            None => return Err(config_error(file, text, at(""),
+                                format!("a hubspot webhook source needs public_url: HubSpot signs the URL set in the app's webhook settings (e.g. \"https://ferry.example.com/webhooks/{sname}\"), and without it no delivery can be verified"))),
+                        }
+                    }
                     webhooks.insert(
                         sname.clone(),
                         extract_config::WebhookSpec {
@@ -526,6 +543,9 @@ impl Project {
                             auth,
                             requests_per_10s: src.requests_per_10s.unwrap_or(100),
                             search_per_second: src.search_per_second.unwrap_or(4),
+                            lag_margin: std::time::Duration::from_secs(
+                                src.search_lag_margin_seconds.unwrap_or(120),
+                            ),
                             streams,
                         },
                     );
@@ -611,7 +631,7 @@ impl Project {
                             },
                             Some(A::Basic { username, password }) => crate::http::Auth::Basic {
                                 // An access-key id is often kept with its secret.
-                                username: secret(username)?.expose().to_string(),
+                                username: secret(username)?,
                                 password: secret(password)?,
                             },
                             Some(A::Oauth2 {

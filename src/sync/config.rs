@@ -73,6 +73,12 @@ pub struct DestinationSection {
     /// Per-request timeout in seconds.
     #[serde(default = "default_timeout_seconds")]
     pub timeout_seconds: u64,
+    /// How long the CRM's search may miss a fresh write (HubSpot's index
+    /// lags writes by seconds, occasionally longer). A create whose reply
+    /// was lost is settled by a search only this long after it was sent;
+    /// until then the record waits (it is never created twice).
+    #[serde(default = "default_search_lag_seconds")]
+    pub search_lag_seconds: u64,
 }
 
 /// `[destinations.<name>.oauth]`.
@@ -108,6 +114,9 @@ fn default_backoff_max_ms() -> u64 {
 fn default_timeout_seconds() -> u64 {
     30
 }
+fn default_search_lag_seconds() -> u64 {
+    30
+}
 
 /// A resolved destination profile (secrets interpolated).
 #[derive(Debug, Clone)]
@@ -120,6 +129,7 @@ pub struct Destination {
     pub daily_limit: u64,
     pub max_in_flight: usize,
     pub retry: RetryPolicy,
+    pub search_lag: Duration,
 }
 
 impl Destination {
@@ -152,6 +162,7 @@ impl Destination {
                 max: Duration::from_millis(s.backoff_max_ms.max(s.backoff_initial_ms)),
                 timeout: Duration::from_secs(s.timeout_seconds.max(1)),
             },
+            search_lag: Duration::from_secs(s.search_lag_seconds),
         })
     }
 }

@@ -8,11 +8,18 @@
 //!
 //! Errors: a call the vendor refused as a whole returns
 //! [`CallError::Rejected`] (the syncer splits the batch to find the bad
-//! rows); per-record failures inside a successful reply (HubSpot's 207) come
+//! rows, unless [`Destination::refuses_every_row`] says splitting cannot
+//! help); per-record failures inside a successful reply (HubSpot's 207) come
 //! back as [`Outcome`]s; [`CallError::Auth`] and [`CallError::DailyLimit`]
 //! stop the sync; [`CallError::Transient`] means the retries ran out (or,
-//! for a create, that the reply was lost and the syncer must look before
-//! sending again).
+//! for a create, that the reply was lost: the write may have happened).
+//!
+//! Unknown is an outcome ([`Fate::Unknown`]): a write whose reply was lost
+//! or did not mention a record is neither confirmed nor refused. The syncer
+//! logs it as `unknown` and settles it with a read before writing that
+//! record again. A reply that cannot be read is never evidence: a lookup
+//! whose reply is malformed or does not account for every key is an error,
+//! not "nothing found".
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -49,6 +56,13 @@ impl Op {
     }
 }
 
+/// The form in which keys are compared: trimmed and lower-cased, because
+/// CRMs store unique values normalized (HubSpot lower-cases emails), so a
+/// reply's key need not equal the sent key byte for byte.
+pub fn normalize_key(key: &str) -> String {
+    key.trim().to_lowercase()
+}
+
 /// A record to write.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outgoing {
@@ -58,13 +72,41 @@ pub struct Outgoing {
     pub id: Option<String>,
     /// Property values as the CRM expects them (strings; `""` clears).
     pub properties: BTreeMap<String, String>,
+    /// An earlier write of this record, begun at this time, may have been
+    /// applied without ferry hearing back: a record the CRM created since
+    /// then was created by this sync, even if this write finds it existing.
+    pub pending_since: Option<DateTime<Utc>>,
+}
+
+impl Outgoing {
+    pub fn new(key: String, id: Option<String>, properties: BTreeMap<String, String>) -> Outgoing {
+        Outgoing {
+            key,
+            id,
+            properties,
+            pending_since: None,
+        }
+    }
 }
 
 /// What happened to one record of a batch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
     pub key: String,
-    pub result: Result<Written, Refusal>,
+    pub fate: Fate,
+}
+
+/// One record's fate in a write.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fate {
+    /// The CRM confirmed the write.
+    Written(Written),
+    /// The CRM did not accept the record.
+    Refused(Refusal),
+    /// Nobody knows: the reply was lost, or did not mention the record. The
+    /// write may have been applied; it must be settled by a read before the
+    /// record is written again (a create is never sent blind twice).
+    Unknown(String),
 }
 
 /// A confirmed write.
@@ -101,6 +143,22 @@ pub trait Destination: Send + Sync {
     /// Records per write call at most.
     fn max_batch(&self) -> usize;
 
+    /// Whether a whole-batch refusal applies to every record alike (an
+    /// unknown property, an unknown object type, a redirect off the vendor's
+    /// host), so that splitting the batch cannot isolate a bad record and
+    /// would only spend calls. Default: no (the syncer splits).
+    fn refuses_every_row(&self, _error: &CallError) -> bool {
+        false
+    }
+
+    /// How long after a write the CRM's search can still miss it (HubSpot's
+    /// search index lags writes). A create whose fate is unknown is settled
+    /// by search only after this long; zero for lookups that read the
+    /// record store directly.
+    fn search_lag(&self, _unique: bool) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
     /// Check that `object` exists with every one of `properties` and the match
     /// property; return whether the match property holds unique values.
     /// Errors name the missing property and say what to do.
@@ -112,8 +170,10 @@ pub trait Destination: Send + Sync {
     ) -> Result<bool>;
 
     /// Find records by match key, with the current values of `properties`.
-    /// Keys are compared case-insensitively; a key may match several records
-    /// when the property is not unique.
+    /// The map is keyed by [`normalize_key`]; a key may match several records
+    /// when the property is not unique. A key absent from the map was
+    /// reported absent by the CRM; a reply that cannot be read, or that does
+    /// not account for every key, is an error (never "not found").
     async fn lookup(
         &self,
         object: &str,
@@ -124,8 +184,9 @@ pub trait Destination: Send + Sync {
     ) -> Result<HashMap<String, Vec<Existing>>, CallError>;
 
     /// Write one batch (at most [`Destination::max_batch`] records). Every
-    /// record gets an outcome; a record the reply does not mention is a
-    /// transient refusal (its fate is unknown, so it is not confirmed).
+    /// record gets an outcome; a record a 2xx reply does not mention is
+    /// [`Fate::Unknown`] (the write may have happened, so it is neither
+    /// confirmed nor sent again blind).
     async fn write(
         &self,
         object: &str,

@@ -41,7 +41,9 @@ use crate::lake::Lake;
 use crate::lake::layout::RunId;
 use crate::project::Project;
 use config::{Mode, Policy, Sync};
-use destination::{Destination, Existing, Op, Outcome, Outgoing, Refusal, Written};
+use destination::{
+    Destination, Existing, Fate, Op, Outcome, Outgoing, Refusal, Written, normalize_key,
+};
 use diff::{DiffOp, Row};
 use state::{LogRow, LogWriter};
 
@@ -75,6 +77,9 @@ pub struct Counts {
     pub released: u64,
     /// Not sent because the run stopped (auth, daily limit): sent next run.
     pub not_sent: u64,
+    /// Writes whose fate is unknown (the reply was lost, or a create may
+    /// have happened): settled by a read before the record is written again.
+    pub unknown: u64,
 }
 
 /// A sample change for `--dry-run`.
@@ -105,7 +110,10 @@ pub struct SyncReport {
 impl SyncReport {
     /// Whether every row ended where the model says.
     pub fn clean(&self) -> bool {
-        self.stopped.is_none() && self.counts.failed == 0 && self.counts.rejected == 0
+        self.stopped.is_none()
+            && self.counts.failed == 0
+            && self.counts.rejected == 0
+            && self.counts.unknown == 0
     }
 }
 
@@ -119,8 +127,16 @@ pub struct Syncer {
 
 const SAMPLES: usize = 5;
 
-/// Current CRM values by lower-cased match key, from the lake copy.
+/// Current CRM values by normalized match key, from the lake copy.
 type CrmCopy = HashMap<String, Existing>;
+
+/// Keys (normalized) whose last write's fate is unknown, with the time its
+/// first attempt was sent.
+type Pending = HashMap<String, chrono::DateTime<Utc>>;
+
+/// How far the CRM's clock may be ahead of ferry's when judging whether a
+/// record was created after ferry first tried to create it.
+const CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
 
 impl Syncer {
     pub fn new(project: &Project, lake: Lake) -> Syncer {
@@ -282,6 +298,11 @@ enum Action {
         category: &'static str,
         message: String,
     },
+    /// An earlier create's fate is unknown and the CRM's search may not show
+    /// it yet: write nothing, look again next run.
+    Wait {
+        since: chrono::DateTime<Utc>,
+    },
 }
 
 impl Run<'_> {
@@ -438,6 +459,10 @@ impl Run<'_> {
         } else {
             None
         };
+        let unsettled = self.pending_keys(&ctx).await?;
+        if !unsettled.is_empty() {
+            tracing::info!(sync = %sync.name, keys = unsettled.len(), "settling writes whose outcome was unknown before writing those records again");
+        }
 
         // Stream what is not unchanged; rejects are logged as they come.
         let mut stream = ctx
@@ -490,9 +515,13 @@ impl Run<'_> {
         let chunks: Vec<Vec<Row>> = pending.chunks(batch).map(|c| c.to_vec()).collect();
         drop(pending);
         let copy = copy.as_ref();
-        let mut results =
-            futures::stream::iter(chunks.into_iter().map(|c| self.chunk(c, unique, copy)))
-                .buffer_unordered(self.max_in_flight.max(1));
+        let unsettled = &unsettled;
+        let mut results = futures::stream::iter(
+            chunks
+                .into_iter()
+                .map(|c| self.chunk(c, unique, copy, unsettled)),
+        )
+        .buffer_unordered(self.max_in_flight.max(1));
         let mut first_error = None;
         while let Some(r) = results.next().await {
             if let Err(e) = r {
@@ -642,7 +671,7 @@ impl Run<'_> {
     async fn failed_keys(&self, ctx: &SessionContext) -> Result<HashSet<String>> {
         let sql = format!(
             "select key from (select key, status, operation, row_number() over (partition by key order by at desc) as rn \
-             from ferry.sync_log where sync = '{}') where rn = 1 and status in ('failed', 'rejected') and operation <> 'reject'",
+             from ferry.sync_log where sync = '{}') where rn = 1 and status in ('failed', 'rejected', 'unknown') and operation <> 'reject'",
             self.sync.name.replace('\'', "''")
         );
         let batches = ctx.sql(&sql).await?.collect().await?;
@@ -657,6 +686,38 @@ impl Run<'_> {
             }
         }
         Ok(keys)
+    }
+
+    /// Keys with an `unknown` outcome after their last settled (`ok` or
+    /// `rejected`) one, with the earliest such attempt: the CRM may hold the
+    /// effect of a write begun then.
+    async fn pending_keys(&self, ctx: &SessionContext) -> Result<Pending> {
+        let name = self.sync.name.replace('\'', "''");
+        let sql = format!(
+            "with log as (select key, status, at from ferry.sync_log where sync = '{name}' and key is not null), \
+             settled as (select key, max(at) as settled_at from log where status in ('ok', 'rejected') group by key) \
+             select l.key, arrow_cast(min(l.at), 'Int64') as since from log l left join settled s on l.key = s.key \
+             where l.status = 'unknown' and (s.settled_at is null or l.at > s.settled_at) group by l.key"
+        );
+        let batches = match ctx.sql(&sql).await {
+            Ok(df) => df.collect().await?,
+            // No log yet (a first run): nothing is pending.
+            Err(e) if e.to_string().contains("not found") => return Ok(Pending::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Pending::new();
+        for b in &batches {
+            let keys = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8)?;
+            let keys = arrow::array::AsArray::as_string::<i32>(&keys);
+            let since =
+                arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(b.column(1));
+            for i in 0..b.num_rows() {
+                if let Some(t) = chrono::DateTime::from_timestamp_micros(since.value(i)) {
+                    out.insert(normalize_key(keys.value(i)), t);
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn model_values(&self, row: &Row) -> String {
@@ -704,13 +765,16 @@ impl Run<'_> {
         p
     }
 
-    /// Decide what to do with each row of a batch.
+    /// Decide what to do with each row of a batch. Returns the actions and
+    /// the keys whose existing CRM record this sync created in an earlier
+    /// write whose reply was lost.
     async fn plan(
         &self,
         rows: &[Row],
         unique: bool,
         copy: Option<&CrmCopy>,
-    ) -> Result<Vec<Action>, CallError> {
+        pending: &Pending,
+    ) -> Result<(Vec<Action>, HashSet<String>), CallError> {
         let sync = self.sync;
         // Upserts by a unique key and updates by a unique key need no lookup,
         // unless an if_empty field needs the CRM's current value (or this is a
@@ -720,17 +784,21 @@ impl Run<'_> {
         let found = if need_lookup {
             let keys: Vec<String> = rows.iter().filter_map(|r| r.key.clone()).collect();
             // A fresh lake copy answers if_empty for the keys it holds, when
-            // that is all the lookup is for; the CRM is read for the rest.
+            // that is all the lookup is for. A key the copy lacks is new
+            // since the copy (an upsert creates it), unless an earlier write
+            // of it is pending: only those are read from the CRM.
             let from_copy =
                 copy.filter(|_| unique && sync.mode != Mode::Insert && !self.opts.dry_run);
             let mut found: HashMap<String, Vec<Existing>> = HashMap::new();
             let mut ask = Vec::new();
             for k in keys {
-                match from_copy.and_then(|c| c.get(&k.to_lowercase())) {
-                    Some(e) => {
-                        found.insert(k.to_lowercase(), vec![e.clone()]);
+                let nk = normalize_key(&k);
+                match from_copy.map(|c| c.get(&nk)) {
+                    Some(Some(e)) => {
+                        found.insert(nk, vec![e.clone()]);
                     }
-                    None => ask.push(k),
+                    Some(None) if !pending.contains_key(&nk) => {}
+                    _ => ask.push(k),
                 }
             }
             if !ask.is_empty() {
@@ -750,13 +818,13 @@ impl Run<'_> {
         } else {
             HashMap::new()
         };
+        let mut ours = HashSet::new();
         let mut actions = Vec::with_capacity(rows.len());
         for row in rows {
             let key = row.key.clone().unwrap_or_default();
-            let matches: &[Existing] = found
-                .get(&key.to_lowercase())
-                .map(Vec::as_slice)
-                .unwrap_or(&[]);
+            let nk = normalize_key(&key);
+            let since = pending.get(&nk).copied();
+            let matches: &[Existing] = found.get(&nk).map(Vec::as_slice).unwrap_or(&[]);
             if matches.len() > 1 {
                 let ids: Vec<&str> = matches.iter().map(|m| m.id.as_str()).collect();
                 actions.push(Action::Reject {
@@ -770,16 +838,28 @@ impl Run<'_> {
                 });
                 continue;
             }
-            let existing = matches.first();
+            let current = matches.first();
+            // A record created since an earlier create of ours went unanswered
+            // is the one we created.
+            if let (Some(since), Some(e)) = (since, current)
+                && e.created_at.is_some_and(|at| at + CLOCK_SKEW >= since)
+            {
+                ours.insert(key.clone());
+            }
+            // The CRM confirmed this record to an earlier run: a search that
+            // does not show it yet (HubSpot's index lags writes) must not
+            // make it a create. Its current values stay unknown, so if_empty
+            // fields are not sent for it.
+            let confirmed = row.crm_id.as_ref().map(|id| Existing {
+                id: id.clone(),
+                properties: BTreeMap::new(),
+                created_at: None,
+            });
+            let existing = current.or(confirmed.as_ref().filter(|_| !unique));
             let out = |op: Op, id: Option<String>, creating: bool| {
-                Action::Send(
-                    op,
-                    Outgoing {
-                        key: key.clone(),
-                        id,
-                        properties: self.payload(row, existing, creating),
-                    },
-                )
+                let mut o = Outgoing::new(key.clone(), id, self.payload(row, current, creating));
+                o.pending_since = since;
+                Action::Send(op, o)
             };
             let action = match (sync.mode, unique, existing) {
                 // A dry run reports an upsert of a key the CRM lacks as a create.
@@ -789,6 +869,17 @@ impl Run<'_> {
                 // Not found (or not looked up): the upsert creates it.
                 (Mode::Upsert | Mode::Mirror, true, e) => {
                     out(Op::Upsert, None, e.is_none() && need_lookup)
+                }
+                (Mode::Upsert | Mode::Mirror | Mode::Insert, false, None)
+                    if since.is_some_and(|t| {
+                        Utc::now() - t
+                            < chrono::TimeDelta::from_std(self.dest.search_lag(unique))
+                                .unwrap_or_default()
+                    }) =>
+                {
+                    Action::Wait {
+                        since: since.unwrap_or_else(Utc::now),
+                    }
                 }
                 (Mode::Upsert | Mode::Mirror, false, None) => out(Op::Create, None, true),
                 (Mode::Upsert | Mode::Mirror | Mode::Update, false, Some(e)) => {
@@ -836,8 +927,9 @@ impl Run<'_> {
                 }
                 if let Action::Send(op, o) = a {
                     let key = row.key.clone().unwrap_or_default();
+                    let nk = normalize_key(&key);
                     let before = found
-                        .get(&key.to_lowercase())
+                        .get(&nk)
                         .and_then(|m| m.first())
                         .map(|e| {
                             o.properties
@@ -848,7 +940,7 @@ impl Run<'_> {
                                 .collect()
                         })
                         .unwrap_or_default();
-                    let action = match (op, found.contains_key(&key.to_lowercase())) {
+                    let action = match (op, found.contains_key(&nk)) {
                         (Op::Create, _) | (Op::Upsert, false) => "create",
                         _ => "update",
                     };
@@ -861,16 +953,22 @@ impl Run<'_> {
                 }
             }
         }
-        Ok(actions)
+        Ok((actions, ours))
     }
 
     /// Plan, send and commit one batch of added/changed rows.
-    async fn chunk(&self, rows: Vec<Row>, unique: bool, copy: Option<&CrmCopy>) -> Result<()> {
+    async fn chunk(
+        &self,
+        rows: Vec<Row>,
+        unique: bool,
+        copy: Option<&CrmCopy>,
+        pending: &Pending,
+    ) -> Result<()> {
         if self.stopped() {
             self.add(|c| c.not_sent += rows.len() as u64);
             return Ok(());
         }
-        let actions = match self.plan(&rows, unique, copy).await {
+        let (actions, ours) = match self.plan(&rows, unique, copy, pending).await {
             Ok(a) => a,
             Err(e @ (CallError::Auth { .. } | CallError::DailyLimit)) => {
                 self.set_stop(e);
@@ -878,18 +976,26 @@ impl Run<'_> {
                 return Ok(());
             }
             Err(e) => {
-                // The lookup failed: these rows are not sent; they stay pending.
+                // The lookup failed: nothing is known about these records, so
+                // none is sent (not created, not overwritten); they stay
+                // pending. A key whose earlier write is unknown stays so.
                 let logs: Vec<LogRow> = rows
                     .iter()
                     .map(|r| {
+                        let since = r
+                            .key
+                            .as_deref()
+                            .and_then(|k| pending.get(&normalize_key(k)).copied());
+                        let status = if since.is_some() { "unknown" } else { "failed" };
                         let mut l = LogRow::error(
                             r.key.as_deref(),
                             "lookup",
-                            "failed",
+                            status,
                             &e.category(),
-                            &e.message(),
+                            &format!("the lookup failed, so nothing was sent: {}", e.message()),
                         );
                         l.hash = r.hash.clone();
+                        l.at = since;
                         l
                     })
                     .collect();
@@ -924,7 +1030,7 @@ impl Run<'_> {
                         &key,
                         if skipped { "skip" } else { "update" },
                         Some(id),
-                        row.created,
+                        row.created || ours.contains(&key),
                     );
                     l.hash = row.hash.clone();
                     l.attempts = 0;
@@ -944,6 +1050,23 @@ impl Run<'_> {
                     logs.push(l);
                     self.add(|c| c.rejected += 1);
                 }
+                Action::Wait { since } => {
+                    let mut l = LogRow::error(
+                        Some(&key),
+                        "create",
+                        "unknown",
+                        "PENDING_CREATE",
+                        &format!(
+                            "a create sent at {} may have been applied; the CRM's search may not show it yet, so it is looked up again next run before anything is sent",
+                            since.to_rfc3339()
+                        ),
+                    );
+                    l.hash = row.hash.clone();
+                    l.at = Some(since);
+                    l.attempts = 0;
+                    logs.push(l);
+                    self.add(|c| c.unknown += 1);
+                }
             }
         }
         if self.opts.dry_run {
@@ -956,7 +1079,37 @@ impl Run<'_> {
             }
             return Ok(());
         }
+        // Write-ahead: a create found by a lagging search, or a mirror's
+        // upsert of a new record, is logged `unknown` before it is sent, so
+        // a run killed before the reply leaves a trace: the next run waits
+        // for the search to catch up and looks before writing it again, and
+        // knows that a record created since then is this sync's.
+        let intents: Vec<LogRow> = groups
+            .values()
+            .filter(|(op, _)| {
+                (*op == Op::Create && !self.dest.search_lag(unique).is_zero())
+                    || (*op == Op::Upsert && self.sync.mode == Mode::Mirror)
+            })
+            .flat_map(|(op, outs)| outs.iter().map(move |o| (*op, o)))
+            .filter(|(op, o)| {
+                *op == Op::Create || by_key.get(&o.key).is_some_and(|r| r.op == DiffOp::Add)
+            })
+            .map(|(op, o)| {
+                let mut l = LogRow::error(
+                    Some(&o.key),
+                    op.as_str(),
+                    "unknown",
+                    "IN_FLIGHT",
+                    "sent; if no outcome follows, the run stopped before the CRM answered and the record is looked up before it is written again",
+                );
+                l.at = Some(o.pending_since.unwrap_or_else(Utc::now));
+                l.attempts = 0;
+                l
+            })
+            .collect();
+        self.log.append(&intents).await?;
         for (_, (op, outs)) in groups {
+            let sent_at = Utc::now();
             let sent: Vec<(Outgoing, Outcome, u32)> = if op == Op::Create {
                 self.create_safely(outs, unique).await
             } else {
@@ -965,10 +1118,14 @@ impl Run<'_> {
             for (o, outcome, attempts) in sent {
                 let row = by_key.get(&o.key).copied();
                 let hash = row.and_then(|r| r.hash.clone());
-                let was_created = row.is_some_and(|r| r.created);
+                let was_created = row.is_some_and(|r| r.created) || ours.contains(&o.key);
+                // A create, or an upsert of a record the CRM may not have had,
+                // may have happened when its reply was lost.
+                let may_create = op == Op::Create
+                    || (op == Op::Upsert && row.is_some_and(|r| r.op == DiffOp::Add));
                 let payload = serde_json::to_string(&o.properties).ok();
-                let l = match outcome.result {
-                    Ok(Written { id, created }) => {
+                let l = match outcome.fate {
+                    Fate::Written(Written { id, created }) => {
                         self.add(|c| {
                             if created {
                                 c.created += 1
@@ -983,29 +1140,23 @@ impl Run<'_> {
                         l.attempts = attempts as i64;
                         l
                     }
-                    Err(Refusal {
-                        category,
-                        message,
-                        response,
-                        transient,
-                    }) => {
-                        let status = if transient { "failed" } else { "rejected" };
-                        self.add(|c| {
-                            if transient {
-                                c.failed += 1
-                            } else {
-                                c.rejected += 1
-                            }
-                        });
-                        let mut l =
-                            LogRow::error(Some(&o.key), op.as_str(), status, &category, &message);
-                        l.crm_id = o.id.clone();
-                        l.created = was_created;
-                        l.hash = hash;
-                        l.payload = payload;
-                        l.response = response;
-                        l.attempts = attempts as i64;
-                        l
+                    Fate::Refused(r) if r.transient && may_create => {
+                        self.unknown_row(&o, op, &r.message, sent_at, hash, payload, attempts)
+                    }
+                    Fate::Unknown(why) if may_create => {
+                        self.unknown_row(&o, op, &why, sent_at, hash, payload, attempts)
+                    }
+                    Fate::Unknown(why) => {
+                        let r = Refusal {
+                            category: "NO_RESULT".into(),
+                            message: why,
+                            response: None,
+                            transient: true,
+                        };
+                        self.refused_row(&o, op, r, was_created, hash, payload, attempts)
+                    }
+                    Fate::Refused(r) => {
+                        self.refused_row(&o, op, r, was_created, hash, payload, attempts)
                     }
                 };
                 logs.push(l);
@@ -1015,12 +1166,89 @@ impl Run<'_> {
         self.log.append(&logs).await
     }
 
+    /// The log row of a write whose fate is unknown, timed at its first
+    /// attempt: a record created since then was created by this sync.
+    #[allow(clippy::too_many_arguments)]
+    fn unknown_row(
+        &self,
+        o: &Outgoing,
+        op: Op,
+        why: &str,
+        sent_at: chrono::DateTime<Utc>,
+        hash: Option<String>,
+        payload: Option<String>,
+        attempts: u32,
+    ) -> LogRow {
+        self.add(|c| c.unknown += 1);
+        let mut l = LogRow::error(
+            Some(&o.key),
+            op.as_str(),
+            "unknown",
+            "UNKNOWN_OUTCOME",
+            &format!(
+                "{why}; the write may have been applied, so the record is looked up before it is written again"
+            ),
+        );
+        l.hash = hash;
+        l.payload = payload;
+        l.attempts = attempts as i64;
+        l.at = Some(o.pending_since.map_or(sent_at, |p| p.min(sent_at)));
+        l
+    }
+
+    /// The log row of a record the CRM refused (or that failed transiently).
+    #[allow(clippy::too_many_arguments)]
+    fn refused_row(
+        &self,
+        o: &Outgoing,
+        op: Op,
+        r: Refusal,
+        was_created: bool,
+        hash: Option<String>,
+        payload: Option<String>,
+        attempts: u32,
+    ) -> LogRow {
+        let status = if r.transient { "failed" } else { "rejected" };
+        self.add(|c| {
+            if r.transient {
+                c.failed += 1
+            } else {
+                c.rejected += 1
+            }
+        });
+        let mut l = LogRow::error(Some(&o.key), op.as_str(), status, &r.category, &r.message);
+        l.crm_id = o.id.clone();
+        l.created = was_created;
+        l.hash = hash;
+        l.payload = payload;
+        l.response = r.response;
+        l.attempts = attempts as i64;
+        l
+    }
+
     /// Send one group; a batch refused as a whole is split in halves until
-    /// the bad records are alone. Returns every record's outcome and how many
-    /// calls carried it. Records not sent because the run stopped are left out.
+    /// the bad records are alone, unless the refusal applies to every
+    /// record alike. Returns every record's outcome and how many calls
+    /// carried it. Records not sent because the run stopped are left out.
     async fn send_split(&self, op: Op, rows: Vec<Outgoing>) -> Vec<(Outgoing, Outcome, u32)> {
         let mut out = Vec::new();
         let mut stack: Vec<(Vec<Outgoing>, u32)> = vec![(rows, 0)];
+        let refuse_all = |out: &mut Vec<(Outgoing, Outcome, u32)>,
+                          part: Vec<Outgoing>,
+                          r: Refusal,
+                          tries: u32| {
+            for o in part {
+                let key = o.key.clone();
+                out.push((
+                    o,
+                    Outcome {
+                        key,
+                        fate: Fate::Refused(r.clone()),
+                    },
+                    tries,
+                ));
+            }
+        };
         while let Some((mut part, tries)) = stack.pop() {
             if self.stopped() {
                 self.add(|c| c.not_sent += part.len() as u64);
@@ -1032,22 +1260,19 @@ impl Run<'_> {
                 .await
             {
                 Ok(outcomes) => {
-                    let by_key: HashMap<String, Outcome> =
+                    let mut by_key: HashMap<String, Outcome> =
                         outcomes.into_iter().map(|o| (o.key.clone(), o)).collect();
                     for o in part {
-                        let outcome = by_key.get(&o.key).cloned().unwrap_or_else(|| Outcome {
+                        let outcome = by_key.remove(&o.key).unwrap_or_else(|| Outcome {
                             key: o.key.clone(),
-                            result: Err(Refusal {
-                                category: "NO_RESULT".into(),
-                                message: "no outcome for this record".into(),
-                                response: None,
-                                transient: true,
-                            }),
+                            fate: Fate::Unknown("no outcome for this record".into()),
                         });
                         out.push((o, outcome, tries + 1));
                     }
                 }
-                Err(CallError::Rejected { .. }) if part.len() > 1 => {
+                Err(e @ CallError::Rejected { .. })
+                    if part.len() > 1 && !self.dest.refuses_every_row(&e) =>
+                {
                     let right = part.split_off(part.len() / 2);
                     stack.push((right, tries + 1));
                     stack.push((part, tries + 1));
@@ -1057,42 +1282,26 @@ impl Run<'_> {
                         CallError::Rejected { body, .. } => Some(body.to_string()),
                         _ => None,
                     };
-                    for o in part {
-                        out.push((
-                            o.clone(),
-                            Outcome {
-                                key: o.key.clone(),
-                                result: Err(Refusal {
-                                    category: e.category(),
-                                    message: e.message(),
-                                    response: body.clone(),
-                                    transient: false,
-                                }),
-                            },
-                            tries + 1,
-                        ));
-                    }
+                    let r = Refusal {
+                        category: e.category(),
+                        message: e.message(),
+                        response: body,
+                        transient: false,
+                    };
+                    refuse_all(&mut out, part, r, tries + 1);
                 }
                 Err(e @ CallError::Transient { .. }) => {
                     let attempts = match &e {
                         CallError::Transient { attempts, .. } => *attempts,
                         _ => 1,
                     };
-                    for o in part {
-                        out.push((
-                            o.clone(),
-                            Outcome {
-                                key: o.key.clone(),
-                                result: Err(Refusal {
-                                    category: e.category(),
-                                    message: e.message(),
-                                    response: None,
-                                    transient: true,
-                                }),
-                            },
-                            tries + attempts,
-                        ));
-                    }
+                    let r = Refusal {
+                        category: e.category(),
+                        message: e.message(),
+                        response: None,
+                        transient: true,
+                    };
+                    refuse_all(&mut out, part, r, tries + attempts);
                 }
                 Err(e) => {
                     self.add(|c| c.not_sent += part.len() as u64);
@@ -1103,8 +1312,15 @@ impl Run<'_> {
         out
     }
 
-    /// Creates are not idempotent: when a reply is lost, look the records up
-    /// before sending them again, so a create that did happen is not repeated.
+    /// Creates are not idempotent, so a create is never sent blind twice.
+    /// When its reply is lost (or does not mention a record), the record's
+    /// fate is unknown. Where the CRM's lookups see writes at once (a unique
+    /// key, read by batch read), the records are looked up: found once, the
+    /// create happened; found twice, it is ambiguous (dead-lettered with the
+    /// ids); reported absent after a transport failure, it is sent again. A
+    /// lookup that fails, a 2xx reply that left a record out, or a lookup by
+    /// a lagging search settles nothing: the record is logged `unknown` and
+    /// settled by a read next run, before anything is written for it.
     async fn create_safely(
         &self,
         rows: Vec<Outgoing>,
@@ -1113,23 +1329,47 @@ impl Run<'_> {
         let mut done = Vec::new();
         let mut pending = rows;
         let mut attempt = 0u32;
+        let consistent = self.dest.search_lag(unique).is_zero();
+        let unknown = |o: Outgoing, why: String, tries: u32| {
+            let key = o.key.clone();
+            (
+                o,
+                Outcome {
+                    key,
+                    fate: Fate::Unknown(why),
+                },
+                tries,
+            )
+        };
         while !pending.is_empty() && !self.stopped() {
             attempt += 1;
             let sent = self.send_split(Op::Create, pending).await;
-            let mut lost = Vec::new();
+            pending = Vec::new();
+            // (record, tries, whether the reply was lost in transport)
+            let mut lost: Vec<(Outgoing, u32, String, bool)> = Vec::new();
             for (o, outcome, tries) in sent {
-                match &outcome.result {
-                    Err(r) if r.transient && attempt < self.retry.max_attempts => {
-                        lost.push((o, tries))
-                    }
-                    _ => done.push((o, outcome, tries)),
+                match outcome.fate {
+                    Fate::Refused(r) if r.transient => lost.push((o, tries, r.message, true)),
+                    Fate::Unknown(why) => lost.push((o, tries, why, false)),
+                    fate => done.push((
+                        o,
+                        Outcome {
+                            key: outcome.key,
+                            fate,
+                        },
+                        tries,
+                    )),
                 }
             }
             if lost.is_empty() {
                 break;
             }
+            if !consistent || attempt >= self.retry.max_attempts {
+                done.extend(lost.into_iter().map(|(o, t, why, _)| unknown(o, why, t)));
+                break;
+            }
             tokio::time::sleep(self.retry.backoff(attempt)).await;
-            let keys: Vec<String> = lost.iter().map(|(o, _)| o.key.clone()).collect();
+            let keys: Vec<String> = lost.iter().map(|(o, ..)| o.key.clone()).collect();
             let found = match self
                 .dest
                 .lookup(
@@ -1142,28 +1382,55 @@ impl Run<'_> {
                 .await
             {
                 Ok(f) => f,
-                Err(e @ (CallError::Auth { .. } | CallError::DailyLimit)) => {
-                    self.set_stop(e);
-                    self.add(|c| c.not_sent += lost.len() as u64);
+                Err(e) => {
+                    let why = format!("the lookup after a lost create failed: {}", e.message());
+                    if matches!(e, CallError::Auth { .. } | CallError::DailyLimit) {
+                        self.set_stop(e);
+                    }
+                    done.extend(
+                        lost.into_iter()
+                            .map(|(o, t, _, _)| unknown(o, why.clone(), t)),
+                    );
                     break;
                 }
-                Err(_) => HashMap::new(),
             };
-            pending = Vec::new();
-            for (o, tries) in lost {
-                match found.get(&o.key.to_lowercase()).map(Vec::as_slice) {
+            for (o, tries, why, transport) in lost {
+                match found.get(&normalize_key(&o.key)).map(Vec::as_slice) {
                     Some([e]) => {
                         tracing::info!(key = %o.key, id = %e.id, "a create whose reply was lost did happen; not sending it again");
                         let outcome = Outcome {
                             key: o.key.clone(),
-                            result: Ok(Written {
+                            fate: Fate::Written(Written {
                                 id: e.id.clone(),
                                 created: true,
                             }),
                         };
                         done.push((o, outcome, tries));
                     }
-                    _ => pending.push(o),
+                    Some(many) if many.len() > 1 => {
+                        let ids: Vec<&str> = many.iter().map(|m| m.id.as_str()).collect();
+                        let outcome = Outcome {
+                            key: o.key.clone(),
+                            fate: Fate::Refused(Refusal {
+                                category: "AMBIGUOUS_MATCH".into(),
+                                message: format!(
+                                    "after a lost create, {} CRM records have {} = {} (ids {}): merge them in the CRM",
+                                    many.len(),
+                                    self.sync.key_property,
+                                    o.key,
+                                    ids.join(", ")
+                                ),
+                                response: None,
+                                transient: false,
+                            }),
+                        };
+                        done.push((o, outcome, tries));
+                    }
+                    // Absent after a transport failure: the create never
+                    // landed, so it is sent again.
+                    _ if transport => pending.push(o),
+                    // A 2xx reply left it out: never re-sent in this run.
+                    _ => done.push(unknown(o, why, tries)),
                 }
             }
         }
@@ -1205,37 +1472,34 @@ impl Run<'_> {
             }
             let outs: Vec<Outgoing> = chunk
                 .iter()
-                .map(|r| Outgoing {
-                    key: r.key.clone().unwrap_or_default(),
-                    id: r.crm_id.clone(),
-                    properties: BTreeMap::new(),
+                .map(|r| {
+                    Outgoing::new(
+                        r.key.clone().unwrap_or_default(),
+                        r.crm_id.clone(),
+                        BTreeMap::new(),
+                    )
                 })
                 .collect();
             let mut logs = Vec::new();
             for (o, outcome, tries) in self.send_split(Op::Archive, outs).await {
-                let mut l = match outcome.result {
-                    Ok(_) => {
+                let mut l = match outcome.fate {
+                    Fate::Written(_) => {
                         self.add(|c| c.archived += 1);
                         LogRow::ok(&o.key, "archive", o.id.clone(), true)
                     }
-                    Err(r) => {
-                        self.add(|c| {
-                            if r.transient {
-                                c.failed += 1
-                            } else {
-                                c.rejected += 1
-                            }
-                        });
-                        let mut l = LogRow::error(
-                            Some(&o.key),
-                            "archive",
-                            if r.transient { "failed" } else { "rejected" },
-                            &r.category,
-                            &r.message,
-                        );
-                        l.crm_id = o.id.clone();
+                    Fate::Refused(r) => {
+                        let mut l = self.refused_row(&o, Op::Archive, r, true, None, None, tries);
                         l.created = true;
                         l
+                    }
+                    Fate::Unknown(why) => {
+                        let r = Refusal {
+                            category: "NO_RESULT".into(),
+                            message: why,
+                            response: None,
+                            transient: true,
+                        };
+                        self.refused_row(&o, Op::Archive, r, true, None, None, tries)
                     }
                 };
                 l.attempts = tries as i64;

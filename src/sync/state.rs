@@ -57,7 +57,8 @@ pub fn log_schema() -> SchemaRef {
         Field::new("key", DataType::Utf8, true),
         // create | update | upsert | archive | skip | forget | reject | snapshot
         Field::new("operation", DataType::Utf8, false),
-        // ok | rejected | failed
+        // ok | rejected | failed | unknown (the write's fate is not known:
+        // settled by a read before the record is written again)
         Field::new("status", DataType::Utf8, false),
         Field::new("crm_id", DataType::Utf8, true),
         // Whether this sync created the record (mirror archives only those).
@@ -89,6 +90,10 @@ pub struct LogRow {
     pub error_message: Option<String>,
     pub response: Option<String>,
     pub attempts: i64,
+    /// The row's time, if not the moment it is logged: an `unknown` write
+    /// is logged at the time its first attempt was sent, from which on the
+    /// CRM may hold its effect.
+    pub at: Option<DateTime<Utc>>,
 }
 
 impl LogRow {
@@ -105,6 +110,7 @@ impl LogRow {
             error_message: None,
             response: None,
             attempts: 1,
+            at: None,
         }
     }
 
@@ -127,6 +133,7 @@ impl LogRow {
             error_message: Some(message.to_string()),
             response: None,
             attempts: 1,
+            at: None,
         }
     }
 }
@@ -159,7 +166,7 @@ pub fn log_batch(
         Arc::new(Int64Array::from(
             rows.iter().map(|r| r.attempts).collect::<Vec<_>>(),
         )),
-        ts_array(std::iter::repeat_n(at, rows.len())),
+        ts_array(rows.iter().map(|r| r.at.unwrap_or(at))),
     ];
     Ok(RecordBatch::try_new(log_schema(), cols)?)
 }

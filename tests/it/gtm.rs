@@ -1032,6 +1032,9 @@ async fn demo_leaves_the_crm_matching_the_scoring_mart() {
             (deal, gone)
         })
         .unwrap();
+    // The extractor reads changes older than its search lag margin (the
+    // demo's: twice the emulator's 1 s lag).
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     let before = rows(
         &demo,
         &format!("select contact_id from stg_hubspot__deal_contacts where deal_id = '{deal}'"),

@@ -6,6 +6,8 @@
 //! `models`: SQL models on the fixture project `tests/fixtures/gtm`.
 //! `sim`: the HubSpot emulator over real HTTP.
 //! `sync`: reverse sync to the emulator, incl. the kill -9 crash test.
+//! `vendor`: regressions against vendors as they really behave (lagging
+//! search, normalized keys, lost replies, redirects, paging quirks).
 
 mod cli;
 mod extract;
@@ -14,6 +16,7 @@ mod landing;
 mod models;
 mod sim;
 mod sync;
+mod vendor;
 
 /// Copy a folder tree (fixtures, the starter project) into a test's own folder.
 pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {

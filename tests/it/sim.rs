@@ -211,6 +211,17 @@ async fn list_pages_with_after_and_search_caps_at_10000() {
     }
     assert_eq!((seen, pages), (300, 3));
     let q = json!({"filterGroups": [{"filters": [{"propertyName": "email", "operator": "CONTAINS_TOKEN", "value": "c1"}]}], "limit": 5});
+    // Search lags writes (list above saw them at once): nothing yet.
+    let (st, _, v) = call(
+        &s,
+        "POST",
+        "/crm/v3/objects/contacts/search",
+        Some(q.clone()),
+    )
+    .await;
+    assert_eq!((st, v["total"].clone()), (200, json!(0)));
+    tokio::time::sleep(SimConfig::default().search_lag + std::time::Duration::from_millis(100))
+        .await;
     let (st, h, v) = call(&s, "POST", "/crm/v3/objects/contacts/search", Some(q)).await;
     assert_eq!(st, 200);
     assert_eq!(v["total"], 1);

@@ -90,6 +90,8 @@ name = "synctest"
 [destinations.hubspot]
 type = "hubspot"
 url = "{sim_url}"
+# The emulator's search lags writes by 1 s.
+search_lag_seconds = 2
 token = "${{HS_TOKEN}}"
 max_attempts = 8
 backoff_initial_ms = 20
@@ -276,7 +278,7 @@ async fn upsert_sends_only_what_changed() {
     assert_eq!(runs, vec![vec!["3".to_string(), "250".into(), "4".into()]]);
 }
 
-fn sync_toml(
+pub fn sync_toml(
     name: &str,
     model: &str,
     object: &str,
@@ -560,6 +562,7 @@ async fn twenty_percent_faults_still_converge_to_the_model() {
             slow: 0.05,
             slow_ms: 300,
             dropped: 0.05,
+            ..Faults::default()
         },
         ..SimConfig::default()
     })

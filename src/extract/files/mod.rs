@@ -151,6 +151,19 @@ pub fn parse_csv(
     };
     check_header(file, &header, declared)?;
     let names: Vec<String> = header.iter().map(|h| column_name(h)).collect();
+    // Two headers that become one column would silently lose one's values.
+    for (i, n) in names.iter().enumerate() {
+        if let Some(j) = names[..i].iter().position(|m| m == n) {
+            return Err(format!(
+                "{file}:1: the headers {:?} (column {}) and {:?} (column {}) both become the column {n:?}. \
+                 Nothing from this file was landed; rename one of them and drop the file again",
+                header[j],
+                j + 1,
+                header[i],
+                i + 1
+            ));
+        }
+    }
     let mut good = Vec::new();
     let mut bad = Vec::new();
     for (i, rec) in records.enumerate() {
@@ -181,9 +194,23 @@ pub fn parse_csv(
                 good.push(Value::Object(m));
             }
             Err(e) => bad.push(Rejected {
-                origin: Some(format!("{file}:{line}")),
+                origin: Some(format!(
+                    "{file}:{}",
+                    e.position().map(|p| p.line()).unwrap_or(line)
+                )),
                 reason: format!("not valid CSV: {e}"),
-                record: String::new(),
+                // The raw line, so the row can be fixed and dropped again.
+                record: e
+                    .position()
+                    .and_then(|p| usize::try_from(p.byte()).ok())
+                    .and_then(|at| bytes.get(at..))
+                    .map(|rest| {
+                        let end = rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len());
+                        String::from_utf8_lossy(&rest[..end])
+                            .trim_end_matches('\r')
+                            .to_string()
+                    })
+                    .unwrap_or_default(),
             }),
         }
     }
@@ -304,7 +331,15 @@ impl Source for FileSource {
                             continue;
                         }
                     };
-                    let batches = reader.collect::<std::result::Result<Vec<_>, _>>()?;
+                    // A file whose footer reads but whose pages are corrupt is
+                    // refused whole; the stream's other files still land.
+                    let batches = match reader.collect::<std::result::Result<Vec<_>, _>>() {
+                        Ok(b) => b,
+                        Err(e) => {
+                            run.reject_file(&name, &format!("{name}: a corrupt Parquet file (its data cannot be read: {e}); nothing from it was landed")).await?;
+                            continue;
+                        }
+                    };
                     run.land_file_batches(&name, batches, bytes.len()).await?
                 }
             };

@@ -36,6 +36,7 @@ pub struct HubspotSource {
     name: String,
     client: Client,
     search: Arc<RateLimiter>,
+    lag_margin: Duration,
     streams: Vec<HubspotStream>,
 }
 
@@ -64,6 +65,7 @@ impl HubspotSource {
             auth,
             requests_per_10s,
             search_per_second,
+            lag_margin,
             streams,
         } = spec
         else {
@@ -91,20 +93,19 @@ impl HubspotSource {
             name: name.clone(),
             client,
             search,
+            lag_margin: *lag_margin,
             streams: streams.clone(),
         })
     }
 
     fn fail(&self, e: CallError) -> Error {
-        match e {
-            CallError::Auth { .. } => Error::Input(format!(
-                "{}: HubSpot refused the token ({}); check token in [sources.{}] and its crm.objects.*.read scopes",
-                self.name,
-                e.message(),
+        e.into_error(
+            &format!("{} (HubSpot)", self.name),
+            &format!(
+                "check token in [sources.{}] and its crm.objects.*.read scopes",
                 self.name
-            )),
-            other => Error::Input(format!("{}: HubSpot: {}", self.name, other.message())),
-        }
+            ),
+        )
     }
 
     async fn get(&self, path: String) -> Result<crate::http::Reply> {
@@ -208,12 +209,82 @@ impl HubspotSource {
                 path.push_str(&format!("&after={a}"));
             }
             let reply = self.get(path).await?;
-            let results = reply.body["results"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
+            let results = self.results(&reply, s)?;
             self.page(s, &results, reply.bytes, run).await?;
             match reply.body["paging"]["next"]["after"].as_str() {
+                Some(a) if after.as_deref() == Some(a) => {
+                    return Err(Error::Vendor {
+                        vendor: format!("{} (HubSpot)", self.name),
+                        message: format!(
+                            "{}: the list endpoint returned the same next page ({a}) twice; stopping instead of looping",
+                            s.name
+                        ),
+                        retryable: true,
+                    });
+                }
+                Some(a) => after = Some(a.to_string()),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// A reply's `results`; a reply without them is unreadable, not empty.
+    fn results(&self, reply: &crate::http::Reply, s: &HubspotStream) -> Result<Vec<Value>> {
+        reply.body["results"]
+            .as_array()
+            .cloned()
+            .ok_or_else(|| Error::Vendor {
+                vendor: format!("{} (HubSpot)", self.name),
+                message: format!(
+                    "{}: a reply without a results list; nothing was landed from it and the cursor did not move",
+                    s.name
+                ),
+                retryable: true,
+            })
+    }
+
+    /// Records archived since `lo` (`archived=true` lists only archived
+    /// records, with `archivedAt`): landed with `archived = true`, so models
+    /// drop them and a sync does not recreate what someone deleted.
+    async fn archived_since(
+        &self,
+        s: &HubspotStream,
+        props: &[String],
+        lo: i64,
+        run: &mut StreamRun<'_>,
+    ) -> Result<()> {
+        let mut after: Option<String> = None;
+        loop {
+            let mut path = format!(
+                "/crm/v3/objects/{}?limit=100&archived=true&properties={}",
+                s.object,
+                props.join(",")
+            );
+            if let Some(a) = &after {
+                path.push_str(&format!("&after={a}"));
+            }
+            let reply = self.get(path).await?;
+            let results: Vec<Value> = self
+                .results(&reply, s)?
+                .into_iter()
+                .filter(|r| {
+                    r["archivedAt"]
+                        .as_str()
+                        .or(r["updatedAt"].as_str())
+                        .and_then(millis)
+                        .is_none_or(|t| t >= lo)
+                })
+                .map(|mut r| {
+                    r["archived"] = json!(true);
+                    r
+                })
+                .collect();
+            if !results.is_empty() {
+                let rows: Vec<Value> = results.iter().map(Self::row).collect();
+                run.push(rows, reply.bytes).await?;
+            }
+            match reply.body["paging"]["next"]["after"].as_str() {
+                Some(a) if after.as_deref() == Some(a) => return Ok(()),
                 Some(a) => after = Some(a.to_string()),
                 None => return Ok(()),
             }
@@ -249,18 +320,28 @@ impl HubspotSource {
             let reply = self
                 .post(format!("/crm/v3/objects/{}/search", s.object), &body, true)
                 .await?;
-            let results = reply.body["results"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
+            let results = self.results(&reply, s)?;
             if results.is_empty() {
                 return Ok(());
             }
-            last = results
+            let next = results
                 .iter()
                 .filter_map(|r| super::text(&r["id"]).parse::<u64>().ok())
                 .max()
                 .unwrap_or(last);
+            if next <= last {
+                // Ids that are not numbers (or do not grow) would page forever.
+                return Err(Error::Vendor {
+                    vendor: format!("{} (HubSpot)", self.name),
+                    message: format!(
+                        "{}: records modified at {} have ids that do not page in order (last {last}); stopping instead of looping",
+                        s.name,
+                        from_millis(at)
+                    ),
+                    retryable: false,
+                });
+            }
+            last = next;
             self.page(s, &results, reply.bytes, run).await?;
         }
     }
@@ -289,10 +370,7 @@ impl HubspotSource {
             let reply = self
                 .post(format!("/crm/v3/objects/{}/search", s.object), &body, true)
                 .await?;
-            let results = reply.body["results"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
+            let results = self.results(&reply, s)?;
             let last = results
                 .iter()
                 .filter_map(|r| r["properties"][cursor].as_str().and_then(millis))
@@ -375,15 +453,26 @@ impl Source for HubspotSource {
             run.declare(Some(&format!("{}_{to}", s.name)), &links)
                 .await?;
         }
-        // The run's upper bound: changes after it are the next run's.
-        let hi = Utc::now().timestamp_millis();
+        // The run's upper bound: changes after it are the next run's. It
+        // lags the clock by the margin, because HubSpot's search index lags
+        // writes: a change made just before "now" may not be searchable yet,
+        // and a window that ended at "now" would skip it for good.
+        let margin = i64::try_from(self.lag_margin.as_millis()).unwrap_or(i64::MAX);
+        let hi = Utc::now().timestamp_millis().saturating_sub(margin);
         let since = run
             .cursor()
             .and_then(|c| c["since"].as_str())
             .and_then(millis);
         match since {
+            // The list endpoint reads the record store (no lag); the next
+            // run searches from `hi`, so changes during the load are read
+            // again (duplicates, never gaps).
             None => self.full_load(&s, &props, run).await?,
-            Some(lo) => self.incremental(&s, &props, cursor, lo, hi, run).await?,
+            Some(lo) if lo >= hi => return Ok(Some(json!({ "since": from_millis(lo) }))),
+            Some(lo) => {
+                self.incremental(&s, &props, cursor, lo, hi, run).await?;
+                self.archived_since(&s, &props, lo, run).await?;
+            }
         }
         Ok(Some(json!({ "since": from_millis(hi) })))
     }

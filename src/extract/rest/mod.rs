@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::config::{Pagination, RestStream, SourceSpec};
 use super::{Source, StreamRun, at_path, cursor_after, text};
 use crate::error::{Error, Result};
-use crate::http::{Call, CallError, Client, RateLimiter, Vendor};
+use crate::http::{Call, Client, RateLimiter, Vendor};
 
 /// Generic rate-limit conventions (`X-RateLimit-*`, no daily budget in the body).
 pub const VENDOR: Vendor = Vendor {
@@ -26,6 +26,7 @@ pub const VENDOR: Vendor = Vendor {
 
 pub struct RestSource {
     name: String,
+    base: String,
     client: Client,
     streams: Vec<RestStream>,
 }
@@ -50,6 +51,7 @@ impl RestSource {
             .map_err(Error::Input)?;
         Ok(RestSource {
             name: name.clone(),
+            base: url.trim_end_matches('/').to_string(),
             client,
             streams: streams.clone(),
         })
@@ -63,18 +65,12 @@ impl RestSource {
     }
 
     async fn get(&self, path: String) -> Result<crate::http::Reply> {
-        self.client
-            .send(Call::get(path))
-            .await
-            .map_err(|e| match e {
-                CallError::Auth { .. } => Error::Input(format!(
-                    "{}: the API refused the credentials ({}); check auth in [sources.{}]",
-                    self.name,
-                    e.message(),
-                    self.name
-                )),
-                other => Error::Input(format!("{}: {}", self.name, other.message())),
-            })
+        self.client.send(Call::get(path)).await.map_err(|e| {
+            e.into_error(
+                &self.name,
+                &format!("check auth in [sources.{}]", self.name),
+            )
+        })
     }
 
     /// Fetch every page of one endpoint, pushing records; returns the largest
@@ -105,6 +101,10 @@ impl RestSource {
         let mut offset = 0usize;
         let mut next: Option<String> = None;
         let mut guard = 0u64;
+        // The previous page's records, to notice an API that ignores the
+        // paging parameter (or clamps it) and answers the same page again.
+        let mut previous_page: Option<u64> = None;
+        let mut pages_read = 0u64;
         loop {
             guard += 1;
             if guard > 10_000_000 {
@@ -150,9 +150,12 @@ impl RestSource {
                 _ => {}
             }
             let url = match (&s.pagination, &next) {
+                // Resolved against the page it came from, as a browser would;
+                // the client then refuses one on another origin.
                 (Pagination::NextUrl { .. } | Pagination::LinkHeader, Some(n)) => n.clone(),
                 _ => with_query(path, &q),
             };
+            let request = resolve(&self.base, &url);
             let reply = self.get(url.clone()).await?;
             let records = match at_path(&reply.body, &s.records) {
                 Some(Value::Array(a)) => a.clone(),
@@ -171,6 +174,36 @@ impl RestSource {
                 None => Vec::new(),
             };
             let n = records.len();
+            pages_read += 1;
+            if matches!(
+                s.pagination,
+                Pagination::Offset { .. } | Pagination::Page { .. }
+            ) && n > 0
+            {
+                let digest = page_digest(&records);
+                if previous_page == Some(digest) {
+                    let asked = match &s.pagination {
+                        Pagination::Offset { limit, .. } => Some(*limit),
+                        Pagination::Page { size, .. } => *size,
+                        _ => None,
+                    };
+                    // The second page equal to a full first one: the API
+                    // ignores the paging parameter, and the rest is out of
+                    // reach. Later: it clamps to its last page, which is read.
+                    if pages_read == 2 && asked.is_some_and(|a| n >= a) {
+                        return Err(Error::Vendor {
+                            vendor: self.name.clone(),
+                            message: format!(
+                                "{}: the API answered the second page with the first page's records: it ignores the paging parameter, so ferry cannot reach the rest. Check pagination in [sources.{}.streams.{}]",
+                                s.name, self.name, s.name
+                            ),
+                            retryable: false,
+                        });
+                    }
+                    return Ok(best);
+                }
+                previous_page = Some(digest);
+            }
             if let Some(inc) = &s.incremental {
                 for r in &records {
                     if let Some(v) = at_path(r, &inc.cursor_field).filter(|v| !v.is_null())
@@ -189,15 +222,18 @@ impl RestSource {
                     .map(text),
                 Pagination::NextUrl { path } => at_path(&reply.body, path)
                     .filter(|v| !v.is_null() && !text(v).is_empty())
-                    .map(text),
+                    .map(|v| join(&request, &text(v))),
                 Pagination::LinkHeader => reply
                     .headers
                     .get("link")
                     .and_then(|v| v.to_str().ok())
-                    .and_then(next_link),
-                Pagination::Offset { limit, .. } => {
+                    .and_then(next_link)
+                    .map(|l| join(&request, &l)),
+                // A short page is not the end (APIs cap `limit` below what
+                // was asked): only an empty page is.
+                Pagination::Offset { .. } => {
                     offset += n;
-                    (n >= *limit && n > 0).then(String::new)
+                    (n > 0).then(String::new)
                 }
                 Pagination::Page {
                     total_pages_path, ..
@@ -276,6 +312,57 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
+/// The absolute URL of a request path (a path under the source's URL, or
+/// an absolute URL already).
+fn resolve(base: &str, path: &str) -> String {
+    if path.starts_with("http://") || path.starts_with("https://") {
+        path.to_string()
+    } else {
+        format!("{base}{path}")
+    }
+}
+
+/// A next link (absolute, root-relative or relative) resolved against the
+/// URL of the page that gave it. An unparsable one is kept as given: the
+/// client refuses anything that is not on the vendor's origin.
+fn join(page: &str, link: &str) -> String {
+    match url::Url::parse(page).and_then(|u| u.join(link.trim())) {
+        Ok(u) => u.to_string(),
+        Err(_) => link.to_string(),
+    }
+}
+
+fn page_digest(records: &[Value]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for r in records {
+        r.to_string().hash(&mut h);
+    }
+    h.finish()
+}
+
+/// The cursor to save: the largest value seen, but for a time cursor no
+/// later than `start - margin` (see `Incremental::lag_margin_seconds`).
+pub fn capped_cursor(best: Value, start: chrono::DateTime<chrono::Utc>, margin: u64) -> Value {
+    let cap = start - chrono::TimeDelta::seconds(i64::try_from(margin).unwrap_or(i64::MAX / 2));
+    match &best {
+        Value::String(s) => match chrono::DateTime::parse_from_rfc3339(s) {
+            Ok(t) if t > cap => Value::String(
+                cap.with_timezone(&t.timezone())
+                    .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, s.ends_with('Z')),
+            ),
+            _ => best,
+        },
+        Value::Number(n) => match n.as_i64() {
+            // Epoch milliseconds (13 digits) or seconds (10 digits).
+            Some(ms) if ms > 100_000_000_000 => Value::from(ms.min(cap.timestamp_millis())),
+            Some(secs) if secs > 100_000_000 => Value::from(secs.min(cap.timestamp())),
+            _ => best,
+        },
+        _ => best,
+    }
+}
+
 fn with_query(path: &str, q: &BTreeMap<String, String>) -> String {
     if q.is_empty() {
         return path.to_string();
@@ -314,6 +401,7 @@ impl Source for RestSource {
 
     async fn extract(&self, stream: &str, run: &mut StreamRun<'_>) -> Result<Option<Value>> {
         let s = self.stream(stream)?.clone();
+        let started = chrono::Utc::now();
         let cursor = run.cursor().cloned();
         let best = match &s.parent {
             None => {
@@ -331,7 +419,17 @@ impl Source for RestSource {
                 best
             }
         };
-        Ok(s.incremental.as_ref().and(best))
+        Ok(match &s.incremental {
+            None => None,
+            // Never behind the cursor this run started from.
+            Some(inc) => best.map(|b| {
+                let capped = capped_cursor(b, started, inc.lag_margin_seconds);
+                match &cursor {
+                    Some(c) if cursor_after(c, &capped) => c.clone(),
+                    _ => capped,
+                }
+            }),
+        })
     }
 }
 

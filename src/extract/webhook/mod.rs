@@ -6,10 +6,18 @@
 //!    constant-time compare) and a signed timestamp must be within
 //!    `tolerance_seconds`: otherwise 401, nothing kept;
 //! 3. each event in the body becomes a canonical envelope and is written to
-//!    the lake's inbox, `_ferry/webhooks/<source>/inbox/<sha256(event id)>.json`,
-//!    write-once: an event id already received is a duplicate and is not kept
-//!    twice;
-//! 4. only then the sender gets 200.
+//!    the lake's inbox, `_ferry/webhooks/<source>/inbox/<sha256(identity)>.json`,
+//!    write-once: an event already received is a duplicate and is not kept
+//!    twice. The identity is the vendor's whole one (HubSpot: portal,
+//!    subscription and event id; Stripe: account and event id; Typeform:
+//!    form and event id), not the event id alone;
+//! 4. only then the sender gets 200. If the lake cannot take the event, the
+//!    answer is 503: vendors retry 5xx, and drop a 4xx delivery for good.
+//!
+//! Duplicates are recognized for `DEDUPE_RETENTION` (vendors redeliver
+//! within a day or three); older ids are forgotten, so the memory is bounded.
+//! An inbox file that does not parse is moved to
+//! `_ferry/webhooks/<source>/quarantine/` and the rest still land.
 //!
 //! A background task lands the inbox every `flush` interval as one Parquet
 //! file in `<source>.events`, records the landed ids in
@@ -65,6 +73,10 @@ pub fn envelope_schema() -> SchemaRef {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Envelope {
     pub event_id: String,
+    /// The vendor's whole identity of the event (deduplication key); not a
+    /// column of `<source>.events`.
+    #[serde(default)]
+    pub identity: String,
     pub event_type: Option<String>,
     pub source_system: String,
     pub account_id: Option<String>,
@@ -80,6 +92,8 @@ pub enum Refused {
     TooLarge,
     BadSignature(String),
     BadBody(String),
+    /// The lake could not take the events: 503, so the vendor retries.
+    Unavailable(String),
 }
 
 impl Refused {
@@ -88,16 +102,20 @@ impl Refused {
             Refused::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Refused::BadSignature(_) => StatusCode::UNAUTHORIZED,
             Refused::BadBody(_) => StatusCode::BAD_REQUEST,
+            Refused::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
     pub fn message(&self) -> String {
         match self {
             Refused::TooLarge => "body too large".into(),
-            Refused::BadSignature(m) | Refused::BadBody(m) => m.clone(),
+            Refused::BadSignature(m) | Refused::BadBody(m) | Refused::Unavailable(m) => m.clone(),
         }
     }
 }
+
+/// How long an event's identity is remembered for deduplication.
+pub const DEDUPE_RETENTION: chrono::TimeDelta = chrono::TimeDelta::days(7);
 
 fn mac(secret: &str) -> HmacSha256 {
     // HMAC takes keys of any length.
@@ -252,6 +270,13 @@ pub fn envelopes(
     };
     let mut out = Vec::with_capacity(events.len());
     for e in events {
+        // What else, besides the event id, the vendor's identity of an
+        // event includes: HubSpot numbers events per subscription.
+        let scope = match spec.preset {
+            WebhookPreset::Hubspot => text(&e["subscriptionId"]).unwrap_or_default(),
+            WebhookPreset::Stripe => String::new(),
+            WebhookPreset::Typeform => text(&e["form_response"]["form_id"]).unwrap_or_default(),
+        };
         let (id, kind, account, contact, fired) = match spec.preset {
             WebhookPreset::Hubspot => (
                 text(&e["eventId"]),
@@ -279,7 +304,13 @@ pub fn envelopes(
             ),
         };
         let id = id.ok_or_else(|| Refused::BadBody("an event has no id".into()))?;
+        let identity = format!(
+            "{}\u{1f}{}\u{1f}{scope}\u{1f}{id}",
+            spec.name,
+            account.as_deref().unwrap_or_default()
+        );
         out.push(Envelope {
+            identity,
             event_id: id,
             event_type: kind,
             source_system: format!("{:?}", spec.preset).to_lowercase(),
@@ -305,12 +336,39 @@ fn landed_prefix(source: &str) -> Path {
     Path::from_iter([META, "webhooks", source, "landed"])
 }
 
+/// Identity hashes received within [`DEDUPE_RETENTION`], with when.
+#[derive(Default)]
+struct Seen {
+    hashes: HashSet<String>,
+    order: std::collections::VecDeque<(DateTime<Utc>, String)>,
+}
+
+impl Seen {
+    fn insert(&mut self, hash: String, at: DateTime<Utc>) {
+        if self.hashes.insert(hash.clone()) {
+            self.order.push_back((at, hash));
+        }
+    }
+
+    fn forget_before(&mut self, cutoff: DateTime<Utc>) {
+        while self.order.front().is_some_and(|(t, _)| *t < cutoff) {
+            if let Some((_, h)) = self.order.pop_front() {
+                self.hashes.remove(&h);
+            }
+        }
+    }
+
+    fn contains(&self, hash: &str) -> bool {
+        self.hashes.contains(hash)
+    }
+}
+
 /// One webhook source's receiver: the inbox, the landing loop's state.
 pub struct Receiver {
     pub spec: WebhookSpec,
     lake: Lake,
-    /// Hashes of event ids received (inbox or landed).
-    seen: Mutex<HashSet<String>>,
+    /// Hashes of event identities received (inbox or landed) lately.
+    seen: Mutex<Seen>,
     /// Serializes landing rounds.
     landing: tokio::sync::Mutex<()>,
 }
@@ -325,7 +383,8 @@ pub struct Accepted {
 impl Receiver {
     /// Open a receiver, loading the ids already landed or waiting in the inbox.
     pub async fn open(spec: WebhookSpec, lake: Lake) -> Result<Receiver> {
-        let mut seen = HashSet::new();
+        let mut seen = Seen::default();
+        let cutoff = Utc::now() - DEDUPE_RETENTION;
         let store = lake.store().clone();
         let listed: Vec<_> = match store
             .list(Some(&landed_prefix(&spec.name)))
@@ -336,11 +395,23 @@ impl Receiver {
             Err(object_store::Error::NotFound { .. }) => Vec::new(),
             Err(e) => return Err(e.into()),
         };
+        let mut listed: Vec<_> = listed
+            .into_iter()
+            .filter(|o| o.last_modified >= cutoff)
+            .collect();
+        listed.sort_by_key(|o| o.last_modified);
         for o in listed {
             let bytes = store.get(&o.location).await?.bytes().await?;
-            let ids: Vec<String> = serde_json::from_slice(&bytes)
-                .map_err(|e| Error::Internal(format!("{}: {e}", o.location)))?;
-            seen.extend(ids);
+            match serde_json::from_slice::<Vec<String>>(&bytes) {
+                Ok(ids) => ids
+                    .into_iter()
+                    .for_each(|h| seen.insert(h, o.last_modified)),
+                Err(e) => tracing::warn!(
+                    source = %spec.name,
+                    "ignoring an unreadable landed-ids record {} ({e}); events it lists may be landed again if redelivered",
+                    o.location
+                ),
+            }
         }
         let pending: Vec<_> = match store.list(Some(&inbox(&spec.name))).try_collect().await {
             Ok(l) => l,
@@ -349,7 +420,7 @@ impl Receiver {
         };
         for o in pending {
             if let Some(name) = o.location.filename().and_then(|n| n.strip_suffix(".json")) {
-                seen.insert(name.to_string());
+                seen.insert(name.to_string(), o.last_modified);
             }
         }
         Ok(Receiver {
@@ -379,8 +450,11 @@ impl Receiver {
             accepted: 0,
             duplicates: 0,
         };
+        if let Ok(mut s) = self.seen.lock() {
+            s.forget_before(now - DEDUPE_RETENTION);
+        }
         for e in events {
-            let hash = id_hash(&e.event_id);
+            let hash = id_hash(&e.identity);
             if self.seen.lock().map(|s| s.contains(&hash)).unwrap_or(false) {
                 result.duplicates += 1;
                 continue;
@@ -394,11 +468,13 @@ impl Receiver {
                 }
                 Err(err) => {
                     tracing::error!(source = %self.spec.name, "cannot persist a webhook event: {err}");
-                    return Err(Refused::BadBody("storage unavailable; retry later".into()));
+                    return Err(Refused::Unavailable(
+                        "the lake is unavailable; nothing of this delivery is lost if it is retried".into(),
+                    ));
                 }
             }
             if let Ok(mut s) = self.seen.lock() {
-                s.insert(hash);
+                s.insert(hash, now);
             }
         }
         Ok(result)
@@ -422,10 +498,31 @@ impl Receiver {
         }
         let mut events = Vec::with_capacity(listed.len());
         let mut hashes = Vec::with_capacity(listed.len());
+        let mut landed = Vec::with_capacity(listed.len());
         for o in &listed {
             let bytes = store.get(&o.location).await?.bytes().await?;
-            let e: Envelope = serde_json::from_slice(&bytes)
-                .map_err(|e| Error::Internal(format!("{}: {e}", o.location)))?;
+            let e: Envelope = match serde_json::from_slice(&bytes) {
+                Ok(e) => e,
+                Err(err) => {
+                    // One bad file must not stop every later event landing.
+                    let name = o.location.filename().unwrap_or("event.json").to_string();
+                    let to =
+                        Path::from_iter([META, "webhooks", &self.spec.name, "quarantine", &name]);
+                    tracing::error!(
+                        source = %self.spec.name,
+                        "inbox file {} does not parse ({err}); moved to {to}",
+                        o.location
+                    );
+                    match put_once(store.as_ref(), &to, bytes.to_vec()).await {
+                        Ok(()) | Err(Error::Storage(object_store::Error::AlreadyExists { .. })) => {
+                            store.delete(&o.location).await?;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    continue;
+                }
+            };
+            landed.push(o.clone());
             events.push(e);
             hashes.push(
                 o.location
@@ -434,6 +531,9 @@ impl Receiver {
                     .trim_end_matches(".json")
                     .to_string(),
             );
+        }
+        if events.is_empty() {
+            return Ok(0);
         }
         let batch = envelope_batch(&events)?;
         let run_id = RunId::new();
@@ -449,7 +549,7 @@ impl Receiver {
             serde_json::to_vec(&hashes).unwrap_or_default(),
         )
         .await?;
-        for o in &listed {
+        for o in &landed {
             match store.delete(&o.location).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(e.into()),

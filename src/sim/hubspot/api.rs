@@ -90,18 +90,13 @@ async fn gate(s: &State, headers: &HeaderMap, search: bool) -> Result<Option<Bud
             vec![],
         ));
     }
-    let f = &s.config.faults;
+    let f = s.faults();
+    let f = &f;
     if f.slow > 0.0 && rand::random::<f64>() < f.slow {
         tokio::time::sleep(Duration::from_millis(f.slow_ms)).await;
     }
     if f.dropped > 0.0 && rand::random::<f64>() < f.dropped {
-        let broken = futures::stream::once(async {
-            Err::<bytes::Bytes, std::io::Error>(std::io::Error::new(
-                std::io::ErrorKind::ConnectionReset,
-                "emulated dropped connection",
-            ))
-        });
-        return Err(Response::new(Body::from_stream(broken)));
+        return Err(dropped());
     }
     if f.server_error > 0.0 && rand::random::<f64>() < f.server_error {
         return Err(error(
@@ -126,6 +121,31 @@ async fn gate(s: &State, headers: &HeaderMap, search: bool) -> Result<Option<Bud
             }))
         }
     }
+}
+
+/// A reply whose connection drops after the status line.
+fn dropped() -> Response {
+    let broken = futures::stream::once(async {
+        Err::<bytes::Bytes, std::io::Error>(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "emulated dropped connection",
+        ))
+    });
+    Response::new(Body::from_stream(broken))
+}
+
+/// `200 OK` with a proxy's HTML page instead of JSON.
+fn garbled() -> Response {
+    (
+        StatusCode::OK,
+        [("content-type", "text/html")],
+        "<html><body><h1>Service temporarily unavailable</h1></body></html>",
+    )
+        .into_response()
+}
+
+fn chance(p: f64) -> bool {
+    p > 0.0 && rand::random::<f64>() < p
 }
 
 /// `POST /crm/v4/associations/{from}/{to}/batch/read`: for each input id,
@@ -362,6 +382,9 @@ async fn search(
     if let Err(r) = gate(&s, &headers, true).await {
         return r;
     }
+    if chance(s.faults().garbled) {
+        return garbled();
+    }
     let body = body.map(|b| b.0).unwrap_or(Value::Null);
     let limit = body["limit"].as_u64().unwrap_or(10) as usize;
     if limit > 200 {
@@ -402,7 +425,7 @@ async fn search(
                 .collect()
         })
         .unwrap_or_default();
-    let Ok(crm) = s.crm.lock() else {
+    let Ok(mut crm) = s.crm.lock() else {
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "INTERNAL_ERROR",
@@ -410,11 +433,19 @@ async fn search(
             vec![],
         );
     };
+    // Search reads its index, which lags writes (list and batch read do not).
+    crm.settle_index();
+    let crm = &*crm;
     let Some(t) = crm.types.get(&kind) else {
         return unknown_type(&kind);
     };
     let mut hits = Vec::new();
-    for r in t.records.values().filter(|r| !r.archived) {
+    for r in t
+        .records
+        .values()
+        .filter_map(|r| crm.indexed(&kind, r))
+        .filter(|r| !r.archived)
+    {
         let mut ok = groups.is_empty();
         for g in &groups {
             let filters = g["filters"].as_array().cloned().unwrap_or_default();
@@ -601,6 +632,53 @@ fn clean_properties(
     Ok(out)
 }
 
+/// [`clean_properties`], then HubSpot's normalization of stored values.
+fn clean(
+    defs: &BTreeMap<String, PropertyDef>,
+    raw: &Value,
+    normalize: bool,
+) -> Result<BTreeMap<String, String>, Value> {
+    let mut p = clean_properties(defs, raw)?;
+    if normalize && let Some(e) = p.get_mut("email") {
+        *e = e.trim().to_lowercase();
+    }
+    Ok(p)
+}
+
+/// An input's `objectWriteTraceId`, if it carries one.
+fn trace_id(input: &Value) -> Option<String> {
+    match &input["objectWriteTraceId"] {
+        Value::String(t) => Some(t.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn with_trace(mut result: Value, trace: Option<String>) -> Value {
+    if let Some(t) = trace {
+        result["objectWriteTraceId"] = json!(t);
+    }
+    result
+}
+
+/// A bad input: with an `objectWriteTraceId`, HubSpot reports it alone (a
+/// 207 entry) and writes the rest; without one, or for an unknown property
+/// (which fails every input alike), the whole batch is refused.
+fn input_error(input: &Value, detail: Value) -> Result<Value, Value> {
+    let trace = trace_id(input);
+    match trace {
+        Some(t) if detail["code"].as_str() != Some("PROPERTY_DOESNT_EXIST") => Ok(json!({
+            "status": "error",
+            "category": "VALIDATION_ERROR",
+            "message": detail["message"],
+            "context": {"objectWriteTraceId": [t]},
+            "errors": [detail],
+            "links": {},
+        })),
+        _ => Err(detail),
+    }
+}
+
 fn unique_props(defs: &BTreeMap<String, PropertyDef>) -> Vec<String> {
     defs.values()
         .filter(|d| d.has_unique_value && d.name != "hs_object_id")
@@ -703,12 +781,23 @@ async fn batch(
         Ok(b) => b,
         Err(r) => return r,
     };
+    if op == "read" && chance(s.faults().garbled) {
+        return garbled();
+    }
     let reply = run_batch(&s, &kind, &op, body.map(|b| b.0).unwrap_or(Value::Null));
+    if op != "read"
+        && reply.status().is_success()
+        && (chance(s.faults().lost_after_write) || s.take_lost_write())
+    {
+        // Written, but the reply never arrives.
+        return dropped();
+    }
     with_budget(&s, reply, budget)
 }
 
 fn run_batch(s: &State, kind: &str, op: &str, body: Value) -> Response {
     let started = now();
+    let normalize = s.config.normalize;
     let bad = |msg: &str, errors: Vec<Value>| {
         error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", msg, errors)
     };
@@ -781,14 +870,18 @@ fn run_batch(s: &State, kind: &str, op: &str, body: Value) -> Response {
         }
         "create" => {
             let mut cleaned = Vec::new();
+            let mut errors = Vec::new();
             for i in inputs {
-                match clean_properties(&defs, &i["properties"]) {
-                    Ok(p) => cleaned.push(p),
-                    Err(e) => return bad("Property values were not valid", vec![e]),
+                match clean(&defs, &i["properties"], normalize) {
+                    Ok(p) => cleaned.push((trace_id(i), p)),
+                    Err(e) => match input_error(i, e) {
+                        Ok(per_input) => errors.push(per_input),
+                        Err(whole) => return bad("Property values were not valid", vec![whole]),
+                    },
                 }
             }
             let mut seen = BTreeSet::new();
-            for p in &cleaned {
+            for (_, p) in &cleaned {
                 if let Some(existing) = unique_clash(&crm, kind, p, None) {
                     return error(
                         StatusCode::CONFLICT,
@@ -807,27 +900,36 @@ fn run_batch(s: &State, kind: &str, op: &str, body: Value) -> Response {
             }
             let results = cleaned
                 .into_iter()
-                .map(|p| {
+                .map(|(trace, p)| {
                     let wanted = written(&p, None);
-                    new_record(&mut crm, kind, p).to_json(Some(&wanted))
+                    let r = new_record(&mut crm, kind, p);
+                    crm.wrote(kind, r.id, None);
+                    with_trace(r.to_json(Some(&wanted)), trace)
                 })
                 .collect();
-            batch_reply(StatusCode::CREATED, results, vec![], started)
+            batch_reply(StatusCode::CREATED, results, errors, started)
         }
         "update" => {
             let mut results = Vec::new();
             let mut errors = Vec::new();
             for i in inputs {
-                let props = match clean_properties(&defs, &i["properties"]) {
+                let props = match clean(&defs, &i["properties"], normalize) {
                     Ok(p) => p,
-                    Err(e) => return bad("Property values were not valid", vec![e]),
+                    Err(e) => match input_error(i, e) {
+                        Ok(per_input) => {
+                            errors.push(per_input);
+                            continue;
+                        }
+                        Err(whole) => return bad("Property values were not valid", vec![whole]),
+                    },
                 };
                 let idp = i["idProperty"].as_str().or(id_property.as_deref());
                 let Some(id) = resolve(&crm, &i["id"], idp) else {
-                    errors.push(not_found(&[i["id"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string()]));
+                    let mut e = not_found(&[i["id"].as_str().unwrap_or_default().to_string()]);
+                    if let Some(t) = trace_id(i) {
+                        e["context"]["objectWriteTraceId"] = json!([t]);
+                    }
+                    errors.push(e);
                     continue;
                 };
                 if let Some(other) = unique_clash(&crm, kind, &props, Some(id)) {
@@ -838,9 +940,16 @@ fn run_batch(s: &State, kind: &str, op: &str, body: Value) -> Response {
                     }));
                     continue;
                 }
-                let wanted = written(&props, idp);
+                // HubSpot need not echo idProperty's value.
+                let wanted = written(&props, idp.filter(|_| !normalize));
+                let before = crm
+                    .types
+                    .get(kind)
+                    .and_then(|t| t.records.get(&id))
+                    .cloned();
                 if let Some(r) = apply(&mut crm, kind, id, props) {
-                    results.push(r.to_json(Some(&wanted)));
+                    crm.wrote(kind, id, before);
+                    results.push(with_trace(r.to_json(Some(&wanted)), trace_id(i)));
                 }
             }
             batch_reply(StatusCode::OK, results, errors, started)
@@ -848,10 +957,17 @@ fn run_batch(s: &State, kind: &str, op: &str, body: Value) -> Response {
         "upsert" => {
             let mut seen = BTreeSet::new();
             let mut plan = Vec::new();
+            let mut errors = Vec::new();
             for i in inputs {
-                let props = match clean_properties(&defs, &i["properties"]) {
+                let props = match clean(&defs, &i["properties"], normalize) {
                     Ok(p) => p,
-                    Err(e) => return bad("Property values were not valid", vec![e]),
+                    Err(e) => match input_error(i, e) {
+                        Ok(per_input) => {
+                            errors.push(per_input);
+                            continue;
+                        }
+                        Err(whole) => return bad("Property values were not valid", vec![whole]),
+                    },
                 };
                 let Some(idp) = i["idProperty"].as_str().or(id_property.as_deref()) else {
                     return bad("idProperty is required for upsert", vec![]);
@@ -873,40 +989,60 @@ fn run_batch(s: &State, kind: &str, op: &str, body: Value) -> Response {
                         vec![],
                     );
                 }
-                plan.push((idp.to_string(), value, props));
+                let value = if normalize && idp == "email" {
+                    value.trim().to_lowercase()
+                } else {
+                    value
+                };
+                plan.push((idp.to_string(), value, props, trace_id(i)));
             }
             let mut results = Vec::new();
-            for (idp, value, mut props) in plan {
-                let wanted = written(&props, Some(&idp));
+            for (idp, value, mut props, trace) in plan {
+                // HubSpot need not echo idProperty's value in the reply.
+                let wanted = written(&props, Some(idp.as_str()).filter(|_| !normalize));
                 match crm.find_by(kind, &idp, &value) {
                     Some(id) => {
+                        let before = crm
+                            .types
+                            .get(kind)
+                            .and_then(|t| t.records.get(&id))
+                            .cloned();
                         if let Some(r) = apply(&mut crm, kind, id, props) {
+                            crm.wrote(kind, id, before);
                             let mut j = r.to_json(Some(&wanted));
                             j["new"] = json!(false);
-                            results.push(j);
+                            results.push(with_trace(j, trace));
                         }
                     }
                     None => {
                         if idp != "hs_object_id" {
                             props.insert(idp.clone(), value.clone());
                         }
-                        let mut j = new_record(&mut crm, kind, props).to_json(Some(&wanted));
+                        let r = new_record(&mut crm, kind, props);
+                        crm.wrote(kind, r.id, None);
+                        let mut j = r.to_json(Some(&wanted));
                         j["new"] = json!(true);
-                        results.push(j);
+                        results.push(with_trace(j, trace));
                     }
                 }
             }
-            batch_reply(StatusCode::OK, results, vec![], started)
+            batch_reply(StatusCode::OK, results, errors, started)
         }
         "archive" => {
             for i in inputs {
-                if let Some(id) = resolve(&crm, &i["id"], None)
-                    && let Some(t) = crm.types.get_mut(kind)
-                {
-                    t.modify(id, |r| {
-                        r.archived = true;
-                        r.updated_at = Utc::now();
-                    });
+                if let Some(id) = resolve(&crm, &i["id"], None) {
+                    let before = crm
+                        .types
+                        .get(kind)
+                        .and_then(|t| t.records.get(&id))
+                        .cloned();
+                    if let Some(t) = crm.types.get_mut(kind) {
+                        t.modify(id, |r| {
+                            r.archived = true;
+                            r.updated_at = Utc::now();
+                        });
+                    }
+                    crm.wrote(kind, id, before);
                 }
             }
             StatusCode::NO_CONTENT.into_response()

@@ -44,6 +44,12 @@ pub struct Faults {
     pub slow_ms: u64,
     /// The connection is dropped after the status line.
     pub dropped: f64,
+    /// A write is applied, then its reply is lost (the connection drops, as
+    /// when a gateway times out after HubSpot wrote the records).
+    pub lost_after_write: f64,
+    /// A read or search is answered `200` with an HTML page (a proxy's or
+    /// a maintenance page) instead of JSON.
+    pub garbled: f64,
 }
 
 /// An OAuth app whose refresh token `POST /oauth/v1/token` accepts.
@@ -68,6 +74,13 @@ pub struct SimConfig {
     pub daily: u64,
     /// Search requests per second (4).
     pub search_per_second: usize,
+    /// How long `/search` misses a write (HubSpot's index lags writes; list
+    /// and batch read see them at once). Writes planted through
+    /// [`RunningSim::with_crm`] are indexed at once.
+    pub search_lag: Duration,
+    /// Store unique values as HubSpot does (emails trimmed and lower-cased)
+    /// and do not echo `idProperty` in upsert and update replies.
+    pub normalize: bool,
     pub faults: Faults,
 }
 
@@ -79,6 +92,8 @@ impl Default for SimConfig {
             ten_secondly: 100,
             daily: 250_000,
             search_per_second: 4,
+            search_lag: Duration::from_secs(1),
+            normalize: true,
             faults: Faults::default(),
         }
     }
@@ -101,6 +116,10 @@ pub(crate) struct State {
     search_window: Mutex<VecDeque<Instant>>,
     daily_used: AtomicU64,
     pub stats: Stats,
+    /// The faults in force (tests change them while the emulator runs).
+    faults: Mutex<Faults>,
+    /// Replies of this many next successful writes are lost after the write.
+    lose_writes: AtomicU64,
 }
 
 /// Why a call was refused by a limit.
@@ -118,15 +137,34 @@ pub(crate) struct Budget {
 
 impl State {
     fn new(config: SimConfig) -> State {
+        let search_lag = config.search_lag;
+        let faults = Mutex::new(config.faults.clone());
         State {
             tokens: Mutex::new([config.token.clone()].into_iter().collect()),
             config,
-            crm: Mutex::new(Crm::default()),
+            crm: Mutex::new({
+                let mut crm = Crm::default();
+                crm.search_lag = search_lag;
+                crm
+            }),
             window: Mutex::new(VecDeque::new()),
             search_window: Mutex::new(VecDeque::new()),
             daily_used: AtomicU64::new(0),
             stats: Stats::default(),
+            faults,
+            lose_writes: AtomicU64::new(0),
         }
+    }
+
+    pub(crate) fn faults(&self) -> Faults {
+        self.faults.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+
+    /// Whether this write's reply is one of the lost ones.
+    pub(crate) fn take_lost_write(&self) -> bool {
+        self.lose_writes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
     }
 
     /// Count a call against the limits.
@@ -206,6 +244,20 @@ impl RunningSim {
             self.state.stats.calls.load(Ordering::SeqCst),
             self.state.stats.rate_limited.load(Ordering::SeqCst),
         )
+    }
+
+    /// Change the injected faults.
+    pub fn set_faults(&self, faults: Faults) {
+        if let Ok(mut f) = self.state.faults.lock() {
+            *f = faults;
+        }
+    }
+
+    /// The next `n` successful writes are applied, then their replies are
+    /// lost (the connection drops), as when a gateway times out after
+    /// HubSpot wrote the records.
+    pub fn lose_next_writes(&self, n: u64) {
+        self.state.lose_writes.store(n, Ordering::SeqCst);
     }
 
     /// Every access token issued so far stops working (as when an OAuth

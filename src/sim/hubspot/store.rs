@@ -2,6 +2,7 @@
 //! properties, and search filtering.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -74,13 +75,17 @@ impl Record {
             let v = self.properties.get(&n).cloned();
             props.insert(n, v.map(Value::String).unwrap_or(Value::Null));
         }
-        json!({
+        let mut out = json!({
             "id": self.id.to_string(),
             "properties": props,
             "createdAt": iso(self.created_at),
             "updatedAt": iso(self.updated_at),
             "archived": self.archived,
-        })
+        });
+        if self.archived {
+            out["archivedAt"] = json!(iso(self.updated_at));
+        }
+        out
     }
 }
 
@@ -198,6 +203,11 @@ pub struct Crm {
     /// Associations, both directions: (from type, from id) → (to type, to id).
     pub associations: BTreeMap<(String, u64), BTreeSet<(String, u64)>>,
     next_id: u64,
+    /// How long search misses an API write.
+    pub search_lag: Duration,
+    /// Records search does not see as they are yet: until the instant, it
+    /// sees the version before the write (`None`: not at all).
+    stale: HashMap<(String, u64), (Instant, Option<Record>)>,
 }
 
 impl Default for Crm {
@@ -259,11 +269,44 @@ impl Default for Crm {
             types,
             associations: BTreeMap::new(),
             next_id: 1001,
+            search_lag: Duration::ZERO,
+            stale: HashMap::new(),
         }
     }
 }
 
 impl Crm {
+    /// An API write changed record `id` of `kind`, which was `before`
+    /// (`None`: it is new): search keeps showing `before` until the index
+    /// catches up, `search_lag` from now (a later write pushes it further).
+    pub fn wrote(&mut self, kind: &str, id: u64, before: Option<Record>) {
+        if self.search_lag.is_zero() {
+            return;
+        }
+        let due = Instant::now() + self.search_lag;
+        self.stale
+            .entry((kind.to_string(), id))
+            .and_modify(|e| e.0 = due)
+            .or_insert((due, before));
+    }
+
+    /// Forget versions the index has caught up with.
+    pub fn settle_index(&mut self) {
+        let now = Instant::now();
+        self.stale.retain(|_, (due, _)| *due > now);
+    }
+
+    /// The version of `r` search sees (after [`Crm::settle_index`]).
+    pub fn indexed<'a>(&'a self, kind: &str, r: &'a Record) -> Option<&'a Record> {
+        if self.stale.is_empty() {
+            return Some(r);
+        }
+        match self.stale.get(&(kind.to_string(), r.id)) {
+            Some((_, before)) => before.as_ref(),
+            None => Some(r),
+        }
+    }
+
     pub fn next_id(&mut self) -> u64 {
         let id = self.next_id;
         self.next_id += 1;

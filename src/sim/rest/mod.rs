@@ -95,8 +95,17 @@ pub struct RestConfig {
     pub auth: RestAuth,
     /// Requests per second (0: unlimited); over it, 429 with `Retry-After: 1`.
     pub per_second: usize,
-    /// Largest page a client may ask for.
+    /// Largest page a client may ask for; a larger `limit` or `per_page`
+    /// is quietly capped to it, as many APIs do.
     pub max_page: usize,
+    /// `/page/items` answers a page past the last with the last page again
+    /// (many APIs clamp `page`), instead of an empty one.
+    pub clamp_page: bool,
+    /// `/offset/items` ignores `offset` and always answers from the start,
+    /// as an API that does not know the parameter would.
+    pub ignore_offset: bool,
+    /// `/next_url/items` gives root-relative next links (`/next_url/items?page=2`).
+    pub relative_links: bool,
 }
 
 impl Default for RestConfig {
@@ -108,6 +117,9 @@ impl Default for RestConfig {
             auth: RestAuth::None,
             per_second: 0,
             max_page: 100,
+            clamp_page: true,
+            ignore_offset: false,
+            relative_links: false,
         }
     }
 }
@@ -340,7 +352,11 @@ async fn next_url(AxState(s): AxState<Shared>, headers: HeaderMap, Query(q): Q) 
     let next = (page * size < ids.len()).then(|| {
         format!(
             "{}/next_url/items?page={}{}",
-            s.base,
+            if s.config.relative_links {
+                ""
+            } else {
+                s.base.as_str()
+            },
             page + 1,
             passthrough(&q, &["page"])
         )
@@ -389,6 +405,7 @@ async fn offset(AxState(s): AxState<Shared>, headers: HeaderMap, Query(q): Q) ->
         (Ok(o), Ok(l)) => (o, l.min(s.config.max_page).max(1)),
         (Err(r), _) | (_, Err(r)) => return r,
     };
+    let offset = if s.config.ignore_offset { 0 } else { offset };
     Json(json!({"items": page_of(&s, &ids, offset, limit), "total": ids.len()})).into_response()
 }
 
@@ -405,6 +422,11 @@ async fn paged(AxState(s): AxState<Shared>, headers: HeaderMap, Query(q): Q) -> 
         (Err(r), _) | (_, Err(r)) => return r,
     };
     let total_pages = ids.len().div_ceil(per).max(1);
+    let page = if s.config.clamp_page {
+        page.min(total_pages)
+    } else {
+        page
+    };
     Json(json!({
         "records": page_of(&s, &ids, (page - 1) * per, per),
         "page": page,

@@ -7,8 +7,12 @@
 //! - writes: `POST .../batch/{upsert,create,update,archive}`, at most 100
 //!   inputs per call, values as strings.
 //!
-//! Replies are matched back to records by CRM id or by the match property's
-//! value (never by position: HubSpot does not promise the order of results).
+//! Every write input carries an `objectWriteTraceId` (its position in the
+//! batch), which HubSpot echoes on results and per-input errors; replies are
+//! matched back by it first, then by CRM id (updates) or by the match
+//! property's normalized value (HubSpot lower-cases emails and need not echo
+//! `idProperty`), then by position when the reply has one result per input.
+//! A record none of these place is [`Fate::Unknown`], never a guess.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,7 +25,13 @@ use serde_json::{Value, json};
 use crate::error::{Error, Result};
 use crate::http::{Call, CallError, Client, RateLimiter, Vendor};
 use crate::sync::config::Destination as DestinationConfig;
-use crate::sync::destination::{Destination, Existing, Op, Outcome, Outgoing, Refusal, Written};
+use crate::sync::destination::{
+    Destination, Existing, Fate, Op, Outcome, Outgoing, Refusal, Written, normalize_key,
+};
+
+/// How far HubSpot's clock may be ahead of ferry's when judging whether a
+/// record was created after ferry's first attempt to create it.
+const CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
 
 /// HubSpot's rate-limit conventions.
 pub const VENDOR: Vendor = Vendor {
@@ -37,6 +47,7 @@ pub const VENDOR: Vendor = Vendor {
 pub struct Account {
     pub client: Client,
     search: Arc<RateLimiter>,
+    search_lag: Duration,
 }
 
 impl Account {
@@ -60,7 +71,11 @@ impl Account {
             config.retry,
         )
         .map_err(Error::Input)?;
-        Ok(Account { client, search })
+        Ok(Account {
+            client,
+            search,
+            search_lag: config.search_lag,
+        })
     }
 }
 
@@ -78,11 +93,15 @@ impl HubSpot {
         }
     }
 
-    async fn send(&self, mut call: Call<'_>) -> Result<Value, CallError> {
+    async fn send(&self, call: Call<'_>) -> Result<Value, CallError> {
+        Ok(self.reply(call).await?.body)
+    }
+
+    async fn reply(&self, mut call: Call<'_>) -> Result<crate::http::Reply, CallError> {
         if let Some(own) = &self.own {
             call = call.limited_by(own);
         }
-        Ok(self.account.client.send(call).await?.body)
+        self.account.client.send(call).await
     }
 }
 
@@ -117,16 +136,63 @@ fn record(v: &Value) -> Option<Existing> {
 
 /// The ids a 207 error entry is about.
 fn error_ids(e: &Value) -> Vec<String> {
-    e["context"]["ids"]
+    context_list(e, "ids")
+}
+
+fn context_list(e: &Value, name: &str) -> Vec<String> {
+    e["context"][name]
         .as_array()
         .map(|a| a.iter().filter_map(text).collect())
         .unwrap_or_default()
+}
+
+/// A reply that must carry a `results` array; anything else is unreadable.
+fn results<'a>(reply: &'a Value, what: &str) -> Result<&'a Vec<Value>, CallError> {
+    reply["results"]
+        .as_array()
+        .ok_or_else(|| CallError::Transient {
+            message: format!(
+                "HubSpot's {what} reply has no results list; it is not evidence of anything, so nothing is written on it"
+            ),
+            attempts: 1,
+        })
 }
 
 #[async_trait]
 impl Destination for HubSpot {
     fn max_batch(&self) -> usize {
         100
+    }
+
+    fn refuses_every_row(&self, error: &CallError) -> bool {
+        let CallError::Rejected { status, body } = error else {
+            return false;
+        };
+        let codes = |b: &Value| -> Vec<String> {
+            b["errors"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e["code"].as_str().map(str::to_string))
+                .collect()
+        };
+        // An unknown property or object type, a missing scope, or a
+        // redirect off HubSpot's host fails every row the same way.
+        (300..400).contains(status)
+            || body["category"].as_str() == Some("REDIRECT_REFUSED")
+            || codes(body).iter().any(|c| c == "PROPERTY_DOESNT_EXIST")
+            || body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("PROPERTY_DOESNT_EXIST"))
+    }
+
+    fn search_lag(&self, unique: bool) -> Duration {
+        // Unique keys are looked up by batch read, which sees writes at once.
+        if unique {
+            Duration::ZERO
+        } else {
+            self.account.search_lag
+        }
     }
 
     async fn prepare(
@@ -188,6 +254,16 @@ impl Destination for HubSpot {
         if keys.is_empty() {
             return Ok(found);
         }
+        let add = |found: &mut HashMap<String, Vec<Existing>>, r: &Value| {
+            if let Some(e) = record(r)
+                && let Some(k) = e.properties.get(key_property)
+            {
+                let list = found.entry(normalize_key(k)).or_default();
+                if !list.iter().any(|x| x.id == e.id) {
+                    list.push(e);
+                }
+            }
+        };
         if unique {
             for chunk in keys.chunks(100) {
                 let body = json!({
@@ -202,19 +278,49 @@ impl Destination for HubSpot {
                         true,
                     ))
                     .await?;
-                for r in reply["results"].as_array().into_iter().flatten() {
-                    if let Some(e) = record(r)
-                        && let Some(k) = e.properties.get(key_property)
-                    {
-                        found.entry(k.to_lowercase()).or_default().push(e);
-                    }
+                for r in results(&reply, "batch read")? {
+                    add(&mut found, r);
+                }
+                // Every key must be accounted for: found, or named as not
+                // found. A key the reply is silent about is not "absent".
+                let absent: std::collections::HashSet<String> = reply["errors"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|e| e["category"].as_str() == Some("OBJECT_NOT_FOUND"))
+                    .flat_map(error_ids)
+                    .map(|k| normalize_key(&k))
+                    .collect();
+                let silent = chunk
+                    .iter()
+                    .map(|k| normalize_key(k))
+                    .filter(|k| !found.contains_key(k) && !absent.contains(k))
+                    .count();
+                if silent > 0 {
+                    return Err(CallError::Transient {
+                        message: format!(
+                            "HubSpot's batch read reply did not account for {silent} of {} keys (neither found nor reported missing)",
+                            chunk.len()
+                        ),
+                        attempts: 1,
+                    });
                 }
             }
             return Ok(found);
         }
         for chunk in keys.chunks(100) {
             let mut after: Option<String> = None;
+            let mut pages = 0u32;
             loop {
+                pages += 1;
+                // 100 keys, at most 10,000 results per query: 50 pages of 200.
+                if pages > 60 {
+                    return Err(CallError::Transient {
+                        message: "HubSpot search kept paging past 10,000 results for 100 keys"
+                            .into(),
+                        attempts: 1,
+                    });
+                }
                 let mut body = json!({
                     "filterGroups": [{"filters": [{
                         "propertyName": key_property,
@@ -230,14 +336,18 @@ impl Destination for HubSpot {
                 let call = Call::post(format!("/crm/v3/objects/{object}/search"), &body, true)
                     .limited_by(&self.account.search);
                 let reply = self.send(call).await?;
-                for r in reply["results"].as_array().into_iter().flatten() {
-                    if let Some(e) = record(r)
-                        && let Some(k) = e.properties.get(key_property)
-                    {
-                        found.entry(k.to_lowercase()).or_default().push(e);
-                    }
+                for r in results(&reply, "search")? {
+                    add(&mut found, r);
                 }
                 match reply["paging"]["next"]["after"].as_str() {
+                    Some(a) if after.as_deref() == Some(a) => {
+                        return Err(CallError::Transient {
+                            message: format!(
+                                "HubSpot search returned the same next page ({a}) twice"
+                            ),
+                            attempts: 1,
+                        });
+                    }
                     Some(a) => after = Some(a.to_string()),
                     None => break,
                 }
@@ -254,7 +364,7 @@ impl Destination for HubSpot {
         rows: &[Outgoing],
     ) -> Result<Vec<Outcome>, CallError> {
         let props = |r: &Outgoing| json!(r.properties);
-        let (path, inputs): (&str, Vec<Value>) = match op {
+        let (path, mut inputs): (&str, Vec<Value>) = match op {
             Op::Upsert => (
                 "upsert",
                 rows.iter()
@@ -288,12 +398,19 @@ impl Destination for HubSpot {
                 rows.iter().map(|r| json!({"id": r.id})).collect(),
             ),
         };
+        if op != Op::Archive {
+            // HubSpot echoes it on results and per-input errors, so each
+            // outcome finds its input whatever HubSpot did to the key.
+            for (i, input) in inputs.iter_mut().enumerate() {
+                input["objectWriteTraceId"] = json!(i.to_string());
+            }
+        }
         let mut body = json!({ "inputs": inputs });
         if op == Op::Upsert || op == Op::UpdateByKey {
             body["idProperty"] = json!(key_property);
         }
         let reply = self
-            .send(Call::post(
+            .reply(Call::post(
                 format!("/crm/v3/objects/{object}/batch/{path}"),
                 &body,
                 op != Op::Create,
@@ -305,82 +422,22 @@ impl Destination for HubSpot {
                 .iter()
                 .map(|r| Outcome {
                     key: r.key.clone(),
-                    result: Ok(Written {
+                    fate: Fate::Written(Written {
                         id: r.id.clone().unwrap_or_default(),
                         created: false,
                     }),
                 })
                 .collect());
         }
-        // Match results back: by id for updates by id, else by the key property.
-        let by_id = op == Op::Update;
-        let index: HashMap<String, usize> = rows
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let k = if by_id {
-                    r.id.clone().unwrap_or_default()
-                } else {
-                    r.key.to_lowercase()
-                };
-                (k, i)
-            })
-            .collect();
-        let mut outcomes: Vec<Option<Outcome>> = vec![None; rows.len()];
-        for r in reply["results"].as_array().into_iter().flatten() {
-            let Some(e) = record(r) else { continue };
-            let k = if by_id {
-                Some(e.id.clone())
-            } else {
-                e.properties.get(key_property).map(|v| v.to_lowercase())
-            };
-            if let Some(&i) = k.as_ref().and_then(|k| index.get(k)) {
-                let created = match op {
-                    Op::Create => true,
-                    Op::Upsert => r["new"].as_bool().unwrap_or(false),
-                    _ => false,
-                };
-                outcomes[i] = Some(Outcome {
-                    key: rows[i].key.clone(),
-                    result: Ok(Written { id: e.id, created }),
-                });
-            }
-        }
-        for err in reply["errors"].as_array().into_iter().flatten() {
-            let category = err["category"].as_str().unwrap_or("ERROR").to_string();
-            let message = err["message"].as_str().unwrap_or("refused").to_string();
-            for id in error_ids(err) {
-                let k = if by_id { id.clone() } else { id.to_lowercase() };
-                if let Some(&i) = index.get(&k)
-                    && outcomes[i].is_none()
-                {
-                    outcomes[i] = Some(Outcome {
-                        key: rows[i].key.clone(),
-                        result: Err(Refusal {
-                            category: category.clone(),
-                            message: message.clone(),
-                            response: Some(err.to_string()),
-                            transient: false,
-                        }),
-                    });
-                }
-            }
-        }
-        Ok(outcomes
-            .into_iter()
-            .enumerate()
-            .map(|(i, o)| {
-                o.unwrap_or_else(|| Outcome {
-                    key: rows[i].key.clone(),
-                    result: Err(Refusal {
-                        category: "NO_RESULT".into(),
-                        message: "the reply did not mention this record; it is not confirmed and will be sent again".into(),
-                        response: None,
-                        transient: true,
-                    }),
-                })
-            })
-            .collect())
+        // A retried call may have been applied by an earlier attempt.
+        let retried_since = (reply.attempts > 1).then_some(reply.first_sent);
+        Ok(match_reply(
+            op,
+            key_property,
+            rows,
+            &reply.body,
+            retried_since,
+        ))
     }
 
     fn usage(&self) -> (u64, u64) {
@@ -392,17 +449,148 @@ impl Destination for HubSpot {
     }
 }
 
+/// Match a 2xx write reply back to its inputs; see the module docs.
+fn match_reply(
+    op: Op,
+    key_property: &str,
+    rows: &[Outgoing],
+    body: &Value,
+    retried_since: Option<DateTime<Utc>>,
+) -> Vec<Outcome> {
+    let by_id = op == Op::Update;
+    let index: HashMap<String, usize> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let k = if by_id {
+                r.id.clone().unwrap_or_default()
+            } else {
+                normalize_key(&r.key)
+            };
+            (k, i)
+        })
+        .collect();
+    let trace = |v: &Value| -> Option<usize> {
+        text(&v["objectWriteTraceId"])
+            .and_then(|t| t.parse::<usize>().ok())
+            .filter(|i| *i < rows.len())
+    };
+    let mut fates: Vec<Option<Fate>> = vec![None; rows.len()];
+    let listed = body["results"].as_array();
+    let results = listed.map(Vec::as_slice).unwrap_or(&[]);
+    let errors = body["errors"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let mut unplaced = Vec::new();
+    for (pos, r) in results.iter().enumerate() {
+        let Some(e) = record(r) else { continue };
+        let slot = trace(r).or_else(|| {
+            let k = if by_id {
+                Some(e.id.clone())
+            } else {
+                e.properties.get(key_property).map(|v| normalize_key(v))
+            };
+            k.and_then(|k| index.get(&k).copied())
+        });
+        let created = match op {
+            Op::Create => true,
+            Op::Upsert => {
+                r["new"].as_bool().unwrap_or(false)
+                    || (match (rows_pending(rows, slot), retried_since) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    })
+                    .zip(e.created_at)
+                    .is_some_and(|(since, at)| at + CLOCK_SKEW >= since)
+            }
+            _ => false,
+        };
+        let fate = Fate::Written(Written {
+            id: e.id.clone(),
+            created,
+        });
+        match slot {
+            Some(i) if fates[i].is_none() => fates[i] = Some(fate),
+            Some(_) => {}
+            None => unplaced.push((pos, fate)),
+        }
+    }
+    // Position is evidence only when the reply has exactly one result per
+    // input and no errors (HubSpot keeps the inputs' order then).
+    if !unplaced.is_empty() && results.len() == rows.len() && errors.is_empty() {
+        for (pos, fate) in unplaced {
+            if fates[pos].is_none() {
+                fates[pos] = Some(fate);
+            }
+        }
+    }
+    for err in errors {
+        let category = err["category"].as_str().unwrap_or("ERROR").to_string();
+        let message = err["message"].as_str().unwrap_or("refused").to_string();
+        let mut slots: Vec<usize> = context_list(err, "objectWriteTraceId")
+            .iter()
+            .filter_map(|t| t.parse::<usize>().ok())
+            .filter(|i| *i < rows.len())
+            .collect();
+        if slots.is_empty() {
+            slots = error_ids(err)
+                .iter()
+                .filter_map(|id| {
+                    let k = if by_id { id.clone() } else { normalize_key(id) };
+                    index.get(&k).copied()
+                })
+                .collect();
+        }
+        for i in slots {
+            if fates[i].is_none() {
+                fates[i] = Some(Fate::Refused(Refusal {
+                    category: category.clone(),
+                    message: message.clone(),
+                    response: Some(err.to_string()),
+                    transient: false,
+                }));
+            }
+        }
+    }
+    fates
+        .into_iter()
+        .zip(rows)
+        .map(|(f, r)| Outcome {
+            key: r.key.clone(),
+            fate: f.unwrap_or_else(|| {
+                Fate::Unknown(if listed.is_none() {
+                    "HubSpot answered 2xx without a results list".into()
+                } else {
+                    "HubSpot's 2xx reply did not mention this record".into()
+                })
+            }),
+        })
+        .collect()
+}
+
+fn rows_pending(rows: &[Outgoing], slot: Option<usize>) -> Option<DateTime<Utc>> {
+    slot.and_then(|i| rows.get(i)).and_then(|r| r.pending_since)
+}
+
 /// A call error that ends a sync step, as ferry's error.
 pub fn call_error(e: CallError) -> Error {
+    let vendor = |message: String, retryable: bool| Error::Vendor {
+        vendor: "HubSpot".into(),
+        message,
+        retryable,
+    };
     match e {
-        CallError::Auth { .. } => Error::Input(format!(
-            "HubSpot refused the credentials ({}). No further calls were made. \
-             Check the token (or OAuth app) in [destinations] and its scopes (crm.objects.*.read/write)",
-            e.message()
-        )),
-        CallError::DailyLimit => Error::Input(
-            "HubSpot's daily API budget is spent. Progress so far is saved; run `ferry sync` again after it resets (midnight in the account's time zone)".into(),
+        CallError::Auth { .. } => vendor(
+            format!(
+                "refused the credentials ({}). No further calls were made. \
+                 Check the token (or OAuth app) in [destinations] and its scopes (crm.objects.*.read/write)",
+                e.message()
+            ),
+            false,
         ),
-        other => Error::Input(format!("HubSpot: {}", other.message())),
+        CallError::DailyLimit => vendor(
+            "the daily API budget is spent. Progress so far is saved; run `ferry sync` again after it resets (midnight in the account's time zone)".into(),
+            true,
+        ),
+        e @ CallError::Transient { .. } => vendor(e.message(), true),
+        e @ CallError::Rejected { .. } => Error::Input(format!("HubSpot: {}", e.message())),
     }
 }
