@@ -8,6 +8,13 @@
 //! its inbox file), so on a local lake every completed write is followed by
 //! an fsync of the file and of the directories that name it. Object stores
 //! (S3, GCS, Azure) are durable on completion and are not wrapped.
+//!
+//! `LocalFileSystem` has no conditional update (`PutMode::Update`), which
+//! leases need. Here it is: under an exclusive OS file lock (one per object,
+//! in the temp folder, shared by every process on the machine), the
+//! object's current version is compared with the expected one and the new
+//! content is written atomically (staged, then renamed), or the write fails
+//! with `Precondition`.
 
 use std::ops::Range;
 use std::path::PathBuf;
@@ -19,7 +26,8 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, Result, UploadPart,
+    ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
+    Result, UploadPart,
 };
 
 /// `LocalFileSystem` with fsync after every completed write.
@@ -38,6 +46,32 @@ impl DurableLocal {
         let file = self.inner.path_to_filesystem(location)?;
         sync_path(file, self.root.clone()).await
     }
+}
+
+/// An exclusive lock for conditional updates of `file`, held until dropped.
+async fn lock(file: PathBuf) -> Result<std::fs::File> {
+    tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+        use sha2::Digest;
+        let dir = std::env::temp_dir().join("ferry-locks");
+        std::fs::create_dir_all(&dir)?;
+        let name = hex::encode(sha2::Sha256::digest(file.to_string_lossy().as_bytes()));
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(name))?;
+        f.lock()?;
+        Ok(f)
+    })
+    .await
+    .map_err(|e| object_store::Error::Generic {
+        store: "LocalFileSystem",
+        source: Box::new(e),
+    })?
+    .map_err(|e| object_store::Error::Generic {
+        store: "LocalFileSystem",
+        source: Box::new(e),
+    })
 }
 
 /// fsync `file`, then each directory from its parent up to `root`
@@ -80,6 +114,34 @@ impl ObjectStore for DurableLocal {
         payload: PutPayload,
         opts: PutOptions,
     ) -> Result<PutResult> {
+        if let PutMode::Update(expected) = &opts.mode {
+            let file = self.inner.path_to_filesystem(location)?;
+            let _guard = lock(file).await?;
+            let current = match self.inner.head(location).await {
+                Ok(m) => m,
+                Err(object_store::Error::NotFound { path, source }) => {
+                    return Err(object_store::Error::Precondition { path, source });
+                }
+                Err(e) => return Err(e),
+            };
+            if expected.e_tag.is_some() && current.e_tag != expected.e_tag {
+                return Err(object_store::Error::Precondition {
+                    path: location.to_string(),
+                    source: format!(
+                        "the object's version is {:?}, not the expected {:?}",
+                        current.e_tag, expected.e_tag
+                    )
+                    .into(),
+                });
+            }
+            let overwrite = PutOptions {
+                mode: PutMode::Overwrite,
+                ..opts
+            };
+            let r = self.inner.put_opts(location, payload, overwrite).await?;
+            self.sync(location).await?;
+            return Ok(r);
+        }
         let r = self.inner.put_opts(location, payload, opts).await?;
         self.sync(location).await?;
         Ok(r)

@@ -19,6 +19,7 @@ pub mod durable;
 pub mod json;
 pub mod land;
 pub mod layout;
+pub mod lease;
 pub mod log;
 pub mod schema;
 

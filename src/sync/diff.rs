@@ -95,10 +95,14 @@ async fn has_files(lake: &Lake, prefix: &object_store::path::Path) -> Result<boo
     }
 }
 
-fn listing(ctx: &SessionContext, name: &str, url: String) -> Result<()> {
+fn listing(ctx: &SessionContext, name: &str, urls: Vec<String>) -> Result<()> {
     let options =
         ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-    let config = ListingTableConfig::new(ListingTableUrl::parse(url)?)
+    let urls = urls
+        .into_iter()
+        .map(ListingTableUrl::parse)
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let config = ListingTableConfig::new_with_multi_paths(urls)
         .with_listing_options(options)
         .with_schema(state::log_schema());
     ctx.register_table(name, Arc::new(ListingTable::try_new(config)?))?;
@@ -116,22 +120,42 @@ pub async fn register_snapshot(ctx: &SessionContext, lake: &Lake, sync: &str) ->
     for t in [BASE, LOG, SNAPSHOT] {
         ctx.deregister_table(t)?;
     }
+    let prefix = state::log_prefix(sync);
+    let whole_log = |ctx: &SessionContext| -> Result<()> {
+        listing(ctx, LOG, vec![format!("{LAKE_URL}{prefix}/")])
+    };
     let after = match state::latest_snapshot(lake, sync).await? {
-        Some((path, micros)) => {
-            listing(ctx, BASE, format!("{LAKE_URL}{path}"))?;
+        // The log files of later generations (runs after the snapshot's).
+        Some(state::Snapshot::Generation(path, generation)) => {
+            listing(ctx, BASE, vec![format!("{LAKE_URL}{path}")])?;
+            let files = state::log_files_after(lake, sync, generation).await?;
+            if files.is_empty() {
+                empty(ctx, LOG)?;
+            } else {
+                listing(
+                    ctx,
+                    LOG,
+                    files.iter().map(|f| format!("{LAKE_URL}{f}")).collect(),
+                )?;
+            }
+            i64::MIN
+        }
+        // A snapshot from before generations: rows logged after its time.
+        Some(state::Snapshot::Time(path, micros)) => {
+            listing(ctx, BASE, vec![format!("{LAKE_URL}{path}")])?;
+            whole_log(ctx)?;
             micros
         }
         None => {
             empty(ctx, BASE)?;
+            if has_files(lake, &prefix).await? {
+                whole_log(ctx)?;
+            } else {
+                empty(ctx, LOG)?;
+            }
             i64::MIN
         }
     };
-    let prefix = state::log_prefix(sync);
-    if has_files(lake, &prefix).await? {
-        listing(ctx, LOG, format!("{LAKE_URL}{prefix}/"))?;
-    } else {
-        empty(ctx, LOG)?;
-    }
     let sql = snapshot_sql(BASE, LOG, after)?;
     let view = ctx.sql(&sql).await?.into_view();
     ctx.register_table(SNAPSHOT, view)?;

@@ -2,7 +2,8 @@
 //!
 //! One run of a sync:
 //!
-//! 1. take the sync's lock in the lake ([`state::SyncLock`]);
+//! 1. take the sync's lease in the lake ([`crate::lake::lease`]; every
+//!    commit below first checks the run still holds it);
 //! 2. check the CRM object and properties (one call) and learn whether the
 //!    match property is unique;
 //! 3. diff the model against the snapshot of what the CRM last confirmed
@@ -19,7 +20,7 @@
 //!    the batches in flight, and the next run's diff sends exactly what is
 //!    not confirmed;
 //! 7. archive (mirror) or release removed rows, write a new snapshot, record
-//!    the run in `ferry.sync_runs`, release the lock.
+//!    the run in `ferry.sync_runs`, release the lease.
 
 pub mod config;
 pub mod destination;
@@ -56,7 +57,7 @@ pub struct SyncOptions {
     pub retry_failed: bool,
     /// Let `mirror` archive more than `max_delete_pct`, or run on an empty model.
     pub allow_mass_delete: bool,
-    /// Take the lock even if another run seems to hold it.
+    /// Take the lease even if another run seems to hold it.
     pub break_lock: bool,
 }
 
@@ -192,10 +193,22 @@ impl Syncer {
             .unwrap_or_default();
         let run_id = RunId::new();
         let started = Utc::now();
-        let lock = if opts.dry_run {
+        let lease = if opts.dry_run {
             None
         } else {
-            Some(state::SyncLock::acquire(&self.lake, &sync.name, &run_id, opts.break_lock).await?)
+            let first = state::first_generation(&self.lake, &sync.name).await?;
+            Some(Arc::new(
+                crate::lake::lease::Lease::acquire(
+                    &self.lake,
+                    state::lease_path(&sync.name),
+                    run_id.as_str(),
+                    &format!("sync {}", sync.name),
+                    crate::lake::lease::DEFAULT_TTL,
+                    opts.break_lock,
+                    first,
+                )
+                .await?,
+            ))
         };
         let (calls0, limited0) = dest.usage();
         let run = Run {
@@ -204,7 +217,7 @@ impl Syncer {
             lake: &self.lake,
             project: &self.project,
             opts,
-            log: LogWriter::new(self.lake.clone(), &sync.name, run_id.clone()),
+            log: LogWriter::new(self.lake.clone(), &sync.name, run_id.clone(), lease.clone()),
             max_in_flight,
             retry,
             counts: Mutex::new(Counts::default()),
@@ -262,8 +275,9 @@ impl Syncer {
                 tracing::warn!(sync = %sync.name, "could not record the run in ferry.sync_runs: {e}");
             }
         }
-        if let Some(lock) = lock {
-            lock.release().await?;
+        drop(run);
+        if let Some(lease) = lease.and_then(|l| Arc::try_unwrap(l).ok()) {
+            lease.release().await?;
         }
         outcome?;
         Ok(report)
@@ -1512,6 +1526,7 @@ impl Run<'_> {
 
     /// Fold the log into a new snapshot so the next run reads one file.
     async fn compact(&self, ctx: &SessionContext) -> Result<()> {
+        self.log.check()?;
         let micros = Utc::now().timestamp_micros();
         diff::register_snapshot(ctx, self.lake, &self.sync.name).await?;
         let batches = ctx
@@ -1541,7 +1556,7 @@ impl Run<'_> {
             })
             .collect::<Result<Vec<_>>>()?;
         let bytes = crate::lake::log::encode(schema, &batches)?;
-        let path = state::snapshot_path(&self.sync.name, micros);
+        let path = state::snapshot_path(&self.sync.name, self.log.generation());
         crate::lake::log::put_once(self.lake.store().as_ref(), &path, bytes).await?;
         state::prune_snapshots(self.lake, &self.sync.name).await
     }

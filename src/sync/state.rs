@@ -1,16 +1,19 @@
 //! A sync's state in the lake, all under `_ferry/`:
 //!
-//! - `sync_log/<sync>/<run_id>-<seq>.parquet`: `ferry.sync_log`, one row per
+//! - `sync_log/<sync>/g<generation>-<run_id>-<seq>.parquet`: `ferry.sync_log`, one row per
 //!   record per run (what was done, the outcome, the CRM id, the error). A
 //!   file is written after the CRM confirmed (or refused) its batch, so a
 //!   row with `status = 'ok'` is always true of the CRM.
-//! - `sync_state/<sync>/snapshot-<micros>.parquet`: the confirmed state as of
-//!   a run's end (key, hash of the mapped values, CRM id, whether this sync
-//!   created the record). The state at any moment is the newest snapshot plus
-//!   the `ok` log rows written after it, so a crash between batches loses
-//!   nothing and the next run resumes from the last confirmed batch.
-//! - `sync_state/<sync>/lock`: who is running the sync (write-once; removed
-//!   at the end). A lock left by a killed process on this machine is taken over.
+//! - `sync_state/<sync>/snapshot-g<generation>.parquet`: the confirmed state
+//!   as of the end of the run that held lease generation `<generation>` (key,
+//!   hash of the mapped values, CRM id, whether this sync created the
+//!   record). The state at any moment is the newest snapshot plus the `ok`
+//!   rows of log files of later generations, so a crash between batches
+//!   loses nothing and the next run resumes from the last confirmed batch.
+//!   Generations grow with each lease, whatever the machines' clocks say.
+//!   (Snapshots named `snapshot-<micros>` come from before generations and
+//!   are read by time.)
+//! - `sync_state/<sync>/lease`: the run holding the sync ([`crate::lake::lease`]).
 //! - `sync_runs/<sync>/<run_id>.parquet`: `ferry.sync_runs`, one summary row per run.
 
 use std::sync::Arc;
@@ -22,9 +25,8 @@ use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, Utc};
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
-use serde_json::json;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::lake::Lake;
 use crate::lake::layout::{META, RunId};
 use crate::lake::log::{encode, put_once, ts_array, ts_type};
@@ -177,34 +179,99 @@ pub struct LogWriter {
     sync: String,
     run_id: RunId,
     seq: AtomicU64,
+    lease: Option<Arc<crate::lake::lease::Lease>>,
+    generation: u64,
 }
 
 impl LogWriter {
-    pub fn new(lake: Lake, sync: &str, run_id: RunId) -> LogWriter {
+    /// A writer for a run holding `lease` (none in a dry run, which writes nothing).
+    pub fn new(
+        lake: Lake,
+        sync: &str,
+        run_id: RunId,
+        lease: Option<Arc<crate::lake::lease::Lease>>,
+    ) -> LogWriter {
+        let generation = lease.as_ref().map_or(0, |l| l.generation());
         LogWriter {
             lake,
             sync: sync.to_string(),
             run_id,
             seq: AtomicU64::new(0),
+            lease,
+            generation,
         }
     }
 
-    /// Make `rows` durable. Returns once the file is in the lake.
+    /// The generation of the run's lease.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Fails if the run's lease was lost.
+    pub fn check(&self) -> Result<()> {
+        match &self.lease {
+            Some(l) => l.check(),
+            None => Ok(()),
+        }
+    }
+
+    /// Make `rows` durable. Returns once the file is in the lake. Refuses
+    /// if the run no longer holds its lease (another run took over).
     pub async fn append(&self, rows: &[LogRow]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
+        self.check()?;
         let batch = log_batch(self.run_id.as_str(), &self.sync, rows, Utc::now())?;
         let bytes = encode(log_schema(), &[batch])?;
         let seq = self.seq.fetch_add(1, Ordering::SeqCst);
-        let path = log_prefix(&self.sync).join(format!("{}-{seq:06}.parquet", self.run_id));
+        let path = log_prefix(&self.sync).join(format!(
+            "g{:012}-{}-{seq:06}.parquet",
+            self.generation, self.run_id
+        ));
         put_once(self.lake.store().as_ref(), &path, bytes).await
     }
 }
 
-/// The newest snapshot file of a sync and the time it covers up to
-/// (microseconds since the epoch), if any.
-pub async fn latest_snapshot(lake: &Lake, sync: &str) -> Result<Option<(Path, i64)>> {
+/// The newest snapshot of a sync: the last generation it covers, or (for
+/// snapshots from before generations) the time it covers up to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Snapshot {
+    Generation(Path, u64),
+    Time(Path, i64),
+}
+
+/// The newest snapshot of a sync, if any.
+pub async fn latest_snapshot(lake: &Lake, sync: &str) -> Result<Option<Snapshot>> {
+    let listed = match lake
+        .store()
+        .list_with_delimiter(Some(&state_prefix(sync)))
+        .await
+    {
+        Ok(l) => l,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let by_generation = listed
+        .objects
+        .iter()
+        .filter_map(|o| {
+            let name = o.location.filename()?;
+            name.starts_with("snapshot-g")
+                .then(|| generation_of(name))
+                .flatten()
+                .map(|g| (o.location.clone(), g))
+        })
+        .max_by_key(|(_, g)| *g);
+    if let Some((p, g)) = by_generation {
+        return Ok(Some(Snapshot::Generation(p, g)));
+    }
+    Ok(latest_timed_snapshot(lake, sync)
+        .await?
+        .map(|(p, m)| Snapshot::Time(p, m)))
+}
+
+async fn latest_timed_snapshot(lake: &Lake, sync: &str) -> Result<Option<(Path, i64)>> {
     let listed = match lake
         .store()
         .list_with_delimiter(Some(&state_prefix(sync)))
@@ -229,9 +296,9 @@ pub async fn latest_snapshot(lake: &Lake, sync: &str) -> Result<Option<(Path, i6
         .max_by_key(|(_, m)| *m))
 }
 
-/// Path of a snapshot covering log rows up to `micros`.
-pub fn snapshot_path(sync: &str, micros: i64) -> Path {
-    state_prefix(sync).join(format!("snapshot-{micros:020}.parquet"))
+/// Path of the snapshot written at the end of generation `generation`.
+pub fn snapshot_path(sync: &str, generation: u64) -> Path {
+    state_prefix(sync).join(format!("snapshot-g{generation:012}.parquet"))
 }
 
 /// Delete snapshots older than the newest two (the newest is what the next
@@ -323,91 +390,61 @@ pub async fn record_run(lake: &Lake, sync: &str, run_id: &RunId, row: &RunRow) -
     .await
 }
 
-/// The lock that keeps two runs of one sync apart.
-pub struct SyncLock {
-    lake: Lake,
-    path: Path,
+/// `_ferry/sync_state/<sync>/lease`: the lease that keeps two runs of one
+/// sync apart (see [`crate::lake::lease`]).
+pub fn lease_path(sync: &str) -> Path {
+    state_prefix(sync).join("lease")
 }
 
-fn host() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown-host".into())
+/// The generation in a state file's name (`g<generation>-...` or
+/// `snapshot-g<generation>.parquet`); `None` for files named before
+/// generations (by time).
+fn generation_of(name: &str) -> Option<u64> {
+    let rest = name
+        .strip_prefix("snapshot-g")
+        .or_else(|| name.strip_prefix('g'))?;
+    rest.split(['-', '.']).next()?.parse().ok()
 }
 
-/// Whether a process with this id runs on this machine (Linux: `/proc`).
-fn alive(pid: u64) -> bool {
-    if cfg!(target_os = "linux") {
-        std::path::Path::new(&format!("/proc/{pid}")).exists()
-    } else {
-        true
-    }
-}
-
-impl SyncLock {
-    /// Take the lock of `sync`. Fails if another run holds it, unless that
-    /// run's process on this machine is gone, or `force` is set.
-    pub async fn acquire(lake: &Lake, sync: &str, run_id: &RunId, force: bool) -> Result<SyncLock> {
-        let path = state_prefix(sync).join("lock");
-        let me = json!({
-            "run_id": run_id.as_str(),
-            "pid": std::process::id(),
-            "host": host(),
-            "started_at": Utc::now().to_rfc3339(),
-        })
-        .to_string();
-        for _ in 0..2 {
-            match put_once(lake.store().as_ref(), &path, me.clone().into_bytes()).await {
-                Ok(()) => {
-                    return Ok(SyncLock {
-                        lake: lake.clone(),
-                        path,
-                    });
-                }
-                Err(Error::Storage(object_store::Error::AlreadyExists { .. })) => {
-                    let holder = match lake.store().get(&path).await {
-                        Ok(g) => g.bytes().await.map(|b| b.to_vec()).unwrap_or_default(),
-                        Err(object_store::Error::NotFound { .. }) => continue,
-                        Err(e) => return Err(e.into()),
-                    };
-                    let h: serde_json::Value =
-                        serde_json::from_slice(&holder).unwrap_or(serde_json::Value::Null);
-                    let same_host = h["host"].as_str() == Some(host().as_str());
-                    let dead = same_host && h["pid"].as_u64().is_some_and(|p| !alive(p));
-                    if dead || force {
-                        tracing::warn!(
-                            sync,
-                            holder = %h["run_id"],
-                            "taking over the lock of a run that is no longer running"
-                        );
-                        lake.store().delete(&path).await?;
-                        continue;
-                    }
-                    return Err(Error::Input(format!(
-                        "sync {sync} is already running (run {}, pid {} on {}, since {}). \
-                         Wait for it to finish; if that process is gone, run again with --break-lock",
-                        h["run_id"].as_str().unwrap_or("?"),
-                        h["pid"],
-                        h["host"].as_str().unwrap_or("?"),
-                        h["started_at"].as_str().unwrap_or("?"),
-                    )));
-                }
-                Err(e) => return Err(e),
+/// The generation a sync's first lease starts at: one past any generation
+/// its state files already carry.
+pub async fn first_generation(lake: &Lake, sync: &str) -> Result<u64> {
+    let mut max = 0u64;
+    for prefix in [log_prefix(sync), state_prefix(sync)] {
+        let listed: Vec<object_store::ObjectMeta> =
+            match futures::TryStreamExt::try_collect(lake.store().list(Some(&prefix))).await {
+                Ok(l) => l,
+                Err(object_store::Error::NotFound { .. }) => Vec::new(),
+                Err(e) => return Err(e.into()),
+            };
+        for o in listed {
+            if let Some(g) = o.location.filename().and_then(generation_of) {
+                max = max.max(g);
             }
         }
-        Err(Error::Input(format!(
-            "could not take the lock of sync {sync} at {path}: another run took it first"
-        )))
     }
+    Ok(max + 1)
+}
 
-    /// Give the lock up.
-    pub async fn release(self) -> Result<()> {
-        match self.lake.store().delete(&self.path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
+/// Log files of a sync written by runs after generation `after`.
+pub async fn log_files_after(lake: &Lake, sync: &str, after: u64) -> Result<Vec<Path>> {
+    let listed: Vec<object_store::ObjectMeta> = match futures::TryStreamExt::try_collect(
+        lake.store().list(Some(&log_prefix(sync))),
+    )
+    .await
+    {
+        Ok(l) => l,
+        Err(object_store::Error::NotFound { .. }) => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(listed
+        .into_iter()
+        .filter(|o| {
+            o.location
+                .filename()
+                .and_then(generation_of)
+                .is_some_and(|g| g > after)
+        })
+        .map(|o| o.location)
+        .collect())
 }
