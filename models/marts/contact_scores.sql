@@ -118,4 +118,9 @@ scored as (
     left join {{ ref('territories') }} t4 on t4.country_code = p.any_key and t4.segment = p.any_key
 )
 -- One row per email (the sync's key): a person with a CRM contact first.
-select * exclude (email_rank) from scored where email_rank = 1
+-- People deleted in HubSpot are left out: the sync must not recreate them.
+select * exclude (email_rank) from scored s
+where email_rank = 1
+  and not exists (
+      select 1 from {{ ref('stg_hubspot__archived_contacts') }} a where a.email = s.email
+  )

@@ -2,7 +2,9 @@
 -- removed), industry mapped to the team's taxonomy, employees as a number
 -- with a size band and segment, country normalized.
 with companies as (
+    -- records deleted (archived) in HubSpot drop out
     select * from {{ latest_by(source('hubspot', 'companies'), 'id') }}
+    where not coalesce(archived, false)
 )
 select
     cast(c.id as varchar) as company_id,

@@ -3,7 +3,9 @@
 -- the seed dictionaries, the job title reduced to keywords for int_job_titles,
 -- and the company it is associated with.
 with contacts as (
+    -- records deleted (archived) in HubSpot drop out
     select * from {{ latest_by(source('hubspot', 'contacts'), 'id') }}
+    where not coalesce(archived, false)
 ),
 company as (
     -- the current association (landed with the contact's latest version):

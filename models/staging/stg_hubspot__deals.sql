@@ -1,6 +1,8 @@
 -- One row per HubSpot deal with its amount, stage, dates and company.
 with deals as (
+    -- records deleted (archived) in HubSpot drop out
     select * from {{ latest_by(source('hubspot', 'deals'), 'id') }}
+    where not coalesce(archived, false)
 ),
 company as (
     -- the current association (landed with the deal's latest version);

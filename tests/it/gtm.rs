@@ -1122,6 +1122,52 @@ async fn demo_leaves_the_crm_matching_the_scoring_mart() {
         dupes > 3 && merged * 10 >= dupes * 8,
         "{merged} of {dupes} CRM duplicates merged"
     );
+
+    // A rep deletes a synced contact in HubSpot: the next build lands it as
+    // archived, the scoring mart leaves that person out, and the sync lets
+    // the record go instead of recreating it.
+    let victim = scores
+        .iter()
+        .find(|r| r.get("hubspot_contact_id").is_some_and(|v| !v.is_null()))
+        .map(|r| (s(r.get("email")), s(r.get("hubspot_contact_id"))))
+        .expect("a scored person with a HubSpot contact");
+    let reply = reqwest::Client::new()
+        .post(format!(
+            "{}/crm/v3/objects/contacts/batch/archive",
+            demo.served.hubspot.base_url()
+        ))
+        .bearer_auth(ferry::sim::hubspot::SimConfig::default().token)
+        .json(&serde_json::json!({"inputs": [{"id": victim.1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 204);
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    rebuild(&demo, false).await;
+    let still = rows(
+        &demo,
+        &format!("select email from contact_scores where email = '{}'", victim.0),
+    )
+    .await;
+    assert!(still.is_empty(), "a deleted contact is still scored: {still:?}");
+    assert!(
+        !demo
+            .served
+            .hubspot
+            .records("contacts")
+            .iter()
+            .any(|r| r.properties.get("email") == Some(&victim.0)),
+        "the sync recreated a contact deleted in HubSpot"
+    );
+    let forgot = rows(
+        &demo,
+        &format!(
+            "select operation from ferry.sync_log where key = '{}' order by at desc limit 1",
+            victim.0
+        ),
+    )
+    .await;
+    assert_eq!(s(forgot[0].get("operation")), "forget", "{forgot:?}");
     // The CRM's company duplicates collapse into fewer accounts.
     let accounts = rows(&demo, "select count(*) as n from dim_accounts").await;
     let n = accounts[0]["n"].as_u64().unwrap() as usize;
