@@ -1146,10 +1146,16 @@ async fn demo_leaves_the_crm_matching_the_scoring_mart() {
     rebuild(&demo, false).await;
     let still = rows(
         &demo,
-        &format!("select email from contact_scores where email = '{}'", victim.0),
+        &format!(
+            "select email from contact_scores where email = '{}'",
+            victim.0
+        ),
     )
     .await;
-    assert!(still.is_empty(), "a deleted contact is still scored: {still:?}");
+    assert!(
+        still.is_empty(),
+        "a deleted contact is still scored: {still:?}"
+    );
     assert!(
         !demo
             .served

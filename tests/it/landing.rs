@@ -158,11 +158,12 @@ async fn landed_files_are_plain_parquet_for_other_readers() {
 /// A store that fails every write under `raw/` once switched on, as a crash
 /// or outage mid-landing would.
 #[derive(Debug)]
-struct FailingWrites {
-    inner: Arc<dyn ObjectStore>,
-    fail: AtomicBool,
-    /// Writes under `raw/` allowed before failing (when `fail` is set).
-    allowed: std::sync::atomic::AtomicUsize,
+pub struct FailingWrites {
+    pub inner: Arc<dyn ObjectStore>,
+    pub fail: AtomicBool,
+    /// Writes under `prefix` allowed before failing (when `fail` is set).
+    pub allowed: std::sync::atomic::AtomicUsize,
+    pub prefix: &'static str,
 }
 
 impl fmt::Display for FailingWrites {
@@ -180,7 +181,7 @@ impl ObjectStore for FailingWrites {
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
         if self.fail.load(Ordering::SeqCst)
-            && location.as_ref().starts_with("raw/")
+            && location.as_ref().starts_with(self.prefix)
             && self
                 .allowed
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -237,6 +238,7 @@ async fn a_failed_write_leaves_nothing_visible_and_logs_nothing() {
         inner: local.store().clone(),
         fail: AtomicBool::new(false),
         allowed: std::sync::atomic::AtomicUsize::new(0),
+        prefix: "raw/",
     });
     let lake = Lake::from_store(store.clone(), "failing");
     let stream = StreamRef::parse("crm.contacts").unwrap();

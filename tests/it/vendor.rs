@@ -422,3 +422,289 @@ fn walk(dir: &Path) -> Vec<String> {
     out.sort();
     out
 }
+
+// ---- webhooks ------------------------------------------------------------
+
+fn hubspot_webhook() -> ferry::extract::config::WebhookSpec {
+    ferry::extract::config::WebhookSpec {
+        name: "hs_events".into(),
+        preset: ferry::extract::config::WebhookPreset::Hubspot,
+        secret: ferry::project::Secret::new("app-secret"),
+        max_body_bytes: 1 << 20,
+        tolerance_seconds: 300,
+        public_url: Some("https://ferry.example.com/webhooks/hs_events".into()),
+    }
+}
+
+fn hubspot_delivery(body: &str) -> axum::http::HeaderMap {
+    use base64::Engine;
+    let url = "https://ferry.example.com/webhooks/hs_events";
+    let ts = chrono::Utc::now().timestamp_millis().to_string();
+    let sig =
+        ferry::extract::webhook::sign("app-secret", format!("POST{url}{body}{ts}").as_bytes());
+    let mut h = axum::http::HeaderMap::new();
+    h.insert(
+        "x-hubspot-signature-v3",
+        base64::engine::general_purpose::STANDARD
+            .encode(sig)
+            .parse()
+            .unwrap(),
+    );
+    h.insert("x-hubspot-request-timestamp", ts.parse().unwrap());
+    h
+}
+
+async fn deliver(
+    r: &ferry::extract::webhook::Receiver,
+    body: &str,
+) -> Result<ferry::extract::webhook::Accepted, ferry::extract::webhook::Refused> {
+    r.accept(
+        "POST",
+        "https://ferry.example.com/webhooks/hs_events",
+        &hubspot_delivery(body),
+        &axum::body::Bytes::from(body.to_string()),
+    )
+    .await
+}
+
+/// A storage failure answered 400, and HubSpot never retries a 4xx: the
+/// event was lost by ferry's own answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_the_lake_cannot_take_is_answered_503_so_the_vendor_retries() {
+    use std::sync::atomic::AtomicBool;
+    let dir = tempfile::tempdir().unwrap();
+    let local = ferry::lake::Lake::from_url("lake", dir.path(), &Default::default()).unwrap();
+    let store = std::sync::Arc::new(crate::landing::FailingWrites {
+        inner: local.store().clone(),
+        fail: AtomicBool::new(true),
+        allowed: std::sync::atomic::AtomicUsize::new(0),
+        prefix: "_ferry/webhooks/",
+    });
+    let lake = ferry::lake::Lake::from_store(store, "failing");
+    let r = ferry::extract::webhook::Receiver::open(hubspot_webhook(), lake)
+        .await
+        .unwrap();
+    let body = r#"[{"eventId": 1, "subscriptionId": 10, "portalId": 77, "subscriptionType": "contact.creation", "objectId": 5, "occurredAt": 1764000000000}]"#;
+    let refused = deliver(&r, body).await.unwrap_err();
+    assert_eq!(refused.status().as_u16(), 503, "{refused:?}");
+}
+
+/// HubSpot numbers events per subscription: two subscriptions' event 1 are
+/// two events, and the second was dropped as a duplicate of the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_dedupe_uses_the_vendors_full_event_identity() {
+    let lake = ferry::lake::Lake::memory();
+    let r = ferry::extract::webhook::Receiver::open(hubspot_webhook(), lake.clone())
+        .await
+        .unwrap();
+    let ev = |sub: u32, attempt: u32| {
+        format!(
+            r#"[{{"eventId": 1, "subscriptionId": {sub}, "portalId": 77, "attemptNumber": {attempt}, "subscriptionType": "contact.propertyChange", "objectId": 5, "occurredAt": 1764000000000}}]"#
+        )
+    };
+    let a = deliver(&r, &ev(10, 0)).await.unwrap();
+    let b = deliver(&r, &ev(11, 0)).await.unwrap();
+    // HubSpot's retry of the first (attemptNumber grows): a duplicate.
+    let c = deliver(&r, &ev(10, 1)).await.unwrap();
+    assert_eq!(
+        (a.accepted, b.accepted, c.accepted, c.duplicates),
+        (1, 1, 0, 1)
+    );
+    assert_eq!(r.land().await.unwrap(), 2);
+}
+
+/// One inbox file that did not parse stopped every later event from landing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_inbox_file_is_quarantined_and_the_rest_land() {
+    use object_store::ObjectStoreExt;
+    let lake = ferry::lake::Lake::memory();
+    let r = ferry::extract::webhook::Receiver::open(hubspot_webhook(), lake.clone())
+        .await
+        .unwrap();
+    let body = r#"[{"eventId": 1, "subscriptionId": 10, "portalId": 77, "subscriptionType": "contact.creation", "objectId": 5, "occurredAt": 1764000000000},
+                   {"eventId": 2, "subscriptionId": 10, "portalId": 77, "subscriptionType": "contact.creation", "objectId": 6, "occurredAt": 1764000000000}]"#;
+    deliver(&r, body).await.unwrap();
+    let bad = object_store::path::Path::from("_ferry/webhooks/hs_events/inbox/broken.json");
+    lake.store()
+        .put(&bad, object_store::PutPayload::from("{not json"))
+        .await
+        .unwrap();
+    assert_eq!(r.land().await.unwrap(), 2);
+    let moved = object_store::path::Path::from("_ferry/webhooks/hs_events/quarantine/broken.json");
+    assert!(lake.store().head(&moved).await.is_ok(), "not quarantined");
+    assert!(lake.store().head(&bad).await.is_err(), "still in the inbox");
+}
+
+#[test]
+fn a_hubspot_webhook_source_needs_its_public_url() {
+    let text = "[project]\nname = \"x\"\n\n[sources.hs]\ntype = \"webhook\"\npreset = \"hubspot\"\nsecret = \"s\"\n";
+    let e = ferry::project::Project::parse(
+        Path::new("p"),
+        Path::new("p/ferry.toml"),
+        text,
+        &Default::default(),
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("public_url"), "{e}");
+    assert!(e.contains("ferry.toml:4"), "names the source's line: {e}");
+}
+
+// ---- REST APIs that ignore or clamp their paging parameters -------------
+
+async fn rest_extract(
+    config: ferry::sim::rest::RestConfig,
+    stream: &str,
+) -> (
+    ferry::Result<Vec<ferry::extract::StreamSummary>>,
+    tempfile::TempDir,
+) {
+    let s = crate::extract::api(config).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = crate::extract::project(
+        tmp.path(),
+        &format!(
+            "[sources.api]\ntype = \"rest\"\nurl = \"{}\"\n\n{stream}",
+            s.base_url()
+        ),
+    );
+    let r = crate::extract::extract(&dir, &[]).await;
+    (r, tmp)
+}
+
+/// An API that ignores `offset` answers page one forever: ferry looped (or,
+/// stopping at the first short page, lost everything past page one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_that_ignores_offset_is_an_error_not_a_loop() {
+    let (r, _t) = rest_extract(
+        ferry::sim::rest::RestConfig {
+            records: 120,
+            ignore_offset: true,
+            ..Default::default()
+        },
+        "[sources.api.streams.items]\npath = \"/offset/items\"\nrecords = \"items\"\npagination = { type = \"offset\", limit = 50 }\n",
+    )
+    .await;
+    let e = r.unwrap_err();
+    assert!(
+        e.to_string().contains("ignores the paging parameter"),
+        "{e}"
+    );
+    assert_eq!(e.party(), ferry::error::Party::Vendor);
+}
+
+/// An API that caps `limit` below what was asked returns short pages that
+/// are not the end; ferry stopped at the first one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capped_limit_is_not_mistaken_for_the_last_page() {
+    let (r, _t) = rest_extract(
+        ferry::sim::rest::RestConfig {
+            records: 120,
+            max_page: 30,
+            ..Default::default()
+        },
+        "[sources.api.streams.items]\npath = \"/offset/items\"\nrecords = \"items\"\npagination = { type = \"offset\", limit = 50 }\n",
+    )
+    .await;
+    assert_eq!(r.unwrap()[0].rows, 120);
+}
+
+/// An API that clamps `page` answers the last page again past the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clamped_page_ends_the_stream_without_duplicates() {
+    let (r, _t) = rest_extract(
+        ferry::sim::rest::RestConfig {
+            records: 130,
+            clamp_page: true,
+            ..Default::default()
+        },
+        "[sources.api.streams.items]\npath = \"/page/items\"\nrecords = \"records\"\npagination = { type = \"page\", size_param = \"per_page\", size = 50 }\n",
+    )
+    .await;
+    assert_eq!(r.unwrap()[0].rows, 130);
+}
+
+/// A root-relative next link was appended to the base URL as a path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relative_next_links_are_resolved_against_the_page() {
+    let (r, _t) = rest_extract(
+        ferry::sim::rest::RestConfig {
+            records: 90,
+            relative_links: true,
+            ..Default::default()
+        },
+        "[sources.api.streams.items]\npath = \"/next_url/items\"\nrecords = \"results\"\npagination = { type = \"next_url\", path = \"next\" }\n",
+    )
+    .await;
+    assert_eq!(r.unwrap()[0].rows, 90);
+}
+
+/// The saved cursor was the largest value seen: a record changed while the
+/// run paged (or not yet indexed) sorted before it and was skipped for good.
+#[test]
+fn the_rest_cursor_is_capped_below_the_run_start() {
+    use ferry::extract::rest::capped_cursor;
+    use serde_json::json;
+    let start = chrono::DateTime::parse_from_rfc3339("2026-12-01T10:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    assert_eq!(
+        capped_cursor(json!("2026-12-01T10:00:05Z"), start, 60),
+        json!("2026-12-01T09:59:00Z")
+    );
+    assert_eq!(
+        capped_cursor(json!("2026-12-01T09:00:00Z"), start, 60),
+        json!("2026-12-01T09:00:00Z"),
+        "an older cursor is kept"
+    );
+    assert_eq!(
+        capped_cursor(json!(start.timestamp_millis() + 5000), start, 60),
+        json!(start.timestamp_millis() - 60_000)
+    );
+    assert_eq!(
+        capped_cursor(json!(start.timestamp() + 5), start, 60),
+        json!(start.timestamp() - 60)
+    );
+    assert_eq!(
+        capped_cursor(json!(42), start, 60),
+        json!(42),
+        "a sequence number"
+    );
+}
+
+/// A failed extract left no trace anywhere a user could query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_extract_attempt_is_recorded_with_who_must_act() {
+    let s = crate::extract::api(ferry::sim::rest::RestConfig {
+        records: 10,
+        auth: ferry::sim::rest::RestAuth::Bearer("right".into()),
+        ..Default::default()
+    })
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = crate::extract::project(
+        tmp.path(),
+        &format!(
+            "[sources.api]\ntype = \"rest\"\nurl = \"{}\"\nauth = {{ type = \"bearer\", token = \"wrong\" }}\n\n\
+             [sources.api.streams.items]\npath = \"/offset/items\"\nrecords = \"items\"\npagination = {{ type = \"offset\", limit = 50 }}\n",
+            s.base_url()
+        ),
+    );
+    let e = crate::extract::extract(&dir, &[]).await.unwrap_err();
+    assert_eq!(e.party(), ferry::error::Party::Vendor, "{e}");
+    let runs = query(
+        &dir,
+        "select stream, status, error_party, retryable from ferry.extract_runs",
+    )
+    .await;
+    assert_eq!(
+        runs,
+        vec![vec![
+            "items".to_string(),
+            "failed".into(),
+            "vendor".into(),
+            "false".into()
+        ]]
+    );
+}
