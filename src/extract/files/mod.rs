@@ -140,14 +140,14 @@ pub fn parse_csv(
         .flexible(true)
         .has_headers(false)
         .from_reader(bytes);
-    let mut records = reader.records();
-    let header: Vec<String> = match records.next() {
-        Some(Ok(h)) => h
+    let mut rec = csv::StringRecord::new();
+    let header: Vec<String> = match reader.read_record(&mut rec) {
+        Ok(true) => rec
             .iter()
             .map(|x| x.trim_start_matches('\u{feff}').to_string())
             .collect(),
-        Some(Err(e)) => return Err(format!("{file}:1: cannot read the header: {e}")),
-        None => return Err(format!("{file}: the file is empty (no header)")),
+        Err(e) => return Err(format!("{file}:1: cannot read the header: {e}")),
+        Ok(false) => return Err(format!("{file}: the file is empty (no header)")),
     };
     check_header(file, &header, declared)?;
     let names: Vec<String> = header.iter().map(|h| column_name(h)).collect();
@@ -164,54 +164,58 @@ pub fn parse_csv(
             ));
         }
     }
+    // The raw text of a record, so a quarantined row can be fixed and
+    // dropped again as it was.
+    let raw = |from: u64, to: Option<u64>| -> String {
+        let from = usize::try_from(from).unwrap_or(usize::MAX).min(bytes.len());
+        let rest = &bytes[from..];
+        let end = match to {
+            Some(t) => usize::try_from(t)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len())
+                .saturating_sub(from),
+            None => rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len()),
+        };
+        String::from_utf8_lossy(&rest[..end.min(rest.len())])
+            .trim_end_matches(['\r', '\n'])
+            .to_string()
+    };
     let mut good = Vec::new();
     let mut bad = Vec::new();
-    for (i, rec) in records.enumerate() {
-        let line = rec
-            .as_ref()
-            .ok()
-            .and_then(|r| r.position().map(|p| p.line()))
-            .unwrap_or(i as u64 + 2);
-        match rec {
-            Ok(r) if r.len() == 1 && r.get(0).is_some_and(str::is_empty) => {}
-            Ok(r) if r.len() != names.len() => bad.push(Rejected {
-                origin: Some(format!("{file}:{line}")),
+    loop {
+        let start = reader.position().clone();
+        match reader.read_record(&mut rec) {
+            Ok(false) => break,
+            Ok(true) if rec.len() == 1 && rec.get(0).is_some_and(str::is_empty) => {}
+            Ok(true) if rec.len() != names.len() => bad.push(Rejected {
+                origin: Some(format!("{file}:{}", start.line())),
                 reason: format!(
                     "expected {} fields (as in the header), found {}",
                     names.len(),
-                    r.len()
+                    rec.len()
                 ),
-                record: r
-                    .iter()
-                    .collect::<Vec<_>>()
-                    .join(&(delimiter as char).to_string()),
+                record: raw(start.byte(), Some(reader.position().byte())),
             }),
-            Ok(r) => {
+            Ok(true) => {
                 let mut m = Map::new();
-                for (n, v) in names.iter().zip(r.iter()) {
+                for (n, v) in names.iter().zip(rec.iter()) {
                     m.insert(n.clone(), if v.is_empty() { Value::Null } else { json!(v) });
                 }
                 good.push(Value::Object(m));
             }
-            Err(e) => bad.push(Rejected {
-                origin: Some(format!(
-                    "{file}:{}",
-                    e.position().map(|p| p.line()).unwrap_or(line)
-                )),
-                reason: format!("not valid CSV: {e}"),
-                // The raw line, so the row can be fixed and dropped again.
-                record: e
-                    .position()
-                    .and_then(|p| usize::try_from(p.byte()).ok())
-                    .and_then(|at| bytes.get(at..))
-                    .map(|rest| {
-                        let end = rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len());
-                        String::from_utf8_lossy(&rest[..end])
-                            .trim_end_matches('\r')
-                            .to_string()
-                    })
-                    .unwrap_or_default(),
-            }),
+            Err(e) => {
+                let at = e.position().cloned().unwrap_or(start);
+                bad.push(Rejected {
+                    origin: Some(format!("{file}:{}", at.line())),
+                    reason: format!("not valid CSV: {e}"),
+                    record: raw(at.byte(), None),
+                });
+                // The reader resumes at the next record; one that cannot
+                // move on ends the file (never a loop).
+                if reader.is_done() || reader.position().byte() <= start.byte() {
+                    break;
+                }
+            }
         }
     }
     Ok((good, bad))
@@ -387,6 +391,27 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    /// Regression: "Email" and "email " both became the column `email`,
+    /// and one silently overwrote the other in every row.
+    #[test]
+    fn headers_that_become_one_column_are_refused_by_name() {
+        let e = parse_csv("a.csv", b"Email,email \nx@y.z,w@y.z\n", b',', &[]).unwrap_err();
+        assert!(e.contains("\"Email\" (column 1) and \"email \" (column 2)"), "{e}");
+        assert!(e.contains("a.csv:1"), "{e}");
+    }
+
+    /// Regression: a row the CSV parser refused was quarantined with an
+    /// empty record, so it could not be fixed and dropped again.
+    #[test]
+    fn a_quarantined_csv_row_keeps_its_raw_text() {
+        let bytes = b"a,b\n1,2\n\"open,3\n";
+        let (good, bad) = parse_csv("t.csv", bytes, b',', &[]).unwrap();
+        assert_eq!(good.len(), 1);
+        assert_eq!(bad.len(), 1);
+        assert!(bad[0].record.contains("\"open"), "{:?}", bad[0]);
+        assert!(bad[0].origin.as_deref().unwrap_or_default().starts_with("t.csv:"));
     }
 
     #[test]
