@@ -541,6 +541,7 @@ async fn run(cli: Cli) -> Result<()> {
                     daily,
                     search_per_second: 4,
                     search_lag: std::time::Duration::from_millis(search_lag_ms),
+                    association_page: 500,
                     normalize: !no_normalize,
                     faults: crate::sim::hubspot::Faults {
                         rate_limited: fault_429,

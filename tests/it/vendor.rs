@@ -708,3 +708,53 @@ async fn a_failed_extract_attempt_is_recorded_with_who_must_act() {
         ]]
     );
 }
+
+/// v4 association reads page per record: a contact with more associations
+/// than one page held lost the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn associations_beyond_one_page_are_all_landed() {
+    let s = ferry::sim::hubspot::start(
+        SimConfig {
+            association_page: 3,
+            ..SimConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    s.with_crm(|crm| {
+        let c = crm
+            .create(
+                "contacts",
+                [("email".to_string(), "many@x.io".to_string())].into(),
+            )
+            .id;
+        for i in 0..7 {
+            let co = crm
+                .create(
+                    "companies",
+                    [("domain".to_string(), format!("c{i}.io"))].into(),
+                )
+                .id;
+            crm.associate("contacts", c, "companies", co);
+        }
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(
+        dir.join("ferry.toml"),
+        format!(
+            "[project]\nname = \"assoc\"\n\n[sources.hubspot]\ntype = \"hubspot\"\nurl = \"{}\"\ntoken = \"ferry-sim-token\"\n\n\
+             [sources.hubspot.streams.contacts]\nproperties = [\"email\"]\nassociations = [\"companies\"]\n",
+            s.base_url()
+        ),
+    )
+    .unwrap();
+    crate::extract::extract(dir, &[]).await.unwrap();
+    let n = query(
+        dir,
+        "select count(distinct to_id) from hubspot.contacts_companies",
+    )
+    .await;
+    assert_eq!(n, vec![vec!["7".to_string()]]);
+}

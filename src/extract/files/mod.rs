@@ -204,7 +204,7 @@ pub fn parse_csv(
                 good.push(Value::Object(m));
             }
             Err(e) => {
-                let at = e.position().cloned().unwrap_or(start);
+                let at = e.position().cloned().unwrap_or_else(|| start.clone());
                 bad.push(Rejected {
                     origin: Some(format!("{file}:{}", at.line())),
                     reason: format!("not valid CSV: {e}"),
@@ -398,7 +398,10 @@ mod tests {
     #[test]
     fn headers_that_become_one_column_are_refused_by_name() {
         let e = parse_csv("a.csv", b"Email,email \nx@y.z,w@y.z\n", b',', &[]).unwrap_err();
-        assert!(e.contains("\"Email\" (column 1) and \"email \" (column 2)"), "{e}");
+        assert!(
+            e.contains("\"Email\" (column 1) and \"email \" (column 2)"),
+            "{e}"
+        );
         assert!(e.contains("a.csv:1"), "{e}");
     }
 
@@ -411,7 +414,13 @@ mod tests {
         assert_eq!(good.len(), 1);
         assert_eq!(bad.len(), 1);
         assert!(bad[0].record.contains("\"open"), "{:?}", bad[0]);
-        assert!(bad[0].origin.as_deref().unwrap_or_default().starts_with("t.csv:"));
+        assert!(
+            bad[0]
+                .origin
+                .as_deref()
+                .unwrap_or_default()
+                .starts_with("t.csv:")
+        );
     }
 
     #[test]

@@ -178,13 +178,47 @@ impl HubspotSource {
                 )
                 .await?;
             let mut links = Vec::new();
-            for r in reply.body["results"].as_array().into_iter().flatten() {
+            let link = |from: &Value, t: &Value| {
+                json!({
+                    "from_id": from,
+                    "to_id": super::text(&t["toObjectId"]),
+                    "type_id": t["associationTypes"][0]["typeId"],
+                })
+            };
+            for r in self.results(&reply, s)? {
                 for t in r["to"].as_array().into_iter().flatten() {
-                    links.push(json!({
-                        "from_id": r["from"]["id"],
-                        "to_id": super::text(&t["toObjectId"]),
-                        "type_id": t["associationTypes"][0]["typeId"],
-                    }));
+                    links.push(link(&r["from"]["id"], t));
+                }
+                // A record with more associations than fit a batch page:
+                // page through its own list (v4 pages per record).
+                let mut after = r["paging"]["next"]["after"].as_str().map(str::to_string);
+                let mut pages = 0u32;
+                while let Some(a) = after.take() {
+                    pages += 1;
+                    if pages > 100_000 {
+                        return Err(Error::Vendor {
+                            vendor: format!("{} (HubSpot)", self.name),
+                            message: format!(
+                                "{}: associations of record {} kept paging",
+                                s.name, r["from"]["id"]
+                            ),
+                            retryable: false,
+                        });
+                    }
+                    let id = super::text(&r["from"]["id"]);
+                    let page = self
+                        .get(format!(
+                            "/crm/v4/objects/{}/{id}/associations/{to}?limit=500&after={a}",
+                            s.object
+                        ))
+                        .await?;
+                    for t in self.results(&page, s)? {
+                        links.push(link(&r["from"]["id"], &t));
+                    }
+                    after = page.body["paging"]["next"]["after"]
+                        .as_str()
+                        .filter(|n| *n != a)
+                        .map(str::to_string);
                 }
             }
             run.push_sibling(&format!("{}_{to}", s.name), links).await?;

@@ -33,6 +33,10 @@ pub(crate) fn router(state: Shared) -> Router {
             "/crm/v4/associations/{from}/{to}/batch/read",
             post(associations),
         )
+        .route(
+            "/crm/v4/objects/{from}/{id}/associations/{to}",
+            get(association_page),
+        )
         .with_state(state)
 }
 
@@ -206,6 +210,7 @@ async fn associations(
     }
     let started = now();
     let mut results = Vec::new();
+    let page = s.config.association_page.max(1);
     for i in inputs {
         let id = match &i["id"] {
             Value::String(x) => x.parse::<u64>().ok(),
@@ -213,21 +218,14 @@ async fn associations(
             _ => None,
         };
         let Some(id) = id else { continue };
-        let linked: Vec<Value> = crm
-            .associations
-            .get(&(from.clone(), id))
-            .map(|set| {
-                set.iter()
-                    .filter(|(t, _)| *t == to)
-                    .map(|(_, to_id)| json!({
-                        "toObjectId": to_id,
-                        "associationTypes": [{"category": "HUBSPOT_DEFINED", "typeId": 1, "label": null}],
-                    }))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let linked = linked(&crm, &from, id, &to);
         if !linked.is_empty() {
-            results.push(json!({"from": {"id": id.to_string()}, "to": linked}));
+            let mut r = json!({"from": {"id": id.to_string()}, "to": linked.iter().take(page).cloned().collect::<Vec<_>>()});
+            if linked.len() > page {
+                r["paging"] = json!({"next": {"after": page.to_string(),
+                    "link": format!("/crm/v4/objects/{from}/{id}/associations/{to}?after={page}")}});
+            }
+            results.push(r);
         }
     }
     with_budget(
@@ -235,6 +233,62 @@ async fn associations(
         batch_reply(StatusCode::OK, results, vec![], started),
         budget,
     )
+}
+
+/// The associations of one record to records of type `to`, in id order.
+fn linked(crm: &Crm, from: &str, id: u64, to: &str) -> Vec<Value> {
+    crm.associations
+        .get(&(from.to_string(), id))
+        .map(|set| {
+            set.iter()
+                .filter(|(t, _)| t == to)
+                .map(|(_, to_id)| {
+                    json!({
+                        "toObjectId": to_id,
+                        "associationTypes": [{"category": "HUBSPOT_DEFINED", "typeId": 1, "label": null}],
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `GET /crm/v4/objects/{from}/{id}/associations/{to}?after=&limit=`: one
+/// record's associations, paged (what a batch read's `paging` points to).
+async fn association_page(
+    AxState(s): AxState<Shared>,
+    Path((from, id, to)): Path<(String, u64, String)>,
+    Query(q): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let budget = match gate(&s, &headers, false).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let after: usize = q.get("after").and_then(|a| a.parse().ok()).unwrap_or(0);
+    let limit: usize = q
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(500)
+        .clamp(1, 500)
+        .min(s.config.association_page.max(1));
+    let Ok(crm) = s.crm.lock() else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL_ERROR",
+            "lock",
+            vec![],
+        );
+    };
+    let all = linked(&crm, &from, id, &to);
+    let page: Vec<Value> = all.iter().skip(after).take(limit).cloned().collect();
+    let mut body = json!({ "results": page });
+    if after.saturating_add(limit) < all.len() {
+        let next = after + limit;
+        body["paging"] = json!({"next": {"after": next.to_string(),
+            "link": format!("/crm/v4/objects/{from}/{id}/associations/{to}?after={next}")}});
+    }
+    with_budget(&s, Json(body).into_response(), budget)
 }
 
 /// `POST /oauth/v1/token` with `grant_type=refresh_token`: a new access token

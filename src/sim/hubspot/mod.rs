@@ -81,6 +81,9 @@ pub struct SimConfig {
     /// Store unique values as HubSpot does (emails trimmed and lower-cased)
     /// and do not echo `idProperty` in upsert and update replies.
     pub normalize: bool,
+    /// Associations per record in one v4 page (HubSpot: 500); more page
+    /// with `paging.next.after`.
+    pub association_page: usize,
     pub faults: Faults,
 }
 
@@ -94,6 +97,7 @@ impl Default for SimConfig {
             search_per_second: 4,
             search_lag: Duration::from_secs(1),
             normalize: true,
+            association_page: 500,
             faults: Faults::default(),
         }
     }
