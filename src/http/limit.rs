@@ -56,6 +56,11 @@ struct Window {
     sent: VecDeque<Instant>,
     paused_until: Option<Instant>,
     daily_remaining: Option<u64>,
+    /// Processes sharing the account's window (this one included); each
+    /// sends at most `max / share` per window.
+    share: usize,
+    /// Requests sent since this limiter was made.
+    sent_total: u64,
 }
 
 /// One account's request budget.
@@ -74,6 +79,8 @@ impl RateLimiter {
                 sent: VecDeque::new(),
                 paused_until: None,
                 daily_remaining: daily,
+                share: 1,
+                sent_total: 0,
             }),
         }
     }
@@ -102,8 +109,10 @@ impl RateLimiter {
                     Some(until) if until > now => until - now,
                     _ => {
                         w.paused_until = None;
-                        if w.sent.len() < w.max {
+                        let cap = (w.max / w.share.max(1)).max(1);
+                        if w.sent.len() < cap {
                             w.sent.push_back(now);
+                            w.sent_total += 1;
                             if let Some(d) = w.daily_remaining.as_mut() {
                                 *d = d.saturating_sub(1);
                             }
@@ -152,8 +161,9 @@ impl RateLimiter {
         }
         if let Some(r) = remaining {
             // The vendor counts more calls than ferry sent: someone else
-            // shares the account. Count theirs too.
-            let used_by_vendor = w.max.saturating_sub(r);
+            // shares the account. Count theirs too (this process's part of
+            // them when other ferry processes share the window).
+            let used_by_vendor = w.max.saturating_sub(r).div_ceil(w.share.max(1));
             let now = Instant::now();
             while w.sent.len() < used_by_vendor {
                 w.sent.push_back(now);
@@ -161,6 +171,27 @@ impl RateLimiter {
         }
         if let Some(d) = daily_remaining {
             w.daily_remaining = Some(w.daily_remaining.map_or(d, |mine| mine.min(d)));
+        }
+    }
+
+    /// `n` processes (this one included) share the account's window now.
+    pub fn set_share(&self, n: usize) {
+        if let Ok(mut w) = self.inner.lock() {
+            w.share = n.max(1);
+        }
+    }
+
+    /// Requests this limiter let through so far.
+    pub fn sent_total(&self) -> u64 {
+        self.inner.lock().map(|w| w.sent_total).unwrap_or(0)
+    }
+
+    /// Other processes used `others` of today's `limit`: what is left for
+    /// this one is at most `limit - others - what this one sent today`.
+    pub fn account_daily(&self, limit: u64, others: u64, mine_today: u64) {
+        if let Ok(mut w) = self.inner.lock() {
+            let left = limit.saturating_sub(others).saturating_sub(mine_today);
+            w.daily_remaining = Some(w.daily_remaining.map_or(left, |d| d.min(left)));
         }
     }
 

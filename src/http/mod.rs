@@ -16,6 +16,7 @@
 //! | 5xx, timeout, dropped connection | exponential backoff (1 s doubling to 60 s, plus jitter) for idempotent calls, up to `max_attempts`; non-idempotent calls return at once so the caller can check what landed before resending |
 
 pub mod limit;
+pub mod shared;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};

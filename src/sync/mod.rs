@@ -210,6 +210,19 @@ impl Syncer {
                 .await?,
             ))
         };
+        // Other ferry processes using the same account share its budget.
+        let member = match (&lease, self.project.destinations.get(&sync.destination)) {
+            (Some(_), Some(cfg)) => Some(
+                crate::http::shared::join(
+                    &self.lake,
+                    &crate::http::account_key("hubspot", &cfg.url, &cfg.auth),
+                    dest.limiter().clone(),
+                    Some(cfg.daily_limit),
+                )
+                .await?,
+            ),
+            _ => None,
+        };
         let (calls0, limited0) = dest.usage();
         let run = Run {
             sync: &sync,
@@ -276,6 +289,9 @@ impl Syncer {
             }
         }
         drop(run);
+        if let Some(m) = member {
+            m.leave().await;
+        }
         if let Some(lease) = lease.and_then(|l| Arc::try_unwrap(l).ok()) {
             lease.release().await?;
         }

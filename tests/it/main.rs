@@ -2,6 +2,7 @@
 //! `landing`: the library's landing API against real lakes.
 //! `cli`: the real `ferry` binary end to end.
 //! `extract`: extraction over HTTP against the REST emulator.
+//! `fuzz`: proptest fuzz targets for every parser of user and vendor input.
 //! `gtm`: the GTM starter project, `ferry demo` and `ferry generate`.
 //! `models`: SQL models on the fixture project `tests/fixtures/gtm`.
 //! `sim`: the HubSpot emulator over real HTTP.
@@ -11,6 +12,7 @@
 
 mod cli;
 mod extract;
+mod fuzz;
 mod gtm;
 mod landing;
 mod models;

@@ -758,3 +758,70 @@ async fn associations_beyond_one_page_are_all_landed() {
     .await;
     assert_eq!(n, vec![vec!["7".to_string()]]);
 }
+
+/// Two `ferry sync` processes on one HubSpot account each spent the whole
+/// 10-second budget, so together they drew 429s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_sharing_an_account_stay_within_its_budget() {
+    let s = sim(SimConfig {
+        ten_secondly: 40,
+        ..SimConfig::default()
+    })
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let one = crate::sync::SCORES
+        .replace("[syncs.scores]", "[syncs.a]")
+        .replace("[syncs.scores.fields]", "batch_size = 10\n[syncs.a.fields]")
+        .replace("model = \"scores\"", "model = \"a\"");
+    let two = one
+        .replace("[syncs.a", "[syncs.b")
+        .replace("model = \"a\"", "model = \"b\"");
+    let dir = project(tmp.path(), &s.base_url(), &format!("{one}\n{two}"));
+    let text = std::fs::read_to_string(dir.join("ferry.toml"))
+        .unwrap()
+        .replace(
+            "type = \"hubspot\"\n",
+            "type = \"hubspot\"\nrequests_per_10s = 40\n",
+        );
+    std::fs::write(dir.join("ferry.toml"), text).unwrap();
+    model(&dir, "a", &rows(300, "a"));
+    let mut b = rows(300, "b");
+    for r in &mut b {
+        r.0 = r.0.as_ref().map(|e| e.replace("person", "other"));
+    }
+    model(&dir, "b", &b);
+    let spawn = |name: &'static str| {
+        let dir = dir.clone();
+        std::thread::spawn(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+                .arg("--project-dir")
+                .arg(&dir)
+                .args(["sync", name])
+                .env_remove("FERRY_LAKE")
+                .output()
+                .unwrap()
+        })
+    };
+    let (a, b) = (spawn("a"), spawn("b"));
+    let (a, b) = (a.join().unwrap(), b.join().unwrap());
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    assert_eq!(crm(&s, "contacts", "email").len(), 600);
+    let (calls, limited) = s.stats();
+    assert_eq!(limited, 0, "{limited} of {calls} calls were answered 429");
+    // Both processes logged their calls against today's budget.
+    let logged = query(&dir, "select 1").await;
+    assert_eq!(logged.len(), 1);
+    let daily: u64 = walk(&dir.join("lake/_ferry/accounts"))
+        .iter()
+        .filter(|p| p.contains("/daily/"))
+        .map(|p| {
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+            v["calls"].as_u64().unwrap()
+        })
+        .sum();
+    assert_eq!(
+        daily, calls,
+        "every call counted once in the lake's daily ledger"
+    );
+}

@@ -344,7 +344,13 @@ fn page_digest(records: &[Value]) -> u64 {
 /// The cursor to save: the largest value seen, but for a time cursor no
 /// later than `start - margin` (see `Incremental::lag_margin_seconds`).
 pub fn capped_cursor(best: Value, start: chrono::DateTime<chrono::Utc>, margin: u64) -> Value {
-    let cap = start - chrono::TimeDelta::seconds(i64::try_from(margin).unwrap_or(i64::MAX / 2));
+    // A margin too large for a date (fuzzing found `u64::MAX`) caps at the
+    // earliest time chrono knows: everything is read again, nothing skipped.
+    let cap = i64::try_from(margin)
+        .ok()
+        .and_then(chrono::TimeDelta::try_seconds)
+        .and_then(|d| start.checked_sub_signed(d))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
     match &best {
         Value::String(s) => match chrono::DateTime::parse_from_rfc3339(s) {
             Ok(t) if t > cap => Value::String(

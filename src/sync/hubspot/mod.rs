@@ -93,6 +93,11 @@ impl HubSpot {
         }
     }
 
+    /// The account's rate budget (shared by every user of the account).
+    pub fn limiter(&self) -> &Arc<RateLimiter> {
+        self.account.client.limiter()
+    }
+
     async fn send(&self, call: Call<'_>) -> Result<Value, CallError> {
         Ok(self.reply(call).await?.body)
     }
@@ -592,5 +597,103 @@ pub fn call_error(e: CallError) -> Error {
         ),
         e @ CallError::Transient { .. } => vendor(e.message(), true),
         e @ CallError::Rejected { .. } => Error::Input(format!("HubSpot: {}", e.message())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn rows(n: usize) -> Vec<Outgoing> {
+        (0..n)
+            .map(|i| {
+                Outgoing::new(
+                    format!("P{i}@Example.com"),
+                    Some(i.to_string()),
+                    Default::default(),
+                )
+            })
+            .collect()
+    }
+
+    /// Loosely HubSpot-shaped replies: results and errors whose fields may
+    /// be missing, of the wrong type, or out of range.
+    fn reply() -> impl Strategy<Value = Value> {
+        let scalar = prop_oneof![
+            Just(Value::Null),
+            any::<i64>().prop_map(Value::from),
+            "[0-9]{0,3}".prop_map(Value::String),
+            "\\PC{0,10}".prop_map(Value::String),
+        ];
+        let result = (scalar.clone(), scalar.clone(), scalar.clone(), any::<Option<bool>>(), scalar.clone())
+            .prop_map(|(id, email, trace, new, created)| {
+                json!({"id": id, "properties": {"email": email}, "objectWriteTraceId": trace, "new": new, "createdAt": created})
+            });
+        let error = (scalar.clone(), prop::collection::vec(scalar, 0..3)).prop_map(|(cat, ids)| {
+            json!({"category": cat, "message": "m", "context": {"ids": ids.clone(), "objectWriteTraceId": ids}})
+        });
+        (
+            prop::option::of(prop::collection::vec(result, 0..8)),
+            prop::collection::vec(error, 0..3),
+        )
+            .prop_map(|(results, errors)| {
+                let mut b = json!({"status": "COMPLETE", "errors": errors});
+                if let Some(r) = results {
+                    b["results"] = Value::Array(r);
+                }
+                b
+            })
+    }
+
+    proptest! {
+        /// Fuzz target: any reply gives exactly one outcome per input, in
+        /// input order, and never panics.
+        #[test]
+        fn any_write_reply_gives_one_outcome_per_input(body in reply(), n in 0usize..6, op in 0u8..4) {
+            let op = [Op::Upsert, Op::Create, Op::Update, Op::UpdateByKey][op as usize];
+            let rows = rows(n);
+            let out = match_reply(op, "email", &rows, &body, Some(Utc::now()));
+            prop_assert_eq!(out.len(), n);
+            for (o, r) in out.iter().zip(&rows) {
+                prop_assert_eq!(&o.key, &r.key);
+            }
+        }
+
+        /// Results in any order, keys lower-cased and no trace ids: each
+        /// input still finds its own result.
+        #[test]
+        fn normalized_and_shuffled_results_match_their_inputs(n in 1usize..20, seed in any::<u64>()) {
+            let rows = rows(n);
+            let mut results: Vec<Value> = rows
+                .iter()
+                .enumerate()
+                .map(|(i, r)| json!({"id": format!("{}", 100 + i), "properties": {"email": r.key.to_lowercase()}, "new": true}))
+                .collect();
+            let len = results.len();
+            for i in 0..len {
+                let j = (seed as usize).wrapping_mul(31).wrapping_add(i * 17) % len;
+                results.swap(i, j);
+            }
+            let out = match_reply(Op::Upsert, "email", &rows, &json!({"results": results}), None);
+            for (i, o) in out.iter().enumerate() {
+                match &o.fate {
+                    Fate::Written(w) => prop_assert_eq!(&w.id, &format!("{}", 100 + i)),
+                    other => prop_assert!(false, "{other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_reply_without_results_leaves_every_record_unknown() {
+        let out = match_reply(
+            Op::Create,
+            "email",
+            &rows(3),
+            &json!({"status": "COMPLETE"}),
+            None,
+        );
+        assert!(out.iter().all(|o| matches!(o.fate, Fate::Unknown(_))));
     }
 }
