@@ -2,8 +2,13 @@
 //!
 //! 1. Throughput: N changed rows (default 100,000; FERRY_BENCH_SYNC_ROWS)
 //!    upserted to the HubSpot emulator at HubSpot's default limit of 100
-//!    requests per 10 s. Reports the share of the limit's ceiling used, API
-//!    calls per changed row (the floor is 1/100) and 429s seen.
+//!    requests per 10 s, with the emulator as unkind as HubSpot (search lags
+//!    writes, emails normalized). Reports the share of the limit's ceiling
+//!    used, API calls per changed row (the floor is 1/100) and 429s seen.
+//!    Then the same for companies matched by `domain` (not unique, so every
+//!    batch is looked up through search, 4 requests per second), and for
+//!    contacts where 1% of rows, then every row, is invalid (the calls per
+//!    row that dead-lettering costs).
 //! 2. Diff: the set-based diff (`sql/sync/diff.sql`) of a 1M- and a 10M-row
 //!    model against a snapshot of the same size with 10% of rows changed
 //!    (FERRY_BENCH_DIFF_ROWS=1000000,10000000 to choose).
@@ -29,21 +34,55 @@ fn model_sql(rows: u64, salt: &str) -> String {
     )
 }
 
-async fn throughput(rows: u64) {
+/// What a throughput run syncs.
+#[derive(Clone, Copy)]
+enum Case {
+    /// Contacts by email (unique: upserts, no lookups).
+    Contacts,
+    /// Companies by domain (not unique: a search per batch, then writes).
+    Companies,
+    /// Contacts, one row in `n` with an invalid number.
+    Bad(u64),
+}
+
+async fn throughput(rows: u64, case: Case) {
     let sim = hubspot::start(SimConfig::default(), "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    for p in ["ferry_lead_score", "ferry_persona"] {
+    let object = match case {
+        Case::Companies => "companies",
+        _ => "contacts",
+    };
+    for (p, kind) in [("ferry_lead_score", "number"), ("ferry_persona", "string")] {
         sim.with_crm(|crm| {
-            crm.types.get_mut("contacts").unwrap().define(PropertyDef {
+            crm.types.get_mut(object).unwrap().define(PropertyDef {
                 name: p.into(),
                 label: p.into(),
-                kind: "string".into(),
+                kind: kind.into(),
                 field_type: "text".into(),
                 has_unique_value: false,
             })
         });
     }
+    let (key, sql) = match case {
+        Case::Contacts => ("email", model_sql(rows, "a")),
+        Case::Companies => (
+            "domain",
+            model_sql(rows, "a").replace(
+                "concat('person', cast(value as varchar), '@example.com') as email",
+                "concat('co', cast(value as varchar), '.example') as domain",
+            ),
+        ),
+        Case::Bad(n) => (
+            "email",
+            model_sql(rows, "a").replace(
+                "cast((value * 7) % 100 as varchar) as lead_score",
+                &format!(
+                    "case when value % {n} = 0 then 'not a number' else cast((value * 7) % 100 as varchar) end as lead_score"
+                ),
+            ),
+        ),
+    };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     std::fs::create_dir_all(dir.join("models")).unwrap();
@@ -61,8 +100,8 @@ token = "ferry-sim-token"
 [syncs.scores]
 model = "scores"
 destination = "hubspot"
-object = "contacts"
-match = {{ column = "email", property = "email" }}
+object = "{object}"
+match = {{ column = "{key}", property = "{key}" }}
 
 [syncs.scores.fields]
 lead_score = "ferry_lead_score"
@@ -74,10 +113,7 @@ persona = "ferry_persona"
     .unwrap();
     std::fs::write(
         dir.join("models/scores.sql"),
-        format!(
-            "{{{{ config(materialized='view') }}}}\n{}\n",
-            model_sql(rows, "a")
-        ),
+        format!("{{{{ config(materialized='view') }}}}\n{sql}\n"),
     )
     .unwrap();
     let project = Project::load(dir).unwrap();
@@ -91,12 +127,23 @@ persona = "ferry_persona"
     let (calls, limited) = sim.stats();
     // Ceiling: 100 requests per rolling 10 s. The fastest any client can
     // make C calls is 10 s for every full window after the first:
-    // 10 * (ceil(C / 100) - 1) seconds.
-    let ideal = 10.0 * (calls.div_ceil(100).saturating_sub(1)) as f64;
+    // 10 * (ceil(C / 100) - 1) seconds. Searches (companies) are also held
+    // to 4 per second: one per batch of 100 keys.
+    let searches = match case {
+        Case::Companies => rows.div_ceil(100),
+        _ => 0,
+    };
+    let ideal = (10.0 * (calls.div_ceil(100).saturating_sub(1)) as f64)
+        .max(searches.saturating_sub(4) as f64 / 4.0);
+    let label = match case {
+        Case::Contacts => "contacts by email".to_string(),
+        Case::Companies => "companies by domain (search lookups, search lag on)".to_string(),
+        Case::Bad(n) => format!("contacts, 1 row in {n} invalid"),
+    };
     println!(
-        "sync throughput: {rows} changed rows, {calls} API calls ({:.4} per row), {limited} 429s, \
+        "sync throughput, {label}: {rows} changed rows, {calls} API calls ({:.4} per row), {limited} 429s, \
          {secs:.1} s, {:.0} rows/s, {:.1} requests/s; the limit allows these calls in {ideal:.1} s at best: \
-         {:.1}% of the ceiling; created {}, peak RSS {:.0} MiB",
+         {:.1}% of the ceiling; created {}, rejected {}, peak RSS {:.0} MiB",
         calls as f64 / rows as f64,
         rows as f64 / secs,
         calls as f64 / secs,
@@ -106,6 +153,7 @@ persona = "ferry_persona"
             0.0
         },
         r.counts.created,
+        r.counts.rejected,
         peak_rss_mib()
     );
 }
@@ -211,6 +259,9 @@ async fn main() {
         diff_time(n).await;
     }
     if rows > 0 {
-        throughput(rows).await;
+        throughput(rows, Case::Contacts).await;
+        throughput(rows, Case::Companies).await;
+        throughput(rows / 10, Case::Bad(100)).await;
+        throughput(rows / 10, Case::Bad(1)).await;
     }
 }
