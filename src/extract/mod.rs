@@ -280,11 +280,32 @@ impl<'a> StreamRun<'a> {
         Ok(report)
     }
 
+    /// Land one input file's records as they are read (file drops): the
+    /// file is never held in memory whole.
+    pub async fn land_file_records<I>(
+        &mut self,
+        origin: &str,
+        records: I,
+        bytes: usize,
+    ) -> Result<crate::lake::LandReport>
+    where
+        I: IntoIterator<Item = std::result::Result<Value, crate::lake::Rejected>>,
+        I::IntoIter: Send,
+    {
+        self.flush().await?;
+        let lander = self.lander.for_file(origin);
+        let report = lander
+            .land_json(&self.stream, self.options, records)
+            .await?;
+        self.count_file(&report, bytes);
+        Ok(report)
+    }
+
     /// Land one input file's record batches (Parquet drops).
     pub async fn land_file_batches(
         &mut self,
         origin: &str,
-        batches: Vec<arrow::record_batch::RecordBatch>,
+        batches: impl IntoIterator<Item = arrow::record_batch::RecordBatch, IntoIter: Send>,
         bytes: usize,
     ) -> Result<crate::lake::LandReport> {
         self.flush().await?;

@@ -128,6 +128,176 @@ pub fn check_header(
     ))
 }
 
+/// CSV records read one at a time from `R`, as JSON objects keyed by column
+/// name, or rejected rows with `file:line`, the reason and the raw text.
+pub struct CsvRecords<'a, R: std::io::Read> {
+    file: String,
+    reader: csv::Reader<R>,
+    names: Vec<String>,
+    rec: csv::ByteRecord,
+    done: bool,
+    /// The input's bytes between two offsets (a quarantined row's raw text).
+    raw_text: RawText<'a>,
+}
+
+/// Reads the input's bytes between two offsets.
+pub type RawText<'a> = Box<dyn Fn(u64, u64) -> String + Send + 'a>;
+
+/// At most this much of a bad row's raw text is kept.
+const MAX_RAW: u64 = 64 * 1024;
+
+fn lossy_row(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .trim_end_matches(['\r', '\n'])
+        .to_string()
+}
+
+/// [`RawText`] over bytes in memory.
+pub fn raw_in(bytes: &[u8]) -> RawText<'_> {
+    Box::new(move |from, to| {
+        let at = |o: u64| usize::try_from(o).unwrap_or(usize::MAX).min(bytes.len());
+        let (from, to) = (at(from), at(to.min(from.saturating_add(MAX_RAW))));
+        lossy_row(&bytes[from..to.max(from)])
+    })
+}
+
+/// [`RawText`] over a file on disk.
+fn raw_on_disk(path: std::path::PathBuf) -> RawText<'static> {
+    Box::new(move |from, to| {
+        use std::io::{Read, Seek};
+        let len = to.saturating_sub(from).min(MAX_RAW);
+        let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
+        let read = std::fs::File::open(&path).and_then(|mut f| {
+            f.seek(std::io::SeekFrom::Start(from))?;
+            let n = f.read(&mut buf)?;
+            Ok(n)
+        });
+        match read {
+            Ok(n) => lossy_row(&buf[..n]),
+            Err(_) => String::new(),
+        }
+    })
+}
+
+impl<'a, R: std::io::Read> CsvRecords<'a, R> {
+    /// Read and check the header; `Err` refuses the whole file (a header
+    /// that does not match the declared columns, or two headers that become
+    /// one column), before any record is read.
+    pub fn open(
+        file: &str,
+        input: R,
+        raw_text: RawText<'a>,
+        delimiter: u8,
+        declared: &[String],
+    ) -> std::result::Result<CsvRecords<'a, R>, String> {
+        let mut reader = csv::ReaderBuilder::new()
+            .delimiter(delimiter)
+            .flexible(true)
+            .has_headers(false)
+            .from_reader(input);
+        let mut rec = csv::StringRecord::new();
+        let header: Vec<String> = match reader.read_record(&mut rec) {
+            Ok(true) => rec
+                .iter()
+                .map(|x| x.trim_start_matches('\u{feff}').to_string())
+                .collect(),
+            Err(e) => return Err(format!("{file}:1: cannot read the header: {e}")),
+            Ok(false) => return Err(format!("{file}: the file is empty (no header)")),
+        };
+        check_header(file, &header, declared)?;
+        let names: Vec<String> = header.iter().map(|h| column_name(h)).collect();
+        // Two headers that become one column would silently lose one's values.
+        for (i, n) in names.iter().enumerate() {
+            if let Some(j) = names[..i].iter().position(|m| m == n) {
+                return Err(format!(
+                    "{file}:1: the headers {:?} (column {}) and {:?} (column {}) both become the column {n:?}. \
+                     Nothing from this file was landed; rename one of them and drop the file again",
+                    header[j],
+                    j + 1,
+                    header[i],
+                    i + 1
+                ));
+            }
+        }
+        Ok(CsvRecords {
+            file: file.to_string(),
+            reader,
+            names,
+            rec: csv::ByteRecord::new(),
+            done: false,
+            raw_text,
+        })
+    }
+
+    /// The raw text of the record that started at `from`, as in the file.
+    fn raw(&self, from: u64) -> String {
+        (self.raw_text)(from, self.reader.position().byte())
+    }
+}
+
+impl<R: std::io::Read> Iterator for CsvRecords<'_, R> {
+    type Item = std::result::Result<Value, Rejected>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.done {
+                return None;
+            }
+            let start = self.reader.position().clone();
+            match self.reader.read_byte_record(&mut self.rec) {
+                Ok(false) => {
+                    self.done = true;
+                    return None;
+                }
+                Ok(true)
+                    if self.rec.len() == 1 && self.rec.get(0).is_some_and(<[u8]>::is_empty) => {}
+                Ok(true) => {
+                    let origin = Some(format!("{}:{}", self.file, start.line()));
+                    if self.rec.len() != self.names.len() {
+                        return Some(Err(Rejected {
+                            origin,
+                            reason: format!(
+                                "expected {} fields (as in the header), found {}",
+                                self.names.len(),
+                                self.rec.len()
+                            ),
+                            record: self.raw(start.byte()),
+                        }));
+                    }
+                    let mut m = Map::new();
+                    for (n, v) in self.names.iter().zip(self.rec.iter()) {
+                        match std::str::from_utf8(v) {
+                            Ok("") => m.insert(n.clone(), Value::Null),
+                            Ok(t) => m.insert(n.clone(), json!(t)),
+                            Err(_) => {
+                                return Some(Err(Rejected {
+                                    origin,
+                                    reason: format!("column {n}: not valid UTF-8"),
+                                    record: self.raw(start.byte()),
+                                }));
+                            }
+                        };
+                    }
+                    return Some(Ok(Value::Object(m)));
+                }
+                Err(e) => {
+                    let at = e.position().cloned().unwrap_or_else(|| start.clone());
+                    // The reader resumes at the next record; one that cannot
+                    // move on ends the file (never a loop).
+                    if self.reader.is_done() || self.reader.position().byte() <= start.byte() {
+                        self.done = true;
+                    }
+                    return Some(Err(Rejected {
+                        origin: Some(format!("{}:{}", self.file, at.line())),
+                        reason: format!("not valid CSV: {e}"),
+                        record: self.raw(start.byte()),
+                    }));
+                }
+            }
+        }
+    }
+}
+
 /// Parse CSV bytes into records keyed by column name, and rejected rows.
 pub fn parse_csv(
     file: &str,
@@ -135,116 +305,137 @@ pub fn parse_csv(
     delimiter: u8,
     declared: &[String],
 ) -> std::result::Result<(Vec<Value>, Vec<Rejected>), String> {
-    let mut reader = csv::ReaderBuilder::new()
-        .delimiter(delimiter)
-        .flexible(true)
-        .has_headers(false)
-        .from_reader(bytes);
-    let mut rec = csv::StringRecord::new();
-    let header: Vec<String> = match reader.read_record(&mut rec) {
-        Ok(true) => rec
-            .iter()
-            .map(|x| x.trim_start_matches('\u{feff}').to_string())
-            .collect(),
-        Err(e) => return Err(format!("{file}:1: cannot read the header: {e}")),
-        Ok(false) => return Err(format!("{file}: the file is empty (no header)")),
-    };
-    check_header(file, &header, declared)?;
-    let names: Vec<String> = header.iter().map(|h| column_name(h)).collect();
-    // Two headers that become one column would silently lose one's values.
-    for (i, n) in names.iter().enumerate() {
-        if let Some(j) = names[..i].iter().position(|m| m == n) {
-            return Err(format!(
-                "{file}:1: the headers {:?} (column {}) and {:?} (column {}) both become the column {n:?}. \
-                 Nothing from this file was landed; rename one of them and drop the file again",
-                header[j],
-                j + 1,
-                header[i],
-                i + 1
-            ));
-        }
-    }
-    // The raw text of a record, so a quarantined row can be fixed and
-    // dropped again as it was.
-    let raw = |from: u64, to: Option<u64>| -> String {
-        let from = usize::try_from(from).unwrap_or(usize::MAX).min(bytes.len());
-        let rest = &bytes[from..];
-        let end = match to {
-            Some(t) => usize::try_from(t)
-                .unwrap_or(usize::MAX)
-                .min(bytes.len())
-                .saturating_sub(from),
-            None => rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len()),
-        };
-        String::from_utf8_lossy(&rest[..end.min(rest.len())])
-            .trim_end_matches(['\r', '\n'])
-            .to_string()
-    };
     let mut good = Vec::new();
     let mut bad = Vec::new();
-    loop {
-        let start = reader.position().clone();
-        match reader.read_record(&mut rec) {
-            Ok(false) => break,
-            Ok(true) if rec.len() == 1 && rec.get(0).is_some_and(str::is_empty) => {}
-            Ok(true) if rec.len() != names.len() => bad.push(Rejected {
-                origin: Some(format!("{file}:{}", start.line())),
-                reason: format!(
-                    "expected {} fields (as in the header), found {}",
-                    names.len(),
-                    rec.len()
-                ),
-                record: raw(start.byte(), Some(reader.position().byte())),
-            }),
-            Ok(true) => {
-                let mut m = Map::new();
-                for (n, v) in names.iter().zip(rec.iter()) {
-                    m.insert(n.clone(), if v.is_empty() { Value::Null } else { json!(v) });
-                }
-                good.push(Value::Object(m));
-            }
-            Err(e) => {
-                let at = e.position().cloned().unwrap_or_else(|| start.clone());
-                bad.push(Rejected {
-                    origin: Some(format!("{file}:{}", at.line())),
-                    reason: format!("not valid CSV: {e}"),
-                    record: raw(at.byte(), None),
-                });
-                // The reader resumes at the next record; one that cannot
-                // move on ends the file (never a loop).
-                if reader.is_done() || reader.position().byte() <= start.byte() {
-                    break;
-                }
-            }
+    for r in CsvRecords::open(file, bytes, raw_in(bytes), delimiter, declared)? {
+        match r {
+            Ok(v) => good.push(v),
+            Err(r) => bad.push(r),
         }
     }
     Ok((good, bad))
 }
 
+/// JSONL records read one line at a time: one object per line; anything
+/// else is rejected with its line.
+pub struct JsonlRecords<R: std::io::BufRead> {
+    file: String,
+    lines: std::io::Lines<R>,
+    line: usize,
+}
+
+impl<R: std::io::BufRead> JsonlRecords<R> {
+    pub fn new(file: &str, input: R) -> JsonlRecords<R> {
+        JsonlRecords {
+            file: file.to_string(),
+            lines: input.lines(),
+            line: 0,
+        }
+    }
+}
+
+impl<R: std::io::BufRead> Iterator for JsonlRecords<R> {
+    type Item = std::result::Result<Value, Rejected>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            self.line += 1;
+            let origin = Some(format!("{}:{}", self.file, self.line));
+            let line = match self.lines.next()? {
+                Ok(l) => l,
+                Err(e) => {
+                    return Some(Err(Rejected {
+                        origin,
+                        reason: format!("cannot read the line: {e}"),
+                        record: String::new(),
+                    }));
+                }
+            };
+            if line.trim().is_empty() {
+                continue;
+            }
+            return Some(match serde_json::from_str::<Value>(&line) {
+                Ok(v @ Value::Object(_)) => Ok(v),
+                Ok(_) => Err(Rejected {
+                    origin,
+                    reason: "not a JSON object".into(),
+                    record: line,
+                }),
+                Err(e) => Err(Rejected {
+                    origin,
+                    reason: format!("not valid JSON: {e}"),
+                    record: line,
+                }),
+            });
+        }
+    }
+}
+
 /// Parse JSONL bytes: one object per line; anything else is rejected with its line.
 pub fn parse_jsonl(file: &str, bytes: &[u8]) -> (Vec<Value>, Vec<Rejected>) {
-    let text = String::from_utf8_lossy(bytes);
     let mut good = Vec::new();
     let mut bad = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str::<Value>(line) {
-            Ok(v @ Value::Object(_)) => good.push(v),
-            Ok(_) => bad.push(Rejected {
-                origin: Some(format!("{file}:{}", i + 1)),
-                reason: "not a JSON object".into(),
-                record: line.to_string(),
-            }),
-            Err(e) => bad.push(Rejected {
-                origin: Some(format!("{file}:{}", i + 1)),
-                reason: format!("not valid JSON: {e}"),
-                record: line.to_string(),
-            }),
+    for r in JsonlRecords::new(file, lossy_lines(bytes)) {
+        match r {
+            Ok(v) => good.push(v),
+            Err(r) => bad.push(r),
         }
     }
     (good, bad)
+}
+
+/// Bytes as UTF-8 text for line reading (invalid sequences replaced).
+fn lossy_lines(bytes: &[u8]) -> std::io::Cursor<Vec<u8>> {
+    std::io::Cursor::new(String::from_utf8_lossy(bytes).into_owned().into_bytes())
+}
+
+/// A dropped file copied to a local temporary file while its SHA-256 is
+/// computed, so it is parsed from disk in pieces, never held in memory
+/// whole. The copy is removed when this is dropped.
+struct Staged {
+    path: std::path::PathBuf,
+    sha: String,
+    bytes: u64,
+}
+
+impl Staged {
+    async fn fetch(store: &dyn ObjectStore, location: &Path) -> Result<Staged> {
+        use tokio::io::AsyncWriteExt;
+        let path = std::env::temp_dir().join(format!("ferry-drop-{}", uuid::Uuid::now_v7()));
+        let mut out = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| Error::io(&path, e))?;
+        // Removed when dropped, also if the download fails half-way.
+        let mut staged = Staged {
+            path: path.clone(),
+            sha: String::new(),
+            bytes: 0,
+        };
+        let mut hasher = Sha256::new();
+        let mut bytes = 0u64;
+        let mut body = store.get(location).await?.into_stream();
+        while let Some(chunk) = body.try_next().await? {
+            hasher.update(&chunk);
+            bytes += chunk.len() as u64;
+            out.write_all(&chunk)
+                .await
+                .map_err(|e| Error::io(&path, e))?;
+        }
+        out.flush().await.map_err(|e| Error::io(&path, e))?;
+        staged.sha = hex::encode(hasher.finalize());
+        staged.bytes = bytes;
+        Ok(staged)
+    }
+
+    fn open(&self) -> Result<std::fs::File> {
+        std::fs::File::open(&self.path).map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 fn manifest_path(source: &str, stream: &str, sha: &str) -> Path {
@@ -281,8 +472,9 @@ impl Source for FileSource {
         listed.sort_by(|a, b| a.as_ref().cmp(b.as_ref()));
         for path in listed {
             let name = path.to_string();
-            let bytes = store.get(&path).await?.bytes().await?;
-            let sha = hex::encode(Sha256::digest(&bytes));
+            let staged = Staged::fetch(store.as_ref(), &path).await?;
+            let sha = staged.sha.clone();
+            let size = usize::try_from(staged.bytes).unwrap_or(usize::MAX);
             let manifest = manifest_path(&self.name, stream, &sha);
             match run.lake().store().head(&manifest).await {
                 Ok(_) => {
@@ -313,38 +505,45 @@ impl Source for FileSource {
                     run.reject_file(&name, &format!("{name}: unknown format: set format = \"csv\", \"jsonl\" or \"parquet\" on the stream")).await?;
                     continue;
                 }
-                Some(FileFormat::Csv) => match parse_csv(&name, &bytes, s.delimiter, &s.columns) {
-                    Ok((good, bad)) => run.land_file(&name, good, bad, bytes.len()).await?,
-                    Err(why) => {
-                        tracing::error!("{why}");
+                Some(FileFormat::Csv) => {
+                    let input = std::io::BufReader::new(staged.open()?);
+                    let raw = raw_on_disk(staged.path.clone());
+                    match CsvRecords::open(&name, input, raw, s.delimiter, &s.columns) {
+                        Ok(records) => run.land_file_records(&name, records, size).await?,
+                        Err(why) => {
+                            tracing::error!("{why}");
+                            run.reject_file(&name, &why).await?;
+                            continue;
+                        }
+                    }
+                }
+                Some(FileFormat::Jsonl) => {
+                    let input = std::io::BufReader::new(staged.open()?);
+                    run.land_file_records(&name, JsonlRecords::new(&name, input), size)
+                        .await?
+                }
+                Some(FileFormat::Parquet) => {
+                    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+                    let reader = |f: std::fs::File| {
+                        ParquetRecordBatchReaderBuilder::try_new(f).and_then(|b| b.build())
+                    };
+                    // Read through once (a batch at a time) so that a file
+                    // whose pages are corrupt is refused whole, then land it
+                    // (again a batch at a time); the stream's other files
+                    // still land.
+                    let checked = match reader(staged.open()?) {
+                        Ok(r) => r
+                            .map(|b| b.map(|_| ()))
+                            .collect::<std::result::Result<(), _>>()
+                            .map_err(|e| format!("{name}: a corrupt Parquet file (its data cannot be read: {e}); nothing from it was landed")),
+                        Err(e) => Err(format!("{name}: not a readable Parquet file: {e}")),
+                    };
+                    if let Err(why) = checked {
                         run.reject_file(&name, &why).await?;
                         continue;
                     }
-                },
-                Some(FileFormat::Jsonl) => {
-                    let (good, bad) = parse_jsonl(&name, &bytes);
-                    run.land_file(&name, good, bad, bytes.len()).await?
-                }
-                Some(FileFormat::Parquet) => {
-                    let reader = match parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes.clone())
-                        .and_then(|b| b.build())
-                    {
-                        Ok(r) => r,
-                        Err(e) => {
-                            run.reject_file(&name, &format!("{name}: not a readable Parquet file: {e}")).await?;
-                            continue;
-                        }
-                    };
-                    // A file whose footer reads but whose pages are corrupt is
-                    // refused whole; the stream's other files still land.
-                    let batches = match reader.collect::<std::result::Result<Vec<_>, _>>() {
-                        Ok(b) => b,
-                        Err(e) => {
-                            run.reject_file(&name, &format!("{name}: a corrupt Parquet file (its data cannot be read: {e}); nothing from it was landed")).await?;
-                            continue;
-                        }
-                    };
-                    run.land_file_batches(&name, batches, bytes.len()).await?
+                    let batches = reader(staged.open()?)?.map_while(std::result::Result::ok);
+                    run.land_file_batches(&name, batches, size).await?
                 }
             };
             // The content is durable: remember it so it never lands twice.
