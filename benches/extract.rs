@@ -6,6 +6,10 @@
 //! 2. Webhook events accepted per second by `ferry serve` (Stripe-signed,
 //!    concurrency 50; FERRY_BENCH_EVENTS, default 5,000), each persisted in the
 //!    lake before the 200.
+//! 3. A CSV file drop of N rows (default 1,000,000; FERRY_BENCH_DROP_ROWS,
+//!    about 90 bytes a row), landed by the files source: seconds, rows/s and
+//!    peak memory, which stays far below the file's size because drops are
+//!    read and landed in pieces.
 //!
 //! Run: `cargo bench --profile dev --bench extract`.
 
@@ -119,6 +123,52 @@ async fn webhooks(events: usize) {
     );
 }
 
+async fn file_drop(rows: usize) {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let drops = tmp.path().join("drops");
+    std::fs::create_dir_all(&drops).unwrap();
+    let file = drops.join("attendees.csv");
+    {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
+        writeln!(w, "Email,Company Name,Title,Country,Registered At").unwrap();
+        for i in 0..rows {
+            writeln!(
+                w,
+                "person{i}@company{}.example,Company {} Inc,VP Marketing,United States,2026-11-{:02}T10:00:00Z",
+                i % 5000,
+                i % 5000,
+                1 + i % 28
+            )
+            .unwrap();
+        }
+    }
+    let size = std::fs::metadata(&file).unwrap().len();
+    let rss_before = peak_rss_mib();
+    std::fs::write(
+        tmp.path().join("ferry.toml"),
+        "[project]\nname = \"bench\"\n\n[sources.events]\ntype = \"files\"\npath = \"drops\"\n\n\
+         [sources.events.streams.attendees]\npattern = \"attendees*.csv\"\n\
+         columns = [\"Email\", \"Company Name\", \"Title\", \"Country\", \"Registered At\"]\n",
+    )
+    .unwrap();
+    let project = Project::load(tmp.path()).unwrap();
+    let lake = Lake::open(&project.lake, &project.dir).unwrap();
+    let start = Instant::now();
+    let out = ferry::extract::extract(&project, &lake, &[], |_| {})
+        .await
+        .unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "file drop: {} CSV rows ({:.0} MiB) landed in {secs:.1} s, {:.0} rows/s, {:.1} MiB/s; peak RSS {:.0} MiB (before: {rss_before:.0} MiB)",
+        out[0].rows,
+        size as f64 / 1048576.0,
+        out[0].rows as f64 / secs,
+        size as f64 / secs / 1048576.0,
+        peak_rss_mib()
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let env = |k: &str, d: usize| {
@@ -127,6 +177,8 @@ async fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(d)
     };
+    // The file drop first: its peak memory is then not the API's.
+    file_drop(env("FERRY_BENCH_DROP_ROWS", 1_000_000)).await;
     rest_landing(env("FERRY_BENCH_ROWS", 1_000_000)).await;
     webhooks(env("FERRY_BENCH_EVENTS", 5_000)).await;
 }
