@@ -442,10 +442,27 @@ pub async fn extract(
     let mut out = Vec::new();
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     for (spec, streams) in chosen {
+        // A HubSpot account's budget is shared with every other ferry
+        // process that uses it (a sync running meanwhile), through the lake.
+        let mut member = None;
         let source: Box<dyn Source> = match spec {
             SourceSpec::Rest { .. } => Box::new(rest::RestSource::new(spec)?),
             SourceSpec::Files { .. } => Box::new(files::FileSource::new(spec, &project.dir)?),
-            SourceSpec::Hubspot { .. } => Box::new(hubspot::HubspotSource::new(spec)?),
+            SourceSpec::Hubspot { url, auth, .. } => {
+                let hs = hubspot::HubspotSource::new(spec)?;
+                if !matches!(auth, crate::http::Auth::Missing(_)) {
+                    member = Some(
+                        crate::http::shared::join(
+                            lake,
+                            &crate::http::account_key("hubspot", url, auth),
+                            hs.limiter().clone(),
+                            None,
+                        )
+                        .await?,
+                    );
+                }
+                Box::new(hs)
+            }
         };
         for name in streams {
             let stream = StreamRef::new(spec.name(), &name)?;
@@ -527,6 +544,9 @@ pub async fn extract(
             .await?;
             report(&run.summary);
             out.push(run.summary);
+        }
+        if let Some(m) = member {
+            m.leave().await;
         }
     }
     Ok(out)

@@ -1225,6 +1225,26 @@ async fn if_empty_uses_a_fresh_lake_copy_of_the_crm() {
     assert_eq!(state["ann@example.com"]["ferry_persona"], "Rep's call");
     assert_eq!(state["bob@example.com"]["ferry_persona"], "Sales Leader");
 
+    // Regression: keys the fresh copy lacks were read from HubSpot in batch
+    // reads, half of a large sync's calls. They are new since the copy was
+    // extracted: the upsert creates them, with their if_empty fields.
+    for i in 0..150 {
+        data.push((some(&format!("new{i}@example.com")), some("5"), some("Ops")));
+    }
+    model(&dir, "scores", &data);
+    let r = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
+    assert_eq!(r.counts.created, 150, "{r:?}");
+    assert_eq!(
+        r.api_calls, 3,
+        "properties check + two upserts; no batch read: {r:?}"
+    );
+    assert_eq!(
+        crm(&s, "contacts", "email")["new7@example.com"]["ferry_persona"],
+        "Ops"
+    );
+    data.truncate(2);
+    model(&dir, "scores", &data);
+
     // A stale copy (max age 0) is not trusted: HubSpot is read in a batch.
     let text = std::fs::read_to_string(dir.join("ferry.toml")).unwrap();
     std::fs::write(

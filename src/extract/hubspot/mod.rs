@@ -98,6 +98,11 @@ impl HubspotSource {
         })
     }
 
+    /// The account's rate budget (shared with syncs to the same account).
+    pub fn limiter(&self) -> &Arc<RateLimiter> {
+        self.client.limiter()
+    }
+
     fn fail(&self, e: CallError) -> Error {
         e.into_error(
             &format!("{} (HubSpot)", self.name),

@@ -613,6 +613,22 @@ pub fn envelope_batch(events: &[Envelope]) -> Result<RecordBatch> {
 mod tests {
     use super::*;
 
+    /// Regression: every event id ever received stayed in memory (and was
+    /// loaded at every start), so a busy receiver grew without bound.
+    #[test]
+    fn dedupe_memory_forgets_identities_past_the_retention() {
+        let mut seen = Seen::default();
+        let t0 = Utc::now() - DEDUPE_RETENTION - chrono::TimeDelta::hours(1);
+        for i in 0..1000 {
+            seen.insert(format!("old{i}"), t0);
+        }
+        seen.insert("fresh".into(), Utc::now());
+        seen.insert("fresh".into(), Utc::now());
+        seen.forget_before(Utc::now() - DEDUPE_RETENTION);
+        assert_eq!((seen.hashes.len(), seen.order.len()), (1, 1));
+        assert!(seen.contains("fresh") && !seen.contains("old3"));
+    }
+
     fn spec(preset: WebhookPreset) -> WebhookSpec {
         WebhookSpec {
             name: "hooks".into(),
