@@ -551,6 +551,7 @@ async fn run(cli: Cli) -> Result<()> {
                         dropped: fault_drop,
                         lost_after_write: fault_lost_write,
                         garbled: fault_garbled,
+                        write_error: 0.0,
                     },
                 };
                 let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));

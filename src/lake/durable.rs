@@ -10,11 +10,14 @@
 //! (S3, GCS, Azure) are durable on completion and are not wrapped.
 //!
 //! `LocalFileSystem` has no conditional update (`PutMode::Update`), which
-//! leases need. Here it is: under an exclusive OS file lock (one per object,
-//! in the temp folder, shared by every process on the machine), the
-//! object's current version is compared with the expected one and the new
-//! content is written atomically (staged, then renamed), or the write fails
-//! with `Precondition`.
+//! leases need. Here it is: under an exclusive OS file lock on a sibling of
+//! the object (`<name>#0`, which listings skip, as they skip
+//! `LocalFileSystem`'s own staging files), the object's current version is
+//! compared with the expected one and the new content is written atomically
+//! (staged, then renamed), or the write fails with `Precondition`. The lock
+//! lives in the lake itself, so every process that can see the lake sees
+//! the lock, whatever its temp folder or mount path (on NFS, Linux maps
+//! `flock` to NFS locks).
 
 use std::ops::Range;
 use std::path::PathBuf;
@@ -51,15 +54,16 @@ impl DurableLocal {
 /// An exclusive lock for conditional updates of `file`, held until dropped.
 async fn lock(file: PathBuf) -> Result<std::fs::File> {
     tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
-        use sha2::Digest;
-        let dir = std::env::temp_dir().join("ferry-locks");
-        std::fs::create_dir_all(&dir)?;
-        let name = hex::encode(sha2::Sha256::digest(file.to_string_lossy().as_bytes()));
+        let mut name = file.as_os_str().to_owned();
+        name.push("#0");
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
         let f = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(dir.join(name))?;
+            .open(std::path::PathBuf::from(name))?;
         f.lock()?;
         Ok(f)
     })

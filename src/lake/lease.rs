@@ -82,10 +82,17 @@ pub(crate) fn host() -> String {
         .unwrap_or_else(|| "unknown-host".into())
 }
 
+/// This boot of this machine, and this process's pid namespace: a process
+/// in another container (its own pids, maybe the same host name under host
+/// networking) is on another "machine" for pid checks.
 pub(crate) fn boot() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|b| b.trim().to_string())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    let ns = std::fs::read_link("/proc/self/ns/pid")
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    format!("{boot} {ns}")
 }
 
 /// Whether process `pid` runs on this machine (Linux: `/proc`).
@@ -169,7 +176,9 @@ impl Lease {
                             tracing::warn!(holder = %old.holder, "taking over the lease of {what}: its process is gone");
                         }
                     }
-                    let generation = old.map_or(first_generation, |o| o.generation + 1);
+                    let generation = old.map_or(first_generation, |o| {
+                        (o.generation + 1).max(first_generation)
+                    });
                     (body(generation), PutMode::Update(version))
                 }
             };
@@ -263,10 +272,36 @@ impl Lease {
         match self
             .lake
             .store()
-            .put_opts(&self.path, PutPayload::from(bytes), opts)
+            .put_opts(&self.path, PutPayload::from(bytes.clone()), opts)
             .await
         {
-            Ok(_) | Err(object_store::Error::Precondition { .. }) => Ok(()),
+            Ok(_) => Ok(()),
+            // A renewal in flight when the renewer was stopped may have
+            // moved the version: if the lease is still ours, release that.
+            Err(object_store::Error::Precondition { .. }) => {
+                let g = self.lake.store().get(&self.path).await?;
+                let version = UpdateVersion {
+                    e_tag: g.meta.e_tag.clone(),
+                    version: g.meta.version.clone(),
+                };
+                let now: Option<LeaseBody> = serde_json::from_slice(&g.bytes().await?).ok();
+                if now.is_some_and(|b| b.holder == body.holder && b.generation == body.generation) {
+                    let opts = PutOptions {
+                        mode: PutMode::Update(version),
+                        ..Default::default()
+                    };
+                    match self
+                        .lake
+                        .store()
+                        .put_opts(&self.path, PutPayload::from(bytes), opts)
+                        .await
+                    {
+                        Ok(_) | Err(object_store::Error::Precondition { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Ok(())
+            }
             Err(e) => Err(e.into()),
         }
     }

@@ -131,9 +131,19 @@ const SAMPLES: usize = 5;
 /// Current CRM values by normalized match key, from the lake copy.
 type CrmCopy = HashMap<String, Existing>;
 
-/// Keys (normalized) whose last write's fate is unknown, with the time its
-/// first attempt was sent.
-type Pending = HashMap<String, chrono::DateTime<Utc>>;
+/// Keys (normalized) whose last write's fate is unknown.
+type Pending = HashMap<String, Unsettled>;
+
+/// A key whose writes since it was last settled have unknown fates.
+#[derive(Debug, Clone, Copy)]
+struct Unsettled {
+    /// When the first of them was sent: a record the CRM created since then
+    /// was created by this sync.
+    first: chrono::DateTime<Utc>,
+    /// When the latest was sent: the CRM's search may miss it until
+    /// `search_lag` after this.
+    last_sent: chrono::DateTime<Utc>,
+}
 
 /// How far the CRM's clock may be ahead of ferry's when judging whether a
 /// record was created after ferry first tried to create it.
@@ -196,6 +206,7 @@ impl Syncer {
         let lease = if opts.dry_run {
             None
         } else {
+            state::refuse_legacy_lock(&self.lake, &sync.name, opts.break_lock).await?;
             let first = state::first_generation(&self.lake, &sync.name).await?;
             Some(Arc::new(
                 crate::lake::lease::Lease::acquire(
@@ -701,7 +712,7 @@ impl Run<'_> {
     async fn failed_keys(&self, ctx: &SessionContext) -> Result<HashSet<String>> {
         let sql = format!(
             "select key from (select key, status, operation, row_number() over (partition by key order by at desc) as rn \
-             from ferry.sync_log where sync = '{}') where rn = 1 and status in ('failed', 'rejected', 'unknown') and operation <> 'reject'",
+             from ferry.sync_log where sync = '{}') where rn = 1 and status in ('failed', 'rejected', 'unknown', 'not_sent') and operation <> 'reject'",
             self.sync.name.replace('\'', "''")
         );
         let batches = ctx.sql(&sql).await?.collect().await?;
@@ -723,10 +734,14 @@ impl Run<'_> {
     /// effect of a write begun then.
     async fn pending_keys(&self, ctx: &SessionContext) -> Result<Pending> {
         let name = self.sync.name.replace('\'', "''");
+        // Rows logged while a record waited, or when its lookup failed,
+        // are not sends: they do not move `last_sent`.
         let sql = format!(
-            "with log as (select key, status, at from ferry.sync_log where sync = '{name}' and key is not null), \
-             settled as (select key, max(at) as settled_at from log where status in ('ok', 'rejected') group by key) \
-             select l.key, arrow_cast(min(l.at), 'Int64') as since from log l left join settled s on l.key = s.key \
+            "with log as (select key, status, operation, at from ferry.sync_log where sync = '{name}' and key is not null), \
+             settled as (select key, max(at) as settled_at from log where status in ('ok', 'rejected', 'not_sent') group by key) \
+             select l.key, arrow_cast(min(l.at), 'Int64') as first, \
+             arrow_cast(coalesce(max(case when l.operation not in ('wait', 'lookup') then l.at end), min(l.at)), 'Int64') as last_sent \
+             from log l left join settled s on l.key = s.key \
              where l.status = 'unknown' and (s.settled_at is null or l.at > s.settled_at) group by l.key"
         );
         let batches = match ctx.sql(&sql).await {
@@ -739,11 +754,17 @@ impl Run<'_> {
         for b in &batches {
             let keys = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8)?;
             let keys = arrow::array::AsArray::as_string::<i32>(&keys);
-            let since =
-                arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(b.column(1));
+            let col = |i: usize| {
+                arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(b.column(i))
+                    .clone()
+            };
+            let (first, last) = (col(1), col(2));
             for i in 0..b.num_rows() {
-                if let Some(t) = chrono::DateTime::from_timestamp_micros(since.value(i)) {
-                    out.insert(normalize_key(keys.value(i)), t);
+                if let (Some(first), Some(last_sent)) = (
+                    chrono::DateTime::from_timestamp_micros(first.value(i)),
+                    chrono::DateTime::from_timestamp_micros(last.value(i)),
+                ) {
+                    out.insert(normalize_key(keys.value(i)), Unsettled { first, last_sent });
                 }
             }
         }
@@ -811,6 +832,7 @@ impl Run<'_> {
         // dry run, which reports creates and updates apart).
         let need_lookup =
             !unique || sync.mode == Mode::Insert || self.has_if_empty() || self.opts.dry_run;
+        let mut absent_from_copy: HashSet<String> = HashSet::new();
         let found = if need_lookup {
             let keys: Vec<String> = rows.iter().filter_map(|r| r.key.clone()).collect();
             // A fresh lake copy answers if_empty for the keys it holds, when
@@ -827,7 +849,9 @@ impl Run<'_> {
                     Some(Some(e)) => {
                         found.insert(nk, vec![e.clone()]);
                     }
-                    Some(None) if !pending.contains_key(&nk) => {}
+                    Some(None) if !pending.contains_key(&nk) => {
+                        absent_from_copy.insert(nk);
+                    }
                     _ => ask.push(k),
                 }
             }
@@ -853,7 +877,8 @@ impl Run<'_> {
         for row in rows {
             let key = row.key.clone().unwrap_or_default();
             let nk = normalize_key(&key);
-            let since = pending.get(&nk).copied();
+            let unsettled = pending.get(&nk).copied();
+            let since = unsettled.map(|u| u.first);
             let matches: &[Existing] = found.get(&nk).map(Vec::as_slice).unwrap_or(&[]);
             if matches.len() > 1 {
                 let ids: Vec<&str> = matches.iter().map(|m| m.id.as_str()).collect();
@@ -896,19 +921,25 @@ impl Run<'_> {
                 (Mode::Upsert | Mode::Mirror, true, None) if self.opts.dry_run => {
                     out(Op::Create, None, true)
                 }
-                // Not found (or not looked up): the upsert creates it.
-                (Mode::Upsert | Mode::Mirror, true, e) => {
-                    out(Op::Upsert, None, e.is_none() && need_lookup)
-                }
+                // Not found (or not looked up): the upsert creates it. A key
+                // a fresh CRM copy lacks is taken as new (no lookup), with its
+                // if_empty fields: the copy's `max_age_minutes` bounds how
+                // old "fresh" may be (a record created in the CRM since the
+                // copy would get them too).
+                (Mode::Upsert | Mode::Mirror, true, e) => out(
+                    Op::Upsert,
+                    None,
+                    e.is_none() && (need_lookup || absent_from_copy.contains(&nk)),
+                ),
                 (Mode::Upsert | Mode::Mirror | Mode::Insert, false, None)
-                    if since.is_some_and(|t| {
-                        Utc::now() - t
+                    if unsettled.is_some_and(|u| {
+                        Utc::now() - u.last_sent
                             < chrono::TimeDelta::from_std(self.dest.search_lag(unique))
                                 .unwrap_or_default()
                     }) =>
                 {
                     Action::Wait {
-                        since: since.unwrap_or_else(Utc::now),
+                        since: unsettled.map_or_else(Utc::now, |u| u.last_sent),
                     }
                 }
                 (Mode::Upsert | Mode::Mirror, false, None) => out(Op::Create, None, true),
@@ -998,6 +1029,11 @@ impl Run<'_> {
             self.add(|c| c.not_sent += rows.len() as u64);
             return Ok(());
         }
+        // A run whose lease was taken over sends nothing more.
+        if let Err(e) = self.log.check() {
+            self.add(|c| c.not_sent += rows.len() as u64);
+            return Err(e);
+        }
         let (actions, ours) = match self.plan(&rows, unique, copy, pending).await {
             Ok(a) => a,
             Err(e @ (CallError::Auth { .. } | CallError::DailyLimit)) => {
@@ -1012,11 +1048,11 @@ impl Run<'_> {
                 let logs: Vec<LogRow> = rows
                     .iter()
                     .map(|r| {
-                        let since = r
+                        let pending_key = r
                             .key
                             .as_deref()
-                            .and_then(|k| pending.get(&normalize_key(k)).copied());
-                        let status = if since.is_some() { "unknown" } else { "failed" };
+                            .is_some_and(|k| pending.contains_key(&normalize_key(k)));
+                        let status = if pending_key { "unknown" } else { "failed" };
                         let mut l = LogRow::error(
                             r.key.as_deref(),
                             "lookup",
@@ -1025,7 +1061,6 @@ impl Run<'_> {
                             &format!("the lookup failed, so nothing was sent: {}", e.message()),
                         );
                         l.hash = r.hash.clone();
-                        l.at = since;
                         l
                     })
                     .collect();
@@ -1083,7 +1118,7 @@ impl Run<'_> {
                 Action::Wait { since } => {
                     let mut l = LogRow::error(
                         Some(&key),
-                        "create",
+                        "wait",
                         "unknown",
                         "PENDING_CREATE",
                         &format!(
@@ -1092,7 +1127,6 @@ impl Run<'_> {
                         ),
                     );
                     l.hash = row.hash.clone();
-                    l.at = Some(since);
                     l.attempts = 0;
                     logs.push(l);
                     self.add(|c| c.unknown += 1);
@@ -1132,12 +1166,13 @@ impl Run<'_> {
                     "IN_FLIGHT",
                     "sent; if no outcome follows, the run stopped before the CRM answered and the record is looked up before it is written again",
                 );
-                l.at = Some(o.pending_since.unwrap_or_else(Utc::now));
                 l.attempts = 0;
                 l
             })
             .collect();
+        self.log.check()?;
         self.log.append(&intents).await?;
+        let intended: HashSet<String> = intents.iter().filter_map(|l| l.key.clone()).collect();
         for (_, (op, outs)) in groups {
             let sent_at = Utc::now();
             let sent: Vec<(Outgoing, Outcome, u32)> = if op == Op::Create {
@@ -1192,6 +1227,27 @@ impl Run<'_> {
                 logs.push(l);
             }
         }
+        // Records logged as about to be sent that never were (the run
+        // stopped: auth, daily budget): settled as not sent, so their
+        // write-ahead rows do not leave them waiting or widen whose records
+        // this sync created.
+        let answered: HashSet<&str> = logs.iter().filter_map(|l| l.key.as_deref()).collect();
+        let unsent: Vec<LogRow> = intended
+            .iter()
+            .filter(|k| !answered.contains(k.as_str()))
+            .map(|k| {
+                let mut l = LogRow::error(
+                    Some(k),
+                    "create",
+                    "not_sent",
+                    "NOT_SENT",
+                    "the run stopped before this record was sent; it is sent next run",
+                );
+                l.attempts = 0;
+                l
+            })
+            .collect();
+        logs.extend(unsent);
         // The commit: this batch's outcomes are durable before the batch counts as done.
         self.log.append(&logs).await
     }
@@ -1222,7 +1278,7 @@ impl Run<'_> {
         l.hash = hash;
         l.payload = payload;
         l.attempts = attempts as i64;
-        l.at = Some(o.pending_since.map_or(sent_at, |p| p.min(sent_at)));
+        l.at = Some(sent_at);
         l
     }
 

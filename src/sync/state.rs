@@ -60,7 +60,8 @@ pub fn log_schema() -> SchemaRef {
         // create | update | upsert | archive | skip | forget | reject | snapshot
         Field::new("operation", DataType::Utf8, false),
         // ok | rejected | failed | unknown (the write's fate is not known:
-        // settled by a read before the record is written again)
+        // settled by a read before the record is written again) | not_sent
+        // (logged to be sent, then the run stopped first)
         Field::new("status", DataType::Utf8, false),
         Field::new("crm_id", DataType::Utf8, true),
         // Whether this sync created the record (mirror archives only those).
@@ -394,6 +395,25 @@ pub async fn record_run(lake: &Lake, sync: &str, run_id: &RunId, row: &RunRow) -
 /// sync apart (see [`crate::lake::lease`]).
 pub fn lease_path(sync: &str) -> Path {
     state_prefix(sync).join("lease")
+}
+
+/// A lock file an older ferry (before leases) holds while it syncs: while
+/// one is there, an older binary may be running this sync, so a newer one
+/// refuses (`--break-lock` removes it).
+pub async fn refuse_legacy_lock(lake: &Lake, sync: &str, force: bool) -> Result<()> {
+    let path = state_prefix(sync).join("lock");
+    match lake.store().head(&path).await {
+        Ok(_) if force => {
+            lake.store().delete(&path).await?;
+            Ok(())
+        }
+        Ok(_) => Err(crate::error::Error::Input(format!(
+            "sync {sync}: {path} is the lock of an older ferry, which may be running this sync now. \
+             Upgrade every ferry that syncs to this lake; once none of them runs, run again with --break-lock"
+        ))),
+        Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The generation in a state file's name (`g<generation>-...` or

@@ -671,6 +671,11 @@ fn the_rest_cursor_is_capped_below_the_run_start() {
         json!(42),
         "a sequence number"
     );
+    assert_eq!(
+        capped_cursor(json!(6_000_000_000_000i64), start, 60),
+        json!(6_000_000_000_000i64),
+        "a large id is no time"
+    );
 }
 
 /// A failed extract left no trace anywhere a user could query.
@@ -957,4 +962,49 @@ async fn kill_9_mid_hubspot_extract_with_lagging_search_loses_no_update() {
         lost.len(),
         &lost[..lost.len().min(5)]
     );
+}
+
+/// Review finding: the wait before settling an unknown create by search was
+/// timed from the first attempt, so a second create sent later (its reply
+/// lost too) could be repeated before the search showed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_search_wait_counts_from_the_latest_create_sent() {
+    let s = sim(SimConfig::default()).await;
+    define(&s, "companies", "ferry_fit", "string", false);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = project(tmp.path(), &s.base_url(), &accounts_toml("upsert"));
+    companies_model(&dir, &[("one.dev", "A"), ("two.dev", "B")]);
+    // Run 1: the creates fail before HubSpot writes anything.
+    s.set_faults(Faults {
+        write_error: 1.0,
+        ..Faults::default()
+    });
+    sync(&dir, "accounts", SyncOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(s.records("companies").len(), 0);
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    // Run 2, past the wait: not found, created; the replies are lost.
+    s.set_faults(Faults {
+        lost_after_write: 1.0,
+        ..Faults::default()
+    });
+    sync(&dir, "accounts", SyncOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(s.records("companies").len(), 2);
+    // Run 3 at once: the search cannot show run 2's creates yet; nothing
+    // may be created.
+    s.set_faults(Faults::default());
+    let r = sync(&dir, "accounts", SyncOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(r.counts.created, 0, "{r:?}");
+    assert_eq!(s.records("companies").len(), 2, "created twice");
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let r = sync(&dir, "accounts", SyncOptions::default())
+        .await
+        .unwrap();
+    assert_eq!((r.counts.unknown, r.counts.failed), (0, 0), "{r:?}");
+    assert_eq!(s.records("companies").len(), 2);
 }

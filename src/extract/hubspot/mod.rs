@@ -508,9 +508,12 @@ impl Source for HubspotSource {
             // again (duplicates, never gaps).
             None => self.full_load(&s, &props, run).await?,
             Some(lo) if lo >= hi => return Ok(Some(json!({ "since": from_millis(lo) }))),
+            // Archived records first: the incremental read checkpoints its
+            // cursor as it goes, and a failure after a checkpoint must not
+            // leave deletions in the skipped range unread.
             Some(lo) => {
-                self.incremental(&s, &props, cursor, lo, hi, run).await?;
                 self.archived_since(&s, &props, lo, run).await?;
+                self.incremental(&s, &props, cursor, lo, hi, run).await?;
             }
         }
         Ok(Some(json!({ "since": from_millis(hi) })))

@@ -187,14 +187,19 @@ impl RestSource {
                         Pagination::Page { size, .. } => *size,
                         _ => None,
                     };
-                    // The second page equal to a full first one: the API
-                    // ignores the paging parameter, and the rest is out of
-                    // reach. Later: it clamps to its last page, which is read.
-                    if pages_read == 2 && asked.is_some_and(|a| n >= a) {
+                    // Offset paging past the end answers an empty page, so a
+                    // repeat means the API ignores `offset` (and may cap
+                    // `limit`, so the page can be short): the rest is out of
+                    // reach. Page paging: the second page equal to a full
+                    // first one means the API ignores `page`; later, or a
+                    // short page, means it clamps to its last page, which is
+                    // read.
+                    let offset = matches!(s.pagination, Pagination::Offset { .. });
+                    if offset || (pages_read == 2 && asked.is_some_and(|a| n >= a)) {
                         return Err(Error::Vendor {
                             vendor: self.name.clone(),
                             message: format!(
-                                "{}: the API answered the second page with the first page's records: it ignores the paging parameter, so ferry cannot reach the rest. Check pagination in [sources.{}.streams.{}]",
+                                "{}: the API answered a page with the previous page's records: it ignores the paging parameter, so ferry cannot reach the rest. Check pagination in [sources.{}.streams.{}]",
                                 s.name, self.name, s.name
                             ),
                             retryable: false,
@@ -359,11 +364,23 @@ pub fn capped_cursor(best: Value, start: chrono::DateTime<chrono::Utc>, margin: 
             ),
             _ => best,
         },
+        // A number is a time only if it reads as one within ten years of
+        // the run, in milliseconds or seconds; anything else (a sequence
+        // number, an id) is kept as seen.
         Value::Number(n) => match n.as_i64() {
-            // Epoch milliseconds (13 digits) or seconds (10 digits).
-            Some(ms) if ms > 100_000_000_000 => Value::from(ms.min(cap.timestamp_millis())),
-            Some(secs) if secs > 100_000_000 => Value::from(secs.min(cap.timestamp())),
-            _ => best,
+            Some(v) => {
+                let decade_ms = 10 * 365 * 86_400_000i64;
+                let now_ms = start.timestamp_millis();
+                let near = |ms: i64| ms.checked_sub(now_ms).is_some_and(|d| d.abs() <= decade_ms);
+                if near(v) {
+                    Value::from(v.min(cap.timestamp_millis()))
+                } else if v.checked_mul(1000).is_some_and(near) {
+                    Value::from(v.min(cap.timestamp()))
+                } else {
+                    best
+                }
+            }
+            None => best,
         },
         _ => best,
     }

@@ -838,6 +838,14 @@ async fn batch(
     if op == "read" && chance(s.faults().garbled) {
         return garbled();
     }
+    if op != "read" && chance(s.faults().write_error) {
+        return error(
+            StatusCode::BAD_GATEWAY,
+            "INTERNAL_ERROR",
+            "The server encountered a temporary error (emulated); nothing was written.",
+            vec![],
+        );
+    }
     let reply = run_batch(&s, &kind, &op, body.map(|b| b.0).unwrap_or(Value::Null));
     if op != "read"
         && reply.status().is_success()

@@ -50,6 +50,8 @@ pub struct Faults {
     /// A read or search is answered `200` with an HTML page (a proxy's or
     /// a maintenance page) instead of JSON.
     pub garbled: f64,
+    /// A write is answered 502 before HubSpot applies it.
+    pub write_error: f64,
 }
 
 /// An OAuth app whose refresh token `POST /oauth/v1/token` accepts.

@@ -370,10 +370,17 @@ impl Destination for HubSpot {
     ) -> Result<Vec<Outcome>, CallError> {
         let props = |r: &Outgoing| json!(r.properties);
         let (path, mut inputs): (&str, Vec<Value>) = match op {
+            // The key is also sent as a property, so the reply's record
+            // carries it even when HubSpot does not echo `idProperty`.
             Op::Upsert => (
                 "upsert",
                 rows.iter()
-                    .map(|r| json!({"id": r.key, "idProperty": key_property, "properties": props(r)}))
+                    .map(|r| {
+                        let mut p = r.properties.clone();
+                        p.entry(key_property.to_string())
+                            .or_insert_with(|| r.key.clone());
+                        json!({"id": r.key, "idProperty": key_property, "properties": p})
+                    })
                     .collect(),
             ),
             Op::Create => (
@@ -518,9 +525,15 @@ fn match_reply(
             None => unplaced.push((pos, fate)),
         }
     }
-    // Position is evidence only when the reply has exactly one result per
-    // input and no errors (HubSpot keeps the inputs' order then).
-    if !unplaced.is_empty() && results.len() == rows.len() && errors.is_empty() {
+    // Position is evidence only when nothing in the reply could be placed
+    // otherwise (no trace ids, no keys), it has exactly one result per
+    // input and no errors: HubSpot keeps the inputs' order then. A reply
+    // that places some results and not others may be in any order.
+    if !unplaced.is_empty()
+        && unplaced.len() == results.len()
+        && results.len() == rows.len()
+        && errors.is_empty()
+    {
         for (pos, fate) in unplaced {
             if fates[pos].is_none() {
                 fates[pos] = Some(fate);
