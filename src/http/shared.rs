@@ -13,7 +13,8 @@
 //!   so that what they sent at their full share has left the vendor's window
 //!   by then.
 //! - `_ferry/accounts/<account>/daily/<YYYY-MM-DD>/<member>-<seq>.json`:
-//!   calls made, written every period; a process's daily budget is the
+//!   calls made, written every 30 s and when the process leaves (each file
+//!   written once, and read once by each process); a process's daily budget is the
 //!   account's limit less what every process logged today (the vendor's own
 //!   daily-remaining header, when it sends one, still has the last word).
 //!
@@ -31,8 +32,18 @@ use super::RateLimiter;
 use crate::error::Result;
 use crate::lake::Lake;
 
-/// How often a member renews its entry and logs its calls.
+/// How often a member renews its entry and re-reads the others'.
 pub const PERIOD: Duration = Duration::from_secs(2);
+
+/// Every this many periods (30 s), a member logs its calls and re-reads the
+/// day's total: the daily budget needs no finer grain, and the day's files
+/// stay few.
+const DAILY_EVERY: u64 = 15;
+
+/// Calls in daily files already read: they are written once, so each is
+/// read once per process.
+static READ: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, u64>>> =
+    std::sync::LazyLock::new(Default::default);
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Entry {
@@ -50,7 +61,7 @@ impl Entry {
     fn live(&self, now_ms: i64) -> bool {
         use crate::lake::lease::{alive, boot, host};
         let here = self.host == host() && self.boot == boot();
-        self.expires_at_ms > now_ms && !(here && !alive(self.pid))
+        self.expires_at_ms > now_ms && (!here || alive(self.pid))
     }
 }
 
@@ -150,18 +161,30 @@ async fn logged_today(lake: &Lake, dir: &Path, me: &str) -> Result<(u64, u64)> {
         };
     let (mut all, mut mine) = (0u64, 0u64);
     for o in listed {
-        let Ok(g) = lake.store().get(&o.location).await else {
-            continue;
-        };
-        let Ok(bytes) = g.bytes().await else { continue };
-        if let Ok(c) = serde_json::from_slice::<Calls>(&bytes) {
-            all = all.saturating_add(c.calls);
-            if o.location
-                .filename()
-                .is_some_and(|f| f.starts_with(&format!("{me}-")))
-            {
-                mine = mine.saturating_add(c.calls);
+        let key = o.location.to_string();
+        let cached = READ.lock().ok().and_then(|m| m.get(&key).copied());
+        let calls = match cached {
+            Some(c) => c,
+            None => {
+                let Ok(g) = lake.store().get(&o.location).await else {
+                    continue;
+                };
+                let Ok(bytes) = g.bytes().await else { continue };
+                let Ok(c) = serde_json::from_slice::<Calls>(&bytes) else {
+                    continue;
+                };
+                if let Ok(mut m) = READ.lock() {
+                    m.insert(key, c.calls);
+                }
+                c.calls
             }
+        };
+        all = all.saturating_add(calls);
+        if o.location
+            .filename()
+            .is_some_and(|f| f.starts_with(&format!("{me}-")))
+        {
+            mine = mine.saturating_add(calls);
         }
     }
     Ok((all, mine))
@@ -213,8 +236,10 @@ pub async fn join(
         let (lake, entry, dir, me) = (lake.clone(), entry.clone(), dir.clone(), me.clone());
         let (limiter, tally) = (limiter.clone(), tally.clone());
         tokio::spawn(async move {
+            let mut tick = 0u64;
             loop {
                 tokio::time::sleep(PERIOD).await;
+                tick += 1;
                 if let Err(e) = renew(&lake, &entry).await {
                     tracing::warn!(
                         "could not renew this process's share of the account budget: {e}"
@@ -222,6 +247,9 @@ pub async fn join(
                 }
                 if let Ok(n) = others(&lake, &dir, &me).await {
                     limiter.set_share(n + 1);
+                }
+                if !tick.is_multiple_of(DAILY_EVERY) {
+                    continue;
                 }
                 log_calls(&lake, &dir, &me, &limiter, &tally).await;
                 if let Some(limit) = daily_limit

@@ -532,9 +532,8 @@ impl Source for FileSource {
                     // (again a batch at a time); the stream's other files
                     // still land.
                     let checked = match reader(staged.open()?) {
-                        Ok(r) => r
-                            .map(|b| b.map(|_| ()))
-                            .collect::<std::result::Result<(), _>>()
+                        Ok(mut r) => r
+                            .try_for_each(|b| b.map(|_| ()))
                             .map_err(|e| format!("{name}: a corrupt Parquet file (its data cannot be read: {e}); nothing from it was landed")),
                         Err(e) => Err(format!("{name}: not a readable Parquet file: {e}")),
                     };
