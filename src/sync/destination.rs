@@ -137,6 +137,15 @@ pub struct Existing {
     pub created_at: Option<DateTime<Utc>>,
 }
 
+/// What a lookup found: records by [`normalize_key`], and keys the CRM's
+/// reply did not account for (neither found nor reported missing), with why.
+/// An unresolved key is neither present nor absent: nothing is written for it.
+#[derive(Debug, Clone, Default)]
+pub struct Lookup {
+    pub found: HashMap<String, Vec<Existing>>,
+    pub unresolved: HashMap<String, String>,
+}
+
 /// A CRM the syncer can write to.
 #[async_trait]
 pub trait Destination: Send + Sync {
@@ -170,10 +179,11 @@ pub trait Destination: Send + Sync {
     ) -> Result<bool>;
 
     /// Find records by match key, with the current values of `properties`.
-    /// The map is keyed by [`normalize_key`]; a key may match several records
-    /// when the property is not unique. A key absent from the map was
-    /// reported absent by the CRM; a reply that cannot be read, or that does
-    /// not account for every key, is an error (never "not found").
+    /// `found` is keyed by [`normalize_key`]; a key may match several records
+    /// when the property is not unique. A key in neither `found` nor
+    /// `unresolved` was reported absent by the CRM. A reply that cannot be
+    /// read is an error (never "not found"); a readable reply that is silent
+    /// about some keys puts those in `unresolved`, and the rest stand.
     async fn lookup(
         &self,
         object: &str,
@@ -181,7 +191,7 @@ pub trait Destination: Send + Sync {
         unique: bool,
         keys: &[String],
         properties: &[String],
-    ) -> Result<HashMap<String, Vec<Existing>>, CallError>;
+    ) -> Result<Lookup, CallError>;
 
     /// Write one batch (at most [`Destination::max_batch`] records). Every
     /// record gets an outcome; a record a 2xx reply does not mention is

@@ -833,6 +833,7 @@ impl Run<'_> {
         let need_lookup =
             !unique || sync.mode == Mode::Insert || self.has_if_empty() || self.opts.dry_run;
         let mut absent_from_copy: HashSet<String> = HashSet::new();
+        let mut unresolved: HashMap<String, String> = HashMap::new();
         let found = if need_lookup {
             let keys: Vec<String> = rows.iter().filter_map(|r| r.key.clone()).collect();
             // A fresh lake copy answers if_empty for the keys it holds, when
@@ -856,17 +857,18 @@ impl Run<'_> {
                 }
             }
             if !ask.is_empty() {
-                found.extend(
-                    self.dest
-                        .lookup(
-                            &sync.object,
-                            &sync.key_property,
-                            unique,
-                            &ask,
-                            &self.properties(),
-                        )
-                        .await?,
-                );
+                let l = self
+                    .dest
+                    .lookup(
+                        &sync.object,
+                        &sync.key_property,
+                        unique,
+                        &ask,
+                        &self.properties(),
+                    )
+                    .await?;
+                found.extend(l.found);
+                unresolved = l.unresolved;
             }
             found
         } else {
@@ -880,6 +882,13 @@ impl Run<'_> {
             let unsettled = pending.get(&nk).copied();
             let since = unsettled.map(|u| u.first);
             let matches: &[Existing] = found.get(&nk).map(Vec::as_slice).unwrap_or(&[]);
+            if let Some(why) = unresolved.get(&nk) {
+                actions.push(Action::Reject {
+                    category: "LOOKUP_UNRESOLVED",
+                    message: format!("{} = {key}: {why}", sync.key_property),
+                });
+                continue;
+            }
             if matches.len() > 1 {
                 let ids: Vec<&str> = matches.iter().map(|m| m.id.as_str()).collect();
                 actions.push(Action::Reject {
@@ -1467,7 +1476,7 @@ impl Run<'_> {
                 )
                 .await
             {
-                Ok(f) => f,
+                Ok(l) => l,
                 Err(e) => {
                     let why = format!("the lookup after a lost create failed: {}", e.message());
                     if matches!(e, CallError::Auth { .. } | CallError::DailyLimit) {
@@ -1481,7 +1490,16 @@ impl Run<'_> {
                 }
             };
             for (o, tries, why, transport) in lost {
-                match found.get(&normalize_key(&o.key)).map(Vec::as_slice) {
+                let nk = normalize_key(&o.key);
+                if let Some(reason) = found.unresolved.get(&nk) {
+                    done.push(unknown(
+                        o,
+                        format!("{why}; the lookup after it: {reason}"),
+                        tries,
+                    ));
+                    continue;
+                }
+                match found.found.get(&nk).map(Vec::as_slice) {
                     Some([e]) => {
                         tracing::info!(key = %o.key, id = %e.id, "a create whose reply was lost did happen; not sending it again");
                         let outcome = Outcome {

@@ -1008,3 +1008,49 @@ async fn the_search_wait_counts_from_the_latest_create_sent() {
     assert_eq!((r.counts.unknown, r.counts.failed), (0, 0), "{r:?}");
     assert_eq!(s.records("companies").len(), 2);
 }
+
+/// Review finding: a batch read answers a contact's secondary email with
+/// the contact under its primary email; that key was "not accounted for",
+/// and the whole batch of 100 failed on every run, for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_the_lookup_cannot_resolve_fails_alone_not_its_batch() {
+    let s = sim(SimConfig::default()).await;
+    plant(
+        &s,
+        "contacts",
+        &[
+            ("email", "primary@example.com"),
+            ("hs_additional_emails", "person3@example.com"),
+        ],
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let toml = crate::sync::SCORES.replace(
+        "persona = \"ferry_persona\"",
+        "persona = { property = \"ferry_persona\", policy = \"if_empty\" }",
+    );
+    let dir = project(tmp.path(), &s.base_url(), &toml);
+    model(&dir, "scores", &rows(100, "a"));
+    let r = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
+    assert_eq!(
+        (r.counts.created, r.counts.rejected, r.counts.failed),
+        (99, 1, 0),
+        "{r:?}"
+    );
+    let why = query(
+        &dir,
+        "select key, error_category from ferry.sync_log where status = 'rejected'",
+    )
+    .await;
+    assert_eq!(
+        why,
+        vec![vec![
+            "person3@example.com".to_string(),
+            "LOOKUP_UNRESOLVED".into()
+        ]]
+    );
+    assert_eq!(
+        crm(&s, "contacts", "email").len(),
+        100,
+        "nothing created for it"
+    );
+}

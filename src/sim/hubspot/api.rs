@@ -908,7 +908,25 @@ fn run_batch(s: &State, kind: &str, op: &str, body: Value) -> Response {
             let mut results = Vec::new();
             let mut missing = Vec::new();
             for i in inputs {
-                match resolve(&crm, &i["id"], id_property.as_deref()) {
+                // As HubSpot does, an email that is a contact's secondary
+                // address (`hs_additional_emails`) finds that contact, which
+                // comes back under its primary email.
+                let secondary = || {
+                    let v = i["id"].as_str()?.trim().to_lowercase();
+                    (id_property.as_deref() == Some("email"))
+                        .then(|| crm.types.get(kind))
+                        .flatten()?
+                        .records
+                        .values()
+                        .find(|r| {
+                            !r.archived
+                                && r.properties.get("hs_additional_emails").is_some_and(|a| {
+                                    a.split(';').any(|e| e.trim().eq_ignore_ascii_case(&v))
+                                })
+                        })
+                        .map(|r| r.id)
+                };
+                match resolve(&crm, &i["id"], id_property.as_deref()).or_else(secondary) {
                     Some(id) => {
                         if let Some(r) = crm.types.get(kind).and_then(|t| t.records.get(&id)) {
                             results

@@ -225,6 +225,7 @@ impl Default for Crm {
                 "contacts",
                 &[
                     ("email", "string", true),
+                    ("hs_additional_emails", "string", false),
                     ("firstname", "string", false),
                     ("lastname", "string", false),
                     ("jobtitle", "string", false),

@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::http::{Call, CallError, Client, RateLimiter, Vendor};
 use crate::sync::config::Destination as DestinationConfig;
 use crate::sync::destination::{
-    Destination, Existing, Fate, Op, Outcome, Outgoing, Refusal, Written, normalize_key,
+    Destination, Existing, Fate, Lookup, Op, Outcome, Outgoing, Refusal, Written, normalize_key,
 };
 
 /// How far HubSpot's clock may be ahead of ferry's when judging whether a
@@ -252,12 +252,13 @@ impl Destination for HubSpot {
         unique: bool,
         keys: &[String],
         properties: &[String],
-    ) -> Result<HashMap<String, Vec<Existing>>, CallError> {
+    ) -> Result<Lookup, CallError> {
         let mut props: Vec<&str> = properties.iter().map(String::as_str).collect();
         props.push(key_property);
         let mut found: HashMap<String, Vec<Existing>> = HashMap::new();
+        let mut unresolved = HashMap::new();
         if keys.is_empty() {
-            return Ok(found);
+            return Ok(Lookup { found, unresolved });
         }
         let add = |found: &mut HashMap<String, Vec<Existing>>, r: &Value| {
             if let Some(e) = record(r)
@@ -296,22 +297,21 @@ impl Destination for HubSpot {
                     .flat_map(error_ids)
                     .map(|k| normalize_key(&k))
                     .collect();
-                let silent = chunk
-                    .iter()
-                    .map(|k| normalize_key(k))
-                    .filter(|k| !found.contains_key(k) && !absent.contains(k))
-                    .count();
-                if silent > 0 {
-                    return Err(CallError::Transient {
-                        message: format!(
-                            "HubSpot's batch read reply did not account for {silent} of {} keys (neither found nor reported missing)",
-                            chunk.len()
-                        ),
-                        attempts: 1,
-                    });
+                // (HubSpot may answer a key with a record under another
+                // primary value, a secondary email: that key stays unresolved
+                // rather than failing its whole batch every run.)
+                for k in chunk.iter().map(|k| normalize_key(k)) {
+                    if !found.contains_key(&k) && !absent.contains(&k) {
+                        unresolved.insert(
+                            k,
+                            "HubSpot's batch read neither returned a record with this value nor reported it missing \
+                             (it may be a secondary value of another record): check it in HubSpot"
+                                .to_string(),
+                        );
+                    }
                 }
             }
-            return Ok(found);
+            return Ok(Lookup { found, unresolved });
         }
         for chunk in keys.chunks(100) {
             let mut after: Option<String> = None;
@@ -358,7 +358,7 @@ impl Destination for HubSpot {
                 }
             }
         }
-        Ok(found)
+        Ok(Lookup { found, unresolved })
     }
 
     async fn write(
