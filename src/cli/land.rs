@@ -6,14 +6,14 @@
 //! of that file lands and the error names the line and column.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
 use super::InputFormat;
 use crate::error::{Error, Result};
-use crate::lake::{Lake, LandReport, Lander, Rejected, RunId, StreamRef};
+use crate::lake::{Lake, LandReport, Lander, RunId, StreamRef};
 use crate::project::Project;
 
 pub async fn run(
@@ -111,10 +111,7 @@ async fn land_file(
                 .await
         }
         _ => {
-            let lines = JsonLines {
-                name,
-                lines: reader.lines().enumerate(),
-            };
+            let lines = crate::extract::files::JsonlRecords::new(&name, reader);
             lander.land_json(stream, options, lines).await
         }
     }
@@ -136,47 +133,4 @@ fn detect(path: &Path, reader: &mut BufReader<File>) -> Result<InputFormat> {
         Some(b'[') => InputFormat::Json,
         _ => InputFormat::Jsonl,
     })
-}
-
-/// JSON Lines as records; bad lines become rejected records with file:line.
-struct JsonLines<R> {
-    name: String,
-    lines: std::iter::Enumerate<std::io::Lines<R>>,
-}
-
-impl<R: Read + BufRead> Iterator for JsonLines<R> {
-    type Item = Result<Value, Rejected>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            let (i, line) = self.lines.next()?;
-            let origin = Some(format!("{}:{}", self.name, i + 1));
-            let line = match line {
-                Ok(l) => l,
-                Err(e) => {
-                    return Some(Err(Rejected {
-                        origin,
-                        reason: format!("unreadable line: {e}"),
-                        record: String::new(),
-                    }));
-                }
-            };
-            if line.trim().is_empty() {
-                continue;
-            }
-            return Some(match serde_json::from_str::<Value>(&line) {
-                Ok(v @ Value::Object(_)) => Ok(v),
-                Ok(_) => Err(Rejected {
-                    origin,
-                    reason: "expected a JSON object on this line".into(),
-                    record: line,
-                }),
-                Err(e) => Err(Rejected {
-                    origin,
-                    reason: format!("invalid JSON: {e}"),
-                    record: line,
-                }),
-            });
-        }
-    }
 }

@@ -358,12 +358,12 @@ impl<R: std::io::BufRead> Iterator for JsonlRecords<R> {
                 Ok(v @ Value::Object(_)) => Ok(v),
                 Ok(_) => Err(Rejected {
                     origin,
-                    reason: "not a JSON object".into(),
+                    reason: "expected a JSON object on this line".into(),
                     record: line,
                 }),
                 Err(e) => Err(Rejected {
                     origin,
-                    reason: format!("not valid JSON: {e}"),
+                    reason: format!("invalid JSON: {e}"),
                     record: line,
                 }),
             });
