@@ -1054,3 +1054,20 @@ async fn a_key_the_lookup_cannot_resolve_fails_alone_not_its_batch() {
         "nothing created for it"
     );
 }
+
+/// Review finding: now that offset paging goes one page past a short page,
+/// an API that answers 400 for an offset past the end failed the stream on
+/// every run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offset_past_the_end_answered_400_ends_the_stream() {
+    let (r, _t) = rest_extract(
+        ferry::sim::rest::RestConfig {
+            records: 120,
+            offset_past_end_400: true,
+            ..Default::default()
+        },
+        "[sources.api.streams.items]\npath = \"/offset/items\"\nrecords = \"items\"\npagination = { type = \"offset\", limit = 50 }\n",
+    )
+    .await;
+    assert_eq!(r.unwrap()[0].rows, 120);
+}

@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::config::{Pagination, RestStream, SourceSpec};
 use super::{Source, StreamRun, at_path, cursor_after, text};
 use crate::error::{Error, Result};
-use crate::http::{Call, Client, RateLimiter, Vendor};
+use crate::http::{Call, CallError, Client, RateLimiter, Vendor};
 
 /// Generic rate-limit conventions (`X-RateLimit-*`, no daily budget in the body).
 pub const VENDOR: Vendor = Vendor {
@@ -64,13 +64,11 @@ impl RestSource {
             .ok_or_else(|| Error::Input(format!("source {} has no stream {name}", self.name)))
     }
 
-    async fn get(&self, path: String) -> Result<crate::http::Reply> {
-        self.client.send(Call::get(path)).await.map_err(|e| {
-            e.into_error(
-                &self.name,
-                &format!("check auth in [sources.{}]", self.name),
-            )
-        })
+    fn fail(&self, e: CallError) -> Error {
+        e.into_error(
+            &self.name,
+            &format!("check auth in [sources.{}]", self.name),
+        )
     }
 
     /// Fetch every page of one endpoint, pushing records; returns the largest
@@ -105,6 +103,8 @@ impl RestSource {
         // paging parameter (or clamps it) and answers the same page again.
         let mut previous_page: Option<u64> = None;
         let mut pages_read = 0u64;
+        // The last page was shorter than asked: the next may be past the end.
+        let mut last_short = false;
         loop {
             guard += 1;
             if guard > 10_000_000 {
@@ -156,7 +156,20 @@ impl RestSource {
                 _ => with_query(path, &q),
             };
             let request = resolve(&self.base, &url);
-            let reply = self.get(url.clone()).await?;
+            let reply = match self.client.send(Call::get(url.clone())).await {
+                Ok(r) => r,
+                // Some offset APIs answer a request past the last record
+                // with a 4xx instead of an empty page: after a short page,
+                // that is the end, not a failure.
+                Err(CallError::Rejected { status, .. })
+                    if last_short
+                        && (400..500).contains(&status)
+                        && matches!(s.pagination, Pagination::Offset { .. }) =>
+                {
+                    return Ok(best);
+                }
+                Err(e) => return Err(self.fail(e)),
+            };
             let records = match at_path(&reply.body, &s.records) {
                 Some(Value::Array(a)) => a.clone(),
                 Some(Value::Null) | None if !s.records.is_empty() => Vec::new(),
@@ -208,6 +221,9 @@ impl RestSource {
                     return Ok(best);
                 }
                 previous_page = Some(digest);
+            }
+            if let Pagination::Offset { limit, .. } = &s.pagination {
+                last_short = n < *limit;
             }
             if let Some(inc) = &s.incremental {
                 for r in &records {

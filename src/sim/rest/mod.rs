@@ -106,6 +106,8 @@ pub struct RestConfig {
     pub ignore_offset: bool,
     /// `/next_url/items` gives root-relative next links (`/next_url/items?page=2`).
     pub relative_links: bool,
+    /// `/offset/items` answers 400 for an offset past the last record.
+    pub offset_past_end_400: bool,
 }
 
 impl Default for RestConfig {
@@ -120,6 +122,7 @@ impl Default for RestConfig {
             clamp_page: true,
             ignore_offset: false,
             relative_links: false,
+            offset_past_end_400: false,
         }
     }
 }
@@ -406,6 +409,13 @@ async fn offset(AxState(s): AxState<Shared>, headers: HeaderMap, Query(q): Q) ->
         (Err(r), _) | (_, Err(r)) => return r,
     };
     let offset = if s.config.ignore_offset { 0 } else { offset };
+    if s.config.offset_past_end_400 && offset >= ids.len() && offset > 0 {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": format!("offset {offset} is past the last record")})),
+        )
+            .into_response();
+    }
     Json(json!({"items": page_of(&s, &ids, offset, limit), "total": ids.len()})).into_response()
 }
 
