@@ -451,15 +451,17 @@ pub async fn extract(
             SourceSpec::Hubspot { url, auth, .. } => {
                 let hs = hubspot::HubspotSource::new(spec)?;
                 if !matches!(auth, crate::http::Auth::Missing(_)) {
-                    member = Some(
-                        crate::http::shared::join(
-                            lake,
-                            &crate::http::account_key("hubspot", url, auth),
-                            hs.limiter().clone(),
-                            None,
-                        )
-                        .await?,
-                    );
+                    let key = crate::http::account_key("hubspot", url, auth);
+                    let window =
+                        crate::http::shared::join(lake, &key, hs.limiter().clone(), None).await?;
+                    let search = crate::http::shared::join(
+                        lake,
+                        &format!("{key} search"),
+                        hs.search_limiter().clone(),
+                        None,
+                    )
+                    .await?;
+                    member = Some((window, search));
                 }
                 Box::new(hs)
             }
@@ -545,8 +547,9 @@ pub async fn extract(
             report(&run.summary);
             out.push(run.summary);
         }
-        if let Some(m) = member {
-            m.leave().await;
+        if let Some((window, search)) = member {
+            window.leave().await;
+            search.leave().await;
         }
     }
     Ok(out)

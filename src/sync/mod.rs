@@ -223,15 +223,25 @@ impl Syncer {
         };
         // Other ferry processes using the same account share its budget.
         let member = match (&lease, self.project.destinations.get(&sync.destination)) {
-            (Some(_), Some(cfg)) => Some(
-                crate::http::shared::join(
+            (Some(_), Some(cfg)) => {
+                let key = crate::http::account_key("hubspot", &cfg.url, &cfg.auth);
+                let window = crate::http::shared::join(
                     &self.lake,
-                    &crate::http::account_key("hubspot", &cfg.url, &cfg.auth),
+                    &key,
                     dest.limiter().clone(),
                     Some(cfg.daily_limit),
                 )
-                .await?,
-            ),
+                .await?;
+                // Search has its own budget per account: shared the same way.
+                let search = crate::http::shared::join(
+                    &self.lake,
+                    &format!("{key} search"),
+                    dest.search_limiter().clone(),
+                    None,
+                )
+                .await?;
+                Some((window, search))
+            }
             _ => None,
         };
         let (calls0, limited0) = dest.usage();
@@ -300,8 +310,9 @@ impl Syncer {
             }
         }
         drop(run);
-        if let Some(m) = member {
-            m.leave().await;
+        if let Some((window, search)) = member {
+            window.leave().await;
+            search.leave().await;
         }
         if let Some(lease) = lease.and_then(|l| Arc::try_unwrap(l).ok()) {
             lease.release().await?;

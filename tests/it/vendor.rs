@@ -1071,3 +1071,64 @@ async fn an_offset_past_the_end_answered_400_ends_the_stream() {
     .await;
     assert_eq!(r.unwrap()[0].rows, 120);
 }
+
+/// Two processes syncing companies (looked up by search) each used the
+/// search endpoint's whole 4 requests per second, so together they drew
+/// 429s from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_the_search_budget_too() {
+    let s = sim(SimConfig::default()).await;
+    define(&s, "companies", "ferry_fit", "string", false);
+    let tmp = tempfile::tempdir().unwrap();
+    let a = sync_toml(
+        "a",
+        "a",
+        "companies",
+        "upsert",
+        ("domain", "domain"),
+        "fit = \"ferry_fit\"",
+        "batch_size = 10",
+    );
+    let b = sync_toml(
+        "b",
+        "b",
+        "companies",
+        "upsert",
+        ("domain", "domain"),
+        "fit = \"ferry_fit\"",
+        "batch_size = 10",
+    );
+    let dir = project(tmp.path(), &s.base_url(), &format!("{a}\n{b}"));
+    for (name, prefix) in [("a", "a"), ("b", "b")] {
+        let values: Vec<String> = (0..150)
+            .map(|i| format!("('{prefix}{i}.dev', 'x')"))
+            .collect();
+        std::fs::write(
+            dir.join(format!("models/{name}.sql")),
+            format!(
+                "{{{{ config(materialized='view') }}}}\nselect column1 as domain, column2 as fit from (values {})\n",
+                values.join(", ")
+            ),
+        )
+        .unwrap();
+    }
+    let spawn = |name: &'static str| {
+        let dir = dir.clone();
+        std::thread::spawn(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+                .arg("--project-dir")
+                .arg(&dir)
+                .args(["sync", name])
+                .env_remove("FERRY_LAKE")
+                .output()
+                .unwrap()
+        })
+    };
+    let (x, y) = (spawn("a"), spawn("b"));
+    let (x, y) = (x.join().unwrap(), y.join().unwrap());
+    assert!(x.status.success(), "{}", String::from_utf8_lossy(&x.stderr));
+    assert!(y.status.success(), "{}", String::from_utf8_lossy(&y.stderr));
+    assert_eq!(s.records("companies").len(), 300);
+    let (calls, limited) = s.stats();
+    assert_eq!(limited, 0, "{limited} of {calls} calls were answered 429");
+}

@@ -103,6 +103,11 @@ impl HubspotSource {
         self.client.limiter()
     }
 
+    /// The search endpoint's own budget (4 per second per account).
+    pub fn search_limiter(&self) -> &Arc<RateLimiter> {
+        &self.search
+    }
+
     fn fail(&self, e: CallError) -> Error {
         e.into_error(
             &format!("{} (HubSpot)", self.name),

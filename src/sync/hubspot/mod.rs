@@ -98,6 +98,11 @@ impl HubSpot {
         self.account.client.limiter()
     }
 
+    /// The search endpoint's own budget (4 per second per account).
+    pub fn search_limiter(&self) -> &Arc<RateLimiter> {
+        &self.account.search
+    }
+
     async fn send(&self, call: Call<'_>) -> Result<Value, CallError> {
         Ok(self.reply(call).await?.body)
     }
