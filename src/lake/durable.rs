@@ -51,9 +51,23 @@ impl DurableLocal {
     }
 }
 
+/// Run blocking file work off the async threads; its errors as the store's.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T> {
+    let generic = |e: Box<dyn std::error::Error + Send + Sync>| object_store::Error::Generic {
+        store: "LocalFileSystem",
+        source: e,
+    };
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| generic(Box::new(e)))?
+        .map_err(|e| generic(Box::new(e)))
+}
+
 /// An exclusive lock for conditional updates of `file`, held until dropped.
 async fn lock(file: PathBuf) -> Result<std::fs::File> {
-    tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+    blocking(move || -> std::io::Result<std::fs::File> {
         let mut name = file.as_os_str().to_owned();
         name.push("#0");
         if let Some(dir) = file.parent() {
@@ -68,20 +82,12 @@ async fn lock(file: PathBuf) -> Result<std::fs::File> {
         Ok(f)
     })
     .await
-    .map_err(|e| object_store::Error::Generic {
-        store: "LocalFileSystem",
-        source: Box::new(e),
-    })?
-    .map_err(|e| object_store::Error::Generic {
-        store: "LocalFileSystem",
-        source: Box::new(e),
-    })
 }
 
 /// fsync `file`, then each directory from its parent up to `root`
 /// (directories a write created are durable only once their parent is).
 async fn sync_path(file: PathBuf, root: PathBuf) -> Result<()> {
-    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+    blocking(move || -> std::io::Result<()> {
         std::fs::File::open(&file)?.sync_all()?;
         let mut dir = file.parent();
         while let Some(d) = dir {
@@ -94,14 +100,6 @@ async fn sync_path(file: PathBuf, root: PathBuf) -> Result<()> {
         Ok(())
     })
     .await
-    .map_err(|e| object_store::Error::Generic {
-        store: "LocalFileSystem",
-        source: Box::new(e),
-    })?
-    .map_err(|e| object_store::Error::Generic {
-        store: "LocalFileSystem",
-        source: Box::new(e),
-    })
 }
 
 impl std::fmt::Display for DurableLocal {

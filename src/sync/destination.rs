@@ -129,6 +129,19 @@ pub struct Refusal {
     pub transient: bool,
 }
 
+impl Refusal {
+    /// A write whose outcome is unknown, where that cannot be settled later
+    /// (an update or archive: idempotent, so it is simply sent again).
+    pub fn no_result(why: String) -> Refusal {
+        Refusal {
+            category: "NO_RESULT".into(),
+            message: why,
+            response: None,
+            transient: true,
+        }
+    }
+}
+
 /// A record found by a lookup.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Existing {

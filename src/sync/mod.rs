@@ -748,7 +748,8 @@ impl Run<'_> {
         // Rows logged while a record waited, or when its lookup failed,
         // are not sends: they do not move `last_sent`.
         let sql = format!(
-            "with log as (select key, status, operation, at from ferry.sync_log where sync = '{name}' and key is not null), \
+            "with log as (select key, status, operation, at from ferry.sync_log where sync = '{name}' and key is not null \
+             and key in (select key from ferry.sync_log where sync = '{name}' and status = 'unknown')), \
              settled as (select key, max(at) as settled_at from log where status in ('ok', 'rejected', 'not_sent') group by key) \
              select l.key, arrow_cast(min(l.at), 'Int64') as first, \
              arrow_cast(coalesce(max(case when l.operation not in ('wait', 'lookup') then l.at end), min(l.at)), 'Int64') as last_sent \
@@ -1231,15 +1232,15 @@ impl Run<'_> {
                     Fate::Unknown(why) if may_create => {
                         self.unknown_row(&o, op, &why, sent_at, hash, payload, attempts)
                     }
-                    Fate::Unknown(why) => {
-                        let r = Refusal {
-                            category: "NO_RESULT".into(),
-                            message: why,
-                            response: None,
-                            transient: true,
-                        };
-                        self.refused_row(&o, op, r, was_created, hash, payload, attempts)
-                    }
+                    Fate::Unknown(why) => self.refused_row(
+                        &o,
+                        op,
+                        Refusal::no_result(why),
+                        was_created,
+                        hash,
+                        payload,
+                        attempts,
+                    ),
                     Fate::Refused(r) => {
                         self.refused_row(&o, op, r, was_created, hash, payload, attempts)
                     }
@@ -1603,19 +1604,17 @@ impl Run<'_> {
                         LogRow::ok(&o.key, "archive", o.id.clone(), true)
                     }
                     Fate::Refused(r) => {
-                        let mut l = self.refused_row(&o, Op::Archive, r, true, None, None, tries);
-                        l.created = true;
-                        l
-                    }
-                    Fate::Unknown(why) => {
-                        let r = Refusal {
-                            category: "NO_RESULT".into(),
-                            message: why,
-                            response: None,
-                            transient: true,
-                        };
                         self.refused_row(&o, Op::Archive, r, true, None, None, tries)
                     }
+                    Fate::Unknown(why) => self.refused_row(
+                        &o,
+                        Op::Archive,
+                        Refusal::no_result(why),
+                        true,
+                        None,
+                        None,
+                        tries,
+                    ),
                 };
                 l.attempts = tries as i64;
                 logs.push(l);

@@ -207,7 +207,7 @@ pub struct Crm {
     pub search_lag: Duration,
     /// Records search does not see as they are yet: until the instant, it
     /// sees the version before the write (`None`: not at all).
-    stale: HashMap<(String, u64), (Instant, Option<Record>)>,
+    stale: HashMap<String, HashMap<u64, (Instant, Option<Record>)>>,
 }
 
 impl Default for Crm {
@@ -286,7 +286,9 @@ impl Crm {
         }
         let due = Instant::now() + self.search_lag;
         self.stale
-            .entry((kind.to_string(), id))
+            .entry(kind.to_string())
+            .or_default()
+            .entry(id)
             .and_modify(|e| e.0 = due)
             .or_insert((due, before));
     }
@@ -294,7 +296,10 @@ impl Crm {
     /// Forget versions the index has caught up with.
     pub fn settle_index(&mut self) {
         let now = Instant::now();
-        self.stale.retain(|_, (due, _)| *due > now);
+        for records in self.stale.values_mut() {
+            records.retain(|_, (due, _)| *due > now);
+        }
+        self.stale.retain(|_, records| !records.is_empty());
     }
 
     /// The version of `r` search sees (after [`Crm::settle_index`]).
@@ -302,7 +307,7 @@ impl Crm {
         if self.stale.is_empty() {
             return Some(r);
         }
-        match self.stale.get(&(kind.to_string(), r.id)) {
+        match self.stale.get(kind).and_then(|m| m.get(&r.id)) {
             Some((_, before)) => before.as_ref(),
             None => Some(r),
         }
