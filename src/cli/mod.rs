@@ -2,12 +2,13 @@
 //! runtime, and maps errors to messages and exit codes (0 ok, 1 failed,
 //! 2 bad usage). Each command is a thin call into the library.
 
-pub mod build;
 mod extract;
 mod land;
-mod models;
 mod output;
 mod sync;
+
+pub use crate::run::Selection as SelectArgs;
+use crate::run::models;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -255,21 +256,6 @@ enum SimVendor {
     },
 }
 
-/// `--select`, `--exclude` and `--vars`, shared by the model commands.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct SelectArgs {
-    /// Models to include: names, +name (with ancestors), name+ (with
-    /// descendants), tag:x, path:models/marts; space = union, comma = intersection.
-    #[arg(long, short = 's', num_args = 1..)]
-    pub select: Vec<String>,
-    /// Models to leave out, same syntax.
-    #[arg(long, num_args = 1..)]
-    pub exclude: Vec<String>,
-    /// Values for var() as name=value (repeatable); override [vars] in ferry.toml.
-    #[arg(long = "vars", value_name = "NAME=VALUE")]
-    pub vars: Vec<String>,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum InputFormat {
     Auto,
@@ -394,14 +380,16 @@ async fn run(cli: Cli) -> Result<()> {
             skip_sync,
         } => {
             let (project, lake) = open(&cli.project_dir)?;
-            let opts = build::BuildOptions {
+            let opts = crate::run::BuildOptions {
                 threads,
                 full_refresh,
                 skip_extract,
                 skip_sync,
+                stop: crate::run::Stop::never(),
             };
-            build::build(&project, lake, &select, &opts)
-                .await
+            crate::run::build::build(&project, lake, &select, &opts)
+                .await?
+                .into_result()
                 .map(|_| ())
         }
         Command::Demo {

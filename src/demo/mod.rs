@@ -18,8 +18,8 @@ use std::time::Instant;
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 
-use crate::cli::SelectArgs;
-use crate::cli::build::{self, BuildOptions, BuildReport};
+use crate::run::build::{self, BuildOptions, BuildReport};
+use crate::run::Selection;
 use crate::error::{Error, Result};
 use crate::extract::config::SourceSpec;
 use crate::http::Auth;
@@ -207,7 +207,7 @@ pub async fn run_on(
         t.elapsed().as_secs_f64()
     );
     aim(&mut project, &served, opts.hubspot_per_10s)?;
-    let args = SelectArgs {
+    let args = Selection {
         select: vec![],
         exclude: vec![],
         // Score as of the end of the generated data, so the demo's numbers
@@ -223,12 +223,11 @@ pub async fn run_on(
         &args,
         &BuildOptions {
             threads: opts.threads,
-            full_refresh: false,
-            skip_extract: false,
-            skip_sync: false,
+            ..BuildOptions::default()
         },
     )
-    .await?;
+    .await?
+    .into_result()?;
     let t = Instant::now();
     print_report(&project, &lake, &served).await?;
     let report_seconds = t.elapsed().as_secs_f64();

@@ -113,6 +113,26 @@ pub async fn register_lake(ctx: &SessionContext, lake: &Lake) -> Result<Vec<Stri
         crate::sync::state::runs_schema(),
     )?;
 
+    use crate::lake::tables;
+    register(
+        ctx,
+        "ferry.run_stages",
+        &tables::prefix(tables::RUN_STAGES),
+        tables::run_stages_schema(),
+    )?;
+    register(
+        ctx,
+        "ferry.schedule_runs",
+        &tables::prefix(tables::SCHEDULE_RUNS),
+        tables::schedule_runs_schema(),
+    )?;
+    register(
+        ctx,
+        "ferry.alerts",
+        &tables::prefix(tables::ALERTS),
+        tables::alerts_schema(),
+    )?;
+
     let store = lake.store().as_ref();
     let mut tables = Vec::new();
     // Streams with files, and streams a connector declared before any

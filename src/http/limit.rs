@@ -45,6 +45,36 @@ pub fn account_budget(
     fresh
 }
 
+/// Publish every live account's daily budget to the metrics (and return
+/// them as `(account, limit, remaining)`; the account is named by vendor and
+/// URL, never by credential).
+pub fn publish_budgets() -> Vec<(String, u64, u64)> {
+    let live: Vec<(String, std::sync::Arc<RateLimiter>)> = match ACCOUNTS.lock() {
+        Ok(map) => map
+            .iter()
+            .filter_map(|(k, w)| w.upgrade().map(|l| (k.clone(), l)))
+            .collect(),
+        Err(_) => return Vec::new(),
+    };
+    let mut out = Vec::new();
+    for (key, limiter) in live {
+        if let Some((limit, remaining)) = limiter.daily() {
+            // "<vendor> <url> <fingerprint>": drop the fingerprint.
+            let name = match key.rsplit_once(' ') {
+                Some((head, _)) if head.contains(' ') => head.to_string(),
+                _ => key.clone(),
+            };
+            let name = match name.split_once(' ') {
+                Some((vendor, url)) => format!("{vendor} {}", super::redact_url(url)),
+                None => name,
+            };
+            crate::metrics::budget(&name, limit, remaining);
+            out.push((name, limit, remaining));
+        }
+    }
+    out
+}
+
 /// The daily budget is spent: no call may be sent until it resets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DailyExhausted;
@@ -56,6 +86,7 @@ struct Window {
     sent: VecDeque<Instant>,
     paused_until: Option<Instant>,
     daily_remaining: Option<u64>,
+    daily_limit: Option<u64>,
     /// Processes sharing the account's window (this one included); each
     /// sends at most `max / share` per window.
     share: usize,
@@ -79,10 +110,17 @@ impl RateLimiter {
                 sent: VecDeque::new(),
                 paused_until: None,
                 daily_remaining: daily,
+                daily_limit: daily,
                 share: 1,
                 sent_total: 0,
             }),
         }
+    }
+
+    /// The daily budget and what is left of it, if the account has one.
+    pub fn daily(&self) -> Option<(u64, u64)> {
+        let w = self.inner.lock().ok()?;
+        Some((w.daily_limit?, w.daily_remaining?))
     }
 
     /// Wait until a request may be sent, and count it. Returns the request's
@@ -236,12 +274,24 @@ struct BreakerInner {
     trips: u64,
 }
 
+impl Drop for Breaker {
+    fn drop(&mut self) {
+        if let Ok(b) = self.inner.lock()
+            && !matches!(b.state, BreakerState::Closed)
+        {
+            crate::metrics::circuit(self.vendor, false);
+        }
+    }
+}
+
 /// Opens when more than half of the last `window` calls failed (with at least
 /// `window / 2` calls seen); after a cool-down one probe call goes through,
 /// and its success closes the breaker again. Each consecutive trip doubles the
 /// cool-down, up to a minute.
 #[derive(Debug)]
 pub struct Breaker {
+    /// The vendor, for the `ferry_circuit_open` metric.
+    vendor: &'static str,
     window: usize,
     base_cooldown: Duration,
     inner: Mutex<BreakerInner>,
@@ -250,6 +300,7 @@ pub struct Breaker {
 impl Breaker {
     pub fn new(window: usize, cooldown: Duration) -> Breaker {
         Breaker {
+            vendor: "unnamed",
             window: window.max(2),
             base_cooldown: cooldown,
             inner: Mutex::new(BreakerInner {
@@ -259,6 +310,13 @@ impl Breaker {
                 trips: 0,
             }),
         }
+    }
+
+    /// The breaker of `vendor`'s client (named in the metrics).
+    pub fn named(mut self, vendor: &'static str) -> Breaker {
+        self.vendor = vendor;
+        crate::metrics::vendor_seen(vendor);
+        self
     }
 
     /// Wait until a call may be sent. The returned [`Permit`] must be settled
@@ -310,6 +368,7 @@ impl Breaker {
             if ok {
                 tracing::info!("circuit breaker: probe succeeded, resuming");
                 b.state = BreakerState::Closed;
+                crate::metrics::circuit(self.vendor, false);
                 b.recent.clear();
                 b.cooldown = self.base_cooldown;
             } else {
@@ -336,6 +395,7 @@ impl Breaker {
                 pause_ms = b.cooldown.as_millis() as u64,
                 "circuit breaker open: most recent calls failed; pausing before a probe"
             );
+            crate::metrics::circuit(self.vendor, true);
             b.state = BreakerState::Open {
                 until: Instant::now() + b.cooldown,
             };

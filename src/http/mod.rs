@@ -153,6 +153,9 @@ pub struct Vendor {
     pub is_daily: fn(&Value) -> bool,
 }
 
+/// How an error says a vendor refused the credentials (the alerts look for it).
+pub const REFUSED_CREDENTIALS: &str = "refused the credentials";
+
 /// What a failed call means for the caller.
 #[derive(Debug, Clone)]
 pub enum CallError {
@@ -191,7 +194,7 @@ impl CallError {
         match &self {
             CallError::Auth { .. } => Error::Vendor {
                 vendor: who.to_string(),
-                message: format!("refused the credentials ({}); {auth_hint}", self.message()),
+                message: format!("{REFUSED_CREDENTIALS} ({}); {auth_hint}", self.message()),
                 retryable: false,
             },
             CallError::DailyLimit | CallError::Transient { .. } => Error::Vendor {
@@ -364,7 +367,7 @@ impl Client {
             access: RwLock::new((0, access)),
             vendor,
             account,
-            breaker: Breaker::new(20, Duration::from_secs(2)),
+            breaker: Breaker::new(20, Duration::from_secs(2)).named(vendor.name),
             retry,
             stopped: Mutex::new(None),
             scopes: match &auth_scopes {
@@ -603,6 +606,7 @@ impl Client {
             req = req.json(b);
         }
         self.stats.calls.fetch_add(1, Ordering::SeqCst);
+        crate::metrics::api_call(self.vendor.name);
         let reply = match req.send().await {
             Ok(r) => r,
             // without_url: a URL may carry an API key in its query.
@@ -658,6 +662,7 @@ impl Client {
             }),
             429 => {
                 self.stats.rate_limited.fetch_add(1, Ordering::SeqCst);
+                crate::metrics::rate_limited(self.vendor.name);
                 if (self.vendor.is_daily)(&body) {
                     self.account.exhaust_daily();
                     return Attempt::Fail(CallError::DailyLimit);
@@ -782,7 +787,7 @@ async fn read_capped(mut reply: reqwest::Response, cap: usize) -> Result<bytes::
 }
 
 /// A URL without its query (which may hold an API key) or user info.
-fn redact_url(u: &str) -> String {
+pub(crate) fn redact_url(u: &str) -> String {
     match url::Url::parse(u) {
         Ok(mut url) => {
             url.set_query(None);

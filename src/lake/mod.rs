@@ -22,6 +22,7 @@ pub mod layout;
 pub mod lease;
 pub mod log;
 pub mod schema;
+pub mod tables;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -3,4 +3,6 @@
 //! bodies), so tests and demos run ferry over real HTTP on loopback.
 
 pub mod hubspot;
+pub mod pagerduty;
 pub mod rest;
+pub mod slack;

@@ -819,21 +819,22 @@ async fn scoring_matches_hand_computed_case() {
 
 /// `ferry build` again over the demo's lake and emulators (same as_of).
 async fn rebuild(demo: &Demo, skip_sync: bool) {
-    ferry::cli::build::build(
+    ferry::run::build::build(
         &demo.project,
         demo.lake.clone(),
-        &ferry::cli::SelectArgs {
+        &ferry::run::Selection {
             vars: vec![format!("as_of={}", now().format("%Y-%m-%dT%H:%M:%SZ"))],
             ..Default::default()
         },
-        &ferry::cli::build::BuildOptions {
+        &ferry::run::BuildOptions {
             threads: 2,
-            full_refresh: false,
-            skip_extract: false,
             skip_sync,
+            ..Default::default()
         },
     )
     .await
+    .unwrap()
+    .into_result()
     .unwrap();
 }
 

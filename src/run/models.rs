@@ -1,4 +1,5 @@
-//! `ferry seed`, `compile`, `run` and `test`.
+//! The model stages: `ferry seed`, `compile`, `run`, `test` and `docs`,
+//! also called by [`super::build`] and the scheduler.
 
 use std::collections::BTreeSet;
 use std::io::IsTerminal;
@@ -7,7 +8,7 @@ use std::time::Instant;
 
 use chrono::Utc;
 
-use super::SelectArgs;
+use super::Selection as SelectArgs;
 use crate::error::{Error, Result};
 use crate::lake::{Lake, RunId};
 use crate::models::project::Severity;

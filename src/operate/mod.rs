@@ -1,0 +1,1 @@
+//! Operating ferry unattended: schedules, alerts, the health page.

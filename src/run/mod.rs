@@ -1,0 +1,366 @@
+//! The route runner: what `ferry build`, `ferry demo` and the scheduler
+//! (`ferry serve`) all call to run a job. A [`Job`] is a build (extract →
+//! seed → run → test → sync), an extraction of some sources, a sync of
+//! some syncs, or the data tests; [`run_job`] runs it, records its stages in
+//! `ferry.run_stages`, and returns an [`Outcome`] with the figures the
+//! scheduler and the alerts need (rows moved, rejected, API calls, 429s,
+//! whether a vendor refused the credentials).
+//!
+//! A [`Stop`] asks a running job to end at its next safe point: between
+//! stages, between streams, between syncs. Every stage commits its own
+//! state as it goes (cursors after data, sync batches after the CRM
+//! confirmed), so a stopped job resumes where it stopped.
+
+pub mod build;
+pub mod models;
+
+use std::time::Instant;
+
+use chrono::Utc;
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::lake::tables::{self, StageRow};
+use crate::lake::{Lake, RunId};
+use crate::project::Project;
+use crate::sync::{SyncOptions, Syncer};
+
+pub use build::{BuildOptions, BuildReport, Stage};
+
+/// `--select`, `--exclude` and `--vars`, shared by the model commands and
+/// schedules.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selection {
+    /// Models to include: names, +name (with ancestors), name+ (with
+    /// descendants), tag:x, path:models/marts; space = union, comma = intersection.
+    #[arg(long, short = 's', num_args = 1..)]
+    #[serde(default)]
+    pub select: Vec<String>,
+    /// Models to leave out, same syntax.
+    #[arg(long, num_args = 1..)]
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Values for var() as name=value (repeatable); override [vars] in ferry.toml.
+    #[arg(long = "vars", value_name = "NAME=VALUE")]
+    #[serde(default)]
+    pub vars: Vec<String>,
+}
+
+/// Asks a running job to stop at its next safe point.
+#[derive(Debug, Clone)]
+pub struct Stop(tokio::sync::watch::Receiver<bool>);
+
+impl Stop {
+    /// A stop that never fires.
+    pub fn never() -> Stop {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        // Keep the sender alive for the process: the receiver then never
+        // reports a change.
+        std::mem::forget(tx);
+        Stop(rx)
+    }
+
+    pub fn new(rx: tokio::sync::watch::Receiver<bool>) -> Stop {
+        Stop(rx)
+    }
+
+    pub fn requested(&self) -> bool {
+        *self.0.borrow()
+    }
+}
+
+/// What a job runs.
+#[derive(Debug, Clone)]
+pub enum Job {
+    Build {
+        selection: Selection,
+        full_refresh: bool,
+        skip_extract: bool,
+        skip_sync: bool,
+    },
+    /// `source` or `source.stream`; all extraction sources when empty.
+    Extract { streams: Vec<String> },
+    /// Sync names; all syncs when empty.
+    Sync { names: Vec<String> },
+    Test { selection: Selection },
+}
+
+impl Job {
+    pub fn command(&self) -> &'static str {
+        match self {
+            Job::Build { .. } => "build",
+            Job::Extract { .. } => "extract",
+            Job::Sync { .. } => "sync",
+            Job::Test { .. } => "test",
+        }
+    }
+
+    /// The sources and syncs this job touches, as pipeline names
+    /// (`source.stream` for extraction, `sync:<name>` for syncs).
+    pub fn describe(&self) -> String {
+        match self {
+            Job::Build { selection, .. } if selection.select.is_empty() => "build".into(),
+            Job::Build { selection, .. } => format!("build -s {}", selection.select.join(" ")),
+            Job::Extract { streams } if streams.is_empty() => "extract (all sources)".into(),
+            Job::Extract { streams } => format!("extract {}", streams.join(" ")),
+            Job::Sync { names } if names.is_empty() => "sync (all syncs)".into(),
+            Job::Sync { names } => format!("sync {}", names.join(" ")),
+            Job::Test { selection } if selection.select.is_empty() => "test".into(),
+            Job::Test { selection } => format!("test -s {}", selection.select.join(" ")),
+        }
+    }
+}
+
+/// A finished job, as the scheduler and the alerts see it.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub run_id: String,
+    pub ok: bool,
+    /// It ended early because a stop was asked for.
+    pub stopped: bool,
+    pub error: Option<String>,
+    pub stages: Vec<Stage>,
+    /// Rows extracted plus records written to a vendor.
+    pub rows_moved: u64,
+    /// Rows attempted (extracted + quarantined, sent + rejected) and rejected.
+    pub attempted: u64,
+    pub rejected: u64,
+    pub api_calls: u64,
+    pub rate_limited: u64,
+    /// A vendor refused the credentials (401/403): a person must act.
+    pub auth_refused: bool,
+}
+
+impl Outcome {
+    fn from_stages(run_id: String, stages: Vec<Stage>, stopped: bool) -> Outcome {
+        let failed: Vec<&Stage> = stages.iter().filter(|s| s.status == "failed").collect();
+        let error = (!failed.is_empty()).then(|| {
+            failed
+                .iter()
+                .map(|s| format!("{}: {}", s.name, s.detail))
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        let sum = |f: fn(&Stage) -> u64| stages.iter().map(f).sum::<u64>();
+        Outcome {
+            ok: failed.is_empty() && !stopped,
+            stopped,
+            error: error.or_else(|| stopped.then(|| "stopped before it finished".to_string())),
+            rows_moved: sum(|s| if s.moves { s.rows } else { 0 }),
+            attempted: sum(|s| if s.moves { s.rows + s.rejected } else { 0 }),
+            rejected: sum(|s| s.rejected),
+            api_calls: sum(|s| s.api_calls),
+            rate_limited: sum(|s| s.rate_limited),
+            auth_refused: stages.iter().any(|s| s.auth_refused),
+            run_id,
+            stages,
+        }
+    }
+}
+
+/// Run `job` and record its stages in `ferry.run_stages`. A failure of the
+/// job is in the outcome; `Err` is for a job that could not be recorded.
+pub async fn run_job(
+    project: &Project,
+    lake: &Lake,
+    job: &Job,
+    schedule: Option<&str>,
+    stop: &Stop,
+) -> Result<Outcome> {
+    let started_at = Utc::now();
+    let outcome = match job {
+        Job::Build {
+            selection,
+            full_refresh,
+            skip_extract,
+            skip_sync,
+        } => {
+            let opts = BuildOptions {
+                threads: 4,
+                full_refresh: *full_refresh,
+                skip_extract: *skip_extract,
+                skip_sync: *skip_sync,
+                stop: stop.clone(),
+            };
+            let r = build::build(project, lake.clone(), selection, &opts).await?;
+            Outcome::from_stages(r.run_id, r.stages, r.stopped)
+        }
+        Job::Extract { streams } => {
+            let stage = extract_stage(project, lake, streams).await;
+            Outcome::from_stages(RunId::new().to_string(), vec![stage], false)
+        }
+        Job::Sync { names } => {
+            let names = if names.is_empty() {
+                project.syncs.keys().cloned().collect()
+            } else {
+                names.clone()
+            };
+            let (stage, stopped) = sync_stage(project, lake, &names, stop).await;
+            Outcome::from_stages(RunId::new().to_string(), vec![stage], stopped)
+        }
+        Job::Test { selection } => {
+            let t = Instant::now();
+            let stage = match models::test(project, lake.clone(), selection).await {
+                Ok(()) => Stage::new("test", "ok", t, String::new()),
+                Err(e) => Stage::failed("test", t, &e),
+            };
+            Outcome::from_stages(RunId::new().to_string(), vec![stage], false)
+        }
+    };
+    record_stages(lake, job.command(), schedule, &outcome, started_at).await?;
+    Ok(outcome)
+}
+
+async fn record_stages(
+    lake: &Lake,
+    command: &str,
+    schedule: Option<&str>,
+    outcome: &Outcome,
+    started_at: chrono::DateTime<Utc>,
+) -> Result<()> {
+    let rows: Vec<StageRow> = outcome
+        .stages
+        .iter()
+        .map(|s| StageRow {
+            run_id: outcome.run_id.clone(),
+            command: command.to_string(),
+            schedule: schedule.map(str::to_string),
+            stage: s.name.to_string(),
+            status: s.status.to_string(),
+            seconds: s.seconds,
+            detail: s.detail.clone(),
+            rows: s.rows as i64,
+            rejected: s.rejected as i64,
+            api_calls: s.api_calls as i64,
+            rate_limited: s.rate_limited as i64,
+            started_at: tables::ts(started_at),
+        })
+        .collect();
+    tables::append(
+        lake,
+        tables::RUN_STAGES,
+        tables::run_stages_schema(),
+        &outcome.run_id,
+        &rows,
+    )
+    .await
+}
+
+/// Whether an error is a vendor refusing the credentials.
+fn refused_credentials(e: &Error) -> bool {
+    e.to_string().contains(crate::http::REFUSED_CREDENTIALS)
+}
+
+/// The extract stage: every chosen stream, figures summed.
+pub(crate) async fn extract_stage(project: &Project, lake: &Lake, streams: &[String]) -> Stage {
+    let t = Instant::now();
+    println!("== extract");
+    let (result, calls, limited) =
+        crate::metrics::counting(crate::extract::extract(project, lake, streams, |s| {
+            println!(
+                "{:<32} {:>6} pages {:>10} rows {:>8.1}s",
+                s.stream, s.pages, s.rows, s.seconds
+            );
+            crate::metrics::extracted(&s.stream, s.rows, s.quarantined);
+        }))
+        .await;
+    let mut stage = match result {
+        Ok(s) => {
+            let rows: u64 = s.iter().map(|x| x.rows).sum();
+            let mut st = Stage::new(
+                "extract",
+                "ok",
+                t,
+                format!("{rows} rows from {} streams", s.len()),
+            );
+            st.rows = rows;
+            st.rejected = s.iter().map(|x| x.quarantined).sum();
+            st
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Stage::failed("extract", t, &e)
+        }
+    };
+    stage.moves = true;
+    stage.api_calls = calls;
+    stage.rate_limited = limited;
+    stage
+}
+
+/// The sync stage: each named sync in turn, stopping between syncs when
+/// asked. Returns the stage and whether it stopped early.
+pub(crate) async fn sync_stage(
+    project: &Project,
+    lake: &Lake,
+    names: &[String],
+    stop: &Stop,
+) -> (Stage, bool) {
+    let t = Instant::now();
+    println!("== sync");
+    let mut syncer = Syncer::new(project, lake.clone());
+    let mut problems = Vec::new();
+    let mut details = Vec::new();
+    let mut stage = Stage::new("sync", "ok", t, String::new());
+    stage.moves = true;
+    let mut stopped = false;
+    for name in names {
+        if stop.requested() {
+            stopped = true;
+            details.push(format!("stopped before {name}"));
+            break;
+        }
+        match syncer.run(name, &SyncOptions::default()).await {
+            Ok(r) => {
+                let c = &r.counts;
+                println!(
+                    "{name}: created {}, updated {}, archived {}, unchanged {}, rejected {}, failed {}, {} API calls",
+                    c.created, c.updated, c.archived, c.unchanged, c.rejected, c.failed, r.api_calls
+                );
+                let sent = c.created + c.updated + c.archived;
+                crate::metrics::sync_rows(
+                    name,
+                    &[
+                        ("created", c.created),
+                        ("updated", c.updated),
+                        ("archived", c.archived),
+                        ("unchanged", c.unchanged),
+                        ("rejected", c.rejected),
+                        ("failed", c.failed),
+                        ("unknown", c.unknown),
+                        ("not_sent", c.not_sent),
+                    ],
+                );
+                stage.rows += sent;
+                stage.rejected += c.rejected + c.failed;
+                stage.api_calls += r.api_calls;
+                stage.rate_limited += r.rate_limited;
+                details.push(format!("{name}: {sent} sent"));
+                if r.stopped.is_some() || c.failed > 0 {
+                    let why = r
+                        .stopped
+                        .unwrap_or_else(|| format!("{} rows failed", c.failed));
+                    stage.auth_refused |= why.contains(crate::http::REFUSED_CREDENTIALS);
+                    problems.push(format!("{name}: {why}"));
+                }
+            }
+            Err(e) => {
+                eprintln!("error: sync {name}: {e}");
+                stage.auth_refused |= refused_credentials(&e);
+                problems.push(format!("{name}: {e}"));
+            }
+        }
+    }
+    stage.seconds = t.elapsed().as_secs_f64();
+    if problems.is_empty() {
+        stage.detail = details.join("; ");
+        if stopped {
+            stage.status = "stopped";
+        }
+    } else {
+        stage.status = "failed";
+        stage.detail = problems.join("; ");
+    }
+    (stage, stopped)
+}
