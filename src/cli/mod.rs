@@ -125,6 +125,14 @@ enum Command {
         seed: u64,
         #[arg(long, default_value_t = 4)]
         threads: usize,
+        /// Then keep `ferry serve` running on the demo's lake and emulators:
+        /// the health page at /, /metrics, and two schedules (an extract
+        /// every minute, and a build chained after it). SIGTERM or Ctrl-C stops.
+        #[arg(long)]
+        serve: bool,
+        /// The port for --serve.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
     },
     /// A deterministic synthetic GTM dataset (companies, contacts, deals,
     /// campaigns, touches, form-fill leads, email events) with the mess of
@@ -157,8 +165,10 @@ enum Command {
         /// `source` or `source.stream`.
         streams: Vec<String>,
     },
-    /// Serve webhook endpoints (POST /webhooks/<source>) and /health; events
-    /// land in micro-batches as <source>.events. Ctrl-C lands what is pending and stops.
+    /// The long-running process: runs [schedules.*] and the alerts, serves
+    /// the health page (/), /metrics and webhook endpoints (POST
+    /// /webhooks/<source>). SIGTERM or Ctrl-C lets running jobs reach a safe
+    /// point, releases their leases, lands pending webhook events and stops.
     Serve {
         #[arg(long, default_value_t = 8080)]
         port: u16,
@@ -168,6 +178,24 @@ enum Command {
         /// Milliseconds between micro-batch landings.
         #[arg(long, default_value_t = 1000)]
         flush_ms: u64,
+        /// Do not run schedules (webhooks, page and metrics only).
+        #[arg(long)]
+        no_schedules: bool,
+        /// Seconds running jobs get to reach a safe point at shutdown.
+        #[arg(long, default_value_t = 120)]
+        grace_seconds: u64,
+        /// Seconds between evaluations of the clock-driven alert rules.
+        #[arg(long, default_value_t = 60)]
+        alert_every_seconds: u64,
+    },
+    /// List the schedules: when each fires, its last run and outcome, its next fire time.
+    Schedules,
+    /// Write the integration health page (what `ferry serve` shows at /) as
+    /// static HTML: DIR/index.html.
+    Health {
+        /// Output folder (default: target/health in the project).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Reverse-sync models to the CRM: send what changed since the CRM last
     /// confirmed, and log every row's outcome in ferry.sync_log.
@@ -311,6 +339,75 @@ fn init_logging(verbose: u8) {
         .try_init();
 }
 
+/// SIGTERM (how schedulers and container runtimes stop a process) or Ctrl-C.
+pub(crate) async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                return;
+            }
+            Err(e) => tracing::warn!("cannot listen for SIGTERM: {e}"),
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+pub(crate) fn serve_banner(project: &Project, url: &str, schedules: bool) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "ferry serve listening on {url}");
+    let _ = writeln!(out, "  GET  {url}/          the integration health page");
+    let _ = writeln!(out, "  GET  {url}/metrics   Prometheus metrics");
+    for name in project.webhooks.keys() {
+        let _ = writeln!(out, "  POST {url}/webhooks/{name}");
+    }
+    if schedules {
+        for s in project.schedules.values() {
+            let _ = writeln!(out, "  schedule {:<20} {} → {}", s.name, s.when.describe(), s.job.describe());
+        }
+    }
+    let _ = out.flush();
+}
+
+async fn print_schedules(project: &Project, lake: &Lake) -> Result<()> {
+    if project.schedules.is_empty() {
+        println!("no schedules: add a [schedules.<name>] to ferry.toml (cron, every or after, and run)");
+        return Ok(());
+    }
+    let now = chrono::Utc::now();
+    println!(
+        "{:<20} {:<34} {:<28} {:<34} next fire (UTC)",
+        "schedule", "when", "runs", "last run"
+    );
+    for l in crate::operate::schedule::list(project, lake, now).await? {
+        let last = match &l.state {
+            Some(s) if s.last_status.is_some() => format!(
+                "{} {}",
+                s.last_status.as_deref().unwrap_or(""),
+                s.last_started
+                    .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                    .unwrap_or_default()
+            ),
+            _ => "never".to_string(),
+        };
+        let next = l
+            .next
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_else(|| "after its upstream succeeds".into());
+        println!("{:<20} {:<34} {:<28} {:<34} {next}", l.name, l.when, l.job, last);
+        if let Some(e) = l.state.as_ref().and_then(|s| s.last_error.as_ref()) {
+            println!("{:<20} last error: {}", "", e.lines().next().unwrap_or(""));
+        }
+    }
+    Ok(())
+}
+
 fn open(dir: &std::path::Path) -> Result<(Project, Lake)> {
     let project = Project::load(dir)?;
     tracing::debug!(?project, "loaded project");
@@ -386,6 +483,7 @@ async fn run(cli: Cli) -> Result<()> {
                 skip_extract,
                 skip_sync,
                 stop: crate::run::Stop::never(),
+                schedule: None,
             };
             crate::run::build::build(&project, lake, &select, &opts)
                 .await?
@@ -396,6 +494,8 @@ async fn run(cli: Cli) -> Result<()> {
             scale,
             seed,
             threads,
+            serve,
+            port,
         } => {
             let (project, lake) = open(&cli.project_dir)?;
             let opts = crate::demo::DemoOptions {
@@ -404,7 +504,25 @@ async fn run(cli: Cli) -> Result<()> {
                 threads,
                 ..crate::demo::DemoOptions::default()
             };
-            crate::demo::run(project, lake, &opts).await?.stop();
+            let mut demo = crate::demo::run(project, lake, &opts).await?;
+            if serve {
+                demo.project.schedules =
+                    crate::demo::schedules(&demo.project, &crate::demo::as_of_vars())?;
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                let server = crate::serve::start_with(
+                    &demo.project,
+                    demo.lake.clone(),
+                    addr,
+                    crate::serve::ServeOptions::default(),
+                )
+                .await?;
+                println!();
+                serve_banner(&demo.project, &server.url(), true);
+                println!("the first refresh starts now; SIGTERM or Ctrl-C stops");
+                shutdown_signal().await;
+                server.shutdown().await;
+            }
+            demo.stop();
             Ok(())
         }
         Command::Generate {
@@ -466,24 +584,43 @@ async fn run(cli: Cli) -> Result<()> {
             port,
             host,
             flush_ms,
+            no_schedules,
+            grace_seconds,
+            alert_every_seconds,
         } => {
             let (project, lake) = open(&cli.project_dir)?;
             let addr: std::net::SocketAddr = format!("{host}:{port}")
                 .parse()
                 .map_err(|e| Error::Input(format!("--host {host}: {e}")))?;
-            let server = crate::serve::start(
-                &project,
-                lake,
-                addr,
-                std::time::Duration::from_millis(flush_ms),
-            )
-            .await?;
-            println!("ferry serve listening on {}", server.url());
-            for name in project.webhooks.keys() {
-                println!("  POST {}/webhooks/{name}", server.url());
-            }
-            let _ = tokio::signal::ctrl_c().await;
+            let opts = crate::serve::ServeOptions {
+                flush: std::time::Duration::from_millis(flush_ms),
+                schedules: !no_schedules,
+                alert_every: std::time::Duration::from_secs(alert_every_seconds.max(1)),
+                grace: std::time::Duration::from_secs(grace_seconds),
+                ..Default::default()
+            };
+            let server = crate::serve::start_with(&project, lake, addr, opts).await?;
+            serve_banner(&project, &server.url(), !no_schedules);
+            shutdown_signal().await;
+            println!("ferry serve: stopping (running jobs stop at a safe point)");
             server.shutdown().await;
+            println!("ferry serve: stopped");
+            Ok(())
+        }
+        Command::Schedules => {
+            let (project, lake) = open(&cli.project_dir)?;
+            print_schedules(&project, &lake).await
+        }
+        Command::Health { out } => {
+            let (project, lake) = open(&cli.project_dir)?;
+            let out = out.unwrap_or_else(|| project.dir.join("target").join("health"));
+            let t = std::time::Instant::now();
+            let path = crate::operate::health::write(&project, &lake, &out).await?;
+            println!(
+                "wrote the health page to {} in {:.2}s",
+                path.display(),
+                t.elapsed().as_secs_f64()
+            );
             Ok(())
         }
         Command::Extract { streams } => {

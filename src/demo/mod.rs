@@ -61,6 +61,64 @@ impl Default for DemoOptions {
     }
 }
 
+/// Where the demo writes the health page.
+pub fn health_dir(project: &Project) -> std::path::PathBuf {
+    project.dir.join("target").join("health")
+}
+
+/// The schedules `ferry demo --serve` runs on the demo's emulators:
+/// `refresh` extracts every minute, and `model_and_sync` runs the rest of
+/// the route after each successful refresh (`after`, the way teams chain a
+/// sync to their transform).
+pub fn schedules(
+    project: &Project,
+    vars: &[String],
+) -> Result<std::collections::BTreeMap<String, crate::operate::schedule::Schedule>> {
+    use crate::operate::schedule::{Schedule, ScheduleSection};
+    let section = |run: &str, every: Option<&str>, after: Option<&str>| ScheduleSection {
+        cron: None,
+        timezone: None,
+        every: every.map(str::to_string),
+        after: after.map(str::to_string),
+        run: run.to_string(),
+        select: vec![],
+        exclude: vec![],
+        vars: if run == "build" { vars.to_vec() } else { vec![] },
+        sources: vec![],
+        syncs: vec![],
+        full_refresh: false,
+        skip_extract: run == "build",
+        skip_sync: false,
+        jitter_seconds: Some(0),
+        sla_minutes: Some(10),
+        // The demo's data does not grow: refreshes find nothing new.
+        stalled_minutes: Some(24 * 60),
+        owner: Some("you (the demo)".into()),
+    };
+    let extract: std::collections::BTreeSet<String> = project.extract.keys().cloned().collect();
+    let syncs: std::collections::BTreeSet<String> = project.syncs.keys().cloned().collect();
+    let names: std::collections::BTreeSet<String> =
+        ["refresh".to_string(), "model_and_sync".to_string()].into();
+    let mut out = std::collections::BTreeMap::new();
+    for (name, sec) in [
+        ("refresh", section("extract", Some("1m"), None)),
+        ("model_and_sync", section("build", None, Some("refresh"))),
+    ] {
+        let s = Schedule::resolve(name, &sec, &extract, &syncs, &names)
+            .map_err(|e| Error::Internal(format!("demo schedule {name}: {e}")))?;
+        out.insert(name.to_string(), s);
+    }
+    Ok(out)
+}
+
+/// The `as_of` the demo scores at.
+pub fn as_of_vars() -> Vec<String> {
+    vec![format!(
+        "as_of={}",
+        generate::now().format("%Y-%m-%dT%H:%M:%SZ")
+    )]
+}
+
 /// What a demo leaves behind: the emulators (still serving, for tests to
 /// inspect), the build report and the data.
 pub struct Demo {
@@ -212,10 +270,7 @@ pub async fn run_on(
         exclude: vec![],
         // Score as of the end of the generated data, so the demo's numbers
         // do not drift with the calendar.
-        vars: vec![format!(
-            "as_of={}",
-            generate::now().format("%Y-%m-%dT%H:%M:%SZ")
-        )],
+        vars: as_of_vars(),
     };
     let report = build::build(
         &project,
@@ -230,9 +285,11 @@ pub async fn run_on(
     .into_result()?;
     let t = Instant::now();
     print_report(&project, &lake, &served).await?;
+    let page = crate::operate::health::write(&project, &lake, &health_dir(&project)).await?;
     let report_seconds = t.elapsed().as_secs_f64();
     println!(
-        "\ndemo finished in {:.1}s; the lake is at {}. Try:\n  ferry query \"select * from attribution_by_channel\"\n  ferry query \"select persona, count(*) as people, avg(lead_score) as avg_score from contact_scores group by persona order by people desc\"",
+        "\nthe integration health page: {}\n\ndemo finished in {:.1}s; the lake is at {}. Try:\n  ferry query \"select * from attribution_by_channel\"\n  ferry query \"select persona, count(*) as people, avg(lead_score) as avg_score from contact_scores group by persona order by people desc\"\n  ferry demo --serve   (the page live at http://127.0.0.1:8080/, /metrics, and a schedule firing)",
+        page.display(),
         generated + started.elapsed().as_secs_f64(),
         lake.location()
     );

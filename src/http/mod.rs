@@ -25,7 +25,7 @@ use std::time::Duration;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 
-pub use limit::{Breaker, DailyExhausted, Permit, RateLimiter, account_budget};
+pub use limit::{Breaker, DailyExhausted, Permit, RateLimiter, account_budget, publish_budgets};
 
 use crate::project::secret::Secret;
 

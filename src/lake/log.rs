@@ -209,3 +209,17 @@ pub fn batch_to_json_rows(batch: &RecordBatch) -> Result<Vec<String>> {
     let text = String::from_utf8_lossy(&buf);
     Ok(text.lines().map(str::to_string).collect())
 }
+
+/// Rows of query results as JSON objects (small results: the health page,
+/// alert details).
+pub fn batch_rows_json(batches: &[RecordBatch]) -> Result<Vec<serde_json::Value>> {
+    let mut out = Vec::new();
+    for b in batches {
+        for line in batch_to_json_rows(b)? {
+            if let Ok(v) = serde_json::from_str(&line) {
+                out.push(v);
+            }
+        }
+    }
+    Ok(out)
+}

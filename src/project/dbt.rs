@@ -108,6 +108,8 @@ pub fn load(dir: &Path, lake_override: Option<String>) -> Result<Project> {
         destinations: BTreeMap::new(),
         extract: BTreeMap::new(),
         webhooks: BTreeMap::new(),
+        schedules: BTreeMap::new(),
+        alerts: Default::default(),
         syncs: BTreeMap::new(),
         dir: dir.to_path_buf(),
         name: p.name.clone(),

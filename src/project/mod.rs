@@ -54,6 +54,12 @@ struct ConfigFile {
     /// Reverse syncs (model → CRM object), by name.
     #[serde(default)]
     syncs: BTreeMap<String, sync_config::SyncSection>,
+    /// Scheduled jobs `ferry serve` runs, by name.
+    #[serde(default)]
+    schedules: BTreeMap<String, crate::operate::schedule::ScheduleSection>,
+    /// Alert rules and channels.
+    #[serde(default)]
+    alerts: Option<crate::operate::alerts::AlertsSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -256,6 +262,10 @@ pub struct Project {
     pub extract: BTreeMap<String, extract_config::SourceSpec>,
     /// Webhook sources `ferry serve` receives.
     pub webhooks: BTreeMap<String, extract_config::WebhookSpec>,
+    /// `[schedules.<name>]`, resolved.
+    pub schedules: BTreeMap<String, crate::operate::schedule::Schedule>,
+    /// `[alerts]`, resolved.
+    pub alerts: crate::operate::alerts::AlertsConfig,
 }
 
 impl Project {
@@ -693,9 +703,49 @@ impl Project {
             }
         }
 
+        let mut schedules = BTreeMap::new();
+        {
+            let extract_names: std::collections::BTreeSet<String> =
+                extract.keys().cloned().collect();
+            let sync_names: std::collections::BTreeSet<String> = syncs.keys().cloned().collect();
+            let schedule_names: std::collections::BTreeSet<String> =
+                raw.schedules.keys().cloned().collect();
+            for (name, sch) in &raw.schedules {
+                let at = |what: &str| find_key(text, &format!("schedules.{name}{what}"));
+                if let Err(why) = check_identifier(name) {
+                    return Err(config_error(
+                        file,
+                        text,
+                        at(""),
+                        format!("schedule name {name:?} {why}"),
+                    ));
+                }
+                let resolved = crate::operate::schedule::Schedule::resolve(
+                    name,
+                    sch,
+                    &extract_names,
+                    &sync_names,
+                    &schedule_names,
+                )
+                .map_err(|msg| config_error(file, text, at(""), msg))?;
+                schedules.insert(name.clone(), resolved);
+            }
+            crate::operate::schedule::check_chains(&schedules)
+                .map_err(|msg| config_error(file, text, find_key(text, "schedules"), msg))?;
+        }
+        let alerts = match &raw.alerts {
+            None => crate::operate::alerts::AlertsConfig::default(),
+            Some(a) => crate::operate::alerts::AlertsConfig::resolve(a, secrets, &schedules)
+                .map_err(|(key, msg)| {
+                    config_error(file, text, find_key(text, &format!("alerts{key}")), msg)
+                })?,
+        };
+
         Ok(Project {
             extract,
             webhooks,
+            schedules,
+            alerts,
             destinations,
             syncs,
             model_configs: vec![(Vec::new(), model_defaults)],

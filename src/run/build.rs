@@ -32,6 +32,19 @@ pub struct Stage {
     /// Its rows moved data between a vendor and the lake.
     pub moves: bool,
     pub auth_refused: bool,
+    /// Figures per stream and per sync (for error-rate alerts).
+    pub pipelines: Vec<PipelineFigures>,
+}
+
+/// One stream's or sync's figures in a run.
+#[derive(Debug, Clone)]
+pub struct PipelineFigures {
+    /// `stream:<source.stream>` or `sync:<name>`.
+    pub pipeline: String,
+    pub attempted: u64,
+    pub rejected: u64,
+    /// The sync's own run id (its rows in `ferry.sync_log`).
+    pub run_id: Option<String>,
 }
 
 impl Stage {
@@ -47,6 +60,7 @@ impl Stage {
             rate_limited: 0,
             moves: false,
             auth_refused: false,
+            pipelines: Vec::new(),
         }
     }
 
@@ -104,6 +118,8 @@ pub struct BuildOptions {
     pub skip_sync: bool,
     /// Checked between stages: a stop skips the rest.
     pub stop: Stop,
+    /// The schedule running it, for `ferry.run_stages`.
+    pub schedule: Option<String>,
 }
 
 impl Default for BuildOptions {
@@ -114,6 +130,7 @@ impl Default for BuildOptions {
             skip_extract: false,
             skip_sync: false,
             stop: Stop::never(),
+            schedule: None,
         }
     }
 }
@@ -156,7 +173,7 @@ pub async fn build(
         }
     };
     if stopped(&mut stages, &["seed", "run", "test", "sync"]) {
-        return finish(&lake, run_id, started_at, &[], stages, true).await;
+        return finish(&lake, opts, run_id, started_at, &[], stages, true).await;
     }
 
     // 2. seed, 3. run, 4. test: the same as the commands of those names.
@@ -203,7 +220,7 @@ pub async fn build(
         }
     }
     if stopped(&mut stages, &["test", "sync"]) {
-        return finish(&lake, run_id, started_at, &model_results, stages, true).await;
+        return finish(&lake, opts, run_id, started_at, &model_results, stages, true).await;
     }
     let t = Instant::now();
     println!("== test");
@@ -232,7 +249,7 @@ pub async fn build(
 
     // 5. sync: the syncs whose model was built (all, without --select).
     if stopped(&mut stages, &["sync"]) {
-        return finish(&lake, run_id, started_at, &model_results, stages, true).await;
+        return finish(&lake, opts, run_id, started_at, &model_results, stages, true).await;
     }
     let selected: Vec<String> = if args.select.is_empty() {
         project.syncs.keys().cloned().collect()
@@ -270,6 +287,7 @@ pub async fn build(
     }
     finish(
         &lake,
+        opts,
         run_id,
         started_at,
         &model_results,
@@ -281,6 +299,7 @@ pub async fn build(
 
 async fn finish(
     lake: &Lake,
+    opts: &BuildOptions,
     run_id: RunId,
     started_at: chrono::DateTime<Utc>,
     model_results: &[run::ModelResult],
@@ -289,6 +308,15 @@ async fn finish(
 ) -> Result<BuildReport> {
     let ok = !stages.iter().any(|s| s.status == "failed") && !stopped;
     run::record_as(lake, &run_id, "build", started_at, model_results, ok).await?;
+    super::record_stages(
+        lake,
+        "build",
+        opts.schedule.as_deref(),
+        &run_id.to_string(),
+        &stages,
+        started_at,
+    )
+    .await?;
     println!(
         "\nbuild {run_id}: {}",
         if ok {

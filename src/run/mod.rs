@@ -25,7 +25,7 @@ use crate::lake::{Lake, RunId};
 use crate::project::Project;
 use crate::sync::{SyncOptions, Syncer};
 
-pub use build::{BuildOptions, BuildReport, Stage};
+pub use build::{BuildOptions, BuildReport, PipelineFigures, Stage};
 
 /// `--select`, `--exclude` and `--vars`, shared by the model commands and
 /// schedules.
@@ -182,9 +182,11 @@ pub async fn run_job(
                 skip_extract: *skip_extract,
                 skip_sync: *skip_sync,
                 stop: stop.clone(),
+                schedule: schedule.map(str::to_string),
             };
+            // The build records its own stages.
             let r = build::build(project, lake.clone(), selection, &opts).await?;
-            Outcome::from_stages(r.run_id, r.stages, r.stopped)
+            return Ok(Outcome::from_stages(r.run_id, r.stages, r.stopped));
         }
         Job::Extract { streams } => {
             let stage = extract_stage(project, lake, streams).await;
@@ -208,22 +210,30 @@ pub async fn run_job(
             Outcome::from_stages(RunId::new().to_string(), vec![stage], false)
         }
     };
-    record_stages(lake, job.command(), schedule, &outcome, started_at).await?;
+    record_stages(
+        lake,
+        job.command(),
+        schedule,
+        &outcome.run_id,
+        &outcome.stages,
+        started_at,
+    )
+    .await?;
     Ok(outcome)
 }
 
-async fn record_stages(
+pub(crate) async fn record_stages(
     lake: &Lake,
     command: &str,
     schedule: Option<&str>,
-    outcome: &Outcome,
+    run_id: &str,
+    stages: &[Stage],
     started_at: chrono::DateTime<Utc>,
 ) -> Result<()> {
-    let rows: Vec<StageRow> = outcome
-        .stages
+    let rows: Vec<StageRow> = stages
         .iter()
         .map(|s| StageRow {
-            run_id: outcome.run_id.clone(),
+            run_id: run_id.to_string(),
             command: command.to_string(),
             schedule: schedule.map(str::to_string),
             stage: s.name.to_string(),
@@ -241,7 +251,7 @@ async fn record_stages(
         lake,
         tables::RUN_STAGES,
         tables::run_stages_schema(),
-        &outcome.run_id,
+        run_id,
         &rows,
     )
     .await
@@ -256,6 +266,7 @@ fn refused_credentials(e: &Error) -> bool {
 pub(crate) async fn extract_stage(project: &Project, lake: &Lake, streams: &[String]) -> Stage {
     let t = Instant::now();
     println!("== extract");
+    let mut figures = Vec::new();
     let (result, calls, limited) =
         crate::metrics::counting(crate::extract::extract(project, lake, streams, |s| {
             println!(
@@ -263,6 +274,12 @@ pub(crate) async fn extract_stage(project: &Project, lake: &Lake, streams: &[Str
                 s.stream, s.pages, s.rows, s.seconds
             );
             crate::metrics::extracted(&s.stream, s.rows, s.quarantined);
+            figures.push(PipelineFigures {
+                pipeline: format!("stream:{}", s.stream),
+                attempted: s.rows + s.quarantined,
+                rejected: s.quarantined,
+                run_id: None,
+            });
         }))
         .await;
     let mut stage = match result {
@@ -284,6 +301,7 @@ pub(crate) async fn extract_stage(project: &Project, lake: &Lake, streams: &[Str
         }
     };
     stage.moves = true;
+    stage.pipelines = figures;
     stage.api_calls = calls;
     stage.rate_limited = limited;
     stage
@@ -333,6 +351,12 @@ pub(crate) async fn sync_stage(
                     ],
                 );
                 stage.rows += sent;
+                stage.pipelines.push(PipelineFigures {
+                    pipeline: format!("sync:{name}"),
+                    attempted: sent + c.rejected + c.failed,
+                    rejected: c.rejected + c.failed,
+                    run_id: Some(r.run_id.to_string()),
+                });
                 stage.rejected += c.rejected + c.failed;
                 stage.api_calls += r.api_calls;
                 stage.rate_limited += r.rate_limited;

@@ -1,7 +1,17 @@
-//! `ferry serve`: the long-running side of ferry. Today it receives signed
-//! webhooks: `POST /webhooks/<source>` for each `[sources.<source>]` with
-//! `type = "webhook"`, and `GET /health`. Each source's events land in
-//! micro-batches (`flush` interval) as `<source>.events`.
+//! `ferry serve`: the one long-running process of a deployment.
+//!
+//! - `POST /webhooks/<source>` for each `[sources.<source>]` with `type =
+//!   "webhook"`: signed events land in micro-batches (`flush` interval) as
+//!   `<source>.events`.
+//! - The scheduler ([`crate::operate::schedule`]) runs `[schedules.*]`, and
+//!   the alerter ([`crate::operate::alerts`]) evaluates the rules after each
+//!   run and every `alert_every`.
+//! - `GET /` the integration health page, `GET /metrics` Prometheus' text
+//!   format, `GET /health` a JSON liveness answer.
+//!
+//! [`Server::shutdown`] (SIGTERM or Ctrl-C in the CLI) asks running jobs to
+//! stop at a safe point, waits for them (their leases are released), then
+//! lands what the webhook inbox holds.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,13 +30,23 @@ use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
 use crate::extract::webhook::Receiver;
+use crate::operate::alerts::Alerter;
+use crate::operate::schedule::{RouteRunner, Scheduler, SystemClock};
 use crate::lake::Lake;
 use crate::project::Project;
 
 type Receivers = Arc<BTreeMap<String, Arc<Receiver>>>;
 
+#[derive(Clone)]
+struct App {
+    receivers: Receivers,
+    project: Arc<Project>,
+    lake: Lake,
+    scheduler: Option<Arc<Scheduler>>,
+}
+
 async fn webhook(
-    State(receivers): State<Receivers>,
+    State(App { receivers, .. }): State<App>,
     Path(source): Path<String>,
     uri: Uri,
     headers: HeaderMap,
@@ -65,8 +85,44 @@ async fn webhook(
     }
 }
 
-async fn health(State(receivers): State<Receivers>) -> Response {
-    Json(json!({"status": "ok", "webhooks": receivers.keys().collect::<Vec<_>>()})).into_response()
+async fn health(State(app): State<App>) -> Response {
+    Json(json!({
+        "status": "ok",
+        "webhooks": app.receivers.keys().collect::<Vec<_>>(),
+        "schedules": app.project.schedules.keys().collect::<Vec<_>>(),
+        "running": app.scheduler.as_ref().map(|s| s.running()).unwrap_or_default(),
+    }))
+    .into_response()
+}
+
+async fn page(State(app): State<App>) -> Response {
+    match crate::operate::health::page(&app.project, &app.lake, chrono::Utc::now()).await {
+        Ok(html) => (
+            StatusCode::OK,
+            [("content-type", "text/html; charset=utf-8"), ("cache-control", "no-store")],
+            html,
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [("content-type", "text/plain; charset=utf-8")],
+            format!("the health page could not be read from the lake: {e}\n({})", e.who_acts()),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics() -> Response {
+    crate::http::publish_budgets();
+    (
+        StatusCode::OK,
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        crate::metrics::encode(),
+    )
+        .into_response()
 }
 
 /// A running server.
@@ -75,6 +131,9 @@ pub struct Server {
     stop: tokio::sync::watch::Sender<bool>,
     http: JoinHandle<()>,
     landers: Vec<JoinHandle<()>>,
+    scheduler: Option<Arc<Scheduler>>,
+    background: Vec<JoinHandle<()>>,
+    grace: Duration,
 }
 
 impl Server {
@@ -82,9 +141,22 @@ impl Server {
         format!("http://{}", self.addr)
     }
 
-    /// Stop accepting, land what is in the inbox, and return.
+    /// The scheduler, when schedules are served.
+    pub fn scheduler(&self) -> Option<&Arc<Scheduler>> {
+        self.scheduler.as_ref()
+    }
+
+    /// Stop starting jobs, let running ones reach a safe point (up to the
+    /// grace period; their leases are released), stop accepting, land what
+    /// is in the inbox, and return.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
+        if let Some(s) = &self.scheduler {
+            s.shutdown(self.grace).await;
+        }
+        for b in self.background {
+            let _ = tokio::time::timeout(Duration::from_secs(15), b).await;
+        }
         self.http.abort();
         for l in self.landers {
             let _ = l.await;
@@ -93,6 +165,9 @@ impl Server {
 
     /// Stop without landing (as a crash would): the inbox stays in the lake.
     pub fn kill(self) {
+        for b in self.background {
+            b.abort();
+        }
         self.http.abort();
         for l in self.landers {
             l.abort();
@@ -100,18 +175,62 @@ impl Server {
     }
 }
 
-/// Start serving on `addr`, landing every `flush`.
+/// What `ferry serve` runs besides the webhooks.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Between webhook micro-batch landings.
+    pub flush: Duration,
+    /// Run `[schedules.*]` (and the alerts).
+    pub schedules: bool,
+    /// Between scheduler ticks.
+    pub poll: Duration,
+    /// Between evaluations of the clock-driven alert rules.
+    pub alert_every: Duration,
+    /// How long running jobs get to reach a safe point at shutdown.
+    pub grace: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            flush: Duration::from_secs(1),
+            schedules: true,
+            poll: Duration::from_secs(1),
+            alert_every: Duration::from_secs(60),
+            grace: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Start serving webhooks on `addr`, landing every `flush` (no schedules).
 pub async fn start(
     project: &Project,
     lake: Lake,
     addr: SocketAddr,
     flush: Duration,
 ) -> Result<Server> {
-    if project.webhooks.is_empty() {
-        return Err(Error::Input(
-            "nothing to serve: add a [sources.<name>] with type = \"webhook\", a preset and a secret".into(),
-        ));
-    }
+    start_with(
+        project,
+        lake,
+        addr,
+        ServeOptions {
+            flush,
+            schedules: false,
+            ..ServeOptions::default()
+        },
+    )
+    .await
+}
+
+/// Start serving on `addr`: webhooks, the page, metrics, and with
+/// `opts.schedules` the scheduler and the alerts.
+pub async fn start_with(
+    project: &Project,
+    lake: Lake,
+    addr: SocketAddr,
+    opts: ServeOptions,
+) -> Result<Server> {
+    let flush = opts.flush;
     let mut receivers = BTreeMap::new();
     let max_body = project
         .webhooks
@@ -131,13 +250,68 @@ pub async fn start(
         .map(|r| tokio::spawn(r.clone().run(flush, watch.clone())))
         .collect();
     let receivers: Receivers = Arc::new(receivers);
+    let project_arc = Arc::new(project.clone());
+    let mut background = Vec::new();
+    let scheduler = if opts.schedules && !project.schedules.is_empty() {
+        let scheduler = Arc::new(Scheduler::new(
+            project.schedules.clone(),
+            lake.clone(),
+            Arc::new(RouteRunner {
+                project: project_arc.clone(),
+                lake: lake.clone(),
+            }),
+            Arc::new(SystemClock),
+        ));
+        let mut alerter = Alerter::open(project_arc.clone(), lake.clone()).await?;
+        let mut finished = scheduler.subscribe();
+        let mut stop_alerts = watch.clone();
+        let every = opts.alert_every;
+        background.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                let changes = tokio::select! {
+                    f = finished.recv() => match f {
+                        Ok(f) => alerter.on_run(&f.schedule, &f.outcome).await,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::warn!("alerts skipped {n} finished runs");
+                            continue;
+                        }
+                        Err(_) => break,
+                    },
+                    _ = tick.tick() => match alerter.on_tick(chrono::Utc::now()).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::warn!("alert rules not evaluated: {e}");
+                            continue;
+                        }
+                    },
+                    _ = stop_alerts.changed() => break,
+                };
+                if let Err(e) = alerter.apply(changes).await {
+                    tracing::warn!("alerts not recorded: {e}");
+                }
+            }
+        }));
+        background.push(tokio::spawn(scheduler.clone().run(opts.poll, watch.clone())));
+        Some(scheduler)
+    } else {
+        None
+    };
+    let state = App {
+        receivers,
+        project: project_arc,
+        lake: lake.clone(),
+        scheduler: scheduler.clone(),
+    };
     let app = Router::new()
+        .route("/", get(page))
+        .route("/metrics", get(metrics))
         .route("/webhooks/{source}", post(webhook))
         .route("/health", get(health))
         // The per-source limit is checked in `accept` (413); this caps what
         // is read at all, with room to answer 413 rather than reset.
         .layer(DefaultBodyLimit::max(max_body + 1))
-        .with_state(receivers);
+        .with_state(state);
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| Error::Input(format!("cannot listen on {addr}: {e}")))?;
@@ -154,5 +328,8 @@ pub async fn start(
         stop,
         http,
         landers,
+        scheduler,
+        background,
+        grace: opts.grace,
     })
 }
