@@ -196,12 +196,12 @@ pub async fn counting<F: std::future::Future>(fut: F) -> (F::Output, u64, u64) {
 
 /// A request was sent to `vendor`.
 pub fn api_call(vendor: &str) {
-    METRICS
-        .calls
-        .get_or_create(&VendorLabel {
-            vendor: vendor.to_string(),
-        })
-        .inc();
+    let l = VendorLabel {
+        vendor: vendor.to_string(),
+    };
+    METRICS.calls.get_or_create(&l).inc();
+    // Present from the first call, so "no 429s" reads as 0, not as absent.
+    METRICS.limited.get_or_create(&l).inc_by(0);
     let _ = JOB_CALLS.try_with(|c| c.calls.fetch_add(1, Ordering::Relaxed));
 }
 
@@ -313,8 +313,34 @@ fn vendors() -> Vec<String> {
         .unwrap_or_default()
 }
 
+static BUDGETS: LazyLock<
+    std::sync::Mutex<std::collections::BTreeMap<String, (u64, u64, chrono::NaiveDate)>>,
+> = LazyLock::new(Default::default);
+
+/// The daily budgets last published, as `(account, limit, remaining)`; a
+/// figure from an earlier (UTC) day reads as a fresh budget.
+pub fn budgets() -> Vec<(String, u64, u64)> {
+    let today = chrono::Utc::now().date_naive();
+    BUDGETS
+        .lock()
+        .map(|b| {
+            b.iter()
+                .map(|(k, (limit, remaining, day))| {
+                    (k.clone(), *limit, if *day == today { *remaining } else { *limit })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// An account's daily budget now.
 pub fn budget(account: &str, limit: u64, remaining: u64) {
+    if let Ok(mut b) = BUDGETS.lock() {
+        b.insert(
+            account.to_string(),
+            (limit, remaining, chrono::Utc::now().date_naive()),
+        );
+    }
     let l = AccountLabel {
         account: account.to_string(),
     };

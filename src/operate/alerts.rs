@@ -585,7 +585,8 @@ impl Alerter {
                 });
             }
         }
-        for (account, limit, remaining) in crate::http::publish_budgets() {
+        crate::http::publish_budgets();
+        for (account, limit, remaining) in crate::metrics::budgets() {
             if limit == 0 {
                 continue;
             }

@@ -376,6 +376,10 @@ pub(crate) async fn sync_stage(
             }
         }
     }
+    // While the syncs' accounts are alive: their daily budgets, for
+    // /metrics and the budget alert.
+    crate::http::publish_budgets();
+    drop(syncer);
     stage.seconds = t.elapsed().as_secs_f64();
     if problems.is_empty() {
         stage.detail = details.join("; ");

@@ -5,6 +5,7 @@
 //! `fuzz`: proptest fuzz targets for every parser of user and vendor input.
 //! `gtm`: the GTM starter project, `ferry demo` and `ferry generate`.
 //! `models`: SQL models on the fixture project `tests/fixtures/gtm`.
+//! `operate`: schedules, alerts, the health page, /metrics, `ferry serve`.
 //! `sim`: the HubSpot emulator over real HTTP.
 //! `sync`: reverse sync to the emulator, incl. the kill -9 crash test.
 //! `vendor`: regressions against vendors as they really behave (lagging
@@ -16,6 +17,7 @@ mod fuzz;
 mod gtm;
 mod landing;
 mod models;
+mod operate;
 mod sim;
 mod sync;
 mod vendor;
