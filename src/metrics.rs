@@ -313,9 +313,10 @@ fn vendors() -> Vec<String> {
         .unwrap_or_default()
 }
 
-static BUDGETS: LazyLock<
-    std::sync::Mutex<std::collections::BTreeMap<String, (u64, u64, chrono::NaiveDate)>>,
-> = LazyLock::new(Default::default);
+/// Per account: daily limit, remaining, and the day it was read.
+type Budgets = std::collections::BTreeMap<String, (u64, u64, chrono::NaiveDate)>;
+
+static BUDGETS: LazyLock<std::sync::Mutex<Budgets>> = LazyLock::new(Default::default);
 
 /// The daily budgets last published, as `(account, limit, remaining)`; a
 /// figure from an earlier (UTC) day reads as a fresh budget.

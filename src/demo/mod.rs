@@ -104,7 +104,7 @@ pub fn schedules(
         ("refresh", section("extract", Some("1m"), None)),
         ("model_and_sync", section("build", None, Some("refresh"))),
     ] {
-        let s = Schedule::resolve(name, &sec, &extract, &syncs, &names)
+        let s = Schedule::resolve(name, &sec, &extract, &syncs, &names, &Default::default())
             .map_err(|e| Error::Internal(format!("demo schedule {name}: {e}")))?;
         out.insert(name.to_string(), s);
     }

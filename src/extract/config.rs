@@ -63,6 +63,66 @@ pub struct WebhookSpec {
     /// The URL the vendor calls, as it signs it (HubSpot signs the full URI);
     /// default `http://<Host header><path>`.
     pub public_url: Option<String>,
+    /// Polling the vendor's API for what the webhooks missed.
+    pub reconcile: Option<Reconcile>,
+}
+
+/// `reconcile = { with = "hubspot.contacts", ... }` on a webhook source, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileSection {
+    /// The API stream (`source.stream` of an extraction source) holding the
+    /// same objects the webhooks are about.
+    pub with: String,
+    /// The stream's column the events point at (default `id`).
+    pub key: Option<String>,
+    /// The stream's last-modified column (default `updated_at`, as HubSpot streams land it).
+    pub updated_at: Option<String>,
+    /// The event column naming the object (default `contact_id`; or `account_id`).
+    pub event_key: Option<String>,
+    /// The first window reaches back this far (default 24).
+    pub lookback_hours: Option<u64>,
+    /// Changes younger than this are left to the next window, so webhooks
+    /// still on their way are not counted missed (default 5).
+    pub settle_minutes: Option<u64>,
+}
+
+/// A webhook source's reconciliation, resolved.
+#[derive(Debug, Clone)]
+pub struct Reconcile {
+    pub source: String,
+    pub stream: String,
+    pub key: String,
+    pub updated_at: String,
+    pub event_key: String,
+    pub lookback: std::time::Duration,
+    pub settle: std::time::Duration,
+}
+
+impl Reconcile {
+    pub fn resolve(r: &ReconcileSection) -> Result<Reconcile, String> {
+        let (source, stream) = r.with.split_once('.').ok_or_else(|| {
+            format!(
+                "reconcile.with = {:?}: name the API stream as source.stream, e.g. \"hubspot.contacts\"",
+                r.with
+            )
+        })?;
+        let event_key = r.event_key.clone().unwrap_or_else(|| "contact_id".into());
+        if event_key != "contact_id" && event_key != "account_id" {
+            return Err(format!(
+                "reconcile.event_key = {event_key:?}: use \"contact_id\" or \"account_id\" (the event columns naming an object)"
+            ));
+        }
+        Ok(Reconcile {
+            source: source.to_string(),
+            stream: stream.to_string(),
+            key: r.key.clone().unwrap_or_else(|| "id".into()),
+            updated_at: r.updated_at.clone().unwrap_or_else(|| "updated_at".into()),
+            event_key,
+            lookback: std::time::Duration::from_secs(r.lookback_hours.unwrap_or(24) * 3600),
+            settle: std::time::Duration::from_secs(r.settle_minutes.unwrap_or(5) * 60),
+        })
+    }
 }
 
 /// A resolved HubSpot stream.

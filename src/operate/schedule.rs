@@ -54,7 +54,7 @@ pub struct ScheduleSection {
     pub every: Option<String>,
     /// Run when this schedule succeeds, instead of on a clock.
     pub after: Option<String>,
-    /// What to run: build, extract, sync or test.
+    /// What to run: build, extract, sync, test or reconcile.
     pub run: String,
     #[serde(default)]
     pub select: Vec<String>,
@@ -62,7 +62,8 @@ pub struct ScheduleSection {
     pub exclude: Vec<String>,
     #[serde(default)]
     pub vars: Vec<String>,
-    /// For `run = "extract"`: `source` or `source.stream` (all when empty).
+    /// For `run = "extract"`: `source` or `source.stream` (all when empty);
+    /// for `run = "reconcile"`: webhook sources (all with reconcile when empty).
     #[serde(default)]
     pub sources: Vec<String>,
     /// For `run = "sync"`: sync names (all when empty).
@@ -174,6 +175,7 @@ impl Schedule {
         extract: &BTreeSet<String>,
         syncs: &BTreeSet<String>,
         schedules: &BTreeSet<String>,
+        reconcilable: &BTreeSet<String>,
     ) -> std::result::Result<Schedule, String> {
         let when = match (&s.cron, &s.every, &s.after) {
             (Some(expr), None, None) => {
@@ -278,9 +280,26 @@ impl Schedule {
                     names: s.syncs.clone(),
                 }
             }
+            "reconcile" => {
+                no_models("reconcile")?;
+                if reconcilable.is_empty() {
+                    return Err("run = \"reconcile\": no webhook source has reconcile = { with = \"<source>.<stream>\" }".into());
+                }
+                for src in &s.sources {
+                    if !reconcilable.contains(src) {
+                        return Err(format!(
+                            "sources: {src:?} is not a webhook source with reconcile (those with: {:?})",
+                            reconcilable.iter().collect::<Vec<_>>()
+                        ));
+                    }
+                }
+                Job::Reconcile {
+                    sources: s.sources.clone(),
+                }
+            }
             other => {
                 return Err(format!(
-                    "run = {other:?}: use \"build\", \"extract\", \"sync\" or \"test\""
+                    "run = {other:?}: use \"build\", \"extract\", \"sync\", \"test\" or \"reconcile\""
                 ));
             }
         };

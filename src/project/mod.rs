@@ -144,6 +144,10 @@ pub struct SourceConfig {
     /// Webhook: the public URL the vendor calls (HubSpot signs it).
     #[serde(default)]
     pub public_url: Option<String>,
+    /// Webhook: poll this API stream for the events the webhooks missed
+    /// (a schedule with `run = "reconcile"`).
+    #[serde(default)]
+    pub reconcile: Option<extract_config::ReconcileSection>,
     /// HubSpot: a private-app token, usually `"${HUBSPOT_TOKEN}"`.
     #[serde(default)]
     pub token: Option<Spanned<String>>,
@@ -511,6 +515,13 @@ impl Project {
                             max_body_bytes: src.max_body_bytes.unwrap_or(1024 * 1024),
                             tolerance_seconds: src.tolerance_seconds.unwrap_or(300),
                             public_url: src.public_url.clone(),
+                            reconcile: match &src.reconcile {
+                                None => None,
+                                Some(r) => Some(
+                                    extract_config::Reconcile::resolve(r)
+                                        .map_err(|msg| config_error(file, text, at(".reconcile"), msg))?,
+                                ),
+                            },
                         },
                     );
                 }
@@ -703,10 +714,30 @@ impl Project {
             }
         }
 
+        for w in webhooks.values() {
+            if let Some(r) = &w.reconcile
+                && !extract.contains_key(&r.source)
+            {
+                return Err(config_error(
+                    file,
+                    text,
+                    find_key(text, &format!("sources.{}.reconcile", w.name)),
+                    format!(
+                        "reconcile.with = \"{}.{}\": {} is not an extraction source (give [sources.{}] a type such as hubspot)",
+                        r.source, r.stream, r.source, r.source
+                    ),
+                ));
+            }
+        }
         let mut schedules = BTreeMap::new();
         {
             let extract_names: std::collections::BTreeSet<String> =
                 extract.keys().cloned().collect();
+            let reconcilable: std::collections::BTreeSet<String> = webhooks
+                .values()
+                .filter(|w| w.reconcile.is_some())
+                .map(|w| w.name.clone())
+                .collect();
             let sync_names: std::collections::BTreeSet<String> = syncs.keys().cloned().collect();
             let schedule_names: std::collections::BTreeSet<String> =
                 raw.schedules.keys().cloned().collect();
@@ -726,6 +757,7 @@ impl Project {
                     &extract_names,
                     &sync_names,
                     &schedule_names,
+                    &reconcilable,
                 )
                 .map_err(|msg| config_error(file, text, at(""), msg))?;
                 schedules.insert(name.clone(), resolved);

@@ -83,6 +83,7 @@ fn verify(preset: &str, sig: &str, ts: &str, body: &[u8]) {
         max_body_bytes: 1 << 20,
         tolerance_seconds: 300,
         public_url: Some("https://x.io/webhooks/w".into()),
+        reconcile: None,
     };
     let mut h = axum::http::HeaderMap::new();
     for name in [

@@ -761,3 +761,131 @@ fn every_alert_shape_is_accepted_by_the_vendor_contracts() {
     let _ = BTreeMap::<String, String>::new();
     let _ = Utc.timestamp_opt(0, 0);
 }
+
+fn hubspot_event(secret: &str, url: &str, body: &str) -> axum::http::HeaderMap {
+    use base64::Engine;
+    let ts = Utc::now().timestamp_millis().to_string();
+    let sig = ferry::extract::webhook::sign(secret, format!("POST{url}{body}{ts}").as_bytes());
+    let mut h = axum::http::HeaderMap::new();
+    h.insert(
+        "x-hubspot-signature-v3",
+        base64::engine::general_purpose::STANDARD.encode(sig).parse().unwrap(),
+    );
+    h.insert("x-hubspot-request-timestamp", ts.parse().unwrap());
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_reconciliation_lands_what_the_webhooks_missed() {
+    use ferry::sim::hubspot;
+    let s = hubspot::start(SimConfig::default(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    // Created ten minutes ago.
+    let created = Utc::now() - chrono::Duration::minutes(10);
+    let ids: Vec<u64> = s
+        .with_crm(|crm| {
+            (0..50)
+                .map(|i| {
+                    let id = crm.create("contacts", [("email".to_string(), format!("p{i}@x.io"))].into()).id;
+                    crm.backdate("contacts", id, created, created);
+                    id
+                })
+                .collect()
+        })
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let hook_url = "https://ferry.example.com/webhooks/hs_events";
+    std::fs::write(
+        tmp.path().join("secrets.toml"),
+        "HUBSPOT_TOKEN = \"ferry-sim-token\"\nHS_APP_SECRET = \"app-secret\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("ferry.toml"),
+        format!(
+            r#"[project]
+name = "recon"
+
+[sources.hubspot]
+type = "hubspot"
+url = "{}"
+token = "${{HUBSPOT_TOKEN}}"
+requests_per_10s = 10000
+search_per_second = 100
+search_lag_margin_seconds = 1
+
+[sources.hubspot.streams.contacts]
+properties = ["email"]
+
+[sources.hs_events]
+type = "webhook"
+preset = "hubspot"
+secret = "${{HS_APP_SECRET}}"
+public_url = "{hook_url}"
+reconcile = {{ with = "hubspot.contacts", settle_minutes = 0 }}
+
+[schedules.catch_up]
+every = "20m"
+run = "reconcile"
+"#,
+            s.base_url()
+        ),
+    )
+    .unwrap();
+    let project = Project::load(tmp.path()).unwrap();
+    let lake = Lake::open(&project.lake, &project.dir).unwrap();
+    // HubSpot delivers 35 of the 50 creations; 15 are lost (an outage).
+    let receiver = ferry::extract::webhook::Receiver::open(project.webhooks["hs_events"].clone(), lake.clone())
+        .await
+        .unwrap();
+    let now_ms = created.timestamp_millis();
+    let events: Vec<serde_json::Value> = ids[..35]
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            serde_json::json!({"eventId": 1000 + i, "subscriptionId": 7, "portalId": 42, "occurredAt": now_ms,
+                "subscriptionType": "contact.creation", "objectId": id})
+        })
+        .collect();
+    let body = serde_json::Value::Array(events).to_string();
+    receiver
+        .accept("POST", hook_url, &hubspot_event("app-secret", hook_url, &body), &axum::body::Bytes::from(body.clone()))
+        .await
+        .unwrap();
+    receiver.land().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let job = project.schedules["catch_up"].job.clone();
+    let o = ferry::run::run_job(&project, &lake, &job, Some("catch_up"), &Stop::never()).await.unwrap();
+    assert!(o.ok, "{o:?}");
+    let detail = &o.stages[0].detail;
+    assert!(detail.contains("50 objects changed"), "{detail}");
+    assert!(detail.contains("delivered 35, missed 15"), "{detail}");
+    assert_eq!(o.rows_moved, 15);
+    let got = query(
+        tmp.path(),
+        "select count(*), count(distinct contact_id) from hs_events.events where event_type = 'reconciled'",
+    )
+    .await;
+    assert_eq!(got, [["15", "15"]]);
+    let payload = query(tmp.path(), &format!("select payload from hs_events.events where contact_id = '{}'", ids[40])).await;
+    assert!(payload[0][0].contains("p40@x.io"), "the API's record is the event's payload: {payload:?}");
+    let recorded = query(tmp.path(), "select stage, rows, detail from ferry.run_stages where command = 'reconcile'").await;
+    assert_eq!(recorded[0][1], "15", "the run's record counts what it found");
+
+    // The same window again: nothing missed twice.
+    let o = ferry::run::run_job(&project, &lake, &job, None, &Stop::never()).await.unwrap();
+    assert_eq!(o.rows_moved, 0, "{:?}", o.stages[0].detail);
+
+    // Five contacts edited later, their webhooks lost too.
+    s.with_crm(|crm| {
+        for id in &ids[..5] {
+            crm.touch("contacts", *id, Utc::now());
+        }
+    })
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let o = ferry::run::run_job(&project, &lake, &job, None, &Stop::never()).await.unwrap();
+    assert!(o.stages[0].detail.contains("missed 5"), "{}", o.stages[0].detail);
+    let got = query(tmp.path(), "select count(*) from hs_events.events where event_type = 'reconciled'").await;
+    assert_eq!(got, [["20"]]);
+}

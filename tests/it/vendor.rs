@@ -433,6 +433,7 @@ fn hubspot_webhook() -> ferry::extract::config::WebhookSpec {
         max_body_bytes: 1 << 20,
         tolerance_seconds: 300,
         public_url: Some("https://ferry.example.com/webhooks/hs_events".into()),
+        reconcile: None,
     }
 }
 

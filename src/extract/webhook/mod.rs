@@ -26,6 +26,8 @@
 //! crash between landing and recording can land a batch twice, which the
 //! `latest_by` macro removes by `event_id`.
 
+pub mod reconcile;
+
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -637,6 +639,7 @@ mod tests {
             max_body_bytes: 1000,
             tolerance_seconds: 300,
             public_url: None,
+            reconcile: None,
         }
     }
 
