@@ -640,6 +640,7 @@ async fn run(cli: Cli) -> Result<()> {
                 retry_failed,
                 allow_mass_delete,
                 break_lock,
+                shutdown: None,
             };
             sync::run(&project, lake, &names, &opts).await
         }

@@ -68,6 +68,12 @@ impl Stop {
     pub fn requested(&self) -> bool {
         *self.0.borrow()
     }
+
+    /// The underlying signal, for stages that check it themselves (syncs
+    /// stop between batches).
+    pub fn receiver(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.0.clone()
+    }
 }
 
 /// What a job runs.
@@ -338,7 +344,11 @@ pub(crate) async fn sync_stage(
             details.push(format!("stopped before {name}"));
             break;
         }
-        match syncer.run(name, &SyncOptions::default()).await {
+        let opts = SyncOptions {
+            shutdown: Some(stop.receiver()),
+            ..SyncOptions::default()
+        };
+        match syncer.run(name, &opts).await {
             Ok(r) => {
                 let c = &r.counts;
                 println!(
@@ -370,6 +380,12 @@ pub(crate) async fn sync_stage(
                 stage.api_calls += r.api_calls;
                 stage.rate_limited += r.rate_limited;
                 details.push(format!("{name}: {sent} sent"));
+                if stop.requested() && r.stopped.as_deref().is_some_and(|s| s.contains(crate::sync::SHUTTING_DOWN)) {
+                    // A safe point: every batch sent was committed.
+                    stopped = true;
+                    details.push(format!("{name}: stopped between batches"));
+                    break;
+                }
                 if r.stopped.is_some() || c.failed > 0 {
                     let why = r
                         .stopped

@@ -48,6 +48,9 @@ use destination::{
 use diff::{DiffOp, Row};
 use state::{LogRow, LogWriter};
 
+/// Why a run stopped when ferry was asked to shut down.
+pub const SHUTTING_DOWN: &str = "ferry is shutting down; the rest is sent next run";
+
 /// Command-line switches for a run.
 #[derive(Debug, Clone, Default)]
 pub struct SyncOptions {
@@ -59,6 +62,9 @@ pub struct SyncOptions {
     pub allow_mass_delete: bool,
     /// Take the lease even if another run seems to hold it.
     pub break_lock: bool,
+    /// Set when ferry is shutting down (SIGTERM): the run stops between
+    /// batches, as on a spent daily budget, and the rest is sent next run.
+    pub shutdown: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// What a run did (or, in a dry run, would do).
@@ -365,6 +371,12 @@ impl Run<'_> {
     }
 
     fn stopped(&self) -> bool {
+        if self.opts.shutdown.as_ref().is_some_and(|s| *s.borrow()) {
+            self.set_stop(CallError::Transient {
+                message: SHUTTING_DOWN.into(),
+                attempts: 0,
+            });
+        }
         self.stop.lock().map(|s| s.is_some()).unwrap_or(true)
     }
 

@@ -889,3 +889,54 @@ run = "reconcile"
     let got = query(tmp.path(), "select count(*) from hs_events.events where event_type = 'reconciled'").await;
     assert_eq!(got, [["20"]]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_mid_sync_stops_between_batches_and_the_next_run_finishes() {
+    use ferry::sim::hubspot::Faults;
+    let hs = sim(SimConfig::default()).await;
+    let sl = slack::start(SlackConfig::default(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let pd = pagerduty::start(PagerDutyConfig::default(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let rig = Rig::new(tmp.path(), &hs.base_url(), &sl.url(), &pd.url(), None).await;
+    let data = rows(2000, "a");
+    model(&rig.dir, "scores", &data);
+    // Every call takes 300 ms: the sync's 20 batches take a few seconds.
+    hs.set_faults(Faults {
+        slow: 1.0,
+        slow_ms: 300,
+        ..Faults::default()
+    });
+    rig.clock.set(Utc::now());
+    assert_eq!(rig.scheduler.tick().await, ["scores_sync"]);
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    rig.scheduler.shutdown(Duration::from_secs(30)).await;
+    let sent = hs.records("contacts").len();
+    assert!(sent > 0 && sent < 2000, "stopped mid-sync: {sent} records sent");
+    let lake = Lake::open(&Project::load(&rig.dir).unwrap().lake, &rig.dir).unwrap();
+    let state = schedule::load_state(&lake, "scores_sync").await.unwrap().unwrap();
+    assert_eq!(state.last_status.as_deref(), Some("stopped"), "{state:?}");
+    for lease in ["lake/_ferry/schedules/scores_sync/lease", "lake/_ferry/sync_state/scores/lease"] {
+        let held: serde_json::Value = serde_json::from_slice(&std::fs::read(rig.dir.join(lease)).unwrap()).unwrap();
+        assert_eq!(held["released"], true, "{lease}: {held}");
+    }
+    let runs = query(&rig.dir, "select status from ferry.sync_runs").await;
+    assert_eq!(runs, [["stopped"]]);
+
+    // A new scheduler (ferry serve started again) finishes the sync from
+    // the batches the CRM confirmed: nobody created twice.
+    hs.set_faults(Faults::default());
+    let project = Arc::new(Project::load(&rig.dir).unwrap());
+    let again = Scheduler::new(
+        project.schedules.clone(),
+        lake.clone(),
+        Arc::new(schedule::RouteRunner {
+            project: project.clone(),
+            lake: lake.clone(),
+        }),
+        rig.clock.clone(),
+    );
+    assert_eq!(tick_and_wait(&again).await, ["scores_sync"], "the stopped fire runs again");
+    super::sync::assert_matches(&hs, &data);
+    let state = schedule::load_state(&lake, "scores_sync").await.unwrap().unwrap();
+    assert_eq!(state.last_status.as_deref(), Some("success"));
+}
