@@ -16,7 +16,7 @@
 //! counters; the lake keeps the history (`ferry.runs`, `ferry.sync_runs`...).
 
 use std::sync::LazyLock;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -266,8 +266,6 @@ pub fn last_success(pipeline: &str, unix_seconds: f64) {
         .set(unix_seconds);
 }
 
-static TRIPS: AtomicI64 = AtomicI64::new(0);
-
 /// A breaker for `vendor` opened (`true`) or closed (`false`).
 pub fn circuit(vendor: &str, open: bool) {
     let l = VendorLabel {
@@ -276,22 +274,23 @@ pub fn circuit(vendor: &str, open: bool) {
     if open {
         METRICS.circuit_open.get_or_create(&l).inc();
         METRICS.circuit_trips.get_or_create(&l).inc();
-        TRIPS.fetch_add(1, Ordering::Relaxed);
     } else {
         METRICS.circuit_open.get_or_create(&l).dec();
     }
 }
 
-/// Breakers open now, by vendor, and trips since the process started.
-pub fn circuits() -> (Vec<(String, i64)>, i64) {
-    let mut open = Vec::new();
+/// Per vendor: breakers open now, and trips since the process started.
+pub fn circuits() -> Vec<(String, i64, i64)> {
     // Families cannot be iterated; the vendors are the ones that called.
-    for vendor in vendors() {
-        let l = VendorLabel { vendor };
-        let n = METRICS.circuit_open.get_or_create(&l).get();
-        open.push((l.vendor, n));
-    }
-    (open, TRIPS.load(Ordering::Relaxed))
+    vendors()
+        .into_iter()
+        .map(|vendor| {
+            let l = VendorLabel { vendor };
+            let open = METRICS.circuit_open.get_or_create(&l).get();
+            let trips = METRICS.circuit_trips.get_or_create(&l).get() as i64;
+            (l.vendor, open, trips)
+        })
+        .collect()
 }
 
 static VENDORS: LazyLock<std::sync::Mutex<std::collections::BTreeSet<String>>> =

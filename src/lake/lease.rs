@@ -248,6 +248,16 @@ impl Lease {
         Ok(())
     }
 
+    /// A handle that says whether the lease is still held, for a watcher
+    /// that stops the job when it is not (the lease was taken over, or could
+    /// not be renewed in time).
+    pub fn watch(&self) -> LeaseWatch {
+        LeaseWatch {
+            held: self.held.clone(),
+            ttl: self.ttl,
+        }
+    }
+
     /// Give the lease up (a conditional update to `released`).
     pub async fn release(self) -> Result<()> {
         self.renewer.abort();
@@ -304,6 +314,23 @@ impl Lease {
             }
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// See [`Lease::watch`].
+#[derive(Clone)]
+pub struct LeaseWatch {
+    held: Arc<Mutex<Held>>,
+    ttl: Duration,
+}
+
+impl LeaseWatch {
+    /// Still held, with time to commit before anyone may take over.
+    pub fn held(&self) -> bool {
+        self.held
+            .lock()
+            .map(|h| h.lost.is_none() && Instant::now() + self.ttl / 6 < h.deadline)
+            .unwrap_or(false)
     }
 }
 

@@ -304,17 +304,74 @@ struct Incident {
     alert: Alert,
     dedup_key: String,
     opened_at: DateTime<Utc>,
-    /// Channels that have not acknowledged the trigger yet.
+    /// Channels that have not acknowledged the trigger (or, once resolving,
+    /// the resolve) yet.
     pending: BTreeSet<String>,
+    /// The condition cleared: the resolve is being delivered.
+    #[serde(default)]
+    resolving: bool,
+    /// The process delivering it, and since when: another process takes
+    /// over deliveries a claim has left pending for 5 minutes.
+    #[serde(default)]
+    claimed_by: String,
+    #[serde(default = "Utc::now")]
+    claimed_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct OpenState {
     incidents: BTreeMap<String, Incident>,
     /// The last day a digest went out (in the digest's time zone).
     last_digest: Option<chrono::NaiveDate>,
-    /// Circuit trips counted at the last evaluation.
-    trips_seen: i64,
+}
+
+/// A delivery to make: incident key, channel, action.
+type Delivery = (String, String, &'static str);
+
+async fn load_open(lake: &Lake) -> Result<(OpenState, Option<object_store::UpdateVersion>)> {
+    match lake.store().get(&open_path()).await {
+        Ok(g) => {
+            let version = object_store::UpdateVersion {
+                e_tag: g.meta.e_tag.clone(),
+                version: g.meta.version.clone(),
+            };
+            let bytes = g.bytes().await?;
+            let state = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!("{}: unreadable ({e}); starting with no open incidents", open_path());
+                OpenState::default()
+            });
+            Ok((state, Some(version)))
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok((OpenState::default(), None)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Write `state` if nobody changed it since `version` was read.
+async fn store_open(
+    lake: &Lake,
+    state: &OpenState,
+    version: Option<object_store::UpdateVersion>,
+) -> Result<bool> {
+    let bytes = serde_json::to_vec_pretty(state).map_err(|e| Error::Internal(e.to_string()))?;
+    let mode = match version {
+        Some(v) => object_store::PutMode::Update(v),
+        None => object_store::PutMode::Create,
+    };
+    let opts = object_store::PutOptions {
+        mode,
+        ..Default::default()
+    };
+    match lake
+        .store()
+        .put_opts(&open_path(), PutPayload::from(bytes), opts)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(object_store::Error::AlreadyExists { .. })
+        | Err(object_store::Error::Precondition { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn open_path() -> Path {
@@ -333,19 +390,19 @@ pub struct Alerter {
     project: Arc<crate::project::Project>,
     lake: Lake,
     http: reqwest::Client,
+    /// The incidents as last read or written (shared by every `ferry serve`
+    /// on the lake through `open.json`, updated conditionally).
     state: OpenState,
+    /// This process, in incident claims.
+    me: String,
+    /// Circuit trips per vendor at the last evaluation, and the last trip.
+    trips_seen: BTreeMap<String, i64>,
+    last_trip: BTreeMap<String, DateTime<Utc>>,
 }
 
 impl Alerter {
     pub async fn open(project: Arc<crate::project::Project>, lake: Lake) -> Result<Alerter> {
-        let state = match lake.store().get(&open_path()).await {
-            Ok(g) => serde_json::from_slice(&g.bytes().await?).unwrap_or_else(|e| {
-                tracing::warn!("{}: unreadable ({e}); starting with no open incidents", open_path());
-                OpenState::default()
-            }),
-            Err(object_store::Error::NotFound { .. }) => OpenState::default(),
-            Err(e) => return Err(e.into()),
-        };
+        let (state, _) = load_open(&lake).await?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             // A webhook URL carries its token: never follow it elsewhere.
@@ -358,14 +415,23 @@ impl Alerter {
             lake,
             http,
             state,
+            me: format!(
+                "{}-{}-{}",
+                crate::lake::lease::host(),
+                std::process::id(),
+                &uuid::Uuid::now_v7().simple().to_string()[24..]
+            ),
+            trips_seen: BTreeMap::new(),
+            last_trip: BTreeMap::new(),
         })
     }
 
-    /// Open incidents now, as `(key, alert)`.
+    /// Open incidents (as last read), as `(key, alert)`.
     pub fn open_incidents(&self) -> Vec<(String, Alert)> {
         self.state
             .incidents
             .iter()
+            .filter(|(_, i)| !i.resolving)
             .map(|(k, i)| (k.clone(), i.alert.clone()))
             .collect()
     }
@@ -397,7 +463,7 @@ impl Alerter {
                 owner: owner.clone(),
                 next_action: "A person must renew the credentials (expired, revoked or missing a scope): set the token in the environment or secrets.toml, then the next run goes on. Nothing more is sent until then.".into(),
             }));
-        } else {
+        } else if outcome.ok {
             changes.push(Change::Clear {
                 rule: "credentials_refused".into(),
                 pipeline: schedule.to_string(),
@@ -498,10 +564,12 @@ impl Alerter {
                 continue;
             };
             let owner = self.owner(Some(&s.name));
-            if s.moves_data() && state.last_finished.is_some() {
+            if s.watches_throughput() && state.last_finished.is_some() {
                 let since = state.last_moved_at.unwrap_or(state.since);
                 let quiet = (now - since).num_minutes();
-                if quiet >= s.stalled_minutes as i64 {
+                // Running (twice at least since rows last moved) and dry for
+                // the window: a daily job's quiet night is not a stall.
+                if quiet >= s.stalled_minutes as i64 && state.runs_without_rows >= 2 {
                     changes.push(Change::Raise(Alert {
                         severity: Severity::Critical,
                         rule: "stalled".into(),
@@ -558,12 +626,19 @@ impl Alerter {
                 }
             }
         }
-        let (circuits, trips) = crate::metrics::circuits();
-        let tripped = trips > self.state.trips_seen;
-        self.state.trips_seen = trips;
-        for (vendor, open) in circuits {
+        for (vendor, open, trips) in crate::metrics::circuits() {
             let pipeline = format!("vendor:{vendor}");
-            if open > 0 || tripped {
+            let seen = self.trips_seen.insert(vendor.clone(), trips).unwrap_or(0);
+            if trips > seen || open > 0 {
+                self.last_trip.insert(vendor.clone(), now);
+            }
+            // Open while a breaker is open, and for 15 minutes after the
+            // last trip: breakers close between runs, an outage does not.
+            let recent = self
+                .last_trip
+                .get(&vendor)
+                .is_some_and(|t| now - *t < chrono::Duration::minutes(15));
+            if open > 0 || recent {
                 changes.push(Change::Raise(Alert {
                     severity: Severity::Warning,
                     rule: "circuit_open".into(),
@@ -572,7 +647,7 @@ impl Alerter {
                     summary: format!(
                         "{vendor}: circuit breaker opened ({open} open now): most recent calls failed"
                     ),
-                    details: json!({"open": open, "trips": trips}),
+                    details: json!({"open": open, "trips_since_start": trips}),
                     owner: self.owner(None),
                     next_action: format!(
                         "ferry pauses calls to {vendor} and probes before resuming; check the vendor's status page. Nothing is lost: unsent rows go next run."
@@ -613,7 +688,9 @@ impl Alerter {
                 });
             }
         }
-        self.digest(now).await?;
+        if let Err(e) = self.digest(now).await {
+            tracing::warn!("the daily digest was not sent: {e}");
+        }
         Ok(changes)
     }
 
@@ -624,9 +701,19 @@ impl Alerter {
         };
         let local = self.config().tz.from_utc_datetime(&now.naive_utc());
         let today = local.date_naive();
-        if local.time() < at || self.state.last_digest == Some(today) {
+        if local.time() < at {
             return Ok(());
         }
+        // Claim today's digest first, so it goes out once.
+        let (mut shared, version) = load_open(&self.lake).await?;
+        if shared.last_digest == Some(today) {
+            return Ok(());
+        }
+        shared.last_digest = Some(today);
+        if !store_open(&self.lake, &shared, version).await? {
+            return Ok(());
+        }
+        self.state = shared;
         let details = digest_figures(&self.lake, now).await?;
         let alert = Alert {
             severity: Severity::Info,
@@ -652,102 +739,147 @@ impl Alerter {
                 continue;
             }
             let r = self.deliver(&c, &alert, "trigger", &key).await;
-            rows.push(self.row(&alert, "trigger", &key, &c.name, r));
+            rows.push(self.row(&alert, "trigger", &key, &c.name, r.map_err(|e| e.message)));
         }
-        self.state.last_digest = Some(today);
-        self.record(rows).await?;
-        self.save().await
+        self.record(rows).await
     }
 
     /// Apply changes: open and announce new incidents, resolve cleared
-    /// ones, retry deliveries that failed before.
+    /// ones, retry deliveries that failed before. Each incident is claimed
+    /// in `open.json` (a conditional update) before it is delivered, so two
+    /// `ferry serve`s on one lake never announce it twice.
     pub async fn apply(&mut self, changes: Vec<Change>) -> Result<()> {
-        let mut rows = Vec::new();
         let channels = self.config().channels.clone();
-        let mut dirty = false;
-        for change in changes {
-            match change {
-                Change::Raise(alert) => {
-                    let key = alert.key();
-                    if self.state.incidents.contains_key(&key) {
-                        continue;
-                    }
-                    let dedup_key = format!("ferry:{}:{key}", self.project.name);
-                    let mut pending = BTreeSet::new();
-                    for c in channels.iter().filter(|c| c.accepts(&alert)) {
-                        let r = self.deliver(c, &alert, "trigger", &dedup_key).await;
-                        if r.is_err() {
-                            pending.insert(c.name.clone());
+        let accepting = |alert: &Alert| -> BTreeSet<String> {
+            channels
+                .iter()
+                .filter(|c| c.accepts(alert))
+                .map(|c| c.name.clone())
+                .collect()
+        };
+        // 1. Claim: record what changes, and what this process will deliver.
+        let mut work: Vec<Delivery> = Vec::new();
+        let mut unrouted: Vec<(Alert, &'static str, String)> = Vec::new();
+        for _ in 0..8 {
+            let (mut shared, version) = load_open(&self.lake).await?;
+            work.clear();
+            unrouted.clear();
+            let now = Utc::now();
+            let mut changed = false;
+            for change in &changes {
+                match change {
+                    Change::Raise(alert) => {
+                        let key = alert.key();
+                        if shared.incidents.contains_key(&key) {
+                            continue;
                         }
-                        rows.push(self.row(&alert, "trigger", &dedup_key, &c.name, r));
+                        let pending = accepting(alert);
+                        if pending.is_empty() {
+                            unrouted.push((alert.clone(), "trigger", format!("ferry:{}:{key}", self.project.name)));
+                        }
+                        tracing::warn!(severity = alert.severity.as_str(), rule = %alert.rule, pipeline = %alert.pipeline, "alert: {}", alert.summary);
+                        shared.incidents.insert(
+                            key.clone(),
+                            Incident {
+                                alert: alert.clone(),
+                                dedup_key: format!("ferry:{}:{key}", self.project.name),
+                                opened_at: now,
+                                pending,
+                                resolving: false,
+                                claimed_by: self.me.clone(),
+                                claimed_at: now,
+                            },
+                        );
+                        changed = true;
                     }
-                    if channels.iter().all(|c| !c.accepts(&alert)) {
-                        // Still one row: the incident is on record without a channel.
-                        rows.push(self.row(&alert, "trigger", &dedup_key, "", Ok(())));
+                    Change::Clear { rule, pipeline } => {
+                        let key = format!("{rule}:{pipeline}");
+                        let Some(i) = shared.incidents.get_mut(&key) else {
+                            continue;
+                        };
+                        if i.resolving {
+                            continue;
+                        }
+                        tracing::info!(rule = %rule, pipeline = %pipeline, "resolved");
+                        i.resolving = true;
+                        i.pending = accepting(&i.alert);
+                        i.claimed_by = self.me.clone();
+                        i.claimed_at = now;
+                        if i.pending.is_empty() {
+                            unrouted.push((i.alert.clone(), "resolve", i.dedup_key.clone()));
+                        }
+                        changed = true;
                     }
-                    tracing::warn!(severity = alert.severity.as_str(), rule = %alert.rule, pipeline = %alert.pipeline, "alert: {}", alert.summary);
-                    self.state.incidents.insert(
-                        key,
-                        Incident {
-                            alert,
-                            dedup_key,
-                            opened_at: Utc::now(),
-                            pending,
-                        },
-                    );
-                    dirty = true;
-                }
-                Change::Clear { rule, pipeline } => {
-                    let key = format!("{rule}:{pipeline}");
-                    let Some(incident) = self.state.incidents.remove(&key) else {
-                        continue;
-                    };
-                    for c in channels.iter().filter(|c| c.accepts(&incident.alert)) {
-                        let r = self
-                            .deliver(c, &incident.alert, "resolve", &incident.dedup_key)
-                            .await;
-                        rows.push(self.row(&incident.alert, "resolve", &incident.dedup_key, &c.name, r));
-                    }
-                    if channels.iter().all(|c| !c.accepts(&incident.alert)) {
-                        rows.push(self.row(&incident.alert, "resolve", &incident.dedup_key, "", Ok(())));
-                    }
-                    tracing::info!(rule = %rule, pipeline = %pipeline, "resolved");
-                    dirty = true;
                 }
             }
-        }
-        // Retry triggers no channel has acknowledged yet.
-        let retry: Vec<(String, Incident)> = self
-            .state
-            .incidents
-            .iter()
-            .filter(|(_, i)| !i.pending.is_empty())
-            .map(|(k, i)| (k.clone(), i.clone()))
-            .collect();
-        for (key, incident) in retry {
-            let mut still = BTreeSet::new();
-            for name in &incident.pending {
-                let Some(c) = channels.iter().find(|c| &c.name == name) else {
+            // Deliveries left pending by this process, or by one that has
+            // not finished them for 5 minutes (it may be gone).
+            for (key, i) in shared.incidents.iter_mut() {
+                if i.pending.is_empty() {
                     continue;
-                };
-                let r = self
-                    .deliver(c, &incident.alert, "trigger", &incident.dedup_key)
-                    .await;
-                if r.is_err() {
-                    still.insert(name.clone());
                 }
-                rows.push(self.row(&incident.alert, "trigger", &incident.dedup_key, name, r));
+                let stale = now - i.claimed_at > chrono::Duration::minutes(5);
+                if i.claimed_by != self.me && !stale {
+                    continue;
+                }
+                if i.claimed_by != self.me {
+                    i.claimed_by = self.me.clone();
+                    i.claimed_at = now;
+                    changed = true;
+                }
+                let action = if i.resolving { "resolve" } else { "trigger" };
+                for c in &i.pending {
+                    work.push((key.clone(), c.clone(), action));
+                }
             }
-            if let Some(i) = self.state.incidents.get_mut(&key) {
-                i.pending = still;
+            shared.incidents.retain(|_, i| !(i.resolving && i.pending.is_empty()));
+            if !changed || store_open(&self.lake, &shared, version).await? {
+                self.state = shared;
+                break;
             }
-            dirty = true;
         }
-        self.record(rows).await?;
-        if dirty {
-            self.save().await?;
+        // 2. Deliver.
+        let mut rows = Vec::new();
+        let mut done: Vec<(String, String)> = Vec::new();
+        for (key, channel, action) in &work {
+            let Some(i) = self.state.incidents.get(key).cloned() else {
+                continue;
+            };
+            let Some(c) = channels.iter().find(|c| &c.name == channel) else {
+                // The channel is gone from ferry.toml: nothing to deliver.
+                done.push((key.clone(), channel.clone()));
+                continue;
+            };
+            let r = self.deliver(c, &i.alert, action, &i.dedup_key).await;
+            match &r {
+                Ok(()) => done.push((key.clone(), channel.clone())),
+                // A refusal (not 429 or 5xx) will not change by retrying.
+                Err(e) if e.permanent => done.push((key.clone(), channel.clone())),
+                Err(_) => {}
+            }
+            rows.push(self.row(&i.alert, action, &i.dedup_key, channel, r.map_err(|e| e.message)));
         }
-        Ok(())
+        for (alert, action, key) in unrouted {
+            // No channel takes it: still on record.
+            rows.push(self.row(&alert, action, &key, "", Ok(())));
+        }
+        // 3. Settle what was delivered.
+        if !done.is_empty() {
+            for _ in 0..8 {
+                let (mut shared, version) = load_open(&self.lake).await?;
+                for (key, channel) in &done {
+                    if let Some(i) = shared.incidents.get_mut(key) {
+                        i.pending.remove(channel);
+                    }
+                }
+                shared.incidents.retain(|_, i| !(i.resolving && i.pending.is_empty()));
+                if store_open(&self.lake, &shared, version).await? {
+                    self.state = shared;
+                    break;
+                }
+            }
+        }
+        self.record(rows).await
     }
 
     fn row(
@@ -784,16 +916,6 @@ impl Alerter {
         tables::append(&self.lake, tables::ALERTS, tables::alerts_schema(), &name, &rows).await
     }
 
-    async fn save(&self) -> Result<()> {
-        let bytes =
-            serde_json::to_vec_pretty(&self.state).map_err(|e| Error::Internal(e.to_string()))?;
-        self.lake
-            .store()
-            .put(&open_path(), PutPayload::from(bytes))
-            .await?;
-        Ok(())
-    }
-
     /// Send one alert to one channel: up to 3 attempts (429 and 5xx and
     /// dropped connections are retried; other refusals are not).
     async fn deliver(
@@ -802,10 +924,16 @@ impl Alerter {
         alert: &Alert,
         action: &str,
         dedup_key: &str,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<(), DeliveryError> {
+        let secret = |s: &std::result::Result<Secret, String>| {
+            s.clone().map_err(|message| DeliveryError {
+                message,
+                permanent: false,
+            })
+        };
         let (url, body) = match &channel.kind {
             ChannelKind::Slack { url } => (
-                url.clone()?.expose().to_string(),
+                secret(url)?.expose().to_string(),
                 slack_payload(&self.project.name, alert, action),
             ),
             ChannelKind::PagerDuty { url, routing_key } => (
@@ -815,11 +943,11 @@ impl Alerter {
                     alert,
                     action,
                     dedup_key,
-                    routing_key.clone()?.expose(),
+                    secret(routing_key)?.expose(),
                 ),
             ),
             ChannelKind::Webhook { url } => (
-                url.clone()?.expose().to_string(),
+                secret(url)?.expose().to_string(),
                 json!({
                     "project": self.project.name,
                     "action": action,
@@ -856,14 +984,28 @@ impl Alerter {
                     }
                     // A refusal (bad payload, revoked webhook): retrying the
                     // same thing will not help; the channel's owner must act.
-                    return Err(last);
+                    return Err(DeliveryError {
+                        message: last,
+                        permanent: true,
+                    });
                 }
                 // Without the URL: a Slack webhook URL is a secret.
                 Err(e) => last = format!("{}: {}", channel.name, e.without_url()),
             }
         }
-        Err(last)
+        Err(DeliveryError {
+            message: last,
+            permanent: false,
+        })
     }
+}
+
+/// A delivery that did not go through.
+#[derive(Debug)]
+struct DeliveryError {
+    message: String,
+    /// The channel refused it (a 4xx other than 429): retrying cannot help.
+    permanent: bool,
 }
 
 fn cut(s: &str, max: usize) -> String {
@@ -1011,6 +1153,7 @@ pub async fn open_incidents(lake: &Lake) -> Result<Vec<Value>> {
     Ok(state
         .incidents
         .values()
+        .filter(|i| !i.resolving)
         .map(|i| {
             json!({
                 "severity": i.alert.severity.as_str(),

@@ -27,6 +27,134 @@ const TEMPLATE: &str = include_str!("health.html");
 /// How many runs the page lists.
 pub const RUNS_SHOWN: usize = 50;
 
+/// How much history the page reads: files of ferry's tables whose names
+/// carry an older time are not opened, so the page costs the same after a
+/// year of runs as after a week.
+pub const WINDOW_DAYS: i64 = 7;
+
+/// The time in a ferry file name (`20261201T115725Z-...`, or with
+/// fractional seconds), if it has one.
+pub fn stamp(name: &str) -> Option<DateTime<Utc>> {
+    let b = name.as_bytes();
+    for i in 8..b.len() {
+        if b[i] != b'T' || i + 7 > b.len() {
+            continue;
+        }
+        let date = &b[i - 8..i];
+        let time = &b[i + 1..i + 7];
+        let after = b.get(i + 7).copied();
+        if date.iter().all(u8::is_ascii_digit)
+            && time.iter().all(u8::is_ascii_digit)
+            && matches!(after, Some(b'Z') | Some(b'.'))
+        {
+            let text = std::str::from_utf8(&b[i - 8..i + 7]).ok()?;
+            return chrono::NaiveDateTime::parse_from_str(text, "%Y%m%dT%H%M%S")
+                .ok()
+                .map(|t| t.and_utc());
+        }
+    }
+    None
+}
+
+/// Read the files of one of ferry's tables written since `since` (and
+/// those without a time in their name) into memory, as `name`.
+async fn recent(
+    ctx: &SessionContext,
+    lake: &Lake,
+    name: &str,
+    prefix: &object_store::path::Path,
+    schema: arrow::datatypes::SchemaRef,
+    since: DateTime<Utc>,
+) -> Result<()> {
+    use futures::{StreamExt, TryStreamExt};
+    use object_store::ObjectStoreExt;
+    let store = lake.store().clone();
+    let listed: Vec<object_store::ObjectMeta> = match store.list(Some(prefix)).try_collect().await
+    {
+        Ok(l) => l,
+        Err(object_store::Error::NotFound { .. }) => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let wanted: Vec<object_store::path::Path> = listed
+        .into_iter()
+        .filter(|o| o.location.as_ref().ends_with(".parquet"))
+        .filter(|o| {
+            o.location
+                .filename()
+                .and_then(stamp)
+                .is_none_or(|t| t >= since)
+        })
+        .map(|o| o.location)
+        .collect();
+    let read = futures::stream::iter(wanted.into_iter().map(|path| {
+        let store = store.clone();
+        let schema = schema.clone();
+        async move {
+            let bytes = store.get(&path).await?.bytes().await?;
+            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?
+                .build()?;
+            let mut out = Vec::new();
+            for b in reader {
+                out.push(align(&b?, &schema)?);
+            }
+            Ok::<_, Error>(out)
+        }
+    }))
+    .buffer_unordered(32)
+    .try_collect::<Vec<_>>()
+    .await?;
+    let batches: Vec<arrow::record_batch::RecordBatch> = read.into_iter().flatten().collect();
+    let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])?;
+    let _ = ctx.deregister_table(name)?;
+    ctx.register_table(name, std::sync::Arc::new(table))?;
+    Ok(())
+}
+
+/// `batch` in `schema`'s columns, by name: columns a file predates are null.
+fn align(
+    batch: &arrow::record_batch::RecordBatch,
+    schema: &arrow::datatypes::SchemaRef,
+) -> Result<arrow::record_batch::RecordBatch> {
+    let cols = schema
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+            Some(c) => Ok(arrow::compute::cast(c, f.data_type())?),
+            None => Ok(arrow::array::new_null_array(f.data_type(), batch.num_rows())),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let nullable = std::sync::Arc::new(arrow::datatypes::Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    ));
+    let _ = nullable;
+    Ok(arrow::record_batch::RecordBatch::try_new(schema.clone(), cols)?)
+}
+
+/// A session whose ferry tables hold the last [`WINDOW_DAYS`] of history.
+async fn window_session(lake: &Lake, now: DateTime<Utc>) -> Result<SessionContext> {
+    use crate::lake::layout::meta_prefix;
+    use crate::lake::tables;
+    let ctx = crate::engine::session(lake).await?;
+    let since = now - chrono::Duration::days(WINDOW_DAYS);
+    let tables: [(&str, object_store::path::Path, arrow::datatypes::SchemaRef); 6] = [
+        ("ferry.extract_runs", meta_prefix("extract_runs"), crate::extract::extract_runs_schema()),
+        ("ferry.sync_runs", crate::sync::state::runs_root(), crate::sync::state::runs_schema()),
+        ("ferry.sync_log", crate::sync::state::log_root(), crate::sync::state::log_schema()),
+        ("ferry.run_stages", tables::prefix(tables::RUN_STAGES), tables::run_stages_schema()),
+        ("ferry.model_runs", meta_prefix("model_runs"), crate::models::run::model_runs_schema()),
+        ("ferry.alerts", tables::prefix(tables::ALERTS), tables::alerts_schema()),
+    ];
+    for (name, prefix, schema) in tables {
+        recent(&ctx, lake, name, &prefix, schema, since).await?;
+    }
+    Ok(ctx)
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Integration {
     /// `stream` or `sync`.
@@ -50,6 +178,8 @@ pub struct Integration {
 #[derive(Debug, Clone, Serialize)]
 pub struct Page {
     pub project: String,
+    /// Days of history read.
+    pub window_days: i64,
     pub generated_at: String,
     pub integrations: Vec<Integration>,
     pub today: BTreeMap<&'static str, i64>,
@@ -132,7 +262,7 @@ fn status_of(
 
 /// Gather the page's data from the lake.
 pub async fn gather(project: &Project, lake: &Lake, now: DateTime<Utc>) -> Result<Page> {
-    let ctx = crate::engine::session(lake).await?;
+    let ctx = window_session(lake, now).await?;
     let today = now.format("%Y-%m-%dT00:00:00Z").to_string();
     let q = |sql: &str| sql.replace(":today", &today);
     let threshold = project.alerts.error_rate;
@@ -208,8 +338,11 @@ pub async fn gather(project: &Project, lake: &Lake, now: DateTime<Utc>) -> Resul
             0.0
         };
         let st = s(&last, "status").unwrap_or_default();
+        // Stopped on refused credentials: nothing gets through.
+        let refused = s(&last, "error")
+            .is_some_and(|e| e.contains(crate::http::REFUSED_CREDENTIALS));
         let (status, why) = status_of(
-            st != "failed",
+            st != "failed" && !refused,
             st == "partial" || st == "stopped",
             rate,
             threshold,
@@ -333,6 +466,7 @@ pub async fn gather(project: &Project, lake: &Lake, now: DateTime<Utc>) -> Resul
     let dead_letter_total = dead.len();
     Ok(Page {
         project: project.name.clone(),
+        window_days: WINDOW_DAYS,
         generated_at: now.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
         integrations,
         today: figures,

@@ -138,19 +138,23 @@ pub fn parse_interval(s: &str) -> std::result::Result<Duration, String> {
     let n: u64 = n
         .parse()
         .map_err(|_| format!("every = {s:?}: write a number and a unit, e.g. \"15m\""))?;
-    let secs = match unit.trim() {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3_600,
-        "d" => n * 86_400,
+    let per = match unit.trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
         u => {
             return Err(format!(
                 "every = {s:?}: unknown unit {u:?}; use s, m, h or d"
             ));
         }
     };
+    let secs = n.saturating_mul(per);
     if secs == 0 {
         return Err(format!("every = {s:?} must be at least 1s"));
+    }
+    if secs > 366 * 86_400 {
+        return Err(format!("every = {s:?} is over a year; use cron for rare jobs"));
     }
     Ok(Duration::from_secs(secs))
 }
@@ -307,9 +311,18 @@ impl Schedule {
         {
             return Err("full_refresh, skip_extract and skip_sync apply to run = \"build\"".into());
         }
+        let jitter = s.jitter_seconds.unwrap_or(30);
+        if jitter > 3_600 {
+            return Err(format!("jitter_seconds = {jitter} is over an hour"));
+        }
+        if s.stalled_minutes.is_some_and(|m| m > 60 * 24 * 366)
+            || s.sla_minutes.is_some_and(|m| m > 60 * 24 * 366)
+        {
+            return Err("sla_minutes and stalled_minutes must be under a year".into());
+        }
         Ok(Schedule {
             name: name.to_string(),
-            jitter: jitter_of(name, s.jitter_seconds.unwrap_or(30)),
+            jitter: jitter_of(name, jitter),
             when,
             job,
             sla_minutes: s.sla_minutes,
@@ -318,9 +331,11 @@ impl Schedule {
         })
     }
 
-    /// Whether this schedule moves data (so "nothing moved" means something).
-    pub fn moves_data(&self) -> bool {
-        !matches!(self.job, Job::Test { .. })
+    /// Whether "nothing moved" means something for this schedule: it moves
+    /// data (not tests; not reconciliation, which moves rows only when
+    /// webhooks failed), and `stalled_minutes` is not 0.
+    pub fn watches_throughput(&self) -> bool {
+        self.stalled_minutes > 0 && !matches!(self.job, Job::Test { .. } | Job::Reconcile { .. })
     }
 
     /// The next fire time (jitter included) after the one `state` covers.
@@ -388,6 +403,9 @@ pub struct State {
     pub last_success_at: Option<DateTime<Utc>>,
     /// When a run last moved a row.
     pub last_moved_at: Option<DateTime<Utc>>,
+    /// Runs since then that moved nothing.
+    #[serde(default)]
+    pub runs_without_rows: u64,
     /// For `after` schedules: the upstream success this schedule last ran on.
     pub after_run: Option<String>,
 }
@@ -405,6 +423,7 @@ impl State {
             last_success_run_id: None,
             last_success_at: None,
             last_moved_at: None,
+            runs_without_rows: 0,
             after_run: None,
         }
     }
@@ -567,9 +586,27 @@ pub struct Scheduler {
     /// This process's name in leases and `ferry.schedule_runs`.
     holder: String,
     running: Arc<Mutex<BTreeSet<String>>>,
+    /// Schedules whose last record could not be written: not started
+    /// again before this time (no tight loop on a failing lake).
+    backoff: Arc<Mutex<BTreeMap<String, std::time::Instant>>>,
     tasks: Mutex<tokio::task::JoinSet<()>>,
     stop_tx: tokio::sync::watch::Sender<bool>,
     finished: tokio::sync::broadcast::Sender<Finished>,
+}
+
+/// Takes a schedule out of the running set however its task ends (a
+/// panicking job included), so it is not parked for good.
+struct Running {
+    name: String,
+    set: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(mut r) = self.set.lock() {
+            r.remove(&self.name);
+        }
+    }
 }
 
 impl Scheduler {
@@ -593,6 +630,7 @@ impl Scheduler {
                 &uuid::Uuid::now_v7().simple().to_string()[24..]
             ),
             running: Arc::new(Mutex::new(BTreeSet::new())),
+            backoff: Arc::new(Mutex::new(BTreeMap::new())),
             tasks: Mutex::new(tokio::task::JoinSet::new()),
             stop_tx,
             finished,
@@ -625,6 +663,14 @@ impl Scheduler {
             if self.running().contains(&schedule.name) {
                 continue;
             }
+            let backing_off = self
+                .backoff
+                .lock()
+                .map(|b| b.get(&schedule.name).is_some_and(|t| *t > std::time::Instant::now()))
+                .unwrap_or(false);
+            if backing_off {
+                continue;
+            }
             match self.try_start(schedule, now).await {
                 Ok(true) => started.push(schedule.name.clone()),
                 Ok(false) => {}
@@ -651,7 +697,7 @@ impl Scheduler {
         .await
         {
             Ok(l) => l,
-            Err(Error::Input(why)) => {
+            Err(Error::Input(why)) if why.contains("is already running") => {
                 tracing::debug!(schedule = %schedule.name, "held elsewhere: {why}");
                 return Ok(false);
             }
@@ -676,14 +722,40 @@ impl Scheduler {
             schedule.job.describe(),
             fire.at.format("%Y-%m-%d %H:%M:%S UTC")
         );
+        // The job stops at a safe point when ferry shuts down, or when this
+        // process no longer holds the schedule's lease.
+        let (job_tx, job_rx) = tokio::sync::watch::channel(false);
+        let mut global = self.stop_tx.subscribe();
+        let watch = lease.watch();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = global.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = job_tx.closed() => return,
+                }
+                let lost = !watch.held();
+                if *global.borrow() || lost {
+                    if lost {
+                        tracing::error!("lost the schedule's lease: stopping the job at its next safe point");
+                    }
+                    let _ = job_tx.send(true);
+                    return;
+                }
+            }
+        });
         let ctx = RunCtx {
             schedule: schedule.clone(),
             lake: self.lake.clone(),
             runner: self.runner.clone(),
             clock: self.clock.clone(),
             holder: self.holder.clone(),
-            running: self.running.clone(),
-            stop: Stop::new(self.stop_tx.subscribe()),
+            running: Running {
+                name: schedule.name.clone(),
+                set: self.running.clone(),
+            },
+            backoff: self.backoff.clone(),
+            stop: Stop::new(job_rx),
             finished: self.finished.clone(),
         };
         if let Ok(mut tasks) = self.tasks.lock() {
@@ -744,7 +816,8 @@ struct RunCtx {
     runner: Arc<dyn Runner>,
     clock: Arc<dyn Clock>,
     holder: String,
-    running: Arc<Mutex<BTreeSet<String>>>,
+    running: Running,
+    backoff: Arc<Mutex<BTreeMap<String, std::time::Instant>>>,
     stop: Stop,
     finished: tokio::sync::broadcast::Sender<Finished>,
 }
@@ -776,7 +849,10 @@ impl RunCtx {
             .commit(&lease, &mut state, &fire, &outcome, status, started, finished, seconds)
             .await
         {
-            tracing::error!(schedule = %name, "the run's record was not written: {e}; the fire runs again");
+            tracing::error!(schedule = %name, "the run's record was not written: {e}; the fire runs again in a minute");
+            if let Ok(mut b) = self.backoff.lock() {
+                b.insert(name.clone(), std::time::Instant::now() + Duration::from_secs(60));
+            }
         }
         if let Err(e) = lease.release().await {
             tracing::warn!(schedule = %name, "lease not released: {e}");
@@ -794,9 +870,7 @@ impl RunCtx {
                 .map(|e| format!(": {}", e.lines().next().unwrap_or("")))
                 .unwrap_or_default()
         );
-        if let Ok(mut r) = self.running.lock() {
-            r.remove(&name);
-        }
+        drop(self.running);
         let _ = self.finished.send(Finished {
             schedule: name,
             outcome,
@@ -835,6 +909,9 @@ impl RunCtx {
             started_at: tables::ts(started),
             finished_at: tables::ts(finished),
         };
+        // Only the lease holder records the run: a run whose lease was taken
+        // over (it ran past its renewal) must not cover the fire.
+        lease.check()?;
         tables::append(
             &self.lake,
             &format!("{}/{name}", tables::SCHEDULE_RUNS),
@@ -843,7 +920,6 @@ impl RunCtx {
             &[row],
         )
         .await?;
-        lease.check()?;
         // A stopped run covers nothing: its fire runs again.
         if !outcome.stopped {
             state.due_at = Some(fire.at);
@@ -862,7 +938,11 @@ impl RunCtx {
         }
         if outcome.rows_moved > 0 {
             state.last_moved_at = Some(finished);
+            state.runs_without_rows = 0;
+        } else if outcome.ok {
+            state.runs_without_rows += 1;
         }
+        lease.check()?;
         save_state(&self.lake, name, state).await
     }
 }

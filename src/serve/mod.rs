@@ -133,6 +133,7 @@ pub struct Server {
     landers: Vec<JoinHandle<()>>,
     scheduler: Option<Arc<Scheduler>>,
     background: Vec<JoinHandle<()>>,
+    alerts_stop: Option<tokio::sync::watch::Sender<bool>>,
     grace: Duration,
 }
 
@@ -153,6 +154,9 @@ impl Server {
         let _ = self.stop.send(true);
         if let Some(s) = &self.scheduler {
             s.shutdown(self.grace).await;
+        }
+        if let Some(a) = &self.alerts_stop {
+            let _ = a.send(true);
         }
         for b in self.background {
             let _ = tokio::time::timeout(Duration::from_secs(15), b).await;
@@ -252,6 +256,7 @@ pub async fn start_with(
     let receivers: Receivers = Arc::new(receivers);
     let project_arc = Arc::new(project.clone());
     let mut background = Vec::new();
+    let mut alerts_stop_tx: Option<tokio::sync::watch::Sender<bool>> = None;
     let scheduler = if opts.schedules && !project.schedules.is_empty() {
         let scheduler = Arc::new(Scheduler::new(
             project.schedules.clone(),
@@ -264,10 +269,18 @@ pub async fn start_with(
         ));
         let mut alerter = Alerter::open(project_arc.clone(), lake.clone()).await?;
         let mut finished = scheduler.subscribe();
-        let mut stop_alerts = watch.clone();
+        // The alerter outlives the scheduler at shutdown, so runs that end
+        // in the grace period are alerted on too.
+        let (alerts_stop, mut stop_alerts) = tokio::sync::watch::channel(false);
+        alerts_stop_tx = Some(alerts_stop);
         let every = opts.alert_every;
+        let lake_for_alerts = lake.clone();
         background.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
+            // The clock-driven rules run in one process per lake: the
+            // holder of the alerts lease (runs are alerted on by the
+            // process that ran them).
+            let mut clock_lease: Option<crate::lake::lease::Lease> = None;
             loop {
                 let changes = tokio::select! {
                     f = finished.recv() => match f {
@@ -278,11 +291,35 @@ pub async fn start_with(
                         }
                         Err(_) => break,
                     },
-                    _ = tick.tick() => match alerter.on_tick(chrono::Utc::now()).await {
-                        Ok(c) => c,
-                        Err(e) => {
-                            tracing::warn!("alert rules not evaluated: {e}");
-                            continue;
+                    _ = tick.tick() => {
+                        if clock_lease.as_ref().is_some_and(|l| !l.watch().held()) {
+                            clock_lease = None;
+                        }
+                        if clock_lease.is_none() {
+                            clock_lease = crate::lake::lease::Lease::acquire(
+                                &lake_for_alerts,
+                                object_store::path::Path::from_iter([crate::lake::layout::META, "alerts", "lease"]),
+                                "alerts",
+                                "the alert rules",
+                                Duration::from_secs(60),
+                                false,
+                                1,
+                            )
+                            .await
+                            .ok();
+                        }
+                        if clock_lease.is_none() {
+                            // Another ferry serve evaluates the clock; still
+                            // retry this process's pending deliveries.
+                            Vec::new()
+                        } else {
+                            match alerter.on_tick(chrono::Utc::now()).await {
+                                Ok(c) => c,
+                                Err(e) => {
+                                    tracing::warn!("alert rules not evaluated: {e}");
+                                    continue;
+                                }
+                            }
                         }
                     },
                     _ = stop_alerts.changed() => break,
@@ -290,6 +327,16 @@ pub async fn start_with(
                 if let Err(e) = alerter.apply(changes).await {
                     tracing::warn!("alerts not recorded: {e}");
                 }
+            }
+            // Runs that finished while stopping.
+            while let Ok(f) = finished.try_recv() {
+                let changes = alerter.on_run(&f.schedule, &f.outcome).await;
+                if let Err(e) = alerter.apply(changes).await {
+                    tracing::warn!("alerts not recorded: {e}");
+                }
+            }
+            if let Some(l) = clock_lease {
+                let _ = l.release().await;
             }
         }));
         background.push(tokio::spawn(scheduler.clone().run(opts.poll, watch.clone())));
@@ -330,6 +377,7 @@ pub async fn start_with(
         landers,
         scheduler,
         background,
+        alerts_stop: alerts_stop_tx,
         grace: opts.grace,
     })
 }

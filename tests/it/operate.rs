@@ -940,3 +940,80 @@ async fn shutdown_mid_sync_stops_between_batches_and_the_next_run_finishes() {
     let state = schedule::load_state(&lake, "scores_sync").await.unwrap().unwrap();
     assert_eq!(state.last_status.as_deref(), Some("success"));
 }
+
+fn alert(rule: &str, pipeline: &str) -> ferry::operate::alerts::Alert {
+    ferry::operate::alerts::Alert {
+        severity: ferry::operate::alerts::Severity::Critical,
+        rule: rule.into(),
+        pipeline: pipeline.into(),
+        schedule: Some(pipeline.into()),
+        summary: format!("{pipeline}: {rule}"),
+        details: serde_json::json!({}),
+        owner: None,
+        next_action: "look".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_serves_announce_an_incident_once_and_a_failed_resolve_is_retried() {
+    use ferry::operate::alerts::Change;
+    let pd = pagerduty::start(PagerDutyConfig::default(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let project = Arc::new(schedules_project(
+        tmp.path(),
+        &format!(
+            "[schedules.nightly]\nevery = \"1d\"\nrun = \"build\"\n\n\
+             [alerts.channels.pager]\ntype = \"pagerduty\"\nurl = \"{}\"\nrouting_key = \"{}\"\n",
+            pd.url(),
+            pagerduty::DEFAULT_ROUTING_KEY
+        ),
+    ));
+    let lake = Lake::open(&project.lake, &project.dir).unwrap();
+    // Two ferry serves on one lake both see the failed run.
+    let mut a = Alerter::open(project.clone(), lake.clone()).await.unwrap();
+    let mut b = Alerter::open(project.clone(), lake.clone()).await.unwrap();
+    let raise = || vec![Change::Raise(alert("run_failed", "nightly"))];
+    let (x, y) = tokio::join!(a.apply(raise()), b.apply(raise()));
+    x.unwrap();
+    y.unwrap();
+    assert_eq!(pd.events().len(), 1, "one incident, one page: {:?}", pd.events());
+    // The other process sees the next run succeed; PagerDuty fails the resolve.
+    pd.set_fail_next(3);
+    let clear = || vec![Change::Clear { rule: "run_failed".into(), pipeline: "nightly".into() }];
+    b.apply(clear()).await.unwrap();
+    assert_eq!(pd.open_incidents().len(), 1, "the resolve did not get through");
+    assert_eq!(ferry::operate::alerts::open_incidents(&lake).await.unwrap().len(), 0, "resolving, not open");
+    // Retried at the next evaluation, once.
+    b.apply(vec![]).await.unwrap();
+    a.apply(vec![]).await.unwrap();
+    assert!(pd.open_incidents().is_empty(), "{:?}", pd.events());
+    let resolves = pd.events().iter().filter(|e| e["event_action"] == "resolve").count();
+    assert_eq!(resolves, 1);
+    let failed = query(tmp.path(), "select count(*) from ferry.alerts where action = 'resolve' and not delivered").await;
+    assert_eq!(failed, [["1"]], "the failed attempt is on record");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daily_job_with_nothing_new_is_not_a_stall() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pd = pagerduty::start(PagerDutyConfig::default(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let project = Arc::new(schedules_project(
+        tmp.path(),
+        &format!(
+            "[schedules.daily]\nevery = \"1d\"\nrun = \"sync\"\njitter_seconds = 0\n\n\
+             [alerts.channels.pager]\ntype = \"pagerduty\"\nurl = \"{}\"\nrouting_key = \"{}\"\n",
+            pd.url(),
+            pagerduty::DEFAULT_ROUTING_KEY
+        ),
+    ));
+    let lake = Lake::open(&project.lake, &project.dir).unwrap();
+    let clock = Arc::new(ManualClock::new(at("2026-05-01T00:00:00Z")));
+    let runner = Arc::new(Recorder::default());
+    let s = Scheduler::new(project.schedules.clone(), lake.clone(), runner, clock.clone());
+    let mut alerter = Alerter::open(project.clone(), lake.clone()).await.unwrap();
+    tick_and_wait(&s).await; // nothing to send today
+    clock.set(at("2026-05-01T03:00:00Z"));
+    let changes = alerter.on_tick(clock.now_utc()).await.unwrap();
+    alerter.apply(changes).await.unwrap();
+    assert!(pd.events().is_empty(), "{:?}", pd.events());
+}

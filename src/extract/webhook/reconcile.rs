@@ -118,11 +118,14 @@ pub async fn run(project: &Project, lake: &Lake, source: &str, now: DateTime<Utc
 
     let ctx = crate::engine::session(lake).await?;
     let api = format!("{}.{}", ident(&r.source), ident(&r.stream));
+    // Every object with a version changed in the window (its latest such
+    // version): one that changes again after the window is still checked.
     let changed_sql = format!(
         "select cast({key} as varchar) as k, max(to_timestamp(cast({upd} as varchar))) as updated_at \
-         from {api} group by 1 \
-         having max(to_timestamp(cast({upd} as varchar))) >= to_timestamp({from}) \
-            and max(to_timestamp(cast({upd} as varchar))) < to_timestamp({to})",
+         from {api} \
+         where to_timestamp(cast({upd} as varchar)) >= to_timestamp({from}) \
+           and to_timestamp(cast({upd} as varchar)) < to_timestamp({to}) \
+         group by 1",
         key = ident(&r.key),
         upd = ident(&r.updated_at),
         from = lit(&from.to_rfc3339()),
@@ -173,9 +176,13 @@ pub async fn run(project: &Project, lake: &Lake, source: &str, now: DateTime<Utc
         let mut records: BTreeMap<String, String> = BTreeMap::new();
         for chunk in missed.chunks(500) {
             let keys = chunk.iter().map(|(k, _)| lit(k)).collect::<Vec<_>>().join(", ");
+            // The newest stored version of each.
             let sql = format!(
-                "select * from {api} where cast({key} as varchar) in ({keys})",
-                key = ident(&r.key)
+                "select * exclude (rn) from (select *, row_number() over (partition by cast({key} as varchar) \
+                 order by to_timestamp(cast({upd} as varchar)) desc) as rn from {api} \
+                 where cast({key} as varchar) in ({keys})) where rn = 1",
+                key = ident(&r.key),
+                upd = ident(&r.updated_at),
             );
             for row in batch_rows_json(&ctx.sql(&sql).await?.collect().await?)? {
                 let Some(k) = row.get(&r.key).map(|v| match v {
