@@ -387,8 +387,23 @@ pub async fn extract(
     project: &Project,
     lake: &Lake,
     selection: &[String],
-    mut report: impl FnMut(&StreamSummary),
+    report: impl FnMut(&StreamSummary),
 ) -> Result<Vec<StreamSummary>> {
+    extract_until(project, lake, selection, report, || false)
+        .await
+        .map(|(done, _)| done)
+}
+
+/// [`extract`], checking `stop` before each stream: when it says so, the
+/// streams done are returned with `true` and the rest are left for the next
+/// run (each stream's cursor is committed after its data, so nothing is lost).
+pub async fn extract_until(
+    project: &Project,
+    lake: &Lake,
+    selection: &[String],
+    mut report: impl FnMut(&StreamSummary),
+    stop: impl Fn() -> bool,
+) -> Result<(Vec<StreamSummary>, bool)> {
     if project.extract.is_empty() {
         return Err(Error::Input(
             "no extraction sources in ferry.toml: give a [sources.<name>] a type (rest), a url and streams"
@@ -440,6 +455,7 @@ pub async fn extract(
     let run_id = RunId::new();
     let lander = Lander::new(lake.clone(), run_id);
     let mut out = Vec::new();
+    let mut stopped = false;
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     for (spec, streams) in chosen {
         // A HubSpot account's budget is shared with every other ferry
@@ -467,6 +483,11 @@ pub async fn extract(
             }
         };
         for name in streams {
+            if stop() {
+                tracing::info!(source = spec.name(), stream = %name, "stopping before this stream");
+                stopped = true;
+                break;
+            }
             let stream = StreamRef::new(spec.name(), &name)?;
             let started = Instant::now();
             let started_at = Utc::now();
@@ -551,8 +572,11 @@ pub async fn extract(
             window.leave().await;
             search.leave().await;
         }
+        if stopped {
+            break;
+        }
     }
-    Ok(out)
+    Ok((out, stopped))
 }
 
 /// The value at a dotted path (`""` is the value itself).

@@ -160,7 +160,7 @@ pub async fn build(
         };
         stages.push(Stage::skipped("extract", why));
     } else {
-        stages.push(super::extract_stage(project, &lake, &[]).await);
+        stages.push(super::extract_stage(project, &lake, &[], &opts.stop).await);
     }
     let stopped = |stages: &mut Vec<Stage>, next: &[&'static str]| {
         if opts.stop.requested() {

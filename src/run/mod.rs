@@ -200,8 +200,9 @@ pub async fn run_job(
             return Ok(Outcome::from_stages(r.run_id, r.stages, r.stopped));
         }
         Job::Extract { streams } => {
-            let stage = extract_stage(project, lake, streams).await;
-            Outcome::from_stages(RunId::new().to_string(), vec![stage], false)
+            let stage = extract_stage(project, lake, streams, stop).await;
+            let stopped = stage.status == "stopped";
+            Outcome::from_stages(RunId::new().to_string(), vec![stage], stopped)
         }
         Job::Sync { names } => {
             let names = if names.is_empty() {
@@ -277,13 +278,19 @@ fn refused_credentials(e: &Error) -> bool {
     e.to_string().contains(crate::http::REFUSED_CREDENTIALS)
 }
 
-/// The extract stage: every chosen stream, figures summed.
-pub(crate) async fn extract_stage(project: &Project, lake: &Lake, streams: &[String]) -> Stage {
+/// The extract stage: every chosen stream, figures summed; a stop is
+/// honoured between streams.
+pub(crate) async fn extract_stage(
+    project: &Project,
+    lake: &Lake,
+    streams: &[String],
+    stop: &Stop,
+) -> Stage {
     let t = Instant::now();
     println!("== extract");
     let mut figures = Vec::new();
     let (result, calls, limited) =
-        crate::metrics::counting(crate::extract::extract(project, lake, streams, |s| {
+        crate::metrics::counting(crate::extract::extract_until(project, lake, streams, |s| {
             println!(
                 "{:<32} {:>6} pages {:>10} rows {:>8.1}s",
                 s.stream, s.pages, s.rows, s.seconds
@@ -295,10 +302,12 @@ pub(crate) async fn extract_stage(project: &Project, lake: &Lake, streams: &[Str
                 rejected: s.quarantined,
                 run_id: None,
             });
-        }))
+        }, || stop.requested()))
         .await;
+    let mut stopped_early = false;
     let mut stage = match result {
-        Ok(s) => {
+        Ok((s, stopped)) => {
+            stopped_early = stopped;
             let rows: u64 = s.iter().map(|x| x.rows).sum();
             let mut st = Stage::new(
                 "extract",
@@ -315,6 +324,10 @@ pub(crate) async fn extract_stage(project: &Project, lake: &Lake, streams: &[Str
             Stage::failed("extract", t, &e)
         }
     };
+    if stage.status == "ok" && stopped_early {
+        stage.status = "stopped";
+        stage.detail.push_str("; stopped before the remaining streams");
+    }
     stage.moves = true;
     stage.pipelines = figures;
     stage.api_calls = calls;

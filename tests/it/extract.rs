@@ -1040,6 +1040,7 @@ fn readme_source_examples_parse() {
             "INTENT_KEY",
             "BILLING_SECRET",
             "STRIPE_WEBHOOK_SECRET",
+            "HUBSPOT_APP_SECRET",
         ]
         .into_iter()
         .map(|k| (k.to_string(), format!("value-of-{k}")))
@@ -1096,5 +1097,5 @@ fn readme_source_examples_parse() {
     // Children come after their parents.
     let pos = |s: &str| streams.iter().position(|x| x == s).unwrap();
     assert!(pos("outreach.sequences") < pos("outreach.sequence_steps"));
-    assert_eq!(webhooks, vec!["billing".to_string()]);
+    assert_eq!(webhooks, vec!["billing".to_string(), "hubspot_events".to_string()]);
 }

@@ -462,8 +462,8 @@ async fn nothing_moving_for_the_window_raises_a_critical() {
         tmp.path(),
         &format!(
             "[schedules.feed]\nevery = \"5m\"\nrun = \"build\"\njitter_seconds = 0\nstalled_minutes = 15\n\n\
-             [alerts.channels.pager]\ntype = \"pagerduty\"\nurl = \"{}\"\nrouting_key = \"{}\"\n\n\
-             [alerts.channels.ops]\ntype = \"slack\"\nurl = \"{}\"\nseverities = [\"warning\"]\n",
+             [alerts.channels.pager]\ntype = \"pagerduty\"\nurl = \"{}\"\nrouting_key = \"{}\"\npipelines = [\"feed\"]\n\n\
+             [alerts.channels.ops]\ntype = \"slack\"\nurl = \"{}\"\nseverities = [\"warning\"]\npipelines = [\"feed\"]\n",
             pd.url(),
             pagerduty::DEFAULT_ROUTING_KEY,
             sl.url()
@@ -1001,7 +1001,7 @@ async fn a_daily_job_with_nothing_new_is_not_a_stall() {
         tmp.path(),
         &format!(
             "[schedules.daily]\nevery = \"1d\"\nrun = \"sync\"\njitter_seconds = 0\n\n\
-             [alerts.channels.pager]\ntype = \"pagerduty\"\nurl = \"{}\"\nrouting_key = \"{}\"\n",
+             [alerts.channels.pager]\ntype = \"pagerduty\"\nurl = \"{}\"\nrouting_key = \"{}\"\npipelines = [\"daily\"]\n",
             pd.url(),
             pagerduty::DEFAULT_ROUTING_KEY
         ),
@@ -1016,4 +1016,156 @@ async fn a_daily_job_with_nothing_new_is_not_a_stall() {
     let changes = alerter.on_tick(clock.now_utc()).await.unwrap();
     alerter.apply(changes).await.unwrap();
     assert!(pd.events().is_empty(), "{:?}", pd.events());
+}
+
+/// A local receiver for the generic JSON webhook channel.
+async fn json_receiver() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+    use axum::routing::post;
+    let got: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let state = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move |axum::Json(v): axum::Json<serde_json::Value>| {
+            let state = state.clone();
+            async move {
+                state.lock().unwrap().push(v);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_circuit_sla_and_the_daily_digest_reach_their_channels() {
+    use ferry::sim::hubspot::Faults;
+    let hs = sim(SimConfig::default()).await;
+    let (hook, got) = json_receiver().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = project(
+        tmp.path(),
+        &hs.base_url(),
+        &format!(
+            r#"{}
+[schedules.scores_sync]
+every = "1m"
+run = "sync"
+syncs = ["scores"]
+jitter_seconds = 0
+sla_minutes = 30
+
+[alerts]
+digest_at = "09:00"
+timezone = "Europe/Paris"
+
+[alerts.channels.ops_hook]
+type = "webhook"
+url = "{hook}"
+"#,
+            super::sync::SCORES
+        ),
+    );
+    // A daily budget of 18 calls: one sync of 1,500 rows (15 batches) spends over 80% of it.
+    let toml = std::fs::read_to_string(dir.join("ferry.toml")).unwrap();
+    std::fs::write(dir.join("ferry.toml"), toml.replace("max_attempts = 8", "max_attempts = 2\ndaily_limit = 18")).unwrap();
+    model(&dir, "scores", &rows(1500, "a"));
+    let project = Arc::new(Project::load(&dir).unwrap());
+    let lake = Lake::open(&project.lake, &project.dir).unwrap();
+    // 07:55 UTC = 08:55 in Paris.
+    let clock = Arc::new(ManualClock::new(at("2026-06-01T06:55:00Z")));
+    let s = Scheduler::new(
+        project.schedules.clone(),
+        lake.clone(),
+        Arc::new(schedule::RouteRunner { project: project.clone(), lake: lake.clone() }),
+        clock.clone(),
+    );
+    let mut alerter = Alerter::open(project.clone(), lake.clone()).await.unwrap();
+    let mut finished = s.subscribe();
+    let mut evaluate = async |alerter: &mut Alerter, clock: &ManualClock| {
+        while let Ok(f) = finished.try_recv() {
+            let c = alerter.on_run(&f.schedule, &f.outcome).await;
+            alerter.apply(c).await.unwrap();
+        }
+        let c = alerter.on_tick(clock.now_utc()).await.unwrap();
+        alerter.apply(c).await.unwrap();
+    };
+    tick_and_wait(&s).await;
+    evaluate(&mut alerter, &clock).await;
+    let rules = |got: &Arc<Mutex<Vec<serde_json::Value>>>| -> Vec<String> {
+        got.lock().unwrap().iter().map(|v| format!("{}:{}", v["action"].as_str().unwrap(), v["alert"]["rule"].as_str().unwrap())).collect()
+    };
+    assert!(rules(&got).contains(&"trigger:budget".to_string()), "{:?}", got.lock().unwrap());
+    let budget = got.lock().unwrap().iter().find(|v| v["alert"]["rule"] == "budget").cloned().unwrap();
+    assert!(budget["alert"]["summary"].as_str().unwrap().contains("of today's API budget spent"), "{budget}");
+    assert!(!budget.to_string().contains("sync-test-token"), "no credential in an alert");
+
+    // A vendor's breaker opens (as `Breaker` reports it when most recent
+    // calls failed), then closes: one warning, resolved 15 quiet minutes later.
+    let vendor = format!("circuit-test-{}", std::process::id());
+    ferry::metrics::vendor_seen(&vendor);
+    ferry::metrics::circuit(&vendor, true);
+    clock.set(at("2026-06-01T06:56:00Z"));
+    evaluate(&mut alerter, &clock).await;
+    ferry::metrics::circuit(&vendor, false);
+    clock.set(at("2026-06-01T06:57:00Z"));
+    evaluate(&mut alerter, &clock).await;
+    let circuit: Vec<String> = rules(&got).into_iter().filter(|r| r.ends_with(":circuit_open")).collect();
+    assert_eq!(circuit, ["trigger:circuit_open"], "open once, not flapping with the breaker");
+    hs.set_faults(Faults { server_error: 1.0, ..Faults::default() });
+    model(&dir, "scores", &rows(1500, "b"));
+    clock.set(at("2026-06-01T06:58:00Z"));
+    tick_and_wait(&s).await;
+    evaluate(&mut alerter, &clock).await;
+    assert!(rules(&got).contains(&"trigger:run_failed".to_string()), "{:?}", rules(&got));
+
+    // Still failing for 40 minutes: the SLA of 30 minutes is missed, once.
+    for m in [10, 20, 36] {
+        clock.set(at(&format!("2026-06-01T07:{m:02}:00Z")));
+        evaluate(&mut alerter, &clock).await;
+    }
+    let sla = rules(&got).iter().filter(|r| *r == "trigger:sla").count();
+    assert_eq!(sla, 1, "{:?}", rules(&got));
+
+    // 09:00 in Paris passed at 07:00 UTC: the digest went out, once.
+    evaluate(&mut alerter, &clock).await;
+    let digests: Vec<serde_json::Value> = got.lock().unwrap().iter().filter(|v| v["alert"]["rule"] == "digest").cloned().collect();
+    assert_eq!(digests.len(), 1, "{:?}", rules(&got));
+    let d = &digests[0]["alert"];
+    assert_eq!(d["severity"], "info");
+    assert!(d["details"]["records_synced"].as_i64().unwrap() > 0, "{d}");
+    assert!(d["details"]["errors_by_category"].is_array());
+    assert!(rules(&got).contains(&"resolve:circuit_open".to_string()), "15 minutes without a trip: {:?}", rules(&got));
+}
+
+#[test]
+fn readme_schedule_and_alert_examples_load_with_the_starter_project() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let blocks: Vec<&str> = readme
+        .split("```toml\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .filter(|b| (b.contains("[schedules.") || b.contains("[alerts")) && !b.contains("[sources."))
+        .collect();
+    assert!(blocks.len() >= 2, "the schedules and alerts examples");
+    let text = format!(
+        "{}\n{}",
+        std::fs::read_to_string(root.join("ferry.toml")).unwrap(),
+        blocks.join("\n")
+    );
+    let secrets = ferry::project::SecretSource::new(
+        ["SLACK_WEBHOOK_URL", "PAGERDUTY_ROUTING_KEY"]
+            .into_iter()
+            .map(|k| (k.to_string(), format!("value-of-{k}")))
+            .collect(),
+    );
+    let p = Project::parse(root, &root.join("ferry.toml"), &text, &secrets, None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.schedules.len(), 3);
+    assert!(matches!(p.schedules["transform_and_sync"].when, schedule::When::After(_)));
+    assert_eq!(p.alerts.channels.len(), 3);
+    assert_eq!(p.alerts.error_rate, 0.05);
 }
