@@ -85,32 +85,32 @@ pub async fn register_lake(ctx: &SessionContext, lake: &Lake) -> Result<Vec<Stri
         ctx,
         "ferry.runs",
         &layout::meta_prefix("runs"),
-        crate::models::run::runs_schema(),
+        crate::lake::tables::runs_schema(),
     )?;
     register(
         ctx,
         "ferry.model_runs",
         &layout::meta_prefix("model_runs"),
-        crate::models::run::model_runs_schema(),
+        crate::lake::tables::model_runs_schema(),
     )?;
 
     register(
         ctx,
         "ferry.sync_log",
-        &crate::sync::state::log_root(),
-        crate::sync::state::log_schema(),
+        &crate::lake::tables::prefix("sync_log"),
+        crate::lake::tables::sync_log_schema(),
     )?;
     register(
         ctx,
         "ferry.extract_runs",
         &layout::meta_prefix("extract_runs"),
-        crate::extract::extract_runs_schema(),
+        crate::lake::tables::extract_runs_schema(),
     )?;
     register(
         ctx,
         "ferry.sync_runs",
-        &crate::sync::state::runs_root(),
-        crate::sync::state::runs_schema(),
+        &crate::lake::tables::prefix("sync_runs"),
+        crate::lake::tables::sync_runs_schema(),
     )?;
 
     use crate::lake::tables;
@@ -176,6 +176,6 @@ pub async fn register_lake(ctx: &SessionContext, lake: &Lake) -> Result<Vec<Stri
         tables.push(stream_ref.to_string());
     }
     // Persisted models and seeds, by name.
-    tables.extend(crate::models::delta::register_all(ctx, lake).await?);
+    tables.extend(super::delta::register_all(ctx, lake).await?);
     Ok(tables)
 }

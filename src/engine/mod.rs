@@ -12,6 +12,7 @@
 //! - `ferry.ingestions` and `ferry.quarantine`.
 
 pub mod catalog;
+pub mod delta;
 
 use datafusion::execution::context::SessionContext;
 use datafusion::execution::session_state::SessionStateBuilder;
@@ -77,4 +78,29 @@ pub async fn read_only(
             Error::Query(e)
         }
     })
+}
+
+#[cfg(test)]
+mod ground_floor {
+    /// The engine is the ground floor every stage stands on: it imports none.
+    #[test]
+    fn the_engine_imports_no_stage() {
+        let files = [
+            ("mod.rs", include_str!("mod.rs")),
+            ("catalog.rs", include_str!("catalog.rs")),
+            ("delta.rs", include_str!("delta.rs")),
+        ];
+        for (file, text) in files {
+            for stage in [
+                "sync", "extract", "models", "operate", "run", "serve", "demo", "cli",
+            ] {
+                for pattern in [format!("crate::{stage}::"), format!("crate::{stage}}}")] {
+                    assert!(
+                        !text.contains(&pattern),
+                        "src/engine/{file} imports the {stage} stage ({pattern})"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -36,32 +36,10 @@ use config::SourceSpec;
 /// Rows landed per file.
 pub const FLUSH_ROWS: usize = 10_000;
 
-/// Schema of `ferry.extract_runs`: one row per stream per `ferry extract`.
-pub fn extract_runs_schema() -> arrow::datatypes::SchemaRef {
-    use arrow::datatypes::{DataType, Field, Schema};
-    std::sync::Arc::new(Schema::new(vec![
-        Field::new("run_id", DataType::Utf8, false),
-        Field::new("source", DataType::Utf8, false),
-        Field::new("stream", DataType::Utf8, false),
-        // ok | failed
-        Field::new("status", DataType::Utf8, false),
-        Field::new("pages", DataType::Int64, false),
-        Field::new("rows", DataType::Int64, false),
-        Field::new("quarantined", DataType::Int64, false),
-        Field::new("rejected_files", DataType::Int64, false),
-        // The stream's cursor before and after (JSON); after = before on failure.
-        Field::new("cursor_before", DataType::Utf8, true),
-        Field::new("cursor_after", DataType::Utf8, true),
-        Field::new("error", DataType::Utf8, true),
-        // user | vendor | storage | ferry: who must act on the error.
-        Field::new("error_party", DataType::Utf8, true),
-        Field::new("retryable", DataType::Boolean, true),
-        Field::new("seconds", DataType::Float64, false),
-        Field::new("started_at", crate::lake::log::ts_type(), false),
-    ]))
-}
 
 /// Append one stream attempt to `ferry.extract_runs`.
+pub use crate::lake::tables::extract_runs_schema;
+
 async fn record_attempt(
     lake: &Lake,
     run_id: &RunId,

@@ -8,6 +8,11 @@
 //! | `ferry.schedule_runs` | `_ferry/schedule_runs/<schedule>/` | scheduled run |
 //! | `ferry.alerts` | `_ferry/alerts/log/` | alert sent (trigger or resolve, per channel) |
 //!
+//! The schemas of the route's own logs live here too (`ferry.runs`,
+//! `ferry.model_runs`, `ferry.sync_log`, `ferry.sync_runs`,
+//! `ferry.extract_runs`; their writers are in the stages), so the engine's
+//! catalog registers every ferry table without importing a stage.
+//!
 //! Rows are plain serde structs decoded into the table's Arrow schema, so a
 //! field and its column cannot drift apart silently: a mismatch fails the
 //! write, and the tests write every table.
@@ -183,4 +188,111 @@ pub async fn append<T: Serialize>(
 /// An RFC 3339 UTC timestamp, as the tables store them.
 pub fn ts(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// Schema of `ferry.runs`.
+pub fn runs_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("command", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("models", DataType::Int64, false),
+        Field::new("succeeded", DataType::Int64, false),
+        Field::new("failed", DataType::Int64, false),
+        Field::new("skipped", DataType::Int64, false),
+        Field::new("seconds", DataType::Float64, false),
+        Field::new("started_at", ts_type(), false),
+        Field::new("finished_at", ts_type(), false),
+    ]))
+}
+
+/// Schema of `ferry.model_runs`.
+pub fn model_runs_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("model", DataType::Utf8, false),
+        Field::new("materialized", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("rows", DataType::Int64, true),
+        Field::new("seconds", DataType::Float64, false),
+        Field::new("error", DataType::Utf8, true),
+        Field::new("started_at", ts_type(), false),
+        Field::new("finished_at", ts_type(), false),
+    ]))
+}
+
+/// Schema of `ferry.sync_log`.
+pub fn sync_log_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("sync", DataType::Utf8, false),
+        Field::new("key", DataType::Utf8, true),
+        // create | update | upsert | archive | skip | forget | reject | snapshot
+        Field::new("operation", DataType::Utf8, false),
+        // ok | rejected | failed | unknown (the write's fate is not known:
+        // settled by a read before the record is written again) | not_sent
+        // (logged to be sent, then the run stopped first)
+        Field::new("status", DataType::Utf8, false),
+        Field::new("crm_id", DataType::Utf8, true),
+        // Whether this sync created the record (mirror archives only those).
+        Field::new("created", DataType::Boolean, false),
+        // Hash of the mapped model values this outcome is about.
+        Field::new("hash", DataType::Utf8, true),
+        // The properties sent, as JSON (the dead letter's payload).
+        Field::new("payload", DataType::Utf8, true),
+        Field::new("error_category", DataType::Utf8, true),
+        Field::new("error_message", DataType::Utf8, true),
+        // The vendor's reply for a rejected record, as JSON.
+        Field::new("response", DataType::Utf8, true),
+        Field::new("attempts", DataType::Int64, false),
+        Field::new("at", ts_type(), false),
+    ]))
+}
+
+/// Schema of `ferry.sync_runs`.
+pub fn sync_runs_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("sync", DataType::Utf8, false),
+        Field::new("mode", DataType::Utf8, false),
+        // success | partial (some rows failed or were rejected) | stopped | failed
+        Field::new("status", DataType::Utf8, false),
+        Field::new("created", DataType::Int64, false),
+        Field::new("updated", DataType::Int64, false),
+        Field::new("archived", DataType::Int64, false),
+        Field::new("unchanged", DataType::Int64, false),
+        Field::new("rejected", DataType::Int64, false),
+        Field::new("failed", DataType::Int64, false),
+        Field::new("api_calls", DataType::Int64, false),
+        Field::new("rate_limited", DataType::Int64, false),
+        Field::new("error", DataType::Utf8, true),
+        Field::new("seconds", DataType::Float64, false),
+        Field::new("started_at", ts_type(), false),
+        Field::new("finished_at", ts_type(), false),
+    ]))
+}
+
+/// Schema of `ferry.extract_runs`: one row per stream per `ferry extract`.
+pub fn extract_runs_schema() -> SchemaRef {
+    use arrow::datatypes::{DataType, Field, Schema};
+    std::sync::Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("stream", DataType::Utf8, false),
+        // ok | failed
+        Field::new("status", DataType::Utf8, false),
+        Field::new("pages", DataType::Int64, false),
+        Field::new("rows", DataType::Int64, false),
+        Field::new("quarantined", DataType::Int64, false),
+        Field::new("rejected_files", DataType::Int64, false),
+        // The stream's cursor before and after (JSON); after = before on failure.
+        Field::new("cursor_before", DataType::Utf8, true),
+        Field::new("cursor_after", DataType::Utf8, true),
+        Field::new("error", DataType::Utf8, true),
+        // user | vendor | storage | ferry: who must act on the error.
+        Field::new("error_party", DataType::Utf8, true),
+        Field::new("retryable", DataType::Boolean, true),
+        Field::new("seconds", DataType::Float64, false),
+        Field::new("started_at", ts_type(), false),
+    ]))
 }

@@ -11,7 +11,7 @@
 pub mod contract;
 pub mod dag;
 pub mod datatest;
-pub mod delta;
+pub use crate::engine::delta;
 pub mod docs;
 pub mod project;
 pub mod render;

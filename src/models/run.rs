@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+
 use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, Utc};
 use datafusion::execution::context::SessionContext;
@@ -256,36 +256,9 @@ pub async fn run(
     Ok(chosen.iter().filter_map(|n| results.remove(n)).collect())
 }
 
-/// Schema of `ferry.runs`.
-pub fn runs_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("run_id", DataType::Utf8, false),
-        Field::new("command", DataType::Utf8, false),
-        Field::new("status", DataType::Utf8, false),
-        Field::new("models", DataType::Int64, false),
-        Field::new("succeeded", DataType::Int64, false),
-        Field::new("failed", DataType::Int64, false),
-        Field::new("skipped", DataType::Int64, false),
-        Field::new("seconds", DataType::Float64, false),
-        Field::new("started_at", log::ts_type(), false),
-        Field::new("finished_at", log::ts_type(), false),
-    ]))
-}
 
-/// Schema of `ferry.model_runs`.
-pub fn model_runs_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("run_id", DataType::Utf8, false),
-        Field::new("model", DataType::Utf8, false),
-        Field::new("materialized", DataType::Utf8, false),
-        Field::new("status", DataType::Utf8, false),
-        Field::new("rows", DataType::Int64, true),
-        Field::new("seconds", DataType::Float64, false),
-        Field::new("error", DataType::Utf8, true),
-        Field::new("started_at", log::ts_type(), false),
-        Field::new("finished_at", log::ts_type(), false),
-    ]))
-}
+
+pub use crate::lake::tables::{model_runs_schema, runs_schema};
 
 /// Append one run and its model results to `ferry.runs` / `ferry.model_runs`.
 pub async fn record(

@@ -296,6 +296,10 @@ pub(crate) async fn extract_stage(
                 s.stream, s.pages, s.rows, s.seconds
             );
             crate::metrics::extracted(&s.stream, s.rows, s.quarantined);
+            crate::metrics::last_success(
+                &format!("stream:{}", s.stream),
+                Utc::now().timestamp_millis() as f64 / 1000.0,
+            );
             figures.push(PipelineFigures {
                 pipeline: format!("stream:{}", s.stream),
                 attempted: s.rows + s.quarantined,
@@ -398,6 +402,12 @@ pub(crate) async fn sync_stage(
                     stopped = true;
                     details.push(format!("{name}: stopped between batches"));
                     break;
+                }
+                if r.stopped.is_none() && c.failed == 0 {
+                    crate::metrics::last_success(
+                        &format!("sync:{name}"),
+                        Utc::now().timestamp_millis() as f64 / 1000.0,
+                    );
                 }
                 if r.stopped.is_some() || c.failed > 0 {
                     let why = r

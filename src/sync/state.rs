@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+
 use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, Utc};
 use object_store::ObjectStoreExt;
@@ -29,9 +29,11 @@ use object_store::path::Path;
 use crate::error::Result;
 use crate::lake::Lake;
 use crate::lake::layout::{META, RunId};
-use crate::lake::log::{encode, put_once, ts_array, ts_type};
+use crate::lake::log::{encode, put_once, ts_array};
 
 /// `_ferry/sync_log/`
+pub use crate::lake::tables::{sync_log_schema as log_schema, sync_runs_schema as runs_schema};
+
 pub fn log_root() -> Path {
     Path::from_iter([META, "sync_log"])
 }
@@ -51,33 +53,6 @@ pub fn state_prefix(sync: &str) -> Path {
     Path::from_iter([META, "sync_state", sync])
 }
 
-/// Schema of `ferry.sync_log`.
-pub fn log_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("run_id", DataType::Utf8, false),
-        Field::new("sync", DataType::Utf8, false),
-        Field::new("key", DataType::Utf8, true),
-        // create | update | upsert | archive | skip | forget | reject | snapshot
-        Field::new("operation", DataType::Utf8, false),
-        // ok | rejected | failed | unknown (the write's fate is not known:
-        // settled by a read before the record is written again) | not_sent
-        // (logged to be sent, then the run stopped first)
-        Field::new("status", DataType::Utf8, false),
-        Field::new("crm_id", DataType::Utf8, true),
-        // Whether this sync created the record (mirror archives only those).
-        Field::new("created", DataType::Boolean, false),
-        // Hash of the mapped model values this outcome is about.
-        Field::new("hash", DataType::Utf8, true),
-        // The properties sent, as JSON (the dead letter's payload).
-        Field::new("payload", DataType::Utf8, true),
-        Field::new("error_category", DataType::Utf8, true),
-        Field::new("error_message", DataType::Utf8, true),
-        // The vendor's reply for a rejected record, as JSON.
-        Field::new("response", DataType::Utf8, true),
-        Field::new("attempts", DataType::Int64, false),
-        Field::new("at", ts_type(), false),
-    ]))
-}
 
 /// One row of `ferry.sync_log`.
 #[derive(Debug, Clone, PartialEq)]
@@ -327,28 +302,6 @@ pub async fn prune_snapshots(lake: &Lake, sync: &str) -> Result<()> {
     Ok(())
 }
 
-/// Schema of `ferry.sync_runs`.
-pub fn runs_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("run_id", DataType::Utf8, false),
-        Field::new("sync", DataType::Utf8, false),
-        Field::new("mode", DataType::Utf8, false),
-        // success | partial (some rows failed or were rejected) | stopped | failed
-        Field::new("status", DataType::Utf8, false),
-        Field::new("created", DataType::Int64, false),
-        Field::new("updated", DataType::Int64, false),
-        Field::new("archived", DataType::Int64, false),
-        Field::new("unchanged", DataType::Int64, false),
-        Field::new("rejected", DataType::Int64, false),
-        Field::new("failed", DataType::Int64, false),
-        Field::new("api_calls", DataType::Int64, false),
-        Field::new("rate_limited", DataType::Int64, false),
-        Field::new("error", DataType::Utf8, true),
-        Field::new("seconds", DataType::Float64, false),
-        Field::new("started_at", ts_type(), false),
-        Field::new("finished_at", ts_type(), false),
-    ]))
-}
 
 /// One `ferry.sync_runs` row.
 #[derive(Debug, Clone)]

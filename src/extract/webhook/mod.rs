@@ -540,9 +540,14 @@ impl Receiver {
         let batch = envelope_batch(&events)?;
         let run_id = RunId::new();
         let stream = StreamRef::new(&self.spec.name, "events")?;
-        Lander::new(self.lake.clone(), run_id.clone())
+        let landed_report = Lander::new(self.lake.clone(), run_id.clone())
             .land_batches(&stream, Default::default(), [batch])
             .await?;
+        crate::metrics::extracted(
+            &stream.to_string(),
+            landed_report.rows,
+            landed_report.rejected,
+        );
         // Landed: remember the ids, then empty those inbox files.
         let record = landed_prefix(&self.spec.name).join(format!("{run_id}.json"));
         put_once(
