@@ -87,6 +87,11 @@ enum Command {
         #[command(flatten)]
         select: SelectArgs,
     },
+    /// Declared sources (dbt's `sources:`).
+    Source {
+        #[command(subcommand)]
+        command: SourceCommand,
+    },
     /// Write the project's documentation: a static HTML page and a JSON
     /// manifest with the DAG, SQL, columns and column-level lineage.
     Docs {
@@ -231,6 +236,18 @@ enum Command {
         /// With --format table, print at most this many rows (the total is always shown).
         #[arg(long, default_value_t = 100)]
         max_rows: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SourceCommand {
+    /// How old each source's newest row is, against its freshness
+    /// thresholds (`warn_after`, `error_after`), as `dbt source freshness`
+    /// reports it; fails when one is stale past `error_after`. Select with
+    /// --select source:NAME or source:NAME.TABLE.
+    Freshness {
+        #[command(flatten)]
+        select: SelectArgs,
     },
 }
 
@@ -463,6 +480,14 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Test { select } => {
             let (project, lake) = open(&cli.project_dir)?;
             models::test(&project, lake, &select).await
+        }
+        Command::Source {
+            command: SourceCommand::Freshness { select },
+        } => {
+            let (project, lake) = open(&cli.project_dir)?;
+            models::source_freshness(&project, lake, &select)
+                .await
+                .map(|_| ())
         }
         Command::Docs { select, out } => {
             let (project, lake) = open(&cli.project_dir)?;

@@ -232,6 +232,7 @@ pub async fn run(
             vars: &ws.project.vars,
             is_incremental: false,
             resolve: ws.resolver(),
+            sources: &ws.project.source_map,
         };
         let rendered = render::render(&pseudo, &rctx)?;
         let touches = rendered.refs.iter().any(|r| selected.contains(&r.name))

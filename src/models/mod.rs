@@ -77,6 +77,7 @@ impl Workspace {
                 vars: &mp.vars,
                 is_incremental: false,
                 resolve: identity.clone(),
+                sources: &mp.source_map,
             };
             let r = render::render(model, &ctx)?;
             for (k, v) in &r.config {
@@ -123,6 +124,7 @@ impl Workspace {
             vars: &self.project.vars,
             is_incremental,
             resolve: resolve.clone(),
+            sources: &self.project.source_map,
         };
         let main = render::render(model, &ctx)?;
         // Ephemeral ancestors reachable through ephemerals only, parents first.

@@ -244,6 +244,10 @@ pub struct ModelProject {
     /// Macro files' text, concatenated, with the files they came from.
     pub macros: Vec<(String, String)>,
     pub vars: BTreeMap<String, serde_json::Value>,
+    /// Declared sources (`sources:` in schema files), by (source, table).
+    pub sources: BTreeMap<(String, String), SourceTable>,
+    /// What `source()` resolves against (from `sources` and the seeds).
+    pub source_map: super::render::SourceMap,
 }
 
 /// A schema file, as much of dbt's format as ferry uses (other keys allowed).
@@ -253,6 +257,120 @@ struct SchemaFile {
     models: Vec<YamlNode>,
     #[serde(default)]
     seeds: Vec<YamlNode>,
+    #[serde(default)]
+    sources: Vec<YamlSource>,
+}
+
+/// `sources:` in a schema file.
+#[derive(Debug, Deserialize)]
+struct YamlSource {
+    name: String,
+    #[serde(default)]
+    schema: Option<String>,
+    #[serde(default)]
+    database: Option<String>,
+    #[serde(default)]
+    loaded_at_field: Option<String>,
+    #[serde(default)]
+    freshness: Option<Yaml>,
+    #[serde(default)]
+    tables: Vec<YamlSourceTable>,
+}
+
+#[derive(Debug, Deserialize)]
+struct YamlSourceTable {
+    name: String,
+    #[serde(default)]
+    identifier: Option<String>,
+    #[serde(default)]
+    loaded_at_field: Option<String>,
+    /// `null` turns the source's freshness off for this table.
+    #[serde(default, deserialize_with = "present")]
+    freshness: Option<Yaml>,
+}
+
+/// A key that is present, even as `null` (which serde reads as absent).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Yaml>, D::Error> {
+    Ok(Some(Yaml::deserialize(d)?))
+}
+
+/// A freshness threshold: `{count: 12, period: hour}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Threshold {
+    pub count: u64,
+    /// `minute`, `hour` or `day`.
+    pub period: String,
+}
+
+impl Threshold {
+    pub fn seconds(&self) -> i64 {
+        let per = match self.period.as_str() {
+            "minute" => 60,
+            "hour" => 3_600,
+            _ => 86_400,
+        };
+        (self.count as i64).saturating_mul(per)
+    }
+}
+
+/// A table of a declared source, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceTable {
+    pub source: String,
+    pub name: String,
+    /// `schema` (default: the source's name).
+    pub schema: String,
+    /// `identifier` (default: the table's name).
+    pub identifier: String,
+    pub database: Option<String>,
+    pub loaded_at_field: Option<String>,
+    pub warn_after: Option<Threshold>,
+    pub error_after: Option<Threshold>,
+    /// A SQL condition the freshness query adds.
+    pub filter: Option<String>,
+    /// The schema file that declares it.
+    pub origin: String,
+}
+
+fn threshold(v: Option<&Yaml>, what: &str, origin: &str) -> Result<Option<Threshold>> {
+    let Some(v) = v else {
+        return Ok(None);
+    };
+    if v.is_null() {
+        return Ok(None);
+    }
+    let count = v.get("count").and_then(Yaml::as_u64);
+    let period = v.get("period").and_then(Yaml::as_str);
+    match (count, period) {
+        (Some(count), Some(p)) if ["minute", "hour", "day"].contains(&p) => Ok(Some(Threshold {
+            count,
+            period: p.to_string(),
+        })),
+        (None, None) => Ok(None),
+        _ => Err(Error::Input(format!(
+            "{origin}: freshness {what} needs count (a whole number) and period (minute, hour or day), e.g. {{count: 12, period: hour}}"
+        ))),
+    }
+}
+
+/// Merge a table's `freshness` over its source's (`null` turns it off).
+fn freshness(
+    source: Option<&Yaml>,
+    table: Option<&Yaml>,
+    origin: &str,
+) -> Result<(Option<Threshold>, Option<Threshold>, Option<String>)> {
+    let chosen = match table {
+        Some(t) => Some(t),
+        None => source,
+    };
+    let Some(f) = chosen.filter(|f| !f.is_null()) else {
+        return Ok((None, None, None));
+    };
+    Ok((
+        threshold(f.get("warn_after"), "warn_after", origin)?,
+        threshold(f.get("error_after"), "error_after", origin)?,
+        f.get("filter").and_then(Yaml::as_str).map(str::to_string),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -439,6 +557,33 @@ impl ModelProject {
                     });
                 }
             }
+            for src in file.sources {
+                for t in src.tables {
+                    let origin = format!("{relpath} (source {}.{})", src.name, t.name);
+                    let (warn_after, error_after, filter) =
+                        freshness(src.freshness.as_ref(), t.freshness.as_ref(), &origin)?;
+                    let table = SourceTable {
+                        source: src.name.clone(),
+                        schema: src.schema.clone().unwrap_or_else(|| src.name.clone()),
+                        identifier: t.identifier.clone().unwrap_or_else(|| t.name.clone()),
+                        database: src.database.clone(),
+                        loaded_at_field: t.loaded_at_field.or_else(|| src.loaded_at_field.clone()),
+                        warn_after,
+                        error_after,
+                        filter,
+                        name: t.name,
+                        origin,
+                    };
+                    let key = (table.source.clone(), table.name.clone());
+                    if let Some(first) = project.sources.get(&key) {
+                        return Err(Error::Input(format!(
+                            "{}: source {}.{} is declared twice (also in {})",
+                            table.origin, key.0, key.1, first.origin
+                        )));
+                    }
+                    project.sources.insert(key, table);
+                }
+            }
             for node in file.seeds {
                 if let Some(Yaml::Mapping(types)) = node.config.get("column_types") {
                     let entry = seed_types.entry(node.name.clone()).or_default();
@@ -494,6 +639,14 @@ impl ModelProject {
                 });
             }
         }
+        project.source_map = super::render::SourceMap {
+            declared: project
+                .sources
+                .iter()
+                .map(|(k, t)| (k.clone(), (t.schema.clone(), t.identifier.clone())))
+                .collect(),
+            seeds: project.seeds.iter().map(|s| s.name.clone()).collect(),
+        };
         Ok(project)
     }
 

@@ -28,6 +28,18 @@ pub struct RenderContext<'a> {
     pub vars: &'a BTreeMap<String, serde_json::Value>,
     pub is_incremental: bool,
     pub resolve: Resolver,
+    /// Where `source(s, t)` points: declared sources and seed names.
+    pub sources: &'a SourceMap,
+}
+
+/// What `source()` resolves against.
+#[derive(Debug, Clone, Default)]
+pub struct SourceMap {
+    /// (source, table) → (schema, identifier).
+    pub declared: BTreeMap<(String, String), (String, String)>,
+    /// Seeds: a declared source whose identifier names a seed reads the seed
+    /// (dbt projects load their raw data as seeds into the source's schema).
+    pub seeds: std::collections::BTreeSet<String>,
 }
 
 /// A reference found while rendering, with the source line that makes it.
@@ -92,13 +104,26 @@ pub fn render(model: &Model, ctx: &RenderContext<'_>) -> Result<Rendered> {
         },
     );
     let c = capture.clone();
+    let sources = ctx.sources.clone();
+    let resolve_seed = ctx.resolve.clone();
     env.add_function(
         "source",
         move |source: String, stream: String| -> Result<String, minijinja::Error> {
-            if let Ok(mut c) = c.lock() {
-                c.sources.push((source.clone(), stream.clone()));
+            let declared = sources.declared.get(&(source.clone(), stream.clone()));
+            let mut c = c.lock().map_err(|_| {
+                minijinja::Error::new(ErrorKind::InvalidOperation, "source capture poisoned")
+            })?;
+            c.sources.push((source.clone(), stream.clone()));
+            match declared {
+                // Loaded as a seed: read it, and depend on it.
+                Some((_, identifier)) if sources.seeds.contains(identifier) => {
+                    c.refs.push(identifier.clone());
+                    Ok(resolve_seed(identifier))
+                }
+                // A lake stream: <schema>.<identifier>.
+                Some((schema, identifier)) => Ok(format!("{schema}.{identifier}")),
+                None => Ok(format!("{source}.{stream}")),
             }
-            Ok(format!("{source}.{stream}"))
         },
     );
     let c = capture.clone();

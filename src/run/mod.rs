@@ -41,7 +41,8 @@ pub struct Selection {
     #[arg(long, num_args = 1..)]
     #[serde(default)]
     pub exclude: Vec<String>,
-    /// Values for var() as name=value (repeatable); override [vars] in ferry.toml.
+    /// Values for var(): name=value, or a YAML/JSON mapping as dbt takes it
+    /// (`{"key": true}`); repeatable; override [vars] in ferry.toml.
     #[arg(long = "vars", value_name = "NAME=VALUE")]
     #[serde(default)]
     pub vars: Vec<String>,

@@ -17,14 +17,86 @@ use crate::models::{Workspace, dag, datatest, docs as model_docs, seed};
 use crate::project::Project;
 
 fn vars(args: &SelectArgs) -> Result<Vec<(String, String)>> {
-    args.vars
-        .iter()
-        .map(|v| {
-            v.split_once('=')
-                .map(|(k, v)| (k.trim().to_string(), v.to_string()))
-                .ok_or_else(|| Error::Input(format!("--vars {v:?}: write NAME=VALUE")))
-        })
-        .collect()
+    let mut out = Vec::new();
+    for v in &args.vars {
+        out.extend(parse_vars(v)?);
+    }
+    Ok(out)
+}
+
+/// One `--vars` argument: `name=value`, or dbt's YAML/JSON mapping
+/// (`'{"load_source_data": true}'`, `'{start_date: 2024-01-01}'`). Values
+/// come back as JSON text (strings stay strings).
+pub(crate) fn parse_vars(arg: &str) -> Result<Vec<(String, String)>> {
+    let trimmed = arg.trim();
+    if !trimmed.starts_with('{')
+        && let Some((k, v)) = trimmed.split_once('=')
+        && !k.contains(':')
+    {
+        return Ok(vec![(k.trim().to_string(), v.to_string())]);
+    }
+    let bad = |why: String| {
+        Error::Input(format!(
+            "--vars {arg:?}: {why}; write NAME=VALUE or a YAML/JSON mapping, e.g. --vars '{{\"load_source_data\": true}}'"
+        ))
+    };
+    let value: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(trimmed).map_err(|e| bad(e.to_string()))?;
+    let serde_yaml_ng::Value::Mapping(map) = value else {
+        return Err(bad("not a mapping".into()));
+    };
+    let mut out = Vec::new();
+    for (k, v) in map {
+        let key = match k {
+            serde_yaml_ng::Value::String(s) => s,
+            other => serde_yaml_ng::to_string(&other)
+                .map(|s| s.trim().to_string())
+                .map_err(|e| bad(e.to_string()))?,
+        };
+        let json = serde_json::to_value(&v).map_err(|e| bad(e.to_string()))?;
+        // Strings are passed as themselves; everything else as JSON.
+        let text = match json {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        };
+        out.push((key, text));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_vars;
+
+    #[test]
+    fn vars_take_name_value_and_dbt_mappings() {
+        assert_eq!(
+            parse_vars("as_of=2026-01-01T00:00:00Z").unwrap(),
+            [("as_of".to_string(), "2026-01-01T00:00:00Z".to_string())]
+        );
+        assert_eq!(
+            parse_vars(r#"{"load_source_data": true, "n": 3}"#).unwrap(),
+            [
+                ("load_source_data".to_string(), "true".to_string()),
+                ("n".to_string(), "3".to_string())
+            ]
+        );
+        assert_eq!(
+            parse_vars("{start: '2024-01-01', regions: [eu, us]}").unwrap(),
+            [
+                ("start".to_string(), "2024-01-01".to_string()),
+                ("regions".to_string(), r#"["eu","us"]"#.to_string())
+            ]
+        );
+        assert_eq!(
+            parse_vars("dbt_date:time_zone: Europe/Paris").unwrap(),
+            [("dbt_date:time_zone".to_string(), "Europe/Paris".to_string())]
+        );
+        let e = parse_vars("[1, 2]").unwrap_err().to_string();
+        assert!(e.contains("not a mapping") && e.contains("NAME=VALUE"), "{e}");
+        let e = parse_vars("{unclosed").unwrap_err().to_string();
+        assert!(e.contains("--vars"), "{e}");
+    }
 }
 
 pub(crate) fn load(project: &Project, args: &SelectArgs) -> Result<(Workspace, BTreeSet<String>)> {
@@ -225,4 +297,186 @@ pub async fn docs(
         out.display()
     );
     Ok(())
+}
+
+/// One source table's freshness.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Freshness {
+    pub source: String,
+    pub table: String,
+    /// `pass`, `warn`, `error` or `runtime error`, as dbt writes them.
+    pub status: &'static str,
+    pub max_loaded_at: Option<String>,
+    pub age_seconds: Option<i64>,
+    pub error: Option<String>,
+}
+
+/// `ferry source freshness`: for each declared source table with a
+/// `loaded_at_field` and a `freshness` threshold, the newest
+/// `loaded_at_field` against `warn_after` / `error_after`, reported the way
+/// dbt does; `Err` when any table is stale past `error_after` or cannot be
+/// read. Results are also written to `target/sources.json`.
+pub async fn source_freshness(
+    project: &Project,
+    lake: Lake,
+    args: &SelectArgs,
+) -> Result<Vec<Freshness>> {
+    // --select names sources here, not models.
+    let models = SelectArgs {
+        select: Vec::new(),
+        exclude: Vec::new(),
+        vars: args.vars.clone(),
+    };
+    let (ws, _) = load(project, &models)?;
+    let wanted = |t: &crate::models::project::SourceTable| {
+        args.select.is_empty()
+            || args.select.iter().any(|s| {
+                let s = s.strip_prefix("source:").unwrap_or(s);
+                s == t.source || *s == format!("{}.{}", t.source, t.name)
+            })
+    };
+    let tables: Vec<_> = ws
+        .project
+        .sources
+        .values()
+        .filter(|t| t.loaded_at_field.is_some() && (t.warn_after.is_some() || t.error_after.is_some()))
+        .filter(|t| wanted(t))
+        .cloned()
+        .collect();
+    if tables.is_empty() {
+        println!(
+            "no source to check: give a source table loaded_at_field and freshness: {{warn_after: {{count: 12, period: hour}}}} in a schema file"
+        );
+        return Ok(Vec::new());
+    }
+    let ctx = crate::engine::session(&lake).await?;
+    let now = Utc::now();
+    let total = tables.len();
+    let mut out = Vec::new();
+    for (i, t) in tables.iter().enumerate() {
+        let started = Instant::now();
+        let name = format!("{}.{}", t.source, t.name);
+        println!("{} of {total} START freshness of {name} {} [RUN]", i + 1, ".".repeat(40usize.saturating_sub(name.len())));
+        let relation = if ws.project.source_map.seeds.contains(&t.identifier) {
+            t.identifier.clone()
+        } else {
+            format!("{}.{}", t.schema, t.identifier)
+        };
+        let field = t.loaded_at_field.clone().unwrap_or_default();
+        let sql = format!(
+            "select cast(max(cast({field} as timestamp)) as varchar) as max_loaded_at from {relation}{}",
+            t.filter.as_ref().map(|f| format!(" where {f}")).unwrap_or_default()
+        );
+        let result = async {
+            let batches = ctx.sql(&sql).await?.collect().await?;
+            let rows = crate::lake::log::batch_rows_json(&batches)?;
+            Ok::<_, Error>(rows.first().and_then(|r| r["max_loaded_at"].as_str().map(str::to_string)))
+        }
+        .await;
+        let mut f = Freshness {
+            source: t.source.clone(),
+            table: t.name.clone(),
+            status: "pass",
+            max_loaded_at: None,
+            age_seconds: None,
+            error: None,
+        };
+        match result {
+            Ok(Some(max)) => {
+                let parsed = chrono::NaiveDateTime::parse_from_str(&max, "%Y-%m-%dT%H:%M:%S%.f")
+                    .or_else(|_| chrono::NaiveDateTime::parse_from_str(&max, "%Y-%m-%d %H:%M:%S%.f"))
+                    .map(|n| n.and_utc());
+                match parsed {
+                    Ok(at) => {
+                        let age = (now - at).num_seconds();
+                        f.age_seconds = Some(age);
+                        f.max_loaded_at = Some(at.to_rfc3339());
+                        if t.error_after.as_ref().is_some_and(|e| age > e.seconds()) {
+                            f.status = "error";
+                        } else if t.warn_after.as_ref().is_some_and(|w| age > w.seconds()) {
+                            f.status = "warn";
+                        }
+                    }
+                    Err(e) => {
+                        f.status = "runtime error";
+                        f.error = Some(format!("{field} = {max:?} is not a timestamp: {e}"));
+                    }
+                }
+            }
+            Ok(None) => {
+                f.status = "runtime error";
+                f.error = Some(format!("{relation} has no rows (no {field} to measure)"));
+            }
+            Err(e) => {
+                f.status = "runtime error";
+                f.error = Some(format!("{} ({})", e, t.origin));
+            }
+        }
+        let label = match f.status {
+            "pass" => "PASS",
+            "warn" => "WARN",
+            "error" => "ERROR STALE",
+            _ => "ERROR",
+        };
+        println!(
+            "{} of {total} {label} freshness of {name} {} [{label} in {:.2}s]",
+            i + 1,
+            ".".repeat(40usize.saturating_sub(name.len())),
+            started.elapsed().as_secs_f64()
+        );
+        if let Some(e) = &f.error {
+            println!("  {e}");
+        } else if f.status != "pass" {
+            println!(
+                "  newest {field}: {} ({} ago)",
+                f.max_loaded_at.as_deref().unwrap_or("?"),
+                human_age(f.age_seconds.unwrap_or(0))
+            );
+        }
+        out.push(f);
+    }
+    let count = |s: &str| out.iter().filter(|f| f.status == s).count();
+    let errors = count("error") + count("runtime error");
+    println!(
+        "\nDone. PASS={} WARN={} ERROR={} SKIP=0 TOTAL={total}",
+        count("pass"),
+        count("warn"),
+        errors
+    );
+    // dbt's artifact, for tools that read it.
+    let artifact = serde_json::json!({
+        "metadata": {
+            "dbt_schema_version": "https://schemas.getdbt.com/dbt/sources/v3.json",
+            "generated_at": now.to_rfc3339(),
+            "invocation_id": uuid::Uuid::now_v7().to_string(),
+        },
+        "elapsed_time": 0,
+        "results": out.iter().map(|f| serde_json::json!({
+            "unique_id": format!("source.{}.{}.{}", project.name, f.source, f.table),
+            "max_loaded_at": f.max_loaded_at,
+            "snapshotted_at": now.to_rfc3339(),
+            "max_loaded_at_time_ago_in_s": f.age_seconds,
+            "status": f.status,
+            "error": f.error,
+        })).collect::<Vec<_>>(),
+    });
+    let dir = project.dir.join("target");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let path = dir.join("sources.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&artifact).unwrap_or_default())
+        .map_err(|e| Error::io(&path, e))?;
+    if errors > 0 {
+        return Err(Error::Input(format!(
+            "{errors} source(s) failed the freshness check (stale past error_after, or unreadable); see target/sources.json"
+        )));
+    }
+    Ok(out)
+}
+
+fn human_age(s: i64) -> String {
+    match s {
+        s if s < 3_600 => format!("{} minutes", s / 60),
+        s if s < 172_800 => format!("{} hours", s / 3_600),
+        s => format!("{} days", s / 86_400),
+    }
 }

@@ -466,8 +466,9 @@ fn docs_carry_column_lineage_through_joins_and_aggregates() {
 #[test]
 fn a_dbt_project_runs_unchanged() {
     let (_tmp, dir) = copy_fixture("dbt_jaffle");
-    ok(ferry(&dir, &["seed"]));
-    let run = ok(ferry(&dir, &["run"]));
+    // dbt's --vars mapping, as a dbt user types it.
+    ok(ferry(&dir, &["seed", "--vars", r#"{"load_source_data": true}"#]));
+    let run = ok(ferry(&dir, &["run", "--vars", "{completed_statuses: [completed, shipped]}"]));
     assert!(run.contains("3 succeeded, 0 failed"), "{run}");
     let tests = ok(ferry(&dir, &["test"]));
     assert!(tests.contains("5 passed, 0 warned, 0 failed"), "{tests}");
@@ -497,4 +498,81 @@ fn rendering_of_macros_loops_and_vars_matches_the_golden_file() {
         std::fs::write(&golden, &out).unwrap();
     }
     assert_eq!(out, std::fs::read_to_string(&golden).unwrap());
+}
+
+/// dbt's `sources:`: a source whose identifier is a seed reads the seed
+/// (and depends on it); one pointing at a lake stream reads the stream;
+/// `ferry source freshness` reports and fails the way dbt does.
+#[test]
+fn declared_sources_resolve_to_seeds_and_streams_and_freshness_fails_like_dbt() {
+    let (_tmp, dir) = copy_fixture("dbt_jaffle");
+    std::fs::write(
+        dir.join("models/sources.yml"),
+        r#"version: 2
+sources:
+  - name: ecom
+    schema: raw
+    loaded_at_field: order_date
+    freshness:
+      warn_after: {count: 12, period: hour}
+    tables:
+      - name: orders
+        identifier: raw_orders
+        freshness:
+          warn_after: {count: 1, period: day}
+          error_after: {count: 7, period: day}
+      - name: customers
+        identifier: raw_customers
+        freshness: null
+  - name: crm
+    tables:
+      - name: people
+        identifier: contacts
+        loaded_at_field: updated_at
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("models/order_count.sql"),
+        "select count(*) as n, sum(amount_cents) as cents from {{ source('ecom', 'orders') }}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("models/people.sql"),
+        "select count(*) as n from {{ source('crm', 'people') }}\n",
+    )
+    .unwrap();
+    land(&dir, concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gtm/data/contacts.jsonl"));
+    ok(ferry(&dir, &["seed"]));
+    let run = ok(ferry(&dir, &["run"]));
+    assert!(run.contains("5 succeeded, 0 failed"), "{run}");
+    let seeded = csv(&dir, "select count(*) as n, sum(amount_cents) as cents from raw_orders");
+    assert_eq!(csv(&dir, "select n, cents from order_count"), seeded);
+    let streamed = csv(&dir, "select count(*) as n from crm.contacts");
+    assert_eq!(csv(&dir, "select n from people"), streamed);
+    // The model waits for its seed: selecting it with its ancestors includes the seed.
+    let plan = ok(ferry(&dir, &["compile", "--select", "order_count"]));
+    assert!(plan.contains("from raw_orders"), "{plan}");
+
+    // 2018 orders are years past error_after: ERROR STALE, exit 1, dbt's artifact.
+    let out = ferry(&dir, &["source", "freshness"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.contains("ERROR STALE freshness of ecom.orders"), "{stdout}");
+    assert!(stdout.contains("Done. PASS=0 WARN=0 ERROR=1 SKIP=0 TOTAL=1"), "{stdout}");
+    let artifact: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("target/sources.json")).unwrap()).unwrap();
+    assert_eq!(artifact["results"][0]["status"], "error");
+    assert_eq!(artifact["results"][0]["unique_id"], "source.jaffle_shop.ecom.orders");
+
+    // Warn only: reported, not failed.
+    let yml = std::fs::read_to_string(dir.join("models/sources.yml")).unwrap();
+    std::fs::write(
+        dir.join("models/sources.yml"),
+        yml.replace("          error_after: {count: 7, period: day}\n", ""),
+    )
+    .unwrap();
+    let warn = ok(ferry(&dir, &["source", "freshness", "--select", "source:ecom"]));
+    assert!(warn.contains("WARN freshness of ecom.orders"), "{warn}");
+    assert!(warn.contains("PASS=0 WARN=1 ERROR=0"), "{warn}");
 }
