@@ -13,6 +13,7 @@
 
 pub mod catalog;
 pub mod delta;
+pub mod dialect;
 
 use datafusion::execution::context::SessionContext;
 use datafusion::execution::session_state::SessionStateBuilder;
@@ -45,6 +46,7 @@ pub async fn session(lake: &Lake) -> Result<SessionContext> {
     // a model's table; everything else plans as in a default session.
     let state = SessionStateBuilder::new()
         .with_default_features()
+        .with_expr_planners(dialect::expr_planners())
         .with_config(session_config())
         .with_query_planner(deltalake::delta_datafusion::planner::DeltaPlanner::new())
         .build();

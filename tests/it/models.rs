@@ -576,3 +576,19 @@ sources:
     assert!(warn.contains("WARN freshness of ecom.orders"), "{warn}");
     assert!(warn.contains("PASS=0 WARN=1 ERROR=0"), "{warn}");
 }
+
+/// Regression: DataFusion's integer `/` truncates, DuckDB's does not, so a
+/// dbt-duckdb macro like `(cents / 100)::numeric(16,2)` turned every amount
+/// under a dollar into 0.00. ferry divides as DuckDB does.
+#[test]
+fn integer_division_is_real_division_as_in_duckdb() {
+    let (_tmp, dir) = copy_fixture("dbt_jaffle");
+    assert_eq!(
+        csv(
+            &dir,
+            "select cast(cents / 100 as numeric(16,2)) as dollars, 7 / 2 as half, floor(7 / 2) as floored \
+             from (values (42), (1999)) as t(cents) order by 1"
+        ),
+        "dollars,half,floored\n0.42,3.5,3.0\n19.99,3.5,3.0\n"
+    );
+}

@@ -1,0 +1,69 @@
+//! Where ferry's SQL follows DuckDB rather than DataFusion's defaults, so a
+//! project written for dbt-duckdb gives dbt-duckdb's numbers.
+//!
+//! **Division.** DuckDB's `/` on two integers is real division
+//! (`42 / 100 = 0.42`); DataFusion's truncates (`0`), as PostgreSQL's does.
+//! A macro such as `(cents / 100)::numeric(16,2)` would then silently turn
+//! every amount under a dollar into 0.00. [`RealDivision`] plans `a / b`
+//! with two integer operands as `cast(a as double) / cast(b as double)`,
+//! when the SQL is planned, so the result's type is right everywhere
+//! downstream. For integer division on purpose, write `floor(a / b)` (or
+//! `cast(floor(a / b) as bigint)`).
+
+use std::sync::Arc;
+
+use arrow::datatypes::DataType;
+use datafusion::common::DFSchema;
+use datafusion::error::Result;
+use datafusion::logical_expr::planner::{ExprPlanner, PlannerResult, RawBinaryExpr};
+use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, Operator, cast};
+use datafusion::sql::sqlparser::ast::BinaryOperator;
+
+/// Plans integer `/` integer as real division (see the module docs).
+#[derive(Debug, Default)]
+pub struct RealDivision;
+
+fn integer(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64
+    )
+}
+
+impl ExprPlanner for RealDivision {
+    fn plan_binary_op(
+        &self,
+        expr: RawBinaryExpr,
+        schema: &DFSchema,
+    ) -> Result<PlannerResult<RawBinaryExpr>> {
+        if expr.op != BinaryOperator::Divide {
+            return Ok(PlannerResult::Original(expr));
+        }
+        let (Ok(l), Ok(r)) = (expr.left.get_type(schema), expr.right.get_type(schema)) else {
+            return Ok(PlannerResult::Original(expr));
+        };
+        if !(integer(&l) && integer(&r)) {
+            return Ok(PlannerResult::Original(expr));
+        }
+        Ok(PlannerResult::Planned(Expr::BinaryExpr(BinaryExpr::new(
+            Box::new(cast(expr.left, DataType::Float64)),
+            Operator::Divide,
+            Box::new(cast(expr.right, DataType::Float64)),
+        ))))
+    }
+}
+
+/// The expression planners of every ferry session: ferry's first, then
+/// DataFusion's own.
+pub fn expr_planners() -> Vec<Arc<dyn ExprPlanner>> {
+    let mut planners: Vec<Arc<dyn ExprPlanner>> = vec![Arc::new(RealDivision)];
+    planners.extend(datafusion::execution::SessionStateDefaults::default_expr_planners());
+    planners
+}
