@@ -233,6 +233,7 @@ pub async fn run(
             is_incremental: false,
             resolve: ws.resolver(),
             sources: &ws.project.source_map,
+            namespaces: &ws.project.namespaces,
         };
         let rendered = render::render(&pseudo, &rctx)?;
         let touches = rendered.refs.iter().any(|r| selected.contains(&r.name))

@@ -78,6 +78,7 @@ impl Workspace {
                 is_incremental: false,
                 resolve: identity.clone(),
                 sources: &mp.source_map,
+                namespaces: &mp.namespaces,
             };
             let r = render::render(model, &ctx)?;
             for (k, v) in &r.config {
@@ -125,6 +126,7 @@ impl Workspace {
             is_incremental,
             resolve: resolve.clone(),
             sources: &self.project.source_map,
+            namespaces: &self.project.namespaces,
         };
         let main = render::render(model, &ctx)?;
         // Ephemeral ancestors reachable through ephemerals only, parents first.

@@ -248,6 +248,9 @@ pub struct ModelProject {
     pub sources: BTreeMap<(String, String), SourceTable>,
     /// What `source()` resolves against (from `sources` and the seeds).
     pub source_map: super::render::SourceMap,
+    /// Macro namespaces: `dbt`, each package in `dbt_packages/`, then the
+    /// project (last).
+    pub namespaces: Vec<(String, String)>,
 }
 
 /// A schema file, as much of dbt's format as ferry uses (other keys allowed).
@@ -292,6 +295,51 @@ struct YamlSourceTable {
 /// A key that is present, even as `null` (which serde reads as absent).
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Yaml>, D::Error> {
     Ok(Some(Yaml::deserialize(d)?))
+}
+
+/// The macro namespaces of a project in `dir`: `dbt`, then each package in
+/// `dbt_packages/` (filled by `dbt deps`) under its `dbt_project.yml` name,
+/// then the project's own macros under its name.
+fn namespaces(dir: &Path, macros: &[(String, String)]) -> Result<Vec<(String, String)>> {
+    #[derive(Deserialize)]
+    struct PackageFile {
+        name: String,
+        #[serde(default, rename = "macro-paths")]
+        macro_paths: Option<Vec<String>>,
+    }
+    let mut out = vec![("dbt".to_string(), super::render::DBT_MACROS.to_string())];
+    let packages = dir.join("dbt_packages");
+    let mut found: Vec<PathBuf> = match std::fs::read_dir(&packages) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join("dbt_project.yml").is_file())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(Error::io(&packages, e)),
+    };
+    found.sort();
+    for pkg in found {
+        let file = pkg.join("dbt_project.yml");
+        let parsed: PackageFile = serde_yaml_ng::from_str(&read(&file)?)
+            .map_err(|e| Error::Input(format!("{}: {e}", rel(dir, &file))))?;
+        let mut text = String::new();
+        for sub in parsed.macro_paths.unwrap_or_else(|| vec!["macros".into()]) {
+            for path in files(&pkg.join(sub), &["sql"])? {
+                text.push_str(&read(&path)?);
+                text.push('\n');
+            }
+        }
+        out.push((parsed.name, text));
+    }
+    let own = match read(&dir.join("dbt_project.yml")) {
+        Ok(t) => serde_yaml_ng::from_str::<PackageFile>(&t)
+            .map(|p| p.name)
+            .unwrap_or_else(|_| "project".into()),
+        Err(_) => "project".into(),
+    };
+    let text: String = macros.iter().map(|(_, t)| format!("{t}\n")).collect();
+    out.push((own, text));
+    Ok(out)
 }
 
 /// A freshness threshold: `{count: 12, period: hour}`.
@@ -627,6 +675,7 @@ impl ModelProject {
                     .insert(0, (format!("<ferry>/{file}"), text.to_string()));
             }
         }
+        project.namespaces = namespaces(dir, &project.macros)?;
         {
             for (_, path) in in_all(&paths.tests, &["sql"])? {
                 project.singular_tests.push(SingularTest {

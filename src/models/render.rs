@@ -30,6 +30,142 @@ pub struct RenderContext<'a> {
     pub resolve: Resolver,
     /// Where `source(s, t)` points: declared sources and seed names.
     pub sources: &'a SourceMap,
+    /// Macro namespaces, as (name, macros' text): `dbt` (ferry's builds of
+    /// dbt's built-in macros), each package in `dbt_packages/`, and the
+    /// project itself (for `adapter.dispatch`).
+    pub namespaces: &'a [(String, String)],
+}
+
+/// The `dbt` namespace: dbt's built-in cross-database macros, for DataFusion.
+pub const DBT_MACROS: &str = include_str!("../../sql/dbt/cross_db.sql");
+
+/// `dbt_utils.generate_surrogate_key(...)`: a call into the macros of a
+/// namespace (a template of its macros, evaluated when called).
+#[derive(Debug)]
+struct Namespace {
+    name: String,
+}
+
+fn template_of(name: &str) -> String {
+    format!("__namespace__{name}")
+}
+
+fn call_in(
+    state: &minijinja::State<'_, '_>,
+    namespace: &str,
+    method: &str,
+    args: &[Value],
+) -> Result<Value, minijinja::Error> {
+    let template = state.env().get_template(&template_of(namespace)).map_err(|_| {
+        minijinja::Error::new(
+            ErrorKind::UnknownFunction,
+            format!("no macro namespace {namespace}: install the package (dbt_packages/{namespace}) or check the name"),
+        )
+    })?;
+    let captured = template.render_captured(())?;
+    let module = captured.state();
+    let Some(m) = module.lookup(method) else {
+        return Err(minijinja::Error::new(
+            ErrorKind::UnknownFunction,
+            format!("{namespace} has no macro named {method}"),
+        ));
+    };
+    m.call(module, args)
+}
+
+impl minijinja::value::Object for Namespace {
+    fn call_method(
+        self: &Arc<Self>,
+        state: &minijinja::State<'_, '_>,
+        method: &str,
+        args: &[Value],
+    ) -> Result<Value, minijinja::Error> {
+        call_in(state, &self.name, method, args)
+    }
+}
+
+/// `adapter`: `dispatch` (dbt's search order: the project, then the
+/// macro's namespace; in each `datafusion__<name>`, then `default__<name>`,
+/// then `<name>`) and `quote`.
+#[derive(Debug)]
+struct Adapter {
+    project: String,
+}
+
+/// The macro `adapter.dispatch` chose, called later with the macro's arguments.
+#[derive(Debug)]
+struct Dispatched {
+    namespace: String,
+    name: String,
+}
+
+impl minijinja::value::Object for Dispatched {
+    fn call(
+        self: &Arc<Self>,
+        state: &minijinja::State<'_, '_>,
+        args: &[Value],
+    ) -> Result<Value, minijinja::Error> {
+        call_in(state, &self.namespace, &self.name, args)
+    }
+}
+
+impl minijinja::value::Object for Adapter {
+    fn call_method(
+        self: &Arc<Self>,
+        state: &minijinja::State<'_, '_>,
+        method: &str,
+        args: &[Value],
+    ) -> Result<Value, minijinja::Error> {
+        match method {
+            "dispatch" => {
+                let (name, namespace): (String, Option<String>) =
+                    minijinja::value::from_args(args)?;
+                let mut order = vec![self.project.clone()];
+                if let Some(ns) = &namespace {
+                    order.push(ns.clone());
+                }
+                order.push("dbt".to_string());
+                for ns in &order {
+                    let Ok(t) = state.env().get_template(&template_of(ns)) else {
+                        continue;
+                    };
+                    let captured = t.render_captured(())?;
+                    let module = captured.state();
+                    for candidate in [
+                        format!("datafusion__{name}"),
+                        format!("default__{name}"),
+                        name.clone(),
+                    ] {
+                        // The namespace's own `<name>` would dispatch to itself.
+                        if candidate == name && Some(ns) == namespace.as_ref() {
+                            continue;
+                        }
+                        if module.lookup(&candidate).is_some() {
+                            return Ok(Value::from_object(Dispatched {
+                                namespace: ns.clone(),
+                                name: candidate,
+                            }));
+                        }
+                    }
+                }
+                Err(minijinja::Error::new(
+                    ErrorKind::UnknownFunction,
+                    format!(
+                        "adapter.dispatch('{name}'): no datafusion__{name} or default__{name} in {}",
+                        order.join(", ")
+                    ),
+                ))
+            }
+            "quote" => {
+                let (id,): (String,) = minijinja::value::from_args(args)?;
+                Ok(Value::from(format!("\"{}\"", id.replace('"', "\"\""))))
+            }
+            _ => Err(minijinja::Error::new(
+                ErrorKind::UnknownMethod,
+                format!("adapter.{method} is not supported by ferry yet (adapter.dispatch and adapter.quote are)"),
+            )),
+        }
+    }
 }
 
 /// What `source()` resolves against.
@@ -163,6 +299,42 @@ pub fn render(model: &Model, ctx: &RenderContext<'_>) -> Result<Rendered> {
     );
     let incremental = ctx.is_incremental;
     env.add_function("is_incremental", move || incremental);
+    // `{{ dbt_utils.x() }}` with no dbt_packages/dbt_utils: say what is missing.
+    env.set_unknown_method_callback(|_state, value, method, _args| {
+        if value.is_undefined() {
+            return Err(minijinja::Error::new(
+                ErrorKind::UnknownMethod,
+                format!(
+                    "{method}() is called on a macro namespace that is not installed: \
+                     ferry runs the packages in dbt_packages/ (fill it with `dbt deps`) \
+                     and dbt's own macros as dbt.<name>"
+                ),
+            ));
+        }
+        Err(minijinja::Error::from(ErrorKind::UnknownMethod))
+    });
+    // `{{ return(x) }}` in a macro: its value is the macro's output.
+    env.add_function("return", |v: Value| v);
+    let mut project_ns = None;
+    for (name, text) in ctx.namespaces {
+        env.add_template_owned(template_of(name), text.clone())
+            .map_err(|e| Error::Input(format!("macros of {name}: {e}")))?;
+        env.add_global(name.clone(), Value::from_object(Namespace { name: name.clone() }));
+        if project_ns.is_none() && name != "dbt" {
+            project_ns = Some(name.clone());
+        }
+    }
+    env.add_global(
+        "adapter",
+        Value::from_object(Adapter {
+            project: ctx
+                .namespaces
+                .last()
+                .map(|(n, _)| n.clone())
+                .unwrap_or_default(),
+        }),
+    );
+    let _ = project_ns;
     env.add_global("this", Value::from((ctx.resolve)(&model.name)));
 
     // Macros are prepended so every model can call them without importing.

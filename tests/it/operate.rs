@@ -709,8 +709,16 @@ async fn sigterm_mid_run_leaves_resumable_state_and_no_held_lease() {
     assert_eq!(state.last_status.as_deref(), Some("stopped"));
     assert_eq!(state.due_at, None, "a stopped run covers nothing: the fire runs again");
     let stages = query(tmp.path(), "select stage, status from ferry.run_stages order by stage").await;
-    assert!(stages.iter().any(|s| s[0] == "extract" && s[1] == "ok"), "{stages:?}");
-    assert!(stages.iter().any(|s| s[1] == "skipped"), "{stages:?}");
+    // The stop lands before the stream started or after it finished: either
+    // way nothing after the extract ran.
+    assert!(
+        stages.iter().any(|s| s[0] == "extract" && (s[1] == "ok" || s[1] == "stopped")),
+        "{stages:?}"
+    );
+    assert!(
+        stages.iter().filter(|s| s[0] != "extract").all(|s| s[1] == "skipped"),
+        "{stages:?}"
+    );
 
     // The next serve runs it again, from the extract's committed cursor.
     let child = serve(tmp.path(), port);
