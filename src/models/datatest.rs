@@ -234,6 +234,7 @@ pub async fn run(
             resolve: ws.resolver(),
             sources: &ws.project.source_map,
             namespaces: &ws.project.namespaces,
+            dispatch: &ws.project.dispatch,
         };
         let rendered = render::render(&pseudo, &rctx)?;
         let touches = rendered.refs.iter().any(|r| selected.contains(&r.name))

@@ -79,6 +79,7 @@ impl Workspace {
                 resolve: identity.clone(),
                 sources: &mp.source_map,
                 namespaces: &mp.namespaces,
+                dispatch: &mp.dispatch,
             };
             let r = render::render(model, &ctx)?;
             for (k, v) in &r.config {
@@ -127,6 +128,7 @@ impl Workspace {
             resolve: resolve.clone(),
             sources: &self.project.source_map,
             namespaces: &self.project.namespaces,
+            dispatch: &self.project.dispatch,
         };
         let main = render::render(model, &ctx)?;
         // Ephemeral ancestors reachable through ephemerals only, parents first.

@@ -251,6 +251,8 @@ pub struct ModelProject {
     /// Macro namespaces: `dbt`, each package in `dbt_packages/`, then the
     /// project (last).
     pub namespaces: Vec<(String, String)>,
+    /// `dispatch:` in `dbt_project.yml`: a namespace's search order.
+    pub dispatch: BTreeMap<String, Vec<String>>,
 }
 
 /// A schema file, as much of dbt's format as ferry uses (other keys allowed).
@@ -295,6 +297,32 @@ struct YamlSourceTable {
 /// A key that is present, even as `null` (which serde reads as absent).
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Yaml>, D::Error> {
     Ok(Some(Yaml::deserialize(d)?))
+}
+
+/// `dispatch:` in the project's `dbt_project.yml`.
+fn dispatch_config(dir: &Path) -> Result<BTreeMap<String, Vec<String>>> {
+    #[derive(Deserialize)]
+    struct Entry {
+        macro_namespace: String,
+        search_order: Vec<String>,
+    }
+    #[derive(Deserialize)]
+    struct File {
+        #[serde(default)]
+        dispatch: Vec<Entry>,
+    }
+    let path = dir.join("dbt_project.yml");
+    let Ok(text) = read(&path) else {
+        return Ok(BTreeMap::new());
+    };
+    let file: File = serde_yaml_ng::from_str(&text).map_err(|e| {
+        Error::Input(format!("dbt_project.yml: dispatch: {e} (write a list of {{macro_namespace, search_order}})"))
+    })?;
+    Ok(file
+        .dispatch
+        .into_iter()
+        .map(|e| (e.macro_namespace, e.search_order))
+        .collect())
 }
 
 /// The macro namespaces of a project in `dir`: `dbt`, then each package in
@@ -676,6 +704,7 @@ impl ModelProject {
             }
         }
         project.namespaces = namespaces(dir, &project.macros)?;
+        project.dispatch = dispatch_config(dir)?;
         {
             for (_, path) in in_all(&paths.tests, &["sql"])? {
                 project.singular_tests.push(SingularTest {

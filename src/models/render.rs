@@ -34,6 +34,8 @@ pub struct RenderContext<'a> {
     /// dbt's built-in macros), each package in `dbt_packages/`, and the
     /// project itself (for `adapter.dispatch`).
     pub namespaces: &'a [(String, String)],
+    /// `dispatch:` search orders, by namespace.
+    pub dispatch: &'a BTreeMap<String, Vec<String>>,
 }
 
 /// The `dbt` namespace: dbt's built-in cross-database macros, for DataFusion.
@@ -84,12 +86,39 @@ impl minijinja::value::Object for Namespace {
     }
 }
 
+/// `exceptions.raise_compiler_error(msg)` and `exceptions.warn(msg)`.
+#[derive(Debug)]
+struct Exceptions;
+
+impl minijinja::value::Object for Exceptions {
+    fn call_method(
+        self: &Arc<Self>,
+        _state: &minijinja::State<'_, '_>,
+        method: &str,
+        args: &[Value],
+    ) -> Result<Value, minijinja::Error> {
+        let msg = args.first().map(|v| v.to_string()).unwrap_or_default();
+        match method {
+            "raise_compiler_error" => Err(minijinja::Error::new(
+                ErrorKind::InvalidOperation,
+                format!("compilation error: {msg}"),
+            )),
+            "warn" => {
+                eprintln!("warning: {msg}");
+                Ok(Value::from(""))
+            }
+            _ => Err(minijinja::Error::from(ErrorKind::UnknownMethod)),
+        }
+    }
+}
+
 /// `adapter`: `dispatch` (dbt's search order: the project, then the
 /// macro's namespace; in each `datafusion__<name>`, then `default__<name>`,
 /// then `<name>`) and `quote`.
 #[derive(Debug)]
 struct Adapter {
     project: String,
+    dispatch: BTreeMap<String, Vec<String>>,
 }
 
 /// The macro `adapter.dispatch` chose, called later with the macro's arguments.
@@ -120,10 +149,14 @@ impl minijinja::value::Object for Adapter {
             "dispatch" => {
                 let (name, namespace): (String, Option<String>) =
                     minijinja::value::from_args(args)?;
-                let mut order = vec![self.project.clone()];
-                if let Some(ns) = &namespace {
-                    order.push(ns.clone());
-                }
+                let mut order = match namespace.as_ref().and_then(|ns| self.dispatch.get(ns)) {
+                    Some(configured) => configured.clone(),
+                    None => {
+                        let mut o = vec![self.project.clone()];
+                        o.extend(namespace.clone());
+                        o
+                    }
+                };
                 order.push("dbt".to_string());
                 for ns in &order {
                     let Ok(t) = state.env().get_template(&template_of(ns)) else {
@@ -315,6 +348,57 @@ pub fn render(model: &Model, ctx: &RenderContext<'_>) -> Result<Rendered> {
     });
     // `{{ return(x) }}` in a macro: its value is the macro's output.
     env.add_function("return", |v: Value| v);
+    // The parts of dbt's context real projects lean on.
+    env.add_function(
+        "env_var",
+        |name: String, default: Option<String>| -> Result<String, minijinja::Error> {
+            match (std::env::var(&name), default) {
+                (Ok(v), _) => Ok(v),
+                (Err(_), Some(d)) => Ok(d),
+                (Err(_), None) => Err(minijinja::Error::new(
+                    ErrorKind::UndefinedError,
+                    format!("env_var('{name}') is not set: export it, or give a default: env_var('{name}', 'x')"),
+                )),
+            }
+        },
+    );
+    env.add_function("log", |msg: Value, rest: Rest<Value>| {
+        // log(msg, true) or log(msg, info=true)
+        let info = rest.iter().any(|v| {
+            v.is_true() && v.kind() != minijinja::value::ValueKind::Map
+                || v.get_attr("info").map(|i| i.is_true()).unwrap_or(false)
+        });
+        if info {
+            eprintln!("{msg}");
+        } else {
+            tracing::debug!("{msg}");
+        }
+        String::new()
+    });
+    env.add_function("tojson", |v: Value| -> Result<String, minijinja::Error> {
+        serde_json::to_string(&v)
+            .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))
+    });
+    env.add_function("fromjson", |s: String| -> Result<Value, minijinja::Error> {
+        serde_json::from_str::<serde_json::Value>(&s)
+            .map(|v| Value::from_serialize(&v))
+            .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("fromjson: {e}")))
+    });
+    // Rendering is always for real (dbt's parse pass does not exist here).
+    env.add_global("execute", Value::from(true));
+    env.add_global(
+        "target",
+        Value::from_serialize(serde_json::json!({
+            "name": "dev",
+            "target_name": "dev",
+            "type": "datafusion",
+            "schema": "main",
+            "database": "lake",
+            "threads": 4,
+            "profile_name": "ferry",
+        })),
+    );
+    env.add_global("exceptions", Value::from_object(Exceptions));
     let mut project_ns = None;
     for (name, text) in ctx.namespaces {
         env.add_template_owned(template_of(name), text.clone())
@@ -332,6 +416,7 @@ pub fn render(model: &Model, ctx: &RenderContext<'_>) -> Result<Rendered> {
                 .last()
                 .map(|(n, _)| n.clone())
                 .unwrap_or_default(),
+            dispatch: ctx.dispatch.clone(),
         }),
     );
     let _ = project_ns;

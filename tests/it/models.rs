@@ -602,7 +602,12 @@ fn packages_dispatch_and_dbt_macros_run_unchanged() {
     let (_tmp, dir) = copy_fixture("dbt_packages");
     ok(ferry(&dir, &["seed"]));
     let run = ok(ferry(&dir, &["run"]));
-    assert!(run.contains("3 succeeded, 0 failed"), "{run}");
+    assert!(run.contains("4 succeeded, 0 failed"), "{run}");
+    // dbt's context: env_var with a default, target, fromjson/tojson, execute.
+    assert_eq!(
+        csv(&dir, "select from_env, target_name, region, row_limit, as_json, executed from context"),
+        "from_env,target_name,region,row_limit,as_json,executed\nfallback,dev,eu,3,\"{\"\"a\"\":1}\",true\n"
+    );
     // By hand: md5 of 'id-user_id'; the month; +7 days; days since 1 Jan;
     // cents / 100 rounded by the project's override of default__round_money
     // (a double, not the package's numeric(16,2)).
@@ -630,8 +635,28 @@ fn packages_dispatch_and_dbt_macros_run_unchanged() {
         std::fs::write(&golden, &out).unwrap();
     }
     assert_eq!(out, std::fs::read_to_string(&golden).unwrap());
+    // exceptions.raise_compiler_error stops with the model's file and line.
+    std::fs::write(dir.join("models/refuses.sql"), "{{ exceptions.raise_compiler_error('no ' ~ target.type) }}\nselect 1").unwrap();
+    let e = text(&ferry(&dir, &["compile"]));
+    assert!(e.contains("models/refuses.sql:1") && e.contains("compilation error: no datafusion"), "{e}");
+    std::fs::remove_file(dir.join("models/refuses.sql")).unwrap();
     // A namespace that is not installed says so.
     std::fs::write(dir.join("models/missing.sql"), "select {{ dbt_utils.generate_surrogate_key(['id']) }} as k").unwrap();
     let e = text(&ferry(&dir, &["compile"]));
     assert!(e.contains("models/missing.sql:1") && e.contains("dbt_packages/") && e.contains("generate_surrogate_key"), "{e}");
+}
+
+/// `dispatch:` in dbt_project.yml sets a namespace's search order: listing
+/// only the package skips the project's override.
+#[test]
+fn the_dispatch_config_sets_the_search_order() {
+    let (_tmp, dir) = copy_fixture("dbt_packages");
+    let yml = std::fs::read_to_string(dir.join("dbt_project.yml")).unwrap();
+    std::fs::write(
+        dir.join("dbt_project.yml"),
+        format!("{yml}\ndispatch:\n  - macro_namespace: fixture_utils\n    search_order: ['fixture_utils']\n"),
+    )
+    .unwrap();
+    let sql = ok(ferry(&dir, &["compile", "--select", "orders"]));
+    assert!(sql.contains("cast(amount_cents / 100 as numeric(16, 2)) as amount"), "{sql}");
 }
