@@ -93,9 +93,72 @@ fn yaml_to_value(y: &Yaml) -> Value {
 /// The name dbt would give a generic test.
 pub fn test_name(t: &TestSpec) -> String {
     match &t.column {
-        Some(c) => format!("{}_{}_{}", t.kind, t.model, c),
-        None => format!("{}_{}", t.kind, t.model),
+        Some(c) => format!("{}_{}_{}", t.kind.replace('.', "_"), t.model, c),
+        None => format!("{}_{}", t.kind.replace('.', "_"), t.model),
     }
+}
+
+/// A YAML value as a Jinja literal (for a test macro's arguments).
+fn jinja_literal(v: &Yaml) -> String {
+    match v {
+        Yaml::Null => "none".into(),
+        Yaml::Bool(b) => b.to_string(),
+        Yaml::Number(n) => n.to_string(),
+        Yaml::String(s) => serde_json::to_string(s).unwrap_or_else(|_| "''".into()),
+        Yaml::Sequence(items) => format!(
+            "[{}]",
+            items.iter().map(jinja_literal).collect::<Vec<_>>().join(", ")
+        ),
+        Yaml::Mapping(m) => format!(
+            "{{{}}}",
+            m.iter()
+                .map(|(k, v)| format!("{}: {}", jinja_literal(k), jinja_literal(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Yaml::Tagged(t) => jinja_literal(&t.value),
+    }
+}
+
+/// The SQL of a generic test defined as a macro: the macro called with
+/// `model` (the relation), `column_name` and the test's arguments.
+fn macro_test_sql(ws: &Workspace, t: &TestSpec) -> Result<String> {
+    let (ns, mac) = crate::models::project::test_macro(&ws.project.namespaces, &t.kind)
+        .ok_or_else(|| Error::Input(format!("{}: unknown test {}", t.origin, t.kind)))?;
+    let mut args = vec![format!(
+        "model={}",
+        serde_json::to_string(&(ws.resolver())(&t.model)).unwrap_or_default()
+    )];
+    if let Some(c) = &t.column {
+        args.push(format!("column_name={}", serde_json::to_string(c).unwrap_or_default()));
+    }
+    for (k, v) in &t.args {
+        args.push(format!("{k}={}", jinja_literal(v)));
+    }
+    let call = if t.kind.contains('.') {
+        format!("{{{{ {ns}.{mac}({}) }}}}", args.join(", "))
+    } else {
+        format!("{{{{ {mac}({}) }}}}", args.join(", "))
+    };
+    let pseudo = Model {
+        name: t.model.clone(),
+        path: t.origin.clone(),
+        sql: call,
+        config: ModelConfig::default(),
+        description: None,
+        columns: Vec::new(),
+    };
+    let rctx = RenderContext {
+        macros: &ws.project.macros,
+        vars: &ws.project.vars,
+        is_incremental: false,
+        resolve: ws.resolver(),
+        sources: &ws.project.source_map,
+        namespaces: &ws.project.namespaces,
+        dispatch: &ws.project.dispatch,
+    };
+    let rendered = render::render(&pseudo, &rctx)?;
+    Ok(strip_comments(rendered.sql.trim().trim_end_matches(';')))
 }
 
 /// The SQL of a generic test.
@@ -105,7 +168,7 @@ pub fn generic_sql(ws: &Workspace, t: &TestSpec) -> Result<String> {
         "not_null" => NOT_NULL,
         "accepted_values" => ACCEPTED_VALUES,
         "relationships" => RELATIONSHIPS,
-        other => return Err(Error::Input(format!("{}: unknown test {other}", t.origin))),
+        _ => return macro_test_sql(ws, t),
     };
     let mut env = Environment::new();
     env.add_filter("sql_literal", sql_literal);

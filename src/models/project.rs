@@ -299,6 +299,60 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option
     Ok(Some(Yaml::deserialize(d)?))
 }
 
+/// The generic tests ferry implements itself.
+pub const BUILTIN_TESTS: [&str; 4] = ["unique", "not_null", "accepted_values", "relationships"];
+
+/// Where the macro of test `kind` is: `(namespace, macro)` for
+/// `package.name` (in that package) or `name` (in the project, last).
+pub fn test_macro(namespaces: &[(String, String)], kind: &str) -> Option<(String, String)> {
+    let (ns, name) = match kind.split_once('.') {
+        Some((ns, name)) => (namespaces.iter().find(|(n, _)| n == ns)?, name),
+        None => (namespaces.last()?, kind),
+    };
+    let mac = format!("test_{name}");
+    defines_macro(&ns.1, &mac).then(|| (ns.0.clone(), mac))
+}
+
+/// dbt's `{% test name(args) %}...{% endtest %}` blocks are macros named
+/// `test_<name>` (as dbt itself compiles them): rewritten so minijinja,
+/// which has no `test` tag, reads them.
+pub fn tests_as_macros(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("{%") {
+        out.push_str(&rest[..i + 2]);
+        let after = &rest[i + 2..];
+        let dash = after.starts_with('-');
+        let body = if dash { &after[1..] } else { after };
+        let trimmed = body.trim_start();
+        let ws = &body[..body.len() - trimmed.len()];
+        if dash {
+            out.push('-');
+        }
+        out.push_str(ws);
+        if let Some(tail) = trimmed.strip_prefix("test ") {
+            out.push_str("macro test_");
+            rest = tail.trim_start();
+        } else if let Some(tail) = trimmed.strip_prefix("endtest") {
+            out.push_str("endmacro");
+            rest = tail;
+        } else {
+            rest = trimmed;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Whether macro text defines `macro <name>(`.
+pub fn defines_macro(text: &str, name: &str) -> bool {
+    text.match_indices(name).any(|(i, _)| {
+        let before = text[..i].trim_end();
+        before.ends_with("macro")
+            && text[i + name.len()..].trim_start().starts_with('(')
+    })
+}
+
 /// `dispatch:` in the project's `dbt_project.yml`.
 fn dispatch_config(dir: &Path) -> Result<BTreeMap<String, Vec<String>>> {
     #[derive(Deserialize)]
@@ -353,7 +407,7 @@ fn namespaces(dir: &Path, macros: &[(String, String)]) -> Result<Vec<(String, St
         let mut text = String::new();
         for sub in parsed.macro_paths.unwrap_or_else(|| vec!["macros".into()]) {
             for path in files(&pkg.join(sub), &["sql"])? {
-                text.push_str(&read(&path)?);
+                text.push_str(&tests_as_macros(&read(&path)?));
                 text.push('\n');
             }
         }
@@ -692,7 +746,7 @@ impl ModelProject {
         }
 
         for (_, path) in in_all(&paths.macros, &["sql"])? {
-            project.macros.push((rel(dir, &path), read(&path)?));
+            project.macros.push((rel(dir, &path), tests_as_macros(&read(&path)?)));
         }
         // ferry's built-in macros, unless the project has a file of that name.
         for (file, text) in BUILTIN_MACROS {
@@ -705,6 +759,19 @@ impl ModelProject {
         }
         project.namespaces = namespaces(dir, &project.macros)?;
         project.dispatch = dispatch_config(dir)?;
+        for t in &project.tests {
+            if BUILTIN_TESTS.contains(&t.kind.as_str()) {
+                continue;
+            }
+            if test_macro(&project.namespaces, &t.kind).is_none() {
+                return Err(Error::Input(format!(
+                    "{}: unknown data test `{}`; ferry has unique, not_null, accepted_values and \
+                     relationships, the `{{% test %}}` macros of the project, and those of the packages in \
+                     dbt_packages/ (`package.name`; fill dbt_packages/ with `dbt deps`)",
+                    t.origin, t.kind
+                )));
+            }
+        }
         {
             for (_, path) in in_all(&paths.tests, &["sql"])? {
                 project.singular_tests.push(SingularTest {
@@ -803,11 +870,17 @@ fn parse_test(t: &Yaml, model: &str, column: Option<&str>, origin: &str) -> Resu
         "unique" | "not_null" => &[],
         "accepted_values" => &["values"],
         "relationships" => &["to", "field"],
-        other => {
-            return Err(Error::Input(format!(
-                "{origin}: unknown data test `{other}`; ferry has unique, not_null, \
-                 accepted_values and relationships (write others as SQL in sql/tests/)"
-            )));
+        // A generic test defined as a macro (`{% test name %}` in the
+        // project's macros or a package's): checked once macros are loaded.
+        _ => {
+            return Ok(TestSpec {
+                kind,
+                model: model.to_string(),
+                column: column.map(str::to_string),
+                args,
+                severity,
+                origin: origin.to_string(),
+            });
         }
     };
     for n in needs {

@@ -635,11 +635,30 @@ fn packages_dispatch_and_dbt_macros_run_unchanged() {
         std::fs::write(&golden, &out).unwrap();
     }
     assert_eq!(out, std::fs::read_to_string(&golden).unwrap());
+    // Generic tests from the package (`fixture_utils.*`, written as
+    // {% test %} blocks) and the project's own, with their arguments and
+    // severity; the amount of 25.00 is outside accepted_range's 0..20.
+    let tests = ok(ferry(&dir, &["test"]));
+    assert!(tests.contains("PASS  fixture_utils_expression_is_true_orders\n"), "{tests}");
+    assert!(tests.contains("PASS  fixture_utils_unique_combination_of_columns_orders"), "{tests}");
+    assert!(tests.contains("WARN  fixture_utils_accepted_range_orders_amount (1 failing rows)"), "{tests}");
+    assert!(tests.contains("PASS  is_positive_orders_amount"), "{tests}");
+    assert!(tests.contains("4 passed, 1 warned, 0 failed"), "{tests}");
     // exceptions.raise_compiler_error stops with the model's file and line.
     std::fs::write(dir.join("models/refuses.sql"), "{{ exceptions.raise_compiler_error('no ' ~ target.type) }}\nselect 1").unwrap();
     let e = text(&ferry(&dir, &["compile"]));
     assert!(e.contains("models/refuses.sql:1") && e.contains("compilation error: no datafusion"), "{e}");
     std::fs::remove_file(dir.join("models/refuses.sql")).unwrap();
+    // A package test that is not installed says where packages come from.
+    let schema = std::fs::read_to_string(dir.join("models/schema.yml")).unwrap();
+    std::fs::write(
+        dir.join("models/schema.yml"),
+        schema.replace("      - is_positive", "      - is_positive\n          - dbt_utils.not_constant"),
+    )
+    .unwrap();
+    let e = text(&ferry(&dir, &["test"]));
+    assert!(e.contains("unknown data test `dbt_utils.not_constant`") && e.contains("dbt_packages/"), "{e}");
+    std::fs::write(dir.join("models/schema.yml"), schema).unwrap();
     // A namespace that is not installed says so.
     std::fs::write(dir.join("models/missing.sql"), "select {{ dbt_utils.generate_surrogate_key(['id']) }} as k").unwrap();
     let e = text(&ferry(&dir, &["compile"]));
