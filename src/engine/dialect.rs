@@ -7,7 +7,8 @@
 //! every amount under a dollar into 0.00. [`RealDivision`] plans `a / b`
 //! with two integer operands as `cast(a as double) / cast(b as double)`,
 //! when the SQL is planned, so the result's type is right everywhere
-//! downstream. For integer division on purpose, write `floor(a / b)` (or
+//! downstream; `x / 0` is NULL, as in DuckDB (DataFusion's integer `/`
+//! fails on it). For integer division on purpose, write `floor(a / b)` (or
 //! `cast(floor(a / b) as bigint)`).
 
 use std::sync::Arc;
@@ -16,7 +17,8 @@ use arrow::datatypes::DataType;
 use datafusion::common::DFSchema;
 use datafusion::error::Result;
 use datafusion::logical_expr::planner::{ExprPlanner, PlannerResult, RawBinaryExpr};
-use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, Operator, cast};
+use datafusion::functions::core::expr_fn::nullif;
+use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, Operator, cast, lit};
 use datafusion::sql::sqlparser::ast::BinaryOperator;
 
 /// Plans integer `/` integer as real division (see the module docs).
@@ -52,10 +54,14 @@ impl ExprPlanner for RealDivision {
         if !(integer(&l) && integer(&r)) {
             return Ok(PlannerResult::Original(expr));
         }
+        // DuckDB: a double, and NULL (not an error, not inf) for x / 0.
         Ok(PlannerResult::Planned(Expr::BinaryExpr(BinaryExpr::new(
             Box::new(cast(expr.left, DataType::Float64)),
             Operator::Divide,
-            Box::new(cast(expr.right, DataType::Float64)),
+            Box::new(nullif(
+                cast(expr.right, DataType::Float64),
+                lit(0.0_f64),
+            )),
         ))))
     }
 }

@@ -132,7 +132,22 @@ fn macro_test_sql(ws: &Workspace, t: &TestSpec) -> Result<String> {
     if let Some(c) = &t.column {
         args.push(format!("column_name={}", serde_json::to_string(c).unwrap_or_default()));
     }
+    // dbt's test configs travel with the arguments in YAML; they are not
+    // the macro's.
+    const CONFIGS: [&str; 14] = [
+        "where", "name", "tags", "meta", "description", "limit", "warn_if", "error_if",
+        "store_failures", "enabled", "alias", "schema", "database", "fail_calc",
+    ];
     for (k, v) in &t.args {
+        if CONFIGS.contains(&k.as_str()) {
+            continue;
+        }
+        if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(Error::Input(format!(
+                "{}: test argument `{k}` is not a name a macro can take",
+                t.origin
+            )));
+        }
         args.push(format!("{k}={}", jinja_literal(v)));
     }
     let call = if t.kind.contains('.') {

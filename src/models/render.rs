@@ -52,12 +52,57 @@ fn template_of(name: &str) -> String {
     format!("__namespace__{name}")
 }
 
+thread_local! {
+    /// Namespace calls in progress on this thread (each starts a fresh
+    /// template state, so minijinja's own recursion limit does not see them).
+    static DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Deepest chain of namespace and dispatch calls before it is an error.
+const MAX_DEPTH: usize = 64;
+
+struct Depth;
+
+impl Depth {
+    fn enter(namespace: &str, method: &str) -> Result<Depth, minijinja::Error> {
+        let d = DEPTH.with(|d| {
+            let v = d.get() + 1;
+            d.set(v);
+            v
+        });
+        let guard = Depth;
+        if d > MAX_DEPTH {
+            return Err(minijinja::Error::new(
+                ErrorKind::InvalidOperation,
+                format!("{namespace}.{method}: macro calls nest deeper than {MAX_DEPTH}: a macro calls itself (through adapter.dispatch or its namespace)"),
+            ));
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for Depth {
+    fn drop(&mut self) {
+        DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
 fn call_in(
     state: &minijinja::State<'_, '_>,
     namespace: &str,
     method: &str,
     args: &[Value],
 ) -> Result<Value, minijinja::Error> {
+    let _depth = Depth::enter(namespace, method)?;
+    let broken = state
+        .lookup(&format!("__broken__{namespace}"))
+        .filter(|v| !v.is_undefined());
+    if let Some(why) = broken {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!("the macros of {namespace} do not parse: {why}"),
+        ));
+    }
     let template = state.env().get_template(&template_of(namespace)).map_err(|_| {
         minijinja::Error::new(
             ErrorKind::UnknownFunction,
@@ -164,15 +209,14 @@ impl minijinja::value::Object for Adapter {
                     };
                     let captured = t.render_captured(())?;
                     let module = captured.state();
-                    for candidate in [
-                        format!("datafusion__{name}"),
-                        format!("default__{name}"),
-                        name.clone(),
-                    ] {
-                        // The namespace's own `<name>` would dispatch to itself.
-                        if candidate == name && Some(ns) == namespace.as_ref() {
-                            continue;
-                        }
+                    // As dbt: adapter-prefixed, then default__; never the
+                    // bare name (that is the dispatching macro itself). The
+                    // `dbt` namespace's macros are plain-named.
+                    let bare = (ns == "dbt").then(|| name.clone());
+                    for candidate in [format!("datafusion__{name}"), format!("default__{name}")]
+                        .into_iter()
+                        .chain(bare)
+                    {
                         if module.lookup(&candidate).is_some() {
                             return Ok(Value::from_object(Dispatched {
                                 namespace: ns.clone(),
@@ -401,8 +445,11 @@ pub fn render(model: &Model, ctx: &RenderContext<'_>) -> Result<Rendered> {
     env.add_global("exceptions", Value::from_object(Exceptions));
     let mut project_ns = None;
     for (name, text) in ctx.namespaces {
-        env.add_template_owned(template_of(name), text.clone())
-            .map_err(|e| Error::Input(format!("macros of {name}: {e}")))?;
+        // A package whose macros minijinja cannot read fails only the calls
+        // into it, not every model.
+        if let Err(e) = env.add_template_owned(template_of(name), text.clone()) {
+            env.add_global(format!("__broken__{name}"), Value::from(e.to_string()));
+        }
         env.add_global(name.clone(), Value::from_object(Namespace { name: name.clone() }));
         if project_ns.is_none() && name != "dbt" {
             project_ns = Some(name.clone());

@@ -29,10 +29,10 @@ fn vars(args: &SelectArgs) -> Result<Vec<(String, String)>> {
 /// come back as JSON text (strings stay strings).
 pub(crate) fn parse_vars(arg: &str) -> Result<Vec<(String, String)>> {
     let trimmed = arg.trim();
-    if !trimmed.starts_with('{')
-        && let Some((k, v)) = trimmed.split_once('=')
-        && !k.contains(':')
-    {
+    // A mapping starts with `{` or has `key: value`; anything else with `=`
+    // is name=value (names may hold `:`, as dbt's "pkg:var" do).
+    let mapping = trimmed.starts_with('{') || trimmed.contains(": ");
+    if !mapping && let Some((k, v)) = trimmed.split_once('=') {
         return Ok(vec![(k.trim().to_string(), v.to_string())]);
     }
     let bad = |why: String| {
@@ -91,6 +91,10 @@ mod tests {
         assert_eq!(
             parse_vars("dbt_date:time_zone: Europe/Paris").unwrap(),
             [("dbt_date:time_zone".to_string(), "Europe/Paris".to_string())]
+        );
+        assert_eq!(
+            parse_vars("dbt_date:time_zone=UTC").unwrap(),
+            [("dbt_date:time_zone".to_string(), "UTC".to_string())]
         );
         let e = parse_vars("[1, 2]").unwrap_err().to_string();
         assert!(e.contains("not a mapping") && e.contains("NAME=VALUE"), "{e}");

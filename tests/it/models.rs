@@ -591,6 +591,8 @@ fn integer_division_is_real_division_as_in_duckdb() {
         ),
         "dollars,half,floored\n0.42,3.5,3.0\n19.99,3.5,3.0\n"
     );
+    // As in DuckDB, x / 0 is NULL (DataFusion's integer division fails on it).
+    assert_eq!(csv(&dir, "select 7 / 0 is null as z"), "z\ntrue\n");
 }
 
 /// A dbt project with a package in `dbt_packages/` (as `dbt deps` leaves
@@ -649,6 +651,29 @@ fn packages_dispatch_and_dbt_macros_run_unchanged() {
     let e = text(&ferry(&dir, &["compile"]));
     assert!(e.contains("models/refuses.sql:1") && e.contains("compilation error: no datafusion"), "{e}");
     std::fs::remove_file(dir.join("models/refuses.sql")).unwrap();
+    // Regression: a macro that dispatches to its own name (dbt never picks
+    // the bare name) and a wrapper calling into a package that searches the
+    // project first used to recurse until the stack overflowed.
+    std::fs::write(
+        dir.join("macros/loops.sql"),
+        "{% macro loop_me() %}{{ return(adapter.dispatch('loop_me')()) }}{% endmacro %}\n\
+         {% macro surrogate_key(f) %}{{ fixture_utils.surrogate_key(f) }}{% endmacro %}\n\
+         {% macro forever() %}{{ shop.forever() }}{% endmacro %}\n",
+    )
+    .unwrap();
+    for (model, want) in [
+        ("{{ loop_me() }}", "no datafusion__loop_me or default__loop_me"),
+        ("{{ forever() }}", "nest deeper than"),
+    ] {
+        std::fs::write(dir.join("models/loops.sql"), format!("select {model} as x")).unwrap();
+        let e = text(&ferry(&dir, &["compile", "--select", "loops"]));
+        assert!(e.contains(want), "{model}: {e}");
+    }
+    std::fs::write(dir.join("models/loops.sql"), "select {{ surrogate_key(['id']) }} as k from {{ ref('raw_orders') }}").unwrap();
+    let sql = ok(ferry(&dir, &["compile", "--select", "loops"]));
+    assert!(sql.contains("md5("), "{sql}");
+    std::fs::remove_file(dir.join("models/loops.sql")).unwrap();
+    std::fs::remove_file(dir.join("macros/loops.sql")).unwrap();
     // A package test that is not installed says where packages come from.
     let schema = std::fs::read_to_string(dir.join("models/schema.yml")).unwrap();
     std::fs::write(
