@@ -42,8 +42,16 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-async fn write(lake: &Lake, table: &str, schema: arrow::datatypes::SchemaRef, name: &str, rows: &[Value]) {
-    tables::append(lake, table, schema, name, rows).await.expect("write");
+async fn write(
+    lake: &Lake,
+    table: &str,
+    schema: arrow::datatypes::SchemaRef,
+    name: &str,
+    rows: &[Value],
+) {
+    tables::append(lake, table, schema, name, rows)
+        .await
+        .expect("write");
 }
 
 fn ts(t: chrono::DateTime<chrono::Utc>) -> String {
@@ -67,18 +75,39 @@ async fn history(lake: &Lake, runs: usize) {
                     "api_calls": 14, "rate_limited": i64::from(i % 13 == 0), "started_at": ts(at)})
             })
             .collect();
-        write(lake, tables::RUN_STAGES, tables::run_stages_schema(), &run_id, &stages).await;
+        write(
+            lake,
+            tables::RUN_STAGES,
+            tables::run_stages_schema(),
+            &run_id,
+            &stages,
+        )
+        .await;
         let sched = json!({"schedule": "hourly", "run_id": run_id, "due_at": ts(at),
             "status": if failed { "failed" } else { "success" }, "error": Value::Null,
             "rows_moved": 1200, "rejected": 3, "attempted": 1203, "api_calls": 14, "rate_limited": 0,
             "auth_refused": false, "host": "bench", "lease_generation": i, "seconds": 2.0,
             "started_at": ts(at), "finished_at": ts(at)});
-        write(lake, &format!("{}/hourly", tables::SCHEDULE_RUNS), tables::schedule_runs_schema(), &run_id, &[sched]).await;
+        write(
+            lake,
+            &format!("{}/hourly", tables::SCHEDULE_RUNS),
+            tables::schedule_runs_schema(),
+            &run_id,
+            &[sched],
+        )
+        .await;
         let sync = json!({"run_id": run_id, "sync": "contact_scores", "mode": "upsert",
             "status": if failed { "failed" } else { "success" }, "created": 10, "updated": 200,
             "archived": 0, "unchanged": 1800, "rejected": 3, "failed": 0, "api_calls": 4,
             "rate_limited": 0, "error": Value::Null, "seconds": 1.0, "started_at": ts(at), "finished_at": ts(at)});
-        write(lake, "sync_runs/contact_scores", ferry::sync::state::runs_schema(), &run_id, &[sync]).await;
+        write(
+            lake,
+            "sync_runs/contact_scores",
+            ferry::sync::state::runs_schema(),
+            &run_id,
+            &[sync],
+        )
+        .await;
         let ex: Vec<Value> = streams
             .iter()
             .map(|s| {
@@ -89,7 +118,14 @@ async fn history(lake: &Lake, runs: usize) {
                     "retryable": Value::Null, "seconds": 0.2, "started_at": ts(at)})
             })
             .collect();
-        write(lake, "extract_runs", ferry::extract::extract_runs_schema(), &run_id, &ex).await;
+        write(
+            lake,
+            "extract_runs",
+            ferry::extract::extract_runs_schema(),
+            &run_id,
+            &ex,
+        )
+        .await;
         let models: Vec<Value> = (0..5)
             .map(|m| {
                 json!({"run_id": run_id, "model": format!("model_{m}"), "materialized": "table",
@@ -97,7 +133,14 @@ async fn history(lake: &Lake, runs: usize) {
                     "started_at": ts(at), "finished_at": ts(at)})
             })
             .collect();
-        write(lake, "model_runs", ferry::models::run::model_runs_schema(), &run_id, &models).await;
+        write(
+            lake,
+            "model_runs",
+            ferry::models::run::model_runs_schema(),
+            &run_id,
+            &models,
+        )
+        .await;
         if i % 50 == 0 {
             let dead: Vec<Value> = (0..3)
                 .map(|k| {
@@ -108,7 +151,14 @@ async fn history(lake: &Lake, runs: usize) {
                         "attempts": 1, "at": ts(at)})
                 })
                 .collect();
-            write(lake, "sync_log/contact_scores", ferry::sync::state::log_schema(), &run_id, &dead).await;
+            write(
+                lake,
+                "sync_log/contact_scores",
+                ferry::sync::state::log_schema(),
+                &run_id,
+                &dead,
+            )
+            .await;
         }
     }
 }
@@ -133,7 +183,11 @@ async fn main() {
     println!("== health page on {runs} runs of history");
     let t = Instant::now();
     history(&lake, runs).await;
-    println!("  history written in {:.1}s (about {} files)", t.elapsed().as_secs_f64(), runs * 5 + runs / 50);
+    println!(
+        "  history written in {:.1}s (about {} files)",
+        t.elapsed().as_secs_f64(),
+        runs * 5 + runs / 50
+    );
     for round in 1..=3 {
         let t = Instant::now();
         let page = ferry::operate::health::gather(&project, &lake, chrono::Utc::now())

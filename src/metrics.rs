@@ -139,11 +139,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Scheduled run durations",
         m.durations.clone(),
     );
-    registry.register(
-        "ferry_runs",
-        "Scheduled runs by outcome",
-        m.runs.clone(),
-    );
+    registry.register("ferry_runs", "Scheduled runs by outcome", m.runs.clone());
     registry.register(
         "ferry_last_success_timestamp_seconds",
         "Unix time of the pipeline's last successful run",
@@ -221,7 +217,10 @@ pub fn extracted(stream: &str, rows: u64, quarantined: u64) {
     let l = StreamLabel {
         stream: stream.to_string(),
     };
-    METRICS.extracted.get_or_create(&l).inc_by(rows + quarantined);
+    METRICS
+        .extracted
+        .get_or_create(&l)
+        .inc_by(rows + quarantined);
     METRICS.landed.get_or_create(&l).inc_by(rows);
     METRICS.quarantined.get_or_create(&l).inc_by(quarantined);
 }
@@ -326,7 +325,11 @@ pub fn budgets() -> Vec<(String, u64, u64)> {
         .map(|b| {
             b.iter()
                 .map(|(k, (limit, remaining, day))| {
-                    (k.clone(), *limit, if *day == today { *remaining } else { *limit })
+                    (
+                        k.clone(),
+                        *limit,
+                        if *day == today { *remaining } else { *limit },
+                    )
                 })
                 .collect()
         })

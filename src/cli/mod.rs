@@ -386,7 +386,13 @@ pub(crate) fn serve_banner(project: &Project, url: &str, schedules: bool) {
     }
     if schedules {
         for s in project.schedules.values() {
-            let _ = writeln!(out, "  schedule {:<20} {} → {}", s.name, s.when.describe(), s.job.describe());
+            let _ = writeln!(
+                out,
+                "  schedule {:<20} {} → {}",
+                s.name,
+                s.when.describe(),
+                s.job.describe()
+            );
         }
     }
     let _ = out.flush();
@@ -394,7 +400,9 @@ pub(crate) fn serve_banner(project: &Project, url: &str, schedules: bool) {
 
 async fn print_schedules(project: &Project, lake: &Lake) -> Result<()> {
     if project.schedules.is_empty() {
-        println!("no schedules: add a [schedules.<name>] to ferry.toml (cron, every or after, and run)");
+        println!(
+            "no schedules: add a [schedules.<name>] to ferry.toml (cron, every or after, and run)"
+        );
         return Ok(());
     }
     let now = chrono::Utc::now();
@@ -417,7 +425,10 @@ async fn print_schedules(project: &Project, lake: &Lake) -> Result<()> {
             .next
             .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
             .unwrap_or_else(|| "after its upstream succeeds".into());
-        println!("{:<20} {:<34} {:<28} {:<34} {next}", l.name, l.when, l.job, last);
+        println!(
+            "{:<20} {:<34} {:<28} {:<34} {next}",
+            l.name, l.when, l.job, last
+        );
         if let Some(e) = l.state.as_ref().and_then(|s| s.last_error.as_ref()) {
             println!("{:<20} last error: {}", "", e.lines().next().unwrap_or(""));
         }

@@ -18,13 +18,13 @@ use std::time::Instant;
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 
-use crate::run::build::{self, BuildOptions, BuildReport};
-use crate::run::Selection;
 use crate::error::{Error, Result};
 use crate::extract::config::SourceSpec;
 use crate::http::Auth;
 use crate::lake::Lake;
 use crate::project::{Project, secret::Secret};
+use crate::run::Selection;
+use crate::run::build::{self, BuildOptions, BuildReport};
 use crate::sim::hubspot::SimConfig;
 use generate::Dataset;
 use serve::Served;
@@ -83,7 +83,11 @@ pub fn schedules(
         run: run.to_string(),
         select: vec![],
         exclude: vec![],
-        vars: if run == "build" { vars.to_vec() } else { vec![] },
+        vars: if run == "build" {
+            vars.to_vec()
+        } else {
+            vec![]
+        },
         sources: vec![],
         syncs: vec![],
         full_refresh: false,

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use arrow::datatypes::DataType;
 use datafusion::common::DFSchema;
 use datafusion::error::Result;
-use datafusion::logical_expr::planner::{ExprPlanner, PlannerResult, RawBinaryExpr};
 use datafusion::functions::core::expr_fn::nullif;
+use datafusion::logical_expr::planner::{ExprPlanner, PlannerResult, RawBinaryExpr};
 use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, Operator, cast, lit};
 use datafusion::sql::sqlparser::ast::BinaryOperator;
 
@@ -58,10 +58,7 @@ impl ExprPlanner for RealDivision {
         Ok(PlannerResult::Planned(Expr::BinaryExpr(BinaryExpr::new(
             Box::new(cast(expr.left, DataType::Float64)),
             Operator::Divide,
-            Box::new(nullif(
-                cast(expr.right, DataType::Float64),
-                lit(0.0_f64),
-            )),
+            Box::new(nullif(cast(expr.right, DataType::Float64), lit(0.0_f64))),
         ))))
     }
 }

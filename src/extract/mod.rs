@@ -36,7 +36,6 @@ use config::SourceSpec;
 /// Rows landed per file.
 pub const FLUSH_ROWS: usize = 10_000;
 
-
 /// Append one stream attempt to `ferry.extract_runs`.
 pub use crate::lake::tables::extract_runs_schema;
 

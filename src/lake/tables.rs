@@ -179,9 +179,11 @@ pub async fn append<T: Serialize>(
         .flush()
         .map_err(|e| Error::Internal(format!("{table}: {e}")))?
         .ok_or_else(|| Error::Internal(format!("{table}: no rows decoded")))?;
-    let path = Path::from_iter(prefix(table).parts().chain(std::iter::once(
-        format!("{name}.parquet").as_str().into(),
-    )));
+    let path = Path::from_iter(
+        prefix(table)
+            .parts()
+            .chain(std::iter::once(format!("{name}.parquet").as_str().into())),
+    );
     put_once(lake.store().as_ref(), &path, encode(schema, &[batch])?).await
 }
 

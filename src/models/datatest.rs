@@ -15,7 +15,7 @@ use minijinja::{Environment, Value};
 use serde_yaml_ng::Value as Yaml;
 
 use super::project::{Model, ModelConfig, Severity, TestSpec};
-use super::render::{self, RenderContext};
+use super::render;
 use super::{Workspace, query_only};
 use crate::error::{Error, Result};
 
@@ -107,7 +107,11 @@ fn jinja_literal(v: &Yaml) -> String {
         Yaml::String(s) => serde_json::to_string(s).unwrap_or_else(|_| "''".into()),
         Yaml::Sequence(items) => format!(
             "[{}]",
-            items.iter().map(jinja_literal).collect::<Vec<_>>().join(", ")
+            items
+                .iter()
+                .map(jinja_literal)
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         Yaml::Mapping(m) => format!(
             "{{{}}}",
@@ -130,13 +134,28 @@ fn macro_test_sql(ws: &Workspace, t: &TestSpec) -> Result<String> {
         serde_json::to_string(&(ws.resolver())(&t.model)).unwrap_or_default()
     )];
     if let Some(c) = &t.column {
-        args.push(format!("column_name={}", serde_json::to_string(c).unwrap_or_default()));
+        args.push(format!(
+            "column_name={}",
+            serde_json::to_string(c).unwrap_or_default()
+        ));
     }
     // dbt's test configs travel with the arguments in YAML; they are not
     // the macro's.
     const CONFIGS: [&str; 14] = [
-        "where", "name", "tags", "meta", "description", "limit", "warn_if", "error_if",
-        "store_failures", "enabled", "alias", "schema", "database", "fail_calc",
+        "where",
+        "name",
+        "tags",
+        "meta",
+        "description",
+        "limit",
+        "warn_if",
+        "error_if",
+        "store_failures",
+        "enabled",
+        "alias",
+        "schema",
+        "database",
+        "fail_calc",
     ];
     for (k, v) in &t.args {
         if CONFIGS.contains(&k.as_str()) {
@@ -163,15 +182,7 @@ fn macro_test_sql(ws: &Workspace, t: &TestSpec) -> Result<String> {
         description: None,
         columns: Vec::new(),
     };
-    let rctx = RenderContext {
-        macros: &ws.project.macros,
-        vars: &ws.project.vars,
-        is_incremental: false,
-        resolve: ws.resolver(),
-        sources: &ws.project.source_map,
-        namespaces: &ws.project.namespaces,
-        dispatch: &ws.project.dispatch,
-    };
+    let rctx = ws.project.render_context(false, ws.resolver());
     let rendered = render::render(&pseudo, &rctx)?;
     Ok(strip_comments(rendered.sql.trim().trim_end_matches(';')))
 }
@@ -305,15 +316,7 @@ pub async fn run(
             description: None,
             columns: Vec::new(),
         };
-        let rctx = RenderContext {
-            macros: &ws.project.macros,
-            vars: &ws.project.vars,
-            is_incremental: false,
-            resolve: ws.resolver(),
-            sources: &ws.project.source_map,
-            namespaces: &ws.project.namespaces,
-            dispatch: &ws.project.dispatch,
-        };
+        let rctx = ws.project.render_context(false, ws.resolver());
         let rendered = render::render(&pseudo, &rctx)?;
         let touches = rendered.refs.iter().any(|r| selected.contains(&r.name))
             || (rendered.refs.is_empty() && selected.len() == ws.dag.parents.len());

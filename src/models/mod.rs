@@ -72,6 +72,7 @@ impl Workspace {
         let identity: Resolver = Arc::new(|n: &str| n.to_string());
         let mut first = BTreeMap::new();
         for model in &mut mp.models {
+            // Field by field: `mp.models` is borrowed mutably by the loop.
             let ctx = RenderContext {
                 macros: &mp.macros,
                 vars: &mp.vars,
@@ -121,15 +122,7 @@ impl Workspace {
     pub fn final_sql(&self, name: &str, is_incremental: bool) -> Result<String> {
         let model = self.model(name)?;
         let resolve = self.resolver();
-        let ctx = RenderContext {
-            macros: &self.project.macros,
-            vars: &self.project.vars,
-            is_incremental,
-            resolve: resolve.clone(),
-            sources: &self.project.source_map,
-            namespaces: &self.project.namespaces,
-            dispatch: &self.project.dispatch,
-        };
+        let ctx = self.project.render_context(is_incremental, resolve.clone());
         let main = render::render(model, &ctx)?;
         // Ephemeral ancestors reachable through ephemerals only, parents first.
         let mut needed: Vec<String> = Vec::new();

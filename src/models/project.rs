@@ -255,6 +255,25 @@ pub struct ModelProject {
     pub dispatch: BTreeMap<String, Vec<String>>,
 }
 
+impl ModelProject {
+    /// What rendering one of this project's models needs.
+    pub fn render_context(
+        &self,
+        is_incremental: bool,
+        resolve: super::render::Resolver,
+    ) -> super::render::RenderContext<'_> {
+        super::render::RenderContext {
+            macros: &self.macros,
+            vars: &self.vars,
+            is_incremental,
+            resolve,
+            sources: &self.source_map,
+            namespaces: &self.namespaces,
+            dispatch: &self.dispatch,
+        }
+    }
+}
+
 /// A schema file, as much of dbt's format as ferry uses (other keys allowed).
 #[derive(Debug, Deserialize)]
 struct SchemaFile {
@@ -348,8 +367,7 @@ pub fn tests_as_macros(text: &str) -> String {
 pub fn defines_macro(text: &str, name: &str) -> bool {
     text.match_indices(name).any(|(i, _)| {
         let before = text[..i].trim_end();
-        before.ends_with("macro")
-            && text[i + name.len()..].trim_start().starts_with('(')
+        before.ends_with("macro") && text[i + name.len()..].trim_start().starts_with('(')
     })
 }
 
@@ -370,7 +388,9 @@ fn dispatch_config(dir: &Path) -> Result<BTreeMap<String, Vec<String>>> {
         return Ok(BTreeMap::new());
     };
     let file: File = serde_yaml_ng::from_str(&text).map_err(|e| {
-        Error::Input(format!("dbt_project.yml: dispatch: {e} (write a list of {{macro_namespace, search_order}})"))
+        Error::Input(format!(
+            "dbt_project.yml: dispatch: {e} (write a list of {{macro_namespace, search_order}})"
+        ))
     })?;
     Ok(file
         .dispatch
@@ -746,7 +766,9 @@ impl ModelProject {
         }
 
         for (_, path) in in_all(&paths.macros, &["sql"])? {
-            project.macros.push((rel(dir, &path), tests_as_macros(&read(&path)?)));
+            project
+                .macros
+                .push((rel(dir, &path), tests_as_macros(&read(&path)?)));
         }
         // ferry's built-in macros, unless the project has a file of that name.
         for (file, text) in BUILTIN_MACROS {

@@ -74,7 +74,9 @@ impl Depth {
         if d > MAX_DEPTH {
             return Err(minijinja::Error::new(
                 ErrorKind::InvalidOperation,
-                format!("{namespace}.{method}: macro calls nest deeper than {MAX_DEPTH}: a macro calls itself (through adapter.dispatch or its namespace)"),
+                format!(
+                    "{namespace}.{method}: macro calls nest deeper than {MAX_DEPTH}: a macro calls itself (through adapter.dispatch or its namespace)"
+                ),
             ));
         }
         Ok(guard)
@@ -239,7 +241,9 @@ impl minijinja::value::Object for Adapter {
             }
             _ => Err(minijinja::Error::new(
                 ErrorKind::UnknownMethod,
-                format!("adapter.{method} is not supported by ferry yet (adapter.dispatch and adapter.quote are)"),
+                format!(
+                    "adapter.{method} is not supported by ferry yet (adapter.dispatch and adapter.quote are)"
+                ),
             )),
         }
     }
@@ -426,7 +430,9 @@ pub fn render(model: &Model, ctx: &RenderContext<'_>) -> Result<Rendered> {
     env.add_function("fromjson", |s: String| -> Result<Value, minijinja::Error> {
         serde_json::from_str::<serde_json::Value>(&s)
             .map(|v| Value::from_serialize(&v))
-            .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("fromjson: {e}")))
+            .map_err(|e| {
+                minijinja::Error::new(ErrorKind::InvalidOperation, format!("fromjson: {e}"))
+            })
     });
     // Rendering is always for real (dbt's parse pass does not exist here).
     env.add_global("execute", Value::from(true));
@@ -450,7 +456,10 @@ pub fn render(model: &Model, ctx: &RenderContext<'_>) -> Result<Rendered> {
         if let Err(e) = env.add_template_owned(template_of(name), text.clone()) {
             env.add_global(format!("__broken__{name}"), Value::from(e.to_string()));
         }
-        env.add_global(name.clone(), Value::from_object(Namespace { name: name.clone() }));
+        env.add_global(
+            name.clone(),
+            Value::from_object(Namespace { name: name.clone() }),
+        );
         if project_ns.is_none() && name != "dbt" {
             project_ns = Some(name.clone());
         }

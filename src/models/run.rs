@@ -256,8 +256,6 @@ pub async fn run(
     Ok(chosen.iter().filter_map(|n| results.remove(n)).collect())
 }
 
-
-
 pub use crate::lake::tables::{model_runs_schema, runs_schema};
 
 /// Append one run and its model results to `ferry.runs` / `ferry.model_runs`.

@@ -106,12 +106,16 @@ impl Severity {
 
 #[derive(Debug, Clone)]
 pub enum ChannelKind {
-    Slack { url: std::result::Result<Secret, String> },
+    Slack {
+        url: std::result::Result<Secret, String>,
+    },
     PagerDuty {
         url: String,
         routing_key: std::result::Result<Secret, String>,
     },
-    Webhook { url: std::result::Result<Secret, String> },
+    Webhook {
+        url: std::result::Result<Secret, String>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -253,7 +257,9 @@ impl AlertsConfig {
                 if !known {
                     return Err((
                         format!("{at}.pipelines"),
-                        format!("pipeline {p:?} is not a schedule; name a schedule, sync:<name> or stream:<source.stream>"),
+                        format!(
+                            "pipeline {p:?} is not a schedule; name a schedule, sync:<name> or stream:<source.stream>"
+                        ),
                     ));
                 }
             }
@@ -337,7 +343,10 @@ async fn load_open(lake: &Lake) -> Result<(OpenState, Option<object_store::Updat
             };
             let bytes = g.bytes().await?;
             let state = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                tracing::warn!("{}: unreadable ({e}); starting with no open incidents", open_path());
+                tracing::warn!(
+                    "{}: unreadable ({e}); starting with no open incidents",
+                    open_path()
+                );
                 OpenState::default()
             });
             Ok((state, Some(version)))
@@ -775,7 +784,11 @@ impl Alerter {
                         }
                         let pending = accepting(alert);
                         if pending.is_empty() {
-                            unrouted.push((alert.clone(), "trigger", format!("ferry:{}:{key}", self.project.name)));
+                            unrouted.push((
+                                alert.clone(),
+                                "trigger",
+                                format!("ferry:{}:{key}", self.project.name),
+                            ));
                         }
                         tracing::warn!(severity = alert.severity.as_str(), rule = %alert.rule, pipeline = %alert.pipeline, "alert: {}", alert.summary);
                         shared.incidents.insert(
@@ -832,7 +845,9 @@ impl Alerter {
                     work.push((key.clone(), c.clone(), action));
                 }
             }
-            shared.incidents.retain(|_, i| !(i.resolving && i.pending.is_empty()));
+            shared
+                .incidents
+                .retain(|_, i| !(i.resolving && i.pending.is_empty()));
             if !changed || store_open(&self.lake, &shared, version).await? {
                 self.state = shared;
                 break;
@@ -857,7 +872,13 @@ impl Alerter {
                 Err(e) if e.permanent => done.push((key.clone(), channel.clone())),
                 Err(_) => {}
             }
-            rows.push(self.row(&i.alert, action, &i.dedup_key, channel, r.map_err(|e| e.message)));
+            rows.push(self.row(
+                &i.alert,
+                action,
+                &i.dedup_key,
+                channel,
+                r.map_err(|e| e.message),
+            ));
         }
         for (alert, action, key) in unrouted {
             // No channel takes it: still on record.
@@ -872,7 +893,9 @@ impl Alerter {
                         i.pending.remove(channel);
                     }
                 }
-                shared.incidents.retain(|_, i| !(i.resolving && i.pending.is_empty()));
+                shared
+                    .incidents
+                    .retain(|_, i| !(i.resolving && i.pending.is_empty()));
                 if store_open(&self.lake, &shared, version).await? {
                     self.state = shared;
                     break;
@@ -913,7 +936,14 @@ impl Alerter {
             Utc::now().format("%Y%m%dT%H%M%S%.6fZ"),
             &uuid::Uuid::now_v7().simple().to_string()[20..]
         );
-        tables::append(&self.lake, tables::ALERTS, tables::alerts_schema(), &name, &rows).await
+        tables::append(
+            &self.lake,
+            tables::ALERTS,
+            tables::alerts_schema(),
+            &name,
+            &rows,
+        )
+        .await
     }
 
     /// Send one alert to one channel: up to 3 attempts (429 and 5xx and
@@ -970,13 +1000,20 @@ impl Alerter {
                         .get(reqwest::header::RETRY_AFTER)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.trim().parse::<u64>().ok());
-                    let text: String = reply.text().await.unwrap_or_default().chars().take(300).collect();
+                    let text: String = reply
+                        .text()
+                        .await
+                        .unwrap_or_default()
+                        .chars()
+                        .take(300)
+                        .collect();
                     if status.is_success() {
                         return Ok(());
                     }
                     last = format!("{} answered {status}: {}", channel.name, text.trim());
                     if status.as_u16() == 429 {
-                        tokio::time::sleep(Duration::from_secs(retry_after.unwrap_or(1).min(5))).await;
+                        tokio::time::sleep(Duration::from_secs(retry_after.unwrap_or(1).min(5)))
+                            .await;
                         continue;
                     }
                     if status.is_server_error() {

@@ -69,8 +69,7 @@ async fn recent(
     use futures::{StreamExt, TryStreamExt};
     use object_store::ObjectStoreExt;
     let store = lake.store().clone();
-    let listed: Vec<object_store::ObjectMeta> = match store.list(Some(prefix)).try_collect().await
-    {
+    let listed: Vec<object_store::ObjectMeta> = match store.list(Some(prefix)).try_collect().await {
         Ok(l) => l,
         Err(object_store::Error::NotFound { .. }) => Vec::new(),
         Err(e) => return Err(e.into()),
@@ -91,8 +90,9 @@ async fn recent(
         let schema = schema.clone();
         async move {
             let bytes = store.get(&path).await?.bytes().await?;
-            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?
-                .build()?;
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?
+                    .build()?;
             let mut out = Vec::new();
             for b in reader {
                 out.push(align(&b?, &schema)?);
@@ -121,7 +121,10 @@ fn align(
         .map(|f| match batch.column_by_name(f.name()) {
             Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
             Some(c) => Ok(arrow::compute::cast(c, f.data_type())?),
-            None => Ok(arrow::array::new_null_array(f.data_type(), batch.num_rows())),
+            None => Ok(arrow::array::new_null_array(
+                f.data_type(),
+                batch.num_rows(),
+            )),
         })
         .collect::<Result<Vec<_>>>()?;
     let nullable = std::sync::Arc::new(arrow::datatypes::Schema::new(
@@ -132,7 +135,10 @@ fn align(
             .collect::<Vec<_>>(),
     ));
     let _ = nullable;
-    Ok(arrow::record_batch::RecordBatch::try_new(schema.clone(), cols)?)
+    Ok(arrow::record_batch::RecordBatch::try_new(
+        schema.clone(),
+        cols,
+    )?)
 }
 
 /// A session whose ferry tables hold the last [`WINDOW_DAYS`] of history.
@@ -142,12 +148,36 @@ async fn window_session(lake: &Lake, now: DateTime<Utc>) -> Result<SessionContex
     let ctx = crate::engine::session(lake).await?;
     let since = now - chrono::Duration::days(WINDOW_DAYS);
     let tables: [(&str, object_store::path::Path, arrow::datatypes::SchemaRef); 6] = [
-        ("ferry.extract_runs", meta_prefix("extract_runs"), crate::extract::extract_runs_schema()),
-        ("ferry.sync_runs", crate::sync::state::runs_root(), crate::sync::state::runs_schema()),
-        ("ferry.sync_log", crate::sync::state::log_root(), crate::sync::state::log_schema()),
-        ("ferry.run_stages", tables::prefix(tables::RUN_STAGES), tables::run_stages_schema()),
-        ("ferry.model_runs", meta_prefix("model_runs"), crate::models::run::model_runs_schema()),
-        ("ferry.alerts", tables::prefix(tables::ALERTS), tables::alerts_schema()),
+        (
+            "ferry.extract_runs",
+            meta_prefix("extract_runs"),
+            crate::extract::extract_runs_schema(),
+        ),
+        (
+            "ferry.sync_runs",
+            crate::sync::state::runs_root(),
+            crate::sync::state::runs_schema(),
+        ),
+        (
+            "ferry.sync_log",
+            crate::sync::state::log_root(),
+            crate::sync::state::log_schema(),
+        ),
+        (
+            "ferry.run_stages",
+            tables::prefix(tables::RUN_STAGES),
+            tables::run_stages_schema(),
+        ),
+        (
+            "ferry.model_runs",
+            meta_prefix("model_runs"),
+            crate::models::run::model_runs_schema(),
+        ),
+        (
+            "ferry.alerts",
+            tables::prefix(tables::ALERTS),
+            tables::alerts_schema(),
+        ),
     ];
     for (name, prefix, schema) in tables {
         recent(&ctx, lake, name, &prefix, schema, since).await?;
@@ -212,8 +242,7 @@ fn n(v: &Value, k: &str) -> i64 {
 
 /// "3 min ago", "2 h ago", "5 d ago".
 pub fn ago(then: Option<&str>, now: DateTime<Utc>) -> String {
-    let Some(t) = then.and_then(|t| DateTime::parse_from_rfc3339(&t.replace(' ', "T")).ok())
-    else {
+    let Some(t) = then.and_then(|t| DateTime::parse_from_rfc3339(&t.replace(' ', "T")).ok()) else {
         return "never".into();
     };
     let secs = (now - t.with_timezone(&Utc)).num_seconds().max(0);
@@ -234,7 +263,10 @@ fn status_of(
     error: Option<String>,
 ) -> (&'static str, Option<String>) {
     if !latest_ok {
-        return ("down", Some(error.unwrap_or_else(|| "the latest run failed".into())));
+        return (
+            "down",
+            Some(error.unwrap_or_else(|| "the latest run failed".into())),
+        );
     }
     if rate > threshold * 100.0 {
         return (
@@ -254,7 +286,9 @@ fn status_of(
     if failures_today > 0 {
         return (
             "degraded",
-            Some(format!("{failures_today} failed run(s) today; the latest succeeded")),
+            Some(format!(
+                "{failures_today} failed run(s) today; the latest succeeded"
+            )),
         );
     }
     ("active", None)
@@ -269,14 +303,17 @@ pub async fn gather(project: &Project, lake: &Lake, now: DateTime<Utc>) -> Resul
     let mut integrations = Vec::new();
 
     // Streams.
-    let latest: BTreeMap<String, Value> = rows(&ctx, include_str!("../../sql/health/streams_latest.sql"))
-        .await?
-        .into_iter()
-        .filter_map(|r| s(&r, "pipeline").map(|p| (p, r)))
-        .collect();
+    let latest: BTreeMap<String, Value> =
+        rows(&ctx, include_str!("../../sql/health/streams_latest.sql"))
+            .await?
+            .into_iter()
+            .filter_map(|r| s(&r, "pipeline").map(|p| (p, r)))
+            .collect();
     let mut errors: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for e in rows(&ctx, include_str!("../../sql/health/streams_errors.sql")).await? {
-        let list = errors.entry(s(&e, "pipeline").unwrap_or_default()).or_default();
+        let list = errors
+            .entry(s(&e, "pipeline").unwrap_or_default())
+            .or_default();
         if list.len() < 3 {
             list.push(e);
         }
@@ -315,15 +352,18 @@ pub async fn gather(project: &Project, lake: &Lake, now: DateTime<Utc>) -> Resul
     }
 
     // Syncs.
-    let latest: BTreeMap<String, Value> = rows(&ctx, include_str!("../../sql/health/syncs_latest.sql"))
-        .await?
-        .into_iter()
-        .filter_map(|r| s(&r, "pipeline").map(|p| (p, r)))
-        .collect();
+    let latest: BTreeMap<String, Value> =
+        rows(&ctx, include_str!("../../sql/health/syncs_latest.sql"))
+            .await?
+            .into_iter()
+            .filter_map(|r| s(&r, "pipeline").map(|p| (p, r)))
+            .collect();
     let dead = rows(&ctx, include_str!("../../sql/health/dead_letter.sql")).await?;
     let mut dead_by_sync: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for d in &dead {
-        let list = dead_by_sync.entry(s(d, "sync").unwrap_or_default()).or_default();
+        let list = dead_by_sync
+            .entry(s(d, "sync").unwrap_or_default())
+            .or_default();
         if list.len() < 3 {
             list.push(d.clone());
         }
@@ -339,8 +379,8 @@ pub async fn gather(project: &Project, lake: &Lake, now: DateTime<Utc>) -> Resul
         };
         let st = s(&last, "status").unwrap_or_default();
         // Stopped on refused credentials: nothing gets through.
-        let refused = s(&last, "error")
-            .is_some_and(|e| e.contains(crate::http::REFUSED_CREDENTIALS));
+        let refused =
+            s(&last, "error").is_some_and(|e| e.contains(crate::http::REFUSED_CREDENTIALS));
         let (status, why) = status_of(
             st != "failed" && !refused,
             st == "partial" || st == "stopped",
@@ -371,11 +411,19 @@ pub async fn gather(project: &Project, lake: &Lake, now: DateTime<Utc>) -> Resul
     let mut figures = BTreeMap::new();
     figures.insert(
         "extracted",
-        integrations.iter().filter(|i| i.kind == "stream").map(|i| i.rows_today).sum(),
+        integrations
+            .iter()
+            .filter(|i| i.kind == "stream")
+            .map(|i| i.rows_today)
+            .sum(),
     );
     figures.insert(
         "synced",
-        integrations.iter().filter(|i| i.kind == "sync").map(|i| i.rows_today).sum(),
+        integrations
+            .iter()
+            .filter(|i| i.kind == "sync")
+            .map(|i| i.rows_today)
+            .sum(),
     );
     figures.insert(
         "rejected",
@@ -496,7 +544,11 @@ pub async fn page(project: &Project, lake: &Lake, now: DateTime<Utc>) -> Result<
 }
 
 /// `ferry health --out DIR`: write `DIR/index.html` (atomically).
-pub async fn write(project: &Project, lake: &Lake, dir: &std::path::Path) -> Result<std::path::PathBuf> {
+pub async fn write(
+    project: &Project,
+    lake: &Lake,
+    dir: &std::path::Path,
+) -> Result<std::path::PathBuf> {
     let html = page(project, lake, Utc::now()).await?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let path = dir.join("index.html");

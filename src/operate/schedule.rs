@@ -154,7 +154,9 @@ pub fn parse_interval(s: &str) -> std::result::Result<Duration, String> {
         return Err(format!("every = {s:?} must be at least 1s"));
     }
     if secs > 366 * 86_400 {
-        return Err(format!("every = {s:?} is over a year; use cron for rare jobs"));
+        return Err(format!(
+            "every = {s:?} is over a year; use cron for rare jobs"
+        ));
     }
     Ok(Duration::from_secs(secs))
 }
@@ -212,9 +214,7 @@ impl Schedule {
                 When::After(up.clone())
             }
             _ => {
-                return Err(
-                    "give exactly one of cron (with timezone), every, or after".into(),
-                );
+                return Err("give exactly one of cron (with timezone), every, or after".into());
             }
         };
         if s.timezone.is_some() && s.cron.is_none() {
@@ -307,8 +307,7 @@ impl Schedule {
                 ));
             }
         };
-        if !matches!(job, Job::Build { .. }) && (s.full_refresh || s.skip_extract || s.skip_sync)
-        {
+        if !matches!(job, Job::Build { .. }) && (s.full_refresh || s.skip_extract || s.skip_sync) {
             return Err("full_refresh, skip_extract and skip_sync apply to run = \"build\"".into());
         }
         let jitter = s.jitter_seconds.unwrap_or(30);
@@ -666,7 +665,10 @@ impl Scheduler {
             let backing_off = self
                 .backoff
                 .lock()
-                .map(|b| b.get(&schedule.name).is_some_and(|t| *t > std::time::Instant::now()))
+                .map(|b| {
+                    b.get(&schedule.name)
+                        .is_some_and(|t| *t > std::time::Instant::now())
+                })
                 .unwrap_or(false);
             if backing_off {
                 continue;
@@ -737,7 +739,9 @@ impl Scheduler {
                 let lost = !watch.held();
                 if *global.borrow() || lost {
                     if lost {
-                        tracing::error!("lost the schedule's lease: stopping the job at its next safe point");
+                        tracing::error!(
+                            "lost the schedule's lease: stopping the job at its next safe point"
+                        );
                     }
                     let _ = job_tx.send(true);
                     return;
@@ -783,7 +787,11 @@ impl Scheduler {
     }
 
     /// Run until `shutdown` fires: tick every `poll`.
-    pub async fn run(self: Arc<Self>, poll: Duration, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    pub async fn run(
+        self: Arc<Self>,
+        poll: Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
         loop {
             self.tick().await;
             tokio::select! {
@@ -846,12 +854,17 @@ impl RunCtx {
         };
         let seconds = t.elapsed().as_secs_f64();
         if let Err(e) = self
-            .commit(&lease, &mut state, &fire, &outcome, status, started, finished, seconds)
+            .commit(
+                &lease, &mut state, &fire, &outcome, status, started, finished, seconds,
+            )
             .await
         {
             tracing::error!(schedule = %name, "the run's record was not written: {e}; the fire runs again in a minute");
             if let Ok(mut b) = self.backoff.lock() {
-                b.insert(name.clone(), std::time::Instant::now() + Duration::from_secs(60));
+                b.insert(
+                    name.clone(),
+                    std::time::Instant::now() + Duration::from_secs(60),
+                );
             }
         }
         if let Err(e) = lease.release().await {

@@ -517,10 +517,11 @@ impl Project {
                             public_url: src.public_url.clone(),
                             reconcile: match &src.reconcile {
                                 None => None,
-                                Some(r) => Some(
-                                    extract_config::Reconcile::resolve(r)
-                                        .map_err(|msg| config_error(file, text, at(".reconcile"), msg))?,
-                                ),
+                                Some(r) => {
+                                    Some(extract_config::Reconcile::resolve(r).map_err(|msg| {
+                                        config_error(file, text, at(".reconcile"), msg)
+                                    })?)
+                                }
                             },
                         },
                     );

@@ -220,7 +220,16 @@ pub async fn build(
         }
     }
     if stopped(&mut stages, &["test", "sync"]) {
-        return finish(&lake, opts, run_id, started_at, &model_results, stages, true).await;
+        return finish(
+            &lake,
+            opts,
+            run_id,
+            started_at,
+            &model_results,
+            stages,
+            true,
+        )
+        .await;
     }
     let t = Instant::now();
     println!("== test");
@@ -249,7 +258,16 @@ pub async fn build(
 
     // 5. sync: the syncs whose model was built (all, without --select).
     if stopped(&mut stages, &["sync"]) {
-        return finish(&lake, opts, run_id, started_at, &model_results, stages, true).await;
+        return finish(
+            &lake,
+            opts,
+            run_id,
+            started_at,
+            &model_results,
+            stages,
+            true,
+        )
+        .await;
     }
     let selected: Vec<String> = if args.select.is_empty() {
         project.syncs.keys().cloned().collect()

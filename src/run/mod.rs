@@ -87,12 +87,20 @@ pub enum Job {
         skip_sync: bool,
     },
     /// `source` or `source.stream`; all extraction sources when empty.
-    Extract { streams: Vec<String> },
+    Extract {
+        streams: Vec<String>,
+    },
     /// Sync names; all syncs when empty.
-    Sync { names: Vec<String> },
-    Test { selection: Selection },
+    Sync {
+        names: Vec<String>,
+    },
+    Test {
+        selection: Selection,
+    },
     /// Webhook sources to reconcile against their API (all with reconcile when empty).
-    Reconcile { sources: Vec<String> },
+    Reconcile {
+        sources: Vec<String>,
+    },
 }
 
 impl Job {
@@ -290,8 +298,11 @@ pub(crate) async fn extract_stage(
     let t = Instant::now();
     println!("== extract");
     let mut figures = Vec::new();
-    let (result, calls, limited) =
-        crate::metrics::counting(crate::extract::extract_until(project, lake, streams, |s| {
+    let (result, calls, limited) = crate::metrics::counting(crate::extract::extract_until(
+        project,
+        lake,
+        streams,
+        |s| {
             println!(
                 "{:<32} {:>6} pages {:>10} rows {:>8.1}s",
                 s.stream, s.pages, s.rows, s.seconds
@@ -307,8 +318,10 @@ pub(crate) async fn extract_stage(
                 rejected: s.quarantined,
                 run_id: None,
             });
-        }, || stop.requested()))
-        .await;
+        },
+        || stop.requested(),
+    ))
+    .await;
     let mut stopped_early = false;
     let mut stage = match result {
         Ok((s, stopped)) => {
@@ -331,7 +344,9 @@ pub(crate) async fn extract_stage(
     };
     if stage.status == "ok" && stopped_early {
         stage.status = "stopped";
-        stage.detail.push_str("; stopped before the remaining streams");
+        stage
+            .detail
+            .push_str("; stopped before the remaining streams");
     }
     stage.moves = true;
     stage.pipelines = figures;
@@ -371,7 +386,13 @@ pub(crate) async fn sync_stage(
                 let c = &r.counts;
                 println!(
                     "{name}: created {}, updated {}, archived {}, unchanged {}, rejected {}, failed {}, {} API calls",
-                    c.created, c.updated, c.archived, c.unchanged, c.rejected, c.failed, r.api_calls
+                    c.created,
+                    c.updated,
+                    c.archived,
+                    c.unchanged,
+                    c.rejected,
+                    c.failed,
+                    r.api_calls
                 );
                 let sent = c.created + c.updated + c.archived;
                 crate::metrics::sync_rows(
@@ -398,7 +419,11 @@ pub(crate) async fn sync_stage(
                 stage.api_calls += r.api_calls;
                 stage.rate_limited += r.rate_limited;
                 details.push(format!("{name}: {sent} sent"));
-                if stop.requested() && r.stopped.as_deref().is_some_and(|s| s.contains(crate::sync::SHUTTING_DOWN)) {
+                if stop.requested()
+                    && r.stopped
+                        .as_deref()
+                        .is_some_and(|s| s.contains(crate::sync::SHUTTING_DOWN))
+                {
                     // A safe point: every batch sent was committed.
                     stopped = true;
                     details.push(format!("{name}: stopped between batches"));
@@ -462,12 +487,9 @@ pub(crate) async fn reconcile_stage(project: &Project, lake: &Lake, sources: &[S
     let mut details = Vec::new();
     let mut problems = Vec::new();
     for name in &names {
-        let (r, calls, limited) = crate::metrics::counting(crate::extract::webhook::reconcile::run(
-            project,
-            lake,
-            name,
-            Utc::now(),
-        ))
+        let (r, calls, limited) = crate::metrics::counting(
+            crate::extract::webhook::reconcile::run(project, lake, name, Utc::now()),
+        )
         .await;
         stage.api_calls += calls;
         stage.rate_limited += limited;

@@ -97,7 +97,10 @@ mod tests {
             [("dbt_date:time_zone".to_string(), "UTC".to_string())]
         );
         let e = parse_vars("[1, 2]").unwrap_err().to_string();
-        assert!(e.contains("not a mapping") && e.contains("NAME=VALUE"), "{e}");
+        assert!(
+            e.contains("not a mapping") && e.contains("NAME=VALUE"),
+            "{e}"
+        );
         let e = parse_vars("{unclosed").unwrap_err().to_string();
         assert!(e.contains("--vars"), "{e}");
     }
@@ -343,7 +346,9 @@ pub async fn source_freshness(
         .project
         .sources
         .values()
-        .filter(|t| t.loaded_at_field.is_some() && (t.warn_after.is_some() || t.error_after.is_some()))
+        .filter(|t| {
+            t.loaded_at_field.is_some() && (t.warn_after.is_some() || t.error_after.is_some())
+        })
         .filter(|t| wanted(t))
         .cloned()
         .collect();
@@ -360,7 +365,11 @@ pub async fn source_freshness(
     for (i, t) in tables.iter().enumerate() {
         let started = Instant::now();
         let name = format!("{}.{}", t.source, t.name);
-        println!("{} of {total} START freshness of {name} {} [RUN]", i + 1, ".".repeat(40usize.saturating_sub(name.len())));
+        println!(
+            "{} of {total} START freshness of {name} {} [RUN]",
+            i + 1,
+            ".".repeat(40usize.saturating_sub(name.len()))
+        );
         let relation = if ws.project.source_map.seeds.contains(&t.identifier) {
             t.identifier.clone()
         } else {
@@ -369,12 +378,18 @@ pub async fn source_freshness(
         let field = t.loaded_at_field.clone().unwrap_or_default();
         let sql = format!(
             "select cast(max(cast({field} as timestamp)) as varchar) as max_loaded_at from {relation}{}",
-            t.filter.as_ref().map(|f| format!(" where {f}")).unwrap_or_default()
+            t.filter
+                .as_ref()
+                .map(|f| format!(" where {f}"))
+                .unwrap_or_default()
         );
         let result = async {
             let batches = ctx.sql(&sql).await?.collect().await?;
             let rows = crate::lake::log::batch_rows_json(&batches)?;
-            Ok::<_, Error>(rows.first().and_then(|r| r["max_loaded_at"].as_str().map(str::to_string)))
+            Ok::<_, Error>(
+                rows.first()
+                    .and_then(|r| r["max_loaded_at"].as_str().map(str::to_string)),
+            )
         }
         .await;
         let mut f = Freshness {
@@ -388,7 +403,9 @@ pub async fn source_freshness(
         match result {
             Ok(Some(max)) => {
                 let parsed = chrono::NaiveDateTime::parse_from_str(&max, "%Y-%m-%dT%H:%M:%S%.f")
-                    .or_else(|_| chrono::NaiveDateTime::parse_from_str(&max, "%Y-%m-%d %H:%M:%S%.f"))
+                    .or_else(|_| {
+                        chrono::NaiveDateTime::parse_from_str(&max, "%Y-%m-%d %H:%M:%S%.f")
+                    })
                     .map(|n| n.and_utc());
                 match parsed {
                     Ok(at) => {
@@ -467,8 +484,11 @@ pub async fn source_freshness(
     let dir = project.dir.join("target");
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let path = dir.join("sources.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(&artifact).unwrap_or_default())
-        .map_err(|e| Error::io(&path, e))?;
+    std::fs::write(
+        &path,
+        serde_json::to_vec_pretty(&artifact).unwrap_or_default(),
+    )
+    .map_err(|e| Error::io(&path, e))?;
     if errors > 0 {
         return Err(Error::Input(format!(
             "{errors} source(s) failed the freshness check (stale past error_after, or unreadable); see target/sources.json"

@@ -30,9 +30,9 @@ use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
 use crate::extract::webhook::Receiver;
+use crate::lake::Lake;
 use crate::operate::alerts::Alerter;
 use crate::operate::schedule::{RouteRunner, Scheduler, SystemClock};
-use crate::lake::Lake;
 use crate::project::Project;
 
 type Receivers = Arc<BTreeMap<String, Arc<Receiver>>>;
@@ -99,14 +99,20 @@ async fn page(State(app): State<App>) -> Response {
     match crate::operate::health::page(&app.project, &app.lake, chrono::Utc::now()).await {
         Ok(html) => (
             StatusCode::OK,
-            [("content-type", "text/html; charset=utf-8"), ("cache-control", "no-store")],
+            [
+                ("content-type", "text/html; charset=utf-8"),
+                ("cache-control", "no-store"),
+            ],
             html,
         )
             .into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             [("content-type", "text/plain; charset=utf-8")],
-            format!("the health page could not be read from the lake: {e}\n({})", e.who_acts()),
+            format!(
+                "the health page could not be read from the lake: {e}\n({})",
+                e.who_acts()
+            ),
         )
             .into_response(),
     }
@@ -339,7 +345,9 @@ pub async fn start_with(
                 let _ = l.release().await;
             }
         }));
-        background.push(tokio::spawn(scheduler.clone().run(opts.poll, watch.clone())));
+        background.push(tokio::spawn(
+            scheduler.clone().run(opts.poll, watch.clone()),
+        ));
         Some(scheduler)
     } else {
         None

@@ -53,7 +53,6 @@ pub fn state_prefix(sync: &str) -> Path {
     Path::from_iter([META, "sync_state", sync])
 }
 
-
 /// One row of `ferry.sync_log`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogRow {
@@ -301,7 +300,6 @@ pub async fn prune_snapshots(lake: &Lake, sync: &str) -> Result<()> {
     }
     Ok(())
 }
-
 
 /// One `ferry.sync_runs` row.
 #[derive(Debug, Clone)]

@@ -1097,5 +1097,8 @@ fn readme_source_examples_parse() {
     // Children come after their parents.
     let pos = |s: &str| streams.iter().position(|x| x == s).unwrap();
     assert!(pos("outreach.sequences") < pos("outreach.sequence_steps"));
-    assert_eq!(webhooks, vec!["billing".to_string(), "hubspot_events".to_string()]);
+    assert_eq!(
+        webhooks,
+        vec!["billing".to_string(), "hubspot_events".to_string()]
+    );
 }

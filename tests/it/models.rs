@@ -467,8 +467,18 @@ fn docs_carry_column_lineage_through_joins_and_aggregates() {
 fn a_dbt_project_runs_unchanged() {
     let (_tmp, dir) = copy_fixture("dbt_jaffle");
     // dbt's --vars mapping, as a dbt user types it.
-    ok(ferry(&dir, &["seed", "--vars", r#"{"load_source_data": true}"#]));
-    let run = ok(ferry(&dir, &["run", "--vars", "{completed_statuses: [completed, shipped]}"]));
+    ok(ferry(
+        &dir,
+        &["seed", "--vars", r#"{"load_source_data": true}"#],
+    ));
+    let run = ok(ferry(
+        &dir,
+        &[
+            "run",
+            "--vars",
+            "{completed_statuses: [completed, shipped]}",
+        ],
+    ));
     assert!(run.contains("3 succeeded, 0 failed"), "{run}");
     let tests = ok(ferry(&dir, &["test"]));
     assert!(tests.contains("5 passed, 0 warned, 0 failed"), "{tests}");
@@ -542,11 +552,20 @@ sources:
         "select count(*) as n from {{ source('crm', 'people') }}\n",
     )
     .unwrap();
-    land(&dir, concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gtm/data/contacts.jsonl"));
+    land(
+        &dir,
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/gtm/data/contacts.jsonl"
+        ),
+    );
     ok(ferry(&dir, &["seed"]));
     let run = ok(ferry(&dir, &["run"]));
     assert!(run.contains("5 succeeded, 0 failed"), "{run}");
-    let seeded = csv(&dir, "select count(*) as n, sum(amount_cents) as cents from raw_orders");
+    let seeded = csv(
+        &dir,
+        "select count(*) as n, sum(amount_cents) as cents from raw_orders",
+    );
     assert_eq!(csv(&dir, "select n, cents from order_count"), seeded);
     let streamed = csv(&dir, "select count(*) as n from crm.contacts");
     assert_eq!(csv(&dir, "select n from people"), streamed);
@@ -558,12 +577,21 @@ sources:
     let out = ferry(&dir, &["source", "freshness"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{stdout}");
-    assert!(stdout.contains("ERROR STALE freshness of ecom.orders"), "{stdout}");
-    assert!(stdout.contains("Done. PASS=0 WARN=0 ERROR=1 SKIP=0 TOTAL=1"), "{stdout}");
+    assert!(
+        stdout.contains("ERROR STALE freshness of ecom.orders"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Done. PASS=0 WARN=0 ERROR=1 SKIP=0 TOTAL=1"),
+        "{stdout}"
+    );
     let artifact: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("target/sources.json")).unwrap()).unwrap();
     assert_eq!(artifact["results"][0]["status"], "error");
-    assert_eq!(artifact["results"][0]["unique_id"], "source.jaffle_shop.ecom.orders");
+    assert_eq!(
+        artifact["results"][0]["unique_id"],
+        "source.jaffle_shop.ecom.orders"
+    );
 
     // Warn only: reported, not failed.
     let yml = std::fs::read_to_string(dir.join("models/sources.yml")).unwrap();
@@ -572,7 +600,10 @@ sources:
         yml.replace("          error_after: {count: 7, period: day}\n", ""),
     )
     .unwrap();
-    let warn = ok(ferry(&dir, &["source", "freshness", "--select", "source:ecom"]));
+    let warn = ok(ferry(
+        &dir,
+        &["source", "freshness", "--select", "source:ecom"],
+    ));
     assert!(warn.contains("WARN freshness of ecom.orders"), "{warn}");
     assert!(warn.contains("PASS=0 WARN=1 ERROR=0"), "{warn}");
 }
@@ -607,14 +638,20 @@ fn packages_dispatch_and_dbt_macros_run_unchanged() {
     assert!(run.contains("4 succeeded, 0 failed"), "{run}");
     // dbt's context: env_var with a default, target, fromjson/tojson, execute.
     assert_eq!(
-        csv(&dir, "select from_env, target_name, region, row_limit, as_json, executed from context"),
+        csv(
+            &dir,
+            "select from_env, target_name, region, row_limit, as_json, executed from context"
+        ),
         "from_env,target_name,region,row_limit,as_json,executed\nfallback,dev,eu,3,\"{\"\"a\"\":1}\",true\n"
     );
     // By hand: md5 of 'id-user_id'; the month; +7 days; days since 1 Jan;
     // cents / 100 rounded by the project's override of default__round_money
     // (a double, not the package's numeric(16,2)).
     assert_eq!(
-        csv(&dir, "select order_key, id, order_month, due_date, days_in, amount, nothing, part, pos, quoted from orders order by id"),
+        csv(
+            &dir,
+            "select order_key, id, order_month, due_date, days_in, amount, nothing, part, pos, quoted from orders order by id"
+        ),
         "order_key,id,order_month,due_date,days_in,amount,nothing,part,pos,quoted\n\
          ea66c06c1e1c05fa9f1aa39d98dc5bc1,1,2018-01-01T00:00:00,2018-01-08,0,10.0,,b,2,it's\n\
          c22c60349630d688cef20a3fd708ad87,2,2018-01-01T00:00:00,2018-01-09,1,20.0,,b,2,it's\n\
@@ -622,11 +659,17 @@ fn packages_dispatch_and_dbt_macros_run_unchanged() {
          2f5bb7747efda0546636fb385a3fa593,4,2018-01-01T00:00:00,2018-01-12,4,25.0,,b,2,it's\n"
     );
     assert_eq!(
-        csv(&dir, "select any_value, any_returned, statuses from aggregates"),
+        csv(
+            &dir,
+            "select any_value, any_returned, statuses from aggregates"
+        ),
         "any_value,any_returned,statuses\ntrue,true,\"completed,completed,returned,shipped\"\n"
     );
     assert_eq!(
-        csv(&dir, "select date_trunc, dateadd, datediff_day, datediff_month, last_day, concat, hash, safe_cast, split_part, position, replace, right_, length, string_literal, escaped from all_dbt_macros"),
+        csv(
+            &dir,
+            "select date_trunc, dateadd, datediff_day, datediff_month, last_day, concat, hash, safe_cast, split_part, position, replace, right_, length, string_literal, escaped from all_dbt_macros"
+        ),
         "date_trunc,dateadd,datediff_day,datediff_month,last_day,concat,hash,safe_cast,split_part,position,replace,right_,length,string_literal,escaped\n\
          2024-03-01T00:00:00,2024-02-29,60,2,2024-02-29,ab,0cc175b9c0f1b6a831c399e269772661,,b,2,axc,bc,3,it's,it's\n"
     );
@@ -641,15 +684,31 @@ fn packages_dispatch_and_dbt_macros_run_unchanged() {
     // {% test %} blocks) and the project's own, with their arguments and
     // severity; the amount of 25.00 is outside accepted_range's 0..20.
     let tests = ok(ferry(&dir, &["test"]));
-    assert!(tests.contains("PASS  fixture_utils_expression_is_true_orders\n"), "{tests}");
-    assert!(tests.contains("PASS  fixture_utils_unique_combination_of_columns_orders"), "{tests}");
-    assert!(tests.contains("WARN  fixture_utils_accepted_range_orders_amount (1 failing rows)"), "{tests}");
+    assert!(
+        tests.contains("PASS  fixture_utils_expression_is_true_orders\n"),
+        "{tests}"
+    );
+    assert!(
+        tests.contains("PASS  fixture_utils_unique_combination_of_columns_orders"),
+        "{tests}"
+    );
+    assert!(
+        tests.contains("WARN  fixture_utils_accepted_range_orders_amount (1 failing rows)"),
+        "{tests}"
+    );
     assert!(tests.contains("PASS  is_positive_orders_amount"), "{tests}");
     assert!(tests.contains("4 passed, 1 warned, 0 failed"), "{tests}");
     // exceptions.raise_compiler_error stops with the model's file and line.
-    std::fs::write(dir.join("models/refuses.sql"), "{{ exceptions.raise_compiler_error('no ' ~ target.type) }}\nselect 1").unwrap();
+    std::fs::write(
+        dir.join("models/refuses.sql"),
+        "{{ exceptions.raise_compiler_error('no ' ~ target.type) }}\nselect 1",
+    )
+    .unwrap();
     let e = text(&ferry(&dir, &["compile"]));
-    assert!(e.contains("models/refuses.sql:1") && e.contains("compilation error: no datafusion"), "{e}");
+    assert!(
+        e.contains("models/refuses.sql:1") && e.contains("compilation error: no datafusion"),
+        "{e}"
+    );
     std::fs::remove_file(dir.join("models/refuses.sql")).unwrap();
     // Regression: a macro that dispatches to its own name (dbt never picks
     // the bare name) and a wrapper calling into a package that searches the
@@ -662,14 +721,21 @@ fn packages_dispatch_and_dbt_macros_run_unchanged() {
     )
     .unwrap();
     for (model, want) in [
-        ("{{ loop_me() }}", "no datafusion__loop_me or default__loop_me"),
+        (
+            "{{ loop_me() }}",
+            "no datafusion__loop_me or default__loop_me",
+        ),
         ("{{ forever() }}", "nest deeper than"),
     ] {
         std::fs::write(dir.join("models/loops.sql"), format!("select {model} as x")).unwrap();
         let e = text(&ferry(&dir, &["compile", "--select", "loops"]));
         assert!(e.contains(want), "{model}: {e}");
     }
-    std::fs::write(dir.join("models/loops.sql"), "select {{ surrogate_key(['id']) }} as k from {{ ref('raw_orders') }}").unwrap();
+    std::fs::write(
+        dir.join("models/loops.sql"),
+        "select {{ surrogate_key(['id']) }} as k from {{ ref('raw_orders') }}",
+    )
+    .unwrap();
     let sql = ok(ferry(&dir, &["compile", "--select", "loops"]));
     assert!(sql.contains("md5("), "{sql}");
     std::fs::remove_file(dir.join("models/loops.sql")).unwrap();
@@ -678,16 +744,31 @@ fn packages_dispatch_and_dbt_macros_run_unchanged() {
     let schema = std::fs::read_to_string(dir.join("models/schema.yml")).unwrap();
     std::fs::write(
         dir.join("models/schema.yml"),
-        schema.replace("      - is_positive", "      - is_positive\n          - dbt_utils.not_constant"),
+        schema.replace(
+            "      - is_positive",
+            "      - is_positive\n          - dbt_utils.not_constant",
+        ),
     )
     .unwrap();
     let e = text(&ferry(&dir, &["test"]));
-    assert!(e.contains("unknown data test `dbt_utils.not_constant`") && e.contains("dbt_packages/"), "{e}");
+    assert!(
+        e.contains("unknown data test `dbt_utils.not_constant`") && e.contains("dbt_packages/"),
+        "{e}"
+    );
     std::fs::write(dir.join("models/schema.yml"), schema).unwrap();
     // A namespace that is not installed says so.
-    std::fs::write(dir.join("models/missing.sql"), "select {{ dbt_utils.generate_surrogate_key(['id']) }} as k").unwrap();
+    std::fs::write(
+        dir.join("models/missing.sql"),
+        "select {{ dbt_utils.generate_surrogate_key(['id']) }} as k",
+    )
+    .unwrap();
     let e = text(&ferry(&dir, &["compile"]));
-    assert!(e.contains("models/missing.sql:1") && e.contains("dbt_packages/") && e.contains("generate_surrogate_key"), "{e}");
+    assert!(
+        e.contains("models/missing.sql:1")
+            && e.contains("dbt_packages/")
+            && e.contains("generate_surrogate_key"),
+        "{e}"
+    );
 }
 
 /// `dispatch:` in dbt_project.yml sets a namespace's search order: listing
@@ -702,5 +783,8 @@ fn the_dispatch_config_sets_the_search_order() {
     )
     .unwrap();
     let sql = ok(ferry(&dir, &["compile", "--select", "orders"]));
-    assert!(sql.contains("cast(amount_cents / 100 as numeric(16, 2)) as amount"), "{sql}");
+    assert!(
+        sql.contains("cast(amount_cents / 100 as numeric(16, 2)) as amount"),
+        "{sql}"
+    );
 }

@@ -47,7 +47,11 @@ struct Recorder {
 #[async_trait::async_trait]
 impl Runner for Recorder {
     async fn run(&self, schedule: &Schedule, _stop: Stop) -> ferry::Result<Outcome> {
-        let now = self.clock.as_ref().map(|c| ferry::operate::schedule::Clock::now(c.as_ref())).unwrap_or_else(Utc::now);
+        let now = self
+            .clock
+            .as_ref()
+            .map(|c| ferry::operate::schedule::Clock::now(c.as_ref()))
+            .unwrap_or_else(Utc::now);
         self.runs.lock().unwrap().push((schedule.name.clone(), now));
         if let Some(g) = &self.gate {
             g.acquire().await.unwrap().forget();
@@ -63,7 +67,12 @@ impl Runner for Recorder {
 
 impl Recorder {
     fn names(&self) -> Vec<String> {
-        self.runs.lock().unwrap().iter().map(|r| r.0.clone()).collect()
+        self.runs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.0.clone())
+            .collect()
     }
 }
 
@@ -103,16 +112,30 @@ run = "test"
     assert!(tick_and_wait(&s).await.is_empty());
     clock.set(at("2026-03-07T11:00:00Z"));
     assert_eq!(tick_and_wait(&s).await, ["nightly"], "06:00 EST");
-    assert!(tick_and_wait(&s).await.contains(&"after_nightly".to_string()), "the chained schedule runs after its upstream succeeded");
+    assert!(
+        tick_and_wait(&s)
+            .await
+            .contains(&"after_nightly".to_string()),
+        "the chained schedule runs after its upstream succeeded"
+    );
     assert!(tick_and_wait(&s).await.is_empty(), "each fires once");
 
     // The listing shows the next fire: the next day, 06:00 local. On 8
     // March New York moves to EDT (UTC-4), so the 9 March fire is 10:00 UTC.
     let lake = Lake::open(&project.lake, &project.dir).unwrap();
-    let list = schedule::list(&project, &lake, clock.now_utc()).await.unwrap();
+    let list = schedule::list(&project, &lake, clock.now_utc())
+        .await
+        .unwrap();
     let nightly = list.iter().find(|l| l.name == "nightly").unwrap();
-    assert_eq!(nightly.next, Some(at("2026-03-08T10:00:00Z")), "6:00 EDT on the day DST starts");
-    assert_eq!(nightly.state.as_ref().unwrap().last_status.as_deref(), Some("success"));
+    assert_eq!(
+        nightly.next,
+        Some(at("2026-03-08T10:00:00Z")),
+        "6:00 EDT on the day DST starts"
+    );
+    assert_eq!(
+        nightly.state.as_ref().unwrap().last_status.as_deref(),
+        Some("success")
+    );
     let chained = list.iter().find(|l| l.name == "after_nightly").unwrap();
     assert_eq!(chained.next, None, "an after schedule has no clock");
     clock.set(at("2026-03-08T10:00:00Z"));
@@ -122,10 +145,7 @@ run = "test"
     assert!(tick_and_wait(&s).await.is_empty());
     clock.set(at("2026-03-09T10:00:00Z"));
     assert_eq!(tick_and_wait(&s).await, ["nightly"]);
-    assert_eq!(
-        runner.names().iter().filter(|n| *n == "nightly").count(),
-        3
-    );
+    assert_eq!(runner.names().iter().filter(|n| *n == "nightly").count(), 3);
 }
 
 trait NowUtc {
@@ -149,20 +169,42 @@ async fn a_missed_window_after_downtime_runs_once() {
     let runner = Arc::new(Recorder::default());
     {
         let s = scheduler(&project, runner.clone(), clock.clone());
-        assert_eq!(tick_and_wait(&s).await, ["hourly"], "an interval schedule first fires when first seen");
+        assert_eq!(
+            tick_and_wait(&s).await,
+            ["hourly"],
+            "an interval schedule first fires when first seen"
+        );
         clock.set(at("2026-05-01T00:59:00Z"));
         assert!(tick_and_wait(&s).await.is_empty());
     }
     // ferry serve is down for five and a half hours, then starts again.
     clock.set(at("2026-05-01T06:30:00Z"));
     let s = scheduler(&project, runner.clone(), clock.clone());
-    assert_eq!(tick_and_wait(&s).await, ["hourly"], "five missed fires: one run");
-    assert!(tick_and_wait(&s).await.is_empty(), "not replayed one by one");
+    assert_eq!(
+        tick_and_wait(&s).await,
+        ["hourly"],
+        "five missed fires: one run"
+    );
+    assert!(
+        tick_and_wait(&s).await.is_empty(),
+        "not replayed one by one"
+    );
     let lake = Lake::open(&project.lake, &project.dir).unwrap();
-    let state = schedule::load_state(&lake, "hourly").await.unwrap().unwrap();
-    assert_eq!(state.due_at, Some(at("2026-05-01T06:00:00Z")), "it covered the latest missed fire");
+    let state = schedule::load_state(&lake, "hourly")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        state.due_at,
+        Some(at("2026-05-01T06:00:00Z")),
+        "it covered the latest missed fire"
+    );
     clock.set(at("2026-05-01T07:00:00Z"));
-    assert_eq!(tick_and_wait(&s).await, ["hourly"], "and the schedule keeps its phase");
+    assert_eq!(
+        tick_and_wait(&s).await,
+        ["hourly"],
+        "and the schedule keeps its phase"
+    );
     assert_eq!(runner.names().len(), 3);
 }
 
@@ -183,12 +225,19 @@ async fn a_run_still_going_at_its_next_time_is_not_started_twice() {
     assert_eq!(s.tick().await, ["often"]);
     for minute in 1..4 {
         clock.set(at(&format!("2026-05-01T00:0{minute}:00Z")));
-        assert!(s.tick().await.is_empty(), "still running at minute {minute}");
+        assert!(
+            s.tick().await.is_empty(),
+            "still running at minute {minute}"
+        );
     }
     assert_eq!(s.running().len(), 1);
     gate.add_permits(10);
     s.idle().await;
-    assert_eq!(tick_and_wait(&s).await, ["often"], "the fires it overlapped are covered by one run");
+    assert_eq!(
+        tick_and_wait(&s).await,
+        ["often"],
+        "the fires it overlapped are covered by one run"
+    );
     assert!(tick_and_wait(&s).await.is_empty());
     assert_eq!(runner.names().len(), 2);
 }
@@ -218,7 +267,11 @@ async fn two_schedulers_on_one_lake_run_each_fire_once() {
         two.idle().await;
         let mut started: Vec<String> = x.into_iter().chain(y).collect();
         started.sort();
-        assert_eq!(started, ["a", "b"], "minute {minute}: each schedule once between the two");
+        assert_eq!(
+            started,
+            ["a", "b"],
+            "minute {minute}: each schedule once between the two"
+        );
         // Both look again at the same instant: the fire is covered.
         let (x, y) = tokio::join!(one.tick(), two.tick());
         assert!(x.is_empty() && y.is_empty(), "minute {minute}: {x:?} {y:?}");
@@ -233,21 +286,49 @@ async fn two_schedulers_on_one_lake_run_each_fire_once() {
         .collect()
         .await
         .unwrap();
-    assert_eq!(b.iter().map(|b| b.num_rows()).sum::<usize>(), 0, "no fire ran twice");
+    assert_eq!(
+        b.iter().map(|b| b.num_rows()).sum::<usize>(),
+        0,
+        "no fire ran twice"
+    );
 }
 
 #[test]
 fn schedule_mistakes_are_located_and_explained() {
     let tmp = tempfile::tempdir().unwrap();
     let cases = [
-        ("[schedules.x]\ncron = \"0 6 * *\"\nrun = \"build\"\n", "is not a cron expression"),
-        ("[schedules.x]\ncron = \"0 6 * * *\"\ntimezone = \"Mars/Olympus\"\nrun = \"build\"\n", "not an IANA time zone"),
-        ("[schedules.x]\nevery = \"15 minutes\"\nrun = \"build\"\n", "unknown unit"),
-        ("[schedules.x]\nevery = \"15m\"\ncron = \"* * * * *\"\nrun = \"build\"\n", "exactly one of"),
-        ("[schedules.x]\nevery = \"15m\"\nrun = \"deploy\"\n", "use \"build\""),
-        ("[schedules.x]\nafter = \"y\"\nrun = \"build\"\n", "no [schedules.y]"),
-        ("[schedules.x]\nafter = \"y\"\nrun = \"test\"\n[schedules.y]\nafter = \"x\"\nrun = \"test\"\n", "in a circle"),
-        ("[schedules.x]\nevery = \"15m\"\nrun = \"sync\"\nsyncs = [\"nope\"]\n", "is not a [syncs.*]"),
+        (
+            "[schedules.x]\ncron = \"0 6 * *\"\nrun = \"build\"\n",
+            "is not a cron expression",
+        ),
+        (
+            "[schedules.x]\ncron = \"0 6 * * *\"\ntimezone = \"Mars/Olympus\"\nrun = \"build\"\n",
+            "not an IANA time zone",
+        ),
+        (
+            "[schedules.x]\nevery = \"15 minutes\"\nrun = \"build\"\n",
+            "unknown unit",
+        ),
+        (
+            "[schedules.x]\nevery = \"15m\"\ncron = \"* * * * *\"\nrun = \"build\"\n",
+            "exactly one of",
+        ),
+        (
+            "[schedules.x]\nevery = \"15m\"\nrun = \"deploy\"\n",
+            "use \"build\"",
+        ),
+        (
+            "[schedules.x]\nafter = \"y\"\nrun = \"build\"\n",
+            "no [schedules.y]",
+        ),
+        (
+            "[schedules.x]\nafter = \"y\"\nrun = \"test\"\n[schedules.y]\nafter = \"x\"\nrun = \"test\"\n",
+            "in a circle",
+        ),
+        (
+            "[schedules.x]\nevery = \"15m\"\nrun = \"sync\"\nsyncs = [\"nope\"]\n",
+            "is not a [syncs.*]",
+        ),
         ("[alerts.channels.ops]\ntype = \"slack\"\n", "needs url"),
         ("[alerts]\nerror_rate = 5\n", "between 0 and 1"),
     ];
@@ -274,7 +355,13 @@ struct Rig {
 }
 
 impl Rig {
-    async fn new(dir: &Path, hubspot: &str, slack: &str, pagerduty: &str, token: Option<&str>) -> Rig {
+    async fn new(
+        dir: &Path,
+        hubspot: &str,
+        slack: &str,
+        pagerduty: &str,
+        token: Option<&str>,
+    ) -> Rig {
         let dir = project(
             dir,
             hubspot,
@@ -347,8 +434,12 @@ severities = ["critical", "warning"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_error_rate_over_5_percent_warns_once_and_resolves_when_it_recovers() {
     let hs = sim(SimConfig::default()).await;
-    let sl = slack::start(SlackConfig::default(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let pd = pagerduty::start(PagerDutyConfig::default(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let sl = slack::start(SlackConfig::default(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let pd = pagerduty::start(PagerDutyConfig::default(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let mut rig = Rig::new(tmp.path(), &hs.base_url(), &sl.url(), &pd.url(), None).await;
     let mut data = rows(100, "a");
@@ -367,15 +458,35 @@ async fn an_error_rate_over_5_percent_warns_once_and_resolves_when_it_recovers()
     assert!(summary.contains("10 of 100 rows rejected"), "{summary}");
     let details = &trigger["payload"]["custom_details"];
     assert_eq!(details["owner"], "revops@example.com");
-    assert!(details["next_action"].as_str().unwrap().contains("--retry-failed"));
+    assert!(
+        details["next_action"]
+            .as_str()
+            .unwrap()
+            .contains("--retry-failed")
+    );
     let samples = details["details"]["samples"].as_array().unwrap();
     assert!(!samples.is_empty(), "the alert names records: {details}");
-    assert!(samples[0]["key"].as_str().unwrap().starts_with("person"), "{samples:?}");
-    assert!(samples[0]["error_message"].as_str().unwrap().contains("not a number"));
+    assert!(
+        samples[0]["key"].as_str().unwrap().starts_with("person"),
+        "{samples:?}"
+    );
+    assert!(
+        samples[0]["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("not a number")
+    );
     let msgs = sl.messages();
     assert_eq!(msgs.len(), 1);
-    assert!(msgs[0]["text"].as_str().unwrap().starts_with("[WARNING]"), "{}", msgs[0]);
-    assert!(msgs[0]["blocks"].as_array().unwrap().len() >= 3, "Block Kit with a text fallback");
+    assert!(
+        msgs[0]["text"].as_str().unwrap().starts_with("[WARNING]"),
+        "{}",
+        msgs[0]
+    );
+    assert!(
+        msgs[0]["blocks"].as_array().unwrap().len() >= 3,
+        "Block Kit with a text fallback"
+    );
 
     // The same 10 rows are refused again: the incident is still open, nothing new is sent.
     rig.minute().await;
@@ -396,7 +507,11 @@ async fn an_error_rate_over_5_percent_warns_once_and_resolves_when_it_recovers()
     assert!(pd.open_incidents().is_empty());
     let msgs = sl.messages();
     assert_eq!(msgs.len(), 2);
-    assert!(msgs[1]["text"].as_str().unwrap().starts_with("[RESOLVED]"), "{}", msgs[1]);
+    assert!(
+        msgs[1]["text"].as_str().unwrap().starts_with("[RESOLVED]"),
+        "{}",
+        msgs[1]
+    );
 
     let sent = query(
         &rig.dir,
@@ -406,10 +521,38 @@ async fn an_error_rate_over_5_percent_warns_once_and_resolves_when_it_recovers()
     assert_eq!(
         sent,
         [
-            ["ops", "trigger", "warning", "error_rate", "sync:scores", "true"],
-            ["pager", "trigger", "warning", "error_rate", "sync:scores", "true"],
-            ["ops", "resolve", "warning", "error_rate", "sync:scores", "true"],
-            ["pager", "resolve", "warning", "error_rate", "sync:scores", "true"],
+            [
+                "ops",
+                "trigger",
+                "warning",
+                "error_rate",
+                "sync:scores",
+                "true"
+            ],
+            [
+                "pager",
+                "trigger",
+                "warning",
+                "error_rate",
+                "sync:scores",
+                "true"
+            ],
+            [
+                "ops",
+                "resolve",
+                "warning",
+                "error_rate",
+                "sync:scores",
+                "true"
+            ],
+            [
+                "pager",
+                "resolve",
+                "warning",
+                "error_rate",
+                "sync:scores",
+                "true"
+            ],
         ]
         .map(|r| r.map(str::to_string).to_vec())
     );
@@ -418,10 +561,21 @@ async fn an_error_rate_over_5_percent_warns_once_and_resolves_when_it_recovers()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_401_raises_a_critical_at_once_and_a_failed_delivery_is_retried() {
     let hs = sim(SimConfig::default()).await;
-    let sl = slack::start(SlackConfig::default(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let pd = pagerduty::start(PagerDutyConfig::default(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let sl = slack::start(SlackConfig::default(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let pd = pagerduty::start(PagerDutyConfig::default(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let mut rig = Rig::new(tmp.path(), &hs.base_url(), &sl.url(), &pd.url(), Some("hs-tok-9f3a77")).await;
+    let mut rig = Rig::new(
+        tmp.path(),
+        &hs.base_url(),
+        &sl.url(),
+        &pd.url(),
+        Some("hs-tok-9f3a77"),
+    )
+    .await;
     model(&rig.dir, "scores", &rows(20, "a"));
     // Slack is down for the first three attempts (one delivery's retries).
     sl.set_fail_next(3);
@@ -431,33 +585,58 @@ async fn a_401_raises_a_critical_at_once_and_a_failed_delivery_is_retried() {
         .into_iter()
         .filter(|e| e["payload"]["severity"] == "critical")
         .collect();
-    let rules: Vec<&str> = crit.iter().map(|e| e["payload"]["class"].as_str().unwrap()).collect();
+    let rules: Vec<&str> = crit
+        .iter()
+        .map(|e| e["payload"]["class"].as_str().unwrap())
+        .collect();
     assert!(rules.contains(&"credentials_refused"), "{rules:?}");
     assert!(rules.contains(&"run_failed"), "{rules:?}");
-    let cred = crit.iter().find(|e| e["payload"]["class"] == "credentials_refused").unwrap();
+    let cred = crit
+        .iter()
+        .find(|e| e["payload"]["class"] == "credentials_refused")
+        .unwrap();
     assert!(
-        cred["payload"]["custom_details"]["next_action"].as_str().unwrap().contains("renew the credentials"),
+        cred["payload"]["custom_details"]["next_action"]
+            .as_str()
+            .unwrap()
+            .contains("renew the credentials"),
         "{cred}"
     );
-    assert!(!cred.to_string().contains("hs-tok-9f3a77"), "the token is never in an alert");
+    assert!(
+        !cred.to_string().contains("hs-tok-9f3a77"),
+        "the token is never in an alert"
+    );
     let undelivered = query(
         &rig.dir,
         "select count(*) from ferry.alerts where channel = 'ops' and not delivered",
     )
     .await;
-    assert_ne!(undelivered[0][0], "0", "the failed Slack delivery is on record");
+    assert_ne!(
+        undelivered[0][0], "0",
+        "the failed Slack delivery is on record"
+    );
     // The next evaluation retries the Slack delivery, and sends nothing twice to PagerDuty.
     let before = pd.events().len();
     rig.alerter.apply(vec![]).await.unwrap();
-    assert!(sl.messages().iter().any(|m| m["text"].as_str().unwrap().contains("refused")), "{:?}", sl.messages());
+    assert!(
+        sl.messages()
+            .iter()
+            .any(|m| m["text"].as_str().unwrap().contains("refused")),
+        "{:?}",
+        sl.messages()
+    );
     assert_eq!(pd.events().len(), before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_moving_for_the_window_raises_a_critical() {
     let tmp = tempfile::tempdir().unwrap();
-    let sl = slack::start(SlackConfig::default(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let pd = pagerduty::start(PagerDutyConfig::default(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let sl = slack::start(SlackConfig::default(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let pd = pagerduty::start(PagerDutyConfig::default(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let project = Arc::new(schedules_project(
         tmp.path(),
         &format!(
@@ -473,7 +652,12 @@ async fn nothing_moving_for_the_window_raises_a_critical() {
     let clock = Arc::new(ManualClock::new(at("2026-05-01T00:00:00Z")));
     let runner = Arc::new(Recorder::default());
     runner.moved.store(500, Ordering::SeqCst);
-    let s = Scheduler::new(project.schedules.clone(), lake.clone(), runner.clone(), clock.clone());
+    let s = Scheduler::new(
+        project.schedules.clone(),
+        lake.clone(),
+        runner.clone(),
+        clock.clone(),
+    );
     let mut alerter = Alerter::open(project.clone(), lake.clone()).await.unwrap();
     tick_and_wait(&s).await; // 500 rows moved at 00:00
     runner.moved.store(0, Ordering::SeqCst);
@@ -483,7 +667,10 @@ async fn nothing_moving_for_the_window_raises_a_critical() {
         let changes = alerter.on_tick(clock.now_utc()).await.unwrap();
         alerter.apply(changes).await.unwrap();
     }
-    assert!(pd.events().is_empty(), "10 minutes of nothing is inside the window");
+    assert!(
+        pd.events().is_empty(),
+        "10 minutes of nothing is inside the window"
+    );
     clock.set(at("2026-05-01T00:15:00Z"));
     tick_and_wait(&s).await;
     for _ in 0..3 {
@@ -491,10 +678,17 @@ async fn nothing_moving_for_the_window_raises_a_critical() {
         alerter.apply(changes).await.unwrap();
     }
     let events = pd.events();
-    assert_eq!(events.len(), 1, "one critical, however often the rules run: {events:?}");
+    assert_eq!(
+        events.len(),
+        1,
+        "one critical, however often the rules run: {events:?}"
+    );
     assert_eq!(events[0]["payload"]["severity"], "critical");
     assert_eq!(events[0]["payload"]["class"], "stalled");
-    assert!(sl.messages().is_empty(), "the Slack channel takes warnings only");
+    assert!(
+        sl.messages().is_empty(),
+        "the Slack channel takes warnings only"
+    );
     // Rows move again: resolved.
     runner.moved.store(10, Ordering::SeqCst);
     clock.set(at("2026-05-01T00:20:00Z"));
@@ -509,8 +703,12 @@ async fn nothing_moving_for_the_window_raises_a_critical() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_health_page_and_metrics_show_the_route() {
     let hs = sim(SimConfig::default()).await;
-    let sl = slack::start(SlackConfig::default(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let pd = pagerduty::start(PagerDutyConfig::default(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let sl = slack::start(SlackConfig::default(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let pd = pagerduty::start(PagerDutyConfig::default(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let mut rig = Rig::new(tmp.path(), &hs.base_url(), &sl.url(), &pd.url(), None).await;
     let mut data = rows(40, "a");
@@ -533,15 +731,32 @@ async fn the_health_page_and_metrics_show_the_route() {
     .unwrap();
     let page = reqwest::get(format!("{}/", server.url())).await.unwrap();
     assert_eq!(page.status(), 200);
-    assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
     let html = page.text().await.unwrap();
-    assert!(html.contains(r#"data-integration="scores" data-kind="sync" data-status="degraded""#), "{html}");
+    assert!(
+        html.contains(r#"data-integration="scores" data-kind="sync" data-status="degraded""#),
+        "{html}"
+    );
     assert!(html.contains("2.5%"), "the error rate of the latest run");
-    assert!(html.contains("person3@example.com"), "the dead-letter row, by key");
-    assert!(!html.contains("<script>alert(1)</script>"), "vendor and model text is escaped");
+    assert!(
+        html.contains("person3@example.com"),
+        "the dead-letter row, by key"
+    );
+    assert!(
+        !html.contains("<script>alert(1)</script>"),
+        "vendor and model text is escaped"
+    );
     assert!(html.contains("&lt;script&gt;"));
     assert!(html.contains(r#"data-schedule="scores_sync""#));
-    assert!(!html.contains("http://") && !html.contains("https://"), "no network assets");
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no network assets"
+    );
 
     let text = reqwest::get(format!("{}/metrics", server.url()))
         .await
@@ -557,19 +772,45 @@ async fn the_health_page_and_metrics_show_the_route() {
             .iter()
             .filter(|s| s.metric == name && s.labels.get(label.0) == Some(label.1))
             .map(|s| match s.value {
-                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
                 _ => 0.0,
             })
             .sum()
     };
-    assert!(value("ferry_sync_rows_total", ("outcome", "created")) >= 39.0, "{text}");
+    assert!(
+        value("ferry_sync_rows_total", ("outcome", "created")) >= 39.0,
+        "{text}"
+    );
     assert!(value("ferry_sync_rows_total", ("outcome", "rejected")) >= 1.0);
     assert!(value("ferry_api_calls_total", ("vendor", "hubspot")) >= 2.0);
-    assert!(scrape.samples.iter().any(|s| s.metric == "ferry_api_rate_limited_total"));
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "ferry_api_rate_limited_total")
+    );
     assert!(value("ferry_runs_total", ("schedule", "scores_sync")) >= 1.0);
-    assert!(scrape.samples.iter().any(|s| s.metric.starts_with("ferry_run_duration_seconds")));
-    assert!(scrape.samples.iter().any(|s| s.metric == "ferry_api_budget_remaining"), "{text}");
-    assert!(scrape.samples.iter().any(|s| s.metric == "ferry_circuit_open"));
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric.starts_with("ferry_run_duration_seconds"))
+    );
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "ferry_api_budget_remaining"),
+        "{text}"
+    );
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "ferry_circuit_open")
+    );
     server.shutdown().await;
 }
 
@@ -579,7 +820,13 @@ fn serve(dir: &Path, port: u16) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(["--project-dir"])
         .arg(dir)
-        .args(["serve", "--port", &port.to_string(), "--grace-seconds", "30"])
+        .args([
+            "serve",
+            "--port",
+            &port.to_string(),
+            "--grace-seconds",
+            "30",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -587,7 +834,11 @@ fn serve(dir: &Path, port: u16) -> std::process::Child {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn sigterm(child: &std::process::Child) {
@@ -599,7 +850,11 @@ fn sigterm(child: &std::process::Child) {
     assert!(ok);
 }
 
-async fn rest_project(dir: &Path, per_second: usize, schedule: &str) -> ferry::sim::rest::RunningRest {
+async fn rest_project(
+    dir: &Path,
+    per_second: usize,
+    schedule: &str,
+) -> ferry::sim::rest::RunningRest {
     let rest = ferry::sim::rest::start(
         ferry::sim::rest::RestConfig {
             records: 3000,
@@ -699,24 +954,43 @@ async fn sigterm_mid_run_leaves_resumable_state_and_no_held_lease() {
     sigterm(&child);
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("stopped"), "{stdout}");
     let held: serde_json::Value = serde_json::from_slice(&std::fs::read(&lease).unwrap()).unwrap();
     assert_eq!(held["released"], true, "the lease was released: {held}");
     let project = Project::load(tmp.path()).unwrap();
     let lake = Lake::open(&project.lake, &project.dir).unwrap();
-    let state = schedule::load_state(&lake, "nightly").await.unwrap().unwrap();
+    let state = schedule::load_state(&lake, "nightly")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(state.last_status.as_deref(), Some("stopped"));
-    assert_eq!(state.due_at, None, "a stopped run covers nothing: the fire runs again");
-    let stages = query(tmp.path(), "select stage, status from ferry.run_stages order by stage").await;
+    assert_eq!(
+        state.due_at, None,
+        "a stopped run covers nothing: the fire runs again"
+    );
+    let stages = query(
+        tmp.path(),
+        "select stage, status from ferry.run_stages order by stage",
+    )
+    .await;
     // The stop lands before the stream started or after it finished: either
     // way nothing after the extract ran.
     assert!(
-        stages.iter().any(|s| s[0] == "extract" && (s[1] == "ok" || s[1] == "stopped")),
+        stages
+            .iter()
+            .any(|s| s[0] == "extract" && (s[1] == "ok" || s[1] == "stopped")),
         "{stages:?}"
     );
     assert!(
-        stages.iter().filter(|s| s[0] != "extract").all(|s| s[1] == "skipped"),
+        stages
+            .iter()
+            .filter(|s| s[0] != "extract")
+            .all(|s| s[1] == "skipped"),
         "{stages:?}"
     );
 
@@ -737,7 +1011,11 @@ async fn sigterm_mid_run_leaves_resumable_state_and_no_held_lease() {
     assert!(done, "{}", String::from_utf8_lossy(&out.stdout));
     let n = query(tmp.path(), "select n from customer_count").await;
     assert_eq!(n, [["3000"]]);
-    let landed = query(tmp.path(), "select count(*), count(distinct id) from shop.customers").await;
+    let landed = query(
+        tmp.path(),
+        "select count(*), count(distinct id) from shop.customers",
+    )
+    .await;
     assert_eq!(landed[0][1], "3000", "{landed:?}");
 }
 
@@ -763,7 +1041,8 @@ fn every_alert_shape_is_accepted_by_the_vendor_contracts() {
             assert!(b["text"]["text"].as_str().unwrap().chars().count() <= 3000);
         }
     }
-    let p = ferry::operate::alerts::pagerduty_payload("proj", &alert, "trigger", &"k".repeat(300), "r");
+    let p =
+        ferry::operate::alerts::pagerduty_payload("proj", &alert, "trigger", &"k".repeat(300), "r");
     assert!(p["payload"]["summary"].as_str().unwrap().chars().count() <= 1024);
     assert!(p["dedup_key"].as_str().unwrap().chars().count() <= 255);
     let _ = BTreeMap::<String, String>::new();
@@ -777,7 +1056,10 @@ fn hubspot_event(secret: &str, url: &str, body: &str) -> axum::http::HeaderMap {
     let mut h = axum::http::HeaderMap::new();
     h.insert(
         "x-hubspot-signature-v3",
-        base64::engine::general_purpose::STANDARD.encode(sig).parse().unwrap(),
+        base64::engine::general_purpose::STANDARD
+            .encode(sig)
+            .parse()
+            .unwrap(),
     );
     h.insert("x-hubspot-request-timestamp", ts.parse().unwrap());
     h
@@ -786,14 +1068,21 @@ fn hubspot_event(secret: &str, url: &str, body: &str) -> axum::http::HeaderMap {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_reconciliation_lands_what_the_webhooks_missed() {
     use ferry::sim::hubspot;
-    let s = hubspot::start(SimConfig::default(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let s = hubspot::start(SimConfig::default(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     // Created ten minutes ago.
     let created = Utc::now() - chrono::Duration::minutes(10);
     let ids: Vec<u64> = s
         .with_crm(|crm| {
             (0..50)
                 .map(|i| {
-                    let id = crm.create("contacts", [("email".to_string(), format!("p{i}@x.io"))].into()).id;
+                    let id = crm
+                        .create(
+                            "contacts",
+                            [("email".to_string(), format!("p{i}@x.io"))].into(),
+                        )
+                        .id;
                     crm.backdate("contacts", id, created, created);
                     id
                 })
@@ -842,9 +1131,12 @@ run = "reconcile"
     let project = Project::load(tmp.path()).unwrap();
     let lake = Lake::open(&project.lake, &project.dir).unwrap();
     // HubSpot delivers 35 of the 50 creations; 15 are lost (an outage).
-    let receiver = ferry::extract::webhook::Receiver::open(project.webhooks["hs_events"].clone(), lake.clone())
-        .await
-        .unwrap();
+    let receiver = ferry::extract::webhook::Receiver::open(
+        project.webhooks["hs_events"].clone(),
+        lake.clone(),
+    )
+    .await
+    .unwrap();
     let now_ms = created.timestamp_millis();
     let events: Vec<serde_json::Value> = ids[..35]
         .iter()
@@ -856,14 +1148,21 @@ run = "reconcile"
         .collect();
     let body = serde_json::Value::Array(events).to_string();
     receiver
-        .accept("POST", hook_url, &hubspot_event("app-secret", hook_url, &body), &axum::body::Bytes::from(body.clone()))
+        .accept(
+            "POST",
+            hook_url,
+            &hubspot_event("app-secret", hook_url, &body),
+            &axum::body::Bytes::from(body.clone()),
+        )
         .await
         .unwrap();
     receiver.land().await.unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
     let job = project.schedules["catch_up"].job.clone();
-    let o = ferry::run::run_job(&project, &lake, &job, Some("catch_up"), &Stop::never()).await.unwrap();
+    let o = ferry::run::run_job(&project, &lake, &job, Some("catch_up"), &Stop::never())
+        .await
+        .unwrap();
     assert!(o.ok, "{o:?}");
     let detail = &o.stages[0].detail;
     assert!(detail.contains("50 objects changed"), "{detail}");
@@ -875,13 +1174,32 @@ run = "reconcile"
     )
     .await;
     assert_eq!(got, [["15", "15"]]);
-    let payload = query(tmp.path(), &format!("select payload from hs_events.events where contact_id = '{}'", ids[40])).await;
-    assert!(payload[0][0].contains("p40@x.io"), "the API's record is the event's payload: {payload:?}");
-    let recorded = query(tmp.path(), "select stage, rows, detail from ferry.run_stages where command = 'reconcile'").await;
-    assert_eq!(recorded[0][1], "15", "the run's record counts what it found");
+    let payload = query(
+        tmp.path(),
+        &format!(
+            "select payload from hs_events.events where contact_id = '{}'",
+            ids[40]
+        ),
+    )
+    .await;
+    assert!(
+        payload[0][0].contains("p40@x.io"),
+        "the API's record is the event's payload: {payload:?}"
+    );
+    let recorded = query(
+        tmp.path(),
+        "select stage, rows, detail from ferry.run_stages where command = 'reconcile'",
+    )
+    .await;
+    assert_eq!(
+        recorded[0][1], "15",
+        "the run's record counts what it found"
+    );
 
     // The same window again: nothing missed twice.
-    let o = ferry::run::run_job(&project, &lake, &job, None, &Stop::never()).await.unwrap();
+    let o = ferry::run::run_job(&project, &lake, &job, None, &Stop::never())
+        .await
+        .unwrap();
     assert_eq!(o.rows_moved, 0, "{:?}", o.stages[0].detail);
 
     // Five contacts edited later, their webhooks lost too.
@@ -892,9 +1210,19 @@ run = "reconcile"
     })
     .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let o = ferry::run::run_job(&project, &lake, &job, None, &Stop::never()).await.unwrap();
-    assert!(o.stages[0].detail.contains("missed 5"), "{}", o.stages[0].detail);
-    let got = query(tmp.path(), "select count(*) from hs_events.events where event_type = 'reconciled'").await;
+    let o = ferry::run::run_job(&project, &lake, &job, None, &Stop::never())
+        .await
+        .unwrap();
+    assert!(
+        o.stages[0].detail.contains("missed 5"),
+        "{}",
+        o.stages[0].detail
+    );
+    let got = query(
+        tmp.path(),
+        "select count(*) from hs_events.events where event_type = 'reconciled'",
+    )
+    .await;
     assert_eq!(got, [["20"]]);
 }
 
@@ -902,8 +1230,12 @@ run = "reconcile"
 async fn shutdown_mid_sync_stops_between_batches_and_the_next_run_finishes() {
     use ferry::sim::hubspot::Faults;
     let hs = sim(SimConfig::default()).await;
-    let sl = slack::start(SlackConfig::default(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let pd = pagerduty::start(PagerDutyConfig::default(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let sl = slack::start(SlackConfig::default(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let pd = pagerduty::start(PagerDutyConfig::default(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let rig = Rig::new(tmp.path(), &hs.base_url(), &sl.url(), &pd.url(), None).await;
     let data = rows(2000, "a");
@@ -919,12 +1251,22 @@ async fn shutdown_mid_sync_stops_between_batches_and_the_next_run_finishes() {
     tokio::time::sleep(Duration::from_millis(900)).await;
     rig.scheduler.shutdown(Duration::from_secs(30)).await;
     let sent = hs.records("contacts").len();
-    assert!(sent > 0 && sent < 2000, "stopped mid-sync: {sent} records sent");
+    assert!(
+        sent > 0 && sent < 2000,
+        "stopped mid-sync: {sent} records sent"
+    );
     let lake = Lake::open(&Project::load(&rig.dir).unwrap().lake, &rig.dir).unwrap();
-    let state = schedule::load_state(&lake, "scores_sync").await.unwrap().unwrap();
+    let state = schedule::load_state(&lake, "scores_sync")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(state.last_status.as_deref(), Some("stopped"), "{state:?}");
-    for lease in ["lake/_ferry/schedules/scores_sync/lease", "lake/_ferry/sync_state/scores/lease"] {
-        let held: serde_json::Value = serde_json::from_slice(&std::fs::read(rig.dir.join(lease)).unwrap()).unwrap();
+    for lease in [
+        "lake/_ferry/schedules/scores_sync/lease",
+        "lake/_ferry/sync_state/scores/lease",
+    ] {
+        let held: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(rig.dir.join(lease)).unwrap()).unwrap();
         assert_eq!(held["released"], true, "{lease}: {held}");
     }
     let runs = query(&rig.dir, "select status from ferry.sync_runs").await;
@@ -943,9 +1285,16 @@ async fn shutdown_mid_sync_stops_between_batches_and_the_next_run_finishes() {
         }),
         rig.clock.clone(),
     );
-    assert_eq!(tick_and_wait(&again).await, ["scores_sync"], "the stopped fire runs again");
+    assert_eq!(
+        tick_and_wait(&again).await,
+        ["scores_sync"],
+        "the stopped fire runs again"
+    );
     super::sync::assert_matches(&hs, &data);
-    let state = schedule::load_state(&lake, "scores_sync").await.unwrap().unwrap();
+    let state = schedule::load_state(&lake, "scores_sync")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(state.last_status.as_deref(), Some("success"));
 }
 
@@ -965,7 +1314,9 @@ fn alert(rule: &str, pipeline: &str) -> ferry::operate::alerts::Alert {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_serves_announce_an_incident_once_and_a_failed_resolve_is_retried() {
     use ferry::operate::alerts::Change;
-    let pd = pagerduty::start(PagerDutyConfig::default(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let pd = pagerduty::start(PagerDutyConfig::default(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let project = Arc::new(schedules_project(
         tmp.path(),
@@ -984,27 +1335,58 @@ async fn two_serves_announce_an_incident_once_and_a_failed_resolve_is_retried() 
     let (x, y) = tokio::join!(a.apply(raise()), b.apply(raise()));
     x.unwrap();
     y.unwrap();
-    assert_eq!(pd.events().len(), 1, "one incident, one page: {:?}", pd.events());
+    assert_eq!(
+        pd.events().len(),
+        1,
+        "one incident, one page: {:?}",
+        pd.events()
+    );
     // The other process sees the next run succeed; PagerDuty fails the resolve.
     pd.set_fail_next(3);
-    let clear = || vec![Change::Clear { rule: "run_failed".into(), pipeline: "nightly".into() }];
+    let clear = || {
+        vec![Change::Clear {
+            rule: "run_failed".into(),
+            pipeline: "nightly".into(),
+        }]
+    };
     b.apply(clear()).await.unwrap();
-    assert_eq!(pd.open_incidents().len(), 1, "the resolve did not get through");
-    assert_eq!(ferry::operate::alerts::open_incidents(&lake).await.unwrap().len(), 0, "resolving, not open");
+    assert_eq!(
+        pd.open_incidents().len(),
+        1,
+        "the resolve did not get through"
+    );
+    assert_eq!(
+        ferry::operate::alerts::open_incidents(&lake)
+            .await
+            .unwrap()
+            .len(),
+        0,
+        "resolving, not open"
+    );
     // Retried at the next evaluation, once.
     b.apply(vec![]).await.unwrap();
     a.apply(vec![]).await.unwrap();
     assert!(pd.open_incidents().is_empty(), "{:?}", pd.events());
-    let resolves = pd.events().iter().filter(|e| e["event_action"] == "resolve").count();
+    let resolves = pd
+        .events()
+        .iter()
+        .filter(|e| e["event_action"] == "resolve")
+        .count();
     assert_eq!(resolves, 1);
-    let failed = query(tmp.path(), "select count(*) from ferry.alerts where action = 'resolve' and not delivered").await;
+    let failed = query(
+        tmp.path(),
+        "select count(*) from ferry.alerts where action = 'resolve' and not delivered",
+    )
+    .await;
     assert_eq!(failed, [["1"]], "the failed attempt is on record");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daily_job_with_nothing_new_is_not_a_stall() {
     let tmp = tempfile::tempdir().unwrap();
-    let pd = pagerduty::start(PagerDutyConfig::default(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let pd = pagerduty::start(PagerDutyConfig::default(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let project = Arc::new(schedules_project(
         tmp.path(),
         &format!(
@@ -1017,7 +1399,12 @@ async fn a_daily_job_with_nothing_new_is_not_a_stall() {
     let lake = Lake::open(&project.lake, &project.dir).unwrap();
     let clock = Arc::new(ManualClock::new(at("2026-05-01T00:00:00Z")));
     let runner = Arc::new(Recorder::default());
-    let s = Scheduler::new(project.schedules.clone(), lake.clone(), runner, clock.clone());
+    let s = Scheduler::new(
+        project.schedules.clone(),
+        lake.clone(),
+        runner,
+        clock.clone(),
+    );
     let mut alerter = Alerter::open(project.clone(), lake.clone()).await.unwrap();
     tick_and_wait(&s).await; // nothing to send today
     clock.set(at("2026-05-01T03:00:00Z"));
@@ -1078,7 +1465,11 @@ url = "{hook}"
     );
     // A daily budget of 18 calls: one sync of 1,500 rows (15 batches) spends over 80% of it.
     let toml = std::fs::read_to_string(dir.join("ferry.toml")).unwrap();
-    std::fs::write(dir.join("ferry.toml"), toml.replace("max_attempts = 8", "max_attempts = 2\ndaily_limit = 18")).unwrap();
+    std::fs::write(
+        dir.join("ferry.toml"),
+        toml.replace("max_attempts = 8", "max_attempts = 2\ndaily_limit = 18"),
+    )
+    .unwrap();
     model(&dir, "scores", &rows(1500, "a"));
     let project = Arc::new(Project::load(&dir).unwrap());
     let lake = Lake::open(&project.lake, &project.dir).unwrap();
@@ -1087,7 +1478,10 @@ url = "{hook}"
     let s = Scheduler::new(
         project.schedules.clone(),
         lake.clone(),
-        Arc::new(schedule::RouteRunner { project: project.clone(), lake: lake.clone() }),
+        Arc::new(schedule::RouteRunner {
+            project: project.clone(),
+            lake: lake.clone(),
+        }),
         clock.clone(),
     );
     let mut alerter = Alerter::open(project.clone(), lake.clone()).await.unwrap();
@@ -1103,12 +1497,41 @@ url = "{hook}"
     tick_and_wait(&s).await;
     evaluate(&mut alerter, &clock).await;
     let rules = |got: &Arc<Mutex<Vec<serde_json::Value>>>| -> Vec<String> {
-        got.lock().unwrap().iter().map(|v| format!("{}:{}", v["action"].as_str().unwrap(), v["alert"]["rule"].as_str().unwrap())).collect()
+        got.lock()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                format!(
+                    "{}:{}",
+                    v["action"].as_str().unwrap(),
+                    v["alert"]["rule"].as_str().unwrap()
+                )
+            })
+            .collect()
     };
-    assert!(rules(&got).contains(&"trigger:budget".to_string()), "{:?}", got.lock().unwrap());
-    let budget = got.lock().unwrap().iter().find(|v| v["alert"]["rule"] == "budget").cloned().unwrap();
-    assert!(budget["alert"]["summary"].as_str().unwrap().contains("of today's API budget spent"), "{budget}");
-    assert!(!budget.to_string().contains("sync-test-token"), "no credential in an alert");
+    assert!(
+        rules(&got).contains(&"trigger:budget".to_string()),
+        "{:?}",
+        got.lock().unwrap()
+    );
+    let budget = got
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|v| v["alert"]["rule"] == "budget")
+        .cloned()
+        .unwrap();
+    assert!(
+        budget["alert"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("of today's API budget spent"),
+        "{budget}"
+    );
+    assert!(
+        !budget.to_string().contains("sync-test-token"),
+        "no credential in an alert"
+    );
 
     // A vendor's breaker opens (as `Breaker` reports it when most recent
     // calls failed), then closes: one warning, resolved 15 quiet minutes later.
@@ -1120,14 +1543,28 @@ url = "{hook}"
     ferry::metrics::circuit(&vendor, false);
     clock.set(at("2026-06-01T06:57:00Z"));
     evaluate(&mut alerter, &clock).await;
-    let circuit: Vec<String> = rules(&got).into_iter().filter(|r| r.ends_with(":circuit_open")).collect();
-    assert_eq!(circuit, ["trigger:circuit_open"], "open once, not flapping with the breaker");
-    hs.set_faults(Faults { server_error: 1.0, ..Faults::default() });
+    let circuit: Vec<String> = rules(&got)
+        .into_iter()
+        .filter(|r| r.ends_with(":circuit_open"))
+        .collect();
+    assert_eq!(
+        circuit,
+        ["trigger:circuit_open"],
+        "open once, not flapping with the breaker"
+    );
+    hs.set_faults(Faults {
+        server_error: 1.0,
+        ..Faults::default()
+    });
     model(&dir, "scores", &rows(1500, "b"));
     clock.set(at("2026-06-01T06:58:00Z"));
     tick_and_wait(&s).await;
     evaluate(&mut alerter, &clock).await;
-    assert!(rules(&got).contains(&"trigger:run_failed".to_string()), "{:?}", rules(&got));
+    assert!(
+        rules(&got).contains(&"trigger:run_failed".to_string()),
+        "{:?}",
+        rules(&got)
+    );
 
     // Still failing for 40 minutes: the SLA of 30 minutes is missed, once.
     for m in [10, 20, 36] {
@@ -1139,13 +1576,23 @@ url = "{hook}"
 
     // 09:00 in Paris passed at 07:00 UTC: the digest went out, once.
     evaluate(&mut alerter, &clock).await;
-    let digests: Vec<serde_json::Value> = got.lock().unwrap().iter().filter(|v| v["alert"]["rule"] == "digest").cloned().collect();
+    let digests: Vec<serde_json::Value> = got
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|v| v["alert"]["rule"] == "digest")
+        .cloned()
+        .collect();
     assert_eq!(digests.len(), 1, "{:?}", rules(&got));
     let d = &digests[0]["alert"];
     assert_eq!(d["severity"], "info");
     assert!(d["details"]["records_synced"].as_i64().unwrap() > 0, "{d}");
     assert!(d["details"]["errors_by_category"].is_array());
-    assert!(rules(&got).contains(&"resolve:circuit_open".to_string()), "15 minutes without a trip: {:?}", rules(&got));
+    assert!(
+        rules(&got).contains(&"resolve:circuit_open".to_string()),
+        "15 minutes without a trip: {:?}",
+        rules(&got)
+    );
 }
 
 #[test]
@@ -1156,7 +1603,9 @@ fn readme_schedule_and_alert_examples_load_with_the_starter_project() {
         .split("```toml\n")
         .skip(1)
         .map(|b| b.split("```").next().unwrap())
-        .filter(|b| (b.contains("[schedules.") || b.contains("[alerts")) && !b.contains("[sources."))
+        .filter(|b| {
+            (b.contains("[schedules.") || b.contains("[alerts")) && !b.contains("[sources.")
+        })
         .collect();
     assert!(blocks.len() >= 2, "the schedules and alerts examples");
     let text = format!(
@@ -1173,7 +1622,10 @@ fn readme_schedule_and_alert_examples_load_with_the_starter_project() {
     let p = Project::parse(root, &root.join("ferry.toml"), &text, &secrets, None)
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(p.schedules.len(), 3);
-    assert!(matches!(p.schedules["transform_and_sync"].when, schedule::When::After(_)));
+    assert!(matches!(
+        p.schedules["transform_and_sync"].when,
+        schedule::When::After(_)
+    ));
     assert_eq!(p.alerts.channels.len(), 3);
     assert_eq!(p.alerts.error_rate, 0.05);
 }

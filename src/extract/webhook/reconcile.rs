@@ -82,10 +82,16 @@ fn lit(s: &str) -> String {
 }
 
 /// Reconcile webhook source `source` for the window ending `settle` before `now`.
-pub async fn run(project: &Project, lake: &Lake, source: &str, now: DateTime<Utc>) -> Result<Report> {
-    let spec = project.webhooks.get(source).ok_or_else(|| {
-        Error::Input(format!("{source} is not a webhook source"))
-    })?;
+pub async fn run(
+    project: &Project,
+    lake: &Lake,
+    source: &str,
+    now: DateTime<Utc>,
+) -> Result<Report> {
+    let spec = project
+        .webhooks
+        .get(source)
+        .ok_or_else(|| Error::Input(format!("{source} is not a webhook source")))?;
     let r = spec.reconcile.as_ref().ok_or_else(|| {
         Error::Input(format!(
             "webhook source {source} has no reconcile = {{ with = \"<source>.<stream>\" }}"
@@ -96,7 +102,12 @@ pub async fn run(project: &Project, lake: &Lake, source: &str, now: DateTime<Utc
             let bytes = g.bytes().await?;
             serde_json::from_slice::<WindowState>(&bytes)
                 .map(|s| s.to)
-                .map_err(|e| Error::Table(format!("{}: {e}; delete it to reconcile from the lookback", state_path(source))))?
+                .map_err(|e| {
+                    Error::Table(format!(
+                        "{}: {e}; delete it to reconcile from the lookback",
+                        state_path(source)
+                    ))
+                })?
         }
         Err(object_store::Error::NotFound { .. }) => {
             now - chrono::Duration::from_std(r.lookback).unwrap_or_default()
@@ -113,7 +124,8 @@ pub async fn run(project: &Project, lake: &Lake, source: &str, now: DateTime<Utc
 
     // Poll the API: its records changed since the stream's cursor land first.
     let with = format!("{}.{}", r.source, r.stream);
-    let summaries = crate::extract::extract(project, lake, std::slice::from_ref(&with), |_| {}).await?;
+    let summaries =
+        crate::extract::extract(project, lake, std::slice::from_ref(&with), |_| {}).await?;
     report.extracted = summaries.iter().map(|s| s.rows).sum();
 
     let ctx = crate::engine::session(lake).await?;
@@ -138,7 +150,9 @@ pub async fn run(project: &Project, lake: &Lake, source: &str, now: DateTime<Utc
         return Ok(report);
     }
     let events = StreamRef::new(source, "events")?;
-    let seen: BTreeMap<String, DateTime<Utc>> = if ctx.table_exist(format!("{}.events", ident(source)).as_str())? {
+    let seen: BTreeMap<String, DateTime<Utc>> = if ctx
+        .table_exist(format!("{}.events", ident(source)).as_str())?
+    {
         let sql = format!(
             "select {ek} as k, max(fired_at) as last from {}.events where fired_at >= to_timestamp({}) group by 1",
             ident(source),
@@ -175,7 +189,11 @@ pub async fn run(project: &Project, lake: &Lake, source: &str, now: DateTime<Utc
         // The API's record of each missed object, as the event's payload.
         let mut records: BTreeMap<String, String> = BTreeMap::new();
         for chunk in missed.chunks(500) {
-            let keys = chunk.iter().map(|(k, _)| lit(k)).collect::<Vec<_>>().join(", ");
+            let keys = chunk
+                .iter()
+                .map(|(k, _)| lit(k))
+                .collect::<Vec<_>>()
+                .join(", ");
             // The newest stored version of each.
             let sql = format!(
                 "select * exclude (rn) from (select *, row_number() over (partition by cast({key} as varchar) \
@@ -241,7 +259,8 @@ fn parse_ts(s: &str) -> Option<DateTime<Utc>> {
 }
 
 async fn save(lake: &Lake, source: &str, to: DateTime<Utc>) -> Result<()> {
-    let bytes = serde_json::to_vec(&WindowState { to }).map_err(|e| Error::Internal(e.to_string()))?;
+    let bytes =
+        serde_json::to_vec(&WindowState { to }).map_err(|e| Error::Internal(e.to_string()))?;
     lake.store()
         .put(&state_path(source), PutPayload::from(bytes))
         .await?;
