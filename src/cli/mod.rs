@@ -60,6 +60,14 @@ enum Command {
         #[arg(long, value_enum, default_value_t = InputFormat::Auto)]
         format: InputFormat,
     },
+    /// Install the packages listed in packages.yml (or dependencies.yml)
+    /// into dbt_packages/: local folders and git repositories (at a tag,
+    /// branch or commit, optionally a subdirectory), pinned in package-lock.yml.
+    Deps {
+        /// Resolve again from packages.yml, ignoring package-lock.yml.
+        #[arg(long)]
+        upgrade: bool,
+    },
     /// Load the CSV seeds (under seeds/, or [project] seed_paths) as tables.
     Seed {
         #[command(flatten)]
@@ -641,6 +649,23 @@ async fn run(cli: Cli) -> Result<()> {
             println!("ferry serve: stopping (running jobs stop at a safe point)");
             server.shutdown().await;
             println!("ferry serve: stopped");
+            Ok(())
+        }
+        Command::Deps { upgrade } => {
+            let dir = &cli.project_dir;
+            let installed = crate::models::deps::install(dir, upgrade)?;
+            if installed.is_empty() {
+                println!(
+                    "no packages: list them in packages.yml (packages: [{{local: ../pkg}}, {{git: <url>, revision: <tag>}}])"
+                );
+            } else {
+                println!(
+                    "{} package(s) in {}/, pinned in {}",
+                    installed.len(),
+                    crate::models::deps::PACKAGES_DIR,
+                    crate::models::deps::LOCK_FILE
+                );
+            }
             Ok(())
         }
         Command::Schedules => {

@@ -244,6 +244,23 @@ fn atom_set(
             .collect()
     } else if all.contains(core) {
         BTreeSet::from([core.to_string()])
+    } else if let Some(pkg) = core.strip_prefix("package:").or_else(|| {
+        project
+            .models
+            .iter()
+            .any(|m| m.package.as_deref() == Some(core))
+            .then_some(core)
+    }) {
+        // `package:dbt_utils` or the package's bare name, as in dbt.
+        let own = project.namespaces.last().map(|(n, _)| n.as_str());
+        project
+            .models
+            .iter()
+            .filter(|m| {
+                m.package.as_deref() == Some(pkg) || (m.package.is_none() && own == Some(pkg))
+            })
+            .map(|m| m.name.clone())
+            .collect()
     } else {
         return Err(Error::Input(format!(
             "selector {atom:?}: no model or seed is named {core:?}{}",

@@ -175,6 +175,7 @@ fn macro_test_sql(ws: &Workspace, t: &TestSpec) -> Result<String> {
         format!("{{{{ {mac}({}) }}}}", args.join(", "))
     };
     let pseudo = Model {
+        package: None,
         name: t.model.clone(),
         path: t.origin.clone(),
         sql: call,
@@ -309,6 +310,7 @@ pub async fn run(
     }
     for st in &ws.project.singular_tests {
         let pseudo = Model {
+            package: None,
             name: st.name.clone(),
             path: st.path.clone(),
             sql: st.sql.clone(),

@@ -11,6 +11,7 @@
 pub mod contract;
 pub mod dag;
 pub mod datatest;
+pub mod deps;
 pub use crate::engine::delta;
 pub mod docs;
 pub mod project;
@@ -81,6 +82,7 @@ impl Workspace {
                 sources: &mp.source_map,
                 namespaces: &mp.namespaces,
                 dispatch: &mp.dispatch,
+                package_vars: &mp.package_vars,
             };
             let r = render::render(model, &ctx)?;
             for (k, v) in &r.config {

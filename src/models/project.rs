@@ -208,6 +208,8 @@ pub struct Model {
     pub config: ModelConfig,
     pub description: Option<String>,
     pub columns: Vec<ColumnSpec>,
+    /// The package in `dbt_packages/` it comes from (`None`: the project's own).
+    pub package: Option<String>,
 }
 
 /// One seed CSV.
@@ -253,6 +255,9 @@ pub struct ModelProject {
     pub namespaces: Vec<(String, String)>,
     /// `dispatch:` in `dbt_project.yml`: a namespace's search order.
     pub dispatch: BTreeMap<String, Vec<String>>,
+    /// Each package's vars: its own `dbt_project.yml` defaults, under the
+    /// project's (global, and those under the package's name) and `--vars`.
+    pub package_vars: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
 }
 
 impl ModelProject {
@@ -270,6 +275,7 @@ impl ModelProject {
             sources: &self.source_map,
             namespaces: &self.namespaces,
             dispatch: &self.dispatch,
+            package_vars: &self.package_vars,
         }
     }
 }
@@ -399,48 +405,99 @@ fn dispatch_config(dir: &Path) -> Result<BTreeMap<String, Vec<String>>> {
         .collect())
 }
 
-/// The macro namespaces of a project in `dir`: `dbt`, then each package in
-/// `dbt_packages/` (filled by `dbt deps`) under its `dbt_project.yml` name,
-/// then the project's own macros under its name.
-fn namespaces(dir: &Path, macros: &[(String, String)]) -> Result<Vec<(String, String)>> {
+/// A package installed in `dbt_packages/` (by `ferry deps` or `dbt deps`).
+#[derive(Debug, Clone)]
+pub struct Package {
+    pub name: String,
+    pub dir: PathBuf,
+    pub model_paths: Vec<String>,
+    pub seed_paths: Vec<String>,
+    pub macro_paths: Vec<String>,
+    /// Its own `vars:` (defaults for its models and macros).
+    pub vars: BTreeMap<String, Yaml>,
+    /// Its own `models:` tree.
+    pub models: Option<Yaml>,
+}
+
+/// The root project's `dbt_project.yml` keys that configure packages.
+#[derive(Debug, Default, Deserialize)]
+struct RootFile {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    models: Option<Yaml>,
+}
+
+/// The packages in `dir/dbt_packages/`, by folder name order.
+pub fn packages(dir: &Path) -> Result<Vec<Package>> {
     #[derive(Deserialize)]
     struct PackageFile {
         name: String,
         #[serde(default, rename = "macro-paths")]
         macro_paths: Option<Vec<String>>,
+        #[serde(default, rename = "model-paths", alias = "source-paths")]
+        model_paths: Option<Vec<String>>,
+        #[serde(default, rename = "seed-paths", alias = "data-paths")]
+        seed_paths: Option<Vec<String>>,
+        #[serde(default)]
+        vars: BTreeMap<String, Yaml>,
+        #[serde(default)]
+        models: Option<Yaml>,
     }
-    let mut out = vec![("dbt".to_string(), super::render::DBT_MACROS.to_string())];
-    let packages = dir.join("dbt_packages");
-    let mut found: Vec<PathBuf> = match std::fs::read_dir(&packages) {
+    let root = dir.join("dbt_packages");
+    let mut found: Vec<PathBuf> = match std::fs::read_dir(&root) {
         Ok(entries) => entries
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.join("dbt_project.yml").is_file())
+            .filter(|p| {
+                p.join("dbt_project.yml").is_file()
+                    && !p
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
             .collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(Error::io(&packages, e)),
+        Err(e) => return Err(Error::io(&root, e)),
     };
     found.sort();
+    let mut out = Vec::new();
     for pkg in found {
         let file = pkg.join("dbt_project.yml");
         let parsed: PackageFile = serde_yaml_ng::from_str(&read(&file)?)
             .map_err(|e| Error::Input(format!("{}: {e}", rel(dir, &file))))?;
+        let or = |v: Option<Vec<String>>, d: &str| v.unwrap_or_else(|| vec![d.to_string()]);
+        out.push(Package {
+            name: parsed.name,
+            dir: pkg,
+            model_paths: or(parsed.model_paths, "models"),
+            seed_paths: or(parsed.seed_paths, "seeds"),
+            macro_paths: or(parsed.macro_paths, "macros"),
+            vars: parsed.vars,
+            models: parsed.models,
+        });
+    }
+    Ok(out)
+}
+
+/// The macro namespaces of a project: `dbt`, then each package under its
+/// `dbt_project.yml` name, then the project's own macros under its name.
+fn namespaces(
+    own: &str,
+    packages: &[Package],
+    macros: &[(String, String)],
+) -> Result<Vec<(String, String)>> {
+    let mut out = vec![("dbt".to_string(), super::render::DBT_MACROS.to_string())];
+    for pkg in packages {
         let mut text = String::new();
-        for sub in parsed.macro_paths.unwrap_or_else(|| vec!["macros".into()]) {
-            for path in files(&pkg.join(sub), &["sql"])? {
+        for sub in &pkg.macro_paths {
+            for path in files(&pkg.dir.join(sub), &["sql"])? {
                 text.push_str(&tests_as_macros(&read(&path)?));
                 text.push('\n');
             }
         }
-        out.push((parsed.name, text));
+        out.push((pkg.name.clone(), text));
     }
-    let own = match read(&dir.join("dbt_project.yml")) {
-        Ok(t) => serde_yaml_ng::from_str::<PackageFile>(&t)
-            .map(|p| p.name)
-            .unwrap_or_else(|_| "project".into()),
-        Err(_) => "project".into(),
-    };
     let text: String = macros.iter().map(|(_, t)| format!("{t}\n")).collect();
-    out.push((own, text));
+    out.push((own.to_string(), text));
     Ok(out)
 }
 
@@ -615,55 +672,64 @@ impl ModelProject {
             Ok(out)
         };
 
+        let root_file: RootFile = read(&dir.join("dbt_project.yml"))
+            .ok()
+            .and_then(|t| serde_yaml_ng::from_str(&t).ok())
+            .unwrap_or_default();
+        let own = root_file.name.clone().unwrap_or_else(|| "project".into());
+        let packages = packages(dir)?;
         let mut by_name: BTreeMap<String, Model> = BTreeMap::new();
-        for (root, path) in in_all(&paths.models, &["sql"])? {
-            let folders: Vec<String> = path
-                .parent()
-                .and_then(|p| p.strip_prefix(&root).ok())
-                .map(|p| p.iter().map(|c| c.to_string_lossy().into_owned()).collect())
-                .unwrap_or_default();
-            let mut config = ModelConfig::defaults();
-            for (prefix, settings) in configs {
-                if folders.starts_with(prefix) {
-                    let origin = if prefix.is_empty() {
-                        "project model settings".to_string()
-                    } else {
-                        format!("project model settings for {}", prefix.join("/"))
-                    };
-                    for (k, v) in settings {
-                        config.apply(k, v, &origin)?;
-                    }
+        let root_roots: Vec<PathBuf> = paths.models.iter().map(|f| dir.join(f)).collect();
+        load_models(dir, &root_roots, configs, None, &mut by_name)?;
+        let mut yml_roots: Vec<PathBuf> = paths
+            .models
+            .iter()
+            .chain(&paths.seeds)
+            .map(|f| dir.join(f))
+            .collect();
+        let mut seed_roots: Vec<(PathBuf, Option<String>)> =
+            paths.seeds.iter().map(|f| (dir.join(f), None)).collect();
+        let names: Vec<String> = packages.iter().map(|p| p.name.clone()).collect();
+        for pkg in &packages {
+            // The package's own folder settings, then the project's for it.
+            let mut pkg_configs =
+                crate::project::dbt::folder_configs(pkg.models.as_ref(), &pkg.name);
+            pkg_configs.extend(crate::project::dbt::folder_configs(
+                root_file.models.as_ref(),
+                &pkg.name,
+            ));
+            let roots: Vec<PathBuf> = pkg.model_paths.iter().map(|f| pkg.dir.join(f)).collect();
+            load_models(dir, &roots, &pkg_configs, Some(&pkg.name), &mut by_name)?;
+            yml_roots.extend(roots);
+            yml_roots.extend(pkg.seed_paths.iter().map(|f| pkg.dir.join(f)));
+            seed_roots.extend(
+                pkg.seed_paths
+                    .iter()
+                    .map(|f| (pkg.dir.join(f), Some(pkg.name.clone()))),
+            );
+            // Package defaults < the project's vars (global, and under the
+            // package's name) < --vars.
+            let mut vars = crate::project::dbt::scoped_vars(&pkg.vars, &pkg.name, &names);
+            for (k, v) in &project.vars {
+                if !names.contains(k) {
+                    vars.insert(k.clone(), v.clone());
                 }
             }
-            let name = path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let relpath = rel(dir, &path);
-            if let Some(other) = by_name.get(&name) {
-                return Err(Error::Input(format!(
-                    "two models are named {name}: {} and {relpath}; model names must be unique",
-                    other.path
-                )));
+            if let Some(serde_json::Value::Object(m)) = project.vars.get(&pkg.name) {
+                for (k, v) in m {
+                    vars.insert(k.clone(), v.clone());
+                }
             }
-            by_name.insert(
-                name.clone(),
-                Model {
-                    name,
-                    path: relpath,
-                    sql: read(&path)?,
-                    config,
-                    description: None,
-                    columns: Vec::new(),
-                },
-            );
+            project.package_vars.insert(pkg.name.clone(), vars);
         }
 
         let mut seed_types: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-        for (_, path) in in_all(&paths.models, &["yml", "yaml"])?
-            .into_iter()
-            .chain(in_all(&paths.seeds, &["yml", "yaml"])?)
-        {
+        let mut yml_files = Vec::new();
+        for root in &yml_roots {
+            yml_files.extend(files(root, &["yml", "yaml"])?);
+        }
+        yml_files.dedup();
+        for path in yml_files {
             let relpath = rel(dir, &path);
             let text = read(&path)?;
             let file: SchemaFile = serde_yaml_ng::from_str(&text).map_err(|e| {
@@ -747,7 +813,11 @@ impl ModelProject {
         }
         project.models = by_name.into_values().collect();
 
-        for (_, path) in in_all(&paths.seeds, &["csv"])? {
+        let mut seed_files = Vec::new();
+        for (root, _) in &seed_roots {
+            seed_files.extend(files(root, &["csv"])?);
+        }
+        for path in seed_files {
             let name = path
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
@@ -755,6 +825,13 @@ impl ModelProject {
             if project.models.iter().any(|m| m.name == name) {
                 return Err(Error::Input(format!(
                     "seed {} has the same name as model {name}: rename one",
+                    rel(dir, &path)
+                )));
+            }
+            if let Some(other) = project.seeds.iter().find(|s| s.name == name) {
+                return Err(Error::Input(format!(
+                    "two seeds are named {name}: {} and {}; seed names must be unique",
+                    rel(dir, &other.path),
                     rel(dir, &path)
                 )));
             }
@@ -779,7 +856,7 @@ impl ModelProject {
                     .insert(0, (format!("<ferry>/{file}"), text.to_string()));
             }
         }
-        project.namespaces = namespaces(dir, &project.macros)?;
+        project.namespaces = namespaces(&own, &packages, &project.macros)?;
         project.dispatch = dispatch_config(dir)?;
         for t in &project.tests {
             if BUILTIN_TESTS.contains(&t.kind.as_str()) {
@@ -820,6 +897,63 @@ impl ModelProject {
     pub fn model(&self, name: &str) -> Option<&Model> {
         self.models.iter().find(|m| m.name == name)
     }
+}
+
+/// Read the models under `roots` into `by_name`, each with the folder
+/// settings in `configs` that match its folder.
+fn load_models(
+    dir: &Path,
+    roots: &[PathBuf],
+    configs: &[(Vec<String>, BTreeMap<String, Yaml>)],
+    package: Option<&str>,
+    by_name: &mut BTreeMap<String, Model>,
+) -> Result<()> {
+    for root in roots {
+        for path in files(root, &["sql"])? {
+            let folders: Vec<String> = path
+                .parent()
+                .and_then(|p| p.strip_prefix(root).ok())
+                .map(|p| p.iter().map(|c| c.to_string_lossy().into_owned()).collect())
+                .unwrap_or_default();
+            let mut config = ModelConfig::defaults();
+            for (prefix, settings) in configs {
+                if folders.starts_with(prefix) {
+                    let origin = match (package, prefix.is_empty()) {
+                        (Some(p), _) => format!("model settings of package {p}"),
+                        (None, true) => "project model settings".to_string(),
+                        (None, false) => format!("project model settings for {}", prefix.join("/")),
+                    };
+                    for (k, v) in settings {
+                        config.apply(k, v, &origin)?;
+                    }
+                }
+            }
+            let name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let relpath = rel(dir, &path);
+            if let Some(other) = by_name.get(&name) {
+                return Err(Error::Input(format!(
+                    "two models are named {name}: {} and {relpath}; model names must be unique",
+                    other.path
+                )));
+            }
+            by_name.insert(
+                name.clone(),
+                Model {
+                    name,
+                    path: relpath,
+                    sql: read(&path)?,
+                    config,
+                    description: None,
+                    columns: Vec::new(),
+                    package: package.map(str::to_string),
+                },
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `; did you mean x?` for the names closest to `name`, or nothing.

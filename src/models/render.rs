@@ -36,6 +36,8 @@ pub struct RenderContext<'a> {
     pub namespaces: &'a [(String, String)],
     /// `dispatch:` search orders, by namespace.
     pub dispatch: &'a BTreeMap<String, Vec<String>>,
+    /// Vars as each package sees them (its models and its macros).
+    pub package_vars: &'a BTreeMap<String, BTreeMap<String, serde_json::Value>>,
 }
 
 /// The `dbt` namespace: dbt's built-in cross-database macros, for DataFusion.
@@ -111,7 +113,7 @@ fn call_in(
             format!("no macro namespace {namespace}: install the package (dbt_packages/{namespace}) or check the name"),
         )
     })?;
-    let captured = template.render_captured(())?;
+    let captured = render_namespace(state, &template, namespace)?;
     let module = captured.state();
     let Some(m) = module.lookup(method) else {
         return Err(minijinja::Error::new(
@@ -120,6 +122,22 @@ fn call_in(
         ));
     };
     m.call(module, args)
+}
+
+/// A namespace's macros, evaluated with the namespace's own vars (a
+/// package's macros see its `vars:` defaults and `pkg:` scoped values).
+fn render_namespace<'env>(
+    state: &minijinja::State<'_, 'env>,
+    template: &minijinja::Template<'env, 'env>,
+    namespace: &str,
+) -> Result<minijinja::Captured<'env>, minijinja::Error> {
+    let scoped = state
+        .lookup(&format!("__vars__{namespace}"))
+        .filter(|v| !v.is_undefined());
+    match scoped {
+        Some(var) => template.render_captured(minijinja::context! { var => var }),
+        None => template.render_captured(()),
+    }
 }
 
 impl minijinja::value::Object for Namespace {
@@ -209,7 +227,7 @@ impl minijinja::value::Object for Adapter {
                     let Ok(t) = state.env().get_template(&template_of(ns)) else {
                         continue;
                     };
-                    let captured = t.render_captured(())?;
+                    let captured = render_namespace(state, &t, ns)?;
                     let module = captured.state();
                     // As dbt: adapter-prefixed, then default__; never the
                     // bare name (that is the dispatching macro itself). The
@@ -247,6 +265,27 @@ impl minijinja::value::Object for Adapter {
             )),
         }
     }
+}
+
+/// `var(name, default)` over one scope of vars.
+fn var_function(vars: Arc<BTreeMap<String, serde_json::Value>>) -> Value {
+    Value::from_function(
+        move |name: String, default: Option<Value>| -> Result<Value, minijinja::Error> {
+            match vars.get(&name) {
+                Some(v) => Ok(Value::from_serialize(v)),
+                None => default.ok_or_else(|| {
+                    minijinja::Error::new(
+                        ErrorKind::UndefinedError,
+                        format!(
+                            "var('{name}') is not set: add it under vars: in dbt_project.yml \
+                             ([vars] in ferry.toml), pass --vars '{name}=...', or give a \
+                             default: var('{name}', 'x')"
+                        ),
+                    )
+                }),
+            }
+        },
+    )
 }
 
 /// What `source()` resolves against.
@@ -360,24 +399,18 @@ pub fn render(model: &Model, ctx: &RenderContext<'_>) -> Result<Rendered> {
             Ok(String::new())
         },
     );
-    let vars = ctx.vars.clone();
-    env.add_function(
-        "var",
-        move |name: String, default: Option<Value>| -> Result<Value, minijinja::Error> {
-            match vars.get(&name) {
-                Some(v) => Ok(Value::from_serialize(v)),
-                None => default.ok_or_else(|| {
-                    minijinja::Error::new(
-                        ErrorKind::UndefinedError,
-                        format!(
-                            "var('{name}') is not set: add it under [vars] in ferry.toml, \
-                             pass --vars '{name}=...', or give a default: var('{name}', 'x')"
-                        ),
-                    )
-                }),
-            }
-        },
-    );
+    let vars = model
+        .package
+        .as_ref()
+        .and_then(|p| ctx.package_vars.get(p))
+        .unwrap_or(ctx.vars);
+    env.add_global("var", var_function(Arc::new(vars.clone())));
+    for (ns, scoped) in ctx.package_vars {
+        env.add_global(
+            format!("__vars__{ns}"),
+            var_function(Arc::new(scoped.clone())),
+        );
+    }
     let incremental = ctx.is_incremental;
     env.add_function("is_incremental", move || incremental);
     // `{{ dbt_utils.x() }}` with no dbt_packages/dbt_utils: say what is missing.

@@ -83,22 +83,7 @@ pub fn load(dir: &Path, lake_override: Option<String>) -> Result<Project> {
         }
     }
 
-    let mut model_configs = Vec::new();
-    if let Some(Yaml::Mapping(tree)) = &p.models {
-        for (k, v) in tree {
-            // The project's own models; other keys configure packages.
-            if k.as_str() == Some(p.name.as_str()) {
-                walk(v, &mut Vec::new(), &mut model_configs);
-            } else if let (Some(k), false) = (k.as_str(), v.is_mapping()) {
-                // Top-level settings apply to every model.
-                if let Some(key) = config_key(k) {
-                    let mut m = BTreeMap::new();
-                    m.insert(key, v.clone());
-                    model_configs.insert(0, (Vec::new(), m));
-                }
-            }
-        }
-    }
+    let model_configs = folder_configs(p.models.as_ref(), &p.name);
 
     let or = |v: &Option<Vec<String>>, d: &[&str]| {
         v.clone()
@@ -127,6 +112,53 @@ pub fn load(dir: &Path, lake_override: Option<String>) -> Result<Project> {
         },
         vars,
     })
+}
+
+/// The folder settings a `models:` (or `seeds:`) tree gives the package or
+/// project `name`: top-level settings (every model), then its own subtree.
+pub fn folder_configs(
+    tree: Option<&Yaml>,
+    name: &str,
+) -> Vec<(Vec<String>, BTreeMap<String, Yaml>)> {
+    let mut out = Vec::new();
+    if let Some(Yaml::Mapping(tree)) = tree {
+        for (k, v) in tree {
+            // The named project's models; other keys configure other packages.
+            if k.as_str() == Some(name) {
+                walk(v, &mut Vec::new(), &mut out);
+            } else if let (Some(k), false) = (k.as_str(), v.is_mapping())
+                && let Some(key) = config_key(k)
+            {
+                let mut m = BTreeMap::new();
+                m.insert(key, v.clone());
+                out.insert(0, (Vec::new(), m));
+            }
+        }
+    }
+    out
+}
+
+/// A package's view of `vars:` from a `dbt_project.yml`: the global ones,
+/// with those under the package's name over them.
+pub fn scoped_vars(
+    vars: &BTreeMap<String, Yaml>,
+    name: &str,
+    all: &[String],
+) -> BTreeMap<String, serde_json::Value> {
+    let mut out = BTreeMap::new();
+    for (k, v) in vars {
+        if !(v.is_mapping() && all.contains(k)) {
+            out.insert(k.clone(), yaml_to_json(v));
+        }
+    }
+    if let Some(Yaml::Mapping(m)) = vars.get(name) {
+        for (ik, iv) in m {
+            if let Some(ik) = ik.as_str() {
+                out.insert(ik.to_string(), yaml_to_json(iv));
+            }
+        }
+    }
+    out
 }
 
 fn config_key(k: &str) -> Option<String> {

@@ -788,3 +788,151 @@ fn the_dispatch_config_sets_the_search_order() {
         "{sql}"
     );
 }
+
+/// A git repository holding the fixture package fixture_utils under
+/// `sub/`, on branch main; returns its file:// URL.
+fn git_package(root: &Path) -> String {
+    let repo = root.join("gitpkg");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/dbt_packages/dbt_packages/fixture_utils"),
+        &repo.join("sub/fixture_utils"),
+    );
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-qm", "v1"]);
+    format!("file://{}", repo.display())
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let st = Command::new("git")
+        .args(["-c", "user.email=t@example.com", "-c", "user.name=t"])
+        .args(args)
+        .current_dir(dir)
+        .status()
+        .expect("git");
+    assert!(st.success(), "git {args:?}");
+}
+
+/// `ferry deps` installs a local package and a git package (a branch, a
+/// subdirectory) into dbt_packages/ and pins the commit in
+/// package-lock.yml; the packages' macros, generic tests, models and seeds
+/// run, and vars scoped to a package reach its models and macros.
+#[test]
+fn deps_installs_local_and_git_packages_whose_models_seeds_and_vars_work() {
+    let (tmp, dir) = copy_fixture("dbt_deps");
+    let url = git_package(tmp.path());
+    let packages = std::fs::read_to_string(dir.join("packages.yml")).unwrap();
+    std::fs::write(
+        dir.join("packages.yml"),
+        format!("{packages}  - git: \"{url}\"\n    revision: main\n    subdirectory: sub/fixture_utils\n"),
+    )
+    .unwrap();
+    // Before deps, the package namespace is missing and says where packages come from.
+    let e = text(&ferry(&dir, &["run"]));
+    assert!(e.contains("dbt_packages/"), "{e}");
+    let out = ok(ferry(&dir, &["deps"]));
+    assert!(
+        out.contains("Installed fixture_dates from local local_packages/fixture_dates")
+            && out.contains("Installed fixture_utils from git"),
+        "{out}"
+    );
+    let lock = std::fs::read_to_string(dir.join("package-lock.yml")).unwrap();
+    assert!(
+        lock.contains("name: fixture_utils") && lock.contains("revision: "),
+        "{lock}"
+    );
+    ok(ferry(&dir, &["seed"]));
+    let run = ok(ferry(&dir, &["run"]));
+    assert!(run.contains("2 succeeded, 0 failed"), "{run}");
+    // By hand, fiscal year starting in April (the project's value for the
+    // package, over its default of 1): 2024-03-31 is FY2024 Q4, 2024-04-01
+    // FY2025 Q1, 2024-12-15 FY2025 Q3; keys are md5('1-1'), md5('2-3'), md5('3-1').
+    assert_eq!(
+        csv(&dir, "select * from orders_fiscal order by id"),
+        "order_key,id,fiscal_year,fiscal_quarter,label\n\
+         ea66c06c1e1c05fa9f1aa39d98dc5bc1,1,2024,4,calendar\n\
+         c22c60349630d688cef20a3fd708ad87,2,2025,1,calendar\n\
+         c9e6e7b69f98f516a54cfe2c9e25fb3f,3,2025,3,calendar\n"
+    );
+    // The package's seed was loaded, its model materialized as the project
+    // configures it (a table, over the package's own `view`).
+    assert_eq!(csv(&dir, "select count(*) as n from months"), "n\n12\n");
+    let tests = ok(ferry(&dir, &["test"]));
+    assert!(
+        tests.contains("PASS  fixture_utils_expression_is_true_orders_fiscal")
+            && tests.contains("PASS  unique_fiscal_calendar_month_num")
+            && tests.contains("4 passed, 0 warned, 0 failed"),
+        "{tests}"
+    );
+    // `package:` selects a package's models; --vars reach a package's scoped names.
+    let run = ok(ferry(
+        &dir,
+        &[
+            "run",
+            "--select",
+            "package:fixture_dates",
+            "--vars",
+            "fixture_dates:label=cli",
+        ],
+    ));
+    assert!(run.contains("1 succeeded"), "{run}");
+    assert_eq!(
+        csv(&dir, "select distinct label from fiscal_calendar"),
+        "label\ncli\n"
+    );
+
+    // The lock pins the commit: a new commit on main is not installed until --upgrade.
+    let repo = tmp.path().join("gitpkg");
+    std::fs::write(
+        repo.join("sub/fixture_utils/macros/version.sql"),
+        "{% macro version() %}0.2{% endmacro %}\n",
+    )
+    .unwrap();
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-qm", "v2"]);
+    std::fs::remove_dir_all(dir.join("dbt_packages")).unwrap();
+    ok(ferry(&dir, &["deps"]));
+    let installed = dir.join("dbt_packages/fixture_utils/macros/version.sql");
+    assert!(!installed.exists(), "the lock's commit is installed");
+    ok(ferry(&dir, &["deps", "--upgrade"]));
+    assert!(installed.exists(), "--upgrade takes the branch's new head");
+    assert_ne!(
+        std::fs::read_to_string(dir.join("package-lock.yml")).unwrap(),
+        lock
+    );
+
+    // A dbt Hub package ferry cannot download: the message says what to do.
+    std::fs::write(
+        dir.join("packages.yml"),
+        "packages:\n  - package: dbt-labs/dbt_utils\n    version: [\">=1.0.0\", \"<2.0.0\"]\n",
+    )
+    .unwrap();
+    let e = text(&ferry(&dir, &["deps", "--upgrade"]));
+    assert!(
+        e.contains("dbt-labs/dbt_utils") && e.contains("dbt deps") && e.contains("- git:"),
+        "{e}"
+    );
+    // A token in a git URL (from env_var) is neither printed nor locked.
+    std::fs::write(
+        dir.join("packages.yml"),
+        "packages:\n  - git: \"https://{{ env_var('FERRY_TEST_GIT_TOKEN') }}@127.0.0.1:9/nope.git\"\n    revision: v1\n",
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["--project-dir"])
+        .arg(&dir)
+        .args(["deps", "--upgrade"])
+        .env("FERRY_TEST_GIT_TOKEN", "s3cr3t-token")
+        .output()
+        .unwrap();
+    let e = text(&o);
+    assert!(!o.status.success() && !e.contains("s3cr3t-token"), "{e}");
+    // Unparsable entries name the file and entry.
+    std::fs::write(dir.join("packages.yml"), "packages:\n  - nonsense: 1\n").unwrap();
+    let e = text(&ferry(&dir, &["deps"]));
+    assert!(
+        e.contains("packages.yml: packages[0] is not a package"),
+        "{e}"
+    );
+}
