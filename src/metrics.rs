@@ -296,11 +296,18 @@ static VENDORS: LazyLock<std::sync::Mutex<std::collections::BTreeSet<String>>> =
     LazyLock::new(Default::default);
 
 /// Remember that `vendor` is in use (so [`circuits`] can list it).
+/// Its circuit series start at 0, so a dashboard sees a closed breaker
+/// rather than no series until the first trip.
 pub fn vendor_seen(vendor: &str) {
     if let Ok(mut v) = VENDORS.lock()
         && !v.contains(vendor)
     {
         v.insert(vendor.to_string());
+        let l = VendorLabel {
+            vendor: vendor.to_string(),
+        };
+        METRICS.circuit_open.get_or_create(&l);
+        METRICS.circuit_trips.get_or_create(&l);
     }
 }
 

@@ -57,6 +57,17 @@ pub async fn session(lake: &Lake) -> Result<SessionContext> {
     Ok(ctx)
 }
 
+/// A session over nothing (no lake): for work that must not read or write
+/// stored tables, such as unit tests on mock inputs. Same dialect.
+pub fn memory_session() -> SessionContext {
+    let state = SessionStateBuilder::new()
+        .with_default_features()
+        .with_expr_planners(dialect::expr_planners())
+        .with_config(session_config())
+        .build();
+    SessionContext::new_with_state(state)
+}
+
 /// Plan `sql` as a read: a query, `EXPLAIN`, `SHOW`, `DESCRIBE`. Writes
 /// (`INSERT`, `COPY`, `CREATE`/`DROP`, `SET`...) are refused: the lake is
 /// written only by ferry's own commands, which keep its promises (files are

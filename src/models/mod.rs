@@ -18,6 +18,7 @@ pub mod project;
 pub mod render;
 pub mod run;
 pub mod seed;
+pub mod unit;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -83,6 +84,7 @@ impl Workspace {
                 namespaces: &mp.namespaces,
                 dispatch: &mp.dispatch,
                 package_vars: &mp.package_vars,
+                unit: None,
             };
             let r = render::render(model, &ctx)?;
             for (k, v) in &r.config {

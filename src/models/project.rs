@@ -255,6 +255,8 @@ pub struct ModelProject {
     pub namespaces: Vec<(String, String)>,
     /// `dispatch:` in `dbt_project.yml`: a namespace's search order.
     pub dispatch: BTreeMap<String, Vec<String>>,
+    /// dbt unit tests (`unit_tests:` in schema files).
+    pub unit_tests: Vec<super::unit::UnitTest>,
     /// Each package's vars: its own `dbt_project.yml` defaults, under the
     /// project's (global, and those under the package's name) and `--vars`.
     pub package_vars: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
@@ -276,6 +278,7 @@ impl ModelProject {
             namespaces: &self.namespaces,
             dispatch: &self.dispatch,
             package_vars: &self.package_vars,
+            unit: None,
         }
     }
 }
@@ -289,6 +292,8 @@ struct SchemaFile {
     seeds: Vec<YamlNode>,
     #[serde(default)]
     sources: Vec<YamlSource>,
+    #[serde(default)]
+    unit_tests: Vec<Yaml>,
 }
 
 /// `sources:` in a schema file.
@@ -773,6 +778,19 @@ impl ModelProject {
                     });
                 }
             }
+            let fixtures = dir
+                .join(paths.tests.first().map(String::as_str).unwrap_or("tests"))
+                .join("fixtures");
+            for node in &file.unit_tests {
+                let t = super::unit::parse(node, &fixtures, &relpath)?;
+                if let Some(first) = project.unit_tests.iter().find(|u| u.name == t.name) {
+                    return Err(Error::Input(format!(
+                        "{}: unit test {} is declared twice (also in {})",
+                        t.origin, t.name, first.origin
+                    )));
+                }
+                project.unit_tests.push(t);
+            }
             for src in file.sources {
                 for t in src.tables {
                     let origin = format!("{relpath} (source {}.{})", src.name, t.name);
@@ -872,7 +890,11 @@ impl ModelProject {
             }
         }
         {
-            for (_, path) in in_all(&paths.tests, &["sql"])? {
+            for (root, path) in in_all(&paths.tests, &["sql"])? {
+                // Unit tests' fixtures (`<test-paths>/fixtures/`) are not tests.
+                if path.starts_with(root.join("fixtures")) {
+                    continue;
+                }
                 project.singular_tests.push(SingularTest {
                     name: path
                         .file_stem()

@@ -38,6 +38,21 @@ pub struct RenderContext<'a> {
     pub dispatch: &'a BTreeMap<String, Vec<String>>,
     /// Vars as each package sees them (its models and its macros).
     pub package_vars: &'a BTreeMap<String, BTreeMap<String, serde_json::Value>>,
+    /// Rendering for a unit test: mock relations and overrides.
+    pub unit: Option<&'a UnitRender>,
+}
+
+/// What a unit test changes in a render: `source()` and `this` name its
+/// mock inputs (refs go through the resolver), and macros and env vars
+/// return the test's overrides.
+#[derive(Debug, Clone, Default)]
+pub struct UnitRender {
+    /// `source(s, t)` renders as `{prefix}{s}__{t}`.
+    pub source_prefix: String,
+    pub this: String,
+    /// Macro name (`type_numeric`, or `dbt_utils.star`) → the value it returns.
+    pub macros: BTreeMap<String, serde_json::Value>,
+    pub env_vars: BTreeMap<String, String>,
 }
 
 /// The `dbt` namespace: dbt's built-in cross-database macros, for DataFusion.
@@ -98,6 +113,12 @@ fn call_in(
     args: &[Value],
 ) -> Result<Value, minijinja::Error> {
     let _depth = Depth::enter(namespace, method)?;
+    if let Some(o) = state
+        .lookup(&format!("__unit_override__{namespace}.{method}"))
+        .filter(|v| !v.is_undefined())
+    {
+        return o.call(state, args);
+    }
     let broken = state
         .lookup(&format!("__broken__{namespace}"))
         .filter(|v| !v.is_undefined());
@@ -362,6 +383,7 @@ pub fn render(model: &Model, ctx: &RenderContext<'_>) -> Result<Rendered> {
     let c = capture.clone();
     let sources = ctx.sources.clone();
     let resolve_seed = ctx.resolve.clone();
+    let unit_sources = ctx.unit.map(|u| u.source_prefix.clone());
     env.add_function(
         "source",
         move |source: String, stream: String| -> Result<String, minijinja::Error> {
@@ -370,6 +392,9 @@ pub fn render(model: &Model, ctx: &RenderContext<'_>) -> Result<Rendered> {
                 minijinja::Error::new(ErrorKind::InvalidOperation, "source capture poisoned")
             })?;
             c.sources.push((source.clone(), stream.clone()));
+            if let Some(prefix) = &unit_sources {
+                return Ok(format!("{prefix}{source}__{stream}"));
+            }
             match declared {
                 // Loaded as a seed: read it, and depend on it.
                 Some((_, identifier)) if sources.seeds.contains(identifier) => {
@@ -430,9 +455,13 @@ pub fn render(model: &Model, ctx: &RenderContext<'_>) -> Result<Rendered> {
     // `{{ return(x) }}` in a macro: its value is the macro's output.
     env.add_function("return", |v: Value| v);
     // The parts of dbt's context real projects lean on.
+    let env_overrides = ctx.unit.map(|u| u.env_vars.clone()).unwrap_or_default();
     env.add_function(
         "env_var",
-        |name: String, default: Option<String>| -> Result<String, minijinja::Error> {
+        move |name: String, default: Option<String>| -> Result<String, minijinja::Error> {
+            if let Some(v) = env_overrides.get(&name) {
+                return Ok(v.clone());
+            }
             match (std::env::var(&name), default) {
                 (Ok(v), _) => Ok(v),
                 (Err(_), Some(d)) => Ok(d),
@@ -509,7 +538,27 @@ pub fn render(model: &Model, ctx: &RenderContext<'_>) -> Result<Rendered> {
         }),
     );
     let _ = project_ns;
-    env.add_global("this", Value::from((ctx.resolve)(&model.name)));
+    env.add_global(
+        "this",
+        Value::from(match ctx.unit {
+            Some(u) => u.this.clone(),
+            None => (ctx.resolve)(&model.name),
+        }),
+    );
+    // A unit test's macro overrides: `name` is set over the macro of that
+    // name (after the macros are defined); `ns.name` is checked by calls
+    // into the namespace.
+    let mut overrides = String::new();
+    if let Some(u) = ctx.unit {
+        for (name, value) in &u.macros {
+            let v = Value::from_serialize(value);
+            let f = Value::from_function(move |_: Rest<Value>| v.clone());
+            env.add_global(format!("__unit_override__{name}"), f);
+            if !name.contains('.') && name != "is_incremental" {
+                overrides.push_str(&format!("{{%- set {name} = __unit_override__{name} -%}}"));
+            }
+        }
+    }
 
     // Macros are prepended so every model can call them without importing.
     let mut prefix = String::new();
@@ -522,6 +571,7 @@ pub fn render(model: &Model, ctx: &RenderContext<'_>) -> Result<Rendered> {
         }
         spans.push((path.clone(), start, prefix.matches('\n').count()));
     }
+    prefix.push_str(&overrides);
     let offset = prefix.matches('\n').count();
     let source = format!("{prefix}{}", model.sql);
     let rendered = env

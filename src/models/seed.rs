@@ -24,7 +24,7 @@ pub struct SeedResult {
     pub seconds: f64,
 }
 
-async fn read(ctx: &SessionContext, seed: &Seed) -> Result<DataFrame> {
+pub(crate) async fn read(ctx: &SessionContext, seed: &Seed) -> Result<DataFrame> {
     let path = seed.path.to_string_lossy().to_string();
     let fail = |e: datafusion::error::DataFusionError| {
         Error::Input(format!("{}: {e}", seed.path.display()))

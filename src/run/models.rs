@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::lake::{Lake, RunId};
 use crate::models::project::Severity;
 use crate::models::run::{self, RunOptions, Status};
-use crate::models::{Workspace, dag, datatest, docs as model_docs, seed};
+use crate::models::{Workspace, dag, datatest, docs as model_docs, seed, unit};
 use crate::project::Project;
 
 fn vars(args: &SelectArgs) -> Result<Vec<(String, String)>> {
@@ -247,11 +247,61 @@ pub async fn run_models(
 
 pub async fn test(project: &Project, lake: Lake, args: &SelectArgs) -> Result<()> {
     let t = Instant::now();
-    let (ws, selected) = load(project, args)?;
+    // `test_type:unit` / `test_type:data` pick the kind of test; the rest
+    // of the selection picks models.
+    let mut kinds = BTreeSet::new();
+    let mut rest = args.clone();
+    rest.select.clear();
+    for term in args.select.iter().flat_map(|a| a.split_whitespace()) {
+        let mut atoms = Vec::new();
+        for atom in term.split(',') {
+            match atom.strip_prefix("test_type:") {
+                Some(k @ ("unit" | "data")) => {
+                    kinds.insert(k.to_string());
+                }
+                Some(other) => {
+                    return Err(Error::Input(format!(
+                        "selector test_type:{other}: expected test_type:unit or test_type:data"
+                    )));
+                }
+                None => atoms.push(atom),
+            }
+        }
+        if !atoms.is_empty() {
+            rest.select.push(atoms.join(","));
+        }
+    }
+    let want = |k: &str| kinds.is_empty() || kinds.contains(k);
+    let (ws, selected) = load(project, &rest)?;
     let ctx = crate::engine::session(&lake).await?;
     ws.register_views(&ctx, &lake).await?;
-    let results = datatest::run(&ws, &ctx, &selected).await?;
     let mut blocking = 0;
+    let mut unit_passed = 0;
+    if want("unit") {
+        for r in unit::run(&ws, &ctx, &selected).await {
+            if let Some(e) = &r.error {
+                println!(
+                    "ERROR unit test {} ({}): could not run: {e}",
+                    r.name, r.model
+                );
+                blocking += 1;
+            } else if r.differing == 0 {
+                println!("PASS  unit test {} ({})", r.name, r.model);
+                unit_passed += 1;
+            } else {
+                println!(
+                    "FAIL  unit test {} ({}): {} rows differ\n{}",
+                    r.name, r.model, r.differing, r.diff
+                );
+                blocking += 1;
+            }
+        }
+    }
+    let results = if want("data") {
+        datatest::run(&ws, &ctx, &selected).await?
+    } else {
+        Vec::new()
+    };
     let mut warned = 0;
     for r in &results {
         if let Some(e) = &r.error {
@@ -273,14 +323,14 @@ pub async fn test(project: &Project, lake: Lake, args: &SelectArgs) -> Result<()
             );
         }
     }
-    let passed = results.iter().filter(|r| r.passed()).count();
+    let passed = results.iter().filter(|r| r.passed()).count() + unit_passed;
     println!(
         "\n{passed} passed, {warned} warned, {blocking} failed in {:.2}s",
         t.elapsed().as_secs_f64()
     );
     if blocking > 0 {
         return Err(Error::Input(format!(
-            "{blocking} data test(s) failed with severity error"
+            "{blocking} test(s) failed (unit tests, and data tests with severity error)"
         )));
     }
     Ok(())

@@ -814,12 +814,8 @@ fn git(dir: &Path, args: &[&str]) {
     assert!(st.success(), "git {args:?}");
 }
 
-/// `ferry deps` installs a local package and a git package (a branch, a
-/// subdirectory) into dbt_packages/ and pins the commit in
-/// package-lock.yml; the packages' macros, generic tests, models and seeds
-/// run, and vars scoped to a package reach its models and macros.
-#[test]
-fn deps_installs_local_and_git_packages_whose_models_seeds_and_vars_work() {
+/// The dbt_deps fixture with its git package's entry in packages.yml.
+fn deps_fixture() -> (tempfile::TempDir, PathBuf) {
     let (tmp, dir) = copy_fixture("dbt_deps");
     let url = git_package(tmp.path());
     let packages = std::fs::read_to_string(dir.join("packages.yml")).unwrap();
@@ -828,6 +824,16 @@ fn deps_installs_local_and_git_packages_whose_models_seeds_and_vars_work() {
         format!("{packages}  - git: \"{url}\"\n    revision: main\n    subdirectory: sub/fixture_utils\n"),
     )
     .unwrap();
+    (tmp, dir)
+}
+
+/// `ferry deps` installs a local package and a git package (a branch, a
+/// subdirectory) into dbt_packages/ and pins the commit in
+/// package-lock.yml; the packages' macros, generic tests, models and seeds
+/// run, and vars scoped to a package reach its models and macros.
+#[test]
+fn deps_installs_local_and_git_packages_whose_models_seeds_and_vars_work() {
+    let (tmp, dir) = deps_fixture();
     // Before deps, the package namespace is missing and says where packages come from.
     let e = text(&ferry(&dir, &["run"]));
     assert!(e.contains("dbt_packages/"), "{e}");
@@ -844,7 +850,7 @@ fn deps_installs_local_and_git_packages_whose_models_seeds_and_vars_work() {
     );
     ok(ferry(&dir, &["seed"]));
     let run = ok(ferry(&dir, &["run"]));
-    assert!(run.contains("2 succeeded, 0 failed"), "{run}");
+    assert!(run.contains("3 succeeded, 0 failed"), "{run}");
     // By hand, fiscal year starting in April (the project's value for the
     // package, over its default of 1): 2024-03-31 is FY2024 Q4, 2024-04-01
     // FY2025 Q1, 2024-12-15 FY2025 Q3; keys are md5('1-1'), md5('2-3'), md5('3-1').
@@ -862,7 +868,7 @@ fn deps_installs_local_and_git_packages_whose_models_seeds_and_vars_work() {
     assert!(
         tests.contains("PASS  fixture_utils_expression_is_true_orders_fiscal")
             && tests.contains("PASS  unique_fiscal_calendar_month_num")
-            && tests.contains("4 passed, 0 warned, 0 failed"),
+            && tests.contains("7 passed, 0 warned, 0 failed"),
         "{tests}"
     );
     // `package:` selects a package's models; --vars reach a package's scoped names.
@@ -934,5 +940,81 @@ fn deps_installs_local_and_git_packages_whose_models_seeds_and_vars_work() {
     assert!(
         e.contains("packages.yml: packages[0] is not a package"),
         "{e}"
+    );
+}
+
+/// dbt unit tests: mock inputs as dict, csv (inline and a fixture file)
+/// and sql rows, `this` and is_incremental, var and macro overrides; they
+/// run before anything is built and leave the lake untouched; a failure
+/// prints the rows that differ; test_type: selects them.
+#[test]
+fn unit_tests_run_on_mocks_and_print_a_row_diff() {
+    let (_tmp, dir) = deps_fixture();
+    ok(ferry(&dir, &["deps"]));
+    let out = ok(ferry(&dir, &["test", "--select", "test_type:unit"]));
+    for name in [
+        "fiscal_year_starts_in_april (orders_fiscal)",
+        "big_orders_full_refresh (big_orders)",
+        "big_orders_incremental (big_orders)",
+    ] {
+        assert!(out.contains(&format!("PASS  unit test {name}")), "{out}");
+    }
+    assert!(out.contains("3 passed, 0 warned, 0 failed"), "{out}");
+    // Nothing was built or stored.
+    assert!(!dir.join("lake/models").exists() && !dir.join("lake/seeds").exists());
+    // test_type:data runs the data tests only (they need the tables).
+    ok(ferry(&dir, &["seed"]));
+    ok(ferry(&dir, &["run"]));
+    let out = ok(ferry(&dir, &["test", "--select", "test_type:data"]));
+    assert!(
+        !out.contains("unit test") && out.contains("4 passed"),
+        "{out}"
+    );
+    // A wrong expectation fails with the differing rows, in the expect's column order.
+    let yml = dir.join("models/unit_tests.yml");
+    let original = std::fs::read_to_string(&yml).unwrap();
+    std::fs::write(
+        &yml,
+        original.replace(
+            "- {id: 2, fiscal_year: 2025, fiscal_quarter: 4}",
+            "- {id: 2, fiscal_year: 2024, fiscal_quarter: 4}",
+        ),
+    )
+    .unwrap();
+    let o = ferry(&dir, &["test", "--select", "orders_fiscal,test_type:unit"]);
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        out.contains("FAIL  unit test fiscal_year_starts_in_april (orders_fiscal): 2 rows differ")
+            && out.contains("@@  | id | fiscal_year | fiscal_quarter |")
+            && out.contains("    | 1  | 2025        | 1              |")
+            && out.contains("+++ | 2  | 2025        | 4              |")
+            && out.contains("--- | 2  | 2024        | 4              |")
+            && !out.contains("big_orders"),
+        "{out}"
+    );
+    // An input the model reads but the test does not give is named, with its line.
+    std::fs::write(
+        &yml,
+        original.replace("input: ref('fiscal_calendar')", "input: ref('months')"),
+    )
+    .unwrap();
+    let out = text(&ferry(&dir, &["test", "--select", "test_type:unit"]));
+    assert!(
+        out.contains(
+            "models/orders_fiscal.sql:8 reads ref('fiscal_calendar'), which the test does not give"
+        ),
+        "{out}"
+    );
+    // A column the input does not have is refused.
+    std::fs::write(
+        &yml,
+        original.replace("{id: 1, user_id: 1,", "{id: 1, nope: 1,"),
+    )
+    .unwrap();
+    let out = text(&ferry(&dir, &["test", "--select", "test_type:unit"]));
+    assert!(
+        out.contains("column nope is not a column of the input"),
+        "{out}"
     );
 }
