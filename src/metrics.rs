@@ -306,8 +306,8 @@ pub fn vendor_seen(vendor: &str) {
         let l = VendorLabel {
             vendor: vendor.to_string(),
         };
-        METRICS.circuit_open.get_or_create(&l);
-        METRICS.circuit_trips.get_or_create(&l);
+        let _ = METRICS.circuit_open.get_or_create(&l);
+        let _ = METRICS.circuit_trips.get_or_create(&l);
     }
 }
 

@@ -73,6 +73,12 @@ enum Command {
         #[command(flatten)]
         select: SelectArgs,
     },
+    /// Run the snapshots (SCD type 2: each changed row gets a new version,
+    /// the old one dbt_valid_to), stored as Delta tables under snapshots/.
+    Snapshot {
+        #[command(flatten)]
+        select: SelectArgs,
+    },
     /// Render and plan models against their upstream schemas without running
     /// anything; with --select, print the rendered SQL.
     Compile {
@@ -351,8 +357,9 @@ pub fn main() -> ExitCode {
 
 fn init_logging(verbose: u8) {
     let default = match verbose {
-        0 => "warn",
-        1 => "warn,ferry=info",
+        // delta-rs warns about its own merge metrics on every MERGE.
+        0 => "warn,deltalake_core::operations=error",
+        1 => "warn,deltalake_core::operations=error,ferry=info",
         _ => "info,ferry=debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
@@ -499,6 +506,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Test { select } => {
             let (project, lake) = open(&cli.project_dir)?;
             models::test(&project, lake, &select).await
+        }
+        Command::Snapshot { select } => {
+            let (project, lake) = open(&cli.project_dir)?;
+            models::snapshot(&project, lake, &select).await
         }
         Command::Source {
             command: SourceCommand::Freshness { select },

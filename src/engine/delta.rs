@@ -34,6 +34,8 @@ use crate::lake::Lake;
 pub const MODELS: &str = "models";
 /// Folder of seeds.
 pub const SEEDS: &str = "seeds";
+/// Folder of snapshots.
+pub const SNAPSHOTS: &str = "snapshots";
 
 struct LakeLogStores;
 
@@ -311,6 +313,39 @@ pub async fn merge(table: DeltaTable, df: DataFrame, keys: &[String]) -> Result<
     Ok(table)
 }
 
+/// A snapshot's MERGE (dbt's): `staging` rows with `dbt_change_type`
+/// `update` or `delete` close the version of the same `dbt_scd_id` (its
+/// `dbt_valid_to`); `insert` rows are added with `columns`. One commit.
+pub async fn merge_snapshot(
+    table: DeltaTable,
+    staging: DataFrame,
+    columns: &[String],
+) -> Result<DeltaTable> {
+    let staging = delta_types(staging)?;
+    let session = Arc::new(staging.clone().into_parts().0);
+    let (table, _metrics) = table
+        .merge(staging, "target.dbt_scd_id = source.dbt_scd_id")
+        .with_source_alias("source")
+        .with_target_alias("target")
+        .with_session_state(session)
+        .when_matched_update(|u| {
+            u.predicate("source.dbt_change_type in ('update', 'delete')")
+                .update("dbt_valid_to", "source.dbt_valid_to")
+        })
+        .map_err(delta_err)?
+        .when_not_matched_insert(|mut i| {
+            i = i.predicate("source.dbt_change_type = 'insert'");
+            for c in columns {
+                i = i.set(c.as_str(), format!("source.\"{c}\"").as_str());
+            }
+            i
+        })
+        .map_err(delta_err)?
+        .await
+        .map_err(delta_err)?;
+    Ok(table)
+}
+
 /// Folder names directly under `folder` (candidate tables; [`open`] tells
 /// which hold a Delta log).
 async fn folders(lake: &Lake, folder: &str) -> Result<Vec<String>> {
@@ -332,7 +367,7 @@ async fn folders(lake: &Lake, folder: &str) -> Result<Vec<String>> {
 /// Register every seed and persisted model in the lake under its name.
 pub async fn register_all(ctx: &SessionContext, lake: &Lake) -> Result<Vec<String>> {
     let mut out = Vec::new();
-    for folder in [SEEDS, MODELS] {
+    for folder in [SEEDS, SNAPSHOTS, MODELS] {
         for name in folders(lake, folder).await? {
             if let Some(t) = open(lake, &table_url(folder, &name)?).await? {
                 register(ctx, &name, &t).await?;

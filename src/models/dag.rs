@@ -26,11 +26,19 @@ impl Dag {
             .iter()
             .map(|m| m.name.clone())
             .chain(project.seeds.iter().map(|s| s.name.clone()))
+            .chain(project.snapshots.iter().map(|s| s.name.clone()))
             .collect();
-        for s in &project.seeds {
-            dag.seeds.insert(s.name.clone());
-            dag.parents.entry(s.name.clone()).or_default();
-            dag.children.entry(s.name.clone()).or_default();
+        // Snapshots are built by `ferry snapshot` (after seeds, before
+        // models): to the model DAG they are inputs, like seeds.
+        for s in project
+            .seeds
+            .iter()
+            .map(|s| &s.name)
+            .chain(project.snapshots.iter().map(|s| &s.name))
+        {
+            dag.seeds.insert(s.clone());
+            dag.parents.entry(s.clone()).or_default();
+            dag.children.entry(s.clone()).or_default();
         }
         for m in &project.models {
             dag.parents.entry(m.name.clone()).or_default();
@@ -43,7 +51,7 @@ impl Dag {
             for reference in &r.refs {
                 if !names.contains(&reference.name) {
                     return Err(Error::Input(format!(
-                        "{}:{}: ref('{}') names no model or seed{}",
+                        "{}:{}: ref('{}') names no model, seed or snapshot{}",
                         m.path,
                         reference.line,
                         reference.name,

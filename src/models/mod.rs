@@ -18,6 +18,7 @@ pub mod project;
 pub mod render;
 pub mod run;
 pub mod seed;
+pub mod snapshot;
 pub mod unit;
 
 use std::collections::{BTreeMap, BTreeSet};

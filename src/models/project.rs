@@ -255,6 +255,8 @@ pub struct ModelProject {
     pub namespaces: Vec<(String, String)>,
     /// `dispatch:` in `dbt_project.yml`: a namespace's search order.
     pub dispatch: BTreeMap<String, Vec<String>>,
+    /// Snapshots (YAML with `relation:`, or `{% snapshot %}` blocks).
+    pub snapshots: Vec<super::snapshot::Snapshot>,
     /// dbt unit tests (`unit_tests:` in schema files).
     pub unit_tests: Vec<super::unit::UnitTest>,
     /// Each package's vars: its own `dbt_project.yml` defaults, under the
@@ -294,6 +296,8 @@ struct SchemaFile {
     sources: Vec<YamlSource>,
     #[serde(default)]
     unit_tests: Vec<Yaml>,
+    #[serde(default)]
+    snapshots: Vec<Yaml>,
 }
 
 /// `sources:` in a schema file.
@@ -729,6 +733,19 @@ impl ModelProject {
         }
 
         let mut seed_types: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        // Legacy `{% snapshot %}` blocks first; YAML may then describe them.
+        for (_, path) in in_all(&paths.snapshots, &["sql"])? {
+            let relpath = rel(dir, &path);
+            for (name, body) in super::snapshot::blocks(&read(&path)?, &relpath)? {
+                project.snapshots.push(super::snapshot::Snapshot {
+                    name,
+                    path: relpath.clone(),
+                    sql: body,
+                    config: BTreeMap::new(),
+                });
+            }
+        }
+        yml_roots.extend(paths.snapshots.iter().map(|f| dir.join(f)));
         let mut yml_files = Vec::new();
         for root in &yml_roots {
             yml_files.extend(files(root, &["yml", "yaml"])?);
@@ -781,6 +798,9 @@ impl ModelProject {
             let fixtures = dir
                 .join(paths.tests.first().map(String::as_str).unwrap_or("tests"))
                 .join("fixtures");
+            for node in &file.snapshots {
+                snapshot_entry(&mut project.snapshots, node, &relpath)?;
+            }
             for node in &file.unit_tests {
                 let t = super::unit::parse(node, &fixtures, &relpath)?;
                 if let Some(first) = project.unit_tests.iter().find(|u| u.name == t.name) {
@@ -860,6 +880,16 @@ impl ModelProject {
             });
         }
 
+        for snap in &project.snapshots {
+            if project.models.iter().any(|m| m.name == snap.name)
+                || project.seeds.iter().any(|s| s.name == snap.name)
+            {
+                return Err(Error::Input(format!(
+                    "{}: snapshot {} has the name of a model or seed: rename one",
+                    snap.path, snap.name
+                )));
+            }
+        }
         for (_, path) in in_all(&paths.macros, &["sql"])? {
             project
                 .macros
@@ -919,6 +949,59 @@ impl ModelProject {
     pub fn model(&self, name: &str) -> Option<&Model> {
         self.models.iter().find(|m| m.name == name)
     }
+}
+
+/// A `snapshots:` entry: with `relation:` it declares a snapshot (dbt
+/// 1.9); without, it configures a `{% snapshot %}` block of that name.
+fn snapshot_entry(
+    snapshots: &mut Vec<super::snapshot::Snapshot>,
+    node: &Yaml,
+    relpath: &str,
+) -> Result<()> {
+    let name = node
+        .get("name")
+        .and_then(Yaml::as_str)
+        .ok_or_else(|| Error::Input(format!("{relpath}: a snapshot needs name:")))?
+        .to_string();
+    let config: BTreeMap<String, Yaml> = match node.get("config") {
+        Some(Yaml::Mapping(m)) => m
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str()?.to_string(), v.clone())))
+            .collect(),
+        _ => BTreeMap::new(),
+    };
+    match node.get("relation").and_then(Yaml::as_str) {
+        Some(relation) => {
+            if let Some(first) = snapshots.iter().find(|s| s.name == name) {
+                return Err(Error::Input(format!(
+                    "{relpath}: snapshot {name} is declared twice (also in {})",
+                    first.path
+                )));
+            }
+            let relation = relation.trim();
+            let relation = if relation.starts_with("{{") {
+                relation.to_string()
+            } else {
+                format!("{{{{ {relation} }}}}")
+            };
+            snapshots.push(super::snapshot::Snapshot {
+                name,
+                path: relpath.to_string(),
+                sql: format!("select * from {relation}"),
+                config,
+            });
+        }
+        None => match snapshots.iter_mut().find(|s| s.name == name) {
+            Some(s) => s.config.extend(config),
+            None => {
+                return Err(Error::Input(format!(
+                    "{relpath}: snapshot {name} has no relation: and no {{% snapshot {name} %}} block; \
+                     give it relation: ref('model') or source('source', 'table')"
+                )));
+            }
+        },
+    }
+    Ok(())
 }
 
 /// Read the models under `roots` into `by_name`, each with the folder

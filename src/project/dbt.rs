@@ -31,6 +31,8 @@ struct DbtProject {
     macro_paths: Option<Vec<String>>,
     #[serde(default, rename = "test-paths")]
     test_paths: Option<Vec<String>>,
+    #[serde(default, rename = "snapshot-paths")]
+    snapshot_paths: Option<Vec<String>>,
     #[serde(default)]
     vars: BTreeMap<String, Yaml>,
     #[serde(default)]
@@ -109,6 +111,7 @@ pub fn load(dir: &Path, lake_override: Option<String>) -> Result<Project> {
             seeds: or(&p.seed_paths, &["seeds"]),
             macros: or(&p.macro_paths, &["macros"]),
             tests: or(&p.test_paths, &["tests"]),
+            snapshots: or(&p.snapshot_paths, &["snapshots"]),
         },
         vars,
     })

@@ -821,6 +821,7 @@ pub struct Paths {
     pub seeds: Vec<String>,
     pub macros: Vec<String>,
     pub tests: Vec<String>,
+    pub snapshots: Vec<String>,
 }
 
 impl Default for Paths {
@@ -830,6 +831,7 @@ impl Default for Paths {
             seeds: vec!["seeds".into()],
             macros: vec!["sql/macros".into(), "macros".into()],
             tests: vec!["sql/tests".into()],
+            snapshots: vec!["snapshots".into()],
         }
     }
 }

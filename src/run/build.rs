@@ -196,6 +196,22 @@ pub async fn build(
             }
         }
     }
+    if !ws.project.snapshots.is_empty() {
+        let t = Instant::now();
+        println!("== snapshot");
+        match super::models::snapshot(project, lake.clone(), args).await {
+            Ok(()) => stages.push(Stage::new(
+                "snapshot",
+                "ok",
+                t,
+                format!("{} snapshots", ws.project.snapshots.len()),
+            )),
+            Err(e) => {
+                eprintln!("error: {e}");
+                stages.push(Stage::failed("snapshot", t, &e));
+            }
+        }
+    }
     let t = Instant::now();
     println!("== run");
     match super::models::run_models(project, &lake, args, opts.threads, opts.full_refresh).await {

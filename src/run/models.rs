@@ -129,6 +129,46 @@ pub async fn seed(project: &Project, lake: Lake, args: &SelectArgs) -> Result<()
     Ok(())
 }
 
+/// `ferry snapshot`: run the snapshots (all, or the selected ones).
+pub async fn snapshot(project: &Project, lake: Lake, args: &SelectArgs) -> Result<()> {
+    let t = Instant::now();
+    let (ws, selected) = load(project, args)?;
+    if ws.project.snapshots.is_empty() {
+        println!(
+            "no snapshots: put them under snapshots/ ({{% snapshot name %}} blocks, or YAML with relation:)"
+        );
+        return Ok(());
+    }
+    let ctx = crate::engine::session(&lake).await?;
+    ws.register_views(&ctx, &lake).await?;
+    let only = (!args.select.is_empty()).then_some(&selected);
+    let mut failed = 0;
+    let results = crate::models::snapshot::run(&ws, &ctx, &lake, only).await;
+    for (name, r) in &results {
+        match r {
+            Ok(r) => println!(
+                "OK    snapshot {:<30} {:>8} new versions {:>8} closed {:>10} rows {:>7.2}s",
+                r.name, r.inserted, r.closed, r.rows, r.seconds
+            ),
+            Err(e) => {
+                failed += 1;
+                println!("ERROR snapshot {name}\n      {e}");
+            }
+        }
+    }
+    println!(
+        "\n{} snapshot(s), {failed} failed in {:.2}s",
+        results.len(),
+        t.elapsed().as_secs_f64()
+    );
+    if failed > 0 {
+        return Err(Error::Input(format!(
+            "{failed} snapshot(s) failed; see the errors above"
+        )));
+    }
+    Ok(())
+}
+
 pub async fn compile(project: &Project, lake: Lake, args: &SelectArgs) -> Result<()> {
     let started = Instant::now();
     let (ws, selected) = load(project, args)?;

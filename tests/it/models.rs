@@ -318,7 +318,7 @@ fn cycles_and_unknown_refs_are_explained() {
     let t = text(&ferry(&dir, &["compile"]));
     assert!(
         t.contains(
-            "models/b.sql:3: ref('customer') names no model or seed; did you mean customers"
+            "models/b.sql:3: ref('customer') names no model, seed or snapshot; did you mean customers"
         ),
         "{t}"
     );
@@ -1016,5 +1016,100 @@ fn unit_tests_run_on_mocks_and_print_a_row_diff() {
     assert!(
         out.contains("column nope is not a column of the input"),
         "{out}"
+    );
+}
+
+/// Snapshots (SCD type 2), YAML (timestamp, hard_deletes: new_record) and a
+/// legacy block (check, invalidate_hard_deletes), run over changed seeds:
+/// history is kept, unchanged runs add nothing, a deleted key gets a
+/// deletion record and comes back as a new version; `ferry build` runs them.
+#[test]
+fn snapshots_keep_history_over_changed_seeds() {
+    let (_tmp, dir) = deps_fixture();
+    ok(ferry(&dir, &["deps"]));
+    ok(ferry(&dir, &["seed"]));
+    let out = ok(ferry(&dir, &["snapshot"]));
+    assert!(out.contains("2 snapshot(s), 0 failed"), "{out}");
+    let customers = dir.join("seeds/customers.csv");
+    // Ada moves to platinum, Cy is deleted, Di arrives.
+    std::fs::write(
+        &customers,
+        "id,name,tier,updated_at\n1,Ada,platinum,2024-02-01 00:00:00\n2,Bob,silver,2024-01-01 00:00:00\n4,Di,gold,2024-02-02 00:00:00\n",
+    )
+    .unwrap();
+    ok(ferry(&dir, &["seed"]));
+    let out = ok(ferry(&dir, &["snapshot"]));
+    assert!(
+        out.contains(
+            "customers_snapshot                    3 new versions        2 closed          6 rows"
+        ),
+        "{out}"
+    );
+    // By hand: versions valid from their updated_at; Ada's gold version
+    // closed when platinum starts; Cy's closed at the run and followed by a
+    // deletion record.
+    let history = "select id, tier, cast(dbt_valid_from as varchar) as valid_from, \
+                   case when dbt_valid_to is null then 'current' when id = 3 then 'run time' \
+                   else cast(dbt_valid_to as varchar) end as valid_to, dbt_is_deleted \
+                   from customers_snapshot order by id, dbt_valid_from";
+    let second = "id,tier,valid_from,valid_to,dbt_is_deleted\n\
+         1,gold,2024-01-01T00:00:00,2024-02-01T00:00:00,False\n\
+         1,platinum,2024-02-01T00:00:00,current,False\n\
+         2,silver,2024-01-01T00:00:00,current,False\n\
+         3,bronze,2024-01-01T00:00:00,run time,False\n";
+    let got = csv(&dir, history);
+    assert!(got.starts_with(second), "{got}");
+    assert!(
+        got.contains("\n3,bronze,")
+            && got.ends_with("current,True\n4,gold,2024-02-02T00:00:00,current,False\n"),
+        "{got}"
+    );
+    assert_eq!(
+        csv(
+            &dir,
+            "select id, tier, dbt_valid_to is null as current from tiers_snapshot order by id, dbt_valid_from"
+        ),
+        "id,tier,current\n1,gold,false\n1,platinum,true\n2,silver,true\n3,bronze,false\n4,gold,true\n"
+    );
+    // Unchanged input: nothing new.
+    let out = ok(ferry(&dir, &["snapshot", "--select", "customers_snapshot"]));
+    assert!(
+        out.contains("0 new versions        0 closed          6 rows")
+            && !out.contains("tiers_snapshot"),
+        "{out}"
+    );
+    // Cy comes back: the deletion record is closed and a new version starts.
+    std::fs::write(
+        &customers,
+        "id,name,tier,updated_at\n1,Ada,platinum,2024-02-01 00:00:00\n2,Bob,silver,2024-01-01 00:00:00\n3,Cy,silver,2024-03-01 00:00:00\n4,Di,gold,2024-02-02 00:00:00\n",
+    )
+    .unwrap();
+    ok(ferry(&dir, &["seed"]));
+    let out = ok(ferry(&dir, &["build", "--skip-sync"]));
+    assert!(out.contains("== snapshot"), "{out}");
+    assert_eq!(
+        csv(
+            &dir,
+            "select tier, dbt_is_deleted, dbt_valid_to is null as current from customers_snapshot where id = 3 order by dbt_is_deleted, dbt_valid_from"
+        ),
+        "tier,dbt_is_deleted,current\nbronze,False,false\nsilver,False,true\nbronze,True,false\n"
+    );
+    assert_eq!(
+        csv(
+            &dir,
+            "select count(*) as n from customers_snapshot where dbt_valid_to is null"
+        ),
+        "n\n4\n"
+    );
+    // A snapshot without a key names its file.
+    std::fs::write(
+        dir.join("snapshots/broken.sql"),
+        "{% snapshot broken %}{{ config(strategy='check', check_cols='all') }} select 1 as id {% endsnapshot %}",
+    )
+    .unwrap();
+    let e = text(&ferry(&dir, &["snapshot", "--select", "broken"]));
+    assert!(
+        e.contains("snapshots/broken.sql (snapshot broken): a snapshot needs unique_key"),
+        "{e}"
     );
 }
