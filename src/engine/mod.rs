@@ -14,6 +14,7 @@
 pub mod catalog;
 pub mod delta;
 pub mod dialect;
+pub mod optimize;
 
 use datafusion::execution::context::SessionContext;
 use datafusion::execution::session_state::SessionStateBuilder;
@@ -47,6 +48,7 @@ pub async fn session(lake: &Lake) -> Result<SessionContext> {
     let state = SessionStateBuilder::new()
         .with_default_features()
         .with_expr_planners(dialect::expr_planners())
+        .with_optimizer_rules(optimize::optimizer_rules())
         .with_config(session_config())
         .with_query_planner(deltalake::delta_datafusion::planner::DeltaPlanner::new())
         .build();
@@ -63,6 +65,7 @@ pub fn memory_session() -> SessionContext {
     let state = SessionStateBuilder::new()
         .with_default_features()
         .with_expr_planners(dialect::expr_planners())
+        .with_optimizer_rules(optimize::optimizer_rules())
         .with_config(session_config())
         .build();
     SessionContext::new_with_state(state)
@@ -102,6 +105,8 @@ mod ground_floor {
             ("mod.rs", include_str!("mod.rs")),
             ("catalog.rs", include_str!("catalog.rs")),
             ("delta.rs", include_str!("delta.rs")),
+            ("dialect.rs", include_str!("dialect.rs")),
+            ("optimize.rs", include_str!("optimize.rs")),
         ];
         for (file, text) in files {
             for stage in [

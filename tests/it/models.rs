@@ -626,6 +626,30 @@ fn integer_division_is_real_division_as_in_duckdb() {
     assert_eq!(csv(&dir, "select 7 / 0 is null as z"), "z\ntrue\n");
 }
 
+/// Regression (found by the dbt-duckdb benchmark): a share of a total,
+/// `revenue / sum(revenue) over ()` on decimals, kept DataFusion's scale of
+/// 6 and the shares summed to 4.995 instead of 5. DuckDB divides decimals
+/// as doubles; so does ferry. `^` is a power and `//` integer division, as
+/// in DuckDB (DataFusion's `^` is a bitwise xor: 2 ^ 3 = 1).
+#[test]
+fn decimal_division_power_and_integer_division_follow_duckdb() {
+    let (_tmp, dir) = copy_fixture("dbt_jaffle");
+    assert_eq!(
+        csv(
+            &dir,
+            "select round(sum(share) * 1000000) as parts_per_million, arrow_typeof(min(share)) as t from (               select cast(v as decimal(16,2)) / sum(cast(v as decimal(16,2))) over () as share                from (values (1.0), (2.0), (4.0), (7.0), (11.0), (13.0), (17.0), (19.0), (23.0), (3000000.0)) as t(v))"
+        ),
+        "parts_per_million,t\n1000000.0,Float64\n"
+    );
+    assert_eq!(
+        csv(
+            &dir,
+            "select 2 ^ 3 as p, 2 ^ 0.5 > 1.41 as root, 7 // 2 as d, 1.0 * 7 // 2 as f"
+        ),
+        "p,root,d,f\n8.0,true,3,3.5\n"
+    );
+}
+
 /// A dbt project with a package in `dbt_packages/` (as `dbt deps` leaves
 /// it): namespaced macros (`fixture_utils.surrogate_key`), `adapter.dispatch`
 /// with the root project searched first, `{{ return(...) }}`, and dbt's own
