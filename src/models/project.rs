@@ -354,11 +354,21 @@ pub fn tests_as_macros(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find("{%") {
-        out.push_str(&rest[..i + 2]);
         let after = &rest[i + 2..];
         let dash = after.starts_with('-');
         let body = if dash { &after[1..] } else { after };
         let trimmed = body.trim_start();
+        // `{% raw %}...{% endraw %}` is text, left as it is.
+        if trimmed.starts_with("raw") && trimmed[3..].trim_start().starts_with(['%', '-']) {
+            let end = rest
+                .find("endraw")
+                .and_then(|e| rest[e..].find("%}").map(|c| e + c + 2))
+                .unwrap_or(rest.len());
+            out.push_str(&rest[..end]);
+            rest = &rest[end..];
+            continue;
+        }
+        out.push_str(&rest[..i + 2]);
         let ws = &body[..body.len() - trimmed.len()];
         if dash {
             out.push('-');
@@ -575,11 +585,19 @@ fn freshness(
     table: Option<&Yaml>,
     origin: &str,
 ) -> Result<(Option<Threshold>, Option<Threshold>, Option<String>)> {
-    let chosen = match table {
-        Some(t) => Some(t),
-        None => source,
+    // As dbt: the table's keys over the source's (`null` turns it off).
+    let merged = match (source, table) {
+        (Some(Yaml::Mapping(s)), Some(Yaml::Mapping(t))) => {
+            let mut m = s.clone();
+            for (k, v) in t {
+                m.insert(k.clone(), v.clone());
+            }
+            Some(Yaml::Mapping(m))
+        }
+        (_, Some(t)) => Some(t.clone()),
+        (s, None) => s.cloned(),
     };
-    let Some(f) = chosen.filter(|f| !f.is_null()) else {
+    let Some(f) = merged.as_ref().filter(|f| !f.is_null()) else {
         return Ok((None, None, None));
     };
     Ok((
@@ -1171,5 +1189,48 @@ fn parse_severity(s: &str, origin: &str) -> Result<Severity> {
         other => Err(Error::Input(format!(
             "{origin}: severity {other:?}; expected warn or error"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: `{% test %}` inside `{% raw %}` (documentation of a
+    /// macro, say) was rewritten too.
+    #[test]
+    fn test_blocks_become_macros_outside_raw_blocks_only() {
+        let text = "{% raw %}{% test x(model) %}{% endraw %}\n{%- test y(model) -%}select 1{%- endtest -%}";
+        assert_eq!(
+            tests_as_macros(text),
+            "{% raw %}{% test x(model) %}{% endraw %}\n{%- macro test_y(model) -%}select 1{%- endmacro -%}"
+        );
+        let wrapped = super::super::render::wrap_macros(
+            "{% raw %}{% macro a() %}{% endraw %}{% macro b() %}{% endmacro %}",
+        );
+        assert!(
+            wrapped
+                .starts_with("{% raw %}{% macro a() %}{% endraw %}{% macro __ferry_macro__b() %}"),
+            "{wrapped}"
+        );
+        assert!(
+            wrapped.ends_with("{%- set b = __returning(__ferry_macro__b) -%}"),
+            "{wrapped}"
+        );
+    }
+
+    /// Regression: a table's `freshness` replaced its source's instead of
+    /// overriding key by key, as dbt merges them.
+    #[test]
+    fn a_tables_freshness_overrides_its_sources_key_by_key() {
+        let y = |s: &str| serde_yaml_ng::from_str::<Yaml>(s).unwrap();
+        let source =
+            y("{warn_after: {count: 12, period: hour}, error_after: {count: 1, period: day}}");
+        let table = y("{warn_after: {count: 6, period: hour}}");
+        let (warn, error, _) = freshness(Some(&source), Some(&table), "x").unwrap();
+        assert_eq!(warn.unwrap().seconds(), 6 * 3600);
+        assert_eq!(error.unwrap().seconds(), 86_400);
+        let (warn, error, _) = freshness(Some(&source), Some(&Yaml::Null), "x").unwrap();
+        assert!(warn.is_none() && error.is_none(), "null turns it off");
     }
 }

@@ -70,6 +70,9 @@ fn template_of(name: &str) -> String {
 }
 
 thread_local! {
+    /// One slot per namespace call in progress: the value its macro gave
+    /// to `return()` first (dbt's `return` ends the macro with that value).
+    static RETURNS: std::cell::RefCell<Vec<Option<Value>>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Namespace calls in progress on this thread (each starts a fresh
     /// template state, so minijinja's own recursion limit does not see them).
     static DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
@@ -143,6 +146,95 @@ fn call_in(
         ));
     };
     m.call(module, args)
+}
+
+/// Prefix of the name a macro is defined under; its own name holds a
+/// [`Returning`] wrapper of it.
+const MACRO_PREFIX: &str = "__ferry_macro__";
+
+/// A macro as dbt calls it: its value is what it first gave `return()` (a
+/// list, a map, a number: typed), else its text. Every macro is wrapped
+/// so, whether called directly, through its namespace or by dispatch.
+#[derive(Debug)]
+struct Returning(Value);
+
+impl minijinja::value::Object for Returning {
+    fn call(
+        self: &Arc<Self>,
+        state: &minijinja::State<'_, '_>,
+        args: &[Value],
+    ) -> Result<Value, minijinja::Error> {
+        RETURNS.with(|r| r.borrow_mut().push(None));
+        let out = self.0.call(state, args);
+        let returned = RETURNS.with(|r| r.borrow_mut().pop().flatten());
+        let out = out?;
+        Ok(returned.unwrap_or(out))
+    }
+}
+
+/// Rename each `{% macro name(` to `MACRO_PREFIX + name` and bind `name`
+/// to its [`Returning`] wrapper after the definitions (macros see later
+/// top-level names, so calls between macros go through the wrappers too).
+/// `{% raw %}` blocks are left as they are.
+pub fn wrap_macros(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 256);
+    let mut names: Vec<String> = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("{%") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let body = after.strip_prefix('-').unwrap_or(after);
+        let trimmed = body.trim_start();
+        if trimmed.starts_with("raw") && trimmed[3..].trim_start().starts_with(['%', '-']) {
+            let end = rest
+                .find("endraw")
+                .and_then(|e| rest[e..].find("%}").map(|c| e + c + 2))
+                .unwrap_or(rest.len());
+            out.push_str(&rest[i..end]);
+            rest = &rest[end..];
+            continue;
+        }
+        if let Some(tail) = trimmed.strip_prefix("macro ") {
+            let tail_trim = tail.trim_start();
+            let name: String = tail_trim
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() && tail_trim[name.len()..].trim_start().starts_with('(') {
+                let head_len = rest.len() - tail_trim.len();
+                out.push_str(&rest[i..head_len]);
+                out.push_str(MACRO_PREFIX);
+                out.push_str(&name);
+                if !names.contains(&name) {
+                    names.push(name.clone());
+                }
+                rest = &tail_trim[name.len()..];
+                continue;
+            }
+        }
+        out.push_str("{%");
+        rest = after;
+    }
+    out.push_str(rest);
+    for n in names {
+        out.push_str(&format!(
+            "{{%- set {n} = __returning({MACRO_PREFIX}{n}) -%}}"
+        ));
+    }
+    out
+}
+
+/// `return(x)`: records `x` as the value of the macro call in progress
+/// (the first one wins, as dbt's return ends the macro) and outputs it.
+fn return_value(v: Value) -> Value {
+    RETURNS.with(|r| {
+        if let Some(slot) = r.borrow_mut().last_mut()
+            && slot.is_none()
+        {
+            *slot = Some(v.clone());
+        }
+    });
+    v
 }
 
 /// A namespace's macros, evaluated with the namespace's own vars (a
@@ -233,8 +325,12 @@ impl minijinja::value::Object for Adapter {
     ) -> Result<Value, minijinja::Error> {
         match method {
             "dispatch" => {
-                let (name, namespace): (String, Option<String>) =
+                let (name, namespace, kwargs): (String, Option<String>, Kwargs) =
                     minijinja::value::from_args(args)?;
+                let namespace = match namespace {
+                    Some(ns) => Some(ns),
+                    None => kwargs.get::<Option<String>>("macro_namespace")?,
+                };
                 let mut order = match namespace.as_ref().and_then(|ns| self.dispatch.get(ns)) {
                     Some(configured) => configured.clone(),
                     None => {
@@ -453,7 +549,8 @@ pub fn render(model: &Model, ctx: &RenderContext<'_>) -> Result<Rendered> {
         Err(minijinja::Error::from(ErrorKind::UnknownMethod))
     });
     // `{{ return(x) }}` in a macro: its value is the macro's output.
-    env.add_function("return", |v: Value| v);
+    env.add_function("return", return_value);
+    env.add_function("__returning", |m: Value| Value::from_object(Returning(m)));
     // The parts of dbt's context real projects lean on.
     let env_overrides = ctx.unit.map(|u| u.env_vars.clone()).unwrap_or_default();
     env.add_function(
@@ -515,7 +612,7 @@ pub fn render(model: &Model, ctx: &RenderContext<'_>) -> Result<Rendered> {
     for (name, text) in ctx.namespaces {
         // A package whose macros minijinja cannot read fails only the calls
         // into it, not every model.
-        if let Err(e) = env.add_template_owned(template_of(name), text.clone()) {
+        if let Err(e) = env.add_template_owned(template_of(name), wrap_macros(text)) {
             env.add_global(format!("__broken__{name}"), Value::from(e.to_string()));
         }
         env.add_global(
@@ -565,7 +662,7 @@ pub fn render(model: &Model, ctx: &RenderContext<'_>) -> Result<Rendered> {
     let mut spans = Vec::new();
     for (path, text) in ctx.macros {
         let start = prefix.matches('\n').count();
-        prefix.push_str(text);
+        prefix.push_str(&wrap_macros(text));
         if !text.ends_with('\n') {
             prefix.push('\n');
         }
@@ -622,5 +719,5 @@ fn template_error(
         None => (model.path.clone(), None),
     };
     let at = line.map(|l| format!(":{l}")).unwrap_or_default();
-    Error::Input(format!("{file}{at}: {}{detail}", e.kind()))
+    Error::Input(format!("{file}{at}: {}{detail}", e.kind()).replace(MACRO_PREFIX, ""))
 }

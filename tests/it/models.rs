@@ -1137,3 +1137,41 @@ fn snapshots_keep_history_over_changed_seeds() {
         "{e}"
     );
 }
+
+/// Regression: `return()` neither ended a macro nor kept its value's type,
+/// so `{% set cols = m() %}` got the text of a list; and
+/// `adapter.dispatch(..., macro_namespace=...)` as a keyword failed.
+#[test]
+fn return_gives_typed_values_and_ends_the_macro() {
+    let (_tmp, dir) = copy_fixture("dbt_packages");
+    std::fs::write(
+        dir.join("dbt_packages/fixture_utils/macros/returns.sql"),
+        "{% macro column_list() %}{{ return(['id', 'amount_cents']) }}{% endmacro %}\n\
+         {% macro early(x) %}{% if x %}{{ return('early') }}{% endif %}{{ return('late') }}{% endmacro %}\n\
+         {% macro uses_sibling() %}{% set inner = column_list() %}{{ return(inner | length + 40) }}{% endmacro %}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("macros/returns.sql"),
+        "{% macro my_numbers() %}{{ return({'a': 1, 'b': [2, 3]}) }}{% endmacro %}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("models/returns.sql"),
+        "{% set cols = fixture_utils.column_list() %}{% set nums = my_numbers() %}\
+         select {{ cols | length }} as n, '{{ cols[1] }}' as second, \
+         '{{ fixture_utils.early(true) }}' as e1, '{{ fixture_utils.early(false) }}' as e2, \
+         {{ fixture_utils.uses_sibling() }} as sibling, {{ nums.b | sum + nums.a }} as total, \
+         {{ adapter.dispatch('round_money', macro_namespace='fixture_utils')('1.234') }} as money",
+    )
+    .unwrap();
+    ok(ferry(&dir, &["seed"]));
+    ok(ferry(&dir, &["run", "--select", "returns"]));
+    assert_eq!(
+        csv(
+            &dir,
+            "select n, second, e1, e2, sibling, total, money from returns"
+        ),
+        "n,second,e1,e2,sibling,total,money\n2,amount_cents,early,late,42,6,1.23\n"
+    );
+}
