@@ -86,6 +86,8 @@ impl Workspace {
                 dispatch: &mp.dispatch,
                 package_vars: &mp.package_vars,
                 unit: None,
+                query: None,
+                graph: &mp.graph,
             };
             let r = render::render(model, &ctx)?;
             for (k, v) in &r.config {
@@ -98,11 +100,81 @@ impl Workspace {
         mp.models.retain(|m| m.config.enabled);
         first.retain(|n, _| mp.models.iter().any(|m| &m.name == n));
         let dag = Dag::build(&mp, &first)?;
+        // The graph's edges, now that every model has rendered once.
+        let own = mp
+            .namespaces
+            .last()
+            .map(|(n, _)| n.clone())
+            .unwrap_or_default();
+        let ids: BTreeMap<String, String> = mp
+            .models
+            .iter()
+            .map(|m| {
+                let pkg = m.package.clone().unwrap_or_else(|| own.clone());
+                (m.name.clone(), format!("model.{pkg}.{}", m.name))
+            })
+            .chain(
+                mp.seeds
+                    .iter()
+                    .map(|s| (s.name.clone(), format!("seed.{own}.{}", s.name))),
+            )
+            .chain(
+                mp.snapshots
+                    .iter()
+                    .map(|s| (s.name.clone(), format!("snapshot.{own}.{}", s.name))),
+            )
+            .collect();
+        for (name, parents) in &dag.parents {
+            if let (Some(id), Some(nodes)) = (ids.get(name), mp.graph.get_mut("nodes"))
+                && let Some(node) = nodes.get_mut(id)
+            {
+                node["depends_on"]["nodes"] = serde_json::Value::from(
+                    parents
+                        .iter()
+                        .filter_map(|p| ids.get(p).cloned())
+                        .collect::<Vec<_>>(),
+                );
+            }
+        }
         Ok(Workspace {
             project: mp,
             dag,
             first,
         })
+    }
+
+    /// Let renders run queries (`run_query`, `statement`, the adapter's
+    /// relation lookups) on `ctx`: from here on, `execute` is true. Each
+    /// query runs on a thread of its own (rendering is synchronous).
+    pub fn attach(&self, ctx: &SessionContext) {
+        let ctx = ctx.clone();
+        self.project.executor.set(Arc::new(move |sql: &str| {
+            let (ctx, sql) = (ctx.clone(), sql.to_string());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                rt.block_on(async {
+                    let df = ctx
+                        .sql_with_options(&sql, query_only())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let names: Vec<String> = df
+                        .schema()
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().clone())
+                        .collect();
+                    let batches = df.collect().await.map_err(|e| e.to_string())?;
+                    let rows =
+                        crate::lake::log::batch_rows_json(&batches).map_err(|e| e.to_string())?;
+                    Ok((names, rows))
+                })
+            })
+            .join()
+            .map_err(|_| "the query panicked".to_string())?
+        }));
     }
 
     fn resolver(&self) -> Resolver {
@@ -186,6 +258,7 @@ impl Workspace {
         lake: &Lake,
         selected: &BTreeSet<String>,
     ) -> Result<Vec<(String, String)>> {
+        self.attach(ctx);
         seed::register_for_planning(ctx, lake, &self.project).await?;
         let mut out = Vec::new();
         for name in self.order() {
@@ -213,6 +286,7 @@ impl Workspace {
     /// Register every view model (planned, not run) so ad-hoc queries can
     /// use them by name. A view that cannot be planned is skipped with a warning.
     pub async fn register_views(&self, ctx: &SessionContext, lake: &Lake) -> Result<()> {
+        self.attach(ctx);
         seed::register_for_planning(ctx, lake, &self.project).await?;
         for name in self.order() {
             let model = self.model(&name)?;

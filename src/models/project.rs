@@ -255,6 +255,10 @@ pub struct ModelProject {
     pub namespaces: Vec<(String, String)>,
     /// `dispatch:` in `dbt_project.yml`: a namespace's search order.
     pub dispatch: BTreeMap<String, Vec<String>>,
+    /// Runs `run_query` and relation lookups once a session is attached.
+    pub executor: super::render::Executor,
+    /// dbt's `graph` context variable: `nodes` and `sources`.
+    pub graph: serde_json::Value,
     /// Snapshots (YAML with `relation:`, or `{% snapshot %}` blocks).
     pub snapshots: Vec<super::snapshot::Snapshot>,
     /// dbt unit tests (`unit_tests:` in schema files).
@@ -281,6 +285,8 @@ impl ModelProject {
             dispatch: &self.dispatch,
             package_vars: &self.package_vars,
             unit: None,
+            query: self.executor.get(),
+            graph: &self.graph,
         }
     }
 }
@@ -953,6 +959,7 @@ impl ModelProject {
                 });
             }
         }
+        project.graph = graph(&project, &own);
         project.source_map = super::render::SourceMap {
             declared: project
                 .sources
@@ -967,6 +974,62 @@ impl ModelProject {
     pub fn model(&self, name: &str) -> Option<&Model> {
         self.models.iter().find(|m| m.name == name)
     }
+}
+
+/// dbt's `graph`: `nodes` (models, seeds, snapshots) and `sources`, by
+/// unique id, with the fields packages read (`resource_type`, `name`,
+/// `package_name`, `config`, `tags`, `depends_on`, filled by the DAG).
+fn graph(project: &ModelProject, own: &str) -> serde_json::Value {
+    use serde_json::json;
+    let mut nodes = serde_json::Map::new();
+    for m in &project.models {
+        let pkg = m.package.clone().unwrap_or_else(|| own.to_string());
+        nodes.insert(
+            format!("model.{pkg}.{}", m.name),
+            json!({
+                "unique_id": format!("model.{pkg}.{}", m.name),
+                "resource_type": "model",
+                "name": m.name,
+                "package_name": pkg,
+                "original_file_path": m.path,
+                "path": m.path,
+                "tags": m.config.tags,
+                "config": {
+                    "materialized": m.config.materialized.as_str(),
+                    "tags": m.config.tags,
+                    "enabled": m.config.enabled,
+                    "unique_key": m.config.unique_key,
+                },
+                "description": m.description.clone().unwrap_or_default(),
+                "columns": m.columns.iter().map(|c| (c.name.clone(), json!({"name": c.name, "data_type": c.data_type, "description": c.description}))).collect::<serde_json::Map<_, _>>(),
+                "depends_on": {"nodes": [], "macros": []},
+            }),
+        );
+    }
+    for s in &project.seeds {
+        nodes.insert(
+            format!("seed.{own}.{}", s.name),
+            json!({"unique_id": format!("seed.{own}.{}", s.name), "resource_type": "seed", "name": s.name, "package_name": own, "config": {"materialized": "seed"}, "depends_on": {"nodes": []}}),
+        );
+    }
+    for s in &project.snapshots {
+        nodes.insert(
+            format!("snapshot.{own}.{}", s.name),
+            json!({"unique_id": format!("snapshot.{own}.{}", s.name), "resource_type": "snapshot", "name": s.name, "package_name": own, "original_file_path": s.path, "config": {"materialized": "snapshot"}, "depends_on": {"nodes": []}}),
+        );
+    }
+    let sources: serde_json::Map<_, _> = project
+        .sources
+        .values()
+        .map(|t| {
+            let id = format!("source.{own}.{}.{}", t.source, t.name);
+            (
+                id.clone(),
+                json!({"unique_id": id, "resource_type": "source", "source_name": t.source, "name": t.name, "identifier": t.identifier, "schema": t.schema, "loaded_at_field": t.loaded_at_field, "package_name": own}),
+            )
+        })
+        .collect();
+    json!({"nodes": nodes, "sources": sources})
 }
 
 /// A `snapshots:` entry: with `relation:` it declares a snapshot (dbt

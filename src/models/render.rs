@@ -40,6 +40,11 @@ pub struct RenderContext<'a> {
     pub package_vars: &'a BTreeMap<String, BTreeMap<String, serde_json::Value>>,
     /// Rendering for a unit test: mock relations and overrides.
     pub unit: Option<&'a UnitRender>,
+    /// Runs queries (`run_query`, `statement`, relation lookups); `None`
+    /// while parsing, where `execute` is false.
+    pub query: Option<QueryFn>,
+    /// dbt's `graph` (`graph.nodes`, `graph.sources`).
+    pub graph: &'a serde_json::Value,
 }
 
 /// What a unit test changes in a render: `source()` and `this` name its
@@ -53,6 +58,146 @@ pub struct UnitRender {
     /// Macro name (`type_numeric`, or `dbt_utils.star`) → the value it returns.
     pub macros: BTreeMap<String, serde_json::Value>,
     pub env_vars: BTreeMap<String, String>,
+}
+
+/// Runs a query for `run_query`, `statement` and the adapter's relation
+/// lookups: the rows as JSON objects and the column names, or the error.
+pub type QueryFn = Arc<
+    dyn Fn(&str) -> std::result::Result<(Vec<String>, Vec<serde_json::Value>), String>
+        + Send
+        + Sync,
+>;
+
+/// The query runner of a workspace, set once a session exists. Renders
+/// before that (building the DAG: dbt's parse) have `execute` false and
+/// `run_query` none, as in dbt.
+#[derive(Clone, Default)]
+pub struct Executor(Arc<std::sync::OnceLock<QueryFn>>);
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "Executor(attached)"
+        } else {
+            "Executor(none)"
+        })
+    }
+}
+
+impl Executor {
+    /// Attach `f` (the first one stays).
+    pub fn set(&self, f: QueryFn) {
+        let _ = self.0.set(f);
+    }
+
+    pub fn get(&self) -> Option<QueryFn> {
+        self.0.get().cloned()
+    }
+}
+
+/// A query's result as dbt's agate table: `.columns[i].values()`,
+/// `.column_names`, `.rows`, `table[i][j]`, iteration over rows.
+#[derive(Debug)]
+struct AgateTable {
+    names: Vec<String>,
+    rows: Vec<Vec<Value>>,
+}
+
+impl AgateTable {
+    fn new(names: Vec<String>, rows: Vec<serde_json::Value>) -> AgateTable {
+        let rows = rows
+            .iter()
+            .map(|r| {
+                names
+                    .iter()
+                    .map(|n| Value::from_serialize(r.get(n).unwrap_or(&serde_json::Value::Null)))
+                    .collect()
+            })
+            .collect();
+        AgateTable { names, rows }
+    }
+
+    fn row_values(&self) -> Vec<Value> {
+        self.rows.iter().map(|r| Value::from(r.clone())).collect()
+    }
+}
+
+#[derive(Debug)]
+struct AgateColumn {
+    name: String,
+    values: Vec<Value>,
+}
+
+impl minijinja::value::Object for AgateColumn {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        match key.as_str()? {
+            "name" => Some(Value::from(self.name.clone())),
+            _ => None,
+        }
+    }
+
+    fn call_method(
+        self: &Arc<Self>,
+        _state: &minijinja::State<'_, '_>,
+        method: &str,
+        _args: &[Value],
+    ) -> Result<Value, minijinja::Error> {
+        match method {
+            "values" | "values_distinct" => Ok(Value::from(self.values.clone())),
+            _ => Err(minijinja::Error::from(ErrorKind::UnknownMethod)),
+        }
+    }
+}
+
+impl minijinja::value::Object for AgateTable {
+    // Plain: attributes (`.columns`) and indexes (`[0]`) both resolve
+    // through get_value; iteration yields the rows.
+    fn repr(self: &Arc<Self>) -> minijinja::value::ObjectRepr {
+        minijinja::value::ObjectRepr::Plain
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        if let Some(i) = key.as_usize() {
+            return self.rows.get(i).map(|r| Value::from(r.clone()));
+        }
+        match key.as_str()? {
+            "rows" => Some(Value::from(self.row_values())),
+            "column_names" => Some(Value::from(self.names.clone())),
+            "columns" => Some(Value::from(
+                self.names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| {
+                        Value::from_object(AgateColumn {
+                            name: n.clone(),
+                            values: self.rows.iter().map(|r| r[i].clone()).collect(),
+                        })
+                    })
+                    .collect::<Vec<_>>(),
+            )),
+            _ => None,
+        }
+    }
+
+    fn enumerate(self: &Arc<Self>) -> minijinja::value::Enumerator {
+        minijinja::value::Enumerator::Values(self.row_values())
+    }
+
+    fn enumerator_len(self: &Arc<Self>) -> Option<usize> {
+        Some(self.rows.len())
+    }
+}
+
+/// A column of a relation, as `adapter.get_columns_in_relation` returns:
+/// `.name`, `.column`, `.quoted`, `.data_type`, `.dtype`.
+fn column_value(name: &str, data_type: &str) -> Value {
+    Value::from_serialize(serde_json::json!({
+        "name": name,
+        "column": name,
+        "quoted": format!("\"{}\"", name.replace('"', "\"\"")),
+        "data_type": data_type,
+        "dtype": data_type,
+    }))
 }
 
 /// The `dbt` namespace: dbt's built-in cross-database macros, for DataFusion.
@@ -166,9 +311,11 @@ impl minijinja::value::Object for Returning {
     ) -> Result<Value, minijinja::Error> {
         RETURNS.with(|r| r.borrow_mut().push(None));
         let out = self.0.call(state, args);
-        let returned = RETURNS.with(|r| r.borrow_mut().pop().flatten());
-        let out = out?;
-        Ok(returned.unwrap_or(out))
+        // `return()` stops the macro by failing it; its value is the result.
+        match RETURNS.with(|r| r.borrow_mut().pop().flatten()) {
+            Some(v) => Ok(v),
+            None => out,
+        }
     }
 }
 
@@ -224,17 +371,27 @@ pub fn wrap_macros(text: &str) -> String {
     out
 }
 
-/// `return(x)`: records `x` as the value of the macro call in progress
-/// (the first one wins, as dbt's return ends the macro) and outputs it.
-fn return_value(v: Value) -> Value {
-    RETURNS.with(|r| {
-        if let Some(slot) = r.borrow_mut().last_mut()
-            && slot.is_none()
-        {
-            *slot = Some(v.clone());
+/// `return(x)`: ends the macro call in progress with the value `x` (the
+/// call's [`Returning`] wrapper catches the stop). Outside a macro it
+/// outputs `x`.
+fn return_value(v: Value) -> Result<Value, minijinja::Error> {
+    let in_macro = RETURNS.with(|r| match r.borrow_mut().last_mut() {
+        Some(slot) => {
+            if slot.is_none() {
+                *slot = Some(v.clone());
+            }
+            true
         }
+        None => false,
     });
-    v
+    if in_macro {
+        Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            "return() outside the macro that called it",
+        ))
+    } else {
+        Ok(v)
+    }
 }
 
 /// A namespace's macros, evaluated with the namespace's own vars (a
@@ -293,10 +450,18 @@ impl minijinja::value::Object for Exceptions {
 /// `adapter`: `dispatch` (dbt's search order: the project, then the
 /// macro's namespace; in each `datafusion__<name>`, then `default__<name>`,
 /// then `<name>`) and `quote`.
-#[derive(Debug)]
 struct Adapter {
     project: String,
     dispatch: BTreeMap<String, Vec<String>>,
+    query: Option<QueryFn>,
+}
+
+impl std::fmt::Debug for Adapter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Adapter")
+            .field("project", &self.project)
+            .finish()
+    }
 }
 
 /// The macro `adapter.dispatch` chose, called later with the macro's arguments.
@@ -374,10 +539,76 @@ impl minijinja::value::Object for Adapter {
                 let (id,): (String,) = minijinja::value::from_args(args)?;
                 Ok(Value::from(format!("\"{}\"", id.replace('"', "\"\""))))
             }
+            // The columns of a relation (a ref, a source, a name): empty
+            // while parsing, as in dbt.
+            "get_columns_in_relation" => {
+                let (relation,): (Value,) = minijinja::value::from_args(args)?;
+                let Some(q) = &self.query else {
+                    return Ok(Value::from(Vec::<Value>::new()));
+                };
+                // `describe` gives names and types; a relation it cannot
+                // describe (a subquery) gives names only.
+                if let Ok((_, rows)) = q(&format!("describe {relation}")) {
+                    return Ok(Value::from(
+                        rows.iter()
+                            .filter_map(|r| {
+                                Some(column_value(
+                                    r.get("column_name")?.as_str()?,
+                                    r.get("data_type").and_then(|t| t.as_str()).unwrap_or(""),
+                                ))
+                            })
+                            .collect::<Vec<_>>(),
+                    ));
+                }
+                let (names, _) = q(&format!("select * from {relation} limit 0")).map_err(|e| {
+                    minijinja::Error::new(
+                        ErrorKind::InvalidOperation,
+                        format!("adapter.get_columns_in_relation({relation}): {e}"),
+                    )
+                })?;
+                Ok(Value::from(
+                    names
+                        .iter()
+                        .map(|n| column_value(n, ""))
+                        .collect::<Vec<_>>(),
+                ))
+            }
+            // get_relation(database, schema, identifier): the relation if it
+            // exists, else none.
+            "get_relation" => {
+                let (a, b, c, kwargs): (Option<Value>, Option<Value>, Option<Value>, Kwargs) =
+                    minijinja::value::from_args(args)?;
+                let pick = |k: &str, v: Option<Value>| -> Option<String> {
+                    kwargs
+                        .get::<Option<String>>(k)
+                        .ok()
+                        .flatten()
+                        .or_else(|| v.filter(|v| !v.is_none()).map(|v| v.to_string()))
+                };
+                let _database = pick("database", a);
+                let schema = pick("schema", b);
+                let identifier = pick("identifier", c).ok_or_else(|| {
+                    minijinja::Error::new(
+                        ErrorKind::InvalidOperation,
+                        "adapter.get_relation needs identifier=",
+                    )
+                })?;
+                let Some(q) = &self.query else {
+                    return Ok(Value::from(()));
+                };
+                let name = match schema.as_deref() {
+                    None | Some("main") | Some("") => identifier.clone(),
+                    Some(s) => format!("{s}.{identifier}"),
+                };
+                Ok(match q(&format!("select * from {name} limit 0")) {
+                    Ok(_) => Value::from(name),
+                    Err(_) => Value::from(()),
+                })
+            }
             _ => Err(minijinja::Error::new(
                 ErrorKind::UnknownMethod,
                 format!(
-                    "adapter.{method} is not supported by ferry yet (adapter.dispatch and adapter.quote are)"
+                    "adapter.{method} is not supported by ferry yet (dispatch, quote, get_columns_in_relation and get_relation are)"
                 ),
             )),
         }
@@ -535,7 +766,7 @@ pub fn render(model: &Model, ctx: &RenderContext<'_>) -> Result<Rendered> {
     let incremental = ctx.is_incremental;
     env.add_function("is_incremental", move || incremental);
     // `{{ dbt_utils.x() }}` with no dbt_packages/dbt_utils: say what is missing.
-    env.set_unknown_method_callback(|_state, value, method, _args| {
+    env.set_unknown_method_callback(|state, value, method, args| {
         if value.is_undefined() {
             return Err(minijinja::Error::new(
                 ErrorKind::UnknownMethod,
@@ -546,7 +777,9 @@ pub fn render(model: &Model, ctx: &RenderContext<'_>) -> Result<Rendered> {
                 ),
             ));
         }
-        Err(minijinja::Error::from(ErrorKind::UnknownMethod))
+        // Python's methods (`dict.items()`, `.values()`, `str.upper()`...),
+        // which dbt's Jinja has.
+        minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
     });
     // `{{ return(x) }}` in a macro: its value is the macro's output.
     env.add_function("return", return_value);
@@ -593,8 +826,65 @@ pub fn render(model: &Model, ctx: &RenderContext<'_>) -> Result<Rendered> {
                 minijinja::Error::new(ErrorKind::InvalidOperation, format!("fromjson: {e}"))
             })
     });
-    // Rendering is always for real (dbt's parse pass does not exist here).
-    env.add_global("execute", Value::from(true));
+    // dbt's two passes: parsing (the DAG and config) does not execute,
+    // compiling and running do.
+    env.add_global("execute", Value::from(ctx.query.is_some()));
+    env.add_global("graph", Value::from_serialize(ctx.graph));
+    let run = |q: &Option<QueryFn>, sql: &str| -> Result<Value, minijinja::Error> {
+        let Some(q) = q else {
+            return Ok(Value::from(()));
+        };
+        let (names, rows) = q(sql).map_err(|e| {
+            minijinja::Error::new(ErrorKind::InvalidOperation, format!("run_query: {e}"))
+        })?;
+        Ok(Value::from_object(AgateTable::new(names, rows)))
+    };
+    let q = ctx.query.clone();
+    env.add_function("run_query", move |sql: String| run(&q, &sql));
+    let results: Arc<Mutex<BTreeMap<String, Value>>> = Arc::default();
+    let (q, r) = (ctx.query.clone(), results.clone());
+    // {% call statement('name', fetch_result=True) %}select ...{% endcall %}
+    env.add_function(
+        "statement",
+        move |state: &minijinja::State<'_, '_>,
+              name: Option<String>,
+              kwargs: Kwargs|
+              -> Result<String, minijinja::Error> {
+            let caller: Value = kwargs.get("caller")?;
+            let fetch = kwargs.get::<Option<bool>>("fetch_result")?.unwrap_or(false);
+            let _: Option<Value> = kwargs.get("auto_begin")?;
+            let _: Option<Value> = kwargs.get("language")?;
+            let sql = caller.call(state, &[])?.to_string();
+            let table = run(&q, &sql)?;
+            if let (Some(name), Ok(mut r)) = (name, r.lock()) {
+                let data: Vec<Value> = if fetch && !table.is_none() {
+                    table
+                        .get_attr("rows")
+                        .ok()
+                        .and_then(|rows| rows.try_iter().ok().map(|i| i.collect()))
+                        .unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                r.insert(
+                    name,
+                    minijinja::context! {
+                        table => if fetch { table } else { Value::from(()) },
+                        data => data,
+                        response => minijinja::context! { code => "OK", rows_affected => 0 },
+                    },
+                );
+            }
+            Ok(String::new())
+        },
+    );
+    let r = results.clone();
+    env.add_function("load_result", move |name: String| -> Value {
+        r.lock()
+            .ok()
+            .and_then(|r| r.get(&name).cloned())
+            .unwrap_or(Value::from(()))
+    });
     env.add_global(
         "target",
         Value::from_serialize(serde_json::json!({
@@ -632,6 +922,7 @@ pub fn render(model: &Model, ctx: &RenderContext<'_>) -> Result<Rendered> {
                 .map(|(n, _)| n.clone())
                 .unwrap_or_default(),
             dispatch: ctx.dispatch.clone(),
+            query: ctx.query.clone(),
         }),
     );
     let _ = project_ns;

@@ -142,6 +142,7 @@ pub async fn run(
     options: RunOptions,
     mut on_done: impl FnMut(&ModelResult),
 ) -> Result<Vec<ModelResult>> {
+    ws.attach(&ctx);
     let order = ws.order();
     // Views and ephemerals outside the selection are planned so selected
     // models can read them; a failure here surfaces in the model that needs it.

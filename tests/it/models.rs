@@ -1175,3 +1175,54 @@ fn return_gives_typed_values_and_ends_the_macro() {
         "n,second,e1,e2,sibling,total,money\n2,amount_cents,early,late,42,6,1.23\n"
     );
 }
+
+/// The parts of dbt's context that run queries while rendering, as
+/// dbt_utils uses them: run_query (an agate-like table), statement /
+/// load_result, adapter.get_columns_in_relation and get_relation, graph;
+/// while parsing `execute` is false and they return nothing.
+#[test]
+fn run_query_statement_relations_and_graph_work_as_packages_use_them() {
+    let (_tmp, dir) = copy_fixture("dbt_packages");
+    std::fs::write(
+        dir.join("dbt_packages/fixture_utils/macros/introspection.sql"),
+        r#"{% macro get_column_values(table, column) %}
+  {%- if not execute %}{{ return([]) }}{% endif -%}
+  {%- set q %}select distinct {{ column }} from {{ table }} order by 1{% endset -%}
+  {%- set r = run_query(q) -%}
+  {{ return(r.columns[0].values()) }}
+{% endmacro %}
+{% macro star(from, except=[]) -%}
+  {%- if not execute %}{{ return('*') }}{% endif -%}
+  {%- set cols = adapter.get_columns_in_relation(from) -%}
+  {%- for c in cols if c.name not in except -%}{{ c.quoted }}{{ ", " if not loop.last }}{%- endfor -%}
+{%- endmacro %}
+{% macro row_count(table) %}
+  {%- if not execute %}{{ return(0) }}{% endif -%}
+  {%- call statement('counted', fetch_result=True) %}select count(*) as n from {{ table }}{% endcall -%}
+  {{ return(load_result('counted')['data'][0][0]) }}
+{% endmacro %}
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("models/pivoted.sql"),
+        r#"{% set statuses = fixture_utils.get_column_values(ref('raw_orders'), 'status') %}
+select
+  {% for s in statuses %}sum(case when status = '{{ s }}' then 1 else 0 end) as n_{{ s }},
+  {% endfor %}{{ fixture_utils.row_count(ref('raw_orders')) }} as total,
+  '{{ fixture_utils.star(ref('raw_orders'), except=['amount_cents']) | replace('"', '') }}' as cols,
+  {{ graph.nodes.values() | selectattr('resource_type', 'equalto', 'model') | list | length }} as models,
+  '{{ adapter.get_relation(database=target.database, schema=target.schema, identifier='nope') }}' as missing,
+  '{{ adapter.get_relation(schema='main', identifier='raw_orders') }}' as found
+from {{ ref('raw_orders') }}
+"#,
+    )
+    .unwrap();
+    ok(ferry(&dir, &["seed"]));
+    let run = ok(ferry(&dir, &["run", "--select", "pivoted"]));
+    assert!(run.contains("1 succeeded"), "{run}");
+    assert_eq!(
+        csv(&dir, "select * from pivoted"),
+        "n_completed,n_returned,n_shipped,total,cols,models,missing,found\n2,1,1,4,\"id, user_id, order_date, status\",5,None,raw_orders\n"
+    );
+}
