@@ -30,6 +30,11 @@ struct Cli {
     #[arg(long, global = true, default_value = ".", env = "FERRY_PROJECT_DIR")]
     project_dir: PathBuf,
 
+    /// The output of the dbt profile (profiles.yml) that `target` renders
+    /// as: its name, schema, database and threads.
+    #[arg(long, global = true, env = "FERRY_TARGET")]
+    target: Option<String>,
+
     /// More log output on stderr: -v for progress, -vv for debugging.
     /// FERRY_LOG (a tracing filter such as "ferry=debug") overrides it.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -333,6 +338,9 @@ pub enum OutputFormat {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    if let Some(t) = &cli.target {
+        let _ = crate::models::project::TARGET.set(t.clone());
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

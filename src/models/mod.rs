@@ -88,6 +88,7 @@ impl Workspace {
                 unit: None,
                 query: None,
                 graph: &mp.graph,
+                target: &mp.target,
             };
             let r = render::render(model, &ctx)?;
             for (k, v) in &r.config {

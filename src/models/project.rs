@@ -259,6 +259,8 @@ pub struct ModelProject {
     pub executor: super::render::Executor,
     /// dbt's `graph` context variable: `nodes` and `sources`.
     pub graph: serde_json::Value,
+    /// dbt's `target`: the chosen output of the project's profile.
+    pub target: serde_json::Value,
     /// Snapshots (YAML with `relation:`, or `{% snapshot %}` blocks).
     pub snapshots: Vec<super::snapshot::Snapshot>,
     /// dbt unit tests (`unit_tests:` in schema files).
@@ -287,6 +289,7 @@ impl ModelProject {
             unit: None,
             query: self.executor.get(),
             graph: &self.graph,
+            target: &self.target,
         }
     }
 }
@@ -960,6 +963,7 @@ impl ModelProject {
             }
         }
         project.graph = graph(&project, &own);
+        project.target = target(dir)?;
         project.source_map = super::render::SourceMap {
             declared: project
                 .sources
@@ -974,6 +978,83 @@ impl ModelProject {
     pub fn model(&self, name: &str) -> Option<&Model> {
         self.models.iter().find(|m| m.name == name)
     }
+}
+
+/// The target chosen with `--target` (or FERRY_TARGET); `None`: the
+/// profile's default.
+pub static TARGET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// dbt's `target`: the output named by `--target` (or the profile's
+/// `target:`, else `dev`) of the project's profile in `profiles.yml`
+/// (`DBT_PROFILES_DIR`, the project folder, then `~/.dbt/`). ferry runs
+/// DataFusion whatever the profile's `type`, so `target.type` is
+/// `datafusion` (and dispatch looks for `datafusion__` macros); `name`,
+/// `schema`, `database` and `threads` come from the output.
+fn target(dir: &Path) -> Result<serde_json::Value> {
+    let chosen = TARGET
+        .get()
+        .cloned()
+        .or_else(|| std::env::var("FERRY_TARGET").ok().filter(|t| !t.is_empty()));
+    let profile_name = read(&dir.join("dbt_project.yml"))
+        .ok()
+        .and_then(|t| serde_yaml_ng::from_str::<Yaml>(&t).ok())
+        .and_then(|y| y.get("profile").and_then(Yaml::as_str).map(str::to_string));
+    let mut places: Vec<PathBuf> = Vec::new();
+    if let Ok(d) = std::env::var("DBT_PROFILES_DIR") {
+        places.push(PathBuf::from(d).join("profiles.yml"));
+    }
+    places.push(dir.join("profiles.yml"));
+    if let Some(home) = std::env::var_os("HOME") {
+        places.push(PathBuf::from(home).join(".dbt/profiles.yml"));
+    }
+    let profile = profile_name.as_ref().and_then(|name| {
+        places.iter().find_map(|p| {
+            let text = std::fs::read_to_string(p).ok()?;
+            let y: Yaml = serde_yaml_ng::from_str(&text).ok()?;
+            y.get(name.as_str()).cloned().map(|prof| (p.clone(), prof))
+        })
+    });
+    let default_name = profile
+        .as_ref()
+        .and_then(|(_, p)| p.get("target").and_then(Yaml::as_str).map(str::to_string));
+    let name = chosen
+        .clone()
+        .or(default_name)
+        .unwrap_or_else(|| "dev".into());
+    let output = profile
+        .as_ref()
+        .and_then(|(_, p)| p.get("outputs").and_then(|o| o.get(name.as_str())).cloned());
+    if let (Some(chosen), Some((path, prof)), None) = (&chosen, &profile, &output) {
+        let have: Vec<String> = prof
+            .get("outputs")
+            .and_then(Yaml::as_mapping)
+            .map(|m| {
+                m.keys()
+                    .filter_map(|k| k.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        return Err(Error::Input(format!(
+            "--target {chosen}: {} has no output {chosen} (it has {})",
+            path.display(),
+            have.join(", ")
+        )));
+    }
+    let get = |k: &str| output.as_ref().and_then(|o| o.get(k)).cloned();
+    let text = |k: &str, d: &str| {
+        get(k)
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| d.to_string())
+    };
+    Ok(serde_json::json!({
+        "name": name,
+        "target_name": name,
+        "type": "datafusion",
+        "schema": text("schema", "main"),
+        "database": text("database", "lake"),
+        "threads": get("threads").and_then(|t| t.as_u64()).unwrap_or(4),
+        "profile_name": profile_name.unwrap_or_else(|| "ferry".into()),
+    }))
 }
 
 /// dbt's `graph`: `nodes` (models, seeds, snapshots) and `sources`, by

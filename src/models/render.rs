@@ -45,6 +45,8 @@ pub struct RenderContext<'a> {
     pub query: Option<QueryFn>,
     /// dbt's `graph` (`graph.nodes`, `graph.sources`).
     pub graph: &'a serde_json::Value,
+    /// dbt's `target` (`name`, `schema`, `type`, `threads`, ...).
+    pub target: &'a serde_json::Value,
 }
 
 /// What a unit test changes in a render: `source()` and `this` name its
@@ -636,6 +638,317 @@ fn var_function(vars: Arc<BTreeMap<String, serde_json::Value>>) -> Value {
     )
 }
 
+/// `config(...)` (recorded) and `config.get(key, default)` /
+/// `config.require(key)`: what `config(...)` set, else the model's config.
+#[derive(Debug)]
+struct Config {
+    capture: Arc<Mutex<Capture>>,
+    model: super::project::ModelConfig,
+}
+
+impl Config {
+    fn lookup(&self, key: &str) -> Option<Value> {
+        if let Ok(c) = self.capture.lock()
+            && let Some((_, v)) = c.config.iter().rev().find(|(k, _)| k == key)
+        {
+            return Some(Value::from_serialize(v));
+        }
+        let m = &self.model;
+        match key {
+            "materialized" => Some(Value::from(m.materialized.as_str())),
+            "tags" => Some(Value::from(m.tags.clone())),
+            "enabled" => Some(Value::from(m.enabled)),
+            "unique_key" if m.unique_key.len() == 1 => Some(Value::from(m.unique_key[0].clone())),
+            "unique_key" if !m.unique_key.is_empty() => Some(Value::from(m.unique_key.clone())),
+            "incremental_strategy" => m.incremental_strategy.map(|s| {
+                Value::from(match s {
+                    super::project::Strategy::Append => "append",
+                    super::project::Strategy::Merge => "merge",
+                })
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl minijinja::value::Object for Config {
+    fn call(
+        self: &Arc<Self>,
+        _state: &minijinja::State<'_, '_>,
+        args: &[Value],
+    ) -> Result<Value, minijinja::Error> {
+        let (kwargs,): (Kwargs,) = minijinja::value::from_args(args)?;
+        let mut c = self.capture.lock().map_err(|_| {
+            minijinja::Error::new(ErrorKind::InvalidOperation, "config capture poisoned")
+        })?;
+        for key in kwargs.args() {
+            let value: Value = kwargs.get(key)?;
+            let yaml = serde_yaml_ng::to_value(&value).map_err(|e| {
+                minijinja::Error::new(ErrorKind::InvalidOperation, format!("config {key}: {e}"))
+            })?;
+            c.config.push((key.to_string(), yaml));
+        }
+        Ok(Value::from(""))
+    }
+
+    fn call_method(
+        self: &Arc<Self>,
+        _state: &minijinja::State<'_, '_>,
+        method: &str,
+        args: &[Value],
+    ) -> Result<Value, minijinja::Error> {
+        match method {
+            "get" => {
+                let (key, default): (String, Option<Value>) = minijinja::value::from_args(args)?;
+                Ok(self.lookup(&key).or(default).unwrap_or(Value::from(())))
+            }
+            "require" => {
+                let (key,): (String,) = minijinja::value::from_args(args)?;
+                self.lookup(&key).ok_or_else(|| {
+                    minijinja::Error::new(
+                        ErrorKind::InvalidOperation,
+                        format!("config.require('{key}'): the model does not set {key}"),
+                    )
+                })
+            }
+            _ => Err(minijinja::Error::from(ErrorKind::UnknownMethod)),
+        }
+    }
+}
+
+/// `modules.datetime` (`datetime.now()`, `utcnow()`, `date.today()`,
+/// with `strftime` and `isoformat`) and `modules.re` (`search`, `match`,
+/// `fullmatch`, `sub`, `findall`, `split`), as dbt's context has them.
+fn modules() -> Value {
+    let mut m = BTreeMap::new();
+    m.insert("datetime", Value::from_object(PyDatetime));
+    m.insert("re", Value::from_object(PyRe));
+    Value::from(m)
+}
+
+#[derive(Debug)]
+struct PyDatetime;
+
+#[derive(Debug)]
+struct PyClock {
+    date_only: bool,
+}
+
+#[derive(Debug)]
+struct PyMoment {
+    at: chrono::DateTime<chrono::FixedOffset>,
+    date_only: bool,
+}
+
+impl minijinja::value::Object for PyDatetime {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        match key.as_str()? {
+            "datetime" => Some(Value::from_object(PyClock { date_only: false })),
+            "date" => Some(Value::from_object(PyClock { date_only: true })),
+            _ => None,
+        }
+    }
+}
+
+impl minijinja::value::Object for PyClock {
+    fn call_method(
+        self: &Arc<Self>,
+        _state: &minijinja::State<'_, '_>,
+        method: &str,
+        _args: &[Value],
+    ) -> Result<Value, minijinja::Error> {
+        let now = chrono::Utc::now().fixed_offset();
+        let at = match method {
+            "now" | "today" => chrono::Local::now().fixed_offset(),
+            "utcnow" => now,
+            _ => return Err(minijinja::Error::from(ErrorKind::UnknownMethod)),
+        };
+        Ok(Value::from_object(PyMoment {
+            at,
+            date_only: self.date_only,
+        }))
+    }
+}
+
+impl PyMoment {
+    fn iso(&self) -> String {
+        if self.date_only {
+            self.at.format("%Y-%m-%d").to_string()
+        } else {
+            self.at
+                .naive_local()
+                .format("%Y-%m-%dT%H:%M:%S%.6f")
+                .to_string()
+        }
+    }
+}
+
+impl minijinja::value::Object for PyMoment {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        use chrono::{Datelike, Timelike};
+        Some(Value::from(match key.as_str()? {
+            "year" => self.at.year() as i64,
+            "month" => self.at.month() as i64,
+            "day" => self.at.day() as i64,
+            "hour" => self.at.hour() as i64,
+            "minute" => self.at.minute() as i64,
+            "second" => self.at.second() as i64,
+            _ => return None,
+        }))
+    }
+
+    fn call_method(
+        self: &Arc<Self>,
+        _state: &minijinja::State<'_, '_>,
+        method: &str,
+        args: &[Value],
+    ) -> Result<Value, minijinja::Error> {
+        match method {
+            "strftime" => {
+                let (fmt,): (String,) = minijinja::value::from_args(args)?;
+                let mut out = String::new();
+                use std::fmt::Write;
+                write!(out, "{}", self.at.naive_local().format(&fmt)).map_err(|_| {
+                    minijinja::Error::new(
+                        ErrorKind::InvalidOperation,
+                        format!("strftime: bad format {fmt:?}"),
+                    )
+                })?;
+                Ok(Value::from(out))
+            }
+            "isoformat" => Ok(Value::from(self.iso())),
+            "date" => Ok(Value::from_object(PyMoment {
+                at: self.at,
+                date_only: true,
+            })),
+            _ => Err(minijinja::Error::from(ErrorKind::UnknownMethod)),
+        }
+    }
+
+    fn render(self: &Arc<Self>, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.date_only {
+            f.write_str(&self.iso())
+        } else {
+            write!(
+                f,
+                "{}",
+                self.at.naive_local().format("%Y-%m-%d %H:%M:%S%.6f")
+            )
+        }
+    }
+}
+
+#[derive(Debug)]
+struct PyRe;
+
+/// A regex match: `group(n)`, `groups()`, `start()`, `end()`.
+#[derive(Debug)]
+struct PyMatch {
+    groups: Vec<Option<String>>,
+    span: (usize, usize),
+}
+
+impl minijinja::value::Object for PyMatch {
+    fn call_method(
+        self: &Arc<Self>,
+        _state: &minijinja::State<'_, '_>,
+        method: &str,
+        args: &[Value],
+    ) -> Result<Value, minijinja::Error> {
+        let opt = |g: &Option<String>| g.clone().map(Value::from).unwrap_or(Value::from(()));
+        match method {
+            "group" => {
+                let (n,): (Option<usize>,) = minijinja::value::from_args(args)?;
+                Ok(self
+                    .groups
+                    .get(n.unwrap_or(0))
+                    .map(opt)
+                    .unwrap_or(Value::from(())))
+            }
+            "groups" => Ok(Value::from(
+                self.groups.iter().skip(1).map(opt).collect::<Vec<_>>(),
+            )),
+            "start" => Ok(Value::from(self.span.0)),
+            "end" => Ok(Value::from(self.span.1)),
+            _ => Err(minijinja::Error::from(ErrorKind::UnknownMethod)),
+        }
+    }
+}
+
+impl minijinja::value::Object for PyRe {
+    fn call_method(
+        self: &Arc<Self>,
+        _state: &minijinja::State<'_, '_>,
+        method: &str,
+        args: &[Value],
+    ) -> Result<Value, minijinja::Error> {
+        let bad = |e: regex::Error| {
+            minijinja::Error::new(ErrorKind::InvalidOperation, format!("modules.re: {e}"))
+        };
+        let found = |m: Option<regex::Captures<'_>>| -> Value {
+            match m {
+                Some(c) => {
+                    let whole = c.get(0).map(|g| (g.start(), g.end())).unwrap_or((0, 0));
+                    Value::from_object(PyMatch {
+                        groups: c
+                            .iter()
+                            .map(|g| g.map(|g| g.as_str().to_string()))
+                            .collect(),
+                        span: whole,
+                    })
+                }
+                None => Value::from(()),
+            }
+        };
+        match method {
+            "search" | "match" | "fullmatch" => {
+                let (pattern, text): (String, String) = minijinja::value::from_args(args)?;
+                let pattern = match method {
+                    "match" => format!("^(?:{pattern})"),
+                    "fullmatch" => format!("^(?:{pattern})$"),
+                    _ => pattern,
+                };
+                let re = regex::Regex::new(&pattern).map_err(bad)?;
+                Ok(found(re.captures(&text)))
+            }
+            "sub" => {
+                let (pattern, repl, text): (String, String, String) =
+                    minijinja::value::from_args(args)?;
+                let re = regex::Regex::new(&pattern).map_err(bad)?;
+                // Python's \1 backreferences are regex's ${1}.
+                let repl = regex::Regex::new(r"\\(\d+)")
+                    .map_err(bad)?
+                    .replace_all(&repl, "$${$1}")
+                    .to_string();
+                Ok(Value::from(
+                    re.replace_all(&text, repl.as_str()).to_string(),
+                ))
+            }
+            "findall" => {
+                let (pattern, text): (String, String) = minijinja::value::from_args(args)?;
+                let re = regex::Regex::new(&pattern).map_err(bad)?;
+                Ok(Value::from(
+                    re.captures_iter(&text)
+                        .map(|c| {
+                            c.get(if c.len() > 1 { 1 } else { 0 })
+                                .map(|g| g.as_str().to_string())
+                                .unwrap_or_default()
+                        })
+                        .collect::<Vec<_>>(),
+                ))
+            }
+            "split" => {
+                let (pattern, text): (String, String) = minijinja::value::from_args(args)?;
+                let re = regex::Regex::new(&pattern).map_err(bad)?;
+                Ok(Value::from(
+                    re.split(&text).map(str::to_string).collect::<Vec<_>>(),
+                ))
+            }
+            _ => Err(minijinja::Error::from(ErrorKind::UnknownMethod)),
+        }
+    }
+}
+
 /// What `source()` resolves against.
 #[derive(Debug, Clone, Default)]
 pub struct SourceMap {
@@ -664,7 +977,7 @@ pub struct Rendered {
     pub config: Vec<(String, serde_yaml_ng::Value)>,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Capture {
     refs: Vec<String>,
     sources: Vec<(String, String)>,
@@ -734,22 +1047,12 @@ pub fn render(model: &Model, ctx: &RenderContext<'_>) -> Result<Rendered> {
             }
         },
     );
-    let c = capture.clone();
-    env.add_function(
+    env.add_global(
         "config",
-        move |kwargs: Kwargs| -> Result<String, minijinja::Error> {
-            let mut c = c.lock().map_err(|_| {
-                minijinja::Error::new(ErrorKind::InvalidOperation, "config capture poisoned")
-            })?;
-            for key in kwargs.args() {
-                let value: Value = kwargs.get(key)?;
-                let yaml = serde_yaml_ng::to_value(&value).map_err(|e| {
-                    minijinja::Error::new(ErrorKind::InvalidOperation, format!("config {key}: {e}"))
-                })?;
-                c.config.push((key.to_string(), yaml));
-            }
-            Ok(String::new())
-        },
+        Value::from_object(Config {
+            capture: capture.clone(),
+            model: model.config.clone(),
+        }),
     );
     let vars = model
         .package
@@ -885,18 +1188,8 @@ pub fn render(model: &Model, ctx: &RenderContext<'_>) -> Result<Rendered> {
             .and_then(|r| r.get(&name).cloned())
             .unwrap_or(Value::from(()))
     });
-    env.add_global(
-        "target",
-        Value::from_serialize(serde_json::json!({
-            "name": "dev",
-            "target_name": "dev",
-            "type": "datafusion",
-            "schema": "main",
-            "database": "lake",
-            "threads": 4,
-            "profile_name": "ferry",
-        })),
-    );
+    env.add_global("target", Value::from_serialize(ctx.target));
+    env.add_global("modules", modules());
     env.add_global("exceptions", Value::from_object(Exceptions));
     let mut project_ns = None;
     for (name, text) in ctx.namespaces {

@@ -1226,3 +1226,41 @@ from {{ ref('raw_orders') }}
         "n_completed,n_returned,n_shipped,total,cols,models,missing,found\n2,1,1,4,\"id, user_id, order_date, status\",5,None,raw_orders\n"
     );
 }
+
+/// `config.get`, `target` from the project's profiles.yml output chosen
+/// with --target, and `modules.datetime` / `modules.re`.
+#[test]
+fn config_get_target_and_modules_render_as_in_dbt() {
+    let (_tmp, dir) = copy_fixture("dbt_packages");
+    std::fs::write(
+        dir.join("profiles.yml"),
+        "shop:\n  target: dev\n  outputs:\n    dev: {type: duckdb, schema: main, threads: 2}\n    prod: {type: duckdb, schema: analytics, threads: 8}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("models/ctx.sql"),
+        "{{ config(materialized='view') }}select '{{ config.get('materialized') }}' as m, \
+         '{{ config.get('nope', 'fallback') }}' as d, \
+         '{{ target.name }}/{{ target.schema }}/{{ target.threads }}/{{ target.type }}' as t, \
+         {{ modules.datetime.datetime.utcnow().year }} >= 2026 as y, \
+         '{{ modules.re.sub('(a)(b)', '\\\\2\\\\1', 'xaby') }}' as r, \
+         '{{ modules.re.search('o([0-9]+)', 'foo42bar').group(1) }}' as g",
+    )
+    .unwrap();
+    let sql = ok(ferry(&dir, &["compile", "--select", "ctx"]));
+    assert!(
+        sql.contains("select 'view' as m, 'fallback' as d, 'dev/main/2/datafusion' as t, "),
+        "{sql}"
+    );
+    assert!(sql.contains("'xbay' as r, '42' as g"), "{sql}");
+    let sql = ok(ferry(
+        &dir,
+        &["--target", "prod", "compile", "--select", "ctx"],
+    ));
+    assert!(sql.contains("'prod/analytics/8/datafusion' as t"), "{sql}");
+    let e = text(&ferry(&dir, &["--target", "nope", "compile"]));
+    assert!(
+        e.contains("--target nope") && e.contains("has no output nope (it has dev, prod)"),
+        "{e}"
+    );
+}
