@@ -275,6 +275,7 @@ pub async fn run_on(
         // Score as of the end of the generated data, so the demo's numbers
         // do not drift with the calendar.
         vars: as_of_vars(),
+        state: None,
     };
     let report = build::build(
         &project,

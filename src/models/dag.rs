@@ -250,6 +250,12 @@ fn atom_set(
             })
             .map(|m| m.name.clone())
             .collect()
+    } else if let Some(set) = project.selector_sets.get(core) {
+        set.clone()
+    } else if core.starts_with("state:") {
+        return Err(Error::Input(format!(
+            "selector {atom:?} needs --state DIR: the target/ folder (with manifest.json) of the run to compare with"
+        )));
     } else if all.contains(core) {
         BTreeSet::from([core.to_string()])
     } else if let Some(pkg) = core.strip_prefix("package:").or_else(|| {

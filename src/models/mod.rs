@@ -8,6 +8,7 @@
 //! materializes results ([`delta`] for persisted models and seeds);
 //! [`datatest`] runs data tests; [`seed`] loads CSV seeds.
 
+pub mod artifacts;
 pub mod contract;
 pub mod dag;
 pub mod datatest;

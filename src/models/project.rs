@@ -259,6 +259,9 @@ pub struct ModelProject {
     pub executor: super::render::Executor,
     /// dbt's `graph` context variable: `nodes` and `sources`.
     pub graph: serde_json::Value,
+    /// Node sets of selector methods computed outside the DAG
+    /// (`state:modified`, `state:new`), by method.
+    pub selector_sets: BTreeMap<String, std::collections::BTreeSet<String>>,
     /// dbt's `target`: the chosen output of the project's profile.
     pub target: serde_json::Value,
     /// Snapshots (YAML with `relation:`, or `{% snapshot %}` blocks).

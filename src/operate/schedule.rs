@@ -224,6 +224,7 @@ impl Schedule {
             select: s.select.clone(),
             exclude: s.exclude.clone(),
             vars: s.vars.clone(),
+            state: None,
         };
         let models_only = |what: &str| -> std::result::Result<(), String> {
             if !s.sources.is_empty() || !s.syncs.is_empty() {

@@ -267,9 +267,26 @@ pub async fn build(
         );
         format!("tests of {} unbuilt model(s) not run", unbuilt.len())
     };
-    match super::models::test(project, lake.clone(), &test_args).await {
-        Ok(()) => stages.push(Stage::new("test", "ok", t, note)),
+    let tested = super::models::test_nodes(project, lake.clone(), &test_args).await;
+    let mut nodes = super::models::model_nodes(project, &model_results);
+    match tested {
+        Ok((tests, outcome)) => {
+            nodes.extend(tests);
+            match outcome {
+                Ok(()) => stages.push(Stage::new("test", "ok", t, note)),
+                Err(e) => stages.push(Stage::failed("test", t, &e)),
+            }
+        }
         Err(e) => stages.push(Stage::failed("test", t, &e)),
+    }
+    // dbt's run_results.json: the build's models and tests.
+    let doc = crate::models::artifacts::run_results(
+        "build",
+        &nodes,
+        (Utc::now() - started_at).num_milliseconds() as f64 / 1000.0,
+    );
+    if let Err(e) = crate::models::artifacts::write(&project.dir, "run_results.json", &doc) {
+        tracing::warn!("target/run_results.json not written: {e}");
     }
 
     // 5. sync: the syncs whose model was built (all, without --select).

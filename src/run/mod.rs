@@ -46,6 +46,11 @@ pub struct Selection {
     #[arg(long = "vars", value_name = "NAME=VALUE")]
     #[serde(default)]
     pub vars: Vec<String>,
+    /// For `state:modified` / `state:new` selectors: the folder holding the
+    /// manifest.json to compare with (a saved target/).
+    #[arg(long, value_name = "DIR")]
+    #[serde(default)]
+    pub state: Option<std::path::PathBuf>,
 }
 
 /// Asks a running job to stop at its next safe point.

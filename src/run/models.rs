@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::lake::{Lake, RunId};
 use crate::models::project::Severity;
 use crate::models::run::{self, RunOptions, Status};
-use crate::models::{Workspace, dag, datatest, docs as model_docs, seed, unit};
+use crate::models::{Workspace, artifacts, dag, datatest, docs as model_docs, seed, unit};
 use crate::project::Project;
 
 fn vars(args: &SelectArgs) -> Result<Vec<(String, String)>> {
@@ -107,8 +107,20 @@ mod tests {
 }
 
 pub(crate) fn load(project: &Project, args: &SelectArgs) -> Result<(Workspace, BTreeSet<String>)> {
-    let ws = Workspace::load(project, &vars(args)?)?;
+    let mut ws = Workspace::load(project, &vars(args)?)?;
+    if let Some(dir) = &args.state {
+        for method in ["modified", "new"] {
+            let set = artifacts::state_selection(&ws, method, dir)?;
+            ws.project
+                .selector_sets
+                .insert(format!("state:{method}"), set);
+        }
+    }
     let selected = dag::select(&ws.project, &ws.dag, &args.select, &args.exclude)?;
+    // dbt's manifest, for the tools that read it (and the next --state).
+    if let Err(e) = artifacts::write(&project.dir, "manifest.json", &artifacts::manifest(&ws)) {
+        tracing::warn!("target/manifest.json not written: {e}");
+    }
     Ok((ws, selected))
 }
 
@@ -200,6 +212,14 @@ pub async fn run(
     let run_id = RunId::new();
     let results = run_models(project, &lake, args, threads, full_refresh).await?;
     run::record(&lake, &run_id, "run", started_at, &results).await?;
+    let doc = artifacts::run_results(
+        "run",
+        &model_nodes(project, &results),
+        t.elapsed().as_secs_f64(),
+    );
+    if let Err(e) = artifacts::write(&project.dir, "run_results.json", &doc) {
+        tracing::warn!("target/run_results.json not written: {e}");
+    }
     let count = |s: Status| results.iter().filter(|r| r.status == s).count();
     let (ok, failed, skipped) = (
         count(Status::Success),
@@ -287,6 +307,41 @@ pub async fn run_models(
 
 pub async fn test(project: &Project, lake: Lake, args: &SelectArgs) -> Result<()> {
     let t = Instant::now();
+    let (nodes, outcome) = test_nodes(project, lake, args).await?;
+    let doc = artifacts::run_results("test", &nodes, t.elapsed().as_secs_f64());
+    if let Err(e) = artifacts::write(&project.dir, "run_results.json", &doc) {
+        tracing::warn!("target/run_results.json not written: {e}");
+    }
+    outcome
+}
+
+/// Run the tests, printing each; the results as run_results entries, and
+/// `Err` when any blocks.
+pub(crate) async fn test_nodes(
+    project: &Project,
+    lake: Lake,
+    args: &SelectArgs,
+) -> Result<(Vec<artifacts::NodeResult>, Result<()>)> {
+    let t = Instant::now();
+    let own = project.name.clone();
+    let mut nodes: Vec<artifacts::NodeResult> = Vec::new();
+    let node = |id: String,
+                status: &'static str,
+                seconds: f64,
+                message: Option<String>,
+                failures: Option<u64>| {
+        let completed_at = Utc::now();
+        artifacts::NodeResult {
+            unique_id: id,
+            status,
+            started_at: completed_at - chrono::Duration::milliseconds((seconds * 1000.0) as i64),
+            completed_at,
+            seconds,
+            message,
+            failures,
+            rows: None,
+        }
+    };
     // `test_type:unit` / `test_type:data` pick the kind of test; the rest
     // of the selection picks models.
     let mut kinds = BTreeSet::new();
@@ -319,6 +374,12 @@ pub async fn test(project: &Project, lake: Lake, args: &SelectArgs) -> Result<()
     let mut unit_passed = 0;
     if want("unit") {
         for r in unit::run(&ws, &ctx, &selected).await {
+            let id = format!("unit_test.{own}.{}.{}", r.model, r.name);
+            nodes.push(match (&r.error, r.differing) {
+                (Some(e), _) => node(id, "error", r.seconds, Some(e.clone()), None),
+                (None, 0) => node(id, "pass", r.seconds, None, Some(0)),
+                (None, n) => node(id, "fail", r.seconds, Some(r.diff.clone()), Some(n as u64)),
+            });
             if let Some(e) = &r.error {
                 println!(
                     "ERROR unit test {} ({}): could not run: {e}",
@@ -344,6 +405,25 @@ pub async fn test(project: &Project, lake: Lake, args: &SelectArgs) -> Result<()
     };
     let mut warned = 0;
     for r in &results {
+        let id = format!("test.{own}.{}", r.name);
+        nodes.push(match (&r.error, r.failures) {
+            (Some(e), _) => node(id, "error", r.seconds, Some(e.clone()), None),
+            (None, 0) => node(id, "pass", r.seconds, None, Some(0)),
+            (None, n) if r.severity == Severity::Warn => node(
+                id,
+                "warn",
+                r.seconds,
+                Some(format!("Got {n} results, configured to warn if != 0")),
+                Some(n),
+            ),
+            (None, n) => node(
+                id,
+                "fail",
+                r.seconds,
+                Some(format!("Got {n} results, configured to fail if != 0")),
+                Some(n),
+            ),
+        });
         if let Some(e) = &r.error {
             println!("ERROR {}: could not run: {e}", r.name);
             blocking += 1;
@@ -369,11 +449,34 @@ pub async fn test(project: &Project, lake: Lake, args: &SelectArgs) -> Result<()
         t.elapsed().as_secs_f64()
     );
     if blocking > 0 {
-        return Err(Error::Input(format!(
-            "{blocking} test(s) failed (unit tests, and data tests with severity error)"
-        )));
+        return Ok((
+            nodes,
+            Err(Error::Input(format!(
+                "{blocking} test(s) failed (unit tests, and data tests with severity error)"
+            ))),
+        ));
     }
-    Ok(())
+    Ok((nodes, Ok(())))
+}
+
+/// run_results entries of models.
+pub(crate) fn model_nodes(
+    project: &Project,
+    results: &[run::ModelResult],
+) -> Vec<artifacts::NodeResult> {
+    results
+        .iter()
+        .map(|r| artifacts::NodeResult {
+            unique_id: format!("model.{}.{}", project.name, r.name),
+            status: r.status.as_str(),
+            started_at: r.started_at,
+            completed_at: r.finished_at,
+            seconds: r.seconds,
+            message: r.error.clone(),
+            failures: None,
+            rows: r.rows,
+        })
+        .collect()
 }
 
 pub async fn docs(
@@ -423,6 +526,7 @@ pub async fn source_freshness(
         select: Vec::new(),
         exclude: Vec::new(),
         vars: args.vars.clone(),
+        state: None,
     };
     let (ws, _) = load(project, &models)?;
     let wanted = |t: &crate::models::project::SourceTable| {

@@ -1264,3 +1264,98 @@ fn config_get_target_and_modules_render_as_in_dbt() {
         "{e}"
     );
 }
+
+/// dbt's artifacts: target/manifest.json (nodes with checksums, parent and
+/// child maps) and target/run_results.json; `--select state:modified+
+/// --state DIR` runs what changed since the manifest in DIR, and its children.
+#[test]
+fn artifacts_and_state_modified_select_what_changed() {
+    let (tmp, dir) = copy_fixture("dbt_packages");
+    ok(ferry(&dir, &["seed"]));
+    ok(ferry(&dir, &["run"]));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("target/manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        manifest["metadata"]["dbt_schema_version"],
+        "https://schemas.getdbt.com/dbt/manifest/v12.json"
+    );
+    let orders = &manifest["nodes"]["model.shop.orders"];
+    assert_eq!(orders["resource_type"], "model");
+    assert_eq!(
+        orders["depends_on"]["nodes"],
+        serde_json::json!(["seed.shop.raw_orders"])
+    );
+    assert_eq!(orders["checksum"]["checksum"].as_str().unwrap().len(), 64);
+    assert_eq!(
+        manifest["parent_map"]["model.shop.orders"],
+        serde_json::json!(["seed.shop.raw_orders"])
+    );
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("target/run_results.json")).unwrap())
+            .unwrap();
+    assert_eq!(results["args"]["which"], "run");
+    let statuses: Vec<(&str, &str)> = results["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["unique_id"].as_str().unwrap(),
+                r["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        statuses.contains(&("model.shop.orders", "success")),
+        "{statuses:?}"
+    );
+    // Save the state, change one model, run what changed.
+    let state = tmp.path().join("state");
+    copy_dir(&dir.join("target"), &state);
+    let sql = std::fs::read_to_string(dir.join("models/orders.sql")).unwrap();
+    std::fs::write(dir.join("models/orders.sql"), format!("-- changed\n{sql}")).unwrap();
+    let run = ok(ferry(
+        &dir,
+        &[
+            "run",
+            "--select",
+            "state:modified",
+            "--state",
+            state.to_str().unwrap(),
+        ],
+    ));
+    assert!(
+        run.contains("OK    orders") && run.contains("1 succeeded"),
+        "{run}"
+    );
+    // Nothing changed against the new state: nothing runs.
+    let fresh = tmp.path().join("fresh");
+    copy_dir(&dir.join("target"), &fresh);
+    let run = ok(ferry(
+        &dir,
+        &[
+            "run",
+            "--select",
+            "state:modified",
+            "--state",
+            fresh.to_str().unwrap(),
+        ],
+    ));
+    assert!(run.contains("0 succeeded"), "{run}");
+    let tests = ok(ferry(&dir, &["test"]));
+    assert!(tests.contains("passed"), "{tests}");
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("target/run_results.json")).unwrap())
+            .unwrap();
+    assert_eq!(results["args"]["which"], "test");
+    assert!(
+        results["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["status"] == "warn" && r["failures"] == 1),
+        "{results}"
+    );
+    let e = text(&ferry(&dir, &["run", "--select", "state:modified"]));
+    assert!(e.contains("needs --state DIR"), "{e}");
+}
