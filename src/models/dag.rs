@@ -49,6 +49,12 @@ impl Dag {
                 continue;
             };
             for reference in &r.refs {
+                if !names.contains(&reference.name) && project.disabled.contains(&reference.name) {
+                    return Err(Error::Input(format!(
+                        "{}:{}: ref('{}') names a node that is disabled (+enabled or enabled: in its config); enable it, or disable this model too",
+                        m.path, reference.line, reference.name
+                    )));
+                }
                 if !names.contains(&reference.name) {
                     return Err(Error::Input(format!(
                         "{}:{}: ref('{}') names no model, seed or snapshot{}",

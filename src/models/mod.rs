@@ -99,6 +99,9 @@ impl Workspace {
             }
             first.insert(model.name.clone(), r);
         }
+        for m in mp.models.iter().filter(|m| !m.config.enabled) {
+            mp.disabled.insert(m.name.clone());
+        }
         mp.models.retain(|m| m.config.enabled);
         first.retain(|n, _| mp.models.iter().any(|m| &m.name == n));
         let dag = Dag::build(&mp, &first)?;

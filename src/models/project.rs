@@ -259,6 +259,8 @@ pub struct ModelProject {
     pub executor: super::render::Executor,
     /// dbt's `graph` context variable: `nodes` and `sources`.
     pub graph: serde_json::Value,
+    /// Seeds and models turned off by `+enabled` (for errors naming them).
+    pub disabled: std::collections::BTreeSet<String>,
     /// Node sets of selector methods computed outside the DAG
     /// (`state:modified`, `state:new`), by method.
     pub selector_sets: BTreeMap<String, std::collections::BTreeSet<String>>,
@@ -457,6 +459,65 @@ struct RootFile {
     name: Option<String>,
     #[serde(default)]
     models: Option<Yaml>,
+    #[serde(default)]
+    seeds: Option<Yaml>,
+}
+
+/// A config value with Jinja (`+enabled: "{{ var('load_source_data', false) }}"`)
+/// rendered as dbt renders `dbt_project.yml`: `var` and `env_var`, the
+/// result read back as YAML (so `true` is a boolean).
+fn render_config(
+    v: &Yaml,
+    vars: &BTreeMap<String, serde_json::Value>,
+    origin: &str,
+) -> Result<Yaml> {
+    match v {
+        Yaml::String(t) if t.contains("{{") || t.contains("{%") => {
+            let mut env = minijinja::Environment::new();
+            let vars = vars.clone();
+            env.add_function(
+                "var",
+                move |name: String,
+                      default: Option<minijinja::Value>|
+                      -> std::result::Result<minijinja::Value, minijinja::Error> {
+                    match vars.get(&name) {
+                        Some(v) => Ok(minijinja::Value::from_serialize(v)),
+                        None => default.ok_or_else(|| {
+                            minijinja::Error::new(
+                                minijinja::ErrorKind::UndefinedError,
+                                format!("var('{name}') is not set: pass --vars or give a default"),
+                            )
+                        }),
+                    }
+                },
+            );
+            env.add_function(
+                "env_var",
+                |name: String,
+                 default: Option<String>|
+                 -> std::result::Result<String, minijinja::Error> {
+                    std::env::var(&name).ok().or(default).ok_or_else(|| {
+                        minijinja::Error::new(
+                            minijinja::ErrorKind::UndefinedError,
+                            format!("env_var('{name}') is not set"),
+                        )
+                    })
+                },
+            );
+            let out = env
+                .render_str(t, ())
+                .map_err(|e| Error::Input(format!("{origin}: {t:?}: {e}")))?;
+            Ok(serde_yaml_ng::from_str::<Yaml>(&out).unwrap_or(Yaml::String(out)))
+        }
+        Yaml::Mapping(m) => {
+            let mut out = serde_yaml_ng::Mapping::new();
+            for (k, v) in m {
+                out.insert(k.clone(), render_config(v, vars, origin)?);
+            }
+            Ok(Yaml::Mapping(out))
+        }
+        other => Ok(other.clone()),
+    }
 }
 
 /// The packages in `dir/dbt_packages/`, by folder name order.
@@ -719,7 +780,7 @@ impl ModelProject {
         let packages = packages(dir)?;
         let mut by_name: BTreeMap<String, Model> = BTreeMap::new();
         let root_roots: Vec<PathBuf> = paths.models.iter().map(|f| dir.join(f)).collect();
-        load_models(dir, &root_roots, configs, None, &mut by_name)?;
+        load_models(dir, &root_roots, configs, None, &project.vars, &mut by_name)?;
         let mut yml_roots: Vec<PathBuf> = paths
             .models
             .iter()
@@ -738,8 +799,7 @@ impl ModelProject {
                 &pkg.name,
             ));
             let roots: Vec<PathBuf> = pkg.model_paths.iter().map(|f| pkg.dir.join(f)).collect();
-            load_models(dir, &roots, &pkg_configs, Some(&pkg.name), &mut by_name)?;
-            yml_roots.extend(roots);
+            yml_roots.extend(roots.iter().cloned());
             yml_roots.extend(pkg.seed_paths.iter().map(|f| pkg.dir.join(f)));
             seed_roots.extend(
                 pkg.seed_paths
@@ -759,6 +819,14 @@ impl ModelProject {
                     vars.insert(k.clone(), v.clone());
                 }
             }
+            load_models(
+                dir,
+                &roots,
+                &pkg_configs,
+                Some(&pkg.name),
+                &vars,
+                &mut by_name,
+            )?;
             project.package_vars.insert(pkg.name.clone(), vars);
         }
 
@@ -881,11 +949,57 @@ impl ModelProject {
         }
         project.models = by_name.into_values().collect();
 
+        // dbt_project.yml's `seeds:` tree: +enabled (Jinja allowed) and
+        // +column_types by folder, the project's own and packages'.
         let mut seed_files = Vec::new();
-        for (root, _) in &seed_roots {
-            seed_files.extend(files(root, &["csv"])?);
+        for (root, pkg) in &seed_roots {
+            let owner = pkg.clone().unwrap_or_else(|| own.clone());
+            let tree = crate::project::dbt::folder_configs(root_file.seeds.as_ref(), &owner);
+            let vars = match pkg {
+                Some(p) => project.package_vars.get(p).cloned().unwrap_or_default(),
+                None => project.vars.clone(),
+            };
+            for path in files(root, &["csv"])? {
+                let folders: Vec<String> = path
+                    .parent()
+                    .and_then(|p| p.strip_prefix(root).ok())
+                    .map(|p| p.iter().map(|c| c.to_string_lossy().into_owned()).collect())
+                    .unwrap_or_default();
+                let mut enabled = true;
+                let mut types = BTreeMap::new();
+                for (prefix, settings) in &tree {
+                    if !folders.starts_with(prefix) {
+                        continue;
+                    }
+                    let origin = format!("dbt_project.yml seeds settings for {owner}");
+                    for (k, v) in settings {
+                        match (k.as_str(), render_config(v, &vars, &origin)?) {
+                            ("enabled", Yaml::Bool(b)) => enabled = b,
+                            ("enabled", other) => {
+                                return Err(Error::Input(format!(
+                                    "{origin}: +enabled is {other:?}; expected true or false"
+                                )));
+                            }
+                            ("column_types", Yaml::Mapping(m)) => {
+                                for (c, t) in m {
+                                    if let (Some(c), Some(t)) = (c.as_str(), t.as_str()) {
+                                        types.insert(c.to_string(), t.to_string());
+                                    }
+                                }
+                            }
+                            // schema, alias, quote_columns, docs, tags...: do not change what ferry loads.
+                            _ => {}
+                        }
+                    }
+                }
+                if enabled {
+                    seed_files.push((path, types));
+                } else if let Some(stem) = path.file_stem() {
+                    project.disabled.insert(stem.to_string_lossy().into_owned());
+                }
+            }
         }
-        for path in seed_files {
+        for (path, tree_types) in seed_files {
             let name = path
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
@@ -903,8 +1017,10 @@ impl ModelProject {
                     rel(dir, &path)
                 )));
             }
+            let mut column_types = tree_types;
+            column_types.extend(seed_types.remove(&name).unwrap_or_default());
             project.seeds.push(Seed {
-                column_types: seed_types.remove(&name).unwrap_or_default(),
+                column_types,
                 name,
                 path,
             });
@@ -1176,6 +1292,7 @@ fn load_models(
     roots: &[PathBuf],
     configs: &[(Vec<String>, BTreeMap<String, Yaml>)],
     package: Option<&str>,
+    vars: &BTreeMap<String, serde_json::Value>,
     by_name: &mut BTreeMap<String, Model>,
 ) -> Result<()> {
     for root in roots {
@@ -1194,7 +1311,7 @@ fn load_models(
                         (None, false) => format!("project model settings for {}", prefix.join("/")),
                     };
                     for (k, v) in settings {
-                        config.apply(k, v, &origin)?;
+                        config.apply(k, &render_config(v, vars, &origin)?, &origin)?;
                     }
                 }
             }

@@ -1359,3 +1359,51 @@ fn artifacts_and_state_modified_select_what_changed() {
     let e = text(&ferry(&dir, &["run", "--select", "state:modified"]));
     assert!(e.contains("needs --state DIR"), "{e}");
 }
+
+/// The `seeds:` tree of dbt_project.yml, with Jinja as real projects write
+/// it: `+enabled: "{{ var('load_source_data', false) }}"` loads the seeds
+/// only with `--vars '{"load_source_data": true}'`; `+column_types` applies.
+#[test]
+fn seeds_tree_configs_render_jinja_with_vars() {
+    let (_tmp, dir) = copy_fixture("dbt_jaffle");
+    let yml = std::fs::read_to_string(dir.join("dbt_project.yml")).unwrap();
+    std::fs::write(
+        dir.join("dbt_project.yml"),
+        format!(
+            "{yml}\nseeds:\n  jaffle_shop:\n    +schema: raw\n    +enabled: \"{{{{ var('load_source_data', false) }}}}\"\n    +column_types:\n      id: varchar\n"
+        ),
+    )
+    .unwrap();
+    // Off by default: the models that ref the seeds say so, as dbt does.
+    let e = text(&ferry(&dir, &["seed"]));
+    assert!(
+        e.contains("ref('raw_customers') names a node that is disabled"),
+        "{e}"
+    );
+    let out = ok(ferry(
+        &dir,
+        &["seed", "--vars", "{\"load_source_data\": true}"],
+    ));
+    assert!(
+        out.contains("seed raw_orders") && out.contains("seed raw_customers"),
+        "{out}"
+    );
+    assert_eq!(
+        csv(
+            &dir,
+            "select arrow_typeof(id) like 'Utf8%' as text from raw_orders limit 1"
+        ),
+        "text\ntrue\n"
+    );
+    // A value that is not a boolean after rendering is refused with where it is.
+    std::fs::write(
+        dir.join("dbt_project.yml"),
+        format!("{yml}\nseeds:\n  jaffle_shop:\n    +enabled: \"{{{{ 'maybe' }}}}\"\n"),
+    )
+    .unwrap();
+    let e = text(&ferry(&dir, &["seed"]));
+    assert!(
+        e.contains("seeds settings for jaffle_shop: +enabled"),
+        "{e}"
+    );
+}
