@@ -237,6 +237,7 @@ async fn bench_run(rows: usize) {
         RunOptions {
             threads: 4,
             full_refresh: false,
+            test_each: false,
         },
         |_| {},
     )

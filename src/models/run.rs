@@ -31,6 +31,10 @@ pub struct RunOptions {
     pub threads: usize,
     /// Rebuild incremental models from scratch.
     pub full_refresh: bool,
+    /// Run each model's data tests as soon as it is built (`ferry build`,
+    /// as dbt build does): a failing error-severity test fails the model,
+    /// so its children are skipped.
+    pub test_each: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,7 +197,29 @@ pub async fn run(
             running.spawn(async move {
                 let started_at = Utc::now();
                 let t = Instant::now();
-                let outcome = build(&ws, &ctx, &lake, &name, options.full_refresh).await;
+                let mut outcome = build(&ws, &ctx, &lake, &name, options.full_refresh).await;
+                if options.test_each && outcome.is_ok() {
+                    // Tests that cannot run yet (a relationship to a model
+                    // not built) are left to the test stage; failures block.
+                    let only = BTreeSet::from([name.clone()]);
+                    if let Ok(tests) = super::datatest::run(&ws, &ctx, &only).await {
+                        let failing: Vec<String> = tests
+                            .iter()
+                            .filter(|t| {
+                                t.error.is_none()
+                                    && t.failures > 0
+                                    && t.severity == super::project::Severity::Error
+                            })
+                            .map(|t| format!("{} ({} failing rows)", t.name, t.failures))
+                            .collect();
+                        if !failing.is_empty() {
+                            outcome = Err(Error::Input(format!(
+                                "built, but its tests failed, so its children were not built: {}",
+                                failing.join(", ")
+                            )));
+                        }
+                    }
+                }
                 let materialized = ws
                     .model(&name)
                     .map(|m| m.config.materialized)

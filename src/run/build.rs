@@ -214,7 +214,16 @@ pub async fn build(
     }
     let t = Instant::now();
     println!("== run");
-    match super::models::run_models(project, &lake, args, opts.threads, opts.full_refresh).await {
+    match super::models::run_models_with(
+        project,
+        &lake,
+        args,
+        opts.threads,
+        opts.full_refresh,
+        true,
+    )
+    .await
+    {
         Ok(results) => {
             let bad = results
                 .iter()

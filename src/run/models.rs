@@ -247,6 +247,19 @@ pub async fn run_models(
     threads: usize,
     full_refresh: bool,
 ) -> Result<Vec<run::ModelResult>> {
+    run_models_with(project, lake, args, threads, full_refresh, false).await
+}
+
+/// [`run_models`], with each model's data tests run as soon as it is built
+/// when `test_each` (a failing error-severity test skips its children).
+pub async fn run_models_with(
+    project: &Project,
+    lake: &Lake,
+    args: &SelectArgs,
+    threads: usize,
+    full_refresh: bool,
+    test_each: bool,
+) -> Result<Vec<run::ModelResult>> {
     let lake = lake.clone();
     let (ws, selected) = load(project, args)?;
     let selected: BTreeSet<String> = selected
@@ -273,6 +286,7 @@ pub async fn run_models(
         RunOptions {
             threads,
             full_refresh,
+            test_each,
         },
         |r| {
             let rows = r.rows.map(|n| format!("{n} rows")).unwrap_or_default();

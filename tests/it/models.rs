@@ -1407,3 +1407,38 @@ fn seeds_tree_configs_render_jinja_with_vars() {
         "{e}"
     );
 }
+
+/// `ferry build` runs a model's data tests as soon as it is built, as
+/// `dbt build` does: a failing error-severity test fails the model and its
+/// children are skipped (a warn-severity one does not).
+#[test]
+fn build_tests_a_model_before_its_children() {
+    let (_tmp, dir) = copy_fixture("dbt_packages");
+    std::fs::write(
+        dir.join("models/orders_child.sql"),
+        "select id, amount from {{ ref('orders') }}",
+    )
+    .unwrap();
+    // The warn-severity range test fails on 25.00 but does not block.
+    let out = ok(ferry(&dir, &["build", "--skip-sync"]));
+    assert!(out.contains("OK    orders_child"), "{out}");
+    let schema = std::fs::read_to_string(dir.join("models/schema.yml")).unwrap();
+    std::fs::write(
+        dir.join("models/schema.yml"),
+        schema.replace("severity: warn", "severity: error"),
+    )
+    .unwrap();
+    std::fs::remove_dir_all(dir.join("lake/models/orders_child")).unwrap();
+    let o = ferry(&dir, &["build", "--skip-sync"]);
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        out.contains("built, but its tests failed, so its children were not built: fixture_utils_accepted_range_orders_amount (1 failing rows)")
+            && out.contains("SKIP  orders_child"),
+        "{out}"
+    );
+    assert!(!dir.join("lake/models/orders_child").exists());
+    // `ferry run` alone builds without testing, as dbt run does.
+    let out = ok(ferry(&dir, &["run"]));
+    assert!(out.contains("OK    orders_child"), "{out}");
+}
