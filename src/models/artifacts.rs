@@ -15,22 +15,22 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::Workspace;
+use super::{ModelProject, Workspace};
 use crate::error::{Error, Result};
 
 fn sha256(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
-/// Each node's unique id, by name (models, seeds, snapshots).
-pub fn unique_ids(ws: &Workspace) -> std::collections::BTreeMap<String, String> {
-    let own = ws
-        .project
+/// Each node's unique id, by name (models, seeds, snapshots), as dbt
+/// writes them: `model.<package>.<name>`.
+pub fn unique_ids(project: &ModelProject) -> std::collections::BTreeMap<String, String> {
+    let own = project
         .namespaces
         .last()
         .map(|(n, _)| n.clone())
         .unwrap_or_default();
-    ws.project
+    project
         .models
         .iter()
         .map(|m| {
@@ -38,13 +38,13 @@ pub fn unique_ids(ws: &Workspace) -> std::collections::BTreeMap<String, String> 
             (m.name.clone(), format!("model.{pkg}.{}", m.name))
         })
         .chain(
-            ws.project
+            project
                 .seeds
                 .iter()
                 .map(|s| (s.name.clone(), format!("seed.{own}.{}", s.name))),
         )
         .chain(
-            ws.project
+            project
                 .snapshots
                 .iter()
                 .map(|s| (s.name.clone(), format!("snapshot.{own}.{}", s.name))),
@@ -58,7 +58,7 @@ pub fn manifest(ws: &Workspace) -> Value {
     let schema = target["schema"].as_str().unwrap_or("main").to_string();
     let database = target["database"].as_str().unwrap_or("lake").to_string();
     let mut nodes = ws.project.graph["nodes"].clone();
-    let ids = unique_ids(ws);
+    let ids = unique_ids(&ws.project);
     if let Some(map) = nodes.as_object_mut() {
         for m in &ws.project.models {
             let Some(node) = ids.get(&m.name).and_then(|id| map.get_mut(id)) else {
@@ -81,8 +81,15 @@ pub fn manifest(ws: &Workspace) -> Value {
         }
         for s in &ws.project.seeds {
             if let Some(node) = ids.get(&s.name).and_then(|id| map.get_mut(id)) {
-                let text = std::fs::read_to_string(&s.path).unwrap_or_default();
-                node["checksum"] = json!({"name": "sha256", "checksum": sha256(&text)});
+                // As dbt: a seed over 1 MiB is checksummed by its path, so
+                // every command does not read it whole.
+                let size = std::fs::metadata(&s.path).map(|m| m.len()).unwrap_or(0);
+                node["checksum"] = if size > 1 << 20 {
+                    json!({"name": "path", "checksum": s.path.display().to_string()})
+                } else {
+                    let text = std::fs::read_to_string(&s.path).unwrap_or_default();
+                    json!({"name": "sha256", "checksum": sha256(&text)})
+                };
                 node["schema"] = json!(schema);
                 node["alias"] = json!(s.name);
             }
@@ -205,7 +212,7 @@ pub fn state_selection(ws: &Workspace, method: &str, state_dir: &Path) -> Result
     let old: Value = serde_json::from_str(&text)
         .map_err(|e| Error::Input(format!("{}: not a manifest: {e}", path.display())))?;
     let now = manifest(ws);
-    let ids = unique_ids(ws);
+    let ids = unique_ids(&ws.project);
     let mut out = BTreeSet::new();
     for (name, id) in ids {
         let before = &old["nodes"][&id];

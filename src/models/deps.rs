@@ -141,18 +141,9 @@ fn render_env(text: &str, shown: &str) -> Result<String> {
         return Ok(text.to_string());
     }
     let mut env = minijinja::Environment::new();
-    env.add_function(
+    env.add_global(
         "env_var",
-        |name: String, default: Option<String>| -> std::result::Result<String, minijinja::Error> {
-            match (std::env::var(&name), default) {
-                (Ok(v), _) => Ok(v),
-                (Err(_), Some(d)) => Ok(d),
-                (Err(_), None) => Err(minijinja::Error::new(
-                    minijinja::ErrorKind::UndefinedError,
-                    format!("env_var('{name}') is not set: export it"),
-                )),
-            }
-        },
+        super::render::env_var_function(Default::default()),
     );
     env.render_str(text, ())
         .map_err(|e| Error::Input(format!("{shown}: {e}")))

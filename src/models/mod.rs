@@ -106,29 +106,7 @@ impl Workspace {
         first.retain(|n, _| mp.models.iter().any(|m| &m.name == n));
         let dag = Dag::build(&mp, &first)?;
         // The graph's edges, now that every model has rendered once.
-        let own = mp
-            .namespaces
-            .last()
-            .map(|(n, _)| n.clone())
-            .unwrap_or_default();
-        let ids: BTreeMap<String, String> = mp
-            .models
-            .iter()
-            .map(|m| {
-                let pkg = m.package.clone().unwrap_or_else(|| own.clone());
-                (m.name.clone(), format!("model.{pkg}.{}", m.name))
-            })
-            .chain(
-                mp.seeds
-                    .iter()
-                    .map(|s| (s.name.clone(), format!("seed.{own}.{}", s.name))),
-            )
-            .chain(
-                mp.snapshots
-                    .iter()
-                    .map(|s| (s.name.clone(), format!("snapshot.{own}.{}", s.name))),
-            )
-            .collect();
+        let ids = artifacts::unique_ids(&mp);
         for (name, parents) in &dag.parents {
             if let (Some(id), Some(nodes)) = (ids.get(name), mp.graph.get_mut("nodes"))
                 && let Some(node) = nodes.get_mut(id)

@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_yaml_ng::Value as Yaml;
@@ -158,7 +159,7 @@ impl ModelConfig {
     }
 }
 
-fn strings(v: &Yaml) -> Option<Vec<String>> {
+pub(crate) fn strings(v: &Yaml) -> Option<Vec<String>> {
     match v {
         Yaml::String(s) => Some(vec![s.clone()]),
         Yaml::Sequence(items) => items
@@ -474,35 +475,10 @@ fn render_config(
     match v {
         Yaml::String(t) if t.contains("{{") || t.contains("{%") => {
             let mut env = minijinja::Environment::new();
-            let vars = vars.clone();
-            env.add_function(
-                "var",
-                move |name: String,
-                      default: Option<minijinja::Value>|
-                      -> std::result::Result<minijinja::Value, minijinja::Error> {
-                    match vars.get(&name) {
-                        Some(v) => Ok(minijinja::Value::from_serialize(v)),
-                        None => default.ok_or_else(|| {
-                            minijinja::Error::new(
-                                minijinja::ErrorKind::UndefinedError,
-                                format!("var('{name}') is not set: pass --vars or give a default"),
-                            )
-                        }),
-                    }
-                },
-            );
-            env.add_function(
+            env.add_global("var", super::render::var_function(Arc::new(vars.clone())));
+            env.add_global(
                 "env_var",
-                |name: String,
-                 default: Option<String>|
-                 -> std::result::Result<String, minijinja::Error> {
-                    std::env::var(&name).ok().or(default).ok_or_else(|| {
-                        minijinja::Error::new(
-                            minijinja::ErrorKind::UndefinedError,
-                            format!("env_var('{name}') is not set"),
-                        )
-                    })
-                },
+                super::render::env_var_function(Default::default()),
             );
             let out = env
                 .render_str(t, ())

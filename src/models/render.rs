@@ -617,8 +617,30 @@ impl minijinja::value::Object for Adapter {
     }
 }
 
+/// dbt's `env_var(name, default)`, with a unit test's `overrides` first.
+/// Also used where dbt renders YAML (packages.yml, dbt_project.yml).
+pub(crate) fn env_var_function(overrides: BTreeMap<String, String>) -> Value {
+    Value::from_function(
+        move |name: String, default: Option<String>| -> Result<String, minijinja::Error> {
+            if let Some(v) = overrides.get(&name) {
+                return Ok(v.clone());
+            }
+            match (std::env::var(&name), default) {
+                (Ok(v), _) => Ok(v),
+                (Err(_), Some(d)) => Ok(d),
+                (Err(_), None) => Err(minijinja::Error::new(
+                    ErrorKind::UndefinedError,
+                    format!(
+                        "env_var('{name}') is not set: export it, or give a default: env_var('{name}', 'x')"
+                    ),
+                )),
+            }
+        },
+    )
+}
+
 /// `var(name, default)` over one scope of vars.
-fn var_function(vars: Arc<BTreeMap<String, serde_json::Value>>) -> Value {
+pub(crate) fn var_function(vars: Arc<BTreeMap<String, serde_json::Value>>) -> Value {
     Value::from_function(
         move |name: String, default: Option<Value>| -> Result<Value, minijinja::Error> {
             match vars.get(&name) {
@@ -1088,22 +1110,9 @@ pub fn render(model: &Model, ctx: &RenderContext<'_>) -> Result<Rendered> {
     env.add_function("return", return_value);
     env.add_function("__returning", |m: Value| Value::from_object(Returning(m)));
     // The parts of dbt's context real projects lean on.
-    let env_overrides = ctx.unit.map(|u| u.env_vars.clone()).unwrap_or_default();
-    env.add_function(
+    env.add_global(
         "env_var",
-        move |name: String, default: Option<String>| -> Result<String, minijinja::Error> {
-            if let Some(v) = env_overrides.get(&name) {
-                return Ok(v.clone());
-            }
-            match (std::env::var(&name), default) {
-                (Ok(v), _) => Ok(v),
-                (Err(_), Some(d)) => Ok(d),
-                (Err(_), None) => Err(minijinja::Error::new(
-                    ErrorKind::UndefinedError,
-                    format!("env_var('{name}') is not set: export it, or give a default: env_var('{name}', 'x')"),
-                )),
-            }
-        },
+        env_var_function(ctx.unit.map(|u| u.env_vars.clone()).unwrap_or_default()),
     );
     env.add_function("log", |msg: Value, rest: Rest<Value>| {
         // log(msg, true) or log(msg, info=true)

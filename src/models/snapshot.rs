@@ -26,7 +26,7 @@ use datafusion::execution::context::SessionContext;
 use serde_yaml_ng::Value as Yaml;
 
 use super::delta::{self, SNAPSHOTS};
-use super::project::{Model, ModelConfig};
+use super::project::{Model, ModelConfig, strings};
 use super::render::{self, Resolver};
 use super::{Workspace, model_error, query_only};
 use crate::error::{Error, Result};
@@ -73,17 +73,6 @@ pub struct Resolved {
     /// SQL for `dbt_valid_to` of current rows (default NULL).
     pub valid_to_current: Option<String>,
     pub enabled: bool,
-}
-
-fn strings(v: &Yaml) -> Option<Vec<String>> {
-    match v {
-        Yaml::String(s) => Some(vec![s.clone()]),
-        Yaml::Sequence(items) => items
-            .iter()
-            .map(|i| i.as_str().map(str::to_string))
-            .collect(),
-        _ => None,
-    }
 }
 
 /// Resolve `config` (YAML settings, then the block's `config(...)`).
