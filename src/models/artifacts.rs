@@ -37,12 +37,10 @@ pub fn unique_ids(project: &ModelProject) -> std::collections::BTreeMap<String, 
             let pkg = m.package.clone().unwrap_or_else(|| own.clone());
             (m.name.clone(), format!("model.{pkg}.{}", m.name))
         })
-        .chain(
-            project
-                .seeds
-                .iter()
-                .map(|s| (s.name.clone(), format!("seed.{own}.{}", s.name))),
-        )
+        .chain(project.seeds.iter().map(|s| {
+            let pkg = s.package.as_deref().unwrap_or(&own);
+            (s.name.clone(), format!("seed.{pkg}.{}", s.name))
+        }))
         .chain(
             project
                 .snapshots
@@ -50,6 +48,15 @@ pub fn unique_ids(project: &ModelProject) -> std::collections::BTreeMap<String, 
                 .map(|s| (s.name.clone(), format!("snapshot.{own}.{}", s.name))),
         )
         .collect()
+}
+
+/// A node's `(schema, alias)`; an ephemeral model has none of its own.
+fn relation_of(ws: &Workspace, name: &str, target_schema: &str) -> (String, String) {
+    ws.project
+        .relations
+        .get(name)
+        .cloned()
+        .unwrap_or_else(|| (target_schema.to_string(), name.to_string()))
 }
 
 /// The manifest of `ws`.
@@ -67,10 +74,11 @@ pub fn manifest(ws: &Workspace) -> Value {
             node["raw_code"] = json!(m.sql);
             node["language"] = json!("sql");
             node["checksum"] = json!({"name": "sha256", "checksum": sha256(&m.sql)});
+            let (schema, alias) = relation_of(ws, &m.name, &schema);
             node["schema"] = json!(schema);
             node["database"] = json!(database);
-            node["alias"] = json!(m.name);
-            node["relation_name"] = json!(m.name);
+            node["alias"] = json!(alias);
+            node["relation_name"] = json!(format!("\"{database}\".\"{schema}\".\"{alias}\""));
             let mut fqn = vec![node["package_name"].clone()];
             let folders: Vec<&str> = m.path.split('/').collect();
             for f in folders.iter().skip(1).take(folders.len().saturating_sub(2)) {
@@ -90,12 +98,20 @@ pub fn manifest(ws: &Workspace) -> Value {
                     let text = std::fs::read_to_string(&s.path).unwrap_or_default();
                     json!({"name": "sha256", "checksum": sha256(&text)})
                 };
+                let (schema, alias) = relation_of(ws, &s.name, &schema);
                 node["schema"] = json!(schema);
-                node["alias"] = json!(s.name);
+                node["database"] = json!(database);
+                node["alias"] = json!(alias);
+                node["relation_name"] = json!(format!("\"{database}\".\"{schema}\".\"{alias}\""));
             }
         }
         for s in &ws.project.snapshots {
             if let Some(node) = ids.get(&s.name).and_then(|id| map.get_mut(id)) {
+                let (schema, alias) = relation_of(ws, &s.name, &schema);
+                node["schema"] = json!(schema);
+                node["database"] = json!(database);
+                node["alias"] = json!(alias);
+                node["relation_name"] = json!(format!("\"{database}\".\"{schema}\".\"{alias}\""));
                 node["raw_code"] = json!(s.sql);
                 node["checksum"] = json!({"name": "sha256", "checksum": sha256(&s.sql)});
             }

@@ -42,6 +42,8 @@ pub struct ModelDoc {
     pub name: String,
     pub path: String,
     pub materialized: String,
+    /// Where dbt would create it (`schema.alias`); none for an ephemeral.
+    pub relation: Option<String>,
     pub tags: Vec<String>,
     pub description: Option<String>,
     pub depends_on: Vec<String>,
@@ -197,11 +199,20 @@ pub async fn manifest(ws: &Workspace, ctx: &SessionContext, lake: &Lake) -> Resu
             ctx.deregister_table(name.as_str())?;
             ctx.register_table(name.as_str(), Arc::new(EmptyTable::new(schema)))?;
         }
+        // `docs: {show: false}`: built and traced, not listed.
+        if model.config.docs_hidden {
+            continue;
+        }
         let first = ws.first.get(&name);
         models.push(ModelDoc {
             name: name.clone(),
             path: model.path.clone(),
             materialized: model.config.materialized.as_str().to_string(),
+            relation: ws
+                .project
+                .relations
+                .get(&name)
+                .map(|(s, a)| format!("{s}.{a}")),
             tags: model.config.tags.clone(),
             description: model.description.clone(),
             depends_on: ws
@@ -285,11 +296,16 @@ pub fn html(m: &Manifest) -> String {
                 .join(", ")
         };
         h.push_str(&format!(
-            "<section id=\"{}\"><h2>{}</h2><p><code>{}</code> · {} {}</p>",
+            "<section id=\"{}\"><h2>{}</h2><p><code>{}</code> · {}{} {}</p>",
             esc(&model.name),
             esc(&model.name),
             esc(&model.path),
             esc(&model.materialized),
+            model
+                .relation
+                .as_ref()
+                .map(|r| format!(" as <code>{}</code>", esc(r)))
+                .unwrap_or_default(),
             model
                 .tags
                 .iter()

@@ -16,6 +16,7 @@ pub mod deps;
 pub use crate::engine::delta;
 pub mod docs;
 pub mod project;
+pub mod relation;
 pub mod render;
 pub mod run;
 pub mod seed;
@@ -104,6 +105,13 @@ impl Workspace {
         }
         mp.models.retain(|m| m.config.enabled);
         first.retain(|n, _| mp.models.iter().any(|m| &m.name == n));
+        // Snapshots' settings, their blocks' `config(...)` included, name them.
+        let mut snapshot_config = BTreeMap::new();
+        for snap in &mp.snapshots {
+            let (_, config, _) = snapshot::render_query(&mp, snap)?;
+            snapshot_config.insert(snap.name.clone(), config);
+        }
+        relation::name_models(&mut mp, &snapshot_config)?;
         let dag = Dag::build(&mp, &first)?;
         // The graph's edges, now that every model has rendered once.
         let ids = artifacts::unique_ids(&mp);
@@ -256,6 +264,7 @@ impl Workspace {
             // An existing incremental table stays registered: `{{ this }}` reads it.
             if !incremental && model.config.materialized != Materialized::Ephemeral {
                 register_view(ctx, &name, plan, &sql)?;
+                relation::register_one(ctx, &self.project, &name).await?;
             }
             if selected.contains(&name) {
                 out.push((name, sql));
@@ -285,7 +294,7 @@ impl Workspace {
                 Err(e) => tracing::warn!("view {name} is not queryable: {e}"),
             }
         }
-        Ok(())
+        relation::register(ctx, &self.project).await
     }
 }
 

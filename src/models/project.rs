@@ -83,6 +83,12 @@ pub struct ModelConfig {
     /// `contract: {enforced: true}`: the output must have exactly the
     /// declared columns and types.
     pub contract_enforced: bool,
+    /// `+schema`: the custom schema handed to `generate_schema_name`.
+    pub schema: Option<String>,
+    /// `+alias`: the custom name handed to `generate_alias_name`.
+    pub alias: Option<String>,
+    /// `docs: {show: false}`: left out of `ferry docs`.
+    pub docs_hidden: bool,
 }
 
 impl ModelConfig {
@@ -144,14 +150,34 @@ impl ModelConfig {
                     .and_then(|e| e.as_bool())
                     .ok_or_else(|| bad("must be {enforced: true} or {enforced: false}"))?
             }
+            "schema" | "alias" => {
+                let text = match value {
+                    Yaml::Null => None,
+                    Yaml::String(s) if s.trim().is_empty() => None,
+                    Yaml::String(s) => Some(s.trim().to_string()),
+                    _ => return Err(bad("must be a name")),
+                };
+                if key == "schema" {
+                    self.schema = text;
+                } else {
+                    self.alias = text;
+                }
+            }
+            "docs" => {
+                if let Some(show) = value.get("show") {
+                    self.docs_hidden = !show
+                        .as_bool()
+                        .ok_or_else(|| bad("show must be true or false"))?;
+                }
+            }
             // dbt settings that do not change what ferry does.
-            "schema" | "database" | "alias" | "docs" | "meta" | "persist_docs" | "grants"
-            | "on_schema_change" | "full_refresh" | "description" | "post-hook" | "pre-hook"
-            | "group" | "access" | "file_format" | "quoting" => {}
+            "database" | "meta" | "persist_docs" | "grants" | "on_schema_change"
+            | "full_refresh" | "description" | "post-hook" | "pre-hook" | "group" | "access"
+            | "file_format" | "quoting" => {}
             other => {
                 return Err(Error::Input(format!(
                     "{origin}: unknown config `{other}`; ferry knows materialized, unique_key, \
-                     incremental_strategy, tags and enabled"
+                     incremental_strategy, tags, enabled, contract, schema and alias"
                 )));
             }
         }
@@ -220,6 +246,11 @@ pub struct Seed {
     pub path: PathBuf,
     /// Column type overrides (`column_types:` in YAML), as SQL types.
     pub column_types: BTreeMap<String, String>,
+    /// `+schema` and `+alias` (see [`super::relation`]).
+    pub schema: Option<String>,
+    pub alias: Option<String>,
+    /// The package in `dbt_packages/` it comes from (`None`: the project's own).
+    pub package: Option<String>,
 }
 
 /// One singular test: a query that returns failing rows.
@@ -274,6 +305,9 @@ pub struct ModelProject {
     /// Each package's vars: its own `dbt_project.yml` defaults, under the
     /// project's (global, and those under the package's name) and `--vars`.
     pub package_vars: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
+    /// Each seed's, persisted or view model's and snapshot's relation
+    /// `(schema, alias)`, by node name (see [`super::relation`]).
+    pub relations: BTreeMap<String, (String, String)>,
 }
 
 impl ModelProject {
@@ -807,6 +841,8 @@ impl ModelProject {
         }
 
         let mut seed_types: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        // Seeds' `schema` and `alias` from schema files, by seed name.
+        let mut seed_names: BTreeMap<String, BTreeMap<&str, String>> = BTreeMap::new();
         // Legacy `{% snapshot %}` blocks first; YAML may then describe them.
         for (_, path) in in_all(&paths.snapshots, &["sql"])? {
             let relpath = rel(dir, &path);
@@ -913,6 +949,20 @@ impl ModelProject {
                 }
             }
             for node in file.seeds {
+                for key in ["schema", "alias"] {
+                    if let Some(v) = node.config.get(key) {
+                        let v = v.as_str().map(|s| s.trim().to_string()).ok_or_else(|| {
+                            Error::Input(format!(
+                                "{relpath}: seed {}: config `{key}` must be a name",
+                                node.name
+                            ))
+                        })?;
+                        seed_names
+                            .entry(node.name.clone())
+                            .or_default()
+                            .insert(key, v);
+                    }
+                }
                 if let Some(Yaml::Mapping(types)) = node.config.get("column_types") {
                     let entry = seed_types.entry(node.name.clone()).or_default();
                     for (k, v) in types {
@@ -943,6 +993,7 @@ impl ModelProject {
                     .unwrap_or_default();
                 let mut enabled = true;
                 let mut types = BTreeMap::new();
+                let mut names: BTreeMap<&str, String> = BTreeMap::new();
                 for (prefix, settings) in &tree {
                     if !folders.starts_with(prefix) {
                         continue;
@@ -963,19 +1014,23 @@ impl ModelProject {
                                     }
                                 }
                             }
-                            // schema, alias, quote_columns, docs, tags...: do not change what ferry loads.
+                            (key @ ("schema" | "alias"), Yaml::String(v)) => {
+                                let key = if key == "schema" { "schema" } else { "alias" };
+                                names.insert(key, v.trim().to_string());
+                            }
+                            // quote_columns, docs, tags...: do not change what ferry loads.
                             _ => {}
                         }
                     }
                 }
                 if enabled {
-                    seed_files.push((path, types));
+                    seed_files.push((path, types, names, pkg.clone()));
                 } else if let Some(stem) = path.file_stem() {
                     project.disabled.insert(stem.to_string_lossy().into_owned());
                 }
             }
         }
-        for (path, tree_types) in seed_files {
+        for (path, tree_types, mut names, package) in seed_files {
             let name = path
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
@@ -995,10 +1050,14 @@ impl ModelProject {
             }
             let mut column_types = tree_types;
             column_types.extend(seed_types.remove(&name).unwrap_or_default());
+            names.extend(seed_names.remove(&name).unwrap_or_default());
             project.seeds.push(Seed {
                 column_types,
                 name,
                 path,
+                schema: names.remove("schema"),
+                alias: names.remove("alias"),
+                package,
             });
         }
 
@@ -1059,14 +1118,41 @@ impl ModelProject {
         }
         project.graph = graph(&project, &own);
         project.target = target(dir)?;
+        super::relation::name_seeds(&mut project)?;
         project.source_map = super::render::SourceMap {
             declared: project
                 .sources
                 .iter()
                 .map(|(k, t)| (k.clone(), (t.schema.clone(), t.identifier.clone())))
                 .collect(),
-            seeds: project.seeds.iter().map(|s| s.name.clone()).collect(),
+            seeds: project
+                .relations
+                .iter()
+                .map(|(name, rel)| (rel.clone(), name.clone()))
+                .collect(),
         };
+        // A source that names a seed by identifier but not by schema reads
+        // a lake stream, as dbt would read that table: say so.
+        for t in project.sources.values() {
+            let Some(seed) = project.seeds.iter().find(|s| {
+                project.relations.get(&s.name).map(|r| &r.1) == Some(&t.identifier.to_lowercase())
+            }) else {
+                continue;
+            };
+            if let super::render::SourceTarget::Stream(stream) =
+                project.source_map.target(&t.source, &t.name)
+            {
+                let (schema, alias) = &project.relations[&seed.name];
+                tracing::warn!(
+                    "{}: source {}.{} reads the lake stream {stream}, not seed {} (created as \
+                     {schema}.{alias}); to read the seed, give the source schema: {schema}",
+                    t.origin,
+                    t.source,
+                    t.name,
+                    seed.name
+                );
+            }
+        }
         Ok(project)
     }
 
@@ -1183,9 +1269,10 @@ fn graph(project: &ModelProject, own: &str) -> serde_json::Value {
         );
     }
     for s in &project.seeds {
+        let pkg = s.package.as_deref().unwrap_or(own);
         nodes.insert(
-            format!("seed.{own}.{}", s.name),
-            json!({"unique_id": format!("seed.{own}.{}", s.name), "resource_type": "seed", "name": s.name, "package_name": own, "config": {"materialized": "seed"}, "depends_on": {"nodes": []}}),
+            format!("seed.{pkg}.{}", s.name),
+            json!({"unique_id": format!("seed.{pkg}.{}", s.name), "resource_type": "seed", "name": s.name, "package_name": pkg, "config": {"materialized": "seed", "schema": s.schema, "alias": s.alias}, "depends_on": {"nodes": []}}),
         );
     }
     for s in &project.snapshots {

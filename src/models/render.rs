@@ -976,9 +976,38 @@ impl minijinja::value::Object for PyRe {
 pub struct SourceMap {
     /// (source, table) → (schema, identifier).
     pub declared: BTreeMap<(String, String), (String, String)>,
-    /// Seeds: a declared source whose identifier names a seed reads the seed
-    /// (dbt projects load their raw data as seeds into the source's schema).
-    pub seeds: std::collections::BTreeSet<String>,
+    /// Seeds by relation (schema, alias): a declared source naming a seed's
+    /// relation reads the seed (dbt projects load their raw data as seeds
+    /// into the source's schema).
+    pub seeds: BTreeMap<(String, String), String>,
+}
+
+/// What `source()` reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceTarget {
+    /// The seed of that name.
+    Seed(String),
+    /// The lake stream `schema.identifier`.
+    Stream(String),
+}
+
+impl SourceMap {
+    /// What `source(source, table)` reads: the seed created at the declared
+    /// `schema.identifier`, else the lake stream of that name.
+    pub fn target(&self, source: &str, table: &str) -> SourceTarget {
+        let (schema, identifier) = self
+            .declared
+            .get(&(source.to_string(), table.to_string()))
+            .cloned()
+            .unwrap_or_else(|| (source.to_string(), table.to_string()));
+        match self
+            .seeds
+            .get(&(schema.to_lowercase(), identifier.to_lowercase()))
+        {
+            Some(seed) => SourceTarget::Seed(seed.clone()),
+            None => SourceTarget::Stream(format!("{schema}.{identifier}")),
+        }
+    }
 }
 
 /// A reference found while rendering, with the source line that makes it.
@@ -1049,7 +1078,6 @@ pub fn render(model: &Model, ctx: &RenderContext<'_>) -> Result<Rendered> {
     env.add_function(
         "source",
         move |source: String, stream: String| -> Result<String, minijinja::Error> {
-            let declared = sources.declared.get(&(source.clone(), stream.clone()));
             let mut c = c.lock().map_err(|_| {
                 minijinja::Error::new(ErrorKind::InvalidOperation, "source capture poisoned")
             })?;
@@ -1057,15 +1085,13 @@ pub fn render(model: &Model, ctx: &RenderContext<'_>) -> Result<Rendered> {
             if let Some(prefix) = &unit_sources {
                 return Ok(format!("{prefix}{source}__{stream}"));
             }
-            match declared {
+            match sources.target(&source, &stream) {
                 // Loaded as a seed: read it, and depend on it.
-                Some((_, identifier)) if sources.seeds.contains(identifier) => {
-                    c.refs.push(identifier.clone());
-                    Ok(resolve_seed(identifier))
+                SourceTarget::Seed(seed) => {
+                    c.refs.push(seed.clone());
+                    Ok(resolve_seed(&seed))
                 }
-                // A lake stream: <schema>.<identifier>.
-                Some((schema, identifier)) => Ok(format!("{schema}.{identifier}")),
-                None => Ok(format!("{source}.{stream}")),
+                SourceTarget::Stream(relation) => Ok(relation),
             }
         },
     );

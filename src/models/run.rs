@@ -123,6 +123,7 @@ async fn build(
                 .into_optimized_plan()
                 .map_err(|e| model_error(model, &sql, &e.to_string()))?;
             register_view(ctx, name, plan, &sql)?;
+            super::relation::register_one(ctx, &ws.project, name).await?;
             return Ok(None);
         }
         (Materialized::Incremental, Some(t)) => match model.config.strategy() {
@@ -134,6 +135,7 @@ async fn build(
         _ => delta::overwrite(lake, &url, df).await.map_err(fail)?,
     };
     delta::register(ctx, name, &table).await?;
+    super::relation::register_one(ctx, &ws.project, name).await?;
     Ok(Some(count_rows(ctx, name).await?))
 }
 
@@ -158,6 +160,7 @@ pub async fn run(
             && let Ok(plan) = plan_model(&ctx, m, &sql).await
         {
             let _ = register_view(&ctx, name, plan, &sql);
+            super::relation::register_one(&ctx, &ws.project, name).await?;
         }
     }
 

@@ -86,6 +86,7 @@ pub async fn load(
             .await
             .map_err(|e| Error::Input(format!("{}: {e}", seed.path.display())))?;
         delta::register(ctx, &seed.name, &table).await?;
+        super::relation::register_one(ctx, project, &seed.name).await?;
         let rows = super::run::count_rows(ctx, &seed.name).await?;
         out.push(SeedResult {
             name: seed.name.clone(),
@@ -110,5 +111,5 @@ pub async fn register_for_planning(
         let df = read(ctx, seed).await?;
         ctx.register_table(seed.name.as_str(), df.into_view())?;
     }
-    Ok(())
+    super::relation::register(ctx, project).await
 }

@@ -26,7 +26,7 @@ use datafusion::execution::context::SessionContext;
 use serde_yaml_ng::Value as Yaml;
 
 use super::delta::{self, SNAPSHOTS};
-use super::project::{Model, ModelConfig, strings};
+use super::project::{Model, ModelConfig, ModelProject, strings};
 use super::render::{self, Resolver};
 use super::{Workspace, model_error, query_only};
 use crate::error::{Error, Result};
@@ -211,8 +211,8 @@ fn q(id: &str) -> String {
 }
 
 /// The snapshot's query, rendered like a model (ref, source, vars, macros).
-fn render_query(
-    ws: &Workspace,
+pub(crate) fn render_query(
+    project: &ModelProject,
     snap: &Snapshot,
 ) -> Result<(String, BTreeMap<String, Yaml>, Model)> {
     let pseudo = Model {
@@ -225,7 +225,7 @@ fn render_query(
         package: None,
     };
     let resolve: Resolver = Arc::new(|n: &str| n.to_string());
-    let r = render::render(&pseudo, &ws.project.render_context(false, resolve))?;
+    let r = render::render(&pseudo, &project.render_context(false, resolve))?;
     let mut config = snap.config.clone();
     for (k, v) in r.config {
         config.insert(k, v);
@@ -242,7 +242,7 @@ pub async fn run_one(
     now: DateTime<Utc>,
 ) -> Result<SnapshotResult> {
     let started = Instant::now();
-    let (sql, config, pseudo) = render_query(ws, snap)?;
+    let (sql, config, pseudo) = render_query(&ws.project, snap)?;
     let origin = format!("{} (snapshot {})", snap.path, snap.name);
     let cfg = resolve(&config, &origin)?;
     let query = sql.trim().trim_end_matches(';').to_string();
@@ -327,6 +327,7 @@ pub async fn run_one(
             .map_err(|e| model_error(&pseudo, &select, &e.to_string()))?;
         let table = delta::overwrite(lake, &url, df).await?;
         delta::register(ctx, &snap.name, &table).await?;
+        super::relation::register_one(ctx, &ws.project, &snap.name).await?;
         let rows = super::run::count_rows(ctx, &snap.name).await?;
         return Ok(SnapshotResult {
             name: snap.name.clone(),
@@ -505,6 +506,7 @@ pub async fn run_one(
     };
     ctx.deregister_table(target_name.as_str())?;
     delta::register(ctx, &snap.name, &table).await?;
+    super::relation::register_one(ctx, &ws.project, &snap.name).await?;
     let rows = super::run::count_rows(ctx, &snap.name).await?;
     Ok(SnapshotResult {
         name: snap.name.clone(),

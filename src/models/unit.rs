@@ -27,7 +27,7 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::execution::context::SessionContext;
 use serde_yaml_ng::Value as Yaml;
 
-use super::render::{self, RenderContext, Resolver, UnitRender};
+use super::render::{self, RenderContext, Resolver, SourceTarget, UnitRender};
 use super::{Workspace, query_only};
 use crate::error::{Error, Result};
 
@@ -569,20 +569,9 @@ pub async fn run_one(
     for (input, rows) in &t.given {
         let real = match input {
             Input::Ref(n) => Some(n.clone()),
-            Input::Source(s, tb) => {
-                let (schema, ident) = ws
-                    .project
-                    .source_map
-                    .declared
-                    .get(&(s.clone(), tb.clone()))
-                    .cloned()
-                    .unwrap_or((s.clone(), tb.clone()));
-                Some(if ws.project.source_map.seeds.contains(&ident) {
-                    ident
-                } else {
-                    format!("{schema}.{ident}")
-                })
-            }
+            Input::Source(s, tb) => Some(match ws.project.source_map.target(s, tb) {
+                SourceTarget::Seed(name) | SourceTarget::Stream(name) => name,
+            }),
             Input::This => Some(t.model.clone()),
         };
         let schema = match real {

@@ -592,6 +592,10 @@ pub struct Scheduler {
     tasks: Mutex<tokio::task::JoinSet<()>>,
     stop_tx: tokio::sync::watch::Sender<bool>,
     finished: tokio::sync::broadcast::Sender<Finished>,
+    /// Held by a tick while it starts jobs: shutdown waits for it, so a job
+    /// whose lease was just taken is in `tasks` (and stopped, releasing
+    /// the lease) before shutdown waits for the tasks.
+    ticking: tokio::sync::Mutex<()>,
 }
 
 /// Takes a schedule out of the running set however its task ends (a
@@ -634,6 +638,7 @@ impl Scheduler {
             tasks: Mutex::new(tokio::task::JoinSet::new()),
             stop_tx,
             finished,
+            ticking: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -654,6 +659,7 @@ impl Scheduler {
     /// Start every schedule due at the clock's now (each in its own task);
     /// returns the ones started.
     pub async fn tick(&self) -> Vec<String> {
+        let _ticking = self.ticking.lock().await;
         let now = self.clock.now();
         let mut started = Vec::new();
         if *self.stop_tx.borrow() {
@@ -706,7 +712,11 @@ impl Scheduler {
             }
             Err(e) => return Err(e),
         };
-        // Another process may have covered this fire while we looked.
+        // Shutting down, or another process covered this fire while we looked.
+        if *self.stop_tx.borrow() {
+            lease.release().await?;
+            return Ok(false);
+        }
         let Some(state) = load_state(&self.lake, &schedule.name).await? else {
             lease.release().await?;
             return Ok(false);
@@ -810,7 +820,12 @@ impl Scheduler {
     /// stages' committed state stands; their fires run again).
     pub async fn shutdown(&self, grace: Duration) {
         let _ = self.stop_tx.send(true);
-        if tokio::time::timeout(grace, self.idle()).await.is_err() {
+        let waited = async {
+            // A tick starting jobs finishes first (it starts none after this).
+            drop(self.ticking.lock().await);
+            self.idle().await
+        };
+        if tokio::time::timeout(grace, waited).await.is_err() {
             tracing::warn!("jobs still running after {grace:?}: abandoning them");
             if let Ok(mut tasks) = self.tasks.lock() {
                 tasks.abort_all();

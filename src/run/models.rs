@@ -12,6 +12,7 @@ use super::Selection as SelectArgs;
 use crate::error::{Error, Result};
 use crate::lake::{Lake, RunId};
 use crate::models::project::Severity;
+use crate::models::render::SourceTarget;
 use crate::models::run::{self, RunOptions, Status};
 use crate::models::{Workspace, artifacts, dag, datatest, docs as model_docs, seed, unit};
 use crate::project::Project;
@@ -578,10 +579,8 @@ pub async fn source_freshness(
             i + 1,
             ".".repeat(40usize.saturating_sub(name.len()))
         );
-        let relation = if ws.project.source_map.seeds.contains(&t.identifier) {
-            t.identifier.clone()
-        } else {
-            format!("{}.{}", t.schema, t.identifier)
+        let relation = match ws.project.source_map.target(&t.source, &t.name) {
+            SourceTarget::Seed(name) | SourceTarget::Stream(name) => name,
         };
         let field = t.loaded_at_field.clone().unwrap_or_default();
         let sql = format!(

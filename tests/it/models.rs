@@ -552,6 +552,22 @@ sources:
         "select count(*) as n from {{ source('crm', 'people') }}\n",
     )
     .unwrap();
+    // The seeds are loaded into `raw` (the common generate_schema_name
+    // override: a custom schema is used as it is), where the source reads.
+    let yml = std::fs::read_to_string(dir.join("dbt_project.yml")).unwrap();
+    std::fs::write(
+        dir.join("dbt_project.yml"),
+        format!("{yml}\nseeds:\n  jaffle_shop:\n    +schema: raw\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("macros/generate_schema_name.sql"),
+        "{% macro generate_schema_name(custom_schema_name, node) -%}\n\
+         {%- if custom_schema_name is none -%}{{ target.schema }}\
+         {%- else -%}{{ custom_schema_name | trim }}{%- endif -%}\n\
+         {%- endmacro %}\n",
+    )
+    .unwrap();
     land(
         &dir,
         concat!(
@@ -564,7 +580,7 @@ sources:
     assert!(run.contains("5 succeeded, 0 failed"), "{run}");
     let seeded = csv(
         &dir,
-        "select count(*) as n, sum(amount_cents) as cents from raw_orders",
+        "select count(*) as n, sum(amount_cents) as cents from raw.raw_orders",
     );
     assert_eq!(csv(&dir, "select n, cents from order_count"), seeded);
     let streamed = csv(&dir, "select count(*) as n from crm.contacts");
@@ -1441,4 +1457,134 @@ fn build_tests_a_model_before_its_children() {
     // `ferry run` alone builds without testing, as dbt run does.
     let out = ok(ferry(&dir, &["run"]));
     assert!(out.contains("OK    orders_child"), "{out}");
+}
+
+/// dbt's default naming: a custom schema is appended to the target's
+/// (`main_raw`), an alias renames the relation; `ferry query` reads each
+/// node where dbt would have created it, and the manifest says so.
+#[test]
+fn schema_and_alias_name_relations_as_dbt_does() {
+    let (_tmp, dir) = copy_fixture("dbt_jaffle");
+    let yml = std::fs::read_to_string(dir.join("dbt_project.yml")).unwrap();
+    std::fs::write(
+        dir.join("dbt_project.yml"),
+        format!(
+            "{}\nseeds:\n  jaffle_shop:\n    +schema: raw\n",
+            yml.replace(
+                "      +tags: ['marts']",
+                "      +tags: ['marts']\n      +schema: analytics"
+            )
+        ),
+    )
+    .unwrap();
+    let customers = std::fs::read_to_string(dir.join("models/marts/customers.sql")).unwrap();
+    std::fs::write(
+        dir.join("models/marts/customers.sql"),
+        format!("{{{{ config(alias='dim_customers') }}}}\n{customers}"),
+    )
+    .unwrap();
+    let stg = std::fs::read_to_string(dir.join("models/staging/stg_customers.sql")).unwrap();
+    std::fs::write(
+        dir.join("models/staging/stg_customers.sql"),
+        format!("{{{{ config(docs={{'show': false}}) }}}}\n{stg}"),
+    )
+    .unwrap();
+    ok(ferry(&dir, &["seed"]));
+    ok(ferry(&dir, &["run"]));
+    // The docs site names each model's relation and hides `show: false`.
+    ok(ferry(&dir, &["docs"]));
+    let site = std::fs::read_to_string(dir.join("target/docs/index.html")).unwrap();
+    assert!(site.contains("main_analytics.dim_customers"), "{site}");
+    assert!(site.contains("id=\"stg_orders\"") && !site.contains("id=\"stg_customers\""));
+    let n = csv(&dir, "select count(*) as n from raw_orders");
+    assert_eq!(
+        csv(&dir, "select count(*) as n from main_raw.raw_orders"),
+        n
+    );
+    assert_eq!(
+        csv(
+            &dir,
+            "select count(*) as n from main_analytics.dim_customers"
+        ),
+        csv(&dir, "select count(*) as n from customers")
+    );
+    // A view (staging) without a custom schema is in the target's.
+    assert_eq!(
+        csv(&dir, "select count(*) as n from main.stg_orders"),
+        csv(&dir, "select count(*) as n from stg_orders")
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("target/manifest.json")).unwrap()).unwrap();
+    let node = &manifest["nodes"]["model.jaffle_shop.customers"];
+    assert_eq!(node["schema"], "main_analytics");
+    assert_eq!(node["alias"], "dim_customers");
+    assert_eq!(
+        node["relation_name"],
+        "\"lake\".\"main_analytics\".\"dim_customers\""
+    );
+    assert_eq!(
+        manifest["nodes"]["seed.jaffle_shop.raw_orders"]["schema"],
+        "main_raw"
+    );
+
+    // A source declared in `raw` does not read a seed created in
+    // `main_raw` (dbt would not either): ferry says how to point it.
+    std::fs::write(
+        dir.join("models/sources.yml"),
+        "version: 2\nsources:\n  - name: ecom\n    schema: raw\n    tables:\n      - name: raw_orders\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("models/order_count.sql"),
+        "select count(*) as n from {{ source('ecom', 'raw_orders') }}\n",
+    )
+    .unwrap();
+    let out = ferry(&dir, &["compile", "--select", "order_count"]);
+    let said = text(&out);
+    assert!(
+        said.contains("reads the lake stream raw.raw_orders, not seed raw_orders")
+            && said.contains("give the source schema: main_raw"),
+        "{said}"
+    );
+    std::fs::write(
+        dir.join("models/sources.yml"),
+        "version: 2\nsources:\n  - name: ecom\n    schema: main_raw\n    tables:\n      - name: raw_orders\n",
+    )
+    .unwrap();
+    ok(ferry(&dir, &["run", "--select", "order_count"]));
+    assert_eq!(csv(&dir, "select n from order_count"), n);
+
+    // The project's generate_alias_name decides names; two nodes in one
+    // relation are refused, as dbt refuses them.
+    std::fs::write(
+        dir.join("macros/naming.sql"),
+        "{% macro generate_alias_name(custom_alias_name=none, node=none) -%}\n\
+         {%- if node.resource_type == 'seed' -%}{{ node.name | replace('raw_', 'src_') }}\n\
+         {%- else -%}{{ custom_alias_name or node.name }}{%- endif -%}\n\
+         {%- endmacro %}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("models/sources.yml"),
+        "version: 2\nsources:\n  - name: ecom\n    schema: main_raw\n    tables:\n      - name: raw_orders\n        identifier: src_orders\n",
+    )
+    .unwrap();
+    ok(ferry(&dir, &["run", "--select", "order_count"]));
+    assert_eq!(
+        csv(&dir, "select count(*) as n from main_raw.src_orders"),
+        n
+    );
+    assert_eq!(csv(&dir, "select n from order_count"), n);
+    std::fs::write(
+        dir.join("models/orders_again.sql"),
+        "{{ config(alias='order_count') }}\nselect 1 as n\n",
+    )
+    .unwrap();
+    let clash = ferry(&dir, &["run"]);
+    assert!(!clash.status.success());
+    assert!(
+        text(&clash).contains("order_count and orders_again would both be main.order_count"),
+        "{}",
+        text(&clash)
+    );
 }
