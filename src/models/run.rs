@@ -58,6 +58,8 @@ impl Status {
 #[derive(Debug, Clone)]
 pub struct ModelResult {
     pub name: String,
+    /// dbt's `model.<package>.<name>`.
+    pub unique_id: String,
     pub materialized: Materialized,
     pub status: Status,
     /// Rows in the table after the run (persisted models only).
@@ -189,6 +191,7 @@ pub async fn run(
     let mut results: BTreeMap<String, ModelResult> = BTreeMap::new();
     let mut running: JoinSet<(String, ModelResult)> = JoinSet::new();
     let threads = options.threads.max(1);
+    let ids = Arc::new(super::artifacts::unique_ids(&ws.project));
 
     loop {
         while running.len() < threads {
@@ -196,7 +199,7 @@ pub async fn run(
             if results.contains_key(&name) {
                 continue;
             }
-            let (ws, ctx, lake) = (ws.clone(), ctx.clone(), lake.clone());
+            let (ws, ctx, lake, ids) = (ws.clone(), ctx.clone(), lake.clone(), ids.clone());
             running.spawn(async move {
                 let started_at = Utc::now();
                 let t = Instant::now();
@@ -232,6 +235,7 @@ pub async fn run(
                     Err(e) => (Status::Error, None, Some(e.to_string())),
                 };
                 let r = ModelResult {
+                    unique_id: ids.get(&name).cloned().unwrap_or_default(),
                     name: name.clone(),
                     materialized,
                     status,
@@ -264,6 +268,7 @@ pub async fn run(
                 if selected.contains(&d) && !results.contains_key(&d) {
                     let now = Utc::now();
                     let skipped = ModelResult {
+                        unique_id: ids.get(&d).cloned().unwrap_or_default(),
                         name: d.clone(),
                         materialized: ws
                             .model(&d)

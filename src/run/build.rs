@@ -277,7 +277,7 @@ pub async fn build(
         format!("tests of {} unbuilt model(s) not run", unbuilt.len())
     };
     let tested = super::models::test_nodes(project, lake.clone(), &test_args).await;
-    let mut nodes = super::models::model_nodes(project, &model_results);
+    let mut nodes = super::models::model_nodes(&model_results);
     match tested {
         Ok((tests, outcome)) => {
             nodes.extend(tests);

@@ -213,11 +213,7 @@ pub async fn run(
     let run_id = RunId::new();
     let results = run_models(project, &lake, args, threads, full_refresh).await?;
     run::record(&lake, &run_id, "run", started_at, &results).await?;
-    let doc = artifacts::run_results(
-        "run",
-        &model_nodes(project, &results),
-        t.elapsed().as_secs_f64(),
-    );
+    let doc = artifacts::run_results("run", &model_nodes(&results), t.elapsed().as_secs_f64());
     if let Err(e) = artifacts::write(&project.dir, "run_results.json", &doc) {
         tracing::warn!("target/run_results.json not written: {e}");
     }
@@ -475,14 +471,11 @@ pub(crate) async fn test_nodes(
 }
 
 /// run_results entries of models.
-pub(crate) fn model_nodes(
-    project: &Project,
-    results: &[run::ModelResult],
-) -> Vec<artifacts::NodeResult> {
+pub(crate) fn model_nodes(results: &[run::ModelResult]) -> Vec<artifacts::NodeResult> {
     results
         .iter()
         .map(|r| artifacts::NodeResult {
-            unique_id: format!("model.{}.{}", project.name, r.name),
+            unique_id: r.unique_id.clone(),
             status: r.status.as_str(),
             started_at: r.started_at,
             completed_at: r.finished_at,

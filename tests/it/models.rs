@@ -891,6 +891,12 @@ fn deps_installs_local_and_git_packages_whose_models_seeds_and_vars_work() {
     ok(ferry(&dir, &["seed"]));
     let run = ok(ferry(&dir, &["run"]));
     assert!(run.contains("3 succeeded, 0 failed"), "{run}");
+    // run_results names a package's model by its package, as the manifest does.
+    let results = std::fs::read_to_string(dir.join("target/run_results.json")).unwrap();
+    assert!(
+        results.contains("\"model.fixture_dates.fiscal_calendar\""),
+        "{results}"
+    );
     // By hand, fiscal year starting in April (the project's value for the
     // package, over its default of 1): 2024-03-31 is FY2024 Q4, 2024-04-01
     // FY2025 Q1, 2024-12-15 FY2025 Q3; keys are md5('1-1'), md5('2-3'), md5('3-1').
