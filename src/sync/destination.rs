@@ -14,6 +14,16 @@
 //! stop the sync; [`CallError::Transient`] means the retries ran out (or,
 //! for a create, that the reply was lost: the write may have happened).
 //!
+//! A destination declares what it can do ([`Capabilities`]: operations,
+//! rows and bytes per call, concurrency), how its keys compare
+//! ([`Destination::normalize_key`]), the rate budgets it spends that other
+//! ferry processes on the same account must share
+//! ([`Destination::budgets`]), and how a call error that ends a run reads
+//! to the user ([`Destination::stop_error`]). An [`Account`] is one
+//! `[destinations.<name>]`: every sync to it gets its [`Destination`] from
+//! the same account, so they share one client and one budget. Nothing
+//! vendor-specific lives in the syncer.
+//!
 //! Unknown is an outcome ([`Fate::Unknown`]): a write whose reply was lost
 //! or did not mention a record is neither confirmed nor refused. The syncer
 //! logs it as `unknown` and settles it with a read before writing that
@@ -22,12 +32,14 @@
 //! not "nothing found".
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::http::CallError;
+use crate::http::limit::RateLimiter;
 
 /// A write operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,11 +171,130 @@ pub struct Lookup {
     pub unresolved: HashMap<String, String>,
 }
 
+/// What a destination can do. The syncer never sends an operation not in
+/// `ops`, more than `max_batch` records or `max_bytes` of values in one
+/// call, or more than `max_in_flight` calls at once.
+#[derive(Debug, Clone)]
+pub struct Capabilities {
+    /// The vendor's name, for messages.
+    pub vendor: &'static str,
+    pub ops: &'static [Op],
+    /// Records per write call at most.
+    pub max_batch: usize,
+    /// Bytes of property values per write call at most (`None`: no limit
+    /// below what `max_batch` implies).
+    pub max_bytes: Option<usize>,
+    /// Write calls in flight at once, at most.
+    pub max_in_flight: usize,
+    /// Columns of a lake copy of the object (`crm_copy`) that hold the
+    /// record's id, in order of preference.
+    pub id_columns: &'static [&'static str],
+}
+
+/// Split `items` into calls of at most `max_rows` items and, when
+/// `max_bytes` is set, at most that many bytes by `size` (an item larger
+/// than the limit goes alone: the vendor's refusal then names it).
+pub fn batches<T>(
+    items: Vec<T>,
+    max_rows: usize,
+    max_bytes: Option<usize>,
+    size: impl Fn(&T) -> usize,
+) -> Vec<Vec<T>> {
+    let max_rows = max_rows.max(1);
+    let mut out = Vec::new();
+    let mut current: Vec<T> = Vec::new();
+    let mut bytes = 0usize;
+    for item in items {
+        let n = size(&item);
+        let full = current.len() >= max_rows
+            || max_bytes.is_some_and(|max| !current.is_empty() && bytes + n > max);
+        if full {
+            out.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += n;
+        current.push(item);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+/// A rate budget a destination spends; other ferry processes using the same
+/// account join it through the lake ([`crate::http::shared`]).
+pub struct SharedBudget {
+    /// Names the account (and endpoint) across processes.
+    pub key: String,
+    pub limiter: Arc<RateLimiter>,
+    pub daily_limit: Option<u64>,
+}
+
+/// One configured destination account (`[destinations.<name>]`): shared by
+/// every sync to it, so they share its client and its rate budget.
+pub trait Account: Send + Sync {
+    /// The destination as one sync uses it (with the sync's own budget,
+    /// `requests_per_10s`, if it sets one).
+    fn destination(&self, sync: &super::config::Sync) -> Box<dyn Destination>;
+}
+
+/// Open the account `config` describes.
+pub fn open(config: &super::config::Destination) -> Result<Arc<dyn Account>> {
+    match config.kind {
+        super::config::DestinationKind::Hubspot => Ok(Arc::new(super::hubspot::Shared(Arc::new(
+            super::hubspot::Account::new(config)?,
+        )))),
+    }
+}
+
 /// A CRM the syncer can write to.
 #[async_trait]
 pub trait Destination: Send + Sync {
-    /// Records per write call at most.
-    fn max_batch(&self) -> usize;
+    /// What it can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// The form in which keys are compared. Default: trimmed and
+    /// lower-cased, as CRMs store unique values normalized (HubSpot
+    /// lower-cases emails), so a reply's key need not equal the sent key.
+    fn normalize_key(&self, key: &str) -> String {
+        normalize_key(key)
+    }
+
+    /// Whether the model's values of this match property are compared
+    /// case-insensitively in the diff (the CRM treats them so). Default:
+    /// emails and domains.
+    fn case_insensitive(&self, property: &str) -> bool {
+        matches!(property.to_ascii_lowercase().as_str(), "email" | "domain")
+    }
+
+    /// Budgets to share with other processes on the same account.
+    fn budgets(&self) -> Vec<SharedBudget> {
+        Vec::new()
+    }
+
+    /// A call error that ends a run, as the user reads it: who must act
+    /// and what to do.
+    fn stop_error(&self, e: CallError) -> Error {
+        let vendor = self.capabilities().vendor.to_string();
+        match e {
+            CallError::Auth { .. } => Error::Vendor {
+                vendor,
+                message: format!("refused the credentials ({}): check them in [destinations]", e.message()),
+                retryable: false,
+            },
+            CallError::DailyLimit => Error::Vendor {
+                vendor,
+                message: "the daily API budget is spent; progress so far is saved: run again after it resets".into(),
+                retryable: true,
+            },
+            e @ CallError::Transient { .. } => Error::Vendor {
+                vendor,
+                message: e.message(),
+                retryable: true,
+            },
+            e @ CallError::Rejected { .. } => Error::Input(format!("{vendor}: {}", e.message())),
+        }
+    }
 
     /// Whether a whole-batch refusal applies to every record alike (an
     /// unknown property, an unknown object type, a redirect off the vendor's
@@ -206,7 +337,7 @@ pub trait Destination: Send + Sync {
         properties: &[String],
     ) -> Result<Lookup, CallError>;
 
-    /// Write one batch (at most [`Destination::max_batch`] records). Every
+    /// Write one batch (at most [`Capabilities::max_batch`] records). Every
     /// record gets an outcome; a record a 2xx reply does not mention is
     /// [`Fate::Unknown`] (the write may have happened, so it is neither
     /// confirmed nor sent again blind).

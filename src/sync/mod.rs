@@ -42,9 +42,7 @@ use crate::lake::Lake;
 use crate::lake::layout::RunId;
 use crate::project::Project;
 use config::{Mode, Policy, Sync};
-use destination::{
-    Destination, Existing, Fate, Op, Outcome, Outgoing, Refusal, Written, normalize_key,
-};
+use destination::{Destination, Existing, Fate, Op, Outcome, Outgoing, Refusal, Written};
 use diff::{DiffOp, Row};
 use state::{LogRow, LogWriter};
 
@@ -129,7 +127,7 @@ impl SyncReport {
 pub struct Syncer {
     project: Project,
     lake: Lake,
-    accounts: HashMap<String, Arc<hubspot::Account>>,
+    accounts: HashMap<String, Arc<dyn destination::Account>>,
 }
 
 const SAMPLES: usize = 5;
@@ -164,7 +162,17 @@ impl Syncer {
         }
     }
 
-    fn destination(&mut self, sync: &Sync) -> Result<hubspot::HubSpot> {
+    /// Use `account` for the destination `name` (instead of opening the
+    /// one `ferry.toml` configures): how tests plug in a destination.
+    pub fn with_account(mut self, name: &str, account: Arc<dyn destination::Account>) -> Syncer {
+        self.accounts.insert(name.to_string(), account);
+        self
+    }
+
+    fn destination(&mut self, sync: &Sync) -> Result<Box<dyn Destination>> {
+        if let Some(a) = self.accounts.get(&sync.destination) {
+            return Ok(a.destination(sync));
+        }
         let cfg = self
             .project
             .destinations
@@ -175,15 +183,9 @@ impl Syncer {
                     sync.name, sync.destination
                 ))
             })?;
-        let account = match self.accounts.get(&cfg.name) {
-            Some(a) => a.clone(),
-            None => {
-                let a = Arc::new(hubspot::Account::new(cfg)?);
-                self.accounts.insert(cfg.name.clone(), a.clone());
-                a
-            }
-        };
-        Ok(hubspot::HubSpot::new(account, sync.requests_per_10s))
+        let account = destination::open(cfg)?;
+        self.accounts.insert(cfg.name.clone(), account.clone());
+        Ok(account.destination(sync))
     }
 
     /// Run one sync.
@@ -195,12 +197,14 @@ impl Syncer {
             ))
         })?;
         let dest = self.destination(&sync)?;
+        let dest = dest.as_ref();
         let max_in_flight = self
             .project
             .destinations
             .get(&sync.destination)
             .map(|d| d.max_in_flight)
-            .unwrap_or(1);
+            .unwrap_or(usize::MAX)
+            .min(dest.capabilities().max_in_flight);
         let retry = self
             .project
             .destinations
@@ -227,33 +231,19 @@ impl Syncer {
                 .await?,
             ))
         };
-        // Other ferry processes using the same account share its budget.
-        let member = match (&lease, self.project.destinations.get(&sync.destination)) {
-            (Some(_), Some(cfg)) => {
-                let key = crate::http::account_key("hubspot", &cfg.url, &cfg.auth);
-                let window = crate::http::shared::join(
-                    &self.lake,
-                    &key,
-                    dest.limiter().clone(),
-                    Some(cfg.daily_limit),
-                )
-                .await?;
-                // Search has its own budget per account: shared the same way.
-                let search = crate::http::shared::join(
-                    &self.lake,
-                    &format!("{key} search"),
-                    dest.search_limiter().clone(),
-                    None,
-                )
-                .await?;
-                Some((window, search))
+        // Other ferry processes using the same account share its budgets.
+        let mut members = Vec::new();
+        if lease.is_some() {
+            for b in dest.budgets() {
+                members.push(
+                    crate::http::shared::join(&self.lake, &b.key, b.limiter, b.daily_limit).await?,
+                );
             }
-            _ => None,
-        };
+        }
         let (calls0, limited0) = dest.usage();
         let run = Run {
             sync: &sync,
-            dest: &dest,
+            dest,
             lake: &self.lake,
             project: &self.project,
             opts,
@@ -281,7 +271,7 @@ impl Syncer {
             seconds: clock.elapsed().as_secs_f64(),
             stopped: stopped
                 .as_ref()
-                .map(|e| hubspot::call_error(e.clone()).to_string()),
+                .map(|e| dest.stop_error(e.clone()).to_string()),
             samples,
         };
         if !opts.dry_run {
@@ -316,9 +306,8 @@ impl Syncer {
             }
         }
         drop(run);
-        if let Some((window, search)) = member {
-            window.leave().await;
-            search.leave().await;
+        for member in members {
+            member.leave().await;
         }
         if let Some(lease) = lease.and_then(|l| Arc::try_unwrap(l).ok()) {
             lease.release().await?;
@@ -446,7 +435,7 @@ impl Run<'_> {
             &ctx,
             &model,
             &sync.key_column,
-            diff::lower_key(&sync.key_property),
+            self.dest.case_insensitive(&sync.key_property),
             &columns,
         )
         .await?;
@@ -575,9 +564,12 @@ impl Run<'_> {
         }
 
         // Send, up to max_in_flight batches at once.
-        let batch = sync.batch_size.min(self.dest.max_batch()).max(1);
-        let chunks: Vec<Vec<Row>> = pending.chunks(batch).map(|c| c.to_vec()).collect();
-        drop(pending);
+        let caps = self.dest.capabilities();
+        let batch = sync.batch_size.min(caps.max_batch).max(1);
+        let chunks: Vec<Vec<Row>> = destination::batches(pending, batch, caps.max_bytes, |r| {
+            r.key.as_ref().map_or(0, |k| k.len())
+                + r.values.iter().flatten().map(|v| v.len()).sum::<usize>()
+        });
         let copy = copy.as_ref();
         let unsettled = &unsettled;
         let mut results = futures::stream::iter(
@@ -632,7 +624,13 @@ impl Run<'_> {
         };
         let schema = df.schema().clone();
         let has = |c: &str| schema.field_with_unqualified_name(c).is_ok();
-        let id_col = ["id", "hs_object_id"].into_iter().find(|c| has(c));
+        let id_col = self
+            .dest
+            .capabilities()
+            .id_columns
+            .iter()
+            .copied()
+            .find(|c| has(c));
         let props: Vec<&str> = self
             .sync
             .fields
@@ -788,7 +786,10 @@ impl Run<'_> {
                     chrono::DateTime::from_timestamp_micros(first.value(i)),
                     chrono::DateTime::from_timestamp_micros(last.value(i)),
                 ) {
-                    out.insert(normalize_key(keys.value(i)), Unsettled { first, last_sent });
+                    out.insert(
+                        self.dest.normalize_key(keys.value(i)),
+                        Unsettled { first, last_sent },
+                    );
                 }
             }
         }
@@ -869,7 +870,7 @@ impl Run<'_> {
             let mut found: HashMap<String, Vec<Existing>> = HashMap::new();
             let mut ask = Vec::new();
             for k in keys {
-                let nk = normalize_key(&k);
+                let nk = self.dest.normalize_key(&k);
                 match from_copy.map(|c| c.get(&nk)) {
                     Some(Some(e)) => {
                         found.insert(nk, vec![e.clone()]);
@@ -902,7 +903,7 @@ impl Run<'_> {
         let mut actions = Vec::with_capacity(rows.len());
         for row in rows {
             let key = row.key.clone().unwrap_or_default();
-            let nk = normalize_key(&key);
+            let nk = self.dest.normalize_key(&key);
             let unsettled = pending.get(&nk).copied();
             let since = unsettled.map(|u| u.first);
             let matches: &[Existing] = found.get(&nk).map(Vec::as_slice).unwrap_or(&[]);
@@ -1021,7 +1022,7 @@ impl Run<'_> {
                 }
                 if let Action::Send(op, o) = a {
                     let key = row.key.clone().unwrap_or_default();
-                    let nk = normalize_key(&key);
+                    let nk = self.dest.normalize_key(&key);
                     let before = found
                         .get(&nk)
                         .and_then(|m| m.first())
@@ -1084,7 +1085,7 @@ impl Run<'_> {
                         let pending_key = r
                             .key
                             .as_deref()
-                            .is_some_and(|k| pending.contains_key(&normalize_key(k)));
+                            .is_some_and(|k| pending.contains_key(&self.dest.normalize_key(k)));
                         let status = if pending_key { "unknown" } else { "failed" };
                         let mut l = LogRow::error(
                             r.key.as_deref(),
@@ -1514,7 +1515,7 @@ impl Run<'_> {
                 }
             };
             for (o, tries, why, transport) in lost {
-                let nk = normalize_key(&o.key);
+                let nk = self.dest.normalize_key(&o.key);
                 if let Some(reason) = found.unresolved.get(&nk) {
                     done.push(unknown(
                         o,
@@ -1592,7 +1593,11 @@ impl Run<'_> {
             .collect();
         self.add(|c| c.released += logs.len() as u64);
         self.log.append(&logs).await?;
-        let batch = self.sync.batch_size.min(self.dest.max_batch()).max(1);
+        let batch = self
+            .sync
+            .batch_size
+            .min(self.dest.capabilities().max_batch)
+            .max(1);
         for chunk in archive.chunks(batch) {
             if self.stopped() {
                 self.add(|c| c.not_sent += chunk.len() as u64);

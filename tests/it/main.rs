@@ -1,6 +1,7 @@
 //! Integration tests, in one binary so DataFusion is linked once.
 //! `landing`: the library's landing API against real lakes.
 //! `cli`: the real `ferry` binary end to end.
+//! `contract`: a destination in a few dozen lines, synced like HubSpot.
 //! `extract`: extraction over HTTP against the REST emulator.
 //! `fuzz`: proptest fuzz targets for every parser of user and vendor input.
 //! `gtm`: the GTM starter project, `ferry demo` and `ferry generate`.
@@ -12,6 +13,7 @@
 //! search, normalized keys, lost replies, redirects, paging quirks).
 
 mod cli;
+mod contract;
 mod extract;
 mod fuzz;
 mod gtm;

@@ -26,7 +26,8 @@ use crate::error::{Error, Result};
 use crate::http::{Call, CallError, Client, RateLimiter, Vendor};
 use crate::sync::config::Destination as DestinationConfig;
 use crate::sync::destination::{
-    Destination, Existing, Fate, Lookup, Op, Outcome, Outgoing, Refusal, Written, normalize_key,
+    Capabilities, Destination, Existing, Fate, Lookup, Op, Outcome, Outgoing, Refusal,
+    SharedBudget, Written, normalize_key,
 };
 
 /// How far HubSpot's clock may be ahead of ferry's when judging whether a
@@ -48,6 +49,9 @@ pub struct Account {
     pub client: Client,
     search: Arc<RateLimiter>,
     search_lag: Duration,
+    /// Names the account across processes (its shared budgets).
+    key: String,
+    daily_limit: u64,
 }
 
 impl Account {
@@ -75,6 +79,8 @@ impl Account {
             client,
             search,
             search_lag: config.search_lag,
+            key,
+            daily_limit: config.daily_limit,
         })
     }
 }
@@ -168,10 +174,54 @@ fn results<'a>(reply: &'a Value, what: &str) -> Result<&'a Vec<Value>, CallError
         })
 }
 
+/// An [`Account`] as the syncer holds it: each sync's [`HubSpot`] shares it.
+pub struct Shared(pub Arc<Account>);
+
+impl crate::sync::destination::Account for Shared {
+    fn destination(&self, sync: &crate::sync::config::Sync) -> Box<dyn Destination> {
+        Box::new(HubSpot::new(self.0.clone(), sync.requests_per_10s))
+    }
+}
+
 #[async_trait]
 impl Destination for HubSpot {
-    fn max_batch(&self) -> usize {
-        100
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            vendor: "HubSpot",
+            ops: &[
+                Op::Upsert,
+                Op::Create,
+                Op::Update,
+                Op::UpdateByKey,
+                Op::Archive,
+            ],
+            // Batch endpoints take 100 inputs; HubSpot bounds requests by
+            // count, not size (values are capped per property).
+            max_batch: 100,
+            max_bytes: None,
+            max_in_flight: usize::MAX,
+            id_columns: &["id", "hs_object_id"],
+        }
+    }
+
+    fn budgets(&self) -> Vec<SharedBudget> {
+        vec![
+            SharedBudget {
+                key: self.account.key.clone(),
+                limiter: self.limiter().clone(),
+                daily_limit: Some(self.account.daily_limit),
+            },
+            // Search has its own budget per account: shared the same way.
+            SharedBudget {
+                key: format!("{} search", self.account.key),
+                limiter: self.search_limiter().clone(),
+                daily_limit: None,
+            },
+        ]
+    }
+
+    fn stop_error(&self, e: CallError) -> Error {
+        call_error(e)
     }
 
     fn refuses_every_row(&self, error: &CallError) -> bool {
