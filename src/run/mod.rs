@@ -25,6 +25,15 @@ use crate::lake::{Lake, RunId};
 use crate::project::Project;
 use crate::sync::{SyncOptions, Syncer};
 
+/// `1 model`, `3 models`: a count and its noun, in summaries.
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 pub use build::{BuildOptions, BuildReport, PipelineFigures, Stage};
 
 /// `--select`, `--exclude` and `--vars`, shared by the model commands and

@@ -187,11 +187,22 @@ pub async fn compile(project: &Project, lake: Lake, args: &SelectArgs) -> Result
     let (ws, selected) = load(project, args)?;
     let ctx = crate::engine::session(&lake).await?;
     let compiled = ws.compile(&ctx, &lake, &selected).await?;
+    // Syncs reading a compiled model: their columns are checked too.
+    let names: Vec<String> = compiled.iter().map(|(n, _)| n.clone()).collect();
+    let syncs = crate::sync::check_all(project, &ctx, &names).await?;
     if args.select.is_empty() {
         println!(
-            "compiled {} models in {:.2}s: every model renders and plans against its inputs",
-            compiled.len(),
-            started.elapsed().as_secs_f64()
+            "compiled {} in {:.2}s: every model renders and plans against its inputs{}",
+            super::count(compiled.len(), "model"),
+            started.elapsed().as_secs_f64(),
+            if syncs > 0 {
+                format!(
+                    ", and {} map only columns their models have",
+                    super::count(syncs, "sync")
+                )
+            } else {
+                String::new()
+            }
         );
     } else {
         for (name, sql) in compiled {

@@ -46,6 +46,55 @@ use destination::{Destination, Existing, Fate, Op, Outcome, Outgoing, Refusal, W
 use diff::{DiffOp, Row};
 use state::{LogRow, LogWriter};
 
+/// Check that the model (`schema`) has the sync's match column and every
+/// mapped column; the error names the sync, the column and the model's
+/// columns, nearest first.
+pub fn check_columns(sync: &Sync, schema: &datafusion::common::DFSchema) -> Result<()> {
+    let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    let columns = sync.fields.iter().map(|f| &f.column);
+    for c in columns.chain([&sync.key_column]) {
+        if schema.field_with_unqualified_name(c).is_err() {
+            return Err(Error::Input(format!(
+                "sync {}: model {} has no column {c:?}{} (its columns: {}). Fix [syncs.{}] in ferry.toml, or the model",
+                sync.name,
+                sync.model,
+                crate::models::project::suggest(c, &names),
+                names.join(", "),
+                sync.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Check every sync whose model is registered in `ctx` (compiled, not
+/// run): its columns (see [`check_columns`]). Returns how many were checked.
+pub async fn check_all(
+    project: &Project,
+    ctx: &SessionContext,
+    models: &[String],
+) -> Result<usize> {
+    let mut checked = 0;
+    for sync in project.syncs.values() {
+        if !models.contains(&sync.model) {
+            continue;
+        }
+        let model = diff::quote_relation(&sync.model);
+        let df = ctx
+            .sql(&format!("select * from {model} limit 0"))
+            .await
+            .map_err(|e| {
+                Error::Input(format!(
+                    "sync {}: cannot plan model {}: {e}",
+                    sync.name, sync.model
+                ))
+            })?;
+        check_columns(sync, df.schema())?;
+        checked += 1;
+    }
+    Ok(checked)
+}
+
 /// Why a run stopped when ferry was asked to shut down.
 pub const SHUTTING_DOWN: &str = "ferry is shutting down; the rest is sent next run";
 
@@ -392,10 +441,7 @@ impl Run<'_> {
 
     async fn execute(&self) -> Result<()> {
         let sync = self.sync;
-        let unique = self
-            .dest
-            .prepare(&sync.object, &sync.key_property, &self.properties())
-            .await?;
+        // The model and its columns first: a mapping mistake costs no call.
         let ctx = crate::engine::session(self.lake).await?;
         if self.project.dir.join("models").is_dir() {
             match crate::models::Workspace::load(self.project, &[]) {
@@ -413,23 +459,12 @@ impl Run<'_> {
                 )));
             }
         };
+        check_columns(sync, &model_schema)?;
         let columns: Vec<String> = sync.fields.iter().map(|f| f.column.clone()).collect();
-        for c in columns.iter().chain([&sync.key_column]) {
-            if model_schema.field_with_unqualified_name(c).is_err() {
-                let names: Vec<&str> = model_schema
-                    .fields()
-                    .iter()
-                    .map(|f| f.name().as_str())
-                    .collect();
-                return Err(Error::Input(format!(
-                    "sync {}: model {} has no column {c:?} (its columns: {}). Fix [syncs.{}]",
-                    sync.name,
-                    sync.model,
-                    names.join(", "),
-                    sync.name
-                )));
-            }
-        }
+        let unique = self
+            .dest
+            .prepare(&sync.object, &sync.key_property, &self.properties())
+            .await?;
         diff::register_snapshot(&ctx, self.lake, &sync.name).await?;
         diff::register_diff(
             &ctx,

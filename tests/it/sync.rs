@@ -1446,3 +1446,64 @@ async fn build_refuses_to_sync_after_a_failing_test() {
         vec![vec!["error".to_string()], vec!["success".to_string()]]
     );
 }
+
+/// `ferry compile` checks syncs against the models they read: a mapped
+/// column the model lacks fails there, naming the sync and the nearest
+/// column, before any extract or network call (the destination's URL
+/// here answers nothing). `ferry sync` fails the same way, calling nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compile_catches_a_sync_mapping_a_missing_column() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = project(
+        tmp.path(),
+        "http://127.0.0.1:9",
+        &SCORES.replace(
+            "persona = \"ferry_persona\"",
+            "personna = \"ferry_persona\"",
+        ),
+    );
+    model(&dir, "scores", &rows(3, "a"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("--project-dir")
+        .arg(&dir)
+        .arg("compile")
+        .env_remove("FERRY_LAKE")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        said.contains("sync scores: model scores has no column \"personna\"")
+            && said.contains("did you mean persona?")
+            && said.contains("[syncs.scores]"),
+        "{said}"
+    );
+    let e = sync(&dir, "scores", SyncOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("has no column \"personna\""), "{e}");
+
+    // Fixed, compile says the sync was checked.
+    std::fs::write(
+        dir.join("ferry.toml"),
+        std::fs::read_to_string(dir.join("ferry.toml"))
+            .unwrap()
+            .replace("personna", "persona"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("--project-dir")
+        .arg(&dir)
+        .arg("compile")
+        .env_remove("FERRY_LAKE")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("compiled 1 model in")
+            && said.contains("and 1 sync map only columns their models have"),
+        "{said}"
+    );
+}
