@@ -318,6 +318,50 @@ enum SimVendor {
         #[arg(long)]
         no_normalize: bool,
     },
+    /// A Salesforce org: OAuth (refresh token, JWT bearer), describe,
+    /// SOQL queries and sObject Collections, with Salesforce's error bodies
+    /// and daily limit.
+    Salesforce {
+        /// Port on 127.0.0.1 (0 picks a free one).
+        #[arg(long, default_value_t = 8091)]
+        port: u16,
+        /// The connected app's consumer key and secret, and the refresh
+        /// token the emulator accepts.
+        #[arg(long, default_value = "ferry-sim-client")]
+        client_id: String,
+        #[arg(
+            long,
+            env = "FERRY_SIM_SALESFORCE_SECRET",
+            default_value = "ferry-sim-secret",
+            hide_env_values = true
+        )]
+        client_secret: String,
+        #[arg(
+            long,
+            env = "FERRY_SIM_SALESFORCE_REFRESH",
+            default_value = "ferry-sim-refresh",
+            hide_env_values = true
+        )]
+        refresh_token: String,
+        /// A PEM public key: JWT bearer logins signed by its private key are accepted.
+        #[arg(long)]
+        jwt_public_key: Option<std::path::PathBuf>,
+        /// The user JWT assertions must name.
+        #[arg(long, default_value = "ferry@example.com")]
+        username: String,
+        /// API requests per 24 hours.
+        #[arg(long, default_value_t = 15_000)]
+        daily: u64,
+        /// Share of calls answered 503.
+        #[arg(long, default_value_t = 0.0)]
+        fault_5xx: f64,
+        /// Share of calls whose connection is dropped.
+        #[arg(long, default_value_t = 0.0)]
+        fault_drop: f64,
+        /// Share of writes applied whose reply is then lost.
+        #[arg(long, default_value_t = 0.0)]
+        fault_lost_write: f64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -763,6 +807,50 @@ async fn run(cli: Cli) -> Result<()> {
                 let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
                 let sim = crate::sim::hubspot::start(config, addr).await?;
                 println!("HubSpot emulator listening on {}", sim.base_url());
+                let _ = tokio::signal::ctrl_c().await;
+                sim.stop();
+                Ok(())
+            }
+            SimVendor::Salesforce {
+                port,
+                client_id,
+                client_secret,
+                refresh_token,
+                jwt_public_key,
+                username,
+                daily,
+                fault_5xx,
+                fault_drop,
+                fault_lost_write,
+            } => {
+                let public_key_pem = match jwt_public_key {
+                    Some(p) => Some(std::fs::read_to_string(&p).map_err(|e| {
+                        Error::Input(format!("{}: cannot read the public key: {e}", p.display()))
+                    })?),
+                    None => None,
+                };
+                let config = crate::sim::salesforce::SimConfig {
+                    app: crate::sim::salesforce::ConnectedApp {
+                        client_id,
+                        client_secret,
+                        refresh_token,
+                        public_key_pem,
+                        username,
+                    },
+                    daily,
+                    query_page: 2_000,
+                    faults: crate::sim::salesforce::Faults {
+                        server_error: fault_5xx,
+                        dropped: fault_drop,
+                        lost_after_write: fault_lost_write,
+                    },
+                };
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                let sim = crate::sim::salesforce::start(config, addr).await?;
+                println!(
+                    "Salesforce emulator listening on {} (login and instance)",
+                    sim.base_url()
+                );
                 let _ = tokio::signal::ctrl_c().await;
                 sim.stop();
                 Ok(())

@@ -42,6 +42,10 @@ pub enum Auth {
     /// OAuth 2.0 client credentials: the access token is fetched on first use
     /// and fetched again once when a call answers 401.
     ClientCredentials(ClientCredentials),
+    /// OAuth 2.0 JWT bearer flow (Salesforce's server-to-server auth): a
+    /// JWT signed with the app's private key is exchanged for an access
+    /// token on first use and again once when a call answers 401.
+    JwtBearer(JwtBearer),
     /// An API key in a header.
     ApiKeyHeader { header: String, key: Secret },
     /// An API key in a query parameter.
@@ -63,6 +67,8 @@ impl Auth {
             Auth::Bearer(t) => t.expose().to_string(),
             Auth::OAuth(o) => format!("{}\0{}", o.client_id, o.refresh_token.expose()),
             Auth::ClientCredentials(c) => format!("{}\0{}", c.client_id, c.client_secret.expose()),
+            // The org is the user's: one budget per (app, user).
+            Auth::JwtBearer(j) => format!("{}\0{}", j.client_id, j.username),
             Auth::ApiKeyHeader { key, .. } | Auth::ApiKeyQuery { key, .. } => {
                 key.expose().to_string()
             }
@@ -90,6 +96,18 @@ pub struct ClientCredentials {
     pub client_id: String,
     pub client_secret: Secret,
     pub scopes: Vec<String>,
+}
+
+/// An OAuth 2.0 JWT bearer grant (RFC 7523): `iss` the app's client id,
+/// `sub` the user, `aud` the login host, signed RS256 with `private_key`.
+#[derive(Debug, Clone)]
+pub struct JwtBearer {
+    pub token_url: String,
+    pub client_id: String,
+    pub username: String,
+    pub audience: String,
+    /// The private key, PEM.
+    pub private_key: Secret,
 }
 
 /// An OAuth app and the refresh token it was granted.
@@ -149,8 +167,34 @@ pub struct Vendor {
     pub remaining_header: &'static str,
     /// Header with what is left today.
     pub daily_remaining_header: &'static str,
-    /// Whether a 429 body says the daily budget is spent.
+    /// Whether a 429 or 403 body says the daily budget is spent.
     pub is_daily: fn(&Value) -> bool,
+    /// The daily requests left, from headers in a form of the vendor's own
+    /// (Salesforce's `Sforce-Limit-Info: api-usage=18/15000`).
+    pub daily_remaining: fn(&HeaderMap) -> Option<u64>,
+    /// The token reply's `instance_url` becomes the base URL (Salesforce:
+    /// each org has its own host, learnt at login).
+    pub instance_url_from_token: bool,
+}
+
+/// The message of a vendor's error body: `{"message"}`, or Salesforce's
+/// `[{"message", "errorCode", "fields"}]`.
+pub fn error_message(body: &Value) -> Option<String> {
+    if let Some(m) = body["message"].as_str() {
+        return Some(m.to_string());
+    }
+    let items: Vec<String> = body
+        .as_array()?
+        .iter()
+        .filter_map(|e| {
+            let m = e["message"].as_str()?;
+            Some(match e["errorCode"].as_str() {
+                Some(code) => format!("{code}: {m}"),
+                None => m.to_string(),
+            })
+        })
+        .collect();
+    (!items.is_empty()).then(|| items.join("; "))
 }
 
 /// How an error says a vendor refused the credentials (the alerts look for it).
@@ -211,7 +255,7 @@ impl CallError {
             CallError::Auth { status, message } => format!("HTTP {status}: {message}"),
             CallError::DailyLimit => "the vendor's daily request budget is spent".into(),
             CallError::Rejected { status, body } => {
-                let m = body["message"].as_str().unwrap_or_default();
+                let m = error_message(body).unwrap_or_default();
                 let detail: Vec<&str> = body["errors"]
                     .as_array()
                     .map(|a| a.iter().filter_map(|e| e["message"].as_str()).collect())
@@ -299,7 +343,9 @@ pub struct CallStats {
 /// A client for one vendor account.
 pub struct Client {
     http: reqwest::Client,
-    base: String,
+    /// The vendor's base URL; a token reply's `instance_url` replaces it
+    /// when the vendor says so.
+    base: RwLock<String>,
     auth: Auth,
     access: RwLock<(u64, Option<Secret>)>,
     vendor: Vendor,
@@ -356,13 +402,13 @@ impl Client {
         };
         let access = match &auth {
             Auth::Bearer(t) => Some(t.clone()),
-            Auth::OAuth(_) | Auth::ClientCredentials(_) => None,
+            Auth::OAuth(_) | Auth::ClientCredentials(_) | Auth::JwtBearer(_) => None,
             // No token to fetch: these put their credentials on each request.
             _ => Some(Secret::new("")),
         };
         Ok(Client {
             http,
-            base: base.trim_end_matches('/').to_string(),
+            base: RwLock::new(base.trim_end_matches('/').to_string()),
             auth,
             access: RwLock::new((0, access)),
             vendor,
@@ -508,9 +554,26 @@ impl Client {
         }
     }
 
-    /// Fetch a new OAuth access token (refresh-token or client-credentials grant).
+    /// The base URL calls go to now.
+    pub fn base(&self) -> String {
+        self.base.read().map(|b| b.clone()).unwrap_or_default()
+    }
+
+    /// Fetch a new OAuth access token (refresh-token, client-credentials or
+    /// JWT bearer grant).
     async fn refresh(&self) -> Result<(), CallError> {
+        let assertion;
         let (token_url, form): (&str, Vec<(&str, &str)>) = match &self.auth {
+            Auth::JwtBearer(j) => {
+                assertion = jwt_assertion(j)?;
+                (
+                    &j.token_url,
+                    vec![
+                        ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+                        ("assertion", assertion.expose()),
+                    ],
+                )
+            }
             Auth::OAuth(o) => (
                 &o.token_url,
                 vec![
@@ -556,13 +619,33 @@ impl Client {
                 status,
                 message: format!(
                     "the OAuth token request was refused ({}): check client_id, client_secret and the refresh token or scopes",
-                    body["status"]
+                    body["error_description"]
                         .as_str()
+                        .or(body["status"].as_str())
                         .or(body["error"].as_str())
                         .unwrap_or("no access_token in the reply")
                 ),
             });
         };
+        if self.vendor.instance_url_from_token
+            && let Some(instance) = body["instance_url"].as_str()
+        {
+            match url::Url::parse(instance) {
+                Ok(u) if matches!(u.scheme(), "https" | "http") => {
+                    if let Ok(mut b) = self.base.write() {
+                        *b = instance.trim_end_matches('/').to_string();
+                    }
+                }
+                _ => {
+                    return Err(CallError::Auth {
+                        status,
+                        message: format!(
+                            "the token reply's instance_url is not a URL: {instance:?}"
+                        ),
+                    });
+                }
+            }
+        }
         if let Ok(mut guard) = self.access.write() {
             guard.0 += 1;
             guard.1 = Some(Secret::new(token));
@@ -577,8 +660,9 @@ impl Client {
         };
         // An absolute URL (a "next" link) must stay on the vendor's host, so
         // credentials never go anywhere else.
+        let base = self.base();
         let url = if call.path.starts_with("http://") || call.path.starts_with("https://") {
-            if !same_origin(&call.path, &self.base) {
+            if !same_origin(&call.path, &base) {
                 return Attempt::Fail(CallError::Rejected {
                     status: 0,
                     body: serde_json::json!({"message": format!(
@@ -588,12 +672,12 @@ impl Client {
             }
             call.path.clone()
         } else {
-            format!("{}{}", self.base, call.path)
+            format!("{base}{}", call.path)
         };
         let mut req = self.http.request(call.method.clone(), &url);
         req = match &self.auth {
             Auth::None | Auth::Missing(_) => req,
-            Auth::Bearer(_) | Auth::OAuth(_) | Auth::ClientCredentials(_) => {
+            Auth::Bearer(_) | Auth::OAuth(_) | Auth::ClientCredentials(_) | Auth::JwtBearer(_) => {
                 req.bearer_auth(token.expose())
             }
             Auth::ApiKeyHeader { header, key } => req.header(header.as_str(), key.expose()),
@@ -656,7 +740,7 @@ impl Client {
                     "message": format!(
                         "the vendor redirected the call to {}; ferry follows redirects only within {}, so credentials and records never leave the vendor's host. Check the destination's url",
                         headers.get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok()).map(redact_url).unwrap_or_else(|| "another address".into()),
-                        redact_url(&self.base)
+                        redact_url(&base)
                     ),
                 }),
             }),
@@ -683,20 +767,26 @@ impl Client {
                     // Another call refreshed the token meanwhile: send again.
                     return Attempt::RateLimited(Duration::ZERO);
                 }
-                if matches!(self.auth, Auth::OAuth(_) | Auth::ClientCredentials(_)) {
+                if matches!(
+                    self.auth,
+                    Auth::OAuth(_) | Auth::ClientCredentials(_) | Auth::JwtBearer(_)
+                ) {
                     return Attempt::Refresh;
                 }
                 Attempt::Fail(CallError::Auth {
                     status,
-                    message: body["message"]
-                        .as_str()
-                        .unwrap_or("unauthorized")
-                        .to_string(),
+                    message: error_message(&body).unwrap_or_else(|| "unauthorized".into()),
                 })
+            }
+            // Salesforce answers a spent daily budget 403 REQUEST_LIMIT_EXCEEDED.
+            403 if (self.vendor.is_daily)(&body) => {
+                self.stats.rate_limited.fetch_add(1, Ordering::SeqCst);
+                self.account.exhaust_daily();
+                Attempt::Fail(CallError::DailyLimit)
             }
             403 => Attempt::Fail(CallError::Auth {
                 status,
-                message: body["message"].as_str().unwrap_or("forbidden").to_string(),
+                message: error_message(&body).unwrap_or_else(|| "forbidden".into()),
             }),
             400..=499 => Attempt::Fail(CallError::Rejected { status, body }),
             _ => Attempt::Transient(format!(
@@ -714,11 +804,37 @@ impl Client {
         };
         let max = num(self.vendor.max_header).map(|v| v as usize);
         let remaining = num(self.vendor.remaining_header).map(|v| v as usize);
-        let daily = num(self.vendor.daily_remaining_header);
+        let daily =
+            num(self.vendor.daily_remaining_header).or_else(|| (self.vendor.daily_remaining)(h));
         if max.is_some() || remaining.is_some() || daily.is_some() {
             self.account.observe(max, remaining, daily);
         }
     }
+}
+
+/// A JWT bearer assertion: valid three minutes (Salesforce's maximum).
+fn jwt_assertion(j: &JwtBearer) -> Result<Secret, CallError> {
+    let refused = |message: String| CallError::Auth { status: 0, message };
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(j.private_key.expose().as_bytes()).map_err(
+        |e| {
+            refused(format!(
+                "the JWT private key is not an RSA key in PEM ({e}): check private_key"
+            ))
+        },
+    )?;
+    let claims = serde_json::json!({
+        "iss": j.client_id,
+        "sub": j.username,
+        "aud": j.audience,
+        "exp": chrono::Utc::now().timestamp() + 180,
+    });
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &claims,
+        &key,
+    )
+    .map_err(|e| refused(format!("cannot sign the JWT: {e}")))?;
+    Ok(Secret::new(token))
 }
 
 fn same_origin(url: &str, base: &str) -> bool {

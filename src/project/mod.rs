@@ -399,46 +399,26 @@ impl Project {
                     .interpolate(v.get_ref())
                     .map_err(|msg| config_error(file, text, v.span().start, msg))
             };
-            match (&d.token, &d.oauth) {
-                (Some(_), Some(_)) => {
-                    return Err(config_error(
-                        file,
-                        text,
-                        at(""),
-                        "give either token or [oauth], not both".into(),
-                    ));
-                }
-                (None, None) => {
-                    return Err(config_error(file, text, at(""),
-                        "no credentials: add token = \"${HUBSPOT_TOKEN}\" (a private-app token) or an [oauth] table".into()));
-                }
-                _ => {}
+            if let Some(why) = d.foreign_setting() {
+                return Err(config_error(file, text, at(""), why));
             }
-            let resolve = || -> Result<crate::http::Auth> {
-                Ok(match (&d.token, &d.oauth) {
-                    (Some(t), _) => crate::http::Auth::Bearer(secret(t)?),
-                    (None, o) => {
-                        let Some(o) = o else {
-                            return Err(Error::Internal("destination without credentials".into()));
-                        };
-                        let base = d
-                            .url
-                            .clone()
-                            .unwrap_or_else(|| "https://api.hubapi.com".into());
-                        crate::http::Auth::OAuth(crate::http::OAuthConfig {
-                            token_url: o.token_url.clone().unwrap_or_else(|| {
-                                format!("{}/oauth/v1/token", base.trim_end_matches('/'))
-                            }),
-                            client_id: secret(&o.client_id)?.expose().to_string(),
-                            client_secret: secret(&o.client_secret)?,
-                            refresh_token: secret(&o.refresh_token)?,
-                        })
-                    }
-                })
+            let auth = match d.kind {
+                sync_config::DestinationKind::Hubspot => crate::sync::hubspot::auth(d, &secret),
+                sync_config::DestinationKind::Salesforce => {
+                    crate::sync::salesforce::auth(d, &secret)
+                }
             };
             // An unset secret fails the calls that need it (with this
             // message), not commands that never call the CRM.
-            let auth = resolve().unwrap_or_else(|e| crate::http::Auth::Missing(e.to_string()));
+            let auth = match auth {
+                Ok(a) => a,
+                Err(crate::sync::destination::AuthProblem::Config(why)) => {
+                    return Err(config_error(file, text, at(""), why));
+                }
+                Err(crate::sync::destination::AuthProblem::Secret(e)) => {
+                    crate::http::Auth::Missing(e.to_string())
+                }
+            };
             let resolved = sync_config::Destination::resolve(dname, d, auth)
                 .map_err(|msg| config_error(file, text, at(""), msg))?;
             destinations.insert(dname.clone(), resolved);
@@ -466,7 +446,8 @@ impl Project {
                     ),
                 ));
             }
-            let resolved = sync_config::Sync::resolve(sname, s)
+            let kind = destinations[&s.destination].kind;
+            let resolved = sync_config::Sync::resolve(sname, s, kind)
                 .map_err(|msg| config_error(file, text, at(""), msg))?;
             syncs.insert(sname.clone(), resolved);
         }

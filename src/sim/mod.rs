@@ -5,4 +5,5 @@
 pub mod hubspot;
 pub mod pagerduty;
 pub mod rest;
+pub mod salesforce;
 pub mod slack;

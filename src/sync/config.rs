@@ -32,19 +32,53 @@ use crate::http::{Auth, RetryPolicy};
 #[serde(rename_all = "lowercase")]
 pub enum DestinationKind {
     Hubspot,
+    Salesforce,
+}
+
+impl DestinationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DestinationKind::Hubspot => "hubspot",
+            DestinationKind::Salesforce => "salesforce",
+        }
+    }
+
+    pub fn vendor(self) -> &'static str {
+        match self {
+            DestinationKind::Hubspot => "HubSpot",
+            DestinationKind::Salesforce => "Salesforce",
+        }
+    }
+
+    /// Records per write call at most (HubSpot's batch endpoints: 100;
+    /// Salesforce's sObject Collections: 200).
+    pub fn max_batch(self) -> usize {
+        match self {
+            DestinationKind::Hubspot => 100,
+            DestinationKind::Salesforce => crate::sync::salesforce::COLLECTION_SIZE,
+        }
+    }
 }
 
 /// One `[destinations.<name>]` table as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationSection {
-    /// `hubspot`.
+    /// `hubspot` or `salesforce`.
     #[serde(rename = "type")]
     pub kind: DestinationKind,
     /// API base URL; HubSpot's is the default (`https://api.hubapi.com`).
-    /// Point it at `ferry sim hubspot` to work against the emulator.
+    /// For Salesforce, the login host (`https://login.salesforce.com`, or
+    /// `https://test.salesforce.com` for a sandbox); calls then go to the
+    /// instance the login names. Point it at an emulator to work locally.
     #[serde(default)]
     pub url: Option<String>,
+    /// Salesforce: the REST API version (`v60.0`).
+    #[serde(default)]
+    pub api_version: Option<String>,
+    /// Salesforce: the OAuth 2.0 JWT bearer flow.
+    #[serde(default)]
+    pub jwt: Option<JwtSection>,
     /// A private-app token, usually `"${HUBSPOT_TOKEN}"`.
     #[serde(default)]
     pub token: Option<Spanned<String>>,
@@ -55,9 +89,11 @@ pub struct DestinationSection {
     /// Free/Starter: 100; Professional/Enterprise: 190).
     #[serde(default = "default_requests_per_10s")]
     pub requests_per_10s: usize,
-    /// Requests per day for the whole account (Free/Starter: 250,000).
-    #[serde(default = "default_daily_limit")]
-    pub daily_limit: u64,
+    /// Requests per day for the whole account (HubSpot Free/Starter:
+    /// 250,000; Salesforce: 15,000 by default, more per license, and
+    /// ferry follows the org's `Sforce-Limit-Info`).
+    #[serde(default)]
+    pub daily_limit: Option<u64>,
     /// Requests in flight at once.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
@@ -81,6 +117,43 @@ pub struct DestinationSection {
     pub search_lag_seconds: u64,
 }
 
+impl DestinationSection {
+    /// A setting of another vendor's (refused, not ignored), as the error.
+    pub fn foreign_setting(&self) -> Option<String> {
+        let given = |name: &'static str, set: bool| set.then_some(name);
+        let foreign = match self.kind {
+            DestinationKind::Hubspot => given("api_version", self.api_version.is_some())
+                .or(given("jwt", self.jwt.is_some())),
+            DestinationKind::Salesforce => given("token", self.token.is_some()),
+        };
+        foreign.map(|k| {
+            format!(
+                "`{k}` is not a {} setting{}",
+                self.kind.as_str(),
+                match self.kind {
+                    DestinationKind::Salesforce => {
+                        ": Salesforce logs in with a [jwt] table (client_id, username, private_key) or an [oauth] refresh token"
+                    }
+                    DestinationKind::Hubspot => ": it belongs to type = \"salesforce\"",
+                }
+            )
+        })
+    }
+}
+
+/// `[destinations.<name>.jwt]`: a connected app's JWT bearer flow.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSection {
+    /// The connected app's consumer key.
+    pub client_id: Spanned<String>,
+    /// The user ferry acts as.
+    pub username: Spanned<String>,
+    /// The private key (PEM) of the certificate uploaded to the app,
+    /// usually `"${SALESFORCE_PRIVATE_KEY}"`.
+    pub private_key: Spanned<String>,
+}
+
 /// `[destinations.<name>.oauth]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -95,9 +168,6 @@ pub struct OAuthSection {
 
 fn default_requests_per_10s() -> usize {
     100
-}
-fn default_daily_limit() -> u64 {
-    250_000
 }
 fn default_max_in_flight() -> usize {
     8
@@ -123,7 +193,10 @@ fn default_search_lag_seconds() -> u64 {
 pub struct Destination {
     pub name: String,
     pub kind: DestinationKind,
+    /// The API's base URL (Salesforce: the login host).
     pub url: String,
+    /// Salesforce's API version (`v60.0`).
+    pub api_version: String,
     pub auth: Auth,
     pub requests_per_10s: usize,
     pub daily_limit: u64,
@@ -143,18 +216,41 @@ impl Destination {
                 "requests_per_10s, max_in_flight and max_attempts must be at least 1".into(),
             );
         }
+        if let Some(why) = s.foreign_setting() {
+            return Err(why);
+        }
+        let (default_url, default_daily) = match s.kind {
+            DestinationKind::Hubspot => ("https://api.hubapi.com", 250_000),
+            DestinationKind::Salesforce => ("https://login.salesforce.com", 15_000),
+        };
+        let api_version = s.api_version.clone().unwrap_or_else(|| "v60.0".into());
+        let well_formed = api_version
+            .strip_prefix('v')
+            .and_then(|v| v.split_once('.'))
+            .is_some_and(|(a, b)| {
+                !a.is_empty()
+                    && !b.is_empty()
+                    && a.chars().all(|c| c.is_ascii_digit())
+                    && b.chars().all(|c| c.is_ascii_digit())
+            });
+        if !well_formed {
+            return Err(format!(
+                "api_version = {api_version:?} is not a Salesforce API version; write it as \"v60.0\""
+            ));
+        }
         Ok(Destination {
             name: name.to_string(),
             kind: s.kind,
             url: s
                 .url
                 .clone()
-                .unwrap_or_else(|| "https://api.hubapi.com".into())
+                .unwrap_or_else(|| default_url.into())
                 .trim_end_matches('/')
                 .to_string(),
+            api_version,
             auth,
             requests_per_10s: s.requests_per_10s,
-            daily_limit: s.daily_limit,
+            daily_limit: s.daily_limit.unwrap_or(default_daily),
             max_in_flight: s.max_in_flight,
             retry: RetryPolicy {
                 max_attempts: s.max_attempts,
@@ -257,8 +353,10 @@ pub struct SyncSection {
     /// Model column → CRM property (or `{ property, policy }`).
     pub fields: BTreeMap<String, FieldSection>,
     /// Records per API call (at most 100 for HubSpot).
-    #[serde(default = "default_batch_size")]
-    pub batch_size: usize,
+    /// Records per call; default and cap: the destination's maximum
+    /// (HubSpot 100, Salesforce Collections 200).
+    #[serde(default)]
+    pub batch_size: Option<usize>,
     /// `mirror` refuses to archive more than this share of the synced records.
     #[serde(default = "default_max_delete_pct")]
     pub max_delete_pct: f64,
@@ -289,9 +387,6 @@ fn default_copy_age() -> u64 {
     60
 }
 
-fn default_batch_size() -> usize {
-    100
-}
 fn default_max_delete_pct() -> f64 {
     20.0
 }
@@ -322,14 +417,21 @@ pub struct Sync {
 }
 
 impl Sync {
-    pub(crate) fn resolve(name: &str, s: &SyncSection) -> Result<Sync, String> {
+    pub(crate) fn resolve(
+        name: &str,
+        s: &SyncSection,
+        kind: DestinationKind,
+    ) -> Result<Sync, String> {
         if s.fields.is_empty() {
             return Err("a sync needs at least one field under fields".into());
         }
-        if s.batch_size == 0 || s.batch_size > 100 {
+        let max = kind.max_batch();
+        if let Some(n) = s.batch_size
+            && (n == 0 || n > max)
+        {
             return Err(format!(
-                "batch_size = {} is out of range: HubSpot takes 1 to 100 records per call",
-                s.batch_size
+                "batch_size = {n} is out of range: {} takes 1 to {max} records per call",
+                kind.vendor()
             ));
         }
         if !(0.0..=100.0).contains(&s.max_delete_pct) {
@@ -378,7 +480,7 @@ impl Sync {
             key_column: s.match_key.column.clone(),
             key_property: s.match_key.property.clone(),
             fields,
-            batch_size: s.batch_size,
+            batch_size: s.batch_size.unwrap_or(max),
             max_delete_pct: s.max_delete_pct,
             requests_per_10s: s.requests_per_10s,
             crm_copy: s.crm_copy.clone(),

@@ -238,12 +238,27 @@ pub trait Account: Send + Sync {
     fn destination(&self, sync: &super::config::Sync) -> Box<dyn Destination>;
 }
 
+/// Why a destination's credentials could not be resolved.
+pub enum AuthProblem {
+    /// The table is wrong (none given, two given): the user fixes ferry.toml.
+    Config(String),
+    /// A `${VAR}` is not set: calls fail with this, other commands work.
+    Secret(Error),
+}
+
+/// Resolves a `${VAR}` setting of ferry.toml (or says which is unset, where).
+pub type SecretFn<'a> =
+    dyn Fn(&toml::Spanned<String>) -> Result<crate::project::secret::Secret> + 'a;
+
 /// Open the account `config` describes.
 pub fn open(config: &super::config::Destination) -> Result<Arc<dyn Account>> {
     match config.kind {
         super::config::DestinationKind::Hubspot => Ok(Arc::new(super::hubspot::Shared(Arc::new(
             super::hubspot::Account::new(config)?,
         )))),
+        super::config::DestinationKind::Salesforce => Ok(Arc::new(super::salesforce::Shared(
+            Arc::new(super::salesforce::Account::new(config)?),
+        ))),
     }
 }
 

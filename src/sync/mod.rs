@@ -26,6 +26,7 @@ pub mod config;
 pub mod destination;
 pub mod diff;
 pub mod hubspot;
+pub mod salesforce;
 pub mod state;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -890,8 +891,14 @@ impl Run<'_> {
         // Upserts by a unique key and updates by a unique key need no lookup,
         // unless an if_empty field needs the CRM's current value (or this is a
         // dry run, which reports creates and updates apart).
-        let need_lookup =
-            !unique || sync.mode == Mode::Insert || self.has_if_empty() || self.opts.dry_run;
+        // A destination that cannot update by key (Salesforce's upsert
+        // creates) finds records' ids first.
+        let by_key = self.dest.capabilities().ops.contains(&Op::UpdateByKey);
+        let need_lookup = !unique
+            || sync.mode == Mode::Insert
+            || (sync.mode == Mode::Update && !by_key)
+            || self.has_if_empty()
+            || self.opts.dry_run;
         let mut absent_from_copy: HashSet<String> = HashSet::new();
         let mut unresolved: HashMap<String, String> = HashMap::new();
         let found = if need_lookup {

@@ -7,6 +7,7 @@
 //! `gtm`: the GTM starter project, `ferry demo` and `ferry generate`.
 //! `models`: SQL models on the fixture project `tests/fixtures/gtm`.
 //! `operate`: schedules, alerts, the health page, /metrics, `ferry serve`.
+//! `salesforce`: reverse sync to the Salesforce emulator.
 //! `sim`: the HubSpot emulator over real HTTP.
 //! `sync`: reverse sync to the emulator, incl. the kill -9 crash test.
 //! `vendor`: regressions against vendors as they really behave (lagging
@@ -20,6 +21,7 @@ mod gtm;
 mod landing;
 mod models;
 mod operate;
+mod salesforce;
 mod sim;
 mod sync;
 mod vendor;

@@ -22,6 +22,8 @@ pub const VENDOR: Vendor = Vendor {
     remaining_header: "x-ratelimit-remaining",
     daily_remaining_header: "x-ratelimit-daily-remaining",
     is_daily: |_| false,
+    daily_remaining: |_| None,
+    instance_url_from_token: false,
 };
 
 pub struct RestSource {

@@ -41,6 +41,8 @@ pub const VENDOR: Vendor = Vendor {
     remaining_header: "x-hubspot-ratelimit-remaining",
     daily_remaining_header: "x-hubspot-ratelimit-daily-remaining",
     is_daily: |body| body["policyName"].as_str() == Some("DAILY"),
+    daily_remaining: |_| None,
+    instance_url_from_token: false,
 };
 
 /// One HubSpot account: the client (with the account's rate budget) and the
@@ -641,6 +643,37 @@ fn match_reply(
 
 fn rows_pending(rows: &[Outgoing], slot: Option<usize>) -> Option<DateTime<Utc>> {
     slot.and_then(|i| rows.get(i)).and_then(|r| r.pending_since)
+}
+
+/// The credentials of a HubSpot destination: a private-app `token` or an
+/// `[oauth]` refresh token.
+pub fn auth(
+    d: &crate::sync::config::DestinationSection,
+    secret: &crate::sync::destination::SecretFn<'_>,
+) -> std::result::Result<crate::http::Auth, crate::sync::destination::AuthProblem> {
+    use crate::sync::destination::AuthProblem;
+    match (&d.token, &d.oauth) {
+        (Some(_), Some(_)) => Err(AuthProblem::Config(
+            "give either token or [oauth], not both".into(),
+        )),
+        (None, None) => Err(AuthProblem::Config(
+            "no credentials: add token = \"${HUBSPOT_TOKEN}\" (a private-app token) or an [oauth] table".into(),
+        )),
+        (Some(t), None) => Ok(crate::http::Auth::Bearer(secret(t).map_err(AuthProblem::Secret)?)),
+        (None, Some(o)) => {
+            let base = d.url.clone().unwrap_or_else(|| "https://api.hubapi.com".into());
+            let s = |v| secret(v).map_err(AuthProblem::Secret);
+            Ok(crate::http::Auth::OAuth(crate::http::OAuthConfig {
+                token_url: o
+                    .token_url
+                    .clone()
+                    .unwrap_or_else(|| format!("{}/oauth/v1/token", base.trim_end_matches('/'))),
+                client_id: s(&o.client_id)?.expose().to_string(),
+                client_secret: s(&o.client_secret)?,
+                refresh_token: s(&o.refresh_token)?,
+            }))
+        }
+    }
 }
 
 /// A call error that ends a sync step, as ferry's error.

@@ -1,0 +1,270 @@
+//! Reverse sync to Salesforce over real HTTP against the emulator
+//! (`ferry::sim::salesforce`): sObject Collections, per-record errors in
+//! the sync log, the JWT and refresh-token logins, a session that expires
+//! mid-run, and the org's daily limit.
+
+use std::path::{Path, PathBuf};
+
+use ferry::sim::salesforce::{self, Check, FieldDef, Rule, RunningSim, SimConfig};
+use ferry::sync::SyncOptions;
+
+use super::sync::{query, sync};
+
+const PUBLIC_KEY: &str = include_str!("../fixtures/salesforce/test_public_key.pem");
+
+async fn sim(config: SimConfig) -> RunningSim {
+    let mut config = config;
+    config.app.public_key_pem = Some(PUBLIC_KEY.into());
+    let s = salesforce::start(config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    s.with_org(|org| {
+        let contact = org.object_mut("Contact").unwrap();
+        contact.define(FieldDef {
+            external_id: true,
+            unique: true,
+            ..FieldDef::new("Ferry_Email__c", "email")
+        });
+        contact.rules.push(Rule {
+            field: "Ferry_Lead_Score__c".into(),
+            check: Check::AtMost(100.0),
+            message: "Lead score cannot exceed 100".into(),
+        });
+    })
+    .unwrap();
+    s
+}
+
+/// A project whose sync `contacts` upserts the view model `people` to
+/// Salesforce contacts by the external ID `Ferry_Email__c`; `login` is the
+/// destination's credentials table.
+fn project(dir: &Path, url: &str, login: &str) -> PathBuf {
+    std::fs::create_dir_all(dir.join("models")).unwrap();
+    let key = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/salesforce/test_private_key.pem"
+    ))
+    .unwrap();
+    std::fs::write(
+        dir.join("secrets.toml"),
+        format!("SF_KEY = '''{key}'''\nSF_REFRESH = \"ferry-sim-refresh\"\nSF_SECRET = \"ferry-sim-secret\"\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("ferry.toml"),
+        format!(
+            r#"[project]
+name = "sftest"
+
+[destinations.sf]
+type = "salesforce"
+url = "{url}"
+max_attempts = 6
+backoff_initial_ms = 20
+backoff_max_ms = 200
+timeout_seconds = 5
+{login}
+
+[syncs.contacts]
+model = "people"
+destination = "sf"
+object = "Contact"
+mode = "upsert"
+match = {{ column = "email", property = "Ferry_Email__c" }}
+
+[syncs.contacts.fields]
+last_name = "LastName"
+lead_score = "Ferry_Lead_Score__c"
+"#
+        ),
+    )
+    .unwrap();
+    dir.to_path_buf()
+}
+
+const REFRESH: &str = "[destinations.sf.oauth]\nclient_id = \"ferry-sim-client\"\nclient_secret = \"${SF_SECRET}\"\nrefresh_token = \"${SF_REFRESH}\"\n";
+const JWT: &str = "[destinations.sf.jwt]\nclient_id = \"ferry-sim-client\"\nusername = \"ferry@example.com\"\nprivate_key = \"${SF_KEY}\"\n";
+
+/// (email, last name, score)
+type People = Vec<(String, String, String)>;
+
+fn people(n: usize) -> People {
+    (0..n)
+        .map(|i| {
+            (
+                format!("person{i}@example.com"),
+                format!("Person{i}"),
+                format!("{}", i % 90),
+            )
+        })
+        .collect()
+}
+
+fn model(dir: &Path, rows: &People) {
+    let values: Vec<String> = rows
+        .iter()
+        .map(|(e, n, s)| {
+            let n = if n.is_empty() {
+                "null".to_string()
+            } else {
+                format!("'{n}'")
+            };
+            format!("('{e}', {n}, '{s}')")
+        })
+        .collect();
+    std::fs::write(
+        dir.join("models/people.sql"),
+        format!(
+            "{{{{ config(materialized='view') }}}}\nselect column1 as email, column2 as last_name, column3 as lead_score from (values {}) as v\n",
+            values.join(",\n")
+        ),
+    )
+    .unwrap();
+}
+
+/// The org's contacts by Ferry_Email__c: (LastName, score as text).
+fn contacts(s: &RunningSim) -> std::collections::BTreeMap<String, (String, String)> {
+    let mut out = std::collections::BTreeMap::new();
+    for r in s.records("Contact") {
+        let key = r.values["Ferry_Email__c"].as_str().unwrap().to_string();
+        let score = r
+            .values
+            .get("Ferry_Lead_Score__c")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(-1.0);
+        let name = r.values["LastName"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            out.insert(key.clone(), (name, format!("{score}")))
+                .is_none(),
+            "duplicate contact {key}"
+        );
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upserts_through_collections_with_per_record_errors_in_the_sync_log() {
+    let s = sim(SimConfig::default()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = project(tmp.path(), &s.base_url(), REFRESH);
+    let mut data = people(250);
+    // One misses a required field, one breaks a validation rule.
+    data[7].1 = String::new();
+    data[8].2 = "150".into();
+    model(&dir, &data);
+
+    let r = sync(&dir, "contacts", SyncOptions::default())
+        .await
+        .unwrap();
+    assert_eq!((r.counts.created, r.counts.rejected), (248, 2), "{r:?}");
+    // describe, then 200 + 50 records in two Collections calls.
+    assert_eq!(r.api_calls, 3, "{r:?}");
+    let org = contacts(&s);
+    assert_eq!(org.len(), 248);
+    assert_eq!(org["person3@example.com"], ("Person3".into(), "3".into()));
+    let log = query(
+        &dir,
+        "select key, error_category, error_message from ferry.sync_log where status = 'rejected' order by key",
+    )
+    .await;
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(log[0][0], "person7@example.com");
+    assert_eq!(log[0][1], "REQUIRED_FIELD_MISSING");
+    assert!(log[0][2].contains("LastName"), "{log:?}");
+    assert_eq!(log[1][1], "FIELD_CUSTOM_VALIDATION_EXCEPTION");
+    assert!(
+        log[1][2].contains("Lead score cannot exceed 100")
+            && log[1][2].contains("Ferry_Lead_Score__c"),
+        "{log:?}"
+    );
+
+    // Fixed rows and one change: only those are sent; the session expired
+    // meanwhile, so ferry logs in again once and goes on.
+    data[7].1 = "Seven".into();
+    data[8].2 = "80".into();
+    data[20].2 = "42".into();
+    model(&dir, &data);
+    s.expire_sessions();
+    let (_, logins_before) = s.stats();
+    let r = sync(&dir, "contacts", SyncOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.counts.created, r.counts.updated, r.counts.rejected),
+        (2, 1, 0),
+        "{r:?}"
+    );
+    assert_eq!(s.stats().1, logins_before + 1);
+    let org = contacts(&s);
+    assert_eq!(org.len(), 250);
+    assert_eq!(org["person20@example.com"].1, "42");
+    assert_eq!(org["person8@example.com"].1, "80");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_bearer_login_finds_the_instance_and_a_bad_key_is_refused() {
+    let s = sim(SimConfig::default()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = project(tmp.path(), &s.base_url(), JWT);
+    model(&dir, &people(5));
+    let r = sync(&dir, "contacts", SyncOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(r.counts.created, 5, "{r:?}");
+    assert_eq!(s.stats().1, 1, "one login");
+
+    // An assertion signed by another key: refused at login, nothing sent.
+    let other = tempfile::tempdir().unwrap();
+    let dir2 = project(
+        other.path(),
+        &s.base_url(),
+        &JWT.replace("ferry@example.com", "intruder@example.com"),
+    );
+    model(&dir2, &people(5));
+    let calls = s.stats().0;
+    let e = sync(&dir2, "contacts", SyncOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("refused the credentials") && e.contains("user hasn't approved"),
+        "{e}"
+    );
+    assert_eq!(s.stats().0, calls, "no API call after a refused login");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_orgs_daily_limit_stops_cleanly_and_the_rest_is_sent_later() {
+    let s = sim(SimConfig {
+        daily: 2,
+        ..SimConfig::default()
+    })
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = project(tmp.path(), &s.base_url(), REFRESH);
+    model(&dir, &people(450));
+    let r = sync(&dir, "contacts", SyncOptions::default())
+        .await
+        .unwrap();
+    let stopped = r.stopped.clone().unwrap_or_default();
+    assert!(
+        stopped.contains("REQUEST_LIMIT_EXCEEDED") || stopped.contains("daily API request limit"),
+        "{r:?}"
+    );
+    assert_eq!(r.counts.created, 200, "{r:?}");
+    assert_eq!(contacts(&s).len(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_salesforce_destination_refuses_hubspot_settings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = project(tmp.path(), "http://127.0.0.1:9", "token = \"x\"");
+    let e = ferry::project::Project::load(&dir).unwrap_err().to_string();
+    assert!(
+        e.contains("`token` is not a salesforce setting") && e.contains("[jwt]"),
+        "{e}"
+    );
+}
