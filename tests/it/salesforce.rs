@@ -268,3 +268,72 @@ async fn a_salesforce_destination_refuses_hubspot_settings() {
         "{e}"
     );
 }
+
+/// 20% of calls fail (503s, dropped connections, writes applied whose
+/// reply is lost): runs converge to the model, with no duplicate contact
+/// (`contacts` asserts one per key) and every value as the model says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_percent_faults_converge_without_duplicates() {
+    let s = sim(SimConfig::default()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = project(tmp.path(), &s.base_url(), REFRESH);
+    // Leads match on Email, which is not an External ID: no upsert, so
+    // ferry looks them up and creates the rest; a create whose reply is
+    // lost must be found, not sent again.
+    s.with_org(|org| {
+        let lead = org.object_mut("Lead").unwrap();
+        let mut company = lead.field("Company").unwrap().clone();
+        company.required = false;
+        lead.define(company);
+    });
+    let toml = std::fs::read_to_string(dir.join("ferry.toml")).unwrap();
+    std::fs::write(
+        dir.join("ferry.toml"),
+        format!(
+            "{toml}\n[syncs.leads]\nmodel = \"people\"\ndestination = \"sf\"\nobject = \"Lead\"\nmode = \"upsert\"\n\
+             match = {{ column = \"email\", property = \"Email\" }}\n\n[syncs.leads.fields]\nlast_name = \"LastName\"\nlead_score = \"Ferry_Lead_Score__c\"\n"
+        ),
+    )
+    .unwrap();
+    let mut data = people(600);
+    model(&dir, &data);
+    s.set_faults(salesforce::Faults {
+        server_error: 0.08,
+        dropped: 0.06,
+        lost_after_write: 0.06,
+    });
+    for round in 0..12 {
+        if round == 6 {
+            for (i, row) in data.iter_mut().enumerate() {
+                if i % 3 == 0 {
+                    row.2 = format!("{}", (i % 50) + 1);
+                }
+            }
+            model(&dir, &data);
+        }
+        let _ = sync(&dir, "contacts", SyncOptions::default()).await;
+        let _ = sync(&dir, "leads", SyncOptions::default()).await;
+    }
+    s.set_faults(salesforce::Faults::default());
+    for name in ["contacts", "leads"] {
+        let r = sync(&dir, name, SyncOptions::default()).await.unwrap();
+        assert!(r.clean(), "{r:?}");
+    }
+    let org = contacts(&s);
+    assert_eq!(org.len(), 600);
+    let mut leads = std::collections::BTreeMap::new();
+    for r in s.records("Lead") {
+        let email = r.values["Email"].as_str().unwrap().to_string();
+        let score = r.values["Ferry_Lead_Score__c"].as_f64().unwrap();
+        assert!(
+            leads.insert(email.clone(), format!("{score}")).is_none(),
+            "duplicate lead {email}"
+        );
+    }
+    assert_eq!(leads.len(), 600);
+    for (email, name, score) in &data {
+        let got = &org[email];
+        assert_eq!((&got.0, &got.1), (name, score), "{email}");
+        assert_eq!(&leads[email], score, "{email}");
+    }
+}
