@@ -9,6 +9,10 @@
 //!    batch is looked up through search, 4 requests per second), and for
 //!    contacts where 1% of rows, then every row, is invalid (the calls per
 //!    row that dead-lettering costs).
+//!    Then Salesforce (its emulator): contacts upserted by an External ID
+//!    through sObject Collections (200 a call), and leads matched by Email,
+//!    which is not one (a SOQL lookup per 100 keys, then creates)
+//!    (FERRY_BENCH_SF_ROWS, default 100,000).
 //! 2. Diff: the set-based diff (`sql/sync/diff.sql`) of a 1M- and a 10M-row
 //!    model against a snapshot of the same size with 10% of rows changed
 //!    (FERRY_BENCH_DIFF_ROWS=1000000,10000000 to choose).
@@ -158,6 +162,103 @@ persona = "ferry_persona"
     );
 }
 
+/// Salesforce: contacts by the External ID `Ferry_Email__c` (upserts), or
+/// leads by `Email` (lookups, then creates).
+async fn salesforce_throughput(rows: u64, by_external_id: bool) {
+    use ferry::sim::salesforce::{self as sf, FieldDef};
+    let sim = sf::start(
+        sf::SimConfig {
+            daily: 10_000_000,
+            ..sf::SimConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    sim.with_org(|org| {
+        let c = org.object_mut("Contact").unwrap();
+        c.define(FieldDef {
+            external_id: true,
+            unique: true,
+            ..FieldDef::new("Ferry_Email__c", "email")
+        });
+        c.define(FieldDef::new("Ferry_Persona__c", "string"));
+        let l = org.object_mut("Lead").unwrap();
+        l.define(FieldDef::new("Ferry_Persona__c", "string"));
+        let mut company = l.field("Company").unwrap().clone();
+        company.required = false;
+        l.define(company);
+    });
+    let (object, key) = if by_external_id {
+        ("Contact", "Ferry_Email__c")
+    } else {
+        ("Lead", "Email")
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("models")).unwrap();
+    std::fs::write(
+        dir.join("ferry.toml"),
+        format!(
+            r#"[project]
+name = "sfbench"
+
+[destinations.sf]
+type = "salesforce"
+url = "{}"
+
+[destinations.sf.oauth]
+client_id = "ferry-sim-client"
+client_secret = "ferry-sim-secret"
+refresh_token = "ferry-sim-refresh"
+
+[syncs.scores]
+model = "scores"
+destination = "sf"
+object = "{object}"
+match = {{ column = "email", property = "{key}" }}
+
+[syncs.scores.fields]
+lead_score = "Ferry_Lead_Score__c"
+persona = "LastName"
+"#,
+            sim.base_url()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("models/scores.sql"),
+        format!(
+            "{{{{ config(materialized='view') }}}}\n{}\n",
+            model_sql(rows, "a")
+        ),
+    )
+    .unwrap();
+    let project = Project::load(dir).unwrap();
+    let lake = Lake::open(&project.lake, &project.dir).unwrap();
+    let start = Instant::now();
+    let r = Syncer::new(&project, lake)
+        .run("scores", &SyncOptions::default())
+        .await
+        .unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    let (calls, logins) = sim.stats();
+    println!(
+        "sync throughput, Salesforce {object} by {key} ({}): {rows} changed rows, {calls} API calls \
+         ({:.4} per row), {logins} login(s), {secs:.1} s, {:.0} rows/s; created {}, rejected {}, peak RSS {:.0} MiB",
+        if by_external_id {
+            "Collections upserts"
+        } else {
+            "SOQL lookups, then Collections creates"
+        },
+        calls as f64 / rows as f64,
+        rows as f64 / secs,
+        r.counts.created,
+        r.counts.rejected,
+        peak_rss_mib()
+    );
+}
+
 async fn diff_time(rows: u64) {
     let tmp = tempfile::tempdir().unwrap();
     let ctx = datafusion::prelude::SessionContext::new_with_config(ferry::engine::session_config());
@@ -263,5 +364,13 @@ async fn main() {
         throughput(rows, Case::Companies).await;
         throughput(rows / 10, Case::Bad(100)).await;
         throughput(rows / 10, Case::Bad(1)).await;
+    }
+    let sf_rows: u64 = std::env::var("FERRY_BENCH_SF_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    if sf_rows > 0 {
+        salesforce_throughput(sf_rows, true).await;
+        salesforce_throughput(sf_rows, false).await;
     }
 }

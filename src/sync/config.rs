@@ -87,8 +87,10 @@ pub struct DestinationSection {
     pub oauth: Option<OAuthSection>,
     /// Requests per rolling 10 seconds for the whole account (HubSpot
     /// Free/Starter: 100; Professional/Enterprise: 190).
-    #[serde(default = "default_requests_per_10s")]
-    pub requests_per_10s: usize,
+    /// Salesforce has no short window (its limit is the 24-hour one):
+    /// 1,000 by default, to stay polite.
+    #[serde(default)]
+    pub requests_per_10s: Option<usize>,
     /// Requests per day for the whole account (HubSpot Free/Starter:
     /// 250,000; Salesforce: 15,000 by default, more per license, and
     /// ferry follows the org's `Sforce-Limit-Info`).
@@ -166,9 +168,6 @@ pub struct OAuthSection {
     pub token_url: Option<String>,
 }
 
-fn default_requests_per_10s() -> usize {
-    100
-}
 fn default_max_in_flight() -> usize {
     8
 }
@@ -211,7 +210,7 @@ impl Destination {
         s: &DestinationSection,
         auth: Auth,
     ) -> Result<Destination, String> {
-        if s.requests_per_10s == 0 || s.max_in_flight == 0 || s.max_attempts == 0 {
+        if s.requests_per_10s == Some(0) || s.max_in_flight == 0 || s.max_attempts == 0 {
             return Err(
                 "requests_per_10s, max_in_flight and max_attempts must be at least 1".into(),
             );
@@ -219,9 +218,9 @@ impl Destination {
         if let Some(why) = s.foreign_setting() {
             return Err(why);
         }
-        let (default_url, default_daily) = match s.kind {
-            DestinationKind::Hubspot => ("https://api.hubapi.com", 250_000),
-            DestinationKind::Salesforce => ("https://login.salesforce.com", 15_000),
+        let (default_url, default_daily, default_window) = match s.kind {
+            DestinationKind::Hubspot => ("https://api.hubapi.com", 250_000, 100),
+            DestinationKind::Salesforce => ("https://login.salesforce.com", 15_000, 1_000),
         };
         let api_version = s.api_version.clone().unwrap_or_else(|| "v60.0".into());
         let well_formed = api_version
@@ -249,7 +248,7 @@ impl Destination {
                 .to_string(),
             api_version,
             auth,
-            requests_per_10s: s.requests_per_10s,
+            requests_per_10s: s.requests_per_10s.unwrap_or(default_window),
             daily_limit: s.daily_limit.unwrap_or(default_daily),
             max_in_flight: s.max_in_flight,
             retry: RetryPolicy {

@@ -2,7 +2,7 @@
 //! fields, unique and external-ID fields, validation rules, and the SOQL
 //! subset ferry sends.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -94,6 +94,9 @@ pub struct SObject {
     pub fields: BTreeMap<String, FieldDef>,
     pub records: BTreeMap<String, Record>,
     pub rules: Vec<Rule>,
+    /// Live records by the folded value of each unique or external-ID
+    /// field (as Salesforce indexes them), so matching is not a scan.
+    index: HashMap<String, HashMap<String, Vec<String>>>,
 }
 
 impl SObject {
@@ -121,20 +124,75 @@ impl SObject {
             },
         ];
         all.extend(fields);
-        SObject {
+        let mut o = SObject {
             name: name.into(),
             prefix: prefix.into(),
-            fields: all
-                .into_iter()
-                .map(|f| (f.name.to_lowercase(), f))
-                .collect(),
+            fields: BTreeMap::new(),
             records: BTreeMap::new(),
             rules: Vec::new(),
+            index: HashMap::new(),
+        };
+        for f in all {
+            o.define(f);
         }
+        o
     }
 
     pub fn define(&mut self, f: FieldDef) {
+        // Salesforce indexes unique and external-ID fields, and Email.
+        let indexed = f.unique || f.external_id || f.kind == "email";
+        let name = f.name.clone();
         self.fields.insert(f.name.to_lowercase(), f);
+        self.index.remove(&name);
+        if indexed {
+            let mut idx: HashMap<String, Vec<String>> = HashMap::new();
+            for r in self.records.values().filter(|r| !r.deleted) {
+                if let Some(v) = r.values.get(&name) {
+                    idx.entry(self.fold(&name, &text(v)))
+                        .or_default()
+                        .push(r.id.clone());
+                }
+            }
+            self.index.insert(name, idx);
+        }
+    }
+
+    /// A value as the index holds it.
+    fn fold(&self, field: &str, value: &str) -> String {
+        match self.field(field) {
+            Some(f) if f.case_sensitive => value.to_string(),
+            _ => value.to_lowercase(),
+        }
+    }
+
+    /// The (field, folded value) entries of record `id` in the index.
+    fn entries(&self, id: &str) -> Vec<(String, String)> {
+        let Some(r) = self.records.get(id) else {
+            return Vec::new();
+        };
+        self.index
+            .keys()
+            .filter_map(|f| r.values.get(f).map(|v| (f.clone(), self.fold(f, &text(v)))))
+            .collect()
+    }
+
+    fn unindex(&mut self, id: &str) {
+        for (f, v) in self.entries(id) {
+            if let Some(ids) = self.index.get_mut(&f).and_then(|m| m.get_mut(&v)) {
+                ids.retain(|x| x != id);
+            }
+        }
+    }
+
+    fn reindex(&mut self, id: &str) {
+        if self.records.get(id).is_none_or(|r| r.deleted) {
+            return;
+        }
+        for (f, v) in self.entries(id) {
+            if let Some(m) = self.index.get_mut(&f) {
+                m.entry(v).or_default().push(id.to_string());
+            }
+        }
     }
 
     pub fn field(&self, name: &str) -> Option<&FieldDef> {
@@ -155,6 +213,12 @@ impl SObject {
     /// Live records whose `field` equals `value` (case-insensitively
     /// unless the field is case-sensitive).
     fn find(&self, field: &FieldDef, value: &str) -> Vec<String> {
+        if let Some(idx) = self.index.get(&field.name) {
+            return idx
+                .get(&self.fold(&field.name, value))
+                .cloned()
+                .unwrap_or_default();
+        }
         self.records
             .values()
             .filter(|r| !r.deleted)
@@ -425,6 +489,7 @@ impl Org {
             None => (self.new_id(&prefix), true),
         };
         if let Some(o) = self.object_mut(object) {
+            o.unindex(&id);
             let r = o.records.entry(id.clone()).or_insert_with(|| Record {
                 id: id.clone(),
                 values: BTreeMap::new(),
@@ -436,6 +501,7 @@ impl Org {
                 r.values.insert(k, v);
             }
             r.modstamp = now;
+            o.reindex(&id);
         }
         (id, created)
     }
@@ -446,21 +512,18 @@ impl Org {
         object: &str,
         records: &[serde_json::Map<String, Value>],
     ) -> std::result::Result<Vec<Result1>, RequestError> {
-        let o = self
-            .object(object)
-            .cloned()
-            .ok_or_else(|| unknown_object(object))?;
+        let o = self.object(object).ok_or_else(|| unknown_object(object))?;
         let coerced = records
             .iter()
-            .map(|r| self.coerce(&o, r))
+            .map(|r| self.coerce(o, r))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let mut out = Vec::new();
         for values in coerced {
-            let snapshot = self.object(object).cloned().unwrap_or(o.clone());
-            out.push(match Org::check(&snapshot, None, &values, true) {
-                Ok(()) => Ok(self.apply(object, None, values)),
-                Err(e) => Err(e),
-            });
+            let checked = match self.object(object) {
+                Some(o) => Org::check(o, None, &values, true),
+                None => Err(record_error("NOT_FOUND", "the object is gone", &[])),
+            };
+            out.push(checked.map(|()| self.apply(object, None, values)));
         }
         Ok(out)
     }
@@ -486,7 +549,7 @@ impl Org {
                         .find(|o| id.starts_with(&o.prefix))
                         .map(|o| o.name.clone())
                 });
-            let Some(o) = object.and_then(|n| self.object(&n).cloned()) else {
+            let Some(o) = object.as_deref().and_then(|n| self.object(n)) else {
                 out.push(Err(record_error(
                     "MALFORMED_ID",
                     &format!("malformed id {id}"),
@@ -494,11 +557,12 @@ impl Org {
                 )));
                 continue;
             };
+            let name = o.name.clone();
             let mut fields = r.clone();
             fields.remove("Id");
             fields.remove("id");
-            let values = self.coerce(&o, &fields)?;
-            out.push(match o.records.get(&id) {
+            let values = self.coerce(o, &fields)?;
+            let checked = match o.records.get(&id) {
                 None => Err(record_error(
                     "INVALID_CROSS_REFERENCE_KEY",
                     &format!("invalid cross reference id {id}"),
@@ -507,11 +571,9 @@ impl Org {
                 Some(rec) if rec.deleted => {
                     Err(record_error("ENTITY_IS_DELETED", "entity is deleted", &[]))
                 }
-                Some(_) => match Org::check(&o, Some(&id), &values, false) {
-                    Ok(()) => Ok(self.apply(&o.name, Some(id.clone()), values)),
-                    Err(e) => Err(e),
-                },
-            });
+                Some(_) => Org::check(o, Some(&id), &values, false),
+            };
+            out.push(checked.map(|()| self.apply(&name, Some(id.clone()), values)));
         }
         Ok(out)
     }
@@ -523,10 +585,7 @@ impl Org {
         key: &str,
         records: &[serde_json::Map<String, Value>],
     ) -> std::result::Result<Vec<Result1>, RequestError> {
-        let o = self
-            .object(object)
-            .cloned()
-            .ok_or_else(|| unknown_object(object))?;
+        let o = self.object(object).ok_or_else(|| unknown_object(object))?;
         let Some(kf) = o
             .field(key)
             .cloned()
@@ -542,13 +601,18 @@ impl Org {
         };
         let coerced = records
             .iter()
-            .map(|r| self.coerce(&o, r))
+            .map(|r| self.coerce(o, r))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         // Two records of one request with the same key: both refused.
         let keys: Vec<String> = coerced
             .iter()
             .map(|v| v.get(&kf.name).map(text).unwrap_or_default().to_lowercase())
             .collect();
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for k in &keys {
+            *counts.entry(k.as_str()).or_default() += 1;
+        }
+        let repeated: Vec<bool> = keys.iter().map(|k| counts[k.as_str()] > 1).collect();
         let mut out = Vec::new();
         for (i, values) in coerced.into_iter().enumerate() {
             let value = values.get(&kf.name).map(text).unwrap_or_default();
@@ -560,7 +624,7 @@ impl Org {
                 )));
                 continue;
             }
-            if keys.iter().filter(|k| **k == keys[i]).count() > 1 {
+            if repeated[i] {
                 out.push(Err(record_error(
                     "DUPLICATE_EXTERNAL_ID",
                     &format!("Duplicate external id specified: {value}"),
@@ -568,13 +632,26 @@ impl Org {
                 )));
                 continue;
             }
-            let snapshot = self.object(object).cloned().unwrap_or(o.clone());
-            let found = snapshot.find(&kf, &value);
+            let Some(o) = self.object(object) else {
+                out.push(Err(record_error("NOT_FOUND", "the object is gone", &[])));
+                continue;
+            };
+            let found = if kf.kind == "id" {
+                o.records
+                    .get(&value)
+                    .filter(|r| !r.deleted)
+                    .map(|r| vec![r.id.clone()])
+                    .unwrap_or_default()
+            } else {
+                o.find(&kf, &value)
+            };
             out.push(match found.as_slice() {
-                [] => Org::check(&snapshot, None, &values, true)
-                    .map(|()| self.apply(object, None, values)),
-                [id] => Org::check(&snapshot, Some(id), &values, false)
-                    .map(|()| self.apply(object, Some(id.clone()), values)),
+                [] => Org::check(o, None, &values, true).map(|()| self.apply(object, None, values)),
+                [id] => {
+                    let id = id.clone();
+                    Org::check(o, Some(&id), &values, false)
+                        .map(|()| self.apply(object, Some(id), values))
+                }
                 many => Err(record_error(
                     "DUPLICATE_EXTERNAL_ID",
                     &format!(
@@ -594,16 +671,15 @@ impl Org {
         ids.iter()
             .map(|id| {
                 for o in self.objects.values_mut() {
-                    if let Some(r) = o.records.get_mut(id) {
-                        if r.deleted {
-                            return Err(record_error(
-                                "ENTITY_IS_DELETED",
-                                "entity is deleted",
-                                &[],
-                            ));
+                    if o.records.get(id).is_some_and(|r| r.deleted) {
+                        return Err(record_error("ENTITY_IS_DELETED", "entity is deleted", &[]));
+                    }
+                    if o.records.contains_key(id) {
+                        o.unindex(id);
+                        if let Some(r) = o.records.get_mut(id) {
+                            r.deleted = true;
+                            r.modstamp = now;
                         }
-                        r.deleted = true;
-                        r.modstamp = now;
                         return Ok((id.clone(), false));
                     }
                 }
@@ -643,9 +719,28 @@ impl Org {
                 });
             }
         }
-        let mut rows: Vec<&Record> = o
-            .records
-            .values()
+        // An IN or = on an indexed field narrows the scan (deleted records
+        // are not indexed: queryAll scans).
+        let narrowed: Option<Vec<&Record>> = q.conditions.iter().find_map(|c| {
+            let f = o.field(&c.field)?;
+            if all || !o.index.contains_key(&f.name) || !(c.op == "in" || c.op == "=") {
+                return None;
+            }
+            let mut ids: Vec<String> = Vec::new();
+            for l in &c.values {
+                let Literal::Text(t) = l else { return None };
+                ids.extend(o.find(f, t));
+            }
+            ids.sort();
+            ids.dedup();
+            Some(ids.iter().filter_map(|id| o.records.get(id)).collect())
+        });
+        let candidates: Vec<&Record> = match narrowed {
+            Some(rows) => rows,
+            None => o.records.values().collect(),
+        };
+        let mut rows: Vec<&Record> = candidates
+            .into_iter()
             .filter(|r| all || !r.deleted)
             .filter(|r| q.conditions.iter().all(|c| c.holds(o, r)))
             .collect();
