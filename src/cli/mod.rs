@@ -843,6 +843,8 @@ async fn run(cli: Cli) -> Result<()> {
                         server_error: fault_5xx,
                         dropped: fault_drop,
                         lost_after_write: fault_lost_write,
+                        slow: 0.0,
+                        slow_ms: 0,
                     },
                 };
                 let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));

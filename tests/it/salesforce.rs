@@ -301,6 +301,7 @@ async fn twenty_percent_faults_converge_without_duplicates() {
         server_error: 0.08,
         dropped: 0.06,
         lost_after_write: 0.06,
+        ..salesforce::Faults::default()
     });
     for round in 0..12 {
         if round == 6 {
@@ -336,4 +337,138 @@ async fn twenty_percent_faults_converge_without_duplicates() {
         assert_eq!((&got.0, &got.1), (name, score), "{email}");
         assert_eq!(&leads[email], score, "{email}");
     }
+}
+
+/// The real binary, killed with SIGKILL at random moments 20 times while
+/// it syncs leads matched on Email (not an External ID: lookups, then
+/// creates, which are not idempotent), with dropped connections and lost
+/// replies; then run to completion: every lead exactly once, with the
+/// model's values, and no create confirmed twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_random_points_then_resume_converges_on_salesforce() {
+    use rand::Rng;
+    let s = sim(SimConfig {
+        faults: salesforce::Faults {
+            slow: 0.5,
+            slow_ms: 150,
+            dropped: 0.02,
+            lost_after_write: 0.03,
+            ..salesforce::Faults::default()
+        },
+        ..SimConfig::default()
+    })
+    .await;
+    s.with_org(|org| {
+        let lead = org.object_mut("Lead").unwrap();
+        let mut company = lead.field("Company").unwrap().clone();
+        company.required = false;
+        lead.define(company);
+        // Leads that exist before the first run: matched, not duplicated.
+        for i in (0..300).step_by(10) {
+            let mut m = serde_json::Map::new();
+            m.insert("Email".into(), format!("person{i}@example.com").into());
+            m.insert("LastName".into(), "Planted".into());
+            org.insert("Lead", &[m]).unwrap();
+        }
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = project(tmp.path(), &s.base_url(), REFRESH);
+    // Two calls in flight: runs last long enough to be killed mid-way.
+    let toml = std::fs::read_to_string(dir.join("ferry.toml"))
+        .unwrap()
+        .replace("max_attempts = 6", "max_attempts = 6\nmax_in_flight = 2");
+    std::fs::write(
+        dir.join("ferry.toml"),
+        format!(
+            "{toml}\n[syncs.leads]\nmodel = \"people\"\ndestination = \"sf\"\nobject = \"Lead\"\nmode = \"upsert\"\nbatch_size = 20\n\
+             match = {{ column = \"email\", property = \"Email\" }}\n\n[syncs.leads.fields]\nlast_name = \"LastName\"\nlead_score = \"Ferry_Lead_Score__c\"\n"
+        ),
+    )
+    .unwrap();
+    let write_model = |round: usize| {
+        let rows: People = (0..300)
+            .map(|i| {
+                (
+                    format!("person{i}@example.com"),
+                    format!("Name{round}x{}", i % 7),
+                    format!("{}", (i + round) % 90),
+                )
+            })
+            .collect();
+        model(&dir, &rows);
+        rows
+    };
+    let mut data = write_model(0);
+    let run = |dir: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .arg("--project-dir")
+            .arg(dir)
+            .args(["sync", "leads"])
+            .env_remove("FERRY_LAKE")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut rng = rand::rng();
+    let (mut killed, mut finished_early, mut round) = (0, 0, 0);
+    while killed < 20 {
+        if round % 2 == 0 {
+            data = write_model(round);
+        }
+        round += 1;
+        let mut child = run(&dir);
+        tokio::time::sleep(std::time::Duration::from_millis(rng.random_range(50..1500))).await;
+        match child.try_wait().unwrap() {
+            Some(_) => finished_early += 1,
+            None => {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                killed += 1;
+            }
+        }
+        assert!(finished_early < 40, "runs finish too fast to be killed");
+    }
+    s.set_faults(salesforce::Faults::default());
+    let mut done = false;
+    for _ in 0..10 {
+        if run(&dir).wait().unwrap().success() {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert!(done, "ferry sync never finished after the kills");
+    let mut leads = std::collections::BTreeMap::new();
+    for r in s.records("Lead") {
+        let email = r.values["Email"].as_str().unwrap().to_string();
+        let name = r.values["LastName"].as_str().unwrap().to_string();
+        let score = r.values["Ferry_Lead_Score__c"].as_f64().unwrap_or(-1.0);
+        assert!(
+            leads
+                .insert(email.clone(), (name, format!("{score}")))
+                .is_none(),
+            "duplicate lead {email}"
+        );
+    }
+    assert_eq!(leads.len(), 300);
+    for (email, name, score) in &data {
+        assert_eq!(leads[email], (name.clone(), score.clone()), "{email}");
+    }
+    let twice = query(
+        &dir,
+        "select key from ferry.sync_log where sync = 'leads' and operation = 'create' and status = 'ok' group by key having count(*) > 1",
+    )
+    .await;
+    assert!(twice.is_empty(), "creates confirmed twice: {twice:?}");
+    let interrupted = query(
+        &dir,
+        "select count(distinct run_id) from ferry.sync_log where run_id not in (select run_id from ferry.sync_runs)",
+    )
+    .await;
+    let interrupted: u32 = interrupted[0][0].parse().unwrap();
+    assert!(
+        interrupted >= 3,
+        "only {interrupted} killed runs had committed batches"
+    );
 }

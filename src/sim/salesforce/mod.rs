@@ -53,6 +53,9 @@ pub struct Faults {
     pub dropped: f64,
     /// A write is applied, then its reply is lost.
     pub lost_after_write: f64,
+    /// Answered after `slow_ms`.
+    pub slow: f64,
+    pub slow_ms: u64,
 }
 
 /// A connected app allowed to log in.
@@ -249,7 +252,7 @@ fn chance(p: f64) -> bool {
 }
 
 /// Session, faults and the daily budget for one call.
-fn gate(s: &State, headers: &HeaderMap) -> std::result::Result<(), Response> {
+async fn gate(s: &State, headers: &HeaderMap) -> std::result::Result<(), Response> {
     s.calls.fetch_add(1, Ordering::SeqCst);
     let token = headers
         .get("authorization")
@@ -263,6 +266,9 @@ fn gate(s: &State, headers: &HeaderMap) -> std::result::Result<(), Response> {
         ));
     }
     let f = s.faults.lock().map(|f| f.clone()).unwrap_or_default();
+    if chance(f.slow) {
+        tokio::time::sleep(std::time::Duration::from_millis(f.slow_ms)).await;
+    }
     if chance(f.dropped) {
         return Err(dropped());
     }
@@ -387,7 +393,7 @@ async fn token(
 }
 
 async fn limits(AxState(s): AxState<Shared>, headers: HeaderMap) -> Response {
-    if let Err(r) = gate(&s, &headers) {
+    if let Err(r) = gate(&s, &headers).await {
         return r;
     }
     let used = s.used.load(Ordering::SeqCst);
@@ -404,7 +410,7 @@ async fn describe(
     Path((_, object)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = gate(&s, &headers) {
+    if let Err(r) = gate(&s, &headers).await {
         return r;
     }
     let found = s
@@ -478,7 +484,7 @@ struct Q {
 }
 
 async fn query(AxState(s): AxState<Shared>, headers: HeaderMap, Query(q): Query<Q>) -> Response {
-    if let Err(r) = gate(&s, &headers) {
+    if let Err(r) = gate(&s, &headers).await {
         return r;
     }
     run_query(&s, q.q, false).await
@@ -489,7 +495,7 @@ async fn query_all(
     headers: HeaderMap,
     Query(q): Query<Q>,
 ) -> Response {
-    if let Err(r) = gate(&s, &headers) {
+    if let Err(r) = gate(&s, &headers).await {
         return r;
     }
     run_query(&s, q.q, true).await
@@ -500,7 +506,7 @@ async fn query_more(
     Path((_, locator)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = gate(&s, &headers) {
+    if let Err(r) = gate(&s, &headers).await {
         return r;
     }
     let rest = s.cursors.lock().ok().and_then(|mut c| c.remove(&locator));
@@ -608,7 +614,7 @@ async fn insert(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
-    if let Err(r) = gate(&s, &headers) {
+    if let Err(r) = gate(&s, &headers).await {
         return r;
     }
     let (aon, records) = match collection(&s, &body) {
@@ -642,7 +648,7 @@ async fn update(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
-    if let Err(r) = gate(&s, &headers) {
+    if let Err(r) = gate(&s, &headers).await {
         return r;
     }
     let (aon, records) = match collection(&s, &body) {
@@ -672,7 +678,7 @@ async fn upsert(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
-    if let Err(r) = gate(&s, &headers) {
+    if let Err(r) = gate(&s, &headers).await {
         return r;
     }
     let (aon, records) = match collection(&s, &body) {
@@ -701,7 +707,7 @@ async fn delete(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Response {
-    if let Err(r) = gate(&s, &headers) {
+    if let Err(r) = gate(&s, &headers).await {
         return r;
     }
     let params: Vec<(String, String)> =
