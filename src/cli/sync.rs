@@ -16,6 +16,10 @@ pub async fn run(
             "no syncs in ferry.toml: add a [destinations.<name>] profile and a [syncs.<name>] table (see README: Reverse sync)".into(),
         ));
     }
+    println!("{}", project.target_line());
+    if !opts.dry_run {
+        project.check_clean()?;
+    }
     let names: Vec<String> = if names.is_empty() {
         project.syncs.keys().cloned().collect()
     } else {

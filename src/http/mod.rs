@@ -903,7 +903,7 @@ async fn read_capped(mut reply: reqwest::Response, cap: usize) -> Result<bytes::
 }
 
 /// A URL without its query (which may hold an API key) or user info.
-pub(crate) fn redact_url(u: &str) -> String {
+pub fn redact_url(u: &str) -> String {
     match url::Url::parse(u) {
         Ok(mut url) => {
             url.set_query(None);

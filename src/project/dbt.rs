@@ -114,6 +114,8 @@ pub fn load(dir: &Path, lake_override: Option<String>) -> Result<Project> {
             snapshots: or(&p.snapshot_paths, &["snapshots"]),
         },
         vars,
+        target: None,
+        require_clean_git: false,
     })
 }
 

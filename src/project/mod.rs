@@ -60,6 +60,71 @@ struct ConfigFile {
     /// Alert rules and channels.
     #[serde(default)]
     alerts: Option<crate::operate::alerts::AlertsSection>,
+    /// Per-target settings (`--target sandbox`): sources' and
+    /// destinations' URLs, credentials and limits over the base ones.
+    #[serde(default)]
+    targets: BTreeMap<String, TargetSection>,
+}
+
+/// One `[targets.<name>]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetSection {
+    /// Settings over `[sources.<name>]`, key by key.
+    #[serde(default)]
+    sources: BTreeMap<String, SourceConfig>,
+    /// Settings over `[destinations.<name>]`, key by key; credentials given
+    /// here replace the base ones as a whole.
+    #[serde(default)]
+    destinations: BTreeMap<String, sync_config::DestinationOverride>,
+    /// Refuse `ferry build` and `ferry sync` while the project's git
+    /// working tree has uncommitted changes.
+    #[serde(default)]
+    require_clean_git: bool,
+    /// The target's lake. A target that changes a source or a destination
+    /// gets its own lake by default (`<lake>/targets/<name>`): the lake's
+    /// state (sync snapshots, extract cursors) describes those accounts.
+    #[serde(default)]
+    lake: Option<String>,
+}
+
+/// The target chosen with `--target` or `FERRY_TARGET`.
+pub fn chosen_target() -> Option<String> {
+    crate::models::project::TARGET
+        .get()
+        .cloned()
+        .or_else(|| std::env::var("FERRY_TARGET").ok())
+        .filter(|t| !t.trim().is_empty())
+}
+
+impl SourceConfig {
+    /// `over`'s settings replace these, key by key (streams by name).
+    fn overlay(&mut self, over: &SourceConfig) {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if over.$f.is_some() { self.$f = over.$f.clone(); } )* };
+        }
+        take!(
+            kind,
+            url,
+            auth,
+            requests_per_second,
+            preset,
+            secret,
+            max_body_bytes,
+            tolerance_seconds,
+            public_url,
+            reconcile,
+            token,
+            requests_per_10s,
+            search_per_second,
+            search_lag_margin_seconds,
+            path,
+            schema
+        );
+        for (name, stream) in &over.streams {
+            self.streams.insert(name.clone(), stream.clone());
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -270,6 +335,75 @@ pub struct Project {
     pub schedules: BTreeMap<String, crate::operate::schedule::Schedule>,
     /// `[alerts]`, resolved.
     pub alerts: crate::operate::alerts::AlertsConfig,
+    /// The `[targets.<name>]` in force (`--target`), if any.
+    pub target: Option<String>,
+    /// The target refuses to write from uncommitted changes.
+    pub require_clean_git: bool,
+}
+
+impl Project {
+    /// What a run writes to, for the first line of `ferry build` and
+    /// `ferry sync`: the target and each destination's host.
+    pub fn target_line(&self) -> String {
+        let hosts: Vec<String> = self
+            .destinations
+            .values()
+            .map(|d| format!("{} {}", d.name, crate::http::redact_url(&d.url)))
+            .collect();
+        format!(
+            "target: {}; lake: {}{}",
+            self.target
+                .as_deref()
+                .unwrap_or("(none: ferry.toml as written)"),
+            if self.lake.url.contains("://") {
+                crate::http::redact_url(&self.lake.url)
+            } else {
+                self.lake.url.clone()
+            },
+            if hosts.is_empty() {
+                String::new()
+            } else {
+                format!("; destinations: {}", hosts.join(", "))
+            }
+        )
+    }
+
+    /// Refuse to write from uncommitted changes when the target says so.
+    pub fn check_clean(&self) -> Result<()> {
+        if !self.require_clean_git {
+            return Ok(());
+        }
+        let t = self.target.as_deref().unwrap_or_default();
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&self.dir)
+            .args(["status", "--porcelain", "--untracked-files=no"])
+            .output()
+            .map_err(|e| {
+                Error::Input(format!(
+                    "target {t} requires a clean git tree, and git cannot run here ({e})"
+                ))
+            })?;
+        if !out.status.success() {
+            return Err(Error::Input(format!(
+                "target {t} requires a clean git tree, and {} is not in a git repository: commit the project, or drop require_clean_git",
+                self.dir.display()
+            )));
+        }
+        let dirty = String::from_utf8_lossy(&out.stdout);
+        if !dirty.trim().is_empty() {
+            let files: Vec<&str> = dirty
+                .lines()
+                .take(5)
+                .map(|l| l.get(3..).unwrap_or(l))
+                .collect();
+            return Err(Error::Input(format!(
+                "target {t} requires a clean git tree: commit or stash the changes first ({})",
+                files.join(", ")
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Project {
@@ -306,10 +440,78 @@ impl Project {
         secrets: &SecretSource,
         lake_override: Option<String>,
     ) -> Result<Project> {
-        let raw: ConfigFile = toml::from_str(text).map_err(|e| {
+        Project::parse_for(dir, file, text, secrets, lake_override, chosen_target())
+    }
+
+    /// [`Project::parse`] for the target `target` (its `[targets.<name>]`
+    /// settings over the base ones).
+    pub fn parse_for(
+        dir: &Path,
+        file: &Path,
+        text: &str,
+        secrets: &SecretSource,
+        lake_override: Option<String>,
+        target: Option<String>,
+    ) -> Result<Project> {
+        let mut raw: ConfigFile = toml::from_str(text).map_err(|e| {
             let offset = e.span().map(|s| s.start).unwrap_or(0);
             config_error(file, text, offset, e.message().to_string())
         })?;
+
+        // The chosen target's settings over the base ones.
+        let mut require_clean_git = false;
+        if let Some(t) = &target {
+            match raw.targets.get(t).cloned() {
+                Some(over) => {
+                    for (name, o) in &over.sources {
+                        let Some(base) = raw.sources.get_mut(name) else {
+                            return Err(config_error(
+                                file,
+                                text,
+                                find_key(text, &format!("targets.{t}.sources.{name}")),
+                                format!(
+                                    "target {t} sets source {name}, which [sources] does not define"
+                                ),
+                            ));
+                        };
+                        base.overlay(o);
+                    }
+                    for (name, o) in &over.destinations {
+                        let Some(base) = raw.destinations.get_mut(name) else {
+                            return Err(config_error(
+                                file,
+                                text,
+                                find_key(text, &format!("targets.{t}.destinations.{name}")),
+                                format!(
+                                    "target {t} sets destination {name}, which [destinations] does not define"
+                                ),
+                            ));
+                        };
+                        o.apply(base);
+                    }
+                    require_clean_git = over.require_clean_git;
+                    if let Some(l) = over.lake.clone() {
+                        raw.lake.url = l;
+                    } else if !over.sources.is_empty() || !over.destinations.is_empty() {
+                        raw.lake.url =
+                            format!("{}/targets/{t}", raw.lake.url.trim_end_matches('/'));
+                    }
+                }
+                None if !raw.targets.is_empty() => {
+                    let known: Vec<&String> = raw.targets.keys().collect();
+                    return Err(config_error(
+                        file,
+                        text,
+                        find_key(text, "targets"),
+                        format!(
+                            "--target {t}: ferry.toml has no [targets.{t}] (it has {known:?}); add one or choose another"
+                        ),
+                    ));
+                }
+                // No [targets] at all: the name is for profiles.yml alone.
+                None => {}
+            }
+        }
 
         let mut options = BTreeMap::new();
         for (key, value) in &raw.lake.options {
@@ -779,6 +981,8 @@ impl Project {
                 options,
             },
             sources: raw.sources,
+            target: target.filter(|t| raw.targets.contains_key(t)),
+            require_clean_git,
         })
     }
 
@@ -1060,6 +1264,90 @@ mod tests {
         .unwrap();
         assert_eq!(p.lake.options["key"].expose(), "s3cr3t-value-9");
         assert!(!format!("{p:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn a_target_lays_its_urls_and_credentials_over_the_base() {
+        let text = r#"[project]
+name = "t"
+
+[sources.crm]
+type = "hubspot"
+url = "https://api.hubapi.com"
+token = "prod-token"
+[sources.crm.streams.contacts]
+
+[destinations.sf]
+type = "salesforce"
+url = "https://login.salesforce.com"
+[destinations.sf.oauth]
+client_id = "prod-app"
+client_secret = "s"
+refresh_token = "r"
+
+[syncs.s]
+model = "m"
+destination = "sf"
+object = "Contact"
+match = { column = "email", property = "Email" }
+fields = { score = "Score__c" }
+
+[targets.sandbox.sources.crm]
+url = "http://127.0.0.1:8090"
+token = "sandbox-token"
+
+[targets.sandbox.destinations.sf]
+url = "https://test.salesforce.com"
+[targets.sandbox.destinations.sf.jwt]
+client_id = "sandbox-app"
+username = "ferry@acme.com.sandbox"
+private_key = "pem"
+"#;
+        let parse = |t: Option<&str>| {
+            Project::parse_for(
+                Path::new("p"),
+                Path::new("p/ferry.toml"),
+                text,
+                &SecretSource::default(),
+                None,
+                t.map(str::to_string),
+            )
+        };
+        let base = parse(None).unwrap();
+        assert_eq!(base.destinations["sf"].url, "https://login.salesforce.com");
+        assert!(matches!(
+            base.destinations["sf"].auth,
+            crate::http::Auth::OAuth(_)
+        ));
+        assert_eq!(base.target, None);
+        let sandbox = parse(Some("sandbox")).unwrap();
+        assert_eq!(sandbox.target.as_deref(), Some("sandbox"));
+        assert_eq!(
+            sandbox.destinations["sf"].url,
+            "https://test.salesforce.com"
+        );
+        // The target's JWT replaces the base's OAuth as a whole.
+        match &sandbox.destinations["sf"].auth {
+            crate::http::Auth::JwtBearer(j) => assert_eq!(j.username, "ferry@acme.com.sandbox"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            sandbox.sources["crm"].url.as_deref(),
+            Some("http://127.0.0.1:8090")
+        );
+        assert!(
+            sandbox
+                .target_line()
+                .contains("sf https://test.salesforce.com")
+        );
+        // Its state is its own: another lake.
+        assert_eq!(base.lake.url, "lake");
+        assert_eq!(sandbox.lake.url, "lake/targets/sandbox");
+        let e = parse(Some("prod")).unwrap_err().to_string();
+        assert!(
+            e.contains("--target prod: ferry.toml has no [targets.prod]") && e.contains("sandbox"),
+            "{e}"
+        );
     }
 
     #[test]

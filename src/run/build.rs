@@ -145,6 +145,9 @@ pub async fn build(
     args: &Selection,
     opts: &BuildOptions,
 ) -> Result<BuildReport> {
+    // Where this writes, before anything is written.
+    println!("{}", project.target_line());
+    project.check_clean()?;
     let started_at = Utc::now();
     let run_id = RunId::new();
     let mut stages: Vec<Stage> = Vec::new();

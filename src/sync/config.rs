@@ -119,6 +119,55 @@ pub struct DestinationSection {
     pub search_lag_seconds: u64,
 }
 
+/// `[targets.<t>.destinations.<name>]`: settings over a destination's.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationOverride {
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub api_version: Option<String>,
+    #[serde(default)]
+    pub token: Option<Spanned<String>>,
+    #[serde(default)]
+    pub oauth: Option<OAuthSection>,
+    #[serde(default)]
+    pub jwt: Option<JwtSection>,
+    #[serde(default)]
+    pub requests_per_10s: Option<usize>,
+    #[serde(default)]
+    pub daily_limit: Option<u64>,
+    #[serde(default)]
+    pub max_in_flight: Option<usize>,
+}
+
+impl DestinationOverride {
+    /// Lay these settings over `base`. Credentials given here replace the
+    /// base's as a whole (a sandbox's token does not mix with prod's OAuth).
+    pub fn apply(&self, base: &mut DestinationSection) {
+        if self.url.is_some() {
+            base.url = self.url.clone();
+        }
+        if self.api_version.is_some() {
+            base.api_version = self.api_version.clone();
+        }
+        if self.token.is_some() || self.oauth.is_some() || self.jwt.is_some() {
+            base.token = self.token.clone();
+            base.oauth = self.oauth.clone();
+            base.jwt = self.jwt.clone();
+        }
+        if self.requests_per_10s.is_some() {
+            base.requests_per_10s = self.requests_per_10s;
+        }
+        if self.daily_limit.is_some() {
+            base.daily_limit = self.daily_limit;
+        }
+        if let Some(n) = self.max_in_flight {
+            base.max_in_flight = n;
+        }
+    }
+}
+
 impl DestinationSection {
     /// A setting of another vendor's (refused, not ignored), as the error.
     pub fn foreign_setting(&self) -> Option<String> {

@@ -472,3 +472,101 @@ async fn kill_9_at_random_points_then_resume_converges_on_salesforce() {
         "only {interrupted} killed runs had committed batches"
     );
 }
+
+/// `--target sandbox` sends the sync to the sandbox org (its URL and its
+/// own credentials), says so on its first line, and leaves prod alone;
+/// a target with `require_clean_git` refuses to write from uncommitted
+/// changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_switches_urls_and_credentials_and_prod_wants_a_clean_tree() {
+    let prod = sim(SimConfig::default()).await;
+    let mut sandbox_config = SimConfig::default();
+    sandbox_config.app.refresh_token = "sandbox-refresh".into();
+    sandbox_config.app.client_id = "sandbox-client".into();
+    let sandbox = sim(sandbox_config).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = project(tmp.path(), &prod.base_url(), REFRESH);
+    let toml = std::fs::read_to_string(dir.join("ferry.toml")).unwrap();
+    std::fs::write(
+        dir.join("ferry.toml"),
+        format!(
+            "{toml}\n[targets.sandbox.destinations.sf]\nurl = \"{}\"\n[targets.sandbox.destinations.sf.oauth]\n\
+             client_id = \"sandbox-client\"\nclient_secret = \"${{SF_SECRET}}\"\nrefresh_token = \"sandbox-refresh\"\n\n\
+             [targets.prod]\nrequire_clean_git = true\n",
+            sandbox.base_url()
+        ),
+    )
+    .unwrap();
+    model(&dir, &people(7));
+    let ferry = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .arg("--project-dir")
+            .arg(&dir)
+            .args(args)
+            .env_remove("FERRY_LAKE")
+            .env_remove("FERRY_TARGET")
+            .output()
+            .unwrap()
+    };
+    let out = ferry(&["--target", "sandbox", "sync", "contacts"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.lines()
+            .next()
+            .is_some_and(|l| l.starts_with("target: sandbox; lake: ")
+                && l.contains(&format!(
+                    "/targets/sandbox; destinations: sf {}",
+                    sandbox.base_url()
+                ))),
+        "{said}"
+    );
+    assert_eq!(sandbox.records("Contact").len(), 7);
+    assert_eq!(prod.records("Contact").len(), 0, "prod untouched");
+
+    // prod: not a git repository, then a dirty tree: refused, nothing sent.
+    let out = ferry(&["--target", "prod", "sync", "contacts"]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && e.contains("requires a clean git tree")
+            && e.contains("not in a git repository"),
+        "{e}"
+    );
+    let git = |args: &[&str]| {
+        assert!(
+            std::process::Command::new("git")
+                .arg("-C")
+                .arg(&dir)
+                .args(["-c", "user.email=t@example.com", "-c", "user.name=t"])
+                .args(args)
+                .output()
+                .unwrap()
+                .status
+                .success()
+        );
+    };
+    git(&["init", "-q"]);
+    git(&["add", "ferry.toml", "models"]);
+    git(&["commit", "-q", "-m", "project"]);
+    model(&dir, &people(9));
+    let out = ferry(&["--target", "prod", "sync", "contacts"]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && e.contains("commit or stash") && e.contains("models/people.sql"),
+        "{e}"
+    );
+    assert_eq!(prod.records("Contact").len(), 0);
+    git(&["commit", "-q", "-am", "nine people"]);
+    let out = ferry(&["--target", "prod", "sync", "contacts"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(prod.records("Contact").len(), 9);
+}
