@@ -367,3 +367,29 @@ pub trait Destination: Send + Sync {
     /// API calls sent so far, and 429s seen.
     fn usage(&self) -> (u64, u64);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Batches keep every item once, in order, within the row limit,
+        /// and within the byte limit unless one item alone exceeds it.
+        #[test]
+        fn batches_respect_rows_and_bytes(sizes in prop::collection::vec(0usize..50, 0..80),
+                                          rows in 1usize..10, bytes in prop::option::of(1usize..120)) {
+            let items: Vec<(usize, usize)> = sizes.iter().copied().enumerate().collect();
+            let out = batches(items.clone(), rows, bytes, |(_, n)| *n);
+            let flat: Vec<(usize, usize)> = out.iter().flatten().copied().collect();
+            prop_assert_eq!(flat, items);
+            for b in &out {
+                prop_assert!(!b.is_empty() && b.len() <= rows);
+                let total: usize = b.iter().map(|(_, n)| n).sum();
+                if let Some(max) = bytes {
+                    prop_assert!(total <= max || b.len() == 1, "{} bytes in {:?}", total, b);
+                }
+            }
+        }
+    }
+}

@@ -1071,3 +1071,48 @@ pub fn parse_soql(soql: &str) -> std::result::Result<Soql, RequestError> {
         limit,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn soql_subset_parses_as_ferry_sends_it() {
+        let q = parse_soql(
+            "SELECT Id, Email FROM Lead WHERE Email IN ('a@x.com', 'b\\'c@x.com') AND SystemModstamp >= 2024-01-01T00:00:00Z ORDER BY SystemModstamp DESC LIMIT 5",
+        )
+        .unwrap();
+        assert_eq!(q.fields, ["Id", "Email"]);
+        assert_eq!(q.from, "Lead");
+        assert_eq!(q.conditions[0].values[1], Literal::Text("b'c@x.com".into()));
+        assert!(matches!(q.conditions[1].values[0], Literal::Time(_)));
+        assert_eq!(q.order, Some(("SystemModstamp".into(), true)));
+        assert_eq!(q.limit, Some(5));
+        for bad in [
+            "",
+            "SELECT",
+            "SELECT Id FROM",
+            "SELECT Id FROM Lead WHERE",
+            "SELECT Id FROM Lead WHERE Email IN ('a'",
+            "SELECT Id FROM Lead LIMIT x",
+            "SELECT Id FROM Lead extra",
+        ] {
+            assert_eq!(
+                parse_soql(bad).unwrap_err().code,
+                "MALFORMED_QUERY",
+                "{bad}"
+            );
+        }
+    }
+
+    proptest! {
+        /// Any text: a query or MALFORMED_QUERY, never a panic; and a
+        /// query over the default org never panics either.
+        #[test]
+        fn soql_parser_never_panics(q in "(SELECT|FROM|WHERE|IN|AND|ORDER|BY|LIMIT|Id|Email|Lead|'[a-z]*'|\\(|\\)|,|=|<|>|!|[0-9]{1,4}|2024-01-01|true|null| ){0,24}") {
+            let _ = parse_soql(&q);
+            let _ = Org::default().query(&q, true);
+        }
+    }
+}
