@@ -160,8 +160,8 @@ async fn upserts_through_collections_with_per_record_errors_in_the_sync_log() {
         .await
         .unwrap();
     assert_eq!((r.counts.created, r.counts.rejected), (248, 2), "{r:?}");
-    // describe, then 200 + 50 records in two Collections calls.
-    assert_eq!(r.api_calls, 3, "{r:?}");
+    // /limits and describe, then 200 + 50 records in two Collections calls.
+    assert_eq!(r.api_calls, 4, "{r:?}");
     let org = contacts(&s);
     assert_eq!(org.len(), 248);
     assert_eq!(org["person3@example.com"], ("Person3".into(), "3".into()));
@@ -239,7 +239,7 @@ async fn jwt_bearer_login_finds_the_instance_and_a_bad_key_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_orgs_daily_limit_stops_cleanly_and_the_rest_is_sent_later() {
     let s = sim(SimConfig {
-        daily: 2,
+        daily: 3,
         ..SimConfig::default()
     })
     .await;
@@ -255,6 +255,14 @@ async fn the_orgs_daily_limit_stops_cleanly_and_the_rest_is_sent_later() {
         "{r:?}"
     );
     assert_eq!(r.counts.created, 200, "{r:?}");
+    assert_eq!(contacts(&s).len(), 200);
+    // The next run reads /limits first: nothing left, so it stops before
+    // sending anything, saying why.
+    let e = sync(&dir, "contacts", SyncOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("daily API request limit is spent"), "{e}");
     assert_eq!(contacts(&s).len(), 200);
 }
 

@@ -387,6 +387,19 @@ impl Destination for Salesforce {
         key_property: &str,
         properties: &[String],
     ) -> Result<bool> {
+        // The org's 24-hour budget as it stands, before the first write.
+        let limits = self
+            .send(Call::get(self.path("/limits")))
+            .await
+            .map_err(|e| self.stop_error(e))?;
+        if let Some(left) = limits["DailyApiRequests"]["Remaining"].as_u64() {
+            let limiter = self.account.client.limiter();
+            limiter.observe(None, None, Some(left));
+            if left == 0 {
+                limiter.exhaust_daily();
+                return Err(self.stop_error(CallError::DailyLimit));
+            }
+        }
         let d = self.describe(object).await?;
         let fields: HashMap<String, &Value> = d["fields"]
             .as_array()
