@@ -184,7 +184,8 @@ fn aim(project: &mut Project, served: &Served, hubspot_per_10s: usize) -> Result
                 *url = format!("{}/api/v1", served.marketing.base_url());
                 *auth = Auth::Bearer(Secret::new(serve::MARKETING_TOKEN));
             }
-            SourceSpec::Files { .. } => {}
+            // The starter project has no Salesforce source.
+            SourceSpec::Files { .. } | SourceSpec::Salesforce { .. } => {}
         }
     }
     for d in project.destinations.values_mut() {

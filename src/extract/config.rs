@@ -33,6 +33,8 @@ pub enum SourceKind {
     Files,
     /// HubSpot CRM objects and their associations.
     Hubspot,
+    /// Salesforce sObjects, by SOQL.
+    Salesforce,
     /// Signed webhook deliveries received by `ferry serve`.
     Webhook,
 }
@@ -337,6 +339,27 @@ pub enum SourceSpec {
         lag_margin: std::time::Duration,
         streams: Vec<HubspotStream>,
     },
+    Salesforce {
+        name: String,
+        /// The login host; calls go to the instance the login names.
+        url: String,
+        api_version: String,
+        auth: Auth,
+        /// Incremental runs read changes up to this long before the run's
+        /// start (a transaction's `SystemModstamp` can be older than its
+        /// commit, so the newest seconds are read next run).
+        lag_margin: std::time::Duration,
+        streams: Vec<SalesforceStream>,
+    },
+}
+
+/// One Salesforce stream: an sObject and the fields to read.
+#[derive(Debug, Clone)]
+pub struct SalesforceStream {
+    pub name: String,
+    pub object: String,
+    /// `None`: every field `describe` lists.
+    pub fields: Option<Vec<String>>,
 }
 
 impl SourceSpec {
@@ -344,7 +367,8 @@ impl SourceSpec {
         match self {
             SourceSpec::Rest { name, .. }
             | SourceSpec::Files { name, .. }
-            | SourceSpec::Hubspot { name, .. } => name,
+            | SourceSpec::Hubspot { name, .. }
+            | SourceSpec::Salesforce { name, .. } => name,
         }
     }
 
@@ -354,6 +378,9 @@ impl SourceSpec {
             SourceSpec::Rest { streams, .. } => streams.iter().map(|s| s.name.clone()).collect(),
             SourceSpec::Files { streams, .. } => streams.iter().map(|s| s.name.clone()).collect(),
             SourceSpec::Hubspot { streams, .. } => streams.iter().map(|s| s.name.clone()).collect(),
+            SourceSpec::Salesforce { streams, .. } => {
+                streams.iter().map(|s| s.name.clone()).collect()
+            }
         }
     }
 }

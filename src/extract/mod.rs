@@ -17,6 +17,7 @@ pub mod config;
 pub mod files;
 pub mod hubspot;
 pub mod rest;
+pub mod salesforce;
 pub mod webhook;
 
 use std::time::Instant;
@@ -441,6 +442,7 @@ pub async fn extract_until(
         let source: Box<dyn Source> = match spec {
             SourceSpec::Rest { .. } => Box::new(rest::RestSource::new(spec)?),
             SourceSpec::Files { .. } => Box::new(files::FileSource::new(spec, &project.dir)?),
+            SourceSpec::Salesforce { .. } => Box::new(salesforce::SalesforceSource::new(spec)?),
             SourceSpec::Hubspot { url, auth, .. } => {
                 let hs = hubspot::HubspotSource::new(spec)?;
                 if !matches!(auth, crate::http::Auth::Missing(_)) {

@@ -228,6 +228,15 @@ pub struct SourceConfig {
     /// but a change the index has not caught up with would be skipped.
     #[serde(default)]
     pub search_lag_margin_seconds: Option<u64>,
+    /// Salesforce: the REST API version (`v60.0`).
+    #[serde(default)]
+    pub api_version: Option<String>,
+    /// Salesforce: the JWT bearer login.
+    #[serde(default)]
+    pub jwt: Option<sync_config::JwtSection>,
+    /// Salesforce: the refresh-token login.
+    #[serde(default)]
+    pub oauth: Option<sync_config::OAuthSection>,
     /// Files: the folder (relative to the project) or object-store URL
     /// (`s3://bucket/drops/`) where files are dropped.
     #[serde(default)]
@@ -274,6 +283,9 @@ pub struct StreamConfig {
     /// HubSpot: properties to extract (default: all, from the properties API).
     #[serde(default)]
     pub properties: Option<Vec<String>>,
+    /// Salesforce: fields to extract (default: all, from `describe`).
+    #[serde(default)]
+    pub fields: Option<Vec<String>>,
     /// HubSpot: associated object types, landed as `<stream>_<type>` (from_id, to_id).
     #[serde(default)]
     pub associations: Vec<String>,
@@ -706,6 +718,55 @@ impl Project {
                                     })?)
                                 }
                             },
+                        },
+                    );
+                }
+                extract_config::SourceKind::Salesforce => {
+                    // The destination's login code, on a section of the same shape.
+                    let section = sync_config::DestinationSection::for_source(src);
+                    let secret = |v: &Spanned<String>| {
+                        secrets
+                            .interpolate(v.get_ref())
+                            .map_err(|msg| config_error(file, text, v.span().start, msg))
+                    };
+                    let auth = match crate::sync::salesforce::auth(&section, &secret) {
+                        Ok(a) => a,
+                        Err(crate::sync::destination::AuthProblem::Config(why)) => {
+                            return Err(config_error(file, text, at(""), why));
+                        }
+                        Err(crate::sync::destination::AuthProblem::Secret(e)) => {
+                            crate::http::Auth::Missing(e.to_string())
+                        }
+                    };
+                    let streams: Vec<extract_config::SalesforceStream> = src
+                        .streams
+                        .iter()
+                        .map(|(tname, t)| extract_config::SalesforceStream {
+                            name: tname.clone(),
+                            object: t.object.clone().unwrap_or_else(|| tname.clone()),
+                            fields: t.fields.clone(),
+                        })
+                        .collect();
+                    if streams.is_empty() {
+                        return Err(config_error(file, text, at(""),
+                            "a salesforce source needs streams, for example [sources.salesforce.streams.lead] (object = \"Lead\")".into()));
+                    }
+                    extract.insert(
+                        sname.clone(),
+                        extract_config::SourceSpec::Salesforce {
+                            name: sname.clone(),
+                            url: src
+                                .url
+                                .clone()
+                                .unwrap_or_else(|| "https://login.salesforce.com".into())
+                                .trim_end_matches('/')
+                                .to_string(),
+                            api_version: src.api_version.clone().unwrap_or_else(|| "v60.0".into()),
+                            auth,
+                            lag_margin: std::time::Duration::from_secs(
+                                src.search_lag_margin_seconds.unwrap_or(60),
+                            ),
+                            streams,
                         },
                     );
                 }

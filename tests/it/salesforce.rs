@@ -578,3 +578,104 @@ async fn target_switches_urls_and_credentials_and_prod_wants_a_clean_tree() {
     );
     assert_eq!(prod.records("Contact").len(), 9);
 }
+
+/// Salesforce as a source: the first run lands every lead; the next lands
+/// only what changed since, deletions included (`queryAll`, `IsDeleted`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extract_is_incremental_on_system_modstamp_with_deletions() {
+    let s = sim(SimConfig {
+        query_page: 2,
+        ..SimConfig::default()
+    })
+    .await;
+    let ids: Vec<String> = s
+        .with_org(|org| {
+            (0..5)
+                .map(|i| {
+                    let mut m = serde_json::Map::new();
+                    m.insert("LastName".into(), format!("Lead{i}").into());
+                    m.insert("Company".into(), "Acme".into());
+                    m.insert("Email".into(), format!("lead{i}@example.com").into());
+                    org.insert("Lead", &[m]).unwrap().remove(0).unwrap().0
+                })
+                .collect()
+        })
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = project(tmp.path(), &s.base_url(), REFRESH);
+    let toml = std::fs::read_to_string(dir.join("ferry.toml")).unwrap();
+    std::fs::write(
+        dir.join("ferry.toml"),
+        format!(
+            "{toml}\n[sources.sf]\ntype = \"salesforce\"\nurl = \"{}\"\nsearch_lag_margin_seconds = 0\n\
+             [sources.sf.oauth]\nclient_id = \"ferry-sim-client\"\nclient_secret = \"${{SF_SECRET}}\"\nrefresh_token = \"${{SF_REFRESH}}\"\n\
+             [sources.sf.streams.leads]\nobject = \"Lead\"\n",
+            s.base_url()
+        ),
+    )
+    .unwrap();
+    let extract = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .arg("--project-dir")
+            .arg(&dir)
+            .arg("extract")
+            .env_remove("FERRY_LAKE")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    extract();
+    assert_eq!(
+        query(&dir, "select count(*) from sf.leads").await,
+        vec![vec!["5".to_string()]]
+    );
+
+    // One changed, one deleted, one new.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    s.with_org(|org| {
+        let mut m = serde_json::Map::new();
+        m.insert("Id".into(), ids[1].clone().into());
+        m.insert("attributes".into(), serde_json::json!({"type": "Lead"}));
+        m.insert("LastName".into(), "Renamed".into());
+        org.update(&[m]).unwrap();
+        org.delete(&[ids[2].clone()]);
+        let mut n = serde_json::Map::new();
+        n.insert("LastName".into(), "Lead5".into());
+        n.insert("Company".into(), "Acme".into());
+        org.insert("Lead", &[n]).unwrap();
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    extract();
+    let rows = query(&dir, "select count(*) from sf.leads").await;
+    assert_eq!(
+        rows,
+        vec![vec!["8".to_string()]],
+        "5 first, then the 3 changes only"
+    );
+    let latest = query(
+        &dir,
+        &format!(
+            "select \"LastName\", cast(\"IsDeleted\" as varchar) from sf.leads where \"Id\" in ('{}', '{}') order by \"_ferry_loaded_at\" desc limit 2",
+            ids[1], ids[2]
+        ),
+    )
+    .await;
+    let mut got: Vec<(String, String)> = latest
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1].clone()))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("Lead2".to_string(), "true".to_string()),
+            ("Renamed".to_string(), "false".to_string())
+        ]
+    );
+}
