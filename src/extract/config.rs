@@ -39,6 +39,18 @@ pub enum SourceKind {
     Webhook,
 }
 
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Rest => "rest",
+            SourceKind::Files => "files",
+            SourceKind::Hubspot => "hubspot",
+            SourceKind::Salesforce => "salesforce",
+            SourceKind::Webhook => "webhook",
+        }
+    }
+}
+
 /// Whose signature scheme a webhook uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

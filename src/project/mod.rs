@@ -98,6 +98,77 @@ pub fn chosen_target() -> Option<String> {
 }
 
 impl SourceConfig {
+    /// The first setting given that a source of type `kind` does not use,
+    /// as the error to show.
+    fn foreign_setting(&self, kind: extract_config::SourceKind) -> Option<String> {
+        use extract_config::SourceKind as K;
+        let given = [
+            (
+                "url",
+                self.url.is_some(),
+                &[K::Rest, K::Hubspot, K::Salesforce][..],
+            ),
+            ("auth", self.auth.is_some(), &[K::Rest][..]),
+            (
+                "requests_per_second",
+                self.requests_per_second.is_some(),
+                &[K::Rest][..],
+            ),
+            ("preset", self.preset.is_some(), &[K::Webhook][..]),
+            ("secret", self.secret.is_some(), &[K::Webhook][..]),
+            (
+                "max_body_bytes",
+                self.max_body_bytes.is_some(),
+                &[K::Webhook][..],
+            ),
+            (
+                "tolerance_seconds",
+                self.tolerance_seconds.is_some(),
+                &[K::Webhook][..],
+            ),
+            ("public_url", self.public_url.is_some(), &[K::Webhook][..]),
+            ("reconcile", self.reconcile.is_some(), &[K::Webhook][..]),
+            ("token", self.token.is_some(), &[K::Hubspot][..]),
+            (
+                "requests_per_10s",
+                self.requests_per_10s.is_some(),
+                &[K::Hubspot][..],
+            ),
+            (
+                "search_per_second",
+                self.search_per_second.is_some(),
+                &[K::Hubspot][..],
+            ),
+            (
+                "search_lag_margin_seconds",
+                self.search_lag_margin_seconds.is_some(),
+                &[K::Hubspot, K::Salesforce][..],
+            ),
+            (
+                "api_version",
+                self.api_version.is_some(),
+                &[K::Salesforce][..],
+            ),
+            ("jwt", self.jwt.is_some(), &[K::Salesforce][..]),
+            ("oauth", self.oauth.is_some(), &[K::Salesforce][..]),
+            ("path", self.path.is_some(), &[K::Files][..]),
+        ];
+        let (name, _, kinds) = given
+            .iter()
+            .find(|(_, set, kinds)| *set && !kinds.contains(&kind))?;
+        let owners: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+        let hint = if *name == "token" && kind == K::Rest {
+            ": a rest source authenticates with auth = { type = \"bearer\", token = \"${TOKEN}\" }"
+                .to_string()
+        } else {
+            format!(" (it belongs to type = {})", owners.join(" or "))
+        };
+        Some(format!(
+            "`{name}` is not a {} setting{hint}; ferry does not ignore it",
+            kind.as_str()
+        ))
+    }
+
     /// `over`'s settings replace these, key by key (streams by name).
     fn overlay(&mut self, over: &SourceConfig) {
         macro_rules! take {
@@ -681,6 +752,10 @@ impl Project {
                 }
                 continue;
             };
+            // A setting of another source type is refused, not ignored.
+            if let Some(why) = src.foreign_setting(kind) {
+                return Err(config_error(file, text, at(""), why));
+            }
             match kind {
                 extract_config::SourceKind::Webhook => {
                     let (Some(preset), Some(secret)) = (src.preset, &src.secret) else {
@@ -1407,6 +1482,28 @@ private_key = "pem"
         let e = parse(Some("prod")).unwrap_err().to_string();
         assert!(
             e.contains("--target prod: ferry.toml has no [targets.prod]") && e.contains("sandbox"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_setting_of_another_source_type_is_refused_not_ignored() {
+        let e = parse(
+            "[project]\nname = \"t\"\n[sources.api]\ntype = \"rest\"\nurl = \"https://x\"\ntoken = \"t\"\n[sources.api.streams.s]\npath = \"/s\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("`token` is not a rest setting") && e.contains("auth = { type = \"bearer\""),
+            "{e}"
+        );
+        let e = parse(
+            "[project]\nname = \"t\"\n[sources.crm]\ntype = \"hubspot\"\ntoken = \"t\"\napi_version = \"v60.0\"\n[sources.crm.streams.contacts]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("`api_version` is not a hubspot setting (it belongs to type = salesforce)"),
             "{e}"
         );
     }
