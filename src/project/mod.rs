@@ -797,14 +797,18 @@ impl Project {
                     );
                 }
                 extract_config::SourceKind::Salesforce => {
-                    // The destination's login code, on a section of the same shape.
-                    let section = sync_config::DestinationSection::for_source(src);
                     let secret = |v: &Spanned<String>| {
                         secrets
                             .interpolate(v.get_ref())
                             .map_err(|msg| config_error(file, text, v.span().start, msg))
                     };
-                    let auth = match crate::sync::salesforce::auth(&section, &secret) {
+                    // The destination's login code.
+                    let auth = match crate::sync::salesforce::login_auth(
+                        src.url.as_deref(),
+                        src.jwt.as_ref(),
+                        src.oauth.as_ref(),
+                        &secret,
+                    ) {
                         Ok(a) => a,
                         Err(crate::sync::destination::AuthProblem::Config(why)) => {
                             return Err(config_error(file, text, at(""), why));

@@ -169,27 +169,6 @@ impl DestinationOverride {
 }
 
 impl DestinationSection {
-    /// A Salesforce section carrying a source's login settings (the login
-    /// code is the destination's).
-    pub fn for_source(src: &crate::project::SourceConfig) -> DestinationSection {
-        DestinationSection {
-            kind: DestinationKind::Salesforce,
-            url: src.url.clone(),
-            api_version: src.api_version.clone(),
-            jwt: src.jwt.clone(),
-            token: None,
-            oauth: src.oauth.clone(),
-            requests_per_10s: None,
-            daily_limit: None,
-            max_in_flight: 1,
-            max_attempts: 1,
-            backoff_initial_ms: 0,
-            backoff_max_ms: 0,
-            timeout_seconds: 30,
-            search_lag_seconds: 0,
-        }
-    }
-
     /// A setting of another vendor's (refused, not ignored), as the error.
     pub fn foreign_setting(&self) -> Option<String> {
         let given = |name: &'static str, set: bool| set.then_some(name);

@@ -609,23 +609,26 @@ fn results(
     ok(s, Value::Array(body))
 }
 
-async fn insert(
-    AxState(s): AxState<Shared>,
-    headers: HeaderMap,
-    Json(body): Json<Value>,
+/// One sObject Collections write: the session and faults, the request's
+/// records, `write` on the org (a copy kept for an all-or-none rollback),
+/// and the per-record results.
+async fn write(
+    s: &State,
+    headers: &HeaderMap,
+    body: &Value,
+    upsert: bool,
+    write: impl FnOnce(
+        &mut Org,
+        &[serde_json::Map<String, Value>],
+    ) -> std::result::Result<Vec<store::Result1>, store::RequestError>,
 ) -> Response {
-    if let Err(r) = gate(&s, &headers).await {
+    if let Err(r) = gate(s, headers).await {
         return r;
     }
-    let (aon, records) = match collection(&s, &body) {
+    let (aon, records) = match collection(s, body) {
         Ok(c) => c,
         Err(r) => return r,
     };
-    let object = records
-        .first()
-        .and_then(|r| r["attributes"]["type"].as_str())
-        .unwrap_or("")
-        .to_string();
     let (before, out) = {
         let Ok(mut org) = s.org.lock() else {
             return error(
@@ -635,12 +638,28 @@ async fn insert(
             );
         };
         let before = aon.then(|| org.clone());
-        (before, org.insert(&object, &records))
+        (before, write(&mut org, &records))
     };
     match out {
-        Ok(o) => results(&s, before, aon, o, false),
-        Err(e) => refused(&s, e),
+        Ok(o) => results(s, before, aon, o, upsert),
+        Err(e) => refused(s, e),
     }
+}
+
+async fn insert(
+    AxState(s): AxState<Shared>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    write(&s, &headers, &body, false, |org, records| {
+        let object = records
+            .first()
+            .and_then(|r| r["attributes"]["type"].as_str())
+            .unwrap_or("")
+            .to_string();
+        org.insert(&object, records)
+    })
+    .await
 }
 
 async fn update(
@@ -648,28 +667,10 @@ async fn update(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
-    if let Err(r) = gate(&s, &headers).await {
-        return r;
-    }
-    let (aon, records) = match collection(&s, &body) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let (before, out) = {
-        let Ok(mut org) = s.org.lock() else {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "UNKNOWN_EXCEPTION",
-                "org lock",
-            );
-        };
-        let before = aon.then(|| org.clone());
-        (before, org.update(&records))
-    };
-    match out {
-        Ok(o) => results(&s, before, aon, o, false),
-        Err(e) => refused(&s, e),
-    }
+    write(&s, &headers, &body, false, |org, records| {
+        org.update(records)
+    })
+    .await
 }
 
 async fn upsert(
@@ -678,28 +679,10 @@ async fn upsert(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
-    if let Err(r) = gate(&s, &headers).await {
-        return r;
-    }
-    let (aon, records) = match collection(&s, &body) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let (before, out) = {
-        let Ok(mut org) = s.org.lock() else {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "UNKNOWN_EXCEPTION",
-                "org lock",
-            );
-        };
-        let before = aon.then(|| org.clone());
-        (before, org.upsert(&object, &field, &records))
-    };
-    match out {
-        Ok(o) => results(&s, before, aon, o, true),
-        Err(e) => refused(&s, e),
-    }
+    write(&s, &headers, &body, true, |org, records| {
+        org.upsert(&object, &field, records)
+    })
+    .await
 }
 
 async fn delete(

@@ -84,15 +84,25 @@ pub fn auth(
     d: &crate::sync::config::DestinationSection,
     secret: &SecretFn<'_>,
 ) -> std::result::Result<crate::http::Auth, AuthProblem> {
-    let login = d
-        .url
-        .clone()
+    login_auth(d.url.as_deref(), d.jwt.as_ref(), d.oauth.as_ref(), secret)
+}
+
+/// A Salesforce login (a destination's or a source's): the login host,
+/// and a `[jwt]` or `[oauth]` table.
+pub fn login_auth(
+    url: Option<&str>,
+    jwt: Option<&crate::sync::config::JwtSection>,
+    oauth: Option<&crate::sync::config::OAuthSection>,
+    secret: &SecretFn<'_>,
+) -> std::result::Result<crate::http::Auth, AuthProblem> {
+    let login = url
+        .map(str::to_string)
         .unwrap_or_else(|| "https://login.salesforce.com".into())
         .trim_end_matches('/')
         .to_string();
     let token_url = format!("{login}/services/oauth2/token");
     let s = |v| secret(v).map_err(AuthProblem::Secret);
-    match (&d.jwt, &d.oauth) {
+    match (jwt, oauth) {
         (Some(_), Some(_)) => Err(AuthProblem::Config(
             "give either [jwt] or [oauth], not both".into(),
         )),
