@@ -361,6 +361,18 @@ enum SimVendor {
         /// Share of writes applied whose reply is then lost.
         #[arg(long, default_value_t = 0.0)]
         fault_lost_write: f64,
+        /// Bulk API batches per 24 hours (10,000 records each).
+        #[arg(long, default_value_t = 15_000)]
+        bulk_batches: u64,
+        /// Milliseconds from a Bulk job's UploadComplete to InProgress.
+        #[arg(long, default_value_t = 300)]
+        bulk_start_ms: u64,
+        /// Milliseconds a Bulk job spends on each 10,000-record batch.
+        #[arg(long, default_value_t = 100)]
+        bulk_batch_ms: u64,
+        /// Share of Bulk jobs that fail part-way (the rest unprocessed).
+        #[arg(long, default_value_t = 0.0)]
+        fault_job_failure: f64,
     },
 }
 
@@ -822,6 +834,10 @@ async fn run(cli: Cli) -> Result<()> {
                 fault_5xx,
                 fault_drop,
                 fault_lost_write,
+                bulk_batches,
+                bulk_start_ms,
+                bulk_batch_ms,
+                fault_job_failure,
             } => {
                 let public_key_pem = match jwt_public_key {
                     Some(p) => Some(std::fs::read_to_string(&p).map_err(|e| {
@@ -839,12 +855,16 @@ async fn run(cli: Cli) -> Result<()> {
                     },
                     daily,
                     query_page: 2_000,
+                    bulk_batches,
+                    bulk_start_ms,
+                    bulk_batch_ms,
                     faults: crate::sim::salesforce::Faults {
                         server_error: fault_5xx,
                         dropped: fault_drop,
                         lost_after_write: fault_lost_write,
                         slow: 0.0,
                         slow_ms: 0,
+                        job_failure: fault_job_failure,
                     },
                 };
                 let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));

@@ -279,6 +279,12 @@ pub struct Call<'a> {
     /// Path and query, appended to the base URL.
     pub path: String,
     pub body: Option<&'a Value>,
+    /// A body that is not JSON, with its content type (Salesforce Bulk
+    /// API's CSV).
+    pub raw: Option<(&'static str, bytes::Bytes)>,
+    /// The reply is not JSON (a CSV of job results): its bytes go to
+    /// [`Reply::raw`] unparsed, up to [`MAX_RAW_REPLY_BYTES`].
+    pub raw_reply: bool,
     /// Safe to send again when the first reply was lost.
     pub idempotent: bool,
     /// Budgets besides the account's that this call must fit (a sync's own
@@ -292,6 +298,8 @@ impl<'a> Call<'a> {
             method: reqwest::Method::GET,
             path: path.into(),
             body: None,
+            raw: None,
+            raw_reply: false,
             idempotent: true,
             limits: Vec::new(),
         }
@@ -302,6 +310,8 @@ impl<'a> Call<'a> {
             method: reqwest::Method::POST,
             path: path.into(),
             body: Some(body),
+            raw: None,
+            raw_reply: false,
             idempotent,
             limits: Vec::new(),
         }
@@ -317,8 +327,11 @@ impl<'a> Call<'a> {
 #[derive(Debug, Clone)]
 pub struct Reply {
     pub status: u16,
-    /// The JSON body (`Null` for an empty body such as 204).
+    /// The JSON body (`Null` for an empty body such as 204, or when the
+    /// call asked for [`Call::raw_reply`]).
     pub body: Value,
+    /// The body's bytes, for a call with [`Call::raw_reply`] (else empty).
+    pub raw: bytes::Bytes,
     pub headers: HeaderMap,
     /// Size of the body in bytes.
     pub bytes: usize,
@@ -689,6 +702,11 @@ impl Client {
         if let Some(b) = call.body {
             req = req.json(b);
         }
+        if let Some((content_type, bytes)) = &call.raw {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, *content_type)
+                .body(bytes.clone());
+        }
         self.stats.calls.fetch_add(1, Ordering::SeqCst);
         crate::metrics::api_call(self.vendor.name);
         let reply = match req.send().await {
@@ -698,10 +716,27 @@ impl Client {
         };
         let status = reply.status().as_u16();
         let headers = reply.headers().clone();
-        let bytes = match read_capped(reply, MAX_REPLY_BYTES).await {
+        let cap = if call.raw_reply {
+            MAX_RAW_REPLY_BYTES
+        } else {
+            MAX_REPLY_BYTES
+        };
+        let bytes = match read_capped(reply, cap).await {
             Ok(b) => b,
             Err(why) => return Attempt::Transient(why),
         };
+        if call.raw_reply && (200..=299).contains(&status) {
+            self.observe(&headers);
+            return Attempt::Done(Reply {
+                status,
+                body: Value::Null,
+                bytes: bytes.len(),
+                raw: bytes,
+                headers,
+                attempts: 1,
+                first_sent: chrono::Utc::now(),
+            });
+        }
         let parsed: Option<Value> = if bytes.is_empty() {
             Some(Value::Null)
         } else {
@@ -726,6 +761,7 @@ impl Client {
             200..=299 => Attempt::Done(Reply {
                 status,
                 body,
+                raw: bytes::Bytes::new(),
                 bytes: bytes.len(),
                 headers,
                 attempts: 1,
@@ -849,6 +885,9 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 /// The largest reply body ferry reads; a longer one is a failed call.
 pub const MAX_REPLY_BYTES: usize = 64 << 20;
+
+/// The largest non-JSON reply ferry reads (a Bulk job's result CSV).
+pub const MAX_RAW_REPLY_BYTES: usize = 512 << 20;
 
 fn retry_after(h: &HeaderMap) -> Option<Duration> {
     let v = h.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;

@@ -117,6 +117,10 @@ pub struct DestinationSection {
     /// until then the record waits (it is never created twice).
     #[serde(default = "default_search_lag_seconds")]
     pub search_lag_seconds: u64,
+    /// Salesforce: rows in one run from which they go by Bulk API 2.0
+    /// jobs instead of sObject Collections calls.
+    #[serde(default)]
+    pub bulk_threshold: Option<usize>,
 }
 
 /// `[targets.<t>.destinations.<name>]`: settings over a destination's.
@@ -139,6 +143,8 @@ pub struct DestinationOverride {
     pub daily_limit: Option<u64>,
     #[serde(default)]
     pub max_in_flight: Option<usize>,
+    #[serde(default)]
+    pub bulk_threshold: Option<usize>,
 }
 
 impl DestinationOverride {
@@ -165,6 +171,9 @@ impl DestinationOverride {
         if let Some(n) = self.max_in_flight {
             base.max_in_flight = n;
         }
+        if self.bulk_threshold.is_some() {
+            base.bulk_threshold = self.bulk_threshold;
+        }
     }
 }
 
@@ -174,7 +183,8 @@ impl DestinationSection {
         let given = |name: &'static str, set: bool| set.then_some(name);
         let foreign = match self.kind {
             DestinationKind::Hubspot => given("api_version", self.api_version.is_some())
-                .or(given("jwt", self.jwt.is_some())),
+                .or(given("jwt", self.jwt.is_some()))
+                .or(given("bulk_threshold", self.bulk_threshold.is_some())),
             DestinationKind::Salesforce => given("token", self.token.is_some()),
         };
         foreign.map(|k| {
@@ -251,7 +261,13 @@ pub struct Destination {
     pub max_in_flight: usize,
     pub retry: RetryPolicy,
     pub search_lag: Duration,
+    /// Salesforce: rows per run from which Bulk API 2.0 carries them.
+    pub bulk_threshold: usize,
 }
+
+/// Rows in a run from which Salesforce syncs use Bulk API 2.0 (measured:
+/// `benches/sync.rs`, `salesforce_break_even`).
+pub const DEFAULT_BULK_THRESHOLD: usize = 2_000;
 
 impl Destination {
     pub(crate) fn resolve(
@@ -307,6 +323,7 @@ impl Destination {
                 timeout: Duration::from_secs(s.timeout_seconds.max(1)),
             },
             search_lag: Duration::from_secs(s.search_lag_seconds),
+            bulk_threshold: s.bulk_threshold.unwrap_or(DEFAULT_BULK_THRESHOLD),
         })
     }
 }

@@ -262,9 +262,68 @@ pub fn open(config: &super::config::Destination) -> Result<Arc<dyn Account>> {
     }
 }
 
+/// Writes as asynchronous jobs (Salesforce's Bulk API 2.0), for runs
+/// large enough that a job costs fewer calls than synchronous batches.
+///
+/// The contract, in the order the syncer follows it:
+///
+/// 1. [`Jobs::open`] creates an empty job and returns its id; no record has
+///    been sent yet.
+/// 2. The syncer records the id and the job's rows in the lake (durably).
+/// 3. [`Jobs::upload`] sends the rows and closes the job, so the vendor
+///    starts processing it. An error means the job holds no data that will
+///    be processed (the destination aborts it when it cannot tell).
+/// 4. [`Jobs::finish`] waits for the job to end and returns every row's
+///    outcome (rows the results do not mention are [`Fate::Unknown`]), or
+///    `None` when the job never started processing (it was still open:
+///    the run stopped before step 3 finished); the destination has then
+///    aborted it and the rows are simply sent again.
+///
+/// A run killed after step 2 leaves the record behind: the next run calls
+/// `finish` for it before diffing, so a job that was processing is awaited
+/// and read, never uploaded a second time. Only idempotent operations
+/// (upsert by key, update by id) go in jobs.
+#[async_trait]
+pub trait Jobs: Send + Sync {
+    /// Rows in a run from which jobs are used instead of calls.
+    fn threshold(&self) -> usize;
+    /// Operations a job can carry.
+    fn ops(&self) -> &'static [Op];
+    /// Rows and bytes of values per job, at most.
+    fn max_rows(&self) -> usize;
+    fn max_bytes(&self) -> usize;
+    /// Jobs processing at once, at most.
+    fn max_in_flight(&self) -> usize;
+    /// Whether the vendor's allowance (Salesforce: bulk batches per 24
+    /// hours) still covers a job of `rows` records; if not, they go by calls.
+    fn affordable(&self, rows: usize) -> bool;
+    async fn open(&self, object: &str, op: Op, key_property: &str) -> Result<String, CallError>;
+    async fn upload(
+        &self,
+        job: &str,
+        op: Op,
+        key_property: &str,
+        rows: &[Outgoing],
+    ) -> Result<(), CallError>;
+    async fn finish(
+        &self,
+        job: &str,
+        op: Op,
+        key_property: &str,
+        rows: &[Outgoing],
+    ) -> Result<Option<Vec<Outcome>>, CallError>;
+    /// Abort a job (best effort: a job already processing cannot be).
+    async fn abort(&self, job: &str) -> Result<(), CallError>;
+}
+
 /// A CRM the syncer can write to.
 #[async_trait]
 pub trait Destination: Send + Sync {
+    /// Asynchronous jobs, if the CRM has them.
+    fn jobs(&self) -> Option<&dyn Jobs> {
+        None
+    }
+
     /// What it can do.
     fn capabilities(&self) -> Capabilities;
 

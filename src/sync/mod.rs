@@ -303,6 +303,8 @@ impl Syncer {
             counts: Mutex::new(Counts::default()),
             samples: Mutex::new(Vec::new()),
             stop: Mutex::new(None),
+            queue: Mutex::new(None),
+            run_id: run_id.clone(),
         };
         let clock = Instant::now();
         let outcome = run.execute().await;
@@ -380,6 +382,32 @@ struct Run<'a> {
     counts: Mutex<Counts>,
     samples: Mutex<Vec<Sample>>,
     stop: Mutex<Option<CallError>>,
+    /// Rows planned for asynchronous jobs and not yet in one, when this
+    /// run uses jobs (see [`destination::Jobs`]).
+    queue: Mutex<Option<Vec<Queued>>>,
+    run_id: RunId,
+}
+
+/// A row planned for a job, with what its log row needs.
+#[derive(Debug, Clone)]
+struct Queued {
+    op: Op,
+    out: Outgoing,
+    hash: Option<String>,
+    was_created: bool,
+    may_create: bool,
+}
+
+impl Queued {
+    fn bytes(&self) -> usize {
+        self.out.key.len()
+            + self
+                .out
+                .properties
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 2)
+                .sum::<usize>()
+    }
 }
 
 /// What to do with one row after looking at the CRM.
@@ -466,6 +494,12 @@ impl Run<'_> {
             .dest
             .prepare(&sync.object, &sync.key_property, &self.properties())
             .await?;
+        // Jobs an earlier run left open are settled before the diff, so
+        // their rows count as sent and are never uploaded again.
+        self.resume_jobs().await?;
+        if self.stopped() {
+            return Ok(());
+        }
         diff::register_snapshot(&ctx, self.lake, &sync.name).await?;
         diff::register_diff(
             &ctx,
@@ -599,8 +633,20 @@ impl Run<'_> {
             }
         }
 
-        // Send, up to max_in_flight batches at once.
+        // Send, up to max_in_flight batches at once. A run large enough for
+        // jobs plans its rows batch by batch (lookups, ownership) and hands
+        // them to jobs as they fill; jobs run alongside the planning.
         let caps = self.dest.capabilities();
+        let jobs = self
+            .dest
+            .jobs()
+            .filter(|j| !self.opts.dry_run && pending.len() >= j.threshold().max(1));
+        if let Some(j) = jobs {
+            tracing::info!(sync = %sync.name, rows = pending.len(), threshold = j.threshold(), "sending by asynchronous jobs ({} Bulk API)", caps.vendor);
+            if let Ok(mut q) = self.queue.lock() {
+                *q = Some(Vec::new());
+            }
+        }
         let batch = sync.batch_size.min(caps.max_batch).max(1);
         let chunks: Vec<Vec<Row>> = destination::batches(pending, batch, caps.max_bytes, |r| {
             r.key.as_ref().map_or(0, |k| k.len())
@@ -608,21 +654,51 @@ impl Run<'_> {
         });
         let copy = copy.as_ref();
         let unsettled = &unsettled;
-        let mut results = futures::stream::iter(
-            chunks
-                .into_iter()
-                .map(|c| self.chunk(c, unique, copy, unsettled)),
-        )
-        .buffer_unordered(self.max_in_flight.max(1));
-        let mut first_error = None;
-        while let Some(r) = results.next().await {
-            if let Err(e) = r {
-                tracing::error!(sync = %sync.name, "batch failed: {e}");
-                first_error.get_or_insert(e);
+        let (tx, rx) = futures::channel::mpsc::channel::<(Op, Vec<Queued>)>(0);
+        let job_error: Mutex<Option<Error>> = Mutex::new(None);
+        let planning = async {
+            let mut tx = tx;
+            let mut results = futures::stream::iter(
+                chunks
+                    .into_iter()
+                    .map(|c| self.chunk(c, unique, copy, unsettled)),
+            )
+            .buffer_unordered(self.max_in_flight.max(1));
+            let mut first_error = None;
+            while let Some(r) = results.next().await {
+                if let Err(e) = r {
+                    tracing::error!(sync = %sync.name, "batch failed: {e}");
+                    first_error.get_or_insert(e);
+                }
+                if let Some(j) = jobs {
+                    for job in self.full_jobs(j, false) {
+                        let _ = futures::SinkExt::send(&mut tx, job).await;
+                    }
+                }
             }
-        }
-        drop(results);
-        if let Some(e) = first_error {
+            drop(results);
+            if let Some(j) = jobs {
+                for job in self.full_jobs(j, true) {
+                    let _ = futures::SinkExt::send(&mut tx, job).await;
+                }
+            }
+            first_error
+        };
+        let running = async {
+            let mut running = rx
+                .map(|(op, rows)| self.run_job(op, rows))
+                .buffer_unordered(jobs.map_or(1, |j| j.max_in_flight().max(1)));
+            while let Some(r) = running.next().await {
+                if let Err(e) = r {
+                    tracing::error!(sync = %sync.name, "job failed: {e}");
+                    if let Ok(mut slot) = job_error.lock() {
+                        slot.get_or_insert(e);
+                    }
+                }
+            }
+        };
+        let (first_error, ()) = futures::join!(planning, running);
+        if let Some(e) = first_error.or_else(|| job_error.lock().ok().and_then(|mut e| e.take())) {
             return Err(e);
         }
 
@@ -1209,6 +1285,29 @@ impl Run<'_> {
                 }
             }
         }
+        // Rows for jobs wait in the queue (their log rows are written when
+        // the job's results are read).
+        if let Some(j) = self.dest.jobs()
+            && let Ok(mut q) = self.queue.lock()
+            && let Some(queue) = q.as_mut()
+        {
+            groups.retain(|_, (op, outs)| {
+                if !j.ops().contains(op) {
+                    return true;
+                }
+                for o in outs.drain(..) {
+                    let row = by_key.get(&o.key).copied();
+                    queue.push(Queued {
+                        op: *op,
+                        hash: row.and_then(|r| r.hash.clone()),
+                        was_created: row.is_some_and(|r| r.created) || ours.contains(&o.key),
+                        may_create: *op == Op::Upsert && row.is_some_and(|r| r.op == DiffOp::Add),
+                        out: o,
+                    });
+                }
+                false
+            });
+        }
         if self.opts.dry_run {
             for (op, outs) in groups.values() {
                 let n = outs.len() as u64;
@@ -1264,43 +1363,16 @@ impl Run<'_> {
                 // may have happened when its reply was lost.
                 let may_create = op == Op::Create
                     || (op == Op::Upsert && row.is_some_and(|r| r.op == DiffOp::Add));
-                let payload = serde_json::to_string(&o.properties).ok();
-                let l = match outcome.fate {
-                    Fate::Written(Written { id, created }) => {
-                        self.add(|c| {
-                            if created {
-                                c.created += 1
-                            } else {
-                                c.updated += 1
-                            }
-                        });
-                        let mut l =
-                            LogRow::ok(&o.key, op.as_str(), Some(id), created || was_created);
-                        l.hash = hash;
-                        l.payload = payload;
-                        l.attempts = attempts as i64;
-                        l
-                    }
-                    Fate::Refused(r) if r.transient && may_create => {
-                        self.unknown_row(&o, op, &r.message, sent_at, hash, payload, attempts)
-                    }
-                    Fate::Unknown(why) if may_create => {
-                        self.unknown_row(&o, op, &why, sent_at, hash, payload, attempts)
-                    }
-                    Fate::Unknown(why) => self.refused_row(
-                        &o,
-                        op,
-                        Refusal::no_result(why),
-                        was_created,
-                        hash,
-                        payload,
-                        attempts,
-                    ),
-                    Fate::Refused(r) => {
-                        self.refused_row(&o, op, r, was_created, hash, payload, attempts)
-                    }
-                };
-                logs.push(l);
+                logs.push(self.outcome_row(
+                    op,
+                    &o,
+                    outcome.fate,
+                    attempts,
+                    hash,
+                    was_created,
+                    may_create,
+                    sent_at,
+                ));
             }
         }
         // Records logged as about to be sent that never were (the run
@@ -1326,6 +1398,318 @@ impl Run<'_> {
         logs.extend(unsent);
         // The commit: this batch's outcomes are durable before the batch counts as done.
         self.log.append(&logs).await
+    }
+
+    /// The log row of one record's outcome (counted).
+    #[allow(clippy::too_many_arguments)]
+    fn outcome_row(
+        &self,
+        op: Op,
+        o: &Outgoing,
+        fate: Fate,
+        attempts: u32,
+        hash: Option<String>,
+        was_created: bool,
+        may_create: bool,
+        sent_at: chrono::DateTime<Utc>,
+    ) -> LogRow {
+        let payload = serde_json::to_string(&o.properties).ok();
+        match fate {
+            Fate::Written(Written { id, created }) => {
+                self.add(|c| {
+                    if created {
+                        c.created += 1
+                    } else {
+                        c.updated += 1
+                    }
+                });
+                let mut l = LogRow::ok(&o.key, op.as_str(), Some(id), created || was_created);
+                l.hash = hash;
+                l.payload = payload;
+                l.attempts = attempts as i64;
+                l
+            }
+            Fate::Refused(r) if r.transient && may_create => {
+                self.unknown_row(o, op, &r.message, sent_at, hash, payload, attempts)
+            }
+            Fate::Unknown(why) if may_create => {
+                self.unknown_row(o, op, &why, sent_at, hash, payload, attempts)
+            }
+            Fate::Unknown(why) => self.refused_row(
+                o,
+                op,
+                Refusal::no_result(why),
+                was_created,
+                hash,
+                payload,
+                attempts,
+            ),
+            Fate::Refused(r) => self.refused_row(o, op, r, was_created, hash, payload, attempts),
+        }
+    }
+
+    /// Take the queued rows that fill a job (all of them when `all`).
+    fn full_jobs(&self, j: &dyn destination::Jobs, all: bool) -> Vec<(Op, Vec<Queued>)> {
+        let Ok(mut q) = self.queue.lock() else {
+            return Vec::new();
+        };
+        let Some(queue) = q.as_mut() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for op in j.ops() {
+            let mine: Vec<Queued>;
+            (mine, *queue) = std::mem::take(queue).into_iter().partition(|r| r.op == *op);
+            let mut parts =
+                destination::batches(mine, j.max_rows(), Some(j.max_bytes()), Queued::bytes);
+            let last_full = parts.last().is_some_and(|p| {
+                p.len() >= j.max_rows()
+                    || p.iter().map(Queued::bytes).sum::<usize>() * 10 >= j.max_bytes() * 9
+            });
+            if !all
+                && !last_full
+                && let Some(rest) = parts.pop()
+            {
+                queue.extend(rest);
+            }
+            out.extend(parts.into_iter().map(|p| (*op, p)));
+        }
+        out
+    }
+
+    /// Send one job's rows: open the job, record it in the lake, upload,
+    /// wait, log every row's outcome. Rows the vendor's allowance does not
+    /// cover go by calls instead.
+    async fn run_job(&self, op: Op, rows: Vec<Queued>) -> Result<()> {
+        let Some(jobs) = self.dest.jobs() else {
+            return Err(Error::Internal(
+                "a job for a destination without jobs".into(),
+            ));
+        };
+        if self.stopped() {
+            self.add(|c| c.not_sent += rows.len() as u64);
+            return Ok(());
+        }
+        self.log.check()?;
+        let sync = self.sync;
+        if !jobs.affordable(rows.len()) {
+            tracing::warn!(sync = %sync.name, rows = rows.len(), "the vendor's allowance of jobs for today does not cover these rows; sending them by calls");
+            let max = self.dest.capabilities().max_batch.max(1);
+            for part in rows.chunks(max) {
+                let meta: HashMap<&str, &Queued> =
+                    part.iter().map(|q| (q.out.key.as_str(), q)).collect();
+                let sent_at = Utc::now();
+                let sent = self
+                    .send_split(op, part.iter().map(|q| q.out.clone()).collect())
+                    .await;
+                let logs: Vec<LogRow> = sent
+                    .into_iter()
+                    .map(|(o, outcome, attempts)| {
+                        let q = meta.get(o.key.as_str());
+                        self.outcome_row(
+                            op,
+                            &o,
+                            outcome.fate,
+                            attempts,
+                            q.and_then(|q| q.hash.clone()),
+                            q.is_some_and(|q| q.was_created),
+                            q.is_some_and(|q| q.may_create),
+                            sent_at,
+                        )
+                    })
+                    .collect();
+                self.log.append(&logs).await?;
+            }
+            return Ok(());
+        }
+        let job = match jobs.open(&sync.object, op, &sync.key_property).await {
+            Ok(id) => id,
+            Err(e) => return self.job_refused(op, &rows, e).await,
+        };
+        let record = state::JobRecord {
+            job: job.clone(),
+            object: sync.object.clone(),
+            operation: op.as_str().to_string(),
+            key_property: sync.key_property.clone(),
+            run_id: self.run_id.as_str().to_string(),
+            opened_at: Utc::now(),
+        };
+        let job_rows: Vec<state::JobRow> = rows
+            .iter()
+            .map(|q| state::JobRow {
+                key: q.out.key.clone(),
+                crm_id: q.out.id.clone(),
+                hash: q.hash.clone(),
+                payload: serde_json::to_string(&q.out.properties).unwrap_or_default(),
+                created: q.was_created,
+                may_create: q.may_create,
+            })
+            .collect();
+        // The record first: from here on, a killed run resumes this job.
+        if let Err(e) = state::record_job(self.lake, &sync.name, &record, &job_rows).await {
+            let _ = jobs.abort(&job).await;
+            return Err(e);
+        }
+        tracing::info!(sync = %sync.name, job = %job, rows = rows.len(), "uploading to job {job}");
+        let outs: Vec<Outgoing> = rows.iter().map(|q| q.out.clone()).collect();
+        if let Err(e) = jobs.upload(&job, op, &sync.key_property, &outs).await {
+            // The destination aborted it: none of its rows is processed.
+            self.job_refused(op, &rows, e).await?;
+            return state::settle_job(self.lake, &sync.name, &job).await;
+        }
+        self.settle(&record, op, rows).await
+    }
+
+    /// Wait for a job and log its rows' outcomes; then its record goes.
+    async fn settle(&self, record: &state::JobRecord, op: Op, rows: Vec<Queued>) -> Result<()> {
+        let Some(jobs) = self.dest.jobs() else {
+            return Err(Error::Internal(
+                "a job for a destination without jobs".into(),
+            ));
+        };
+        let outs: Vec<Outgoing> = rows.iter().map(|q| q.out.clone()).collect();
+        match jobs
+            .finish(&record.job, op, &record.key_property, &outs)
+            .await
+        {
+            Ok(Some(outcomes)) => {
+                let logs: Vec<LogRow> = rows
+                    .iter()
+                    .zip(outcomes)
+                    .map(|(q, o)| {
+                        let mut l = self.outcome_row(
+                            op,
+                            &q.out,
+                            o.fate,
+                            1,
+                            q.hash.clone(),
+                            q.was_created,
+                            q.may_create,
+                            record.opened_at,
+                        );
+                        // Which job carried the row, and which run opened it.
+                        let mut r =
+                            serde_json::json!({"job": record.job, "opened_by": record.run_id});
+                        if let Some(v) = l.response.take() {
+                            r["result"] =
+                                serde_json::from_str(&v).unwrap_or(serde_json::Value::String(v));
+                        }
+                        l.response = Some(r.to_string());
+                        l
+                    })
+                    .collect();
+                self.log.append(&logs).await?;
+            }
+            // Never started: aborted, and its rows go through the diff again.
+            Ok(None) => {
+                tracing::info!(sync = %self.sync.name, job = %record.job, "job {} was never closed; aborted, its rows are sent again", record.job);
+                self.add(|c| c.not_sent += rows.len() as u64);
+            }
+            Err(e) => {
+                // The job may still be processing: its record stays, and the
+                // next run waits for it before sending anything.
+                tracing::warn!(sync = %self.sync.name, job = %record.job, "cannot read job {} yet ({}); the next run settles it", record.job, e.message());
+                self.add(|c| c.unknown += rows.len() as u64);
+                if matches!(e, CallError::Auth { .. } | CallError::DailyLimit) {
+                    self.set_stop(e);
+                }
+                return Ok(());
+            }
+        }
+        state::settle_job(self.lake, &self.sync.name, &record.job).await
+    }
+
+    /// A job that could not be opened or uploaded: nothing of it was
+    /// processed. Its rows are logged failed (sent again next run) or
+    /// rejected, or the run stops.
+    async fn job_refused(&self, op: Op, rows: &[Queued], e: CallError) -> Result<()> {
+        if matches!(e, CallError::Auth { .. } | CallError::DailyLimit) {
+            self.add(|c| c.not_sent += rows.len() as u64);
+            self.set_stop(e);
+            return Ok(());
+        }
+        let transient = matches!(e, CallError::Transient { .. });
+        let r = Refusal {
+            category: e.category(),
+            message: format!(
+                "the job was refused, so none of its rows was processed: {}",
+                e.message()
+            ),
+            response: match &e {
+                CallError::Rejected { body, .. } => Some(body.to_string()),
+                _ => None,
+            },
+            transient,
+        };
+        let logs: Vec<LogRow> = rows
+            .iter()
+            .map(|q| {
+                self.refused_row(
+                    &q.out,
+                    op,
+                    r.clone(),
+                    q.was_created,
+                    q.hash.clone(),
+                    serde_json::to_string(&q.out.properties).ok(),
+                    1,
+                )
+            })
+            .collect();
+        self.log.append(&logs).await
+    }
+
+    /// Settle the jobs earlier runs left open (killed while a job ran).
+    async fn resume_jobs(&self) -> Result<()> {
+        let open = state::open_jobs(self.lake, &self.sync.name).await?;
+        if open.is_empty() {
+            return Ok(());
+        }
+        if self.opts.dry_run {
+            tracing::warn!(sync = %self.sync.name, jobs = open.len(), "jobs of an earlier run are not settled yet; the next real run waits for them first");
+            return Ok(());
+        }
+        if self.dest.jobs().is_none() {
+            return Err(Error::Input(format!(
+                "sync {}: {} job(s) of an earlier run are recorded in the lake, but destination {:?} has no jobs. \
+                 Point the sync back at the destination that ran them, or delete {} after checking them in the CRM",
+                self.sync.name,
+                open.len(),
+                self.sync.destination,
+                state::state_prefix(&self.sync.name).join("jobs")
+            )));
+        }
+        for (record, rows) in open {
+            let op = match record.operation.as_str() {
+                "upsert" => Op::Upsert,
+                "update" => Op::Update,
+                other => {
+                    return Err(Error::Internal(format!(
+                        "job {} records operation {other:?}",
+                        record.job
+                    )));
+                }
+            };
+            tracing::info!(sync = %self.sync.name, job = %record.job, rows = rows.len(), "resuming job {} of run {}", record.job, record.run_id);
+            let queued: Vec<Queued> = rows
+                .into_iter()
+                .map(|r| Queued {
+                    op,
+                    out: Outgoing::new(
+                        r.key,
+                        r.crm_id,
+                        serde_json::from_str(&r.payload).unwrap_or_default(),
+                    ),
+                    hash: r.hash,
+                    was_created: r.created,
+                    may_create: r.may_create,
+                })
+                .collect();
+            self.settle(&record, op, queued).await?;
+            if self.stopped() {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// The log row of a write whose fate is unknown, timed at its first

@@ -419,3 +419,159 @@ pub async fn log_files_after(lake: &Lake, sync: &str, after: u64) -> Result<Vec<
         .map(|o| o.location)
         .collect())
 }
+
+/// An asynchronous write job (a Salesforce Bulk job) recorded in the lake
+/// after it was opened and before its rows were uploaded, so a run killed
+/// from then on resumes it (`_ferry/sync_state/<sync>/jobs/job-<id>.parquet`).
+/// The job's settings are in the file's metadata; its rows are the file's.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct JobRecord {
+    pub job: String,
+    pub object: String,
+    /// `upsert` or `update`.
+    pub operation: String,
+    pub key_property: String,
+    pub run_id: String,
+    pub opened_at: DateTime<Utc>,
+}
+
+/// One row of a recorded job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRow {
+    pub key: String,
+    pub crm_id: Option<String>,
+    pub hash: Option<String>,
+    /// The properties sent, as JSON.
+    pub payload: String,
+    /// The sync created this record in an earlier run.
+    pub created: bool,
+    /// The write may create the record (an upsert of a row new to the sync).
+    pub may_create: bool,
+}
+
+fn jobs_prefix(sync: &str) -> Path {
+    state_prefix(sync).join("jobs")
+}
+
+fn job_path(sync: &str, job: &str) -> Path {
+    jobs_prefix(sync).join(format!("job-{job}.parquet"))
+}
+
+fn job_schema(meta: Option<String>) -> arrow::datatypes::SchemaRef {
+    use arrow::datatypes::{DataType, Field, Schema};
+    let fields = vec![
+        Field::new("key", DataType::Utf8, false),
+        Field::new("crm_id", DataType::Utf8, true),
+        Field::new("hash", DataType::Utf8, true),
+        Field::new("payload", DataType::Utf8, false),
+        Field::new("created", DataType::Boolean, false),
+        Field::new("may_create", DataType::Boolean, false),
+    ];
+    let schema = Schema::new(fields);
+    Arc::new(match meta {
+        Some(m) => schema.with_metadata([("ferry.job".to_string(), m)].into()),
+        None => schema,
+    })
+}
+
+/// Record `job` and its rows, durably. Write-once: a job is recorded once.
+pub async fn record_job(
+    lake: &Lake,
+    sync: &str,
+    record: &JobRecord,
+    rows: &[JobRow],
+) -> Result<()> {
+    let meta = serde_json::to_string(record)
+        .map_err(|e| crate::error::Error::Internal(format!("job record: {e}")))?;
+    let schema = job_schema(Some(meta));
+    let s = |f: &dyn Fn(&JobRow) -> Option<String>| -> ArrayRef {
+        Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))
+    };
+    let b = |f: &dyn Fn(&JobRow) -> bool| -> ArrayRef {
+        Arc::new(BooleanArray::from(rows.iter().map(f).collect::<Vec<_>>()))
+    };
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            s(&|r| Some(r.key.clone())),
+            s(&|r| r.crm_id.clone()),
+            s(&|r| r.hash.clone()),
+            s(&|r| Some(r.payload.clone())),
+            b(&|r| r.created),
+            b(&|r| r.may_create),
+        ],
+    )?;
+    let bytes = encode(schema, &[batch])?;
+    put_once(lake.store().as_ref(), &job_path(sync, &record.job), bytes).await
+}
+
+/// Jobs recorded and not yet settled, oldest first.
+pub async fn open_jobs(lake: &Lake, sync: &str) -> Result<Vec<(JobRecord, Vec<JobRow>)>> {
+    use arrow::array::{Array, AsArray};
+    let listed: Vec<object_store::ObjectMeta> =
+        match futures::TryStreamExt::try_collect(lake.store().list(Some(&jobs_prefix(sync)))).await
+        {
+            Ok(l) => l,
+            Err(object_store::Error::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+    let mut out = Vec::new();
+    for o in listed {
+        if !o
+            .location
+            .filename()
+            .is_some_and(|n| n.starts_with("job-") && n.ends_with(".parquet"))
+        {
+            continue;
+        }
+        let bytes = lake.store().get(&o.location).await?.bytes().await?;
+        let bad = |why: String| crate::error::Error::Context {
+            message: format!(
+                "the Bulk job record {} is unreadable ({why}); ferry cannot tell whether its rows were processed. \
+                     Check the job in Salesforce (Setup → Bulk Data Load Jobs), then delete the file to send its rows again",
+                o.location
+            ),
+            party: crate::error::Party::Storage,
+            retryable: false,
+        };
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .map_err(|e| bad(e.to_string()))?;
+        let record: JobRecord = reader
+            .schema()
+            .metadata()
+            .get("ferry.job")
+            .and_then(|m| serde_json::from_str(m).ok())
+            .ok_or_else(|| bad("no job settings in its metadata".into()))?;
+        let mut rows = Vec::new();
+        for batch in reader.build().map_err(|e| bad(e.to_string()))? {
+            let batch = batch.map_err(|e| bad(e.to_string()))?;
+            let col = |i: usize| batch.column(i).as_string::<i32>().clone();
+            let (key, id, hash, payload) = (col(0), col(1), col(2), col(3));
+            let created = batch.column(4).as_boolean().clone();
+            let may = batch.column(5).as_boolean().clone();
+            for i in 0..batch.num_rows() {
+                let opt =
+                    |a: &arrow::array::StringArray| (!a.is_null(i)).then(|| a.value(i).to_string());
+                rows.push(JobRow {
+                    key: key.value(i).to_string(),
+                    crm_id: opt(&id),
+                    hash: opt(&hash),
+                    payload: payload.value(i).to_string(),
+                    created: created.value(i),
+                    may_create: may.value(i),
+                });
+            }
+        }
+        out.push((record, rows));
+    }
+    out.sort_by_key(|(r, _)| r.opened_at);
+    Ok(out)
+}
+
+/// A job whose outcomes are logged (or that never ran): its record goes.
+pub async fn settle_job(lake: &Lake, sync: &str, job: &str) -> Result<()> {
+    match lake.store().delete(&job_path(sync, job)).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

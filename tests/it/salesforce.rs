@@ -679,3 +679,281 @@ async fn extract_is_incremental_on_system_modstamp_with_deletions() {
         ]
     );
 }
+
+/// `project` with Bulk API 2.0 from `threshold` rows.
+fn bulk_project(dir: &Path, url: &str, threshold: usize) -> PathBuf {
+    let dir = project(dir, url, REFRESH);
+    let toml = std::fs::read_to_string(dir.join("ferry.toml"))
+        .unwrap()
+        .replace(
+            "max_attempts = 6",
+            &format!("max_attempts = 6\nbulk_threshold = {threshold}"),
+        );
+    std::fs::write(dir.join("ferry.toml"), toml).unwrap();
+    dir
+}
+
+/// Emulated bulk timing short enough for tests.
+fn quick_bulk() -> SimConfig {
+    SimConfig {
+        bulk_start_ms: 50,
+        bulk_batch_ms: 20,
+        ..SimConfig::default()
+    }
+}
+
+/// A run of `bulk_threshold` rows or more goes by one Bulk API 2.0 job:
+/// per-record failures (a required field, a validation rule) land in the
+/// sync log with their codes and fields, cleared values are cleared (`#N/A`),
+/// and every row's log names its job. Smaller runs, and runs the org's
+/// bulk batches no longer cover, go by Collections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_runs_go_by_bulk_jobs_with_per_record_errors_in_the_sync_log() {
+    let s = sim(quick_bulk()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bulk_project(tmp.path(), &s.base_url(), 100);
+    let mut data = people(1_500);
+    data[7].1 = String::new();
+    data[8].2 = "150".into();
+    model(&dir, &data);
+    let r = sync(&dir, "contacts", SyncOptions::default())
+        .await
+        .unwrap();
+    assert_eq!((r.counts.created, r.counts.rejected), (1_498, 2), "{r:?}");
+    let jobs = s.jobs();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let job = jobs.values().next().unwrap();
+    assert_eq!(
+        (job.state.as_str(), job.operation.as_str()),
+        ("JobComplete", "upsert")
+    );
+    // /limits, describe; create, upload, close, polls, three result sets:
+    // far fewer than the 8 Collections calls 1,500 rows would take... plus polls.
+    assert!(r.api_calls <= 16, "{r:?}");
+    assert_eq!(s.bulk_batches().1, 1);
+    assert_eq!(contacts(&s).len(), 1_498);
+    let log = query(
+        &dir,
+        "select key, error_category, error_message, response from ferry.sync_log where status = 'rejected' order by key",
+    )
+    .await;
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(log[0][0], "person7@example.com");
+    assert_eq!(log[0][1], "REQUIRED_FIELD_MISSING");
+    assert!(log[0][2].contains("LastName"), "{log:?}");
+    assert_eq!(log[1][1], "FIELD_CUSTOM_VALIDATION_EXCEPTION");
+    assert!(
+        log[1][2].contains("Lead score cannot exceed 100"),
+        "{log:?}"
+    );
+    assert!(log[1][3].contains(&job.id), "{log:?}");
+    let carried = query(
+        &dir,
+        &format!(
+            "select count(*) from ferry.sync_log where status = 'ok' and response like '%{}%'",
+            job.id
+        ),
+    )
+    .await;
+    assert_eq!(carried[0][0], "1498");
+
+    // 150 changes (one clears a score): a second job, of updates by key.
+    data[7].1 = "Seven".into();
+    data[8].2 = "80".into();
+    for row in data.iter_mut().skip(100).take(148) {
+        row.2 = "7".into();
+    }
+    data[300].2 = String::new();
+    model(&dir, &data);
+    let r = sync(&dir, "contacts", SyncOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.counts.created, r.counts.updated, r.counts.rejected),
+        (2, 148, 0),
+        "{r:?}"
+    );
+    assert_eq!(s.jobs().len(), 2);
+    let org = contacts(&s);
+    assert_eq!(org.len(), 1_500);
+    assert_eq!(org["person120@example.com"].1, "7");
+    assert_eq!(org["person300@example.com"].1, "-1", "the cleared score");
+    assert_eq!(org["person7@example.com"].0, "Seven");
+
+    // Under the threshold: Collections, no job.
+    data[1].2 = "55".into();
+    model(&dir, &data);
+    let r = sync(&dir, "contacts", SyncOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(r.counts.updated, 1, "{r:?}");
+    assert_eq!(s.jobs().len(), 2);
+    assert!(r.clean());
+}
+
+/// When the org's daily bulk batches do not cover a job, its rows go by
+/// sObject Collections instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spent_bulk_batches_send_by_collections() {
+    let s = sim(SimConfig {
+        bulk_batches: 0,
+        ..quick_bulk()
+    })
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bulk_project(tmp.path(), &s.base_url(), 100);
+    model(&dir, &people(450));
+    let r = sync(&dir, "contacts", SyncOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(r.counts.created, 450, "{r:?}");
+    assert!(s.jobs().is_empty());
+    assert_eq!(r.api_calls, 5, "{r:?}"); // /limits, describe, 3 Collections calls
+}
+
+/// Bulk jobs under 20% faults (503s, dropped connections, lost replies to
+/// uploads and closes, jobs failing part-way): runs converge on the model
+/// with no duplicate contact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_jobs_under_faults_converge_without_duplicates() {
+    let s = sim(quick_bulk()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bulk_project(tmp.path(), &s.base_url(), 50);
+    let mut data = people(800);
+    model(&dir, &data);
+    s.set_faults(salesforce::Faults {
+        server_error: 0.08,
+        dropped: 0.06,
+        lost_after_write: 0.06,
+        job_failure: 0.2,
+        ..salesforce::Faults::default()
+    });
+    for round in 0..10 {
+        if round == 5 {
+            for (i, row) in data.iter_mut().enumerate() {
+                if i % 3 == 0 {
+                    row.2 = format!("{}", (i % 50) + 1);
+                }
+            }
+            model(&dir, &data);
+        }
+        let _ = sync(&dir, "contacts", SyncOptions::default()).await;
+    }
+    s.set_faults(salesforce::Faults::default());
+    let r = sync(&dir, "contacts", SyncOptions::default())
+        .await
+        .unwrap();
+    assert!(r.clean(), "{r:?}");
+    let org = contacts(&s);
+    assert_eq!(org.len(), 800);
+    for (email, name, score) in &data {
+        assert_eq!(&org[email], &(name.clone(), score.clone()), "{email}");
+    }
+    assert!(s.jobs().len() >= 2);
+}
+
+/// The real binary, killed with SIGKILL 20 times while it syncs by Bulk
+/// jobs (while planning, between recording a job and uploading it, and
+/// while the job processes); then run to completion. Every contact exists
+/// once with the model's values; a job that had been processing was
+/// resumed by a later run (its rows' log names the run that opened it);
+/// and no row was processed by two jobs, so nothing was uploaded twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_bulk_jobs_run_resumes_them_and_never_uploads_twice() {
+    use rand::Rng;
+    let s = sim(SimConfig {
+        bulk_start_ms: 300,
+        bulk_batch_ms: 400,
+        ..SimConfig::default()
+    })
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bulk_project(tmp.path(), &s.base_url(), 100);
+    let write_model = |round: usize| {
+        let rows: People = (0..2_000)
+            .map(|i| {
+                (
+                    format!("person{i}@example.com"),
+                    format!("Name{round}x{}", i % 7),
+                    format!("{}", (i + round) % 90),
+                )
+            })
+            .collect();
+        model(&dir, &rows);
+        rows
+    };
+    let mut data = write_model(0);
+    let run = |dir: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .arg("--project-dir")
+            .arg(dir)
+            .args(["sync", "contacts"])
+            .env_remove("FERRY_LAKE")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut rng = rand::rng();
+    let (mut killed, mut finished_early, mut round) = (0, 0, 0);
+    while killed < 20 {
+        if round % 3 == 0 {
+            data = write_model(round);
+        }
+        round += 1;
+        let mut child = run(&dir);
+        tokio::time::sleep(std::time::Duration::from_millis(
+            rng.random_range(100..1800),
+        ))
+        .await;
+        match child.try_wait().unwrap() {
+            Some(_) => finished_early += 1,
+            None => {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                killed += 1;
+            }
+        }
+        assert!(finished_early < 40, "runs finish too fast to be killed");
+    }
+    let mut done = false;
+    for _ in 0..10 {
+        if run(&dir).wait().unwrap().success() {
+            done = true;
+            break;
+        }
+    }
+    assert!(done, "ferry sync never finished after the kills");
+    let org = contacts(&s);
+    assert_eq!(org.len(), 2_000);
+    for (email, name, score) in &data {
+        assert_eq!(&org[email], &(name.clone(), score.clone()), "{email}");
+    }
+    // No row (key and values) was processed by two jobs.
+    let mut seen = std::collections::HashSet::new();
+    for job in s.jobs().values().filter(|j| j.processed > 0) {
+        for row in &job.rows {
+            assert!(
+                seen.insert(row.clone()),
+                "{row:?} processed twice (job {})",
+                job.id
+            );
+        }
+    }
+    let resumed = query(
+        &dir,
+        "select count(distinct response) from ferry.sync_log where response like '%opened_by%' \
+         and response not like concat('%', run_id, '%')",
+    )
+    .await;
+    let resumed: u32 = resumed[0][0].parse().unwrap_or(0);
+    assert!(
+        resumed >= 1,
+        "no killed run's job was resumed by a later run"
+    );
+    // Nothing is left open.
+    let left = std::fs::read_dir(dir.join("lake/_ferry/sync_state/contacts/jobs"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(left, 0, "job records left unsettled");
+}

@@ -25,6 +25,7 @@
 
 #![allow(clippy::result_large_err)] // handlers return ready HTTP responses as errors
 
+pub mod bulk;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -56,6 +57,8 @@ pub struct Faults {
     /// Answered after `slow_ms`.
     pub slow: f64,
     pub slow_ms: u64,
+    /// A Bulk job fails part-way (`Failed`, the rest unprocessed).
+    pub job_failure: f64,
 }
 
 /// A connected app allowed to log in.
@@ -79,6 +82,12 @@ pub struct SimConfig {
     pub daily: u64,
     /// Records per query page (Salesforce: 2,000).
     pub query_page: usize,
+    /// Bulk API batches per 24 hours (`DailyBulkApiBatches`: 15,000).
+    pub bulk_batches: u64,
+    /// From `UploadComplete` to `InProgress`, in milliseconds.
+    pub bulk_start_ms: u64,
+    /// Processing time of each 10,000-record batch, in milliseconds.
+    pub bulk_batch_ms: u64,
     pub faults: Faults,
 }
 
@@ -94,6 +103,9 @@ impl Default for SimConfig {
             },
             daily: 15_000,
             query_page: 2_000,
+            bulk_batches: 15_000,
+            bulk_start_ms: 300,
+            bulk_batch_ms: 100,
             faults: Faults::default(),
         }
     }
@@ -110,6 +122,11 @@ struct State {
     /// Query results not yet read, by locator.
     cursors: Mutex<std::collections::BTreeMap<String, Vec<Value>>>,
     base: Mutex<String>,
+    /// Bulk API 2.0 ingest jobs by id.
+    jobs: Mutex<std::collections::BTreeMap<String, bulk::IngestJob>>,
+    job_seq: AtomicU64,
+    /// Bulk batches spent today.
+    bulk_used: AtomicU64,
 }
 
 /// A running emulator.
@@ -146,6 +163,16 @@ impl RunningSim {
             self.state.calls.load(Ordering::SeqCst),
             self.state.logins.load(Ordering::SeqCst),
         )
+    }
+
+    /// Every Bulk ingest job the org has seen, by id.
+    pub fn jobs(&self) -> std::collections::BTreeMap<String, bulk::IngestJob> {
+        bulk::summary(&self.state)
+    }
+
+    /// Bulk batches per day, and spent.
+    pub fn bulk_batches(&self) -> (u64, u64) {
+        bulk::batches(&self.state)
     }
 
     pub fn set_faults(&self, faults: Faults) {
@@ -186,6 +213,9 @@ pub async fn start(config: SimConfig, addr: SocketAddr) -> Result<RunningSim> {
         faults,
         cursors: Mutex::new(Default::default()),
         base: Mutex::new(format!("http://{addr}")),
+        jobs: Mutex::new(Default::default()),
+        job_seq: AtomicU64::new(0),
+        bulk_used: AtomicU64::new(0),
     });
     let app = Router::new()
         .route("/services/oauth2/token", post(token))
@@ -205,6 +235,25 @@ pub async fn start(config: SimConfig, addr: SocketAddr) -> Result<RunningSim> {
             "/services/data/{version}/composite/sobjects/{object}/{field}",
             patch(upsert),
         )
+        .route("/services/data/{version}/jobs/ingest", post(bulk::create))
+        .route(
+            "/services/data/{version}/jobs/ingest/{id}",
+            get(bulk::info).patch(bulk::set_state),
+        )
+        .route(
+            "/services/data/{version}/jobs/ingest/{id}/batches",
+            axum::routing::put(bulk::upload),
+        )
+        .route(
+            "/services/data/{version}/jobs/ingest/{id}/{which}/",
+            get(bulk::results),
+        )
+        .route(
+            "/services/data/{version}/jobs/ingest/{id}/{which}",
+            get(bulk::results),
+        )
+        // Bulk uploads reach 150 MB.
+        .layer(axum::extract::DefaultBodyLimit::max(160 << 20))
         .with_state(state.clone());
     let handle = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -401,6 +450,10 @@ async fn limits(AxState(s): AxState<Shared>, headers: HeaderMap) -> Response {
         &s,
         json!({
             "DailyApiRequests": {"Max": s.config.daily, "Remaining": s.config.daily.saturating_sub(used)},
+            "DailyBulkApiBatches": {
+                "Max": s.config.bulk_batches,
+                "Remaining": s.config.bulk_batches.saturating_sub(s.bulk_used.load(Ordering::SeqCst)),
+            },
         }),
     )
 }

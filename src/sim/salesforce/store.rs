@@ -665,6 +665,70 @@ impl Org {
         Ok(out)
     }
 
+    /// One Bulk API 2.0 batch of records: like the Collections call of the
+    /// same operation, except that a value a field cannot hold (or an
+    /// unknown field) fails only its own record, as Bulk does.
+    pub fn bulk(
+        &mut self,
+        object: &str,
+        operation: &str,
+        external_id: Option<&str>,
+        records: &[serde_json::Map<String, Value>],
+    ) -> Vec<Result1> {
+        let Some(o) = self.object(object) else {
+            let e = unknown_object(object);
+            return records
+                .iter()
+                .map(|_| Err(record_error(e.code, &e.message, &[])))
+                .collect();
+        };
+        let mut out: Vec<Option<Result1>> = vec![None; records.len()];
+        let mut good = Vec::new();
+        let mut at = Vec::new();
+        for (i, r) in records.iter().enumerate() {
+            let mut probe = r.clone();
+            if operation != "upsert" {
+                probe.remove("Id");
+            }
+            match self.coerce(o, &probe) {
+                Ok(_) => {
+                    good.push(r.clone());
+                    at.push(i);
+                }
+                Err(e) => out[i] = Some(Err(record_error(e.code, &e.message, &[]))),
+            }
+        }
+        let done = match operation {
+            "upsert" => self.upsert(object, external_id.unwrap_or("Id"), &good),
+            "update" => self.update(&good),
+            "insert" => self.insert(object, &good),
+            _ => {
+                let ids: Vec<String> = good
+                    .iter()
+                    .map(|r| r.get("Id").map(text).unwrap_or_default())
+                    .collect();
+                Ok(self.delete(&ids))
+            }
+        };
+        match done {
+            Ok(results) => {
+                for (i, r) in at.into_iter().zip(results) {
+                    out[i] = Some(r);
+                }
+            }
+            Err(e) => {
+                for i in at {
+                    out[i] = Some(Err(record_error(e.code, &e.message, &[])));
+                }
+            }
+        }
+        out.into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| Err(record_error("UNKNOWN_EXCEPTION", "not processed", &[])))
+            })
+            .collect()
+    }
+
     /// Delete records by id (to the recycle bin: `queryAll` still sees them).
     pub fn delete(&mut self, ids: &[String]) -> Vec<Result1> {
         let now = Utc::now();

@@ -19,8 +19,10 @@
 //! read from `Sforce-Limit-Info` on every reply and `403
 //! REQUEST_LIMIT_EXCEEDED` stops the run like HubSpot's daily 429.
 
+pub mod bulk;
+
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -132,6 +134,12 @@ pub struct Account {
     version: String,
     key: String,
     daily_limit: u64,
+    retry: crate::http::RetryPolicy,
+    /// Rows in a run from which Bulk API 2.0 jobs carry them.
+    bulk_threshold: usize,
+    /// The org's bulk batches left today (`DailyBulkApiBatches`), as last
+    /// read from `/limits` less what this process has spent since.
+    bulk_batches: Mutex<Option<u64>>,
 }
 
 impl Account {
@@ -156,6 +164,9 @@ impl Account {
             version: config.api_version.clone(),
             key,
             daily_limit: config.daily_limit,
+            retry: config.retry,
+            bulk_threshold: config.bulk_threshold,
+            bulk_batches: Mutex::new(None),
         })
     }
 }
@@ -324,6 +335,10 @@ fn outcomes(rows: &[Outgoing], reply: &Value, op: Op) -> Vec<Outcome> {
 
 #[async_trait]
 impl Destination for Salesforce {
+    fn jobs(&self) -> Option<&dyn crate::sync::destination::Jobs> {
+        Some(self)
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             vendor: "Salesforce",
@@ -409,6 +424,12 @@ impl Destination for Salesforce {
                 limiter.exhaust_daily();
                 return Err(self.stop_error(CallError::DailyLimit));
             }
+        }
+        if let (Some(left), Ok(mut b)) = (
+            limits["DailyBulkApiBatches"]["Remaining"].as_u64(),
+            self.account.bulk_batches.lock(),
+        ) {
+            *b = Some(left);
         }
         let d = self.describe(object).await?;
         let fields: HashMap<String, &Value> = d["fields"]
