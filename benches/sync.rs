@@ -12,7 +12,10 @@
 //!    Then Salesforce (its emulator): contacts upserted by an External ID
 //!    through sObject Collections (200 a call), and leads matched by Email,
 //!    which is not one (a SOQL lookup per 100 keys, then creates)
-//!    (FERRY_BENCH_SF_ROWS, default 100,000).
+//!    (FERRY_BENCH_SF_ROWS, default 100,000). Then 1,000,000 contacts
+//!    through Bulk API 2.0 jobs (FERRY_BENCH_SF_BULK_ROWS), and the
+//!    break-even between Collections and Bulk from 200 to 20,000 rows with
+//!    150 ms per emulated call (FERRY_BENCH_SF_BREAK_EVEN=0 skips it).
 //! 2. Diff: the set-based diff (`sql/sync/diff.sql`) of a 1M- and a 10M-row
 //!    model against a snapshot of the same size with 10% of rows changed
 //!    (FERRY_BENCH_DIFF_ROWS=1000000,10000000 to choose).
@@ -164,11 +167,27 @@ persona = "ferry_persona"
 
 /// Salesforce: contacts by the External ID `Ferry_Email__c` (upserts), or
 /// leads by `Email` (lookups, then creates).
-async fn salesforce_throughput(rows: u64, by_external_id: bool) {
+/// How a Salesforce run sends.
+#[derive(Clone, Copy, PartialEq)]
+enum SfPath {
+    Collections,
+    Bulk,
+}
+
+/// The Salesforce emulator for the benches, in a child process (this bench
+/// binary with `FERRY_BENCH_SF_SIM=<latency ms>`), so that ferry's peak
+/// memory is ferry's alone. It prints its address, then on stdin's end its
+/// API calls, Bulk jobs, bulk batches and peak memory.
+async fn salesforce_sim_child(latency_ms: u64) {
     use ferry::sim::salesforce::{self as sf, FieldDef};
     let sim = sf::start(
         sf::SimConfig {
             daily: 10_000_000,
+            faults: sf::Faults {
+                slow: if latency_ms > 0 { 1.0 } else { 0.0 },
+                slow_ms: latency_ms,
+                ..sf::Faults::default()
+            },
             ..sf::SimConfig::default()
         },
         "127.0.0.1:0".parse().unwrap(),
@@ -189,6 +208,41 @@ async fn salesforce_throughput(rows: u64, by_external_id: bool) {
         company.required = false;
         l.define(company);
     });
+    println!("{}", sim.base_url());
+    tokio::task::spawn_blocking(|| {
+        let mut sink = String::new();
+        let _ = std::io::Read::read_to_string(&mut std::io::stdin(), &mut sink);
+    })
+    .await
+    .unwrap();
+    let (calls, logins) = sim.stats();
+    println!(
+        "{calls} {logins} {} {} {:.0}",
+        sim.job_states().len(),
+        sim.bulk_batches().1,
+        peak_rss_mib()
+    );
+}
+
+/// One Salesforce sync of `rows` changed rows; `latency_ms` delays every
+/// emulated call (a WAN round trip). Returns (API calls, seconds).
+async fn salesforce_throughput(
+    rows: u64,
+    by_external_id: bool,
+    path: SfPath,
+    latency_ms: u64,
+) -> (u64, f64) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("FERRY_BENCH_SF_SIM", latency_ms.to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut base_url = String::new();
+    out.read_line(&mut base_url).unwrap();
+    let base_url = base_url.trim().to_string();
     let (object, key) = if by_external_id {
         ("Contact", "Ferry_Email__c")
     } else {
@@ -206,6 +260,7 @@ name = "sfbench"
 [destinations.sf]
 type = "salesforce"
 url = "{}"
+bulk_threshold = {}
 
 [destinations.sf.oauth]
 client_id = "ferry-sim-client"
@@ -222,7 +277,8 @@ match = {{ column = "email", property = "{key}" }}
 lead_score = "Ferry_Lead_Score__c"
 persona = "LastName"
 "#,
-            sim.base_url()
+            base_url,
+            if path == SfPath::Bulk { 1 } else { usize::MAX }
         ),
     )
     .unwrap();
@@ -242,20 +298,60 @@ persona = "LastName"
         .await
         .unwrap();
     let secs = start.elapsed().as_secs_f64();
-    let (calls, logins) = sim.stats();
+    drop(child.stdin.take());
+    let mut stats = String::new();
+    out.read_line(&mut stats).unwrap();
+    child.wait().unwrap();
+    let stats: Vec<f64> = stats
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let [calls, logins, jobs, batches, sim_rss] = stats[..] else {
+        panic!("the emulator did not report its stats");
+    };
+    let calls = calls as u64;
     println!(
-        "sync throughput, Salesforce {object} by {key} ({}): {rows} changed rows, {calls} API calls \
-         ({:.4} per row), {logins} login(s), {secs:.1} s, {:.0} rows/s; created {}, rejected {}, peak RSS {:.0} MiB",
-        if by_external_id {
-            "Collections upserts"
+        "sync throughput, Salesforce {object} by {key} ({}{}): {rows} changed rows, {calls} API calls \
+         ({:.4} per row), {jobs} Bulk job(s), {batches} bulk batch(es), {logins} login(s), {secs:.1} s, {:.0} rows/s; \
+         created {}, rejected {}, ferry's peak RSS {:.0} MiB (the emulator's {sim_rss:.0} MiB)",
+        match (path, by_external_id) {
+            (SfPath::Bulk, _) => "Bulk API 2.0 upserts",
+            (SfPath::Collections, true) => "Collections upserts",
+            (SfPath::Collections, false) => "SOQL lookups, then Collections creates",
+        },
+        if latency_ms > 0 {
+            format!(", {latency_ms} ms per call")
         } else {
-            "SOQL lookups, then Collections creates"
+            String::new()
         },
         calls as f64 / rows as f64,
         rows as f64 / secs,
         r.counts.created,
         r.counts.rejected,
         peak_rss_mib()
+    );
+    (calls, secs)
+}
+
+/// Collections against Bulk at growing run sizes, with a WAN-like latency
+/// per call: where Bulk starts costing fewer calls, and fewer seconds.
+async fn salesforce_break_even(latency_ms: u64) {
+    let mut calls_even = None;
+    let mut time_even = None;
+    for n in [200u64, 500, 1_000, 2_000, 5_000, 10_000, 20_000] {
+        let (cc, cs) = salesforce_throughput(n, true, SfPath::Collections, latency_ms).await;
+        let (bc, bs) = salesforce_throughput(n, true, SfPath::Bulk, latency_ms).await;
+        if bc <= cc {
+            calls_even.get_or_insert(n);
+        }
+        if bs <= cs {
+            time_even.get_or_insert(n);
+        }
+    }
+    println!(
+        "Salesforce break-even ({latency_ms} ms per call): Bulk uses no more calls than Collections from {} rows, and no more time from {} rows",
+        calls_even.map_or("beyond 20000".into(), |n| n.to_string()),
+        time_even.map_or("beyond 20000".into(), |n| n.to_string()),
     );
 }
 
@@ -348,6 +444,10 @@ async fn diff_time(rows: u64) {
 
 #[tokio::main]
 async fn main() {
+    if let Ok(latency) = std::env::var("FERRY_BENCH_SF_SIM") {
+        salesforce_sim_child(latency.parse().unwrap_or(0)).await;
+        return;
+    }
     let rows: u64 = std::env::var("FERRY_BENCH_SYNC_ROWS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -370,7 +470,17 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
     if sf_rows > 0 {
-        salesforce_throughput(sf_rows, true).await;
-        salesforce_throughput(sf_rows, false).await;
+        salesforce_throughput(sf_rows, true, SfPath::Collections, 0).await;
+        salesforce_throughput(sf_rows, false, SfPath::Collections, 0).await;
+    }
+    let bulk_rows: u64 = std::env::var("FERRY_BENCH_SF_BULK_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    if bulk_rows > 0 {
+        salesforce_throughput(bulk_rows, true, SfPath::Bulk, 0).await;
+    }
+    if std::env::var("FERRY_BENCH_SF_BREAK_EVEN").map_or(true, |v| v != "0") {
+        salesforce_break_even(150).await;
     }
 }

@@ -384,14 +384,21 @@ struct Run<'a> {
     stop: Mutex<Option<CallError>>,
     /// Rows planned for asynchronous jobs and not yet in one, when this
     /// run uses jobs (see [`destination::Jobs`]).
-    queue: Mutex<Option<Vec<Queued>>>,
+    queue: Mutex<Option<Vec<JobQueue>>>,
     run_id: RunId,
+}
+
+/// The rows of one operation waiting for a job, and their size.
+#[derive(Debug)]
+struct JobQueue {
+    op: Op,
+    rows: Vec<Queued>,
+    bytes: usize,
 }
 
 /// A row planned for a job, with what its log row needs.
 #[derive(Debug, Clone)]
 struct Queued {
-    op: Op,
     out: Outgoing,
     hash: Option<String>,
     was_created: bool,
@@ -1295,15 +1302,28 @@ impl Run<'_> {
                 if !j.ops().contains(op) {
                     return true;
                 }
+                let slot = match queue.iter().position(|q| q.op == *op) {
+                    Some(i) => i,
+                    None => {
+                        queue.push(JobQueue {
+                            op: *op,
+                            rows: Vec::new(),
+                            bytes: 0,
+                        });
+                        queue.len() - 1
+                    }
+                };
+                let q = &mut queue[slot];
                 for o in outs.drain(..) {
                     let row = by_key.get(&o.key).copied();
-                    queue.push(Queued {
-                        op: *op,
+                    let queued = Queued {
                         hash: row.and_then(|r| r.hash.clone()),
                         was_created: row.is_some_and(|r| r.created) || ours.contains(&o.key),
                         may_create: *op == Op::Upsert && row.is_some_and(|r| r.op == DiffOp::Add),
                         out: o,
-                    });
+                    };
+                    q.bytes += queued.bytes();
+                    q.rows.push(queued);
                 }
                 false
             });
@@ -1457,22 +1477,26 @@ impl Run<'_> {
             return Vec::new();
         };
         let mut out = Vec::new();
-        for op in j.ops() {
-            let mine: Vec<Queued>;
-            (mine, *queue) = std::mem::take(queue).into_iter().partition(|r| r.op == *op);
-            let mut parts =
-                destination::batches(mine, j.max_rows(), Some(j.max_bytes()), Queued::bytes);
-            let last_full = parts.last().is_some_and(|p| {
-                p.len() >= j.max_rows()
-                    || p.iter().map(Queued::bytes).sum::<usize>() * 10 >= j.max_bytes() * 9
-            });
-            if !all
-                && !last_full
-                && let Some(rest) = parts.pop()
-            {
-                queue.extend(rest);
+        for q in queue.iter_mut() {
+            let full = q.rows.len() >= j.max_rows() || q.bytes >= j.max_bytes();
+            if !(all || full) || q.rows.is_empty() {
+                continue;
             }
-            out.extend(parts.into_iter().map(|p| (*op, p)));
+            let rows = std::mem::take(&mut q.rows);
+            q.bytes = 0;
+            let mut parts =
+                destination::batches(rows, j.max_rows(), Some(j.max_bytes()), Queued::bytes);
+            // Short of a full job: it waits for more rows.
+            if !all
+                && let Some(last) = parts.pop_if(|p| {
+                    p.len() < j.max_rows()
+                        && p.iter().map(Queued::bytes).sum::<usize>() * 10 < j.max_bytes() * 9
+                })
+            {
+                q.bytes = last.iter().map(Queued::bytes).sum();
+                q.rows = last;
+            }
+            out.extend(parts.into_iter().map(|p| (q.op, p)));
         }
         out
     }
@@ -1693,7 +1717,6 @@ impl Run<'_> {
             let queued: Vec<Queued> = rows
                 .into_iter()
                 .map(|r| Queued {
-                    op,
                     out: Outgoing::new(
                         r.key,
                         r.crm_id,

@@ -170,6 +170,20 @@ impl RunningSim {
         bulk::summary(&self.state)
     }
 
+    /// Every Bulk ingest job's state and records processed, by id
+    /// (without copying the jobs' rows).
+    pub fn job_states(&self) -> std::collections::BTreeMap<String, (String, usize)> {
+        self.state
+            .jobs
+            .lock()
+            .map(|j| {
+                j.iter()
+                    .map(|(id, j)| (id.clone(), (j.state.clone(), j.processed)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Bulk batches per day, and spent.
     pub fn bulk_batches(&self) -> (u64, u64) {
         bulk::batches(&self.state)
