@@ -223,7 +223,10 @@ enum Command {
     },
     /// Reverse-sync models to the CRM: send what changed since the CRM last
     /// confirmed, and log every row's outcome in ferry.sync_log.
+    #[command(args_conflicts_with_subcommands = true)]
     Sync {
+        #[command(subcommand)]
+        action: Option<SyncAction>,
         /// Syncs to run (all in ferry.toml when none are given).
         names: Vec<String>,
         /// Report what would be created, updated, archived, left unchanged or
@@ -255,6 +258,23 @@ enum Command {
         /// With --format table, print at most this many rows (the total is always shown).
         #[arg(long, default_value_t = 100)]
         max_rows: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SyncAction {
+    /// Undo one run of a sync with `revertible = true`: write back the
+    /// values it replaced and archive the records it created. Fields
+    /// changed in the CRM since are left alone. Logged as a run of its own.
+    Revert {
+        /// The run to undo (see: select run_id, sync, started_at from ferry.sync_runs).
+        run_id: String,
+        /// Report what would be written back and archived; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Take the sync's lock even if another run seems to hold it.
+        #[arg(long)]
+        break_lock: bool,
     },
 }
 
@@ -764,6 +784,24 @@ async fn run(cli: Cli) -> Result<()> {
             extract::run(&project, lake, &streams).await
         }
         Command::Sync {
+            action:
+                Some(SyncAction::Revert {
+                    run_id,
+                    dry_run,
+                    break_lock,
+                }),
+            ..
+        } => {
+            let (project, lake) = open(&cli.project_dir)?;
+            let opts = crate::sync::SyncOptions {
+                dry_run,
+                break_lock,
+                ..Default::default()
+            };
+            sync::revert(&project, lake, &run_id, &opts).await
+        }
+        Command::Sync {
+            action: None,
             names,
             dry_run,
             retry_failed,
@@ -777,6 +815,7 @@ async fn run(cli: Cli) -> Result<()> {
                 allow_mass_delete,
                 break_lock,
                 shutdown: None,
+                revert: None,
             };
             sync::run(&project, lake, &names, &opts).await
         }

@@ -53,6 +53,24 @@ pub async fn run(
     }
 }
 
+/// `ferry sync revert RUN_ID`.
+pub async fn revert(project: &Project, lake: Lake, run_id: &str, opts: &SyncOptions) -> Result<()> {
+    println!("{}", project.target_line());
+    if !opts.dry_run {
+        project.check_clean()?;
+    }
+    let report = Syncer::new(project, lake).revert(run_id, opts).await?;
+    print(&report);
+    if report.stopped.is_some() || report.counts.failed > 0 || report.counts.unknown > 0 {
+        return Err(Error::Input(format!(
+            "the revert of run {run_id} did not finish; run it again: records already written back are left as they are \
+             (see select * from ferry.sync_log where run_id = '{}')",
+            report.run_id
+        )));
+    }
+    Ok(())
+}
+
 fn print(r: &SyncReport) {
     let c = &r.counts;
     let verb = if r.dry_run {

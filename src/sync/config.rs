@@ -432,6 +432,11 @@ pub struct SyncSection {
     /// fields without reading the CRM while it is fresh enough.
     #[serde(default)]
     pub crm_copy: Option<CrmCopy>,
+    /// Record the CRM's values each run replaces (read from `crm_copy` when
+    /// fresh, else from the CRM before each batch), so `ferry sync revert
+    /// RUN_ID` can write them back.
+    #[serde(default)]
+    pub revertible: bool,
 }
 
 /// `crm_copy = { table = "hubspot.contacts", max_age_minutes = 60 }`
@@ -479,6 +484,7 @@ pub struct Sync {
     pub max_delete_pct: f64,
     pub requests_per_10s: Option<usize>,
     pub crm_copy: Option<CrmCopy>,
+    pub revertible: bool,
 }
 
 impl Sync {
@@ -549,6 +555,7 @@ impl Sync {
             max_delete_pct: s.max_delete_pct,
             requests_per_10s: s.requests_per_10s,
             crm_copy: s.crm_copy.clone(),
+            revertible: s.revertible,
         })
     }
 }

@@ -113,6 +113,8 @@ pub struct SyncOptions {
     /// Set when ferry is shutting down (SIGTERM): the run stops between
     /// batches, as on a spent daily budget, and the rest is sent next run.
     pub shutdown: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Revert this run of the sync instead of syncing (`ferry sync revert`).
+    pub revert: Option<String>,
 }
 
 /// What a run did (or, in a dry run, would do).
@@ -188,6 +190,11 @@ type CrmCopy = HashMap<String, Existing>;
 /// Keys (normalized) whose last write's fate is unknown.
 type Pending = HashMap<String, Unsettled>;
 
+/// A revertible run's view of each row's record before it writes: the
+/// record as found (`None`: not found), and whether that is known (a
+/// record the CRM confirmed earlier but a lagging search missed is not).
+type Previous = HashMap<String, (Option<Existing>, bool)>;
+
 /// A key whose writes since it was last settled have unknown fates.
 #[derive(Debug, Clone, Copy)]
 struct Unsettled {
@@ -197,6 +204,14 @@ struct Unsettled {
     /// When the latest was sent: the CRM's search may miss it until
     /// `search_lag` after this.
     last_sent: chrono::DateTime<Utc>,
+}
+
+/// Whether the CRM's value is the one a run wrote: text equal up to case
+/// and surrounding space, or numbers equal (CRMs echo `42` as `42.0`).
+fn same_value(crm: &str, wrote: &str) -> bool {
+    let (a, b) = (crm.trim(), wrote.trim());
+    a.eq_ignore_ascii_case(b)
+        || matches!((a.parse::<f64>(), b.parse::<f64>()), (Ok(x), Ok(y)) if x == y)
 }
 
 /// How far the CRM's clock may be ahead of ferry's when judging whether a
@@ -236,6 +251,26 @@ impl Syncer {
         let account = destination::open(cfg)?;
         self.accounts.insert(cfg.name.clone(), account.clone());
         Ok(account.destination(sync))
+    }
+
+    /// Revert one run: write back the values it replaced and archive the
+    /// records it created (see [`Run::revert`]). Logged as a run of its sync.
+    pub async fn revert(&mut self, run_id: &str, opts: &SyncOptions) -> Result<SyncReport> {
+        let Some((sync, _)) = state::previous_of(&self.lake, run_id).await? else {
+            return Err(Error::Input(format!(
+                "run {run_id} recorded no previous values, so it cannot be reverted: only runs of syncs with \
+                 revertible = true can be (find run ids with: select run_id, sync, started_at from ferry.sync_runs)"
+            )));
+        };
+        let opts = SyncOptions {
+            dry_run: opts.dry_run,
+            retry_failed: false,
+            allow_mass_delete: opts.allow_mass_delete,
+            break_lock: opts.break_lock,
+            shutdown: opts.shutdown.clone(),
+            revert: Some(run_id.to_string()),
+        };
+        self.run(&sync, &opts).await
     }
 
     /// Run one sync.
@@ -334,7 +369,11 @@ impl Syncer {
                 _ => "success",
             };
             let row = state::RunRow {
-                mode: sync.mode.as_str().into(),
+                mode: if opts.revert.is_some() {
+                    "revert".into()
+                } else {
+                    sync.mode.as_str().into()
+                },
                 status: status.into(),
                 counts: [
                     counts.created as i64,
@@ -476,6 +515,9 @@ impl Run<'_> {
     }
 
     async fn execute(&self) -> Result<()> {
+        if let Some(id) = &self.opts.revert {
+            return self.revert(id).await;
+        }
         let sync = self.sync;
         // The model and its columns first: a mapping mistake costs no call.
         let ctx = crate::engine::session(self.lake).await?;
@@ -723,6 +765,226 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Revert run `id`: for each record it wrote, write back the values it
+    /// replaced (fields changed in the CRM since are left alone, logged
+    /// `CHANGED_SINCE`), and archive the records it created. Only what the
+    /// run confirmed (`ok` in the sync log) is reverted.
+    async fn revert(&self, id: &str) -> Result<()> {
+        let sync = self.sync;
+        let unique = self
+            .dest
+            .prepare(&sync.object, &sync.key_property, &self.properties())
+            .await?;
+        let Some((_, before)) = state::previous_of(self.lake, id).await? else {
+            return Err(Error::Input(format!(
+                "run {id} recorded no previous values"
+            )));
+        };
+        // What the run wrote, per key.
+        let ctx = crate::engine::session(self.lake).await?;
+        let written = ctx
+            .sql(&format!(
+                "select key, crm_id, payload from ferry.sync_log where run_id = '{}' and sync = '{}' \
+                 and status = 'ok' and operation in ('create', 'update', 'upsert')",
+                id.replace('\'', "''"),
+                sync.name.replace('\'', "''")
+            ))
+            .await?
+            .collect()
+            .await?;
+        let mut wrote: HashMap<String, (Option<String>, BTreeMap<String, String>)> = HashMap::new();
+        for b in &written {
+            use arrow::array::{Array, AsArray};
+            let cast =
+                |i: usize| arrow::compute::cast(b.column(i), &arrow::datatypes::DataType::Utf8);
+            let (k, c, p) = (cast(0)?, cast(1)?, cast(2)?);
+            let (k, c, p) = (
+                k.as_string::<i32>(),
+                c.as_string::<i32>(),
+                p.as_string::<i32>(),
+            );
+            for i in 0..b.num_rows() {
+                let payload = if p.is_null(i) {
+                    BTreeMap::new()
+                } else {
+                    serde_json::from_str(p.value(i)).unwrap_or_default()
+                };
+                wrote.insert(
+                    k.value(i).to_string(),
+                    ((!c.is_null(i)).then(|| c.value(i).to_string()), payload),
+                );
+            }
+        }
+        let mut seen = HashSet::new();
+        let before: Vec<state::PreviousRow> = before
+            .into_iter()
+            .filter(|r| wrote.contains_key(&r.key) && seen.insert(r.key.clone()))
+            .collect();
+        if before.is_empty() {
+            tracing::info!(sync = %sync.name, run = id, "run {id} confirmed no writes; nothing to revert");
+            return Ok(());
+        }
+        let properties = self.properties();
+        let max = self.dest.capabilities().max_batch.max(1);
+        for part in before.chunks(max) {
+            if self.stopped() {
+                self.add(|c| c.not_sent += part.len() as u64);
+                continue;
+            }
+            let keys: Vec<String> = part.iter().map(|r| r.key.clone()).collect();
+            let current = match self
+                .dest
+                .lookup(&sync.object, &sync.key_property, unique, &keys, &properties)
+                .await
+            {
+                Ok(l) => l,
+                Err(e @ (CallError::Auth { .. } | CallError::DailyLimit)) => {
+                    self.set_stop(e);
+                    self.add(|c| c.not_sent += part.len() as u64);
+                    continue;
+                }
+                Err(e) => return Err(self.dest.stop_error(e)),
+            };
+            let mut logs = Vec::new();
+            let mut updates = Vec::new();
+            let mut archives = Vec::new();
+            for r in part {
+                let (crm_id, payload) = &wrote[&r.key];
+                let now = current
+                    .found
+                    .get(&self.dest.normalize_key(&r.key))
+                    .and_then(|m| m.first());
+                let Some(now) = now else {
+                    logs.push(LogRow::error(Some(&r.key), "revert", "rejected", "NOT_FOUND",
+                        &format!("run {id} wrote this record, but the CRM no longer has it (deleted or merged since): nothing to revert")));
+                    self.add(|c| c.rejected += 1);
+                    continue;
+                };
+                // Fields changed in the CRM since the run wrote them.
+                let changed: Vec<&String> = payload
+                    .iter()
+                    .filter(|(k, v)| {
+                        !same_value(now.properties.get(*k).map_or("", String::as_str), v)
+                    })
+                    .map(|(k, _)| k)
+                    .collect();
+                if !r.existed {
+                    if !changed.is_empty() {
+                        logs.push(LogRow::error(Some(&r.key), "revert", "rejected", "CHANGED_SINCE",
+                            &format!("run {id} created this record, but {} changed in the CRM since, so it is not archived",
+                                changed.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", "))));
+                        self.add(|c| c.rejected += 1);
+                        continue;
+                    }
+                    archives.push(Outgoing::new(
+                        r.key.clone(),
+                        Some(now.id.clone()).or(crm_id.clone()),
+                        BTreeMap::new(),
+                    ));
+                    continue;
+                }
+                let Some(previous) = r
+                    .previous
+                    .as_deref()
+                    .and_then(|p| serde_json::from_str::<BTreeMap<String, String>>(p).ok())
+                else {
+                    logs.push(LogRow::error(Some(&r.key), "revert", "rejected", "PREVIOUS_UNKNOWN",
+                        &format!("the CRM's search did not show this record when run {id} wrote it, so the values it replaced are unknown")));
+                    self.add(|c| c.rejected += 1);
+                    continue;
+                };
+                let restore: BTreeMap<String, String> = previous
+                    .into_iter()
+                    .filter(|(k, _)| !changed.contains(&k))
+                    .collect();
+                if !changed.is_empty() {
+                    let mut l = LogRow::error(
+                        Some(&r.key),
+                        "revert",
+                        "rejected",
+                        "CHANGED_SINCE",
+                        &format!(
+                            "{} changed in the CRM since run {id} wrote it: left as it is now",
+                            changed
+                                .iter()
+                                .map(|c| c.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    );
+                    l.crm_id = Some(now.id.clone());
+                    logs.push(l);
+                }
+                if restore.is_empty() {
+                    if changed.is_empty() {
+                        self.add(|c| c.unchanged += 1);
+                    } else {
+                        self.add(|c| c.skipped += 1);
+                    }
+                    continue;
+                }
+                if self.opts.dry_run
+                    && let Ok(mut samples) = self.samples.lock()
+                    && samples.len() < SAMPLES
+                {
+                    samples.push(Sample {
+                        key: r.key.clone(),
+                        action: "update",
+                        before: restore
+                            .keys()
+                            .map(|k| {
+                                (
+                                    k.clone(),
+                                    now.properties.get(k).cloned().unwrap_or_default(),
+                                )
+                            })
+                            .collect(),
+                        after: restore.clone(),
+                    });
+                }
+                updates.push(Outgoing::new(r.key.clone(), Some(now.id.clone()), restore));
+            }
+            if self.opts.dry_run {
+                self.add(|c| {
+                    c.updated += updates.len() as u64;
+                    c.archived += archives.len() as u64;
+                });
+                continue;
+            }
+            for (op, outs) in [(Op::Update, updates), (Op::Archive, archives)] {
+                if outs.is_empty() {
+                    continue;
+                }
+                let sent_at = Utc::now();
+                for (o, outcome, attempts) in self.send_split(op, outs).await {
+                    let mut l = self.outcome_row(
+                        op,
+                        &o,
+                        outcome.fate,
+                        attempts,
+                        None,
+                        false,
+                        false,
+                        sent_at,
+                    );
+                    if op == Op::Archive && l.status == "ok" {
+                        self.add(|c| {
+                            c.updated = c.updated.saturating_sub(1);
+                            c.archived += 1;
+                        });
+                    }
+                    l.error_message
+                        .get_or_insert_with(|| format!("revert of run {id}"));
+                    logs.push(l);
+                }
+            }
+            if !self.opts.dry_run {
+                self.log.append(&logs).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// The CRM's current values of the `if_empty` properties from the lake
     /// copy named in `crm_copy`, newest row per key, if the copy is fresh and
     /// has the columns; otherwise `None` (the CRM is read instead).
@@ -730,7 +992,7 @@ impl Run<'_> {
         let Some(cfg) = &self.sync.crm_copy else {
             return Ok(None);
         };
-        if !self.has_if_empty() {
+        if !self.has_if_empty() && !self.sync.revertible {
             return Ok(None);
         }
         let table = diff::quote_relation(&cfg.table);
@@ -754,7 +1016,7 @@ impl Run<'_> {
             .sync
             .fields
             .iter()
-            .filter(|f| f.policy == Policy::IfEmpty)
+            .filter(|f| f.policy == Policy::IfEmpty || self.sync.revertible)
             .map(|f| f.property.as_str())
             .collect();
         let missing: Vec<&str> = props
@@ -969,7 +1231,7 @@ impl Run<'_> {
         unique: bool,
         copy: Option<&CrmCopy>,
         pending: &Pending,
-    ) -> Result<(Vec<Action>, HashSet<String>), CallError> {
+    ) -> Result<(Vec<Action>, HashSet<String>, Previous), CallError> {
         let sync = self.sync;
         // Upserts by a unique key and updates by a unique key need no lookup,
         // unless an if_empty field needs the CRM's current value (or this is a
@@ -981,6 +1243,7 @@ impl Run<'_> {
             || sync.mode == Mode::Insert
             || (sync.mode == Mode::Update && !by_key)
             || self.has_if_empty()
+            || sync.revertible
             || self.opts.dry_run;
         let mut absent_from_copy: HashSet<String> = HashSet::new();
         let mut unresolved: HashMap<String, String> = HashMap::new();
@@ -1025,10 +1288,16 @@ impl Run<'_> {
             HashMap::new()
         };
         let mut ours = HashSet::new();
+        let mut previous = Previous::new();
         let mut actions = Vec::with_capacity(rows.len());
         for row in rows {
             let key = row.key.clone().unwrap_or_default();
             let nk = self.dest.normalize_key(&key);
+            if sync.revertible {
+                let current = found.get(&nk).and_then(|m| m.first()).cloned();
+                let known = current.is_some() || row.crm_id.is_none();
+                previous.insert(key.clone(), (current, known));
+            }
             let unsettled = pending.get(&nk).copied();
             let since = unsettled.map(|u| u.first);
             let matches: &[Existing] = found.get(&nk).map(Vec::as_slice).unwrap_or(&[]);
@@ -1173,7 +1442,7 @@ impl Run<'_> {
                 }
             }
         }
-        Ok((actions, ours))
+        Ok((actions, ours, previous))
     }
 
     /// Plan, send and commit one batch of added/changed rows.
@@ -1193,7 +1462,7 @@ impl Run<'_> {
             self.add(|c| c.not_sent += rows.len() as u64);
             return Err(e);
         }
-        let (actions, ours) = match self.plan(&rows, unique, copy, pending).await {
+        let (actions, ours, previous) = match self.plan(&rows, unique, copy, pending).await {
             Ok(a) => a,
             Err(e @ (CallError::Auth { .. } | CallError::DailyLimit)) => {
                 self.set_stop(e);
@@ -1290,6 +1559,46 @@ impl Run<'_> {
                     logs.push(l);
                     self.add(|c| c.unknown += 1);
                 }
+            }
+        }
+        // Write-ahead for revert: the values this batch replaces, durable
+        // before anything is sent.
+        if self.sync.revertible && !self.opts.dry_run {
+            let recorded: Vec<state::PreviousRow> = groups
+                .values()
+                .flat_map(|(_, outs)| outs.iter())
+                .filter_map(|o| {
+                    let (current, known) = previous.get(&o.key)?;
+                    Some(state::PreviousRow {
+                        key: o.key.clone(),
+                        crm_id: current
+                            .as_ref()
+                            .map(|e| e.id.clone())
+                            .or_else(|| o.id.clone()),
+                        existed: current.is_some() || !known,
+                        previous: known.then(|| {
+                            let values: BTreeMap<&String, String> = o
+                                .properties
+                                .keys()
+                                .filter(|k| !k.eq_ignore_ascii_case(&self.sync.key_property))
+                                .map(|k| {
+                                    (
+                                        k,
+                                        current
+                                            .as_ref()
+                                            .and_then(|e| e.properties.get(k).cloned())
+                                            .unwrap_or_default(),
+                                    )
+                                })
+                                .collect();
+                            serde_json::to_string(&values).unwrap_or_default()
+                        }),
+                    })
+                })
+                .collect();
+            if !recorded.is_empty() {
+                self.log.check()?;
+                state::record_previous(self.lake, &self.sync.name, &self.run_id, &recorded).await?;
             }
         }
         // Rows for jobs wait in the queue (their log rows are written when

@@ -575,3 +575,106 @@ pub async fn settle_job(lake: &Lake, sync: &str, job: &str) -> Result<()> {
         Err(e) => Err(e.into()),
     }
 }
+
+/// What a revertible run's write replaced, for one record: written to
+/// `_ferry/sync_revert/<sync>/<run_id>/<uuid>.parquet` before the batch is sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreviousRow {
+    pub key: String,
+    pub crm_id: Option<String>,
+    /// The record existed before the run wrote it.
+    pub existed: bool,
+    /// The replaced values as a JSON object (`""`: empty); `None` when the
+    /// CRM could not say (its search had not caught up with the record).
+    pub previous: Option<String>,
+}
+
+fn previous_schema() -> arrow::datatypes::SchemaRef {
+    use arrow::datatypes::{DataType, Field, Schema};
+    Arc::new(Schema::new(vec![
+        Field::new("key", DataType::Utf8, false),
+        Field::new("crm_id", DataType::Utf8, true),
+        Field::new("existed", DataType::Boolean, false),
+        Field::new("previous", DataType::Utf8, true),
+    ]))
+}
+
+/// `_ferry/sync_revert/`
+pub fn revert_root() -> Path {
+    Path::from_iter([META, "sync_revert"])
+}
+
+/// Record `rows` durably (write-once) for `run_id` of `sync`.
+pub async fn record_previous(
+    lake: &Lake,
+    sync: &str,
+    run_id: &RunId,
+    rows: &[PreviousRow],
+) -> Result<()> {
+    let schema = previous_schema();
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| Some(r.key.clone())).collect::<Vec<_>>(),
+            )) as ArrayRef,
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.crm_id.clone()).collect::<Vec<_>>(),
+            )),
+            Arc::new(BooleanArray::from(
+                rows.iter().map(|r| r.existed).collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.previous.clone()).collect::<Vec<_>>(),
+            )),
+        ],
+    )?;
+    let path = revert_root()
+        .join(sync)
+        .join(run_id.as_str())
+        .join(format!("{}.parquet", uuid::Uuid::new_v4().simple()));
+    put_once(lake.store().as_ref(), &path, encode(schema, &[batch])?).await
+}
+
+/// The sync a run belongs to and what its writes replaced, if it recorded any.
+pub async fn previous_of(lake: &Lake, run_id: &str) -> Result<Option<(String, Vec<PreviousRow>)>> {
+    use arrow::array::{Array, AsArray};
+    let listed: Vec<object_store::ObjectMeta> =
+        match futures::TryStreamExt::try_collect(lake.store().list(Some(&revert_root()))).await {
+            Ok(l) => l,
+            Err(object_store::Error::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+    let mut sync = None;
+    let mut rows = Vec::new();
+    for o in listed {
+        let parts: Vec<String> = o.location.parts().map(|p| p.as_ref().to_string()).collect();
+        // _ferry / sync_revert / <sync> / <run_id> / <file>
+        let [_, _, name, run, _] = parts.as_slice() else {
+            continue;
+        };
+        if run != run_id {
+            continue;
+        }
+        sync = Some(name.clone());
+        let bytes = lake.store().get(&o.location).await?.bytes().await?;
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?
+            .build()?;
+        for batch in reader {
+            let batch = batch?;
+            let key = batch.column(0).as_string::<i32>();
+            let id = batch.column(1).as_string::<i32>();
+            let existed = batch.column(2).as_boolean();
+            let previous = batch.column(3).as_string::<i32>();
+            for i in 0..batch.num_rows() {
+                rows.push(PreviousRow {
+                    key: key.value(i).to_string(),
+                    crm_id: (!id.is_null(i)).then(|| id.value(i).to_string()),
+                    existed: existed.value(i),
+                    previous: (!previous.is_null(i)).then(|| previous.value(i).to_string()),
+                });
+            }
+        }
+    }
+    Ok(sync.map(|s| (s, rows)))
+}

@@ -21,6 +21,7 @@ mod gtm;
 mod landing;
 mod models;
 mod operate;
+mod revert;
 mod salesforce;
 mod sim;
 mod sync;

@@ -957,3 +957,89 @@ async fn kill_9_while_bulk_jobs_run_resumes_them_and_never_uploads_twice() {
         .unwrap_or(0);
     assert_eq!(left, 0, "job records left unsettled");
 }
+
+/// A revertible Salesforce sync, sent by a Bulk job: the revert writes the
+/// replaced values back (clearing what the run filled in), archives the
+/// contacts the run created, and leaves a field edited since alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revert_restores_what_a_salesforce_run_replaced() {
+    let s = sim(quick_bulk()).await;
+    s.with_org(|org| {
+        for (i, score) in [(0, Some(5.0)), (1, None), (2, Some(9.0))] {
+            let mut m = serde_json::Map::new();
+            m.insert(
+                "Ferry_Email__c".into(),
+                format!("person{i}@example.com").into(),
+            );
+            m.insert("LastName".into(), format!("Before{i}").into());
+            if let Some(v) = score {
+                m.insert("Ferry_Lead_Score__c".into(), v.into());
+            }
+            org.insert("Contact", &[m]).unwrap();
+        }
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bulk_project(tmp.path(), &s.base_url(), 1);
+    let toml = std::fs::read_to_string(dir.join("ferry.toml"))
+        .unwrap()
+        .replace("mode = \"upsert\"", "mode = \"upsert\"\nrevertible = true");
+    std::fs::write(dir.join("ferry.toml"), toml).unwrap();
+    model(&dir, &people(5));
+    let run = sync(&dir, "contacts", SyncOptions::default())
+        .await
+        .unwrap();
+    assert_eq!((run.counts.created, run.counts.updated), (2, 3), "{run:?}");
+    assert_eq!(s.jobs().len(), 1, "sent by a Bulk job");
+    // An admin renames person2 after the run.
+    s.with_org(|org| {
+        let c = org.object_mut("Contact").unwrap();
+        let id = c
+            .records
+            .values()
+            .find(|r| r.values["Ferry_Email__c"] == "person2@example.com")
+            .unwrap()
+            .id
+            .clone();
+        c.records
+            .get_mut(&id)
+            .unwrap()
+            .values
+            .insert("LastName".into(), "Renamed".into());
+    });
+    let project = ferry::project::Project::load(&dir).unwrap();
+    let lake = ferry::lake::Lake::open(&project.lake, &project.dir).unwrap();
+    let dry = ferry::sync::Syncer::new(&project, lake.clone())
+        .revert(
+            run.run_id.as_str(),
+            &SyncOptions {
+                dry_run: true,
+                ..SyncOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((dry.counts.updated, dry.counts.archived), (3, 2), "{dry:?}");
+    assert_eq!(contacts(&s).len(), 5, "a dry run writes nothing");
+    let r = ferry::sync::Syncer::new(&project, lake)
+        .revert(run.run_id.as_str(), &SyncOptions::default())
+        .await
+        .unwrap();
+    assert_eq!((r.counts.updated, r.counts.archived), (3, 2), "{r:?}");
+    let changed = query(
+        &dir,
+        "select key, error_message from ferry.sync_log where error_category = 'CHANGED_SINCE'",
+    )
+    .await;
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    assert_eq!(changed[0][0], "person2@example.com");
+    assert!(changed[0][1].contains("LastName"), "{changed:?}");
+    let org = contacts(&s);
+    assert_eq!(org.len(), 3, "{org:?}");
+    assert_eq!(org["person0@example.com"], ("Before0".into(), "5".into()));
+    assert_eq!(
+        org["person1@example.com"],
+        ("Before1".into(), "-1".into()),
+        "a score the run set is cleared"
+    );
+    assert_eq!(org["person2@example.com"], ("Renamed".into(), "9".into()));
+}
