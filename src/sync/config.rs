@@ -341,6 +341,9 @@ pub enum Mode {
     Insert,
     /// Upsert, and archive records this sync created once they leave the model.
     Mirror,
+    /// Keep a CRM audience (a HubSpot list, a Salesforce campaign's
+    /// members) equal to the model's keys: add who joins, remove who leaves.
+    Audience,
 }
 
 impl Mode {
@@ -350,6 +353,7 @@ impl Mode {
             Mode::Update => "update",
             Mode::Insert => "insert",
             Mode::Mirror => "mirror",
+            Mode::Audience => "audience",
         }
     }
 }
@@ -416,6 +420,7 @@ pub struct SyncSection {
     #[serde(rename = "match")]
     pub match_key: MatchKey,
     /// Model column → CRM property (or `{ property, policy }`).
+    #[serde(default)]
     pub fields: BTreeMap<String, FieldSection>,
     /// Records per API call (at most 100 for HubSpot).
     /// Records per call; default and cap: the destination's maximum
@@ -437,6 +442,10 @@ pub struct SyncSection {
     /// RUN_ID` can write them back.
     #[serde(default)]
     pub revertible: bool,
+    /// `mode = "audience"`: the audience's name (a HubSpot list, a
+    /// Salesforce campaign), created if absent.
+    #[serde(default)]
+    pub audience: Option<String>,
 }
 
 /// `crm_copy = { table = "hubspot.contacts", max_age_minutes = 60 }`
@@ -485,6 +494,8 @@ pub struct Sync {
     pub requests_per_10s: Option<usize>,
     pub crm_copy: Option<CrmCopy>,
     pub revertible: bool,
+    /// The audience's name (`mode = "audience"`).
+    pub audience: Option<String>,
 }
 
 impl Sync {
@@ -493,8 +504,30 @@ impl Sync {
         s: &SyncSection,
         kind: DestinationKind,
     ) -> Result<Sync, String> {
-        if s.fields.is_empty() {
-            return Err("a sync needs at least one field under fields".into());
+        match (s.mode, &s.audience) {
+            (Mode::Audience, None) => {
+                return Err("mode = \"audience\" needs audience = \"<name>\": the HubSpot list or Salesforce campaign to keep equal to the model".into());
+            }
+            (Mode::Audience, Some(name)) if name.trim().is_empty() => {
+                return Err(
+                    "audience is empty: name the HubSpot list or Salesforce campaign".into(),
+                );
+            }
+            (Mode::Audience, _) => {
+                if !s.fields.is_empty() {
+                    return Err("an audience sync has no fields: it adds and removes members; map fields in another sync".into());
+                }
+                if s.revertible {
+                    return Err("revertible applies to field syncs; an audience's previous members are its sync log".into());
+                }
+            }
+            (_, Some(_)) => {
+                return Err("audience is for mode = \"audience\" only".into());
+            }
+            (_, None) if s.fields.is_empty() => {
+                return Err("a sync needs at least one field under fields".into());
+            }
+            _ => {}
         }
         let max = kind.max_batch();
         if let Some(n) = s.batch_size
@@ -556,6 +589,7 @@ impl Sync {
             requests_per_10s: s.requests_per_10s,
             crm_copy: s.crm_copy.clone(),
             revertible: s.revertible,
+            audience: s.audience.clone(),
         })
     }
 }

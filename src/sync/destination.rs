@@ -316,9 +316,47 @@ pub trait Jobs: Send + Sync {
     async fn abort(&self, job: &str) -> Result<(), CallError>;
 }
 
+/// Audiences: a named set of records the CRM's users act on (a HubSpot
+/// list, a Salesforce campaign's members). Membership is by CRM id; adding
+/// a member twice or removing a non-member is harmless, so a batch whose
+/// reply was lost is simply sent again.
+#[async_trait]
+pub trait Audiences: Send + Sync {
+    /// Record ids per membership call, at most.
+    fn max_members(&self) -> usize;
+    /// The id of the audience `name` for records of `object`, created if
+    /// absent (unless `create` is false: then `None`).
+    async fn audience(
+        &self,
+        object: &str,
+        name: &str,
+        create: bool,
+    ) -> Result<Option<String>, CallError>;
+    /// Add records by id. Each id's outcome: `Written` (a member now) or
+    /// `Refused` (no such record...).
+    async fn add(
+        &self,
+        audience: &str,
+        object: &str,
+        ids: &[String],
+    ) -> Result<Vec<(String, Fate)>, CallError>;
+    /// Remove records by id; a record that was not a member is removed.
+    async fn remove(
+        &self,
+        audience: &str,
+        object: &str,
+        ids: &[String],
+    ) -> Result<Vec<(String, Fate)>, CallError>;
+}
+
 /// A CRM the syncer can write to.
 #[async_trait]
 pub trait Destination: Send + Sync {
+    /// Audiences, if the CRM has them.
+    fn audiences(&self) -> Option<&dyn Audiences> {
+        None
+    }
+
     /// Asynchronous jobs, if the CRM has them.
     fn jobs(&self) -> Option<&dyn Jobs> {
         None

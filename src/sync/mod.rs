@@ -22,6 +22,7 @@
 //! 7. archive (mirror) or release removed rows, write a new snapshot, record
 //!    the run in `ferry.sync_runs`, release the lease.
 
+mod audience;
 pub mod config;
 pub mod destination;
 pub mod diff;
@@ -538,6 +539,9 @@ impl Run<'_> {
             }
         };
         check_columns(sync, &model_schema)?;
+        if sync.mode == Mode::Audience {
+            return self.audience(&ctx, &model).await;
+        }
         let columns: Vec<String> = sync.fields.iter().map(|f| f.column.clone()).collect();
         let unique = self
             .dest
@@ -1388,6 +1392,12 @@ impl Run<'_> {
                     skipped: true,
                 },
                 (Mode::Insert, _, None) => out(Op::Create, None, true),
+                // Audience runs add and remove members (audience.rs).
+                (Mode::Audience, ..) => Action::Reject {
+                    category: "AUDIENCE",
+                    message: "an audience sync adds and removes members; it writes no fields"
+                        .into(),
+                },
             };
             // An update with nothing left to write (every field owned by the CRM).
             let action = match action {

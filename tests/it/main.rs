@@ -13,6 +13,7 @@
 //! `vendor`: regressions against vendors as they really behave (lagging
 //! search, normalized keys, lost replies, redirects, paging quirks).
 
+mod audience;
 mod cli;
 mod contract;
 mod extract;

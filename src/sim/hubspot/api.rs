@@ -37,6 +37,15 @@ pub(crate) fn router(state: Shared) -> Router {
             "/crm/v4/objects/{from}/{id}/associations/{to}",
             get(association_page),
         )
+        .route("/crm/v3/lists", post(create_list))
+        .route(
+            "/crm/v3/lists/object-type-id/{type_id}/name/{name}",
+            get(list_by_name),
+        )
+        .route(
+            "/crm/v3/lists/{id}/memberships/{verb}",
+            axum::routing::put(memberships),
+        )
         .with_state(state)
 }
 
@@ -1134,4 +1143,232 @@ fn run_batch(s: &State, kind: &str, op: &str, body: Value) -> Response {
             vec![],
         ),
     }
+}
+
+/// `POST /crm/v3/lists`: `{name, objectTypeId, processingType}`; a name
+/// already taken (case-insensitively) is refused.
+async fn create_list(
+    AxState(s): AxState<Shared>,
+    headers: HeaderMap,
+    body: Option<Json<Value>>,
+) -> Response {
+    let budget = match gate(&s, &headers, false).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let body = body.map(|b| b.0).unwrap_or(Value::Null);
+    let (Some(name), Some(type_id)) = (body["name"].as_str(), body["objectTypeId"].as_str()) else {
+        return with_budget(
+            &s,
+            error(
+                StatusCode::BAD_REQUEST,
+                "VALIDATION_ERROR",
+                "name and objectTypeId are required",
+                vec![],
+            ),
+            budget,
+        );
+    };
+    let processing = body["processingType"]
+        .as_str()
+        .unwrap_or("MANUAL")
+        .to_string();
+    let Ok(mut crm) = s.crm.lock() else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL_ERROR",
+            "lock",
+            vec![],
+        );
+    };
+    if !crm
+        .types
+        .contains_key(super::store::kind_of_type_id(type_id))
+    {
+        return with_budget(
+            &s,
+            error(
+                StatusCode::BAD_REQUEST,
+                "VALIDATION_ERROR",
+                &format!("Unknown objectTypeId {type_id}"),
+                vec![],
+            ),
+            budget,
+        );
+    }
+    if crm
+        .lists
+        .values()
+        .any(|l| l.name.eq_ignore_ascii_case(name))
+    {
+        return with_budget(
+            &s,
+            error(
+                StatusCode::BAD_REQUEST,
+                "VALIDATION_ERROR",
+                &format!("A list named '{name}' already exists."),
+                vec![],
+            ),
+            budget,
+        );
+    }
+    let id = crm.next_id();
+    let list = super::store::List {
+        id,
+        name: name.to_string(),
+        object_type_id: type_id.to_string(),
+        processing_type: processing,
+        members: BTreeSet::new(),
+    };
+    let out = json!({"list": list.to_json()});
+    crm.lists.insert(id, list);
+    drop(crm);
+    if chance(s.faults().lost_after_write) || s.take_lost_write() {
+        return dropped();
+    }
+    with_budget(&s, Json(out).into_response(), budget)
+}
+
+/// `GET /crm/v3/lists/object-type-id/{type}/name/{name}`: 404 if none.
+async fn list_by_name(
+    AxState(s): AxState<Shared>,
+    Path((type_id, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let budget = match gate(&s, &headers, false).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let found = s.crm.lock().ok().and_then(|crm| {
+        crm.lists
+            .values()
+            .find(|l| l.object_type_id == type_id && l.name.eq_ignore_ascii_case(&name))
+            .map(|l| l.to_json())
+    });
+    match found {
+        Some(l) => with_budget(&s, Json(json!({"list": l})).into_response(), budget),
+        None => with_budget(
+            &s,
+            error(
+                StatusCode::NOT_FOUND,
+                "OBJECT_NOT_FOUND",
+                &format!("List with name {name} does not exist"),
+                vec![],
+            ),
+            budget,
+        ),
+    }
+}
+
+/// `PUT /crm/v3/lists/{id}/memberships/add|remove` with a JSON array of
+/// record ids. Like HubSpot: ids that name no live record come back in
+/// `recordIdsMissing`; ids already members (or already absent) are in
+/// neither list; a `DYNAMIC` list refuses; at most 100,000 ids.
+async fn memberships(
+    AxState(s): AxState<Shared>,
+    Path((id, verb)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Option<Json<Value>>,
+) -> Response {
+    let budget = match gate(&s, &headers, false).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let bad = |m: &str| error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", m, vec![]);
+    let body = body.map(|b| b.0).unwrap_or(Value::Null);
+    let Some(ids) = body.as_array() else {
+        return with_budget(&s, bad("the body must be an array of record ids"), budget);
+    };
+    if ids.len() > 100_000 {
+        return with_budget(&s, bad("at most 100,000 record ids per request"), budget);
+    }
+    if verb != "add" && verb != "remove" {
+        return with_budget(
+            &s,
+            error(
+                StatusCode::NOT_FOUND,
+                "OBJECT_NOT_FOUND",
+                "no such resource",
+                vec![],
+            ),
+            budget,
+        );
+    }
+    let Ok(mut crm) = s.crm.lock() else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL_ERROR",
+            "lock",
+            vec![],
+        );
+    };
+    let Some(list) = id
+        .parse::<u64>()
+        .ok()
+        .and_then(|i| crm.lists.get(&i))
+        .cloned()
+    else {
+        return with_budget(
+            &s,
+            error(
+                StatusCode::NOT_FOUND,
+                "OBJECT_NOT_FOUND",
+                &format!("List {id} does not exist"),
+                vec![],
+            ),
+            budget,
+        );
+    };
+    if list.processing_type == "DYNAMIC" {
+        return with_budget(
+            &s,
+            bad(&format!(
+                "List {id} is DYNAMIC: its memberships cannot be changed by the API"
+            )),
+            budget,
+        );
+    }
+    let kind = super::store::kind_of_type_id(&list.object_type_id).to_string();
+    let (mut changed, mut missing) = (Vec::new(), Vec::new());
+    let mut members = list.members.clone();
+    for v in ids {
+        let raw = v
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string());
+        let Some(rid) = raw.parse::<u64>().ok().filter(|r| {
+            crm.types
+                .get(&kind)
+                .and_then(|t| t.records.get(r))
+                .is_some_and(|rec| !rec.archived)
+        }) else {
+            missing.push(raw);
+            continue;
+        };
+        let did = if verb == "add" {
+            members.insert(rid)
+        } else {
+            members.remove(&rid)
+        };
+        if did {
+            changed.push(rid.to_string());
+        }
+    }
+    if let Some(l) = crm.lists.get_mut(&list.id) {
+        l.members = members;
+    }
+    drop(crm);
+    if chance(s.faults().lost_after_write) || s.take_lost_write() {
+        return dropped();
+    }
+    let field = if verb == "add" {
+        "recordIdsAdded"
+    } else {
+        "recordIdsRemoved"
+    };
+    with_budget(
+        &s,
+        Json(json!({field: changed, "recordIdsMissing": missing})).into_response(),
+        budget,
+    )
 }

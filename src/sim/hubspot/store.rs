@@ -200,6 +200,8 @@ impl ObjectType {
 #[derive(Debug)]
 pub struct Crm {
     pub types: BTreeMap<String, ObjectType>,
+    /// Lists (Lists API v3) by list id.
+    pub lists: BTreeMap<u64, List>,
     /// Associations, both directions: (from type, from id) → (to type, to id).
     pub associations: BTreeMap<(String, u64), BTreeSet<(String, u64)>>,
     next_id: u64,
@@ -208,6 +210,44 @@ pub struct Crm {
     /// Records search does not see as they are yet: until the instant, it
     /// sees the version before the write (`None`: not at all).
     stale: HashMap<String, HashMap<u64, (Instant, Option<Record>)>>,
+}
+
+/// A list of records of one object type.
+#[derive(Debug, Clone)]
+pub struct List {
+    pub id: u64,
+    pub name: String,
+    /// `0-1` contacts, `0-2` companies, ...
+    pub object_type_id: String,
+    /// `MANUAL`, `SNAPSHOT` or `DYNAMIC` (members set by filters: the
+    /// memberships API refuses to change them).
+    pub processing_type: String,
+    pub members: BTreeSet<u64>,
+}
+
+impl List {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "listId": self.id.to_string(),
+            "name": self.name,
+            "objectTypeId": self.object_type_id,
+            "processingType": self.processing_type,
+            "processingStatus": "COMPLETE",
+            "listVersion": 1,
+            "size": self.members.len(),
+        })
+    }
+}
+
+/// The object type a Lists API type id names.
+pub fn kind_of_type_id(type_id: &str) -> &str {
+    match type_id {
+        "0-1" => "contacts",
+        "0-2" => "companies",
+        "0-3" => "deals",
+        "0-5" => "tickets",
+        other => other,
+    }
 }
 
 impl Default for Crm {
@@ -268,6 +308,7 @@ impl Default for Crm {
         }
         Crm {
             types,
+            lists: BTreeMap::new(),
             associations: BTreeMap::new(),
             next_id: 1001,
             search_lag: Duration::ZERO,

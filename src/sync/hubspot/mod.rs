@@ -187,6 +187,10 @@ impl crate::sync::destination::Account for Shared {
 
 #[async_trait]
 impl Destination for HubSpot {
+    fn audiences(&self) -> Option<&dyn crate::sync::destination::Audiences> {
+        Some(self)
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             vendor: "HubSpot",
@@ -698,6 +702,148 @@ pub fn call_error(e: CallError) -> Error {
         ),
         e @ CallError::Transient { .. } => vendor(e.message(), true),
         e @ CallError::Rejected { .. } => Error::Input(format!("HubSpot: {}", e.message())),
+    }
+}
+
+/// HubSpot's object type ids, as the Lists API names them.
+fn object_type_id(object: &str) -> String {
+    match object {
+        "contacts" => "0-1".into(),
+        "companies" => "0-2".into(),
+        "deals" => "0-3".into(),
+        "tickets" => "0-5".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Record ids per membership call (ferry's choice, well under what the
+/// Lists API takes).
+const LIST_MEMBERS_PER_CALL: usize = 1_000;
+
+/// Audiences as HubSpot lists (Lists API v3): a `MANUAL` list found by
+/// name (`GET /crm/v3/lists/object-type-id/{type}/name/{name}`) or created
+/// (`POST /crm/v3/lists`); members added and removed by record id
+/// (`PUT /crm/v3/lists/{id}/memberships/add|remove`). Ids the reply lists
+/// in `recordIdsMissing` do not exist.
+#[async_trait]
+impl crate::sync::destination::Audiences for HubSpot {
+    fn max_members(&self) -> usize {
+        LIST_MEMBERS_PER_CALL
+    }
+
+    async fn audience(
+        &self,
+        object: &str,
+        name: &str,
+        create: bool,
+    ) -> Result<Option<String>, CallError> {
+        let type_id = object_type_id(object);
+        let encoded: String = url::form_urlencoded::byte_serialize(name.as_bytes()).collect();
+        let found = self
+            .send(Call::get(format!(
+                "/crm/v3/lists/object-type-id/{type_id}/name/{}",
+                encoded.replace('+', "%20")
+            )))
+            .await;
+        let list = match found {
+            Ok(v) => v,
+            Err(CallError::Rejected { status: 404, .. }) if create => {
+                let body = serde_json::json!({
+                    "name": name,
+                    "objectTypeId": type_id,
+                    "processingType": "MANUAL",
+                });
+                // Not resent blind: a lost reply fails the run, and the
+                // next run finds the list by name.
+                self.send(Call::post("/crm/v3/lists", &body, false)).await?
+            }
+            Err(CallError::Rejected { status: 404, .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let l = &list["list"];
+        if l["processingType"].as_str().is_some_and(|t| t == "DYNAMIC") {
+            return Err(CallError::Rejected {
+                status: 400,
+                body: serde_json::json!({"message": format!(
+                    "HubSpot list {name:?} is an active (DYNAMIC) list, whose members HubSpot decides: name a static list, or a new one for ferry to create"
+                )}),
+            });
+        }
+        match text(&l["listId"]) {
+            Some(id) => Ok(Some(id)),
+            None => Err(CallError::Transient {
+                message: format!("HubSpot's list reply has no listId: {list}"),
+                attempts: 1,
+            }),
+        }
+    }
+
+    async fn add(
+        &self,
+        audience: &str,
+        _object: &str,
+        ids: &[String],
+    ) -> Result<Vec<(String, Fate)>, CallError> {
+        self.membership(audience, "add", ids).await
+    }
+
+    async fn remove(
+        &self,
+        audience: &str,
+        _object: &str,
+        ids: &[String],
+    ) -> Result<Vec<(String, Fate)>, CallError> {
+        self.membership(audience, "remove", ids).await
+    }
+}
+
+impl HubSpot {
+    async fn membership(
+        &self,
+        list: &str,
+        verb: &str,
+        ids: &[String],
+    ) -> Result<Vec<(String, Fate)>, CallError> {
+        let body = serde_json::json!(ids);
+        let reply = self
+            .send(Call {
+                method: reqwest::Method::PUT,
+                ..Call::post(
+                    format!("/crm/v3/lists/{list}/memberships/{verb}"),
+                    &body,
+                    true,
+                )
+            })
+            .await?;
+        if !reply.is_object() {
+            return Err(CallError::Transient {
+                message: format!("HubSpot's membership reply is not an object: {reply}"),
+                attempts: 1,
+            });
+        }
+        let missing: std::collections::HashSet<String> = reply["recordIdsMissing"]
+            .as_array()
+            .map(|a| a.iter().filter_map(text).collect())
+            .unwrap_or_default();
+        Ok(ids
+            .iter()
+            .map(|id| {
+                let fate = if missing.contains(id) {
+                    Fate::Refused(Refusal {
+                        category: "OBJECT_NOT_FOUND".into(),
+                        message: format!("HubSpot has no record {id} to {verb}"),
+                        response: None,
+                        transient: false,
+                    })
+                } else {
+                    Fate::Written(Written {
+                        id: id.clone(),
+                        created: false,
+                    })
+                };
+                (id.clone(), fate)
+            })
+            .collect())
     }
 }
 
