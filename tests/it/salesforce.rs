@@ -1043,3 +1043,121 @@ async fn revert_restores_what_a_salesforce_run_replaced() {
     );
     assert_eq!(org["person2@example.com"], ("Renamed".into(), "9".into()));
 }
+
+/// `mode = "audience"` on Salesforce: the campaign is created, its
+/// members follow the segment (contacts by their ids), a member added
+/// twice (a lost reply, sent again) is `DUPLICATE_VALUE` and counts as
+/// added, and a mass removal is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_follows_the_segment_on_salesforce() {
+    let s = sim(SimConfig::default()).await;
+    s.with_org(|org| {
+        for i in 0..30 {
+            let mut m = serde_json::Map::new();
+            m.insert(
+                "Ferry_Email__c".into(),
+                format!("person{i}@example.com").into(),
+            );
+            m.insert("LastName".into(), format!("P{i}").into());
+            org.insert("Contact", &[m]).unwrap();
+        }
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = project(tmp.path(), &s.base_url(), REFRESH);
+    let toml = std::fs::read_to_string(dir.join("ferry.toml")).unwrap();
+    std::fs::write(
+        dir.join("ferry.toml"),
+        format!(
+            "{toml}\n[syncs.mqls]\nmodel = \"people\"\ndestination = \"sf\"\nobject = \"Contact\"\nmode = \"audience\"\n\
+             audience = \"Ferry MQLs\"\nmatch = {{ column = \"email\", property = \"Ferry_Email__c\" }}\n"
+        ),
+    )
+    .unwrap();
+    let members = |s: &RunningSim| -> std::collections::BTreeSet<String> {
+        s.with_org(|org| {
+            let campaign = org
+                .object("Campaign")
+                .unwrap()
+                .records
+                .values()
+                .next()
+                .unwrap()
+                .id
+                .clone();
+            let contacts = org.object("Contact").unwrap();
+            org.object("CampaignMember")
+                .unwrap()
+                .records
+                .values()
+                .filter(|m| !m.deleted && m.values["CampaignId"] == campaign.as_str())
+                .map(|m| {
+                    let c = m.values["ContactId"].as_str().unwrap();
+                    contacts.records[c].values["Ferry_Email__c"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                })
+                .collect()
+        })
+        .unwrap()
+    };
+    let mut data = people(26);
+    data[25].0 = "stranger@example.com".into();
+    model(&dir, &data);
+    let r = sync(&dir, "mqls", SyncOptions::default()).await.unwrap();
+    assert_eq!((r.counts.created, r.counts.rejected), (25, 1), "{r:?}");
+    let want = |d: &People| -> std::collections::BTreeSet<String> {
+        d.iter()
+            .map(|r| r.0.clone())
+            .filter(|e| e != "stranger@example.com")
+            .collect()
+    };
+    assert_eq!(members(&s), want(&data));
+    // Three leave, four join; one join's member already exists (added by
+    // hand): DUPLICATE_VALUE, which is what the sync wanted.
+    s.with_org(|org| {
+        let campaign = org
+            .object("Campaign")
+            .unwrap()
+            .records
+            .values()
+            .next()
+            .unwrap()
+            .id
+            .clone();
+        let c = org
+            .object("Contact")
+            .unwrap()
+            .records
+            .values()
+            .find(|r| r.values["Ferry_Email__c"] == "person27@example.com")
+            .unwrap()
+            .id
+            .clone();
+        let mut m = serde_json::Map::new();
+        m.insert("CampaignId".into(), campaign.into());
+        m.insert("ContactId".into(), c.into());
+        org.insert("CampaignMember", &[m]).unwrap();
+    });
+    data.drain(0..3);
+    data.retain(|r| r.0 != "stranger@example.com");
+    for i in 26..30 {
+        data.push((format!("person{i}@example.com"), "x".into(), "1".into()));
+    }
+    model(&dir, &data);
+    let r = sync(&dir, "mqls", SyncOptions::default()).await.unwrap();
+    assert_eq!(
+        (r.counts.created, r.counts.archived, r.counts.rejected),
+        (4, 3, 0),
+        "{r:?}"
+    );
+    assert_eq!(members(&s), want(&data));
+    // A segment of one would remove 25 of 26: refused, nothing sent.
+    model(&dir, &data[..1].to_vec());
+    let e = sync(&dir, "mqls", SyncOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("max_delete_pct"), "{e}");
+    assert_eq!(members(&s).len(), 26);
+}

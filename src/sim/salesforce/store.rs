@@ -303,6 +303,29 @@ impl Default for Org {
                 vec![required("Name"), s("Website"), s("Industry")],
             ),
             SObject::new(
+                "Campaign",
+                "701",
+                vec![
+                    required("Name"),
+                    FieldDef::new("IsActive", "boolean"),
+                    s("Type"),
+                    s("Status"),
+                ],
+            ),
+            SObject::new(
+                "CampaignMember",
+                "00v",
+                vec![
+                    FieldDef {
+                        required: true,
+                        ..FieldDef::new("CampaignId", "reference")
+                    },
+                    FieldDef::new("ContactId", "reference"),
+                    FieldDef::new("LeadId", "reference"),
+                    s("Status"),
+                ],
+            ),
+            SObject::new(
                 "Opportunity",
                 "006",
                 vec![
@@ -522,7 +545,8 @@ impl Org {
             let checked = match self.object(object) {
                 Some(o) => Org::check(o, None, &values, true),
                 None => Err(record_error("NOT_FOUND", "the object is gone", &[])),
-            };
+            }
+            .and_then(|()| self.member_check(object, &values));
             out.push(checked.map(|()| self.apply(object, None, values)));
         }
         Ok(out)
@@ -663,6 +687,61 @@ impl Org {
             });
         }
         Ok(out)
+    }
+
+    /// A campaign member names a live campaign and a live contact or lead,
+    /// once per campaign (Salesforce: `DUPLICATE_VALUE`, "Already a
+    /// campaign member.").
+    fn member_check(
+        &self,
+        object: &str,
+        values: &BTreeMap<String, Value>,
+    ) -> std::result::Result<(), Value> {
+        if !object.eq_ignore_ascii_case("CampaignMember") {
+            return Ok(());
+        }
+        let live = |id: &str| {
+            self.objects
+                .values()
+                .any(|o| o.records.get(id).is_some_and(|r| !r.deleted))
+        };
+        let field = |name: &str| values.get(name).map(text).filter(|v| !v.is_empty());
+        let campaign = field("CampaignId").unwrap_or_default();
+        let (who_field, who) = match (field("ContactId"), field("LeadId")) {
+            (Some(c), _) => ("ContactId", c),
+            (None, Some(l)) => ("LeadId", l),
+            (None, None) => {
+                return Err(record_error(
+                    "REQUIRED_FIELD_MISSING",
+                    "Required fields are missing: [ContactId or LeadId]",
+                    &["ContactId".into(), "LeadId".into()],
+                ));
+            }
+        };
+        for (f, id) in [("CampaignId", &campaign), (who_field, &who)] {
+            if !live(id) {
+                return Err(record_error(
+                    "INVALID_CROSS_REFERENCE_KEY",
+                    &format!("invalid cross reference id {id}"),
+                    &[f.to_string()],
+                ));
+            }
+        }
+        let dup = self.object("CampaignMember").is_some_and(|o| {
+            o.records.values().any(|r| {
+                !r.deleted
+                    && r.values.get("CampaignId").map(text).as_deref() == Some(campaign.as_str())
+                    && r.values.get(who_field).map(text).as_deref() == Some(who.as_str())
+            })
+        });
+        if dup {
+            return Err(record_error(
+                "DUPLICATE_VALUE",
+                "Already a campaign member.",
+                &[who_field.to_string()],
+            ));
+        }
+        Ok(())
     }
 
     /// One Bulk API 2.0 batch of records: like the Collections call of the

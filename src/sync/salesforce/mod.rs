@@ -335,6 +335,10 @@ fn outcomes(rows: &[Outgoing], reply: &Value, op: Op) -> Vec<Outcome> {
 
 #[async_trait]
 impl Destination for Salesforce {
+    fn audiences(&self) -> Option<&dyn crate::sync::destination::Audiences> {
+        Some(self)
+    }
+
     fn jobs(&self) -> Option<&dyn crate::sync::destination::Jobs> {
         Some(self)
     }
@@ -614,6 +618,180 @@ impl Destination for Salesforce {
             s.calls.load(std::sync::atomic::Ordering::SeqCst),
             s.rate_limited.load(std::sync::atomic::Ordering::SeqCst),
         )
+    }
+}
+
+/// Audiences as campaigns: a `Campaign` found by `Name` (SOQL) or created
+/// active, and its `CampaignMember`s, one per contact or lead. Adding a
+/// member twice is refused `DUPLICATE_VALUE` ("Already a campaign
+/// member."), which is what ferry wanted; removing reads the member ids by
+/// SOQL, then deletes them.
+#[async_trait]
+impl crate::sync::destination::Audiences for Salesforce {
+    fn max_members(&self) -> usize {
+        KEYS_PER_QUERY
+    }
+
+    async fn audience(
+        &self,
+        _object: &str,
+        name: &str,
+        create: bool,
+    ) -> Result<Option<String>, CallError> {
+        let found = self
+            .query(&format!(
+                "SELECT Id FROM Campaign WHERE Name = {}",
+                soql_literal(name)
+            ))
+            .await?;
+        if let Some(id) = found.first().and_then(|r| text(&r["Id"])) {
+            return Ok(Some(id));
+        }
+        if !create {
+            return Ok(None);
+        }
+        let body = json!({
+            "allOrNone": true,
+            "records": [{"attributes": {"type": "Campaign"}, "Name": name, "IsActive": true}],
+        });
+        // Not resent blind: a lost reply fails the run; the next finds it by name.
+        let reply = self
+            .send(Call::post(self.path("/composite/sobjects"), &body, false))
+            .await?;
+        match &reply[0] {
+            r if r["success"].as_bool() == Some(true) => Ok(text(&r["id"])),
+            r => Err(CallError::Rejected {
+                status: 400,
+                body: json!([{"errorCode": r["errors"][0]["statusCode"], "message": format!(
+                    "cannot create campaign {name:?}: {}", r["errors"][0]["message"].as_str().unwrap_or("refused")
+                )}]),
+            }),
+        }
+    }
+
+    async fn add(
+        &self,
+        audience: &str,
+        object: &str,
+        ids: &[String],
+    ) -> Result<Vec<(String, Fate)>, CallError> {
+        let who = member_field(object)?;
+        let body = json!({
+            "allOrNone": false,
+            "records": ids.iter().map(|id| json!({
+                "attributes": {"type": "CampaignMember"},
+                "CampaignId": audience,
+                who: id,
+            })).collect::<Vec<_>>(),
+        });
+        // Safe to resend: a member added twice is refused DUPLICATE_VALUE.
+        let reply = self
+            .send(Call::post(self.path("/composite/sobjects"), &body, true))
+            .await?;
+        let rows: Vec<Outgoing> = ids
+            .iter()
+            .map(|id| Outgoing::new(id.clone(), Some(id.clone()), BTreeMap::new()))
+            .collect();
+        Ok(outcomes(&rows, &reply, Op::Create)
+            .into_iter()
+            .map(|o| {
+                let fate = match o.fate {
+                    Fate::Written(_) => Fate::Written(Written {
+                        id: o.key.clone(),
+                        created: true,
+                    }),
+                    Fate::Refused(r) if r.category == "DUPLICATE_VALUE" => Fate::Written(Written {
+                        id: o.key.clone(),
+                        created: false,
+                    }),
+                    other => other,
+                };
+                (o.key, fate)
+            })
+            .collect())
+    }
+
+    async fn remove(
+        &self,
+        audience: &str,
+        object: &str,
+        ids: &[String],
+    ) -> Result<Vec<(String, Fate)>, CallError> {
+        let who = member_field(object)?;
+        let mut members: HashMap<String, Vec<String>> = HashMap::new();
+        for chunk in ids.chunks(KEYS_PER_QUERY) {
+            let list: Vec<String> = chunk.iter().map(|k| soql_literal(k)).collect();
+            let soql = format!(
+                "SELECT Id, {who} FROM CampaignMember WHERE CampaignId = {} AND {who} IN ({})",
+                soql_literal(audience),
+                list.join(", ")
+            );
+            for r in self.query(&soql).await? {
+                if let (Some(m), Some(w)) = (text(&r["Id"]), text(&r[who])) {
+                    members.entry(w).or_default().push(m);
+                }
+            }
+        }
+        let member_ids: Vec<String> = members.values().flatten().cloned().collect();
+        let mut refused: HashMap<String, Refusal> = HashMap::new();
+        for chunk in member_ids.chunks(COLLECTION_SIZE) {
+            let path = self.path(&format!(
+                "/composite/sobjects?ids={}&allOrNone=false",
+                chunk.join(",")
+            ));
+            let reply = self
+                .send(Call {
+                    method: reqwest::Method::DELETE,
+                    ..Call::get(path)
+                })
+                .await?;
+            let rows: Vec<Outgoing> = chunk
+                .iter()
+                .map(|id| Outgoing::new(id.clone(), Some(id.clone()), BTreeMap::new()))
+                .collect();
+            for o in outcomes(&rows, &reply, Op::Archive) {
+                match o.fate {
+                    Fate::Refused(r) if r.category != "ENTITY_IS_DELETED" => {
+                        refused.insert(o.key, r);
+                    }
+                    Fate::Unknown(why) => {
+                        refused.insert(o.key, Refusal::no_result(why));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(ids
+            .iter()
+            .map(|id| {
+                let failed = members
+                    .get(id)
+                    .and_then(|ms| ms.iter().find_map(|m| refused.get(m)));
+                let fate = match failed {
+                    Some(r) => Fate::Refused(r.clone()),
+                    // Not (or no longer) a member: removed.
+                    None => Fate::Written(Written {
+                        id: id.clone(),
+                        created: false,
+                    }),
+                };
+                (id.clone(), fate)
+            })
+            .collect())
+    }
+}
+
+/// The `CampaignMember` field that names a record of `object`.
+fn member_field(object: &str) -> Result<&'static str, CallError> {
+    match object.to_ascii_lowercase().as_str() {
+        "contact" => Ok("ContactId"),
+        "lead" => Ok("LeadId"),
+        _ => Err(CallError::Rejected {
+            status: 400,
+            body: json!([{"errorCode": "INVALID_TYPE", "message": format!(
+                "campaign members are Contacts or Leads, not {object}: set object = \"Contact\" or \"Lead\""
+            )}]),
+        }),
     }
 }
 
