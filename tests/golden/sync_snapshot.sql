@@ -9,8 +9,8 @@ from (
         select key, hash, crm_id, created, payload, operation, at, 1 as _later
         from log
         where status = 'ok'
-          and operation in ('create', 'update', 'upsert', 'skip', 'archive', 'forget')
+          and operation in ('create', 'update', 'upsert', 'skip', 'archive', 'forget', 'add', 'remove')
           and arrow_cast(at, 'Int64') > 1700000000000000
     ) as history
 ) as latest
-where _rn = 1 and operation not in ('archive', 'forget')
+where _rn = 1 and operation not in ('archive', 'forget', 'remove')

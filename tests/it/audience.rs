@@ -167,3 +167,67 @@ async fn lost_membership_replies_converge_without_resending_confirmed_members() 
     .await;
     assert!(twice.is_empty(), "members confirmed twice: {twice:?}");
 }
+
+/// The real binary, killed with SIGKILL at random moments while it fills
+/// a list of 600 in batches of 20, then run to completion: the list equals
+/// the segment, no member confirmed by one run is sent by another, and the
+/// ids sent in all exceed the members by at most the batch each kill left
+/// in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_audience_resumes_without_resending_confirmed_members() {
+    use rand::Rng;
+    let s = sim(SimConfig::default()).await;
+    for i in 0..600 {
+        plant(
+            &s,
+            "contacts",
+            &[("email", &format!("person{i}@example.com"))],
+        );
+    }
+    s.set_faults(ferry::sim::hubspot::Faults {
+        slow: 0.5,
+        slow_ms: 120,
+        ..ferry::sim::hubspot::Faults::default()
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = project(tmp.path(), &s.base_url(), AUDIENCE);
+    let want: Vec<String> = (0..600).map(|i| format!("person{i}@example.com")).collect();
+    model(&dir, "mqls", &segment(want.iter().cloned()));
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .arg("--project-dir")
+            .arg(&dir)
+            .args(["sync", "mqls"])
+            .env_remove("FERRY_LAKE")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut rng = rand::rng();
+    let mut killed = 0u64;
+    for _ in 0..12 {
+        let mut child = run();
+        tokio::time::sleep(std::time::Duration::from_millis(rng.random_range(200..900))).await;
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            killed += 1;
+        }
+    }
+    assert!(killed >= 5, "only {killed} runs were killed");
+    s.set_faults(ferry::sim::hubspot::Faults::default());
+    assert!(run().wait().unwrap().success());
+    assert_eq!(members(&s), want.iter().cloned().collect());
+    let twice = query(
+        &dir,
+        "select key from ferry.sync_log where operation = 'add' and status = 'ok' group by key having count(*) > 1",
+    )
+    .await;
+    assert!(twice.is_empty(), "members confirmed twice: {twice:?}");
+    let sent = s.with_crm(|c| c.membership_adds_sent).unwrap();
+    assert!(
+        sent <= 600 + 20 * killed,
+        "{sent} ids sent for 600 members and {killed} kills"
+    );
+}

@@ -978,7 +978,7 @@ async fn demo_leaves_the_crm_matching_the_scoring_mart() {
     rebuild(&demo, false).await;
     let last = rows(
         &demo,
-        "select created, updated, unchanged, failed from ferry.sync_runs order by started_at desc limit 1",
+        "select created, updated, unchanged, failed from ferry.sync_runs where sync = 'contact_scores' order by started_at desc limit 1",
     )
     .await;
     assert_eq!(

@@ -1329,6 +1329,9 @@ async fn memberships(
         );
     }
     let kind = super::store::kind_of_type_id(&list.object_type_id).to_string();
+    if verb == "add" {
+        crm.membership_adds_sent += ids.len() as u64;
+    }
     let (mut changed, mut missing) = (Vec::new(), Vec::new());
     let mut members = list.members.clone();
     for v in ids {

@@ -202,6 +202,8 @@ pub struct Crm {
     pub types: BTreeMap<String, ObjectType>,
     /// Lists (Lists API v3) by list id.
     pub lists: BTreeMap<u64, List>,
+    /// Record ids sent to `memberships/add`, counted over every call.
+    pub membership_adds_sent: u64,
     /// Associations, both directions: (from type, from id) → (to type, to id).
     pub associations: BTreeMap<(String, u64), BTreeSet<(String, u64)>>,
     next_id: u64,
@@ -309,6 +311,7 @@ impl Default for Crm {
         Crm {
             types,
             lists: BTreeMap::new(),
+            membership_adds_sent: 0,
             associations: BTreeMap::new(),
             next_id: 1001,
             search_lag: Duration::ZERO,
