@@ -1161,3 +1161,98 @@ async fn a_campaign_follows_the_segment_on_salesforce() {
     assert!(e.contains("max_delete_pct"), "{e}");
     assert_eq!(members(&s).len(), 26);
 }
+
+/// The real binary, killed with SIGKILL at random moments while it fills
+/// a campaign of 400 in batches of 20, then run to completion: the
+/// campaign's members equal the segment, each contact is a member once,
+/// and no member confirmed by one run is confirmed again by another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_campaign_resumes_without_duplicate_members() {
+    use rand::Rng;
+    let s = sim(SimConfig {
+        faults: salesforce::Faults {
+            slow: 0.5,
+            slow_ms: 120,
+            ..salesforce::Faults::default()
+        },
+        ..SimConfig::default()
+    })
+    .await;
+    s.with_org(|org| {
+        for i in 0..400 {
+            let mut m = serde_json::Map::new();
+            m.insert(
+                "Ferry_Email__c".into(),
+                format!("person{i}@example.com").into(),
+            );
+            m.insert("LastName".into(), format!("P{i}").into());
+            org.insert("Contact", &[m]).unwrap();
+        }
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = project(tmp.path(), &s.base_url(), REFRESH);
+    let toml = std::fs::read_to_string(dir.join("ferry.toml")).unwrap();
+    std::fs::write(
+        dir.join("ferry.toml"),
+        format!(
+            "{toml}\n[syncs.mqls]\nmodel = \"people\"\ndestination = \"sf\"\nobject = \"Contact\"\nmode = \"audience\"\n\
+             audience = \"Ferry MQLs\"\nbatch_size = 20\nmatch = {{ column = \"email\", property = \"Ferry_Email__c\" }}\n"
+        ),
+    )
+    .unwrap();
+    model(&dir, &people(400));
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .arg("--project-dir")
+            .arg(&dir)
+            .args(["sync", "mqls"])
+            .env_remove("FERRY_LAKE")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut rng = rand::rng();
+    let mut killed = 0;
+    for _ in 0..12 {
+        let mut child = run();
+        tokio::time::sleep(std::time::Duration::from_millis(rng.random_range(200..900))).await;
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            killed += 1;
+        }
+    }
+    assert!(killed >= 5, "only {killed} runs were killed");
+    s.set_faults(salesforce::Faults::default());
+    assert!(run().wait().unwrap().success());
+    let (campaigns, per_contact) = s
+        .with_org(|org| {
+            let campaigns = org.object("Campaign").unwrap().records.len();
+            let mut per_contact: std::collections::BTreeMap<String, usize> = Default::default();
+            for m in org.object("CampaignMember").unwrap().records.values() {
+                if !m.deleted {
+                    *per_contact
+                        .entry(m.values["ContactId"].as_str().unwrap().to_string())
+                        .or_default() += 1;
+                }
+            }
+            (campaigns, per_contact)
+        })
+        .unwrap();
+    assert_eq!(
+        campaigns, 1,
+        "one campaign, found by name after the first run"
+    );
+    assert_eq!(per_contact.len(), 400);
+    assert!(
+        per_contact.values().all(|n| *n == 1),
+        "a contact is a member twice"
+    );
+    let twice = query(
+        &dir,
+        "select key from ferry.sync_log where operation = 'add' and status = 'ok' group by key having count(*) > 1",
+    )
+    .await;
+    assert!(twice.is_empty(), "members confirmed twice: {twice:?}");
+}
