@@ -1911,10 +1911,35 @@ impl Run<'_> {
             ));
         };
         let outs: Vec<Outgoing> = rows.iter().map(|q| q.out.clone()).collect();
-        match jobs
-            .finish(&record.job, op, &record.key_property, &outs)
-            .await
-        {
+        let finish = jobs.finish(&record.job, op, &record.key_property, &outs);
+        // A shutdown does not wait for the job: its record stays, and the
+        // next run waits for it instead.
+        let finished = match self.opts.shutdown.clone() {
+            Some(mut stop) => {
+                let stopping = async move {
+                    while !*stop.borrow() {
+                        if stop.changed().await.is_err() {
+                            futures::future::pending::<()>().await;
+                        }
+                    }
+                };
+                tokio::select! {
+                    r = finish => Some(r),
+                    () = stopping => None,
+                }
+            }
+            None => Some(finish.await),
+        };
+        let Some(finished) = finished else {
+            tracing::info!(sync = %self.sync.name, job = %record.job, "shutting down while job {} runs; the next run settles it", record.job);
+            self.add(|c| c.unknown += rows.len() as u64);
+            self.set_stop(CallError::Transient {
+                message: SHUTTING_DOWN.into(),
+                attempts: 0,
+            });
+            return Ok(());
+        };
+        match finished {
             Ok(Some(outcomes)) => {
                 let logs: Vec<LogRow> = rows
                     .iter()

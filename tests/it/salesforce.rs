@@ -1256,3 +1256,64 @@ async fn kill_9_mid_campaign_resumes_without_duplicate_members() {
     .await;
     assert!(twice.is_empty(), "members confirmed twice: {twice:?}");
 }
+
+/// A shutdown (SIGTERM in `ferry serve`) while a Bulk job processes does
+/// not wait for the job: the run stops at once, the job's record stays,
+/// and the next run waits for the job and logs its rows, sending nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_during_a_bulk_job_leaves_it_to_the_next_run() {
+    let s = sim(SimConfig {
+        bulk_start_ms: 50,
+        bulk_batch_ms: 4_000,
+        ..SimConfig::default()
+    })
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bulk_project(tmp.path(), &s.base_url(), 10);
+    model(&dir, &people(300));
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let stopper = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+        let _ = tx.send(true);
+        tx
+    });
+    let started = std::time::Instant::now();
+    let r = sync(
+        &dir,
+        "contacts",
+        SyncOptions {
+            shutdown: Some(rx),
+            ..SyncOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let _tx = stopper.await.unwrap();
+    assert!(
+        r.stopped
+            .as_deref()
+            .is_some_and(|m| m.contains("shutting down")),
+        "{r:?}"
+    );
+    assert_eq!(r.counts.unknown, 300, "{r:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "the run waited for the job"
+    );
+    let left = std::fs::read_dir(dir.join("lake/_ferry/sync_state/contacts/jobs"))
+        .unwrap()
+        .count();
+    assert_eq!(left, 1);
+    let r = sync(&dir, "contacts", SyncOptions::default())
+        .await
+        .unwrap();
+    // The resumed job's 300 are logged as created; the diff after them
+    // finds every row unchanged.
+    assert_eq!((r.counts.created, r.counts.unchanged), (300, 300), "{r:?}");
+    assert_eq!(s.jobs().len(), 1, "the rows were not sent in a second job");
+    assert_eq!(contacts(&s).len(), 300);
+    let r = sync(&dir, "contacts", SyncOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(r.counts.unchanged, 300, "{r:?}");
+}
