@@ -257,7 +257,7 @@ impl Syncer {
     /// Revert one run: write back the values it replaced and archive the
     /// records it created (see [`Run::revert`]). Logged as a run of its sync.
     pub async fn revert(&mut self, run_id: &str, opts: &SyncOptions) -> Result<SyncReport> {
-        let Some((sync, _)) = state::previous_of(&self.lake, run_id).await? else {
+        let Some(sync) = state::sync_of_revertible_run(&self.lake, run_id).await? else {
             return Err(Error::Input(format!(
                 "run {run_id} recorded no previous values, so it cannot be reverted: only runs of syncs with \
                  revertible = true can be (find run ids with: select run_id, sync, started_at from ferry.sync_runs)"
@@ -779,11 +779,7 @@ impl Run<'_> {
             .dest
             .prepare(&sync.object, &sync.key_property, &self.properties())
             .await?;
-        let Some((_, before)) = state::previous_of(self.lake, id).await? else {
-            return Err(Error::Input(format!(
-                "run {id} recorded no previous values"
-            )));
-        };
+        let before = state::previous_values(self.lake, &sync.name, id).await?;
         // What the run wrote, per key.
         let ctx = crate::engine::session(self.lake).await?;
         let written = ctx
@@ -971,12 +967,6 @@ impl Run<'_> {
                         false,
                         sent_at,
                     );
-                    if op == Op::Archive && l.status == "ok" {
-                        self.add(|c| {
-                            c.updated = c.updated.saturating_sub(1);
-                            c.archived += 1;
-                        });
-                    }
                     l.error_message
                         .get_or_insert_with(|| format!("revert of run {id}"));
                     logs.push(l);
@@ -1756,7 +1746,9 @@ impl Run<'_> {
         match fate {
             Fate::Written(Written { id, created }) => {
                 self.add(|c| {
-                    if created {
+                    if op == Op::Archive {
+                        c.archived += 1
+                    } else if created {
                         c.created += 1
                     } else {
                         c.updated += 1
@@ -1900,17 +1892,22 @@ impl Run<'_> {
             self.job_refused(op, &rows, e).await?;
             return state::settle_job(self.lake, &sync.name, &job).await;
         }
-        self.settle(&record, op, rows).await
+        self.settle(&record, op, rows, outs).await
     }
 
     /// Wait for a job and log its rows' outcomes; then its record goes.
-    async fn settle(&self, record: &state::JobRecord, op: Op, rows: Vec<Queued>) -> Result<()> {
+    async fn settle(
+        &self,
+        record: &state::JobRecord,
+        op: Op,
+        rows: Vec<Queued>,
+        outs: Vec<Outgoing>,
+    ) -> Result<()> {
         let Some(jobs) = self.dest.jobs() else {
             return Err(Error::Internal(
                 "a job for a destination without jobs".into(),
             ));
         };
-        let outs: Vec<Outgoing> = rows.iter().map(|q| q.out.clone()).collect();
         let finish = jobs.finish(&record.job, op, &record.key_property, &outs);
         // A shutdown does not wait for the job: its record stays, and the
         // next run waits for it instead.
@@ -2071,7 +2068,8 @@ impl Run<'_> {
                     may_create: r.may_create,
                 })
                 .collect();
-            self.settle(&record, op, queued).await?;
+            let outs = queued.iter().map(|q| q.out.clone()).collect();
+            self.settle(&record, op, queued, outs).await?;
             if self.stopped() {
                 break;
             }

@@ -636,27 +636,36 @@ pub async fn record_previous(
     put_once(lake.store().as_ref(), &path, encode(schema, &[batch])?).await
 }
 
-/// The sync a run belongs to and what its writes replaced, if it recorded any.
-pub async fn previous_of(lake: &Lake, run_id: &str) -> Result<Option<(String, Vec<PreviousRow>)>> {
-    use arrow::array::{Array, AsArray};
+/// The sync whose revertible run `run_id` is, if it recorded anything.
+pub async fn sync_of_revertible_run(lake: &Lake, run_id: &str) -> Result<Option<String>> {
     let listed: Vec<object_store::ObjectMeta> =
         match futures::TryStreamExt::try_collect(lake.store().list(Some(&revert_root()))).await {
             Ok(l) => l,
             Err(object_store::Error::NotFound { .. }) => Vec::new(),
             Err(e) => return Err(e.into()),
         };
-    let mut sync = None;
-    let mut rows = Vec::new();
-    for o in listed {
+    Ok(listed.into_iter().find_map(|o| {
         let parts: Vec<String> = o.location.parts().map(|p| p.as_ref().to_string()).collect();
         // _ferry / sync_revert / <sync> / <run_id> / <file>
-        let [_, _, name, run, _] = parts.as_slice() else {
-            continue;
-        };
-        if run != run_id {
-            continue;
+        match parts.as_slice() {
+            [_, _, name, run, _] if run == run_id => Some(name.clone()),
+            _ => None,
         }
-        sync = Some(name.clone());
+    }))
+}
+
+/// What run `run_id` of `sync` recorded its writes replaced.
+pub async fn previous_values(lake: &Lake, sync: &str, run_id: &str) -> Result<Vec<PreviousRow>> {
+    use arrow::array::{Array, AsArray};
+    let prefix = revert_root().join(sync).join(run_id);
+    let listed: Vec<object_store::ObjectMeta> =
+        match futures::TryStreamExt::try_collect(lake.store().list(Some(&prefix))).await {
+            Ok(l) => l,
+            Err(object_store::Error::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+    let mut rows = Vec::new();
+    for o in listed {
         let bytes = lake.store().get(&o.location).await?.bytes().await?;
         let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?
             .build()?;
@@ -676,5 +685,5 @@ pub async fn previous_of(lake: &Lake, run_id: &str) -> Result<Option<(String, Ve
             }
         }
     }
-    Ok(sync.map(|s| (s, rows)))
+    Ok(rows)
 }
