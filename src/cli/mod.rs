@@ -897,6 +897,8 @@ async fn run(cli: Cli) -> Result<()> {
                     bulk_batches,
                     bulk_start_ms,
                     bulk_batch_ms,
+                    query_results_page: crate::sim::salesforce::SimConfig::default()
+                        .query_results_page,
                     faults: crate::sim::salesforce::Faults {
                         server_error: fault_5xx,
                         dropped: fault_drop,

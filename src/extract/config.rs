@@ -361,9 +361,16 @@ pub enum SourceSpec {
         /// start (a transaction's `SystemModstamp` can be older than its
         /// commit, so the newest seconds are read next run).
         lag_margin: std::time::Duration,
+        /// A stream whose query matches this many records or more is read
+        /// by a Bulk API 2.0 query job; fewer, through the REST query API.
+        bulk_threshold: u64,
         streams: Vec<SalesforceStream>,
     },
 }
+
+/// Records from which a Salesforce stream is read by a Bulk API 2.0 query
+/// job (Salesforce: Bulk queries are "designed for 10,000 records or more").
+pub const DEFAULT_QUERY_BULK_THRESHOLD: u64 = 10_000;
 
 /// One Salesforce stream: an sObject and the fields to read.
 #[derive(Debug, Clone)]

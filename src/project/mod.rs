@@ -151,6 +151,11 @@ impl SourceConfig {
             ),
             ("jwt", self.jwt.is_some(), &[K::Salesforce][..]),
             ("oauth", self.oauth.is_some(), &[K::Salesforce][..]),
+            (
+                "bulk_threshold",
+                self.bulk_threshold.is_some(),
+                &[K::Salesforce][..],
+            ),
             ("path", self.path.is_some(), &[K::Files][..]),
         ];
         let (name, _, kinds) = given
@@ -171,6 +176,12 @@ impl SourceConfig {
 
     /// `over`'s settings replace these, key by key (streams by name).
     fn overlay(&mut self, over: &SourceConfig) {
+        // Credentials given by the target replace the base's as a whole: a
+        // sandbox's JWT login does not mix with prod's refresh token.
+        if over.jwt.is_some() || over.oauth.is_some() {
+            self.jwt = None;
+            self.oauth = None;
+        }
         macro_rules! take {
             ($($f:ident),*) => { $( if over.$f.is_some() { self.$f = over.$f.clone(); } )* };
         }
@@ -189,6 +200,10 @@ impl SourceConfig {
             requests_per_10s,
             search_per_second,
             search_lag_margin_seconds,
+            api_version,
+            jwt,
+            oauth,
+            bulk_threshold,
             path,
             schema
         );
@@ -308,6 +323,10 @@ pub struct SourceConfig {
     /// Salesforce: the refresh-token login.
     #[serde(default)]
     pub oauth: Option<sync_config::OAuthSection>,
+    /// Salesforce: a stream whose query matches this many records or more
+    /// is read by a Bulk API 2.0 query job (default 10,000).
+    #[serde(default)]
+    pub bulk_threshold: Option<u64>,
     /// Files: the folder (relative to the project) or object-store URL
     /// (`s3://bucket/drops/`) where files are dropped.
     #[serde(default)]
@@ -845,6 +864,9 @@ impl Project {
                             lag_margin: std::time::Duration::from_secs(
                                 src.search_lag_margin_seconds.unwrap_or(60),
                             ),
+                            bulk_threshold: src
+                                .bulk_threshold
+                                .unwrap_or(extract_config::DEFAULT_QUERY_BULK_THRESHOLD),
                             streams,
                         },
                     );

@@ -1317,3 +1317,156 @@ async fn shutdown_during_a_bulk_job_leaves_it_to_the_next_run() {
         .unwrap();
     assert_eq!(r.counts.unchanged, 300, "{r:?}");
 }
+
+/// Leads for the extract tests: `n` of them, each with a score.
+fn plant_leads(s: &RunningSim, n: usize) -> Vec<String> {
+    s.with_org(|org| {
+        (0..n)
+            .map(|i| {
+                let mut m = serde_json::Map::new();
+                m.insert("LastName".into(), format!("Lead{i}").into());
+                m.insert("Company".into(), "Acme, \"Inc\"".into());
+                m.insert("Email".into(), format!("lead{i}@example.com").into());
+                m.insert("Ferry_Lead_Score__c".into(), (i as f64 + 0.5).into());
+                org.insert("Lead", &[m]).unwrap().remove(0).unwrap().0
+            })
+            .collect()
+    })
+    .unwrap()
+}
+
+/// A project extracting Salesforce leads as `sf.leads`, Bulk from `threshold`.
+fn extract_project(dir: &Path, url: &str, threshold: u64) -> PathBuf {
+    let dir = project(dir, url, REFRESH);
+    let toml = std::fs::read_to_string(dir.join("ferry.toml")).unwrap();
+    std::fs::write(
+        dir.join("ferry.toml"),
+        format!(
+            "{toml}\n[sources.sf]\ntype = \"salesforce\"\nurl = \"{url}\"\nsearch_lag_margin_seconds = 0\nbulk_threshold = {threshold}\n\
+             [sources.sf.oauth]\nclient_id = \"ferry-sim-client\"\nclient_secret = \"${{SF_SECRET}}\"\nrefresh_token = \"${{SF_REFRESH}}\"\n\
+             [sources.sf.streams.leads]\nobject = \"Lead\"\n"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+fn run_extract(dir: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("--project-dir")
+        .arg(dir)
+        .arg("extract")
+        .env_remove("FERRY_LAKE")
+        .output()
+        .unwrap()
+}
+
+/// A stream matching `bulk_threshold` records or more is read by one Bulk
+/// API 2.0 `queryAll` job (no ORDER BY, which Bulk queries refuse), its
+/// results paged by `Sforce-Locator` and typed by `describe` as the REST
+/// path types them; a later, smaller run goes by the REST query API into
+/// the same table; deleted records land flagged either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_extracts_go_by_bulk_query_jobs_and_small_ones_by_rest() {
+    let s = sim(SimConfig {
+        query_results_page: 3,
+        ..quick_bulk()
+    })
+    .await;
+    let ids = plant_leads(&s, 8);
+    s.with_org(|org| org.delete(&[ids[7].clone()])).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = extract_project(tmp.path(), &s.base_url(), 5);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let out = run_extract(&dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(s.query_jobs_created(), 1, "one Bulk query job");
+    assert!(
+        s.query_jobs().is_empty(),
+        "the job is deleted once its results landed: {:?}",
+        s.query_jobs()
+    );
+    assert_eq!(
+        query(
+            &dir,
+            "select count(*), sum(\"Ferry_Lead_Score__c\"), sum(case when \"IsDeleted\" then 1 else 0 end), min(\"Company\") from sf.leads"
+        )
+        .await,
+        vec![vec![
+            "8".to_string(),
+            "32.0".to_string(),
+            "1".to_string(),
+            "Acme, \"Inc\"".to_string()
+        ]],
+        "every record, the deleted one flagged, numbers as numbers, quoted text intact"
+    );
+
+    // Two changes: under the threshold, so REST, into the same table.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    s.with_org(|org| {
+        for id in &ids[..2] {
+            let mut m = serde_json::Map::new();
+            m.insert("Id".into(), id.clone().into());
+            m.insert("attributes".into(), serde_json::json!({"type": "Lead"}));
+            m.insert("Ferry_Lead_Score__c".into(), 100.0.into());
+            org.update(&[m]).unwrap();
+        }
+    })
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let out = run_extract(&dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(s.query_jobs_created(), 1, "the small run used no job");
+    assert_eq!(
+        query(
+            &dir,
+            "select count(*), sum(case when \"Ferry_Lead_Score__c\" = 100 then 1 else 0 end) from sf.leads"
+        )
+        .await,
+        vec![vec!["10".to_string(), "2".to_string()]]
+    );
+}
+
+/// A query job that fails fails the stream with the job's reason and
+/// moves no cursor: the next run reads everything again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_bulk_query_job_fails_the_stream_and_the_next_run_reads_it_all() {
+    let s = sim(SimConfig {
+        faults: salesforce::Faults {
+            job_failure: 1.0,
+            ..Default::default()
+        },
+        ..quick_bulk()
+    })
+    .await;
+    plant_leads(&s, 4);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = extract_project(tmp.path(), &s.base_url(), 0);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let out = run_extract(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a failed job fails the run");
+    assert!(
+        stderr.contains("Bulk query job") && stderr.contains("Failed"),
+        "the error names the job and its state: {stderr}"
+    );
+    s.set_faults(salesforce::Faults::default());
+    let out = run_extract(&dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        query(&dir, "select count(*) from sf.leads").await,
+        vec![vec!["4".to_string()]]
+    );
+}

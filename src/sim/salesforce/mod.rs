@@ -8,10 +8,13 @@
 //! - `GET /services/data/vXX.X/sobjects/{object}/describe`;
 //! - `GET /services/data/vXX.X/query?q=` and `queryAll` (a SOQL subset:
 //!   fields, `WHERE` with `=`, `!=`, `<`, `>`, `IN`, `AND` on text, numbers,
-//!   booleans and datetimes, `ORDER BY`, `LIMIT`), paged by `nextRecordsUrl`;
+//!   booleans and datetimes, `ORDER BY`, `LIMIT`, `SELECT COUNT()`), paged
+//!   by `nextRecordsUrl`;
 //! - sObject Collections: `POST|PATCH|DELETE /services/data/vXX.X/composite/sobjects`
 //!   and `PATCH .../composite/sobjects/{object}/{externalIdField}` (upsert),
 //!   at most 200 records, per-record results `{id, success, created, errors}`;
+//! - Bulk API 2.0 ingest jobs ([`bulk`]) and query jobs ([`query`]), with
+//!   their states and asynchronous timing;
 //! - `GET /services/data/vXX.X/limits`.
 //!
 //! Like Salesforce: errors are `[{"message", "errorCode", "fields"}]`; an
@@ -26,6 +29,7 @@
 #![allow(clippy::result_large_err)] // handlers return ready HTTP responses as errors
 
 pub mod bulk;
+pub mod query;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -88,6 +92,9 @@ pub struct SimConfig {
     pub bulk_start_ms: u64,
     /// Processing time of each 10,000-record batch, in milliseconds.
     pub bulk_batch_ms: u64,
+    /// Rows per page of a query job's results when the call names no
+    /// `maxRecords`.
+    pub query_results_page: usize,
     pub faults: Faults,
 }
 
@@ -106,6 +113,7 @@ impl Default for SimConfig {
             bulk_batches: 15_000,
             bulk_start_ms: 300,
             bulk_batch_ms: 100,
+            query_results_page: 50_000,
             faults: Faults::default(),
         }
     }
@@ -127,6 +135,10 @@ struct State {
     job_seq: AtomicU64,
     /// Bulk batches spent today.
     bulk_used: AtomicU64,
+    /// Bulk API 2.0 query jobs by id.
+    query_jobs: Mutex<std::collections::BTreeMap<String, query::QueryJob>>,
+    /// Query jobs created today.
+    query_jobs_used: AtomicU64,
 }
 
 /// A running emulator.
@@ -185,6 +197,16 @@ impl RunningSim {
     }
 
     /// Bulk batches per day, and spent.
+    /// Every Bulk API 2.0 query job: id → (state, SOQL).
+    pub fn query_jobs(&self) -> std::collections::BTreeMap<String, (String, String)> {
+        query::summary(&self.state)
+    }
+
+    /// Bulk API 2.0 query jobs created (deleted ones included).
+    pub fn query_jobs_created(&self) -> u64 {
+        self.state.query_jobs_used.load(Ordering::SeqCst)
+    }
+
     pub fn bulk_batches(&self) -> (u64, u64) {
         bulk::batches(&self.state)
     }
@@ -230,6 +252,8 @@ pub async fn start(config: SimConfig, addr: SocketAddr) -> Result<RunningSim> {
         jobs: Mutex::new(Default::default()),
         job_seq: AtomicU64::new(0),
         bulk_used: AtomicU64::new(0),
+        query_jobs: Mutex::new(Default::default()),
+        query_jobs_used: AtomicU64::new(0),
     });
     let app = Router::new()
         .route("/services/oauth2/token", post(token))
@@ -248,6 +272,15 @@ pub async fn start(config: SimConfig, addr: SocketAddr) -> Result<RunningSim> {
         .route(
             "/services/data/{version}/composite/sobjects/{object}/{field}",
             patch(upsert),
+        )
+        .route("/services/data/{version}/jobs/query", post(query::create))
+        .route(
+            "/services/data/{version}/jobs/query/{id}",
+            get(query::info).patch(query::abort).delete(query::delete),
+        )
+        .route(
+            "/services/data/{version}/jobs/query/{id}/results",
+            get(query::results),
         )
         .route("/services/data/{version}/jobs/ingest", post(bulk::create))
         .route(
@@ -468,6 +501,10 @@ async fn limits(AxState(s): AxState<Shared>, headers: HeaderMap) -> Response {
                 "Max": s.config.bulk_batches,
                 "Remaining": s.config.bulk_batches.saturating_sub(s.bulk_used.load(Ordering::SeqCst)),
             },
+            "DailyBulkV2QueryJobs": {
+                "Max": query::DAILY_QUERY_JOBS,
+                "Remaining": query::DAILY_QUERY_JOBS.saturating_sub(s.query_jobs_used.load(Ordering::SeqCst)),
+            },
         }),
     )
 }
@@ -512,7 +549,12 @@ async fn run_query(s: &State, q: Option<String>, all: bool) -> Response {
         );
     }
     let result = s.org.lock().map_err(|_| ()).map(|o| o.query(&soql, all));
+    let count = store::parse_soql(&soql).is_ok_and(|q| q.is_count());
     match result {
+        Ok(Ok((_, records))) if count => ok(
+            s,
+            json!({"totalSize": records.len(), "done": true, "records": []}),
+        ),
         Ok(Ok((_, records))) => page(s, records),
         Ok(Err(e)) => refused(s, e),
         Err(()) => error(

@@ -283,6 +283,12 @@ impl Default for Org {
                     required("Company"),
                     email.clone(),
                     s("Status"),
+                    s("Title"),
+                    s("Country"),
+                    s("State"),
+                    s("LeadSource"),
+                    FieldDef::new("OwnerId", "reference"),
+                    FieldDef::new("IsConverted", "boolean"),
                     FieldDef::new("Ferry_Lead_Score__c", "double"),
                 ],
             ),
@@ -293,6 +299,11 @@ impl Default for Org {
                     s("FirstName"),
                     required("LastName"),
                     email,
+                    s("Title"),
+                    s("MailingCountry"),
+                    s("MailingState"),
+                    s("LeadSource"),
+                    FieldDef::new("OwnerId", "reference"),
                     FieldDef::new("AccountId", "reference"),
                     FieldDef::new("Ferry_Lead_Score__c", "double"),
                 ],
@@ -300,7 +311,13 @@ impl Default for Org {
             SObject::new(
                 "Account",
                 "001",
-                vec![required("Name"), s("Website"), s("Industry")],
+                vec![
+                    required("Name"),
+                    s("Website"),
+                    s("Industry"),
+                    FieldDef::new("NumberOfEmployees", "int"),
+                    s("BillingCountry"),
+                ],
             ),
             SObject::new(
                 "Campaign",
@@ -333,6 +350,24 @@ impl Default for Org {
                     required("StageName"),
                     FieldDef::new("Amount", "double"),
                     FieldDef::new("AccountId", "reference"),
+                    FieldDef::new("CloseDate", "date"),
+                ],
+            ),
+            // The junction between an opportunity and the contacts on it.
+            SObject::new(
+                "OpportunityContactRole",
+                "00K",
+                vec![
+                    FieldDef {
+                        required: true,
+                        ..FieldDef::new("OpportunityId", "reference")
+                    },
+                    FieldDef {
+                        required: true,
+                        ..FieldDef::new("ContactId", "reference")
+                    },
+                    s("Role"),
+                    FieldDef::new("IsPrimary", "boolean"),
                 ],
             ),
         ];
@@ -357,6 +392,20 @@ impl Org {
         self.objects
             .values_mut()
             .find(|o| o.name.eq_ignore_ascii_case(name))
+    }
+
+    /// Set a record's `CreatedDate` and `SystemModstamp` (loading history).
+    pub fn backdate(
+        &mut self,
+        object: &str,
+        id: &str,
+        created: DateTime<Utc>,
+        modstamp: DateTime<Utc>,
+    ) {
+        if let Some(r) = self.object_mut(object).and_then(|o| o.records.get_mut(id)) {
+            r.created = created;
+            r.modstamp = modstamp;
+        }
     }
 
     fn new_id(&mut self, prefix: &str) -> String {
@@ -406,7 +455,19 @@ impl Org {
                 }
                 ("boolean", Value::Bool(b)) => json!(b),
                 ("boolean", Value::String(s)) if s == "true" || s == "false" => json!(s == "true"),
-                (_, Value::String(s)) if f.kind != "double" && f.kind != "boolean" => {
+                ("int", Value::Number(n)) => json!(n.as_i64().ok_or_else(bad)?),
+                ("int", Value::String(s)) => json!(s.trim().parse::<i64>().map_err(|_| bad())?),
+                // ISO 8601 only, as Salesforce parses them.
+                ("datetime", Value::String(s)) => {
+                    json!(sf_time(parse_time(s).ok_or_else(bad)?))
+                }
+                ("date", Value::String(s)) => {
+                    let d = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| bad())?;
+                    json!(d.format("%Y-%m-%d").to_string())
+                }
+                (_, Value::String(s))
+                    if !matches!(f.kind.as_str(), "double" | "boolean" | "int") =>
+                {
                     json!(s)
                 }
                 _ => return Err(bad()),
@@ -841,7 +902,11 @@ impl Org {
         soql: &str,
         all: bool,
     ) -> std::result::Result<(String, Vec<Value>), RequestError> {
-        let q = parse_soql(soql)?;
+        let mut q = parse_soql(soql)?;
+        // `SELECT COUNT() FROM ...`: the caller counts the rows.
+        if q.is_count() {
+            q.fields = vec!["Id".into()];
+        }
         let o = self.object(&q.from).ok_or_else(|| RequestError {
             code: "INVALID_TYPE",
             message: format!("sObject type '{}' is not supported.", q.from),
@@ -916,6 +981,37 @@ impl Org {
     }
 }
 
+impl Org {
+    /// A query's rows as a Bulk API 2.0 query job writes them: the header
+    /// (fields as the object names them) and each value as text, null as
+    /// an empty cell.
+    pub fn query_rows(
+        &self,
+        soql: &str,
+        all: bool,
+    ) -> std::result::Result<(Vec<String>, Vec<Vec<String>>), RequestError> {
+        let q = parse_soql(soql)?;
+        let (object, records) = self.query(soql, all)?;
+        let o = self
+            .object(&object)
+            .ok_or_else(|| unknown_object(&object))?;
+        let header: Vec<String> = q
+            .fields
+            .iter()
+            .map(|f| {
+                o.field(f)
+                    .map(|d| d.name.clone())
+                    .unwrap_or_else(|| f.clone())
+            })
+            .collect();
+        let rows = records
+            .iter()
+            .map(|r| header.iter().map(|h| text(&r[h.as_str()])).collect())
+            .collect();
+        Ok((header, rows))
+    }
+}
+
 fn unknown_object(name: &str) -> RequestError {
     RequestError {
         code: "NOT_FOUND",
@@ -955,6 +1051,13 @@ pub struct Soql {
     pub conditions: Vec<Condition>,
     pub order: Option<(String, bool)>,
     pub limit: Option<usize>,
+}
+
+impl Soql {
+    /// `SELECT COUNT() FROM ...`.
+    pub fn is_count(&self) -> bool {
+        matches!(self.fields.as_slice(), [c, o, e] if c.eq_ignore_ascii_case("count") && o == "(" && e == ")")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
