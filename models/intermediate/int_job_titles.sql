@@ -1,10 +1,11 @@
+{%- set crm = var('crm', 'hubspot') %}
 -- Every distinct normalized job title → function, seniority and persona.
 -- A title matches a keyword when the keyword appears in it as whole words
 -- ('vp marketing' matches 'vp' and 'marketing'); the lowest priority wins.
 -- A title with a function but no seniority keyword is an individual
 -- contributor. Titles no rule recognizes get the persona 'Other'.
 with titles as (
-    select title_key from {{ ref('stg_hubspot__contacts') }} where title_key <> ''
+    select title_key from {{ ref('stg_' ~ crm ~ '__contacts') }} where title_key <> ''
     union
     select title_key from {{ ref('stg_marketing__leads') }} where title_key <> ''
 ),

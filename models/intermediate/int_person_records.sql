@@ -1,9 +1,10 @@
+{%- set crm = var('crm', 'hubspot') %}
 -- Every record of a person, from every source, in one shape: CRM contacts
 -- and form-fill leads. The company domain is the work-email domain, else
 -- the associated CRM company's (contacts) or the website's (leads).
 select
-    'hubspot:' || c.contact_id as record_id,
-    'hubspot' as source,
+    '{{ crm }}:' || c.contact_id as record_id,
+    '{{ crm }}' as source,
     c.contact_id as source_id,
     c.email,
     c.is_free_email,
@@ -16,8 +17,8 @@ select
     coalesce(case when not c.is_free_email then c.email_domain end, co.domain) as company_domain,
     c.created_at,
     c.updated_at
-from {{ ref('stg_hubspot__contacts') }} c
-left join {{ ref('stg_hubspot__companies') }} co on co.company_id = c.company_id
+from {{ ref('stg_' ~ crm ~ '__contacts') }} c
+left join {{ ref('stg_' ~ crm ~ '__companies') }} co on co.company_id = c.company_id
 union all
 select
     'marketing:' || l.lead_id,

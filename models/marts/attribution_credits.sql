@@ -1,3 +1,4 @@
+{%- set crm = var('crm', 'hubspot') %}
 -- Multi-touch attribution of closed-won revenue. A conversion is a deal won
 -- on or before var('as_of'); its touches are those of every person on the
 -- deal that happened within var('attribution_lookback_days') before the
@@ -20,13 +21,13 @@
 {% set half_life = var('attribution_half_life_days', 7) %}
 with conversions as (
     select deal_id, amount, created_at as deal_created_at, closed_at
-    from {{ ref('stg_hubspot__deals') }}
+    from {{ ref('stg_' ~ crm ~ '__deals') }}
     where is_won and closed_at is not null and closed_at <= {{ as_of() }}
 ),
 deal_people as (
     select distinct dc.deal_id, i.person_id
-    from {{ ref('stg_hubspot__deal_contacts') }} dc
-    join {{ ref('int_identity') }} i on i.record_id = 'hubspot:' || dc.contact_id
+    from {{ ref('stg_' ~ crm ~ '__deal_contacts') }} dc
+    join {{ ref('int_identity') }} i on i.record_id = '{{ crm }}:' || dc.contact_id
 ),
 path as (
     select

@@ -1,3 +1,4 @@
+{%- set crm = var('crm', 'hubspot') %}
 -- One row per person with an email: fit, engagement and lead score, the MQL
 -- flag and moment, owner routing and first/last-touch channel. This is what
 -- the contact_scores sync sends to HubSpot.
@@ -83,7 +84,7 @@ scored as (
     select
         p.person_id,
         p.email,
-        p.hubspot_contact_id,
+        p.crm_contact_id,
         p.first_name,
         p.last_name,
         p.persona,
@@ -106,7 +107,7 @@ scored as (
         coalesce(e.touches, 0) as touches,
         row_number() over (
             partition by p.email
-            order by p.hubspot_contact_id is null, p.hubspot_contact_id, p.person_id
+            order by p.crm_contact_id is null, p.crm_contact_id, p.person_id
         ) as email_rank
     from people p
     left join fit f on f.person_id = p.person_id
@@ -122,5 +123,5 @@ scored as (
 select * exclude (email_rank) from scored s
 where email_rank = 1
   and not exists (
-      select 1 from {{ ref('stg_hubspot__archived_contacts') }} a where a.email = s.email
+      select 1 from {{ ref('stg_' ~ crm ~ '__archived_contacts') }} a where a.email = s.email
   )

@@ -1,10 +1,11 @@
+{%- set crm = var('crm', 'hubspot') %}
 -- One row per account. CRM companies are the same account when their
 -- cleaned domains match; a company without a domain joins the account with
 -- the same name (case-insensitive) and country; anything else is an account
 -- of its own. Survivorship: for each field the earliest-created CRM record
 -- with a value wins (employees: the largest value).
 with companies as (
-    select * from {{ ref('stg_hubspot__companies') }}
+    select * from {{ ref('stg_' ~ crm ~ '__companies') }}
 ),
 named as (
     select lower(company_name) as name_key, country_code, min(domain) as domain
@@ -48,6 +49,6 @@ select
     end as segment,
     (array_agg(country_code order by created_at, company_id) filter (where country_code is not null))[1] as country_code,
     count(*) as crm_records,
-    cast(min(cast(company_id as bigint)) as varchar) as hubspot_company_id
+    {{ lowest_id('company_id') }} as crm_company_id
 from keyed
 group by account_id

@@ -1,3 +1,4 @@
+{%- set crm = var('crm', 'hubspot') %}
 -- One row per person (see int_identity), with each field taken from the
 -- source the survivorship seed names for it (priority 1 first; ties go to
 -- the newest record), the persona of the surviving job title, the account,
@@ -48,10 +49,10 @@ golden as (
         first_value(country_code order by country_code is null, p_country, updated_at desc nulls last, record_id) as country_code,
         first_value(company_name order by company_name is null, p_company_name, updated_at desc nulls last, record_id) as company_name,
         first_value(company_domain order by company_domain is null, p_company_domain, updated_at desc nulls last, record_id) as company_domain,
-        cast(min(case when source = 'hubspot' then cast(source_id as bigint) end) as varchar) as hubspot_contact_id,
+        {{ lowest_id("case when source = '" ~ crm ~ "' then source_id end") }} as crm_contact_id,
         min(created_at) as first_seen_at,
         count(*) as source_records,
-        sum(case when source = 'hubspot' then 1 else 0 end) as crm_records
+        sum(case when source = '{{ crm }}' then 1 else 0 end) as crm_records
     from candidates
     group by person_id
 ),
@@ -73,7 +74,7 @@ select
     g.company_name,
     g.company_domain,
     coalesce(a.account_id, an.account_id) as account_id,
-    g.hubspot_contact_id,
+    g.crm_contact_id,
     hc.owner_id as crm_owner_id,
     hc.lifecycle_stage,
     g.first_seen_at,
@@ -84,4 +85,4 @@ left join {{ ref('int_job_titles') }} jt on jt.title_key = {{ normalize_title('g
 left join {{ ref('dim_accounts') }} a on a.account_id = g.company_domain
 left join accounts_by_name an
   on a.account_id is null and an.name_key = lower(g.company_name) and an.country_code = g.country_code
-left join {{ ref('stg_hubspot__contacts') }} hc on hc.contact_id = g.hubspot_contact_id
+left join {{ ref('stg_' ~ crm ~ '__contacts') }} hc on hc.contact_id = g.crm_contact_id

@@ -9,7 +9,7 @@ union all select 'people', 'persona', count(*), sum(case when persona <> 'Other'
 union all select 'people', 'country_code', count(*), count(country_code) from people
 union all select 'people', 'company_domain', count(*), count(company_domain) from people
 union all select 'people', 'account_id', count(*), count(account_id) from people
-union all select 'people', 'hubspot_contact_id', count(*), count(hubspot_contact_id) from people
+union all select 'people', 'crm_contact_id', count(*), count(crm_contact_id) from people
 union all select 'accounts', 'domain', count(*), count(domain) from accounts
 union all select 'accounts', 'industry', count(*), count(industry) from accounts
 union all select 'accounts', 'employees', count(*), count(employees) from accounts

@@ -1,3 +1,4 @@
+{{ config(enabled = var('crm', 'hubspot') == 'hubspot') }}
 -- Emails of contacts deleted (archived) in HubSpot: their latest extracted
 -- version is archived. Syncs leave these people out, so a sync never
 -- recreates a contact someone deleted in the CRM.

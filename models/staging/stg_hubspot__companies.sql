@@ -1,3 +1,4 @@
+{{ config(enabled = var('crm', 'hubspot') == 'hubspot') }}
 -- One row per HubSpot company: domain cleaned (scheme, www. and path
 -- removed), industry mapped to the team's taxonomy, employees as a number
 -- with a size band and segment, country normalized.

@@ -1,3 +1,4 @@
+{{ config(enabled = var('crm', 'hubspot') == 'hubspot') }}
 -- One row per HubSpot contact (its latest extracted version), cleaned:
 -- email lower-cased, free-mail flagged, country and US state normalized from
 -- the seed dictionaries, the job title reduced to keywords for int_job_titles,

@@ -1,3 +1,4 @@
+{{ config(enabled = var('crm', 'hubspot') == 'hubspot') }}
 -- Which contacts are on which deal now (HubSpot deal → contact
 -- associations). A record's associations land with the record, so its
 -- current ones are those from the run that landed its latest version: a

@@ -1,3 +1,4 @@
+{{ config(enabled = var('crm', 'hubspot') == 'hubspot') }}
 -- One row per HubSpot deal with its amount, stage, dates and company.
 with deals as (
     -- records deleted (archived) in HubSpot drop out

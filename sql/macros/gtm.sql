@@ -50,3 +50,9 @@ cast(nullif(cast({{ col }} as varchar), '') as timestamp)
 {%- endfor %}
     count(distinct deal_id) as deals_touched
 {%- endmacro %}
+
+{#- The lowest CRM record id among `expr`'s values, as text: HubSpot's ids
+    are numbers (compared as numbers), Salesforce's are 18-character text. -#}
+{% macro lowest_id(expr) -%}
+{%- if var('crm', 'hubspot') == 'salesforce' -%} min({{ expr }}) {%- else -%} cast(min(cast({{ expr }} as bigint)) as varchar) {%- endif -%}
+{%- endmacro %}

@@ -157,6 +157,11 @@ enum Command {
         /// The port for --serve.
         #[arg(long, default_value_t = 8080)]
         port: u16,
+        /// The CRM to run the route against: the HubSpot emulator, or the
+        /// Salesforce emulator (leads, contacts, accounts, opportunities and
+        /// contact roles; scores to Ferry_*__c fields; the MQL campaign).
+        #[arg(long, value_enum, default_value_t = crate::demo::Crm::Hubspot)]
+        crm: crate::demo::Crm,
     },
     /// A deterministic synthetic GTM dataset (companies, contacts, deals,
     /// campaigns, touches, form-fill leads, email events) with the mess of
@@ -635,12 +640,14 @@ async fn run(cli: Cli) -> Result<()> {
             threads,
             serve,
             port,
+            crm,
         } => {
             let (project, lake) = open(&cli.project_dir)?;
             let opts = crate::demo::DemoOptions {
                 scale,
                 seed,
                 threads,
+                crm,
                 ..crate::demo::DemoOptions::default()
             };
             let mut demo = crate::demo::run(project, lake, &opts).await?;

@@ -7,6 +7,11 @@
 //! project's sources and HubSpot destination at them, runs `ferry build`
 //! (extract → seed → run → test → sync) and prints a short report read back
 //! from the lake. The lake stays for `ferry query`.
+//!
+//! With [`Crm::Salesforce`] the CRM half is a Salesforce emulator instead:
+//! the project's HubSpot source, destination and syncs give way to those in
+//! `salesforce.toml` (beside this file), and `[vars] crm = "salesforce"`
+//! switches the staging models to the Salesforce streams.
 
 pub mod generate;
 pub mod serve;
@@ -32,6 +37,48 @@ use serve::Served;
 /// The seed of the demo's dataset.
 pub const DEFAULT_SEED: u64 = 42;
 
+/// The CRM the demo runs the starter project on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Crm {
+    #[default]
+    Hubspot,
+    Salesforce,
+}
+
+/// The starter project's Salesforce source, destination and syncs.
+pub const SALESFORCE_CONFIG: &str = include_str!("salesforce.toml");
+
+/// The starter project with the Salesforce tables in place of HubSpot's.
+pub fn salesforce_project(dir: &std::path::Path) -> Result<Project> {
+    Project::load_edited(dir, |t| {
+        let fragment: toml::Table = toml::from_str(SALESFORCE_CONFIG)
+            .map_err(|e| format!("src/demo/salesforce.toml: {e}"))?;
+        let table = |t: &mut toml::Table, k: &str| -> std::result::Result<toml::Table, String> {
+            match t.remove(k) {
+                None => Ok(toml::Table::new()),
+                Some(toml::Value::Table(x)) => Ok(x),
+                Some(_) => Err(format!("[{k}] is not a table")),
+            }
+        };
+        let mut sources = table(t, "sources")?;
+        sources.remove("hubspot");
+        let mut destinations = table(t, "destinations")?;
+        destinations.remove("hubspot");
+        let mut syncs = toml::Table::new();
+        let mut vars = table(t, "vars")?;
+        vars.insert("crm".into(), toml::Value::String("salesforce".into()));
+        let mut f = fragment;
+        sources.extend(table(&mut f, "sources")?);
+        destinations.extend(table(&mut f, "destinations")?);
+        syncs.extend(table(&mut f, "syncs")?);
+        t.insert("sources".into(), toml::Value::Table(sources));
+        t.insert("destinations".into(), toml::Value::Table(destinations));
+        t.insert("syncs".into(), toml::Value::Table(syncs));
+        t.insert("vars".into(), toml::Value::Table(vars));
+        Ok(())
+    })
+}
+
 /// Written at the lake root by the demo: a lake holding it may be wiped by
 /// the next demo; any other non-empty lake is left alone.
 const MARKER: &str = "_ferry/demo";
@@ -45,6 +92,7 @@ pub struct DemoOptions {
     pub hubspot_per_10s: usize,
     /// The HubSpot emulator's daily budget.
     pub hubspot_daily: u64,
+    pub crm: Crm,
 }
 
 impl Default for DemoOptions {
@@ -57,6 +105,7 @@ impl Default for DemoOptions {
             hubspot_per_10s: 190,
             // Professional.
             hubspot_daily: 625_000,
+            crm: Crm::Hubspot,
         }
     }
 }
@@ -127,6 +176,8 @@ pub fn as_of_vars() -> Vec<String> {
 /// inspect), the build report and the data.
 pub struct Demo {
     pub served: Served,
+    /// The Salesforce emulator, for `--crm salesforce`.
+    pub salesforce: Option<crate::sim::salesforce::RunningSim>,
     pub report: BuildReport,
     pub data: Arc<Dataset>,
     pub project: Project,
@@ -140,14 +191,34 @@ impl Demo {
     pub fn stop(self) {
         self.served.hubspot.stop();
         self.served.marketing.stop();
+        if let Some(s) = self.salesforce {
+            s.stop();
+        }
     }
 }
 
 /// The sources and destination the starter project must have.
-const STARTER_SOURCES: &[&str] = &["hubspot", "marketing", "sequencer"];
+const STARTER_SOURCES: &[&str] = &["marketing", "sequencer"];
+
+/// The demo's login to the Salesforce emulator (its connected app's
+/// refresh token).
+fn salesforce_auth(sim: &crate::sim::salesforce::RunningSim) -> Auth {
+    let app = crate::sim::salesforce::SimConfig::default().app;
+    Auth::OAuth(crate::http::OAuthConfig {
+        token_url: format!("{}/services/oauth2/token", sim.base_url()),
+        client_id: app.client_id,
+        client_secret: Secret::new(app.client_secret),
+        refresh_token: Secret::new(app.refresh_token),
+    })
+}
 
 /// Point the starter project at the emulators.
-fn aim(project: &mut Project, served: &Served, hubspot_per_10s: usize) -> Result<()> {
+fn aim(
+    project: &mut Project,
+    served: &Served,
+    salesforce: Option<&crate::sim::salesforce::RunningSim>,
+    hubspot_per_10s: usize,
+) -> Result<()> {
     let not_starter = |what: &str| {
         Error::Input(format!(
             "ferry demo runs the GTM starter project (ferry.toml and models/ at the root of the \
@@ -155,13 +226,18 @@ fn aim(project: &mut Project, served: &Served, hubspot_per_10s: usize) -> Result
              or pass --project-dir to a copy of it"
         ))
     };
-    for s in STARTER_SOURCES {
+    let crm = if salesforce.is_some() {
+        "salesforce"
+    } else {
+        "hubspot"
+    };
+    for s in STARTER_SOURCES.iter().chain([&crm]) {
         if !project.extract.contains_key(*s) {
             return Err(not_starter(&format!("[sources.{s}]")));
         }
     }
-    if !project.destinations.contains_key("hubspot") {
-        return Err(not_starter("[destinations.hubspot]"));
+    if !project.destinations.contains_key(crm) {
+        return Err(not_starter(&format!("[destinations.{crm}]")));
     }
     let token = SimConfig::default().token;
     for spec in project.extract.values_mut() {
@@ -184,15 +260,35 @@ fn aim(project: &mut Project, served: &Served, hubspot_per_10s: usize) -> Result
                 *url = format!("{}/api/v1", served.marketing.base_url());
                 *auth = Auth::Bearer(Secret::new(serve::MARKETING_TOKEN));
             }
-            // The starter project has no Salesforce source.
-            SourceSpec::Files { .. } | SourceSpec::Salesforce { .. } => {}
+            SourceSpec::Salesforce {
+                url,
+                auth,
+                lag_margin,
+                ..
+            } => {
+                if let Some(sf) = salesforce {
+                    *url = sf.base_url();
+                    *auth = salesforce_auth(sf);
+                    // The emulator commits at once: no late SystemModstamps.
+                    *lag_margin = std::time::Duration::from_secs(1);
+                }
+            }
+            SourceSpec::Files { .. } => {}
         }
     }
     for d in project.destinations.values_mut() {
-        d.url = served.hubspot.base_url();
-        d.auth = Auth::Bearer(Secret::new(token.clone()));
-        d.requests_per_10s = hubspot_per_10s;
-        d.search_lag = SimConfig::default().search_lag * 2;
+        match (d.kind, salesforce) {
+            (crate::sync::config::DestinationKind::Salesforce, Some(sf)) => {
+                d.url = sf.base_url();
+                d.auth = salesforce_auth(sf);
+            }
+            _ => {
+                d.url = served.hubspot.base_url();
+                d.auth = Auth::Bearer(Secret::new(token.clone()));
+                d.requests_per_10s = hubspot_per_10s;
+                d.search_lag = SimConfig::default().search_lag * 2;
+            }
+        }
     }
     Ok(())
 }
@@ -269,7 +365,38 @@ pub async fn run_on(
         generated,
         t.elapsed().as_secs_f64()
     );
-    aim(&mut project, &served, opts.hubspot_per_10s)?;
+    let salesforce = match opts.crm {
+        Crm::Hubspot => None,
+        Crm::Salesforce => {
+            let t = Instant::now();
+            let (sim, load) = serve::serve_salesforce(
+                data.clone(),
+                crate::sim::salesforce::SimConfig::default(),
+                local,
+            )
+            .await?;
+            println!(
+                "loaded the CRM half into the Salesforce emulator at {} instead: {} accounts, \
+                 {} contacts, {} leads, {} opportunities, {} contact roles ({} records refused) in {:.1}s",
+                sim.base_url(),
+                load.accounts,
+                load.contacts,
+                load.leads,
+                load.opportunities,
+                load.contact_roles,
+                load.refused,
+                t.elapsed().as_secs_f64()
+            );
+            project = salesforce_project(&project.dir)?;
+            Some(sim)
+        }
+    };
+    aim(
+        &mut project,
+        &served,
+        salesforce.as_ref(),
+        opts.hubspot_per_10s,
+    )?;
     let args = Selection {
         select: vec![],
         exclude: vec![],
@@ -290,7 +417,7 @@ pub async fn run_on(
     .await?
     .into_result()?;
     let t = Instant::now();
-    print_report(&project, &lake, &served).await?;
+    print_report(&project, &lake, &served, salesforce.as_ref()).await?;
     let page = crate::operate::health::write(&project, &lake, &health_dir(&project)).await?;
     let report_seconds = t.elapsed().as_secs_f64();
     println!(
@@ -301,6 +428,7 @@ pub async fn run_on(
     );
     Ok(Demo {
         served,
+        salesforce,
         report,
         data,
         project,
@@ -316,7 +444,12 @@ async fn show(ctx: &datafusion::prelude::SessionContext, title: &str, sql: &str)
     Ok(())
 }
 
-async fn print_report(project: &Project, lake: &Lake, served: &Served) -> Result<()> {
+async fn print_report(
+    project: &Project,
+    lake: &Lake,
+    served: &Served,
+    salesforce: Option<&crate::sim::salesforce::RunningSim>,
+) -> Result<()> {
     let ctx = crate::engine::session(lake).await?;
     let ws = crate::models::Workspace::load(project, &[])?;
     ws.register_views(&ctx, lake).await?;
@@ -325,7 +458,7 @@ async fn print_report(project: &Project, lake: &Lake, served: &Served) -> Result
         "rows extracted, by stream",
         "select source || '.' || stream as stream, sum(rows) as rows, \
          sum(rejected_rows) as rejected from ferry.ingestions \
-         where source in ('hubspot', 'marketing', 'sequencer') \
+         where source in ('hubspot', 'salesforce', 'marketing', 'sequencer') \
          group by 1 order by 1",
     )
     .await?;
@@ -361,13 +494,25 @@ async fn print_report(project: &Project, lake: &Lake, served: &Served) -> Result
     .await?;
     show(
         &ctx,
-        "sync to HubSpot",
+        if salesforce.is_some() {
+            "sync to Salesforce"
+        } else {
+            "sync to HubSpot"
+        },
         "select sync, status, created, updated, unchanged, rejected, failed, api_calls, rate_limited \
          from ferry.sync_runs order by started_at",
     )
     .await?;
-    let (calls, limited) = served.hubspot.stats();
-    println!("HubSpot emulator: {calls} API calls answered, {limited} answered 429");
+    match salesforce {
+        Some(sf) => {
+            let (calls, _) = sf.stats();
+            println!("Salesforce emulator: {calls} API calls answered");
+        }
+        None => {
+            let (calls, limited) = served.hubspot.stats();
+            println!("HubSpot emulator: {calls} API calls answered, {limited} answered 429");
+        }
+    }
     Ok(())
 }
 

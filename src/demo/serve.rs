@@ -146,3 +146,206 @@ pub async fn serve(
     .await?;
     Ok(Served { hubspot, marketing })
 }
+
+/// Custom fields the starter project's Salesforce syncs write (on Contact
+/// and Lead), and the lifecycle stage the org carries.
+pub const SALESFORCE_CUSTOM_FIELDS: &[(&str, &str)] = &[
+    ("Ferry_Lead_Score__c", "double"),
+    ("Ferry_Fit_Score__c", "double"),
+    ("Ferry_Persona__c", "string"),
+    ("Ferry_Seniority__c", "string"),
+    ("Ferry_MQL_Date__c", "date"),
+    ("Ferry_First_Touch_Channel__c", "string"),
+    ("Ferry_Last_Touch_Channel__c", "string"),
+    ("Lifecycle_Stage__c", "string"),
+];
+
+/// Salesforce's standard opportunity stage for a HubSpot deal stage.
+fn stage_name(hubspot_stage: &str) -> &'static str {
+    match hubspot_stage {
+        "closedwon" => "Closed Won",
+        "closedlost" => "Closed Lost",
+        "appointmentscheduled" => "Prospecting",
+        "qualifiedtobuy" => "Qualification",
+        "presentationscheduled" => "Needs Analysis",
+        "decisionmakerboughtin" => "Proposal/Price Quote",
+        _ => "Negotiation/Review",
+    }
+}
+
+/// What the Salesforce org was loaded with.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SalesforceLoad {
+    pub accounts: usize,
+    pub contacts: usize,
+    pub leads: usize,
+    pub opportunities: usize,
+    pub contact_roles: usize,
+    /// Records the org refused (a value its checks reject), left out as a
+    /// data-entry form would.
+    pub refused: usize,
+}
+
+/// Load the CRM half of `data` into a new Salesforce emulator: companies as
+/// accounts, people at the `lead` stage as leads (unconverted, with their
+/// company's name) and everyone else as contacts of their account, deals as
+/// opportunities with standard stage names, and who is on each deal as
+/// opportunity contact roles. Created dates are the generated ones.
+pub async fn serve_salesforce(
+    data: Arc<Dataset>,
+    config: crate::sim::salesforce::SimConfig,
+    addr: SocketAddr,
+) -> Result<(crate::sim::salesforce::RunningSim, SalesforceLoad)> {
+    use crate::sim::salesforce::FieldDef;
+    use serde_json::json;
+    let sim = crate::sim::salesforce::start(config, addr).await?;
+    let d = data;
+    let load = sim
+        .with_org(move |org| {
+            let mut load = SalesforceLoad::default();
+            for object in ["Contact", "Lead"] {
+                if let Some(o) = org.object_mut(object) {
+                    for (name, kind) in SALESFORCE_CUSTOM_FIELDS {
+                        o.define(FieldDef::new(name, kind));
+                    }
+                }
+            }
+            // Insert one record; if the org refuses it, once more without
+            // its email (a malformed address), else leave it out.
+            let mut insert = |object: &str, m: serde_json::Map<String, Value>, created: i64| {
+                let first = org.insert(object, std::slice::from_ref(&m));
+                let id = match first {
+                    Ok(mut r) if r[0].is_ok() => r.remove(0).ok().map(|(id, _)| id),
+                    _ => {
+                        let mut m = m;
+                        m.remove("Email");
+                        match org.insert(object, &[m]) {
+                            Ok(mut r) if r[0].is_ok() => r.remove(0).ok().map(|(id, _)| id),
+                            _ => None,
+                        }
+                    }
+                };
+                if let Some(id) = &id {
+                    org.backdate(object, id, at(created), at(created));
+                }
+                id
+            };
+            let obj = |pairs: Vec<(&str, Value)>| -> serde_json::Map<String, Value> {
+                pairs
+                    .into_iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect()
+            };
+            let mut accounts = Vec::with_capacity(d.companies.len());
+            for c in &d.companies {
+                let id = insert(
+                    "Account",
+                    obj(vec![
+                        ("Name", json!(c.name)),
+                        ("Website", json!(c.domain)),
+                        ("Industry", json!(c.industry)),
+                        ("NumberOfEmployees", json!(c.employees)),
+                        ("BillingCountry", json!(c.country)),
+                    ]),
+                    c.created_at,
+                );
+                load.accounts += id.is_some() as usize;
+                load.refused += id.is_none() as usize;
+                accounts.push(id);
+            }
+            let text = |s: &str| if s.is_empty() { Value::Null } else { json!(s) };
+            let mut contacts = Vec::with_capacity(d.contacts.len());
+            for c in &d.contacts {
+                let owner = c.owner.map(|o| format!("005{o:0>12}AAA"));
+                let company = &d.companies[c.company as usize];
+                let (object, m) = if c.lifecycle == "lead" {
+                    (
+                        "Lead",
+                        obj(vec![
+                            ("Email", json!(c.email)),
+                            ("FirstName", text(c.first)),
+                            ("LastName", text(c.last)),
+                            ("Title", text(c.title)),
+                            ("Company", json!(company.name)),
+                            ("Country", text(c.country)),
+                            ("State", text(c.state)),
+                            ("Status", json!("Open - Not Contacted")),
+                            ("IsConverted", json!(false)),
+                            ("OwnerId", json!(owner)),
+                            ("Lifecycle_Stage__c", json!(c.lifecycle)),
+                        ]),
+                    )
+                } else {
+                    (
+                        "Contact",
+                        obj(vec![
+                            ("Email", json!(c.email)),
+                            ("FirstName", text(c.first)),
+                            ("LastName", text(c.last)),
+                            ("Title", text(c.title)),
+                            ("AccountId", json!(accounts[c.company as usize])),
+                            ("MailingCountry", text(c.country)),
+                            ("MailingState", text(c.state)),
+                            ("OwnerId", json!(owner)),
+                            ("Lifecycle_Stage__c", json!(c.lifecycle)),
+                        ]),
+                    )
+                };
+                let id = insert(object, m, c.created_at);
+                match (&id, object) {
+                    (Some(_), "Lead") => load.leads += 1,
+                    (Some(_), _) => load.contacts += 1,
+                    (None, _) => load.refused += 1,
+                }
+                contacts.push(id.filter(|_| object == "Contact"));
+            }
+            for deal in &d.deals {
+                let close = at(deal.close_at).format("%Y-%m-%d").to_string();
+                let id = insert(
+                    "Opportunity",
+                    obj(vec![
+                        ("Name", json!(deal.name)),
+                        ("StageName", json!(stage_name(deal.stage))),
+                        ("Amount", json!(deal.amount as f64)),
+                        ("CloseDate", json!(close)),
+                        ("AccountId", json!(accounts[deal.company as usize])),
+                    ]),
+                    deal.created_at,
+                );
+                let Some(opp) = id else {
+                    load.refused += 1;
+                    continue;
+                };
+                load.opportunities += 1;
+                for (n, c) in deal.contacts.iter().enumerate() {
+                    let Some(contact) = &contacts[*c as usize] else {
+                        continue;
+                    };
+                    let role = insert(
+                        "OpportunityContactRole",
+                        obj(vec![
+                            ("OpportunityId", json!(opp)),
+                            ("ContactId", json!(contact)),
+                            (
+                                "Role",
+                                json!(if n == 0 {
+                                    "Decision Maker"
+                                } else {
+                                    "Influencer"
+                                }),
+                            ),
+                            ("IsPrimary", json!(n == 0)),
+                        ]),
+                        deal.created_at,
+                    );
+                    load.contact_roles += role.is_some() as usize;
+                }
+            }
+            load
+        })
+        .ok_or_else(|| {
+            crate::error::Error::Internal("the Salesforce emulator's org is locked".into())
+        })?;
+    Ok((sim, load))
+}

@@ -534,6 +534,24 @@ impl Project {
         Project::parse(dir, &file, &text, &secrets, lake_override)
     }
 
+    /// Load `DIR/ferry.toml` with its tables changed by `edit` first (the
+    /// demo runs the starter project on Salesforce this way). Errors point
+    /// into the edited text, not the file.
+    pub fn load_edited(
+        dir: &Path,
+        edit: impl FnOnce(&mut toml::Table) -> std::result::Result<(), String>,
+    ) -> Result<Project> {
+        let file = dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
+        let mut table: toml::Table = toml::from_str(&text)
+            .map_err(|e| Error::Project(format!("{}: {e}", file.display())))?;
+        edit(&mut table).map_err(Error::Project)?;
+        let text = toml::to_string(&table).map_err(|e| Error::Internal(e.to_string()))?;
+        let secrets = load_secrets(&dir.join(SECRETS_FILE))?;
+        let lake_override = std::env::var(LAKE_ENV).ok().filter(|v| !v.is_empty());
+        Project::parse(dir, &file, &text, &secrets, lake_override)
+    }
+
     /// Parse and validate a `ferry.toml` text. `file` is only used in messages.
     pub fn parse(
         dir: &Path,

@@ -1129,8 +1129,8 @@ async fn demo_leaves_the_crm_matching_the_scoring_mart() {
     // the record go instead of recreating it.
     let victim = scores
         .iter()
-        .find(|r| r.get("hubspot_contact_id").is_some_and(|v| !v.is_null()))
-        .map(|r| (s(r.get("email")), s(r.get("hubspot_contact_id"))))
+        .find(|r| r.get("crm_contact_id").is_some_and(|v| !v.is_null()))
+        .map(|r| (s(r.get("email")), s(r.get("crm_contact_id"))))
         .expect("a scored person with a HubSpot contact");
     let reply = reqwest::Client::new()
         .post(format!(
@@ -1362,4 +1362,146 @@ fn generate_serve_feeds_a_build() {
     );
     assert!(out.status.success(), "{text}");
     assert!(text.contains("contact_scores: created"), "{text}");
+}
+
+/// `ferry demo --crm salesforce` end to end: the same people and scores as
+/// on HubSpot; every contact and lead carries its scores in the Ferry_*__c
+/// fields; people known only from form fills became leads, and nobody who
+/// is a contact got a lead; the "Ferry MQLs" campaign holds exactly the
+/// MQLs; a second build sends nothing; a lead deleted in Salesforce is not
+/// recreated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_on_salesforce_leaves_the_org_matching_the_scoring_mart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lake = Lake::from_url(
+        tmp.path().join("lake").to_str().unwrap(),
+        tmp.path(),
+        &Default::default(),
+    )
+    .unwrap();
+    let project = Project::load(root()).unwrap();
+    let demo = demo::run(
+        project,
+        lake,
+        &DemoOptions {
+            scale: 400,
+            threads: 2,
+            crm: demo::Crm::Salesforce,
+            ..DemoOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        demo.report.stages.iter().all(|s| s.status == "ok"),
+        "{:?}",
+        demo.report
+            .stages
+            .iter()
+            .map(|s| (s.name, s.status))
+            .collect::<Vec<_>>()
+    );
+    let sf = demo.salesforce.as_ref().expect("the Salesforce emulator");
+    let scores = rows(&demo, "select * from contact_scores").await;
+    let email_of = |r: &ferry::sim::salesforce::Record| {
+        r.values
+            .get("Email")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_lowercase()
+    };
+    let mut people: BTreeMap<String, (&str, ferry::sim::salesforce::Record)> = BTreeMap::new();
+    let (contacts, leads) = (sf.records("Contact"), sf.records("Lead"));
+    for (object, records) in [("Contact", &contacts), ("Lead", &leads)] {
+        for r in records.iter() {
+            let email = email_of(r);
+            if let Some((other, _)) = people.get(&email) {
+                // A duplicate person the generator planted may be a lead
+                // beside a contact; ferry must not add any.
+                assert!(
+                    demo.data.contacts.iter().any(|c| c.email == email),
+                    "{email} is a {other} and a {object}, and ferry created one of them"
+                );
+            }
+            people.insert(email, (object, r.clone()));
+        }
+    }
+    let originals: std::collections::BTreeSet<&str> = demo
+        .data
+        .contacts
+        .iter()
+        .map(|c| c.email.as_str())
+        .collect();
+    let created = leads
+        .iter()
+        .filter(|r| !originals.contains(email_of(r).as_str()))
+        .count();
+    let new_people = scores
+        .iter()
+        .filter(|r| !originals.contains(s(r.get("email")).as_str()))
+        .count();
+    assert!(new_people > 0);
+    assert_eq!(
+        created, new_people,
+        "one lead per person known only from form fills"
+    );
+    for row in &scores {
+        let email = s(row.get("email"));
+        let (object, r) = people
+            .get(&email)
+            .unwrap_or_else(|| panic!("{email} is not in Salesforce"));
+        let v = |k: &str| r.values.get(k).cloned().unwrap_or(Value::Null);
+        assert_eq!(
+            v("Ferry_Lead_Score__c").as_f64(),
+            Some(num(&s(row.get("lead_score")))),
+            "{email} ({object}) lead score"
+        );
+        assert_eq!(
+            s(Some(&v("Ferry_Persona__c"))),
+            s(row.get("persona")),
+            "{email} persona"
+        );
+        assert_eq!(
+            s(Some(&v("Ferry_MQL_Date__c"))),
+            s(row.get("mql_date")),
+            "{email} mql date"
+        );
+    }
+    // The campaign: one, with every MQL once, as a contact or a lead.
+    let campaigns = sf.records("Campaign");
+    assert_eq!(campaigns.len(), 1, "one campaign");
+    let members = sf.records("CampaignMember");
+    let mqls = scores
+        .iter()
+        .filter(|r| s(r.get("is_mql")) == "true")
+        .count();
+    assert_eq!(members.len(), mqls, "every MQL a member once");
+
+    // A second build sends nothing.
+    rebuild(&demo, false).await;
+    let last = rows(
+        &demo,
+        "select sync, created + updated + archived + failed as sent from ferry.sync_runs \
+         where started_at = (select max(started_at) from ferry.sync_runs s where s.sync = ferry.sync_runs.sync)",
+    )
+    .await;
+    assert_eq!(last.len(), 4, "{last:?}");
+    assert!(last.iter().all(|r| s(r.get("sent")) == "0"), "{last:?}");
+
+    // A lead deleted in Salesforce is not recreated by the next build.
+    let gone = leads
+        .iter()
+        .find(|r| originals.contains(email_of(r).as_str()))
+        .unwrap()
+        .clone();
+    sf.with_org(|org| org.delete(std::slice::from_ref(&gone.id)))
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    rebuild(&demo, false).await;
+    assert!(
+        !sf.records("Lead")
+            .iter()
+            .any(|r| email_of(r) == email_of(&gone)),
+        "the deleted lead came back"
+    );
 }
