@@ -23,6 +23,257 @@ use serde::Deserialize;
 
 use crate::http::Auth;
 
+/// A setting that does not hold, at a key of its `[sources.<name>]` table
+/// (`""` the table itself, `".auth"`, `".streams.contacts"`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn at(key: impl Into<String>, message: impl Into<String>) -> Problem {
+        Problem {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Formats a problem at a key as the user reads it (`ferry.toml:12: ...`),
+/// for messages kept until a call needs them (a secret not set).
+pub type Locate<'a> = &'a dyn Fn(&str, String) -> String;
+
+/// A `[sources.<name>]` table, by its `type`: each connector owns its
+/// settings (and refuses any other's).
+#[derive(Debug, Clone)]
+pub enum SourceSection {
+    Rest(super::rest::config::RestSection),
+    Files(super::files::config::FilesSection),
+    Hubspot(super::hubspot::config::HubspotSection),
+    Salesforce(super::salesforce::config::SalesforceSection),
+    Webhook(super::webhook::config::WebhookSection),
+}
+
+/// A `[sources.<name>]` table without `type`: only landed into (`ferry land`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LandSection {
+    #[serde(default)]
+    pub schema: Option<crate::project::SchemaMode>,
+    #[serde(default)]
+    pub streams: BTreeMap<String, LandStreamSection>,
+}
+
+/// A stream of a source that is landed into rather than extracted.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LandStreamSection {
+    #[serde(default)]
+    pub schema: Option<crate::project::SchemaMode>,
+}
+
+/// A `[sources.<name>]` table as parsed.
+#[derive(Debug, Clone)]
+pub enum SourceTable {
+    Land(LandSection),
+    Typed(SourceSection),
+}
+
+/// The settings each source type takes, for the error that names the owner
+/// of a setting given to the wrong type.
+const SETTINGS: &[(&str, &[&str])] = &[
+    ("rest", &["url", "auth", "requests_per_second"]),
+    ("files", &["path"]),
+    (
+        "hubspot",
+        &[
+            "url",
+            "token",
+            "requests_per_10s",
+            "search_per_second",
+            "search_lag_margin_seconds",
+        ],
+    ),
+    (
+        "salesforce",
+        &[
+            "url",
+            "api_version",
+            "jwt",
+            "oauth",
+            "search_lag_margin_seconds",
+            "bulk_threshold",
+        ],
+    ),
+    (
+        "webhook",
+        &[
+            "preset",
+            "secret",
+            "max_body_bytes",
+            "tolerance_seconds",
+            "public_url",
+            "reconcile",
+        ],
+    ),
+];
+
+impl SourceTable {
+    /// Parse one `[sources.<name>]` table (targets already laid over it).
+    /// The error names the offending key when there is one.
+    pub fn parse(table: toml::Table) -> Result<SourceTable, Problem> {
+        let kind = match table.get("type") {
+            None => None,
+            Some(toml::Value::String(k)) => Some(k.clone()),
+            Some(_) => {
+                return Err(Problem::at(
+                    ".type",
+                    "type must be a string such as \"rest\"",
+                ));
+            }
+        };
+        let Some(kind) = kind else {
+            if table.contains_key("url") || table.contains_key("auth") {
+                return Err(Problem::at(
+                    "",
+                    "url and auth need a source type: add type = \"rest\"",
+                ));
+            }
+            return typed(table, None).map(SourceTable::Land);
+        };
+        let mut table = table;
+        table.remove("type");
+        let k = Some(kind.as_str());
+        Ok(SourceTable::Typed(match kind.as_str() {
+            "rest" => SourceSection::Rest(typed(table, k)?),
+            "files" => SourceSection::Files(typed(table, k)?),
+            "hubspot" => SourceSection::Hubspot(typed(table, k)?),
+            "salesforce" => SourceSection::Salesforce(typed(table, k)?),
+            "webhook" => SourceSection::Webhook(typed(table, k)?),
+            other => {
+                return Err(Problem::at(
+                    ".type",
+                    format!(
+                        "type = {other:?} is not a source type: use rest, files, hubspot, salesforce or webhook"
+                    ),
+                ));
+            }
+        }))
+    }
+
+    pub fn schema(&self) -> Option<crate::project::SchemaMode> {
+        match self {
+            SourceTable::Land(s) => s.schema,
+            SourceTable::Typed(SourceSection::Rest(s)) => s.schema,
+            SourceTable::Typed(SourceSection::Files(s)) => s.schema,
+            SourceTable::Typed(SourceSection::Hubspot(s)) => s.schema,
+            SourceTable::Typed(SourceSection::Salesforce(s)) => s.schema,
+            SourceTable::Typed(SourceSection::Webhook(s)) => s.schema,
+        }
+    }
+
+    /// Each stream's name and its own schema policy.
+    pub fn streams(&self) -> Vec<(&str, Option<crate::project::SchemaMode>)> {
+        fn names<T>(
+            m: &BTreeMap<String, T>,
+            schema: impl Fn(&T) -> Option<crate::project::SchemaMode>,
+        ) -> Vec<(&str, Option<crate::project::SchemaMode>)> {
+            m.iter().map(|(k, v)| (k.as_str(), schema(v))).collect()
+        }
+        match self {
+            SourceTable::Land(s) => names(&s.streams, |t| t.schema),
+            SourceTable::Typed(SourceSection::Rest(s)) => names(&s.streams, |t| t.schema),
+            SourceTable::Typed(SourceSection::Files(s)) => names(&s.streams, |t| t.schema),
+            SourceTable::Typed(SourceSection::Hubspot(s)) => names(&s.streams, |t| t.schema),
+            SourceTable::Typed(SourceSection::Salesforce(s)) => names(&s.streams, |t| t.schema),
+            SourceTable::Typed(SourceSection::Webhook(s)) => names(&s.streams, |t| t.schema),
+        }
+    }
+}
+
+/// A source table as its type's section; the error names the key (a
+/// stream's too) and, for a setting of another type, its owner.
+fn typed<T: serde::de::DeserializeOwned>(
+    table: toml::Table,
+    kind: Option<&str>,
+) -> Result<T, Problem> {
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let path = e.path().to_string();
+        // toml appends "\nin `path`"; the key says it already.
+        let message = e.inner().to_string();
+        let message = message
+            .split('\n')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let mut p = unknown_setting(kind, &message);
+        if path.starts_with("streams.") && message.contains("unknown field") {
+            let expected = message
+                .split_once("expected ")
+                .map(|(_, e)| format!(": expected {}", e.trim()))
+                .unwrap_or_default();
+            p.message = format!(
+                "{} is not a setting of a {} stream{expected}; ferry does not ignore it",
+                message
+                    .split_once("unknown field ")
+                    .and_then(|(_, r)| r.split_once(','))
+                    .map(|(f, _)| f)
+                    .unwrap_or("this"),
+                kind.unwrap_or("landing-only")
+            );
+        }
+        // The path ends at the table holding an unknown key, at the value otherwise.
+        let at = if path == "." {
+            String::new()
+        } else {
+            format!(".{path}")
+        };
+        p.key = if message.contains("unknown field") {
+            format!("{at}{}", p.key)
+        } else {
+            at
+        };
+        p
+    })
+}
+
+/// serde's "unknown field `x`, expected ..." as ferry's error: the key, and
+/// which source type the setting belongs to.
+fn unknown_setting(kind: Option<&str>, serde_message: &str) -> Problem {
+    let field = serde_message
+        .split_once("unknown field `")
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(f, _)| f.to_string());
+    let Some(field) = field else {
+        return Problem::at("", serde_message.trim().to_string());
+    };
+    let kind_name = kind.unwrap_or("landing-only");
+    let owners: Vec<&str> = SETTINGS
+        .iter()
+        .filter(|(_, keys)| keys.contains(&field.as_str()))
+        .map(|(k, _)| *k)
+        .collect();
+    let hint = if field == "token" && kind == Some("rest") {
+        ": a rest source authenticates with auth = { type = \"bearer\", token = \"${TOKEN}\" }"
+            .to_string()
+    } else if !owners.is_empty() {
+        format!(" (it belongs to type = {})", owners.join(" or "))
+    } else {
+        let expected = serde_message
+            .split_once("expected ")
+            .map(|(_, e)| format!(": expected {}", e.trim()))
+            .unwrap_or_default();
+        format!(" of any source{expected}")
+    };
+    // A stream's setting: serde does not say which stream; the key locates it.
+    Problem::at(
+        format!(".{field}"),
+        format!("`{field}` is not a {kind_name} setting{hint}; ferry does not ignore it"),
+    )
+}
+
 /// The kinds of extraction source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

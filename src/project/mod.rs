@@ -39,9 +39,11 @@ struct ConfigFile {
     /// Where the lake lives.
     #[serde(default)]
     lake: LakeSection,
-    /// Vendor sources, keyed by source name (the `<source>` in `<source>.<stream>`).
+    /// Vendor sources, keyed by source name (the `<source>` in
+    /// `<source>.<stream>`): each parsed by its type's own section
+    /// ([`extract_config::SourceTable`]) once targets are laid over it.
     #[serde(default)]
-    sources: BTreeMap<String, SourceConfig>,
+    sources: BTreeMap<String, toml::Table>,
     /// Defaults for every model (`materialized = "table"`, `tags = [...]`).
     #[serde(default)]
     models: BTreeMap<String, toml::Value>,
@@ -70,9 +72,10 @@ struct ConfigFile {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TargetSection {
-    /// Settings over `[sources.<name>]`, key by key.
+    /// Settings over `[sources.<name>]`, key by key (streams by name;
+    /// credentials as a whole).
     #[serde(default)]
-    sources: BTreeMap<String, SourceConfig>,
+    sources: BTreeMap<String, toml::Table>,
     /// Settings over `[destinations.<name>]`, key by key; credentials given
     /// here replace the base ones as a whole.
     #[serde(default)]
@@ -97,118 +100,26 @@ pub fn chosen_target() -> Option<String> {
         .filter(|t| !t.trim().is_empty())
 }
 
-impl SourceConfig {
-    /// The first setting given that a source of type `kind` does not use,
-    /// as the error to show.
-    fn foreign_setting(&self, kind: extract_config::SourceKind) -> Option<String> {
-        use extract_config::SourceKind as K;
-        let given = [
-            (
-                "url",
-                self.url.is_some(),
-                &[K::Rest, K::Hubspot, K::Salesforce][..],
-            ),
-            ("auth", self.auth.is_some(), &[K::Rest][..]),
-            (
-                "requests_per_second",
-                self.requests_per_second.is_some(),
-                &[K::Rest][..],
-            ),
-            ("preset", self.preset.is_some(), &[K::Webhook][..]),
-            ("secret", self.secret.is_some(), &[K::Webhook][..]),
-            (
-                "max_body_bytes",
-                self.max_body_bytes.is_some(),
-                &[K::Webhook][..],
-            ),
-            (
-                "tolerance_seconds",
-                self.tolerance_seconds.is_some(),
-                &[K::Webhook][..],
-            ),
-            ("public_url", self.public_url.is_some(), &[K::Webhook][..]),
-            ("reconcile", self.reconcile.is_some(), &[K::Webhook][..]),
-            ("token", self.token.is_some(), &[K::Hubspot][..]),
-            (
-                "requests_per_10s",
-                self.requests_per_10s.is_some(),
-                &[K::Hubspot][..],
-            ),
-            (
-                "search_per_second",
-                self.search_per_second.is_some(),
-                &[K::Hubspot][..],
-            ),
-            (
-                "search_lag_margin_seconds",
-                self.search_lag_margin_seconds.is_some(),
-                &[K::Hubspot, K::Salesforce][..],
-            ),
-            (
-                "api_version",
-                self.api_version.is_some(),
-                &[K::Salesforce][..],
-            ),
-            ("jwt", self.jwt.is_some(), &[K::Salesforce][..]),
-            ("oauth", self.oauth.is_some(), &[K::Salesforce][..]),
-            (
-                "bulk_threshold",
-                self.bulk_threshold.is_some(),
-                &[K::Salesforce][..],
-            ),
-            ("path", self.path.is_some(), &[K::Files][..]),
-        ];
-        let (name, _, kinds) = given
-            .iter()
-            .find(|(_, set, kinds)| *set && !kinds.contains(&kind))?;
-        let owners: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
-        let hint = if *name == "token" && kind == K::Rest {
-            ": a rest source authenticates with auth = { type = \"bearer\", token = \"${TOKEN}\" }"
-                .to_string()
-        } else {
-            format!(" (it belongs to type = {})", owners.join(" or "))
-        };
-        Some(format!(
-            "`{name}` is not a {} setting{hint}; ferry does not ignore it",
-            kind.as_str()
-        ))
+/// Lay a target's `[targets.<t>.sources.<name>]` over the source's table:
+/// key by key, streams by name, and credentials (`token`, `auth`, `jwt`,
+/// `oauth`) as a whole, so a sandbox's login never mixes with prod's.
+fn overlay(base: &mut toml::Table, over: &toml::Table) {
+    const CREDENTIALS: &[&str] = &["token", "auth", "jwt", "oauth"];
+    if CREDENTIALS.iter().any(|k| over.contains_key(*k)) {
+        for k in CREDENTIALS {
+            base.remove(*k);
+        }
     }
-
-    /// `over`'s settings replace these, key by key (streams by name).
-    fn overlay(&mut self, over: &SourceConfig) {
-        // Credentials given by the target replace the base's as a whole: a
-        // sandbox's JWT login does not mix with prod's refresh token.
-        if over.jwt.is_some() || over.oauth.is_some() {
-            self.jwt = None;
-            self.oauth = None;
-        }
-        macro_rules! take {
-            ($($f:ident),*) => { $( if over.$f.is_some() { self.$f = over.$f.clone(); } )* };
-        }
-        take!(
-            kind,
-            url,
-            auth,
-            requests_per_second,
-            preset,
-            secret,
-            max_body_bytes,
-            tolerance_seconds,
-            public_url,
-            reconcile,
-            token,
-            requests_per_10s,
-            search_per_second,
-            search_lag_margin_seconds,
-            api_version,
-            jwt,
-            oauth,
-            bulk_threshold,
-            path,
-            schema
-        );
-        for (name, stream) in &over.streams {
-            self.streams.insert(name.clone(), stream.clone());
+    for (k, v) in over {
+        match (k.as_str(), base.get_mut(k), v) {
+            ("streams", Some(toml::Value::Table(b)), toml::Value::Table(o)) => {
+                for (name, stream) in o {
+                    b.insert(name.clone(), stream.clone());
+                }
+            }
+            _ => {
+                base.insert(k.clone(), v.clone());
+            }
         }
     }
 }
@@ -263,137 +174,6 @@ pub enum SchemaMode {
     Freeze,
 }
 
-/// One `[sources.<name>]` table.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourceConfig {
-    /// How `ferry extract` pulls this source (`rest`); absent for a source
-    /// that is only landed into (`ferry land`).
-    #[serde(default, rename = "type")]
-    pub kind: Option<extract_config::SourceKind>,
-    /// The API's base URL.
-    #[serde(default)]
-    pub url: Option<String>,
-    /// Credentials: `{ type = "bearer" | "api_key" | "basic" | "oauth2", ... }`.
-    #[serde(default)]
-    pub auth: Option<extract_config::AuthSection>,
-    /// Requests per second to this API (all streams together).
-    #[serde(default)]
-    pub requests_per_second: Option<usize>,
-    /// Webhook: `hubspot`, `stripe` or `typeform` (the signature scheme).
-    #[serde(default)]
-    pub preset: Option<extract_config::WebhookPreset>,
-    /// Webhook: the signing secret, usually `"${STRIPE_WEBHOOK_SECRET}"`.
-    #[serde(default)]
-    pub secret: Option<Spanned<String>>,
-    /// Webhook: largest accepted body in bytes (default 1 MiB).
-    #[serde(default)]
-    pub max_body_bytes: Option<usize>,
-    /// Webhook: how old a signed timestamp may be, in seconds (default 300).
-    #[serde(default)]
-    pub tolerance_seconds: Option<u64>,
-    /// Webhook: the public URL the vendor calls (HubSpot signs it).
-    #[serde(default)]
-    pub public_url: Option<String>,
-    /// Webhook: poll this API stream for the events the webhooks missed
-    /// (a schedule with `run = "reconcile"`).
-    #[serde(default)]
-    pub reconcile: Option<extract_config::ReconcileSection>,
-    /// HubSpot: a private-app token, usually `"${HUBSPOT_TOKEN}"`.
-    #[serde(default)]
-    pub token: Option<Spanned<String>>,
-    /// HubSpot: the account's budget per rolling 10 s (default 100).
-    #[serde(default)]
-    pub requests_per_10s: Option<usize>,
-    /// HubSpot: the search endpoint's budget per second (default 4).
-    #[serde(default)]
-    pub search_per_second: Option<usize>,
-    /// HubSpot: incremental runs read changes made up to this many seconds
-    /// before the run's start (default 120), because HubSpot's search index
-    /// lags writes; later changes are the next run's. Smaller is fresher,
-    /// but a change the index has not caught up with would be skipped.
-    #[serde(default)]
-    pub search_lag_margin_seconds: Option<u64>,
-    /// Salesforce: the REST API version (`v60.0`).
-    #[serde(default)]
-    pub api_version: Option<String>,
-    /// Salesforce: the JWT bearer login.
-    #[serde(default)]
-    pub jwt: Option<sync_config::JwtSection>,
-    /// Salesforce: the refresh-token login.
-    #[serde(default)]
-    pub oauth: Option<sync_config::OAuthSection>,
-    /// Salesforce: a stream whose query matches this many records or more
-    /// is read by a Bulk API 2.0 query job (default 10,000).
-    #[serde(default)]
-    pub bulk_threshold: Option<u64>,
-    /// Files: the folder (relative to the project) or object-store URL
-    /// (`s3://bucket/drops/`) where files are dropped.
-    #[serde(default)]
-    pub path: Option<String>,
-    /// Schema policy for every stream of this source that does not set its own.
-    #[serde(default)]
-    pub schema: Option<SchemaMode>,
-    /// Per-stream settings, keyed by stream name.
-    #[serde(default)]
-    pub streams: BTreeMap<String, StreamConfig>,
-}
-
-/// One `[sources.<source>.streams.<name>]` table.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StreamConfig {
-    /// Schema policy for this stream; overrides the source's.
-    #[serde(default)]
-    pub schema: Option<SchemaMode>,
-    /// REST: path under the source's url (`/sequences/{id}/steps` for a child stream).
-    #[serde(default)]
-    pub path: Option<String>,
-    /// REST: extra query parameters.
-    #[serde(default)]
-    pub params: BTreeMap<String, String>,
-    /// REST: dotted path of the records array in the reply (absent: the reply is the array).
-    #[serde(default)]
-    pub records: Option<String>,
-    /// REST: dotted path of the field identifying a record.
-    #[serde(default)]
-    pub primary_key: Option<String>,
-    /// REST: how the endpoint pages.
-    #[serde(default)]
-    pub pagination: Option<extract_config::Pagination>,
-    /// REST: the incremental cursor field and the parameter that sends it.
-    #[serde(default)]
-    pub incremental: Option<extract_config::Incremental>,
-    /// REST: a parent stream whose records each give one request.
-    #[serde(default)]
-    pub parent: Option<extract_config::Parent>,
-    /// HubSpot: the CRM object type (default: the stream's name).
-    #[serde(default)]
-    pub object: Option<String>,
-    /// HubSpot: properties to extract (default: all, from the properties API).
-    #[serde(default)]
-    pub properties: Option<Vec<String>>,
-    /// Salesforce: fields to extract (default: all, from `describe`).
-    #[serde(default)]
-    pub fields: Option<Vec<String>>,
-    /// HubSpot: associated object types, landed as `<stream>_<type>` (from_id, to_id).
-    #[serde(default)]
-    pub associations: Vec<String>,
-    /// Files: which file names belong to this stream (`*` wildcard).
-    #[serde(default)]
-    pub pattern: Option<String>,
-    /// Files: `csv`, `jsonl` or `parquet` (default: by extension).
-    #[serde(default)]
-    pub format: Option<extract_config::FileFormat>,
-    /// Files: the CSV header this stream expects; a file whose header lacks
-    /// one of these is refused before anything lands.
-    #[serde(default)]
-    pub columns: Vec<String>,
-    /// Files: the CSV delimiter (default `,`).
-    #[serde(default)]
-    pub delimiter: Option<String>,
-}
-
 /// Resolved settings for landing one stream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StreamOptions {
@@ -416,7 +196,8 @@ pub struct Project {
     pub dir: PathBuf,
     pub name: String,
     pub lake: LakeConfig,
-    pub sources: BTreeMap<String, SourceConfig>,
+    /// `[sources.<name>]` as parsed, by type.
+    pub sources: BTreeMap<String, extract_config::SourceTable>,
     /// Model configuration by folder: `(folders under a model path, settings)`,
     /// applied in order to models in that folder or below. `[models]` in
     /// `ferry.toml` is the root entry; a dbt project's `models:` tree gives more.
@@ -594,7 +375,7 @@ impl Project {
                                 ),
                             ));
                         };
-                        base.overlay(o);
+                        overlay(base, o);
                     }
                     for (name, o) in &over.destinations {
                         let Some(base) = raw.destinations.get_mut(name) else {
@@ -652,7 +433,19 @@ impl Project {
             ));
         }
 
-        for (source, cfg) in &raw.sources {
+        let mut tables = BTreeMap::new();
+        for (source, table) in &raw.sources {
+            let parsed = extract_config::SourceTable::parse(table.clone()).map_err(|p| {
+                config_error(
+                    file,
+                    text,
+                    find_key(text, &format!("sources.{source}{}", p.key)),
+                    p.message,
+                )
+            })?;
+            tables.insert(source.clone(), parsed);
+        }
+        for (source, cfg) in &tables {
             if let Err(why) = check_identifier(source) {
                 let offset = find_key(text, &format!("sources.{source}"));
                 return Err(config_error(
@@ -673,7 +466,7 @@ impl Project {
                     ),
                 ));
             }
-            for stream in cfg.streams.keys() {
+            for (stream, _) in cfg.streams() {
                 if let Err(why) = check_identifier(stream) {
                     let offset = find_key(text, &format!("streams.{stream}"));
                     return Err(config_error(
@@ -716,10 +509,15 @@ impl Project {
                     format!("destination name {dname:?} {why}"),
                 ));
             }
-            let secret = |v: &Spanned<String>| {
-                secrets
-                    .interpolate(v.get_ref())
-                    .map_err(|msg| config_error(file, text, v.span().start, msg))
+            let secret = |key: &str, v: &str| {
+                secrets.interpolate(v).map_err(|msg| {
+                    config_error(
+                        file,
+                        text,
+                        find_key(text, &format!("destinations.{dname}.{key}")),
+                        msg,
+                    )
+                })
             };
             if let Some(why) = d.foreign_setting() {
                 return Err(config_error(file, text, at(""), why));
@@ -776,306 +574,37 @@ impl Project {
 
         let mut extract = BTreeMap::new();
         let mut webhooks = BTreeMap::new();
-        for (sname, src) in &raw.sources {
-            let at = |what: &str| find_key(text, &format!("sources.{sname}{what}"));
-            let Some(kind) = src.kind else {
-                if src.url.is_some() || src.auth.is_some() {
-                    return Err(config_error(
-                        file,
-                        text,
-                        at(""),
-                        "url and auth need a source type: add type = \"rest\"".into(),
-                    ));
-                }
-                continue;
+        for (sname, src) in &tables {
+            use extract_config::{SourceSection as S, SourceTable as T};
+            let locate = |key: &str, message: String| {
+                config_error(
+                    file,
+                    text,
+                    find_key(text, &format!("sources.{sname}{key}")),
+                    message,
+                )
+                .to_string()
             };
-            // A setting of another source type is refused, not ignored.
-            if let Some(why) = src.foreign_setting(kind) {
-                return Err(config_error(file, text, at(""), why));
-            }
-            match kind {
-                extract_config::SourceKind::Webhook => {
-                    let (Some(preset), Some(secret)) = (src.preset, &src.secret) else {
-                        return Err(config_error(file, text, at(""),
-                            "a webhook source needs preset = \"hubspot\" | \"stripe\" | \"typeform\" and secret = \"${WEBHOOK_SECRET}\"".into()));
-                    };
-                    let secret = secrets
-                        .interpolate(secret.get_ref())
-                        .map_err(|msg| config_error(file, text, secret.span().start, msg))?;
-                    // HubSpot signs the https URL configured in the app, which
-                    // ferry cannot know from the request behind a proxy.
-                    if preset == extract_config::WebhookPreset::Hubspot {
-                        match src.public_url.as_deref().map(url::Url::parse) {
-                            Some(Ok(u)) if u.scheme() == "https" || u.scheme() == "http" => {}
-                            Some(_) => return Err(config_error(file, text, at(".public_url"),
-                                "public_url must be the full URL HubSpot calls, e.g. \"https://ferry.example.com/webhooks/hubspot_events\"".into())),
-                            None => return Err(config_error(file, text, at(""),
-                                format!("a hubspot webhook source needs public_url: HubSpot signs the URL set in the app's webhook settings (e.g. \"https://ferry.example.com/webhooks/{sname}\"), and without it no delivery can be verified"))),
-                        }
-                    }
-                    webhooks.insert(
-                        sname.clone(),
-                        extract_config::WebhookSpec {
-                            name: sname.clone(),
-                            preset,
-                            secret,
-                            max_body_bytes: src.max_body_bytes.unwrap_or(1024 * 1024),
-                            tolerance_seconds: src.tolerance_seconds.unwrap_or(300),
-                            public_url: src.public_url.clone(),
-                            reconcile: match &src.reconcile {
-                                None => None,
-                                Some(r) => {
-                                    Some(extract_config::Reconcile::resolve(r).map_err(|msg| {
-                                        config_error(file, text, at(".reconcile"), msg)
-                                    })?)
-                                }
-                            },
-                        },
-                    );
+            let located = |p: extract_config::Problem| {
+                config_error(
+                    file,
+                    text,
+                    find_key(text, &format!("sources.{sname}{}", p.key)),
+                    p.message,
+                )
+            };
+            let spec = match src {
+                T::Land(_) => continue,
+                T::Typed(S::Webhook(w)) => {
+                    webhooks.insert(sname.clone(), w.resolve(sname, secrets).map_err(located)?);
+                    continue;
                 }
-                extract_config::SourceKind::Salesforce => {
-                    let secret = |v: &Spanned<String>| {
-                        secrets
-                            .interpolate(v.get_ref())
-                            .map_err(|msg| config_error(file, text, v.span().start, msg))
-                    };
-                    // The destination's login code.
-                    let auth = match crate::sync::salesforce::login_auth(
-                        src.url.as_deref(),
-                        src.jwt.as_ref(),
-                        src.oauth.as_ref(),
-                        &secret,
-                    ) {
-                        Ok(a) => a,
-                        Err(crate::sync::destination::AuthProblem::Config(why)) => {
-                            return Err(config_error(file, text, at(""), why));
-                        }
-                        Err(crate::sync::destination::AuthProblem::Secret(e)) => {
-                            crate::http::Auth::Missing(e.to_string())
-                        }
-                    };
-                    let streams: Vec<extract_config::SalesforceStream> = src
-                        .streams
-                        .iter()
-                        .map(|(tname, t)| extract_config::SalesforceStream {
-                            name: tname.clone(),
-                            object: t.object.clone().unwrap_or_else(|| tname.clone()),
-                            fields: t.fields.clone(),
-                        })
-                        .collect();
-                    if streams.is_empty() {
-                        return Err(config_error(file, text, at(""),
-                            "a salesforce source needs streams, for example [sources.salesforce.streams.lead] (object = \"Lead\")".into()));
-                    }
-                    extract.insert(
-                        sname.clone(),
-                        extract_config::SourceSpec::Salesforce {
-                            name: sname.clone(),
-                            url: src
-                                .url
-                                .clone()
-                                .unwrap_or_else(|| "https://login.salesforce.com".into())
-                                .trim_end_matches('/')
-                                .to_string(),
-                            api_version: src.api_version.clone().unwrap_or_else(|| "v60.0".into()),
-                            auth,
-                            lag_margin: std::time::Duration::from_secs(
-                                src.search_lag_margin_seconds.unwrap_or(60),
-                            ),
-                            bulk_threshold: src
-                                .bulk_threshold
-                                .unwrap_or(extract_config::DEFAULT_QUERY_BULK_THRESHOLD),
-                            streams,
-                        },
-                    );
-                }
-                extract_config::SourceKind::Hubspot => {
-                    let Some(token) = &src.token else {
-                        return Err(config_error(file, text, at(""),
-                            "a hubspot source needs token = \"${HUBSPOT_TOKEN}\" (a private-app token)".into()));
-                    };
-                    let auth = match secrets.interpolate(token.get_ref()) {
-                        Ok(t) => crate::http::Auth::Bearer(t),
-                        // Only `ferry extract` needs it: other commands work without.
-                        Err(msg) => crate::http::Auth::Missing(
-                            config_error(file, text, token.span().start, msg).to_string(),
-                        ),
-                    };
-                    let streams: Vec<extract_config::HubspotStream> = src
-                        .streams
-                        .iter()
-                        .map(|(tname, t)| extract_config::HubspotStream {
-                            name: tname.clone(),
-                            object: t.object.clone().unwrap_or_else(|| tname.clone()),
-                            properties: t.properties.clone(),
-                            associations: t.associations.clone(),
-                        })
-                        .collect();
-                    if streams.is_empty() {
-                        return Err(config_error(file, text, at(""),
-                            "a hubspot source needs streams, for example [sources.hubspot.streams.contacts]".into()));
-                    }
-                    extract.insert(
-                        sname.clone(),
-                        extract_config::SourceSpec::Hubspot {
-                            name: sname.clone(),
-                            url: src
-                                .url
-                                .clone()
-                                .unwrap_or_else(|| "https://api.hubapi.com".into())
-                                .trim_end_matches('/')
-                                .to_string(),
-                            auth,
-                            requests_per_10s: src.requests_per_10s.unwrap_or(100),
-                            search_per_second: src.search_per_second.unwrap_or(4),
-                            lag_margin: std::time::Duration::from_secs(
-                                src.search_lag_margin_seconds.unwrap_or(120),
-                            ),
-                            streams,
-                        },
-                    );
-                }
-                extract_config::SourceKind::Files => {
-                    let Some(location) = src.path.clone() else {
-                        return Err(config_error(file, text, at(""),
-                            "a files source needs path = \"drops/events\" (a folder or s3://, gs://, az:// URL)".into()));
-                    };
-                    let mut streams = Vec::new();
-                    for (tname, t) in &src.streams {
-                        let delimiter = match t.delimiter.as_deref() {
-                            None => b',',
-                            Some(d) if d.len() == 1 => d.as_bytes()[0],
-                            Some("\\t") | Some("\t") => b'\t',
-                            Some(d) => {
-                                return Err(config_error(
-                                    file,
-                                    text,
-                                    at(&format!(".streams.{tname}")),
-                                    format!("delimiter {d:?} must be one character"),
-                                ));
-                            }
-                        };
-                        streams.push(extract_config::FileStream {
-                            name: tname.clone(),
-                            pattern: t.pattern.clone().unwrap_or_else(|| format!("{tname}*")),
-                            format: t.format,
-                            columns: t.columns.clone(),
-                            delimiter,
-                        });
-                    }
-                    if streams.is_empty() {
-                        return Err(config_error(file, text, at(""),
-                            "a files source needs at least one [sources.<name>.streams.<stream>] with a pattern".into()));
-                    }
-                    extract.insert(
-                        sname.clone(),
-                        extract_config::SourceSpec::Files {
-                            name: sname.clone(),
-                            location,
-                            streams,
-                        },
-                    );
-                }
-                extract_config::SourceKind::Rest => {
-                    let Some(url) = src.url.clone() else {
-                        return Err(config_error(
-                            file,
-                            text,
-                            at(""),
-                            "a rest source needs url = \"https://api.vendor.com/v1\"".into(),
-                        ));
-                    };
-                    use extract_config::AuthSection as A;
-                    let auth_offset = at(".auth");
-                    let secret = |v: &String| {
-                        secrets
-                            .interpolate(v)
-                            .map_err(|msg| config_error(file, text, auth_offset, msg))
-                    };
-                    if let Some(A::ApiKey { header, query, .. }) = &src.auth
-                        && header.is_some() == query.is_some()
-                    {
-                        return Err(config_error(file, text, at(".auth"),
-                            "api_key auth needs exactly one of header = \"X-Api-Key\" or query = \"api_key\"".into()));
-                    }
-                    let resolve = || -> Result<crate::http::Auth> {
-                        Ok(match &src.auth {
-                            None => crate::http::Auth::None,
-                            Some(A::Bearer { token }) => crate::http::Auth::Bearer(secret(token)?),
-                            Some(A::ApiKey {
-                                key,
-                                header: Some(h),
-                                ..
-                            }) => crate::http::Auth::ApiKeyHeader {
-                                header: h.clone(),
-                                key: secret(key)?,
-                            },
-                            Some(A::ApiKey { key, query, .. }) => crate::http::Auth::ApiKeyQuery {
-                                param: query.clone().unwrap_or_default(),
-                                key: secret(key)?,
-                            },
-                            Some(A::Basic { username, password }) => crate::http::Auth::Basic {
-                                // An access-key id is often kept with its secret.
-                                username: secret(username)?,
-                                password: secret(password)?,
-                            },
-                            Some(A::Oauth2 {
-                                token_url,
-                                client_id,
-                                client_secret,
-                                scopes,
-                            }) => crate::http::Auth::ClientCredentials(
-                                crate::http::ClientCredentials {
-                                    token_url: token_url.clone(),
-                                    client_id: client_id.clone(),
-                                    client_secret: secret(client_secret)?,
-                                    scopes: scopes.clone(),
-                                },
-                            ),
-                        })
-                    };
-                    // An unset secret fails the calls that need it (with this
-                    // message), not commands that never call the vendor.
-                    let auth =
-                        resolve().unwrap_or_else(|e| crate::http::Auth::Missing(e.to_string()));
-                    let mut streams = Vec::new();
-                    for (tname, t) in &src.streams {
-                        let Some(path) = t.path.clone() else {
-                            return Err(config_error(
-                                file,
-                                text,
-                                at(&format!(".streams.{tname}")),
-                                format!("stream {tname} needs path = \"/{tname}\""),
-                            ));
-                        };
-                        streams.push(extract_config::RestStream {
-                            name: tname.clone(),
-                            path,
-                            params: t.params.clone(),
-                            records: t.records.clone().unwrap_or_default(),
-                            primary_key: t.primary_key.clone(),
-                            pagination: t
-                                .pagination
-                                .clone()
-                                .unwrap_or(extract_config::Pagination::None),
-                            incremental: t.incremental.clone(),
-                            parent: t.parent.clone(),
-                        });
-                    }
-                    let streams = extract_config::order_streams(streams)
-                        .map_err(|msg| config_error(file, text, at(""), msg))?;
-                    extract.insert(
-                        sname.clone(),
-                        extract_config::SourceSpec::Rest {
-                            name: sname.clone(),
-                            url: url.trim_end_matches('/').to_string(),
-                            auth,
-                            requests_per_second: src.requests_per_second,
-                            streams,
-                        },
-                    );
-                }
-            }
+                T::Typed(S::Rest(r)) => r.resolve(sname, secrets, &locate),
+                T::Typed(S::Files(f)) => f.resolve(sname),
+                T::Typed(S::Hubspot(h)) => h.resolve(sname, secrets, &locate),
+                T::Typed(S::Salesforce(sf)) => sf.resolve(sname, secrets, &locate),
+            };
+            extract.insert(sname.clone(), spec.map_err(located)?);
         }
 
         for w in webhooks.values() {
@@ -1160,7 +689,7 @@ impl Project {
                 url: lake_override.unwrap_or(raw.lake.url),
                 options,
             },
-            sources: raw.sources,
+            sources: tables,
             target: target.filter(|t| raw.targets.contains_key(t)),
             require_clean_git,
         })
@@ -1171,9 +700,13 @@ impl Project {
     pub fn stream_options(&self, source: &str, stream: &str) -> StreamOptions {
         let src = self.sources.get(source);
         let schema = src
-            .and_then(|s| s.streams.get(stream))
-            .and_then(|s| s.schema)
-            .or_else(|| src.and_then(|s| s.schema))
+            .and_then(|s| {
+                s.streams()
+                    .into_iter()
+                    .find(|(name, _)| *name == stream)
+                    .and_then(|(_, schema)| schema)
+            })
+            .or_else(|| src.and_then(|s| s.schema()))
             .unwrap_or_default();
         StreamOptions { schema }
     }
@@ -1326,8 +859,27 @@ fn table_header(line: &str) -> Option<String> {
 /// Byte offset of the first mention of a dotted key (best effort, for
 /// validation errors raised after parsing).
 fn find_key(text: &str, dotted: &str) -> usize {
-    text.find(dotted)
-        .or_else(|| dotted.rsplit('.').next().and_then(|last| text.find(last)))
+    if let Some(i) = text.find(dotted) {
+        return i;
+    }
+    // The deepest table header that names a prefix of the key, then the
+    // key's next segment (else its last) after that header.
+    let parts: Vec<&str> = dotted.split('.').collect();
+    for n in (1..parts.len()).rev() {
+        let header = format!("[{}]", parts[..n].join("."));
+        if let Some(h) = text.find(&header) {
+            let after = &text[h..];
+            let found = [parts[n..].join("."), parts[n].to_string()]
+                .iter()
+                .chain(parts.last().map(|l| l.to_string()).iter())
+                .find_map(|k| after.find(k.as_str()));
+            return h + found.unwrap_or(0);
+        }
+    }
+    dotted
+        .rsplit('.')
+        .next()
+        .and_then(|last| text.find(last))
         .unwrap_or(0)
 }
 
@@ -1511,10 +1063,15 @@ private_key = "pem"
             crate::http::Auth::JwtBearer(j) => assert_eq!(j.username, "ferry@acme.com.sandbox"),
             other => panic!("{other:?}"),
         }
-        assert_eq!(
-            sandbox.sources["crm"].url.as_deref(),
-            Some("http://127.0.0.1:8090")
-        );
+        match &sandbox.extract["crm"] {
+            extract_config::SourceSpec::Hubspot { url, auth, .. } => {
+                assert_eq!(url, "http://127.0.0.1:8090");
+                assert!(
+                    matches!(auth, crate::http::Auth::Bearer(t) if t.expose() == "sandbox-token")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
         assert!(
             sandbox
                 .target_line()

@@ -23,7 +23,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
-use toml::Spanned;
 
 use crate::http::{Auth, RetryPolicy};
 
@@ -81,7 +80,7 @@ pub struct DestinationSection {
     pub jwt: Option<JwtSection>,
     /// A private-app token, usually `"${HUBSPOT_TOKEN}"`.
     #[serde(default)]
-    pub token: Option<Spanned<String>>,
+    pub token: Option<String>,
     /// OAuth instead of a token.
     #[serde(default)]
     pub oauth: Option<OAuthSection>,
@@ -132,7 +131,7 @@ pub struct DestinationOverride {
     #[serde(default)]
     pub api_version: Option<String>,
     #[serde(default)]
-    pub token: Option<Spanned<String>>,
+    pub token: Option<String>,
     #[serde(default)]
     pub oauth: Option<OAuthSection>,
     #[serde(default)]
@@ -207,21 +206,21 @@ impl DestinationSection {
 #[serde(deny_unknown_fields)]
 pub struct JwtSection {
     /// The connected app's consumer key.
-    pub client_id: Spanned<String>,
+    pub client_id: String,
     /// The user ferry acts as.
-    pub username: Spanned<String>,
+    pub username: String,
     /// The private key (PEM) of the certificate uploaded to the app,
     /// usually `"${SALESFORCE_PRIVATE_KEY}"`.
-    pub private_key: Spanned<String>,
+    pub private_key: String,
 }
 
 /// `[destinations.<name>.oauth]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OAuthSection {
-    pub client_id: Spanned<String>,
-    pub client_secret: Spanned<String>,
-    pub refresh_token: Spanned<String>,
+    pub client_id: String,
+    pub client_secret: String,
+    pub refresh_token: String,
     /// Token endpoint; HubSpot's `<url>/oauth/v1/token` by default.
     #[serde(default)]
     pub token_url: Option<String>,

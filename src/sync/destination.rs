@@ -247,8 +247,9 @@ pub enum AuthProblem {
 }
 
 /// Resolves a `${VAR}` setting of ferry.toml (or says which is unset, where).
-pub type SecretFn<'a> =
-    dyn Fn(&toml::Spanned<String>) -> Result<crate::project::secret::Secret> + 'a;
+/// Interpolates a setting's `${VAR}`s: `(key within the table, such as
+/// "jwt.private_key"; the value as written)`.
+pub type SecretFn<'a> = dyn Fn(&str, &str) -> Result<crate::project::secret::Secret> + 'a;
 
 /// Open the account `config` describes.
 pub fn open(config: &super::config::Destination) -> Result<Arc<dyn Account>> {

@@ -9,6 +9,8 @@
 //! content hash in `_ferry/extract_state/<source>/<stream>/files/`. Every
 //! file's rows and errors are in `ferry.ingestions` (`source_file`).
 
+pub mod config;
+
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use object_store::path::Path;

@@ -17,6 +17,8 @@
 //!   `<stream>_<type>` rows (`from_id`, `to_id`, `type_id`); a record's
 //!   current associations are its rows from its latest landing.
 
+pub mod config;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -3,6 +3,8 @@
 //! cursor, parent → child), fetched through the shared HTTP layer (rate
 //! limit, retries, backoff, `Retry-After`).
 
+pub mod config;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;

@@ -25,6 +25,8 @@
 //!   (`OpportunityContactRole`, `AccountContactRelation`, `CampaignMember`)
 //!   are sObjects like any other, and lookups (`AccountId`) land as columns.
 
+pub mod config;
+
 use std::time::Duration;
 
 use async_trait::async_trait;

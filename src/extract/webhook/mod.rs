@@ -26,6 +26,8 @@
 //! crash between landing and recording can land a batch twice, which the
 //! `latest_by` macro removes by `event_id`.
 
+pub mod config;
+
 pub mod reconcile;
 
 use std::collections::HashSet;

@@ -663,18 +663,22 @@ pub fn auth(
         (None, None) => Err(AuthProblem::Config(
             "no credentials: add token = \"${HUBSPOT_TOKEN}\" (a private-app token) or an [oauth] table".into(),
         )),
-        (Some(t), None) => Ok(crate::http::Auth::Bearer(secret(t).map_err(AuthProblem::Secret)?)),
+        (Some(t), None) => Ok(crate::http::Auth::Bearer(
+            secret("token", t).map_err(AuthProblem::Secret)?,
+        )),
         (None, Some(o)) => {
             let base = d.url.clone().unwrap_or_else(|| "https://api.hubapi.com".into());
-            let s = |v| secret(v).map_err(AuthProblem::Secret);
+            let s = |k: &str, v: &String| {
+                secret(&format!("oauth.{k}"), v).map_err(AuthProblem::Secret)
+            };
             Ok(crate::http::Auth::OAuth(crate::http::OAuthConfig {
                 token_url: o
                     .token_url
                     .clone()
                     .unwrap_or_else(|| format!("{}/oauth/v1/token", base.trim_end_matches('/'))),
-                client_id: s(&o.client_id)?.expose().to_string(),
-                client_secret: s(&o.client_secret)?,
-                refresh_token: s(&o.refresh_token)?,
+                client_id: s("client_id", &o.client_id)?.expose().to_string(),
+                client_secret: s("client_secret", &o.client_secret)?,
+                refresh_token: s("refresh_token", &o.refresh_token)?,
             }))
         }
     }

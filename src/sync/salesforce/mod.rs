@@ -103,7 +103,7 @@ pub fn login_auth(
         .trim_end_matches('/')
         .to_string();
     let token_url = format!("{login}/services/oauth2/token");
-    let s = |v| secret(v).map_err(AuthProblem::Secret);
+    let s = |k: &str, v: &String| secret(k, v).map_err(AuthProblem::Secret);
     match (jwt, oauth) {
         (Some(_), Some(_)) => Err(AuthProblem::Config(
             "give either [jwt] or [oauth], not both".into(),
@@ -113,16 +113,16 @@ pub fn login_auth(
         )),
         (Some(j), None) => Ok(crate::http::Auth::JwtBearer(crate::http::JwtBearer {
             token_url,
-            client_id: s(&j.client_id)?.expose().to_string(),
-            username: s(&j.username)?.expose().to_string(),
+            client_id: s("jwt.client_id", &j.client_id)?.expose().to_string(),
+            username: s("jwt.username", &j.username)?.expose().to_string(),
             audience: login,
-            private_key: s(&j.private_key)?,
+            private_key: s("jwt.private_key", &j.private_key)?,
         })),
         (None, Some(o)) => Ok(crate::http::Auth::OAuth(crate::http::OAuthConfig {
             token_url: o.token_url.clone().unwrap_or(token_url),
-            client_id: s(&o.client_id)?.expose().to_string(),
-            client_secret: s(&o.client_secret)?,
-            refresh_token: s(&o.refresh_token)?,
+            client_id: s("oauth.client_id", &o.client_id)?.expose().to_string(),
+            client_secret: s("oauth.client_secret", &o.client_secret)?,
+            refresh_token: s("oauth.refresh_token", &o.refresh_token)?,
         })),
     }
 }
