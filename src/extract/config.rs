@@ -75,6 +75,7 @@ pub struct LandStreamSection {
 
 /// A `[sources.<name>]` table as parsed.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // a handful per project, parsed once
 pub enum SourceTable {
     Land(LandSection),
     Typed(SourceSection),

@@ -52,7 +52,7 @@ struct ConfigFile {
     vars: BTreeMap<String, toml::Value>,
     /// Reverse-sync destinations (accounts and credentials), by name.
     #[serde(default)]
-    destinations: BTreeMap<String, sync_config::DestinationSection>,
+    destinations: BTreeMap<String, toml::Table>,
     /// Reverse syncs (model → CRM object), by name.
     #[serde(default)]
     syncs: BTreeMap<String, sync_config::SyncSection>,
@@ -79,7 +79,7 @@ struct TargetSection {
     /// Settings over `[destinations.<name>]`, key by key; credentials given
     /// here replace the base ones as a whole.
     #[serde(default)]
-    destinations: BTreeMap<String, sync_config::DestinationOverride>,
+    destinations: BTreeMap<String, toml::Table>,
     /// Refuse `ferry build` and `ferry sync` while the project's git
     /// working tree has uncommitted changes.
     #[serde(default)]
@@ -388,7 +388,7 @@ impl Project {
                                 ),
                             ));
                         };
-                        o.apply(base);
+                        overlay(base, o);
                     }
                     require_clean_git = over.require_clean_git;
                     if let Some(l) = over.lake.clone() {
@@ -519,13 +519,21 @@ impl Project {
                     )
                 })
             };
-            if let Some(why) = d.foreign_setting() {
-                return Err(config_error(file, text, at(""), why));
-            }
-            let auth = match d.kind {
-                sync_config::DestinationKind::Hubspot => crate::sync::hubspot::auth(d, &secret),
-                sync_config::DestinationKind::Salesforce => {
-                    crate::sync::salesforce::auth(d, &secret)
+            let d = sync_config::DestinationSection::parse(d.clone()).map_err(|(key, msg)| {
+                config_error(
+                    file,
+                    text,
+                    find_key(text, &format!("destinations.{dname}{key}")),
+                    msg,
+                )
+            })?;
+            let url = d.calls.url.as_deref();
+            let auth = match &d.vendor {
+                sync_config::VendorSection::Hubspot(h) => {
+                    crate::sync::hubspot::auth(h, url, &secret)
+                }
+                sync_config::VendorSection::Salesforce(sf) => {
+                    crate::sync::salesforce::auth(sf, url, &secret)
                 }
             };
             // An unset secret fails the calls that need it (with this
@@ -539,7 +547,7 @@ impl Project {
                     crate::http::Auth::Missing(e.to_string())
                 }
             };
-            let resolved = sync_config::Destination::resolve(dname, d, auth)
+            let resolved = sync_config::Destination::resolve(dname, &d, auth)
                 .map_err(|msg| config_error(file, text, at(""), msg))?;
             destinations.insert(dname.clone(), resolved);
         }

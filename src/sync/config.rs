@@ -59,31 +59,32 @@ impl DestinationKind {
     }
 }
 
-/// One `[destinations.<name>]` table as written.
+/// One `[destinations.<name>]` table, parsed: the settings every
+/// destination shares and its vendor's own.
+#[derive(Debug, Clone)]
+pub struct DestinationSection {
+    pub kind: DestinationKind,
+    pub calls: CallSettings,
+    pub vendor: VendorSection,
+}
+
+/// The settings a destination's type owns (each refuses the others').
+#[derive(Debug, Clone)]
+pub enum VendorSection {
+    Hubspot(crate::sync::hubspot::config::HubspotDestination),
+    Salesforce(crate::sync::salesforce::config::SalesforceDestination),
+}
+
+/// How ferry calls a destination, whatever its type.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DestinationSection {
-    /// `hubspot` or `salesforce`.
-    #[serde(rename = "type")]
-    pub kind: DestinationKind,
+pub struct CallSettings {
     /// API base URL; HubSpot's is the default (`https://api.hubapi.com`).
     /// For Salesforce, the login host (`https://login.salesforce.com`, or
     /// `https://test.salesforce.com` for a sandbox); calls then go to the
     /// instance the login names. Point it at an emulator to work locally.
     #[serde(default)]
     pub url: Option<String>,
-    /// Salesforce: the REST API version (`v60.0`).
-    #[serde(default)]
-    pub api_version: Option<String>,
-    /// Salesforce: the OAuth 2.0 JWT bearer flow.
-    #[serde(default)]
-    pub jwt: Option<JwtSection>,
-    /// A private-app token, usually `"${HUBSPOT_TOKEN}"`.
-    #[serde(default)]
-    pub token: Option<String>,
-    /// OAuth instead of a token.
-    #[serde(default)]
-    pub oauth: Option<OAuthSection>,
     /// Requests per rolling 10 seconds for the whole account (HubSpot
     /// Free/Starter: 100; Professional/Enterprise: 190).
     /// Salesforce has no short window (its limit is the 24-hour one):
@@ -116,87 +117,110 @@ pub struct DestinationSection {
     /// until then the record waits (it is never created twice).
     #[serde(default = "default_search_lag_seconds")]
     pub search_lag_seconds: u64,
-    /// Salesforce: rows in one run from which they go by Bulk API 2.0
-    /// jobs instead of sObject Collections calls.
-    #[serde(default)]
-    pub bulk_threshold: Option<usize>,
 }
 
-/// `[targets.<t>.destinations.<name>]`: settings over a destination's.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DestinationOverride {
-    #[serde(default)]
-    pub url: Option<String>,
-    #[serde(default)]
-    pub api_version: Option<String>,
-    #[serde(default)]
-    pub token: Option<String>,
-    #[serde(default)]
-    pub oauth: Option<OAuthSection>,
-    #[serde(default)]
-    pub jwt: Option<JwtSection>,
-    #[serde(default)]
-    pub requests_per_10s: Option<usize>,
-    #[serde(default)]
-    pub daily_limit: Option<u64>,
-    #[serde(default)]
-    pub max_in_flight: Option<usize>,
-    #[serde(default)]
-    pub bulk_threshold: Option<usize>,
-}
-
-impl DestinationOverride {
-    /// Lay these settings over `base`. Credentials given here replace the
-    /// base's as a whole (a sandbox's token does not mix with prod's OAuth).
-    pub fn apply(&self, base: &mut DestinationSection) {
-        if self.url.is_some() {
-            base.url = self.url.clone();
-        }
-        if self.api_version.is_some() {
-            base.api_version = self.api_version.clone();
-        }
-        if self.token.is_some() || self.oauth.is_some() || self.jwt.is_some() {
-            base.token = self.token.clone();
-            base.oauth = self.oauth.clone();
-            base.jwt = self.jwt.clone();
-        }
-        if self.requests_per_10s.is_some() {
-            base.requests_per_10s = self.requests_per_10s;
-        }
-        if self.daily_limit.is_some() {
-            base.daily_limit = self.daily_limit;
-        }
-        if let Some(n) = self.max_in_flight {
-            base.max_in_flight = n;
-        }
-        if self.bulk_threshold.is_some() {
-            base.bulk_threshold = self.bulk_threshold;
-        }
-    }
-}
+/// The keys of [`CallSettings`].
+const CALL_SETTINGS: &[&str] = &[
+    "url",
+    "requests_per_10s",
+    "daily_limit",
+    "max_in_flight",
+    "max_attempts",
+    "backoff_initial_ms",
+    "backoff_max_ms",
+    "timeout_seconds",
+    "search_lag_seconds",
+];
 
 impl DestinationSection {
-    /// A setting of another vendor's (refused, not ignored), as the error.
-    pub fn foreign_setting(&self) -> Option<String> {
-        let given = |name: &'static str, set: bool| set.then_some(name);
-        let foreign = match self.kind {
-            DestinationKind::Hubspot => given("api_version", self.api_version.is_some())
-                .or(given("jwt", self.jwt.is_some()))
-                .or(given("bulk_threshold", self.bulk_threshold.is_some())),
-            DestinationKind::Salesforce => given("token", self.token.is_some()),
+    /// Parse one `[destinations.<name>]` table (targets already laid over
+    /// it), without I/O. The error is `(key within the table, message)`.
+    pub fn parse(mut table: toml::Table) -> Result<DestinationSection, (String, String)> {
+        let kind = match table.remove("type") {
+            Some(toml::Value::String(k)) if k == "hubspot" => DestinationKind::Hubspot,
+            Some(toml::Value::String(k)) if k == "salesforce" => DestinationKind::Salesforce,
+            Some(other) => {
+                return Err((
+                    ".type".into(),
+                    format!(
+                        "type = {other} is not a destination type: use \"hubspot\" or \"salesforce\""
+                    ),
+                ));
+            }
+            None => {
+                return Err((
+                    String::new(),
+                    "a destination needs type = \"hubspot\" or \"salesforce\"".into(),
+                ));
+            }
         };
-        foreign.map(|k| {
-            format!(
-                "`{k}` is not a {} setting{}",
-                self.kind.as_str(),
-                match self.kind {
-                    DestinationKind::Salesforce => {
-                        ": Salesforce logs in with a [jwt] table (client_id, username, private_key) or an [oauth] refresh token"
-                    }
-                    DestinationKind::Hubspot => ": it belongs to type = \"salesforce\"",
+        let mut calls = toml::Table::new();
+        for k in CALL_SETTINGS {
+            if let Some(v) = table.remove(*k) {
+                calls.insert(k.to_string(), v);
+            }
+        }
+        let located = |e: serde_path_to_error::Error<toml::de::Error>| {
+            let path = e.path().to_string();
+            let message = e.inner().to_string();
+            let message = message
+                .split('\n')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            let field = message
+                .split_once("unknown field `")
+                .and_then(|(_, r)| r.split_once('`'))
+                .map(|(f, _)| f.to_string());
+            // serde_path_to_error may name the unknown key itself as the path.
+            let table_path = match &field {
+                Some(f) if path == *f => ".",
+                _ => path.as_str(),
+            };
+            let at = if path == "." {
+                String::new()
+            } else {
+                format!(".{path}")
+            };
+            match field {
+                Some(f) if table_path == "." => {
+                    let hint = match kind {
+                        DestinationKind::Salesforce if f == "token" => {
+                            ": Salesforce logs in with a [jwt] table (client_id, username, private_key) or an [oauth] refresh token"
+                        }
+                        DestinationKind::Hubspot
+                            if ["api_version", "jwt", "bulk_threshold"].contains(&f.as_str()) =>
+                        {
+                            ": it belongs to type = \"salesforce\""
+                        }
+                        _ => "",
+                    };
+                    (
+                        format!(".{f}"),
+                        format!(
+                            "`{f}` is not a {} setting{hint}; ferry does not ignore it",
+                            kind.as_str()
+                        ),
+                    )
                 }
-            )
+                _ => (at, message),
+            }
+        };
+        let calls: CallSettings =
+            serde_path_to_error::deserialize(toml::Value::Table(calls)).map_err(located)?;
+        let vendor = match kind {
+            DestinationKind::Hubspot => VendorSection::Hubspot(
+                serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(located)?,
+            ),
+            DestinationKind::Salesforce => VendorSection::Salesforce(
+                serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(located)?,
+            ),
+        };
+        Ok(DestinationSection {
+            kind,
+            calls,
+            vendor,
         })
     }
 }
@@ -271,22 +295,24 @@ pub const DEFAULT_BULK_THRESHOLD: usize = 2_000;
 impl Destination {
     pub(crate) fn resolve(
         name: &str,
-        s: &DestinationSection,
+        d: &DestinationSection,
         auth: Auth,
     ) -> Result<Destination, String> {
+        let s = &d.calls;
         if s.requests_per_10s == Some(0) || s.max_in_flight == 0 || s.max_attempts == 0 {
             return Err(
                 "requests_per_10s, max_in_flight and max_attempts must be at least 1".into(),
             );
         }
-        if let Some(why) = s.foreign_setting() {
-            return Err(why);
-        }
-        let (default_url, default_daily, default_window) = match s.kind {
+        let (api_version, bulk_threshold) = match &d.vendor {
+            VendorSection::Salesforce(sf) => (sf.api_version.clone(), sf.bulk_threshold),
+            VendorSection::Hubspot(_) => (None, None),
+        };
+        let (default_url, default_daily, default_window) = match d.kind {
             DestinationKind::Hubspot => ("https://api.hubapi.com", 250_000, 100),
             DestinationKind::Salesforce => ("https://login.salesforce.com", 15_000, 1_000),
         };
-        let api_version = s.api_version.clone().unwrap_or_else(|| "v60.0".into());
+        let api_version = api_version.unwrap_or_else(|| "v60.0".into());
         let well_formed = api_version
             .strip_prefix('v')
             .and_then(|v| v.split_once('.'))
@@ -303,7 +329,7 @@ impl Destination {
         }
         Ok(Destination {
             name: name.to_string(),
-            kind: s.kind,
+            kind: d.kind,
             url: s
                 .url
                 .clone()
@@ -322,7 +348,7 @@ impl Destination {
                 timeout: Duration::from_secs(s.timeout_seconds.max(1)),
             },
             search_lag: Duration::from_secs(s.search_lag_seconds),
-            bulk_threshold: s.bulk_threshold.unwrap_or(DEFAULT_BULK_THRESHOLD),
+            bulk_threshold: bulk_threshold.unwrap_or(DEFAULT_BULK_THRESHOLD),
         })
     }
 }

@@ -14,6 +14,8 @@
 //! `idProperty`), then by position when the reply has one result per input.
 //! A record none of these place is [`Fate::Unknown`], never a guess.
 
+pub mod config;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -652,7 +654,8 @@ fn rows_pending(rows: &[Outgoing], slot: Option<usize>) -> Option<DateTime<Utc>>
 /// The credentials of a HubSpot destination: a private-app `token` or an
 /// `[oauth]` refresh token.
 pub fn auth(
-    d: &crate::sync::config::DestinationSection,
+    d: &config::HubspotDestination,
+    url: Option<&str>,
     secret: &crate::sync::destination::SecretFn<'_>,
 ) -> std::result::Result<crate::http::Auth, crate::sync::destination::AuthProblem> {
     use crate::sync::destination::AuthProblem;
@@ -667,7 +670,7 @@ pub fn auth(
             secret("token", t).map_err(AuthProblem::Secret)?,
         )),
         (None, Some(o)) => {
-            let base = d.url.clone().unwrap_or_else(|| "https://api.hubapi.com".into());
+            let base = url.unwrap_or("https://api.hubapi.com");
             let s = |k: &str, v: &String| {
                 secret(&format!("oauth.{k}"), v).map_err(AuthProblem::Secret)
             };

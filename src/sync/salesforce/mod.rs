@@ -20,6 +20,7 @@
 //! REQUEST_LIMIT_EXCEEDED` stops the run like HubSpot's daily 429.
 
 pub mod bulk;
+pub mod config;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -83,10 +84,11 @@ const KEYS_PER_QUERY: usize = 100;
 /// The credentials of a Salesforce destination: a `[jwt]` table or an
 /// `[oauth]` refresh token.
 pub fn auth(
-    d: &crate::sync::config::DestinationSection,
+    d: &config::SalesforceDestination,
+    url: Option<&str>,
     secret: &SecretFn<'_>,
 ) -> std::result::Result<crate::http::Auth, AuthProblem> {
-    login_auth(d.url.as_deref(), d.jwt.as_ref(), d.oauth.as_ref(), secret)
+    login_auth(url, d.jwt.as_ref(), d.oauth.as_ref(), secret)
 }
 
 /// A Salesforce login (a destination's or a source's): the login host,
