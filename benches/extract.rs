@@ -11,6 +11,13 @@
 //!    peak memory, which stays far below the file's size because drops are
 //!    read and landed in pieces.
 //!
+//! 4. A Salesforce object of N leads (default 200,000;
+//!    FERRY_BENCH_SF_EXTRACT_ROWS, 0 skips it) read from the Salesforce
+//!    emulator twice: through the REST query API (pages of 2,000) and
+//!    through one Bulk API 2.0 query job (CSV pages of 50,000): seconds,
+//!    rows/s, API calls, and peak memory (ferry and the emulator share this
+//!    process).
+//!
 //! Run: `cargo bench --profile dev --bench extract`.
 
 use std::time::{Duration, Instant};
@@ -169,6 +176,80 @@ async fn file_drop(rows: usize) {
     );
 }
 
+async fn salesforce_extract(rows: usize) {
+    use ferry::sim::salesforce as sf;
+    let sim = sf::start(
+        sf::SimConfig {
+            daily: 10_000_000,
+            ..sf::SimConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    sim.with_org(|org| {
+        for i in 0..rows {
+            let mut m = serde_json::Map::new();
+            m.insert("LastName".into(), format!("Lead{i}").into());
+            m.insert("FirstName".into(), "Ada".into());
+            m.insert("Company".into(), format!("Company {}", i % 5_000).into());
+            m.insert("Email".into(), format!("lead{i}@example.com").into());
+            m.insert("Title".into(), "VP Marketing".into());
+            m.insert("Status".into(), "Open - Not Contacted".into());
+            m.insert("Ferry_Lead_Score__c".into(), ((i % 100) as f64).into());
+            org.insert("Lead", &[m]).unwrap();
+        }
+    })
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    println!("\nSalesforce extract: {rows} leads");
+    println!("| path | seconds | rows/s | API calls | peak RSS (MiB, with the emulator) |");
+    println!("|---|---|---|---|---|");
+    for (path, threshold) in [
+        ("REST query API", i64::MAX as u64),
+        ("Bulk API 2.0 query job", 0),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(
+            tmp.path().join("ferry.toml"),
+            format!(
+                r#"[project]
+name = "bench"
+
+[sources.sf]
+type = "salesforce"
+url = "{}"
+bulk_threshold = {threshold}
+search_lag_margin_seconds = 0
+oauth = {{ client_id = "ferry-sim-client", client_secret = "ferry-sim-secret", refresh_token = "ferry-sim-refresh" }}
+
+[sources.sf.streams.leads]
+object = "Lead"
+fields = ["Email", "FirstName", "LastName", "Title", "Company", "Status", "Ferry_Lead_Score__c"]
+"#,
+                sim.base_url()
+            ),
+        )
+        .unwrap();
+        let project = Project::load(tmp.path()).unwrap();
+        let lake = Lake::open(&project.lake, &project.dir).unwrap();
+        let calls = sim.stats().0;
+        let start = Instant::now();
+        let out = ferry::extract::extract(&project, &lake, &[], |_| {})
+            .await
+            .unwrap();
+        let secs = start.elapsed().as_secs_f64();
+        let landed: u64 = out.iter().map(|r| r.rows).sum();
+        assert_eq!(landed as usize, rows, "{path}: every lead landed");
+        println!(
+            "| {path} | {secs:.2} | {:.0} | {} | {:.0} |",
+            rows as f64 / secs,
+            sim.stats().0 - calls,
+            peak_rss_mib()
+        );
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let env = |k: &str, d: usize| {
@@ -181,4 +262,8 @@ async fn main() {
     file_drop(env("FERRY_BENCH_DROP_ROWS", 1_000_000)).await;
     rest_landing(env("FERRY_BENCH_ROWS", 1_000_000)).await;
     webhooks(env("FERRY_BENCH_EVENTS", 5_000)).await;
+    let sf_rows = env("FERRY_BENCH_SF_EXTRACT_ROWS", 200_000);
+    if sf_rows > 0 {
+        salesforce_extract(sf_rows).await;
+    }
 }

@@ -890,7 +890,7 @@ async fn kill_9_while_bulk_jobs_run_resumes_them_and_never_uploads_twice() {
             .args(["sync", "contacts"])
             .env_remove("FERRY_LAKE")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("last-run.err")).unwrap())
             .spawn()
             .unwrap()
     };
@@ -914,7 +914,11 @@ async fn kill_9_while_bulk_jobs_run_resumes_them_and_never_uploads_twice() {
                 killed += 1;
             }
         }
-        assert!(finished_early < 40, "runs finish too fast to be killed");
+        assert!(
+            finished_early < 40,
+            "runs finish too fast to be killed; the last said: {}",
+            std::fs::read_to_string(dir.join("last-run.err")).unwrap_or_default()
+        );
     }
     let mut done = false;
     for _ in 0..10 {
