@@ -16,6 +16,11 @@
 //!    through Bulk API 2.0 jobs (FERRY_BENCH_SF_BULK_ROWS), and the
 //!    break-even between Collections and Bulk from 200 to 20,000 rows with
 //!    150 ms per emulated call (FERRY_BENCH_SF_BREAK_EVEN=0 skips it).
+//!    Then revert and audiences on HubSpot (FERRY_BENCH_AUDIENCE_ROWS,
+//!    default 10,000; 0 skips): a revertible run updating N contacts (the
+//!    previous values read and recorded), `ferry sync revert` of that run,
+//!    then a HubSpot list filled with the N contacts and 10% of them
+//!    removed: seconds and API calls per row of each.
 //! 2. Diff: the set-based diff (`sql/sync/diff.sql`) of a 1M- and a 10M-row
 //!    model against a snapshot of the same size with 10% of rows changed
 //!    (FERRY_BENCH_DIFF_ROWS=1000000,10000000 to choose).
@@ -163,6 +168,136 @@ persona = "ferry_persona"
         r.counts.rejected,
         peak_rss_mib()
     );
+}
+
+/// Revert and audiences on HubSpot, at its default 100 requests per 10 s.
+async fn revert_and_audience(rows: u64) {
+    let sim = hubspot::start(SimConfig::default(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    for (p, kind) in [("ferry_lead_score", "number"), ("ferry_persona", "string")] {
+        sim.with_crm(|crm| {
+            crm.types.get_mut("contacts").unwrap().define(PropertyDef {
+                name: p.into(),
+                label: p.into(),
+                kind: kind.into(),
+                field_type: "text".into(),
+                has_unique_value: false,
+            })
+        });
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("models")).unwrap();
+    std::fs::write(
+        dir.join("ferry.toml"),
+        format!(
+            r#"[project]
+name = "syncbench"
+
+[destinations.hubspot]
+type = "hubspot"
+url = "{}"
+token = "ferry-sim-token"
+
+[syncs.scores]
+model = "scores"
+destination = "hubspot"
+object = "contacts"
+match = {{ column = "email", property = "email" }}
+revertible = true
+
+[syncs.scores.fields]
+lead_score = "ferry_lead_score"
+persona = "ferry_persona"
+
+[syncs.segment]
+model = "segment"
+destination = "hubspot"
+object = "contacts"
+mode = "audience"
+audience = "Bench MQLs"
+match = {{ column = "email", property = "email" }}
+"#,
+            sim.base_url()
+        ),
+    )
+    .unwrap();
+    let write = |name: &str, sql: String| {
+        std::fs::write(
+            dir.join(format!("models/{name}.sql")),
+            format!("{{{{ config(materialized='view') }}}}\n{sql}\n"),
+        )
+        .unwrap()
+    };
+    write("scores", model_sql(rows, "a"));
+    let lake_of = |p: &Project| Lake::open(&p.lake, &p.dir).unwrap();
+    let project = Project::load(dir).unwrap();
+    // The contacts exist first (not measured).
+    Syncer::new(&project, lake_of(&project))
+        .run("scores", &SyncOptions::default())
+        .await
+        .unwrap();
+    println!("\nrevert and audiences on HubSpot, {rows} contacts, 100 requests per 10 s:");
+    println!("| step | seconds | API calls | calls per row |");
+    println!("|---|---|---|---|");
+    let step = |label: &str, secs: f64, calls: u64| {
+        println!(
+            "| {label} | {secs:.1} | {calls} | {:.4} |",
+            calls as f64 / rows as f64
+        )
+    };
+    write("scores", model_sql(rows, "b"));
+    let project = Project::load(dir).unwrap();
+    let before = sim.stats().0;
+    let t = Instant::now();
+    let update = Syncer::new(&project, lake_of(&project))
+        .run("scores", &SyncOptions::default())
+        .await
+        .unwrap();
+    step(
+        "revertible update (previous values read and recorded)",
+        t.elapsed().as_secs_f64(),
+        sim.stats().0 - before,
+    );
+    let before = sim.stats().0;
+    let t = Instant::now();
+    let reverted = Syncer::new(&project, lake_of(&project))
+        .revert(&update.run_id.to_string(), &SyncOptions::default())
+        .await
+        .unwrap();
+    step(
+        &format!("sync revert ({} restored)", reverted.counts.updated),
+        t.elapsed().as_secs_f64(),
+        sim.stats().0 - before,
+    );
+    let segment = |n: u64| {
+        format!(
+            "select concat('person', cast(value as varchar), '@example.com') as email from generate_series(1, {n})"
+        )
+    };
+    for (label, n) in [
+        ("audience: every contact added to the list", rows),
+        ("audience: 10% removed", rows - rows / 10),
+    ] {
+        write("segment", segment(n));
+        let project = Project::load(dir).unwrap();
+        let before = sim.stats().0;
+        let t = Instant::now();
+        let r = Syncer::new(&project, lake_of(&project))
+            .run("segment", &SyncOptions::default())
+            .await
+            .unwrap();
+        step(
+            &format!(
+                "{label} (added {}, removed {})",
+                r.counts.created, r.counts.archived
+            ),
+            t.elapsed().as_secs_f64(),
+            sim.stats().0 - before,
+        );
+    }
+    println!("peak RSS {:.0} MiB", peak_rss_mib());
 }
 
 /// Salesforce: contacts by the External ID `Ferry_Email__c` (upserts), or
@@ -464,6 +599,13 @@ async fn main() {
         throughput(rows, Case::Companies).await;
         throughput(rows / 10, Case::Bad(100)).await;
         throughput(rows / 10, Case::Bad(1)).await;
+    }
+    let audience_rows: u64 = std::env::var("FERRY_BENCH_AUDIENCE_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    if audience_rows > 0 {
+        revert_and_audience(audience_rows).await;
     }
     let sf_rows: u64 = std::env::var("FERRY_BENCH_SF_ROWS")
         .ok()
