@@ -1006,6 +1006,55 @@ mod tests {
         assert!(!format!("{p:?}").contains("s3cr3t"));
     }
 
+    /// Regression: a target's `jwt` for a Salesforce source was not laid
+    /// over the base (only some keys were), so `--target sandbox` read
+    /// production with production's login.
+    #[test]
+    fn a_target_replaces_a_salesforce_sources_login_as_a_whole() {
+        let text = r#"[project]
+name = "t"
+
+[sources.sf]
+type = "salesforce"
+url = "https://login.salesforce.com"
+oauth = { client_id = "prod-app", client_secret = "s", refresh_token = "r" }
+[sources.sf.streams.leads]
+object = "Lead"
+
+[targets.sandbox.sources.sf]
+url = "https://test.salesforce.com"
+api_version = "v61.0"
+jwt = { client_id = "sandbox-app", username = "ferry@acme.com.sandbox", private_key = "pem" }
+"#;
+        let p = Project::parse_for(
+            Path::new("p"),
+            Path::new("p/ferry.toml"),
+            text,
+            &SecretSource::default(),
+            None,
+            Some("sandbox".into()),
+        )
+        .unwrap();
+        match &p.extract["sf"] {
+            extract_config::SourceSpec::Salesforce {
+                url,
+                api_version,
+                auth,
+                ..
+            } => {
+                assert_eq!(url, "https://test.salesforce.com");
+                assert_eq!(api_version, "v61.0");
+                match auth {
+                    crate::http::Auth::JwtBearer(j) => {
+                        assert_eq!(j.username, "ferry@acme.com.sandbox")
+                    }
+                    other => panic!("the sandbox login is the JWT one: {other:?}"),
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn a_target_lays_its_urls_and_credentials_over_the_base() {
         let text = r#"[project]
