@@ -309,6 +309,11 @@ pub async fn serve_salesforce(
                         ("StageName", json!(stage_name(deal.stage))),
                         ("Amount", json!(deal.amount as f64)),
                         ("CloseDate", json!(close)),
+                        ("IsWon", json!(deal.stage == "closedwon")),
+                        (
+                            "IsClosed",
+                            json!(matches!(deal.stage, "closedwon" | "closedlost")),
+                        ),
                         ("AccountId", json!(accounts[deal.company as usize])),
                     ]),
                     deal.created_at,

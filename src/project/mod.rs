@@ -114,7 +114,16 @@ fn overlay(base: &mut toml::Table, over: &toml::Table) {
         match (k.as_str(), base.get_mut(k), v) {
             ("streams", Some(toml::Value::Table(b)), toml::Value::Table(o)) => {
                 for (name, stream) in o {
-                    b.insert(name.clone(), stream.clone());
+                    match (b.get_mut(name), stream) {
+                        (Some(toml::Value::Table(bs)), toml::Value::Table(os)) => {
+                            for (k, v) in os {
+                                bs.insert(k.clone(), v.clone());
+                            }
+                        }
+                        _ => {
+                            b.insert(name.clone(), stream.clone());
+                        }
+                    }
                 }
             }
             _ => {
@@ -358,6 +367,43 @@ impl Project {
             let offset = e.span().map(|s| s.start).unwrap_or(0);
             config_error(file, text, offset, e.message().to_string())
         })?;
+
+        // Every target's settings must hold over the base ones, chosen or
+        // not: a typo in [targets.prod] fails `ferry compile`, not the
+        // first `--target prod` run.
+        for (t, over) in &raw.targets {
+            let at = |what: &str, name: &str, key: &str| {
+                find_key(text, &format!("targets.{t}.{what}.{name}{key}"))
+            };
+            for (name, o) in &over.sources {
+                if let Some(base) = raw.sources.get(name) {
+                    let mut table = base.clone();
+                    overlay(&mut table, o);
+                    if let Err(p) = extract_config::SourceTable::parse(table) {
+                        return Err(config_error(
+                            file,
+                            text,
+                            at("sources", name, &p.key),
+                            format!("target {t}: {}", p.message),
+                        ));
+                    }
+                }
+            }
+            for (name, o) in &over.destinations {
+                if let Some(base) = raw.destinations.get(name) {
+                    let mut table = base.clone();
+                    overlay(&mut table, o);
+                    if let Err((key, message)) = sync_config::DestinationSection::parse(table) {
+                        return Err(config_error(
+                            file,
+                            text,
+                            at("destinations", name, &key),
+                            format!("target {t}: {message}"),
+                        ));
+                    }
+                }
+            }
+        }
 
         // The chosen target's settings over the base ones.
         let mut require_clean_git = false;
@@ -1004,6 +1050,38 @@ mod tests {
         .unwrap();
         assert_eq!(p.lake.options["key"].expose(), "s3cr3t-value-9");
         assert!(!format!("{p:?}").contains("s3cr3t"));
+    }
+
+    /// A mistake in a target that is not chosen fails at load, not on the
+    /// first `--target prod` run; a relationship field is refused with the
+    /// way to read it.
+    #[test]
+    fn every_target_is_checked_and_relationship_fields_are_refused() {
+        let text = r#"[project]
+name = "t"
+
+[sources.sf]
+type = "salesforce"
+oauth = { client_id = "a", client_secret = "s", refresh_token = "r" }
+[sources.sf.streams.leads]
+object = "Lead"
+
+[targets.prod.sources.sf]
+api_verison = "v61.0"
+"#;
+        let (line, key, msg) = config_err(text);
+        assert_eq!(line, 11, "{key}: {msg}");
+        assert!(
+            msg.contains("target prod") && msg.contains("api_verison"),
+            "{msg}"
+        );
+        let text = text.replace(
+            "[targets.prod.sources.sf]\napi_verison = \"v61.0\"\n",
+            "fields = [\"Email\", \"Account.Name\"]\n",
+        );
+        let (_, key, msg) = config_err(&text);
+        assert_eq!(key, "sources.sf.streams.leads.fields");
+        assert!(msg.contains("relationship field"), "{msg}");
     }
 
     /// Regression: a target's `jwt` for a Salesforce source was not laid

@@ -861,9 +861,14 @@ async fn bulk_jobs_under_faults_converge_without_duplicates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_while_bulk_jobs_run_resumes_them_and_never_uploads_twice() {
     use rand::Rng;
+    // Each run has a model to send and a job slower than the longest wait
+    // before the kill: a run that has nothing to do finishes before it can
+    // be killed, and on a loaded machine too many did (regression:
+    // "runs finish too fast to be killed" when the model changed every
+    // third round).
     let s = sim(SimConfig {
         bulk_start_ms: 300,
-        bulk_batch_ms: 400,
+        bulk_batch_ms: 1_500,
         ..SimConfig::default()
     })
     .await;
@@ -897,9 +902,7 @@ async fn kill_9_while_bulk_jobs_run_resumes_them_and_never_uploads_twice() {
     let mut rng = rand::rng();
     let (mut killed, mut finished_early, mut round) = (0, 0, 0);
     while killed < 20 {
-        if round % 3 == 0 {
-            data = write_model(round);
-        }
+        data = write_model(round);
         round += 1;
         let mut child = run(&dir);
         tokio::time::sleep(std::time::Duration::from_millis(

@@ -81,6 +81,16 @@ impl SalesforceSection {
                 crate::http::Auth::Missing(e.to_string())
             }
         };
+        for (tname, t) in &self.streams {
+            if let Some(f) = t.fields.iter().flatten().find(|f| f.contains('.')) {
+                return Err(Problem::at(
+                    format!(".streams.{tname}.fields"),
+                    format!(
+                        "{f:?} is a relationship field: the REST API returns it nested and Bulk queries flat, so ferry reads relationships as streams of their own (extract the related object and join on its Id)"
+                    ),
+                ));
+            }
+        }
         let streams: Vec<SalesforceStream> = self
             .streams
             .iter()

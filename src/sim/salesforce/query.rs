@@ -380,7 +380,7 @@ pub(super) async fn results(
             drop(jobs);
             return invalid(&s, "INVALIDJOBSTATE", &msg);
         }
-        let end = (start + max).min(job.rows.len());
+        let end = start.saturating_add(max).min(job.rows.len());
         let mut w = csv::WriterBuilder::new()
             .quote_style(csv::QuoteStyle::Always)
             .terminator(csv::Terminator::Any(b'\n'))

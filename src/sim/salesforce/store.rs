@@ -351,6 +351,9 @@ impl Default for Org {
                     FieldDef::new("Amount", "double"),
                     FieldDef::new("AccountId", "reference"),
                     FieldDef::new("CloseDate", "date"),
+                    // Salesforce derives these from the stage's settings.
+                    FieldDef::new("IsWon", "boolean"),
+                    FieldDef::new("IsClosed", "boolean"),
                 ],
             ),
             // The junction between an opportunity and the contacts on it.
@@ -1004,9 +1007,27 @@ impl Org {
                     .unwrap_or_else(|| f.clone())
             })
             .collect();
+        // Bulk results write datetimes in UTC with a `Z`, where the REST
+        // API writes `+0000`.
+        let datetime: Vec<bool> = header
+            .iter()
+            .map(|h| o.field(h).is_some_and(|f| f.kind == "datetime"))
+            .collect();
         let rows = records
             .iter()
-            .map(|r| header.iter().map(|h| text(&r[h.as_str()])).collect())
+            .map(|r| {
+                header
+                    .iter()
+                    .zip(&datetime)
+                    .map(|(h, dt)| {
+                        let v = text(&r[h.as_str()]);
+                        match parse_time(&v) {
+                            Some(t) if *dt => t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+                            _ => v,
+                        }
+                    })
+                    .collect()
+            })
             .collect();
         Ok((header, rows))
     }
