@@ -53,6 +53,10 @@ enum Command {
         /// Project name (default: the folder's name).
         #[arg(long)]
         name: Option<String>,
+        /// What to write: `basic` (an example model and contacts to land)
+        /// or `gtm` (the starter project `ferry demo` runs).
+        #[arg(long, value_enum, default_value_t = project::init::Template::Basic)]
+        template: project::init::Template,
     },
     /// Land JSON records from files into the lake as the stream SOURCE.STREAM.
     Land {
@@ -550,14 +554,29 @@ fn open(dir: &std::path::Path) -> Result<(Project, Lake)> {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Init { dir, name } => {
+        Command::Init {
+            dir,
+            name,
+            template,
+        } => {
             if let Some(n) = &name
                 && n.trim().is_empty()
             {
                 return Err(Error::Input("--name must not be empty".into()));
             }
-            let written = project::init::init(&dir, name.as_deref())?;
+            let written = project::init::init(&dir, name.as_deref(), template)?;
             println!("Created a ferry project in {}:", dir.display());
+            if template == project::init::Template::Gtm {
+                println!(
+                    "  {} files: ferry.toml, models/, sql/, .gitignore",
+                    written.len()
+                );
+                println!(
+                    "\nNext:\n  ferry --project-dir {d} demo      # the whole route on embedded emulators",
+                    d = dir.display()
+                );
+                return Ok(());
+            }
             for path in written {
                 println!("  {}", path.display());
             }
@@ -642,6 +661,15 @@ async fn run(cli: Cli) -> Result<()> {
             port,
             crm,
         } => {
+            if !cli.project_dir.join(crate::project::CONFIG_FILE).exists()
+                && !cli.project_dir.join("dbt_project.yml").exists()
+            {
+                return Err(Error::Project(format!(
+                    "no ferry.toml in {}: ferry demo runs the GTM starter project. Write it with \
+                     `ferry init --template gtm gtm-demo`, then run `ferry --project-dir gtm-demo demo`",
+                    cli.project_dir.display()
+                )));
+            }
             let (project, lake) = open(&cli.project_dir)?;
             let opts = crate::demo::DemoOptions {
                 scale,

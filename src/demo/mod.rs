@@ -222,8 +222,8 @@ fn aim(
     let not_starter = |what: &str| {
         Error::Input(format!(
             "ferry demo runs the GTM starter project (ferry.toml and models/ at the root of the \
-             ferry repository), and this project has no {what}: run it from the repository root \
-             or pass --project-dir to a copy of it"
+             ferry repository, or written by `ferry init --template gtm DIR`), and this project \
+             has no {what}: run it in such a project (--project-dir DIR)"
         ))
     };
     let crm = if salesforce.is_some() {

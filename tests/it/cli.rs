@@ -337,3 +337,32 @@ fn kill_9_mid_landing_never_leaves_a_partial_file() {
         }
     }
 }
+
+/// `ferry init --template gtm` writes the starter project from the binary,
+/// so `ferry demo` runs anywhere, not only in a clone of the repository; in
+/// a folder with no project, `ferry demo` says how to get one.
+#[test]
+fn the_gtm_template_runs_the_demo_anywhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = ferry(tmp.path(), &["demo"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ferry init --template gtm"),
+        "the demo offers the template: {err}"
+    );
+    let proj = tmp.path().join("gtm-demo");
+    let said = ok(&Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["init", "--template", "gtm", proj.to_str().unwrap()])
+        .output()
+        .unwrap());
+    assert!(said.contains("demo"), "{said}");
+    let gitignore = std::fs::read_to_string(proj.join(".gitignore")).unwrap();
+    assert!(gitignore.contains("/target/") && gitignore.contains("/lake/"));
+    let out = ok(&ferry(&proj, &["demo", "--scale", "200", "--threads", "2"]));
+    assert!(out.contains("demo finished"), "{out}");
+    assert!(
+        proj.join("lake").is_dir(),
+        "the demo's lake is the project's"
+    );
+}
