@@ -98,8 +98,8 @@ enum Command {
     Run {
         #[command(flatten)]
         select: SelectArgs,
-        /// Models built at once.
-        #[arg(long, default_value_t = 4)]
+        /// Models built at once (at least 1).
+        #[arg(long, default_value_t = 4, value_parser = parse_threads)]
         threads: usize,
         /// Rebuild incremental models from scratch.
         #[arg(long)]
@@ -130,7 +130,7 @@ enum Command {
     Build {
         #[command(flatten)]
         select: SelectArgs,
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 4, value_parser = parse_threads)]
         threads: usize,
         #[arg(long)]
         full_refresh: bool,
@@ -151,7 +151,7 @@ enum Command {
         scale: usize,
         #[arg(long, default_value_t = crate::demo::DEFAULT_SEED)]
         seed: u64,
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 4, value_parser = parse_threads)]
         threads: usize,
         /// Then keep `ferry serve` running on the demo's lake and emulators:
         /// the health page at /, /metrics, and two schedules (an extract
@@ -542,6 +542,15 @@ async fn print_schedules(project: &Project, lake: &Lake) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--threads N`: at least one.
+fn parse_threads(v: &str) -> std::result::Result<usize, String> {
+    match v.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1 (models built at once)".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{v:?} is not a whole number")),
+    }
 }
 
 fn open(dir: &std::path::Path) -> Result<(Project, Lake)> {

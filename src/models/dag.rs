@@ -237,6 +237,18 @@ fn atom_set(
     let up = atom.starts_with('+');
     let down = atom.ends_with('+') && atom.len() > 1;
     let core = atom.trim_start_matches('+').trim_end_matches('+');
+    for prefix in ["tag:", "path:"] {
+        if core == prefix {
+            return Err(Error::Input(format!(
+                "--select {atom}: `{prefix}` names nothing; write {prefix}<name>, for example {}",
+                if prefix == "tag:" {
+                    "tag:nightly"
+                } else {
+                    "path:models/marts"
+                }
+            )));
+        }
+    }
     let base: BTreeSet<String> = if let Some(tag) = core.strip_prefix("tag:") {
         project
             .models

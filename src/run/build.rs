@@ -274,10 +274,13 @@ pub async fn build(
         String::new()
     } else {
         println!(
-            "(not testing {} model(s) that failed or were skipped)",
-            unbuilt.len()
+            "(not testing {} that failed or were skipped)",
+            super::count(unbuilt.len(), "model")
         );
-        format!("tests of {} unbuilt model(s) not run", unbuilt.len())
+        format!(
+            "tests of {} unbuilt not run",
+            super::count(unbuilt.len(), "model")
+        )
     };
     let tested = super::models::test_nodes(project, lake.clone(), &test_args).await;
     let mut nodes = super::models::model_nodes(&model_results);

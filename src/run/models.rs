@@ -240,8 +240,9 @@ pub async fn run(
     );
     if failed > 0 || skipped > 0 {
         return Err(Error::Input(format!(
-            "{failed} model(s) failed and {skipped} were skipped; see the errors above \
-             (select * from ferry.model_runs where run_id = '{run_id}')"
+            "{} failed and {skipped} skipped; see the errors above \
+             (select * from ferry.model_runs where run_id = '{run_id}')",
+            super::count(failed, "model")
         )));
     }
     Ok(())
@@ -466,6 +467,13 @@ pub(crate) async fn test_nodes(
         }
     }
     let passed = results.iter().filter(|r| r.passed()).count() + unit_passed;
+    if nodes.is_empty() {
+        println!(
+            "no tests selected. Add one: `data_tests: [unique, not_null]` under a column in a \
+             schema.yml beside the model, or a SQL file in sql/tests/ that selects the rows \
+             that break a rule"
+        );
+    }
     println!(
         "\n{passed} passed, {warned} warned, {blocking} failed in {:.2}s",
         t.elapsed().as_secs_f64()
@@ -474,7 +482,8 @@ pub(crate) async fn test_nodes(
         return Ok((
             nodes,
             Err(Error::Input(format!(
-                "{blocking} test(s) failed (unit tests, and data tests with severity error)"
+                "{} failed (unit tests, and data tests with severity error)",
+                super::count(blocking, "test")
             ))),
         ));
     }

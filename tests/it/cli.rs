@@ -366,3 +366,33 @@ fn the_gtm_template_runs_the_demo_anywhere() {
         "the demo's lake is the project's"
     );
 }
+
+/// `ferry test` with nothing to test says how to add a test; an empty
+/// `tag:` and `--threads 0` are refused, not run as "nothing" or "serial";
+/// counts read "1 model".
+#[test]
+fn empty_selections_zero_threads_and_no_tests_are_explained() {
+    let tmp = tempfile::tempdir().unwrap();
+    let proj = init(tmp.path());
+    let out = ok(&ferry(&proj, &["test"]));
+    assert!(
+        out.contains("no tests selected") && out.contains("data_tests"),
+        "{out}"
+    );
+    for args in [
+        &["run", "--select", "tag:"][..],
+        &["run", "--select", "path:"],
+    ] {
+        let out = ferry(&proj, args);
+        assert!(!out.status.success(), "{args:?} must be refused");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("names nothing"), "{args:?}: {err}");
+    }
+    let out = ferry(&proj, &["run", "--threads", "0"]);
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 1"));
+    // The example model reads crm.contacts, not landed yet: one model fails.
+    let out = ferry(&proj, &["run"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("1 model failed"), "{err}");
+}
