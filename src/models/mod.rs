@@ -312,7 +312,7 @@ pub async fn plan_model(ctx: &SessionContext, model: &Model, sql: &str) -> Resul
     let df = ctx
         .sql_with_options(sql, query_only())
         .await
-        .map_err(|e| model_error(model, sql, &e.to_string()))?;
+        .map_err(|e| plan_error(ctx, model, sql, &e.to_string()))?;
     contract::check(model, df.schema())?;
     let state = ctx.state();
     state
@@ -322,13 +322,64 @@ pub async fn plan_model(ctx: &SessionContext, model: &Model, sql: &str) -> Resul
             state.config_options(),
             |_, _| {},
         )
-        .map_err(|e| model_error(model, sql, &e.to_string()))
+        .map_err(|e| plan_error(ctx, model, sql, &e.to_string()))
+}
+
+/// [`model_error`], with the nearest names the session holds when a table
+/// is missing.
+pub fn plan_error(ctx: &SessionContext, model: &Model, rendered: &str, message: &str) -> Error {
+    match missing_table(Some(ctx), message) {
+        Some(friendly) => model_error(model, rendered, &format!("{friendly}\u{0}{message}")),
+        None => model_error(model, rendered, message),
+    }
+}
+
+/// A table the engine cannot find, in the user's words: the name as the
+/// model writes it (`crm.contacts`, not `datafusion.crm.contacts`), what to
+/// do, and the nearest names the lake does hold.
+fn missing_table(ctx: Option<&SessionContext>, message: &str) -> Option<String> {
+    let rest = message.split_once("table '")?.1;
+    let (name, tail) = rest.split_once('\'')?;
+    if !tail.trim_start().starts_with("not found") {
+        return None;
+    }
+    let name = name.strip_prefix("datafusion.").unwrap_or(name);
+    let mut known: Vec<String> = Vec::new();
+    if let Some(catalog) = ctx.and_then(|c| c.catalog("datafusion")) {
+        for schema in catalog.schema_names() {
+            if let Some(sch) = catalog.schema(&schema) {
+                for t in sch.table_names() {
+                    known.push(if schema == "public" {
+                        t
+                    } else {
+                        format!("{schema}.{t}")
+                    });
+                }
+            }
+        }
+    }
+    let hint = crate::models::project::suggest(name, known.iter());
+    Some(match name.split_once('.') {
+        Some((source, stream)) => format!(
+            "{name} is not in the lake: nothing has been landed or extracted into {source}.{stream} yet. \
+             Land it (ferry land {name} FILE) or extract it (ferry extract), or fix the name{hint}"
+        ),
+        None => format!("no model, seed or table named {name}{hint}"),
+    })
 }
 
 /// An error in a model, located at the line of the model file it concerns.
+/// A message may carry `friendly\0engine`: the first is shown, the second
+/// only locates.
 pub fn model_error(model: &Model, rendered: &str, message: &str) -> Error {
-    let line = locate(&model.sql, rendered, message);
+    let rewritten = (!message.contains('\u{0}'))
+        .then(|| missing_table(None, message).map(|f| format!("{f}\u{0}{message}")))
+        .flatten();
+    let message = rewritten.as_deref().unwrap_or(message);
+    let (shown, engine) = message.split_once('\u{0}').unwrap_or((message, message));
+    let line = locate(&model.sql, rendered, engine);
     let at = line.map(|l| format!(":{l}")).unwrap_or_default();
+    let message = shown;
     // Engine errors can embed whole plans; keep the message readable.
     let mut message = message.trim().to_string();
     if message.len() > 1500 {
@@ -361,6 +412,34 @@ fn locate(source: &str, rendered: &str, message: &str) -> Option<usize> {
             .ok()?;
         let text = rendered.lines().nth(n.checked_sub(1)?)?.trim();
         return find(text).or(Some(n));
+    }
+    if let Some((_, rest)) = message.split_once("table '")
+        && let Some((name, _)) = rest.split_once('\'')
+    {
+        let parts: Vec<&str> = name.split('.').collect();
+        if let [.., schema, table] = parts.as_slice() {
+            let call = source.lines().position(|l| {
+                l.contains("source(")
+                    && l.contains(&format!("'{schema}'"))
+                    && l.contains(&format!("'{table}'"))
+                    || l.contains("source(")
+                        && l.contains(&format!("\"{schema}\""))
+                        && l.contains(&format!("\"{table}\""))
+            });
+            if let Some(i) = call {
+                return Some(i + 1);
+            }
+        }
+        if let Some(table) = parts.last() {
+            let call = source.lines().position(|l| {
+                (l.contains("ref(") || l.contains("from") || l.contains("join"))
+                    && !l.trim_start().starts_with("--")
+                    && l.contains(table)
+            });
+            if let Some(i) = call {
+                return Some(i + 1);
+            }
+        }
     }
     for marker in [
         "No field named ",

@@ -115,7 +115,7 @@ async fn build(
     let df = ctx
         .sql_with_options(&sql, query_only())
         .await
-        .map_err(|e| model_error(model, &sql, &e.to_string()))?;
+        .map_err(|e| super::plan_error(ctx, model, &sql, &e.to_string()))?;
     // Checked before anything is written.
     super::contract::check(model, df.schema())?;
     let fail = |e: Error| model_error(model, &sql, &e.to_string());

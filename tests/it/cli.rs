@@ -396,3 +396,40 @@ fn empty_selections_zero_threads_and_no_tests_are_explained() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("1 model failed"), "{err}");
 }
+
+/// A `source()` the lake does not hold: the line of the call, the name as
+/// the model writes it (not `datafusion.crm.contact`), what to do, and the
+/// nearest name the lake has.
+#[test]
+fn a_missing_source_names_its_line_the_users_name_and_the_nearest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let proj = init(tmp.path());
+    let model = proj.join("models/contacts_by_country.sql");
+    let sql = std::fs::read_to_string(&model).unwrap();
+    let line = sql
+        .lines()
+        .position(|l| l.contains("source('crm', 'contacts')"))
+        .unwrap()
+        + 1;
+    std::fs::write(&model, sql.replace("'contacts')", "'contact')")).unwrap();
+    let data = proj.join("data/contacts.jsonl");
+    ok(&ferry(
+        &proj,
+        &["land", "crm.contacts", data.to_str().unwrap()],
+    ));
+    let out = ferry(&proj, &["run"]);
+    assert!(!out.status.success());
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains(&format!(
+            "contacts_by_country.sql:{line}: crm.contact is not in the lake"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("did you mean crm.contacts"), "{text}");
+    assert!(
+        !text.contains("datafusion."),
+        "engine names stay out: {text}"
+    );
+}
