@@ -200,79 +200,39 @@ fn typed<T: serde::de::DeserializeOwned>(
     kind: Option<&str>,
 ) -> Result<T, Problem> {
     serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-        let path = e.path().to_string();
-        // toml appends "\nin `path`"; the key says it already.
-        let message = e.inner().to_string();
-        let message = message
-            .split('\n')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        let mut p = unknown_setting(kind, &message);
-        if path.starts_with("streams.") && message.contains("unknown field") {
-            let expected = message
-                .split_once("expected ")
-                .map(|(_, e)| format!(": expected {}", e.trim()))
-                .unwrap_or_default();
-            p.message = format!(
-                "{} is not a setting of a {} stream{expected}; ferry does not ignore it",
-                message
-                    .split_once("unknown field ")
-                    .and_then(|(_, r)| r.split_once(','))
-                    .map(|(f, _)| f)
-                    .unwrap_or("this"),
-                kind.unwrap_or("landing-only")
+        let r = crate::project::Refused::from(e);
+        let kind_name = kind.unwrap_or("landing-only");
+        let Some(field) = &r.unknown else {
+            return Problem::at(r.at, r.message);
+        };
+        let key = format!("{}.{field}", r.at);
+        if r.at.starts_with(".streams.") {
+            return Problem::at(
+                key,
+                format!(
+                    "`{field}` is not a setting of a {kind_name} stream{}; ferry does not ignore it",
+                    r.expected()
+                ),
             );
         }
-        // The path ends at the table holding an unknown key, at the value otherwise.
-        let at = if path == "." {
-            String::new()
+        let owners: Vec<&str> = SETTINGS
+            .iter()
+            .filter(|(_, keys)| keys.contains(&field.as_str()))
+            .map(|(k, _)| *k)
+            .collect();
+        let hint = if field == "token" && kind == Some("rest") {
+            ": a rest source authenticates with auth = { type = \"bearer\", token = \"${TOKEN}\" }"
+                .to_string()
+        } else if !owners.is_empty() {
+            format!(" (it belongs to type = {})", owners.join(" or "))
         } else {
-            format!(".{path}")
+            format!(" of any source{}", r.expected())
         };
-        p.key = if message.contains("unknown field") {
-            format!("{at}{}", p.key)
-        } else {
-            at
-        };
-        p
+        Problem::at(
+            key,
+            format!("`{field}` is not a {kind_name} setting{hint}; ferry does not ignore it"),
+        )
     })
-}
-
-/// serde's "unknown field `x`, expected ..." as ferry's error: the key, and
-/// which source type the setting belongs to.
-fn unknown_setting(kind: Option<&str>, serde_message: &str) -> Problem {
-    let field = serde_message
-        .split_once("unknown field `")
-        .and_then(|(_, rest)| rest.split_once('`'))
-        .map(|(f, _)| f.to_string());
-    let Some(field) = field else {
-        return Problem::at("", serde_message.trim().to_string());
-    };
-    let kind_name = kind.unwrap_or("landing-only");
-    let owners: Vec<&str> = SETTINGS
-        .iter()
-        .filter(|(_, keys)| keys.contains(&field.as_str()))
-        .map(|(k, _)| *k)
-        .collect();
-    let hint = if field == "token" && kind == Some("rest") {
-        ": a rest source authenticates with auth = { type = \"bearer\", token = \"${TOKEN}\" }"
-            .to_string()
-    } else if !owners.is_empty() {
-        format!(" (it belongs to type = {})", owners.join(" or "))
-    } else {
-        let expected = serde_message
-            .split_once("expected ")
-            .map(|(_, e)| format!(": expected {}", e.trim()))
-            .unwrap_or_default();
-        format!(" of any source{expected}")
-    };
-    // A stream's setting: serde does not say which stream; the key locates it.
-    Problem::at(
-        format!(".{field}"),
-        format!("`{field}` is not a {kind_name} setting{hint}; ferry does not ignore it"),
-    )
 }
 
 /// The kinds of extraction source.

@@ -100,6 +100,64 @@ pub fn chosen_target() -> Option<String> {
         .filter(|t| !t.trim().is_empty())
 }
 
+/// A setting serde refused, read off `serde_path_to_error`, for the
+/// connectors' config errors.
+pub struct Refused {
+    /// The refused value's key (`.streams.contacts.schema`), or for an
+    /// unknown key the table holding it (`""` the top, `.streams.contacts`).
+    pub at: String,
+    /// The unknown key, when that is the complaint.
+    pub unknown: Option<String>,
+    /// serde's message, without toml's "in `path`" line.
+    pub message: String,
+}
+
+impl From<serde_path_to_error::Error<toml::de::Error>> for Refused {
+    fn from(e: serde_path_to_error::Error<toml::de::Error>) -> Refused {
+        let path = e.path().to_string();
+        let message = e.inner().to_string();
+        let message = message
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let unknown = message
+            .split_once("unknown field `")
+            .and_then(|(_, rest)| rest.split_once('`'))
+            .map(|(f, _)| f.to_string());
+        // The path may or may not name the unknown key itself.
+        let table = match &unknown {
+            Some(f) if path == *f => ".",
+            Some(f) => path
+                .strip_suffix(f.as_str())
+                .map(|t| t.trim_end_matches('.'))
+                .filter(|t| !t.is_empty())
+                .unwrap_or(&path),
+            None => &path,
+        };
+        Refused {
+            at: if table == "." {
+                String::new()
+            } else {
+                format!(".{table}")
+            },
+            unknown,
+            message,
+        }
+    }
+}
+
+impl Refused {
+    /// serde's list of the settings the table takes: `": expected one of ..."`.
+    pub fn expected(&self) -> String {
+        self.message
+            .split_once("expected ")
+            .map(|(_, e)| format!(": expected {}", e.trim()))
+            .unwrap_or_default()
+    }
+}
+
 /// Lay a target's `[targets.<t>.sources.<name>]` over the source's table:
 /// key by key, streams by name, and credentials (`token`, `auth`, `jwt`,
 /// `oauth`) as a whole, so a sandbox's login never mixes with prod's.

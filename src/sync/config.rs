@@ -161,30 +161,9 @@ impl DestinationSection {
             }
         }
         let located = |e: serde_path_to_error::Error<toml::de::Error>| {
-            let path = e.path().to_string();
-            let message = e.inner().to_string();
-            let message = message
-                .split('\n')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_string();
-            let field = message
-                .split_once("unknown field `")
-                .and_then(|(_, r)| r.split_once('`'))
-                .map(|(f, _)| f.to_string());
-            // serde_path_to_error may name the unknown key itself as the path.
-            let table_path = match &field {
-                Some(f) if path == *f => ".",
-                _ => path.as_str(),
-            };
-            let at = if path == "." {
-                String::new()
-            } else {
-                format!(".{path}")
-            };
-            match field {
-                Some(f) if table_path == "." => {
+            let r = crate::project::Refused::from(e);
+            match &r.unknown {
+                Some(f) if r.at.is_empty() => {
                     let hint = match kind {
                         DestinationKind::Salesforce if f == "token" => {
                             ": Salesforce logs in with a [jwt] table (client_id, username, private_key) or an [oauth] refresh token"
@@ -204,7 +183,8 @@ impl DestinationSection {
                         ),
                     )
                 }
-                _ => (at, message),
+                Some(f) => (format!("{}.{f}", r.at), r.message),
+                None => (r.at, r.message),
             }
         };
         let calls: CallSettings =

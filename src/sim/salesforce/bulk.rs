@@ -87,11 +87,11 @@ impl IngestJob {
     }
 }
 
-fn invalid(s: &State, code: &str, message: &str) -> Response {
+pub(super) fn invalid(s: &State, code: &str, message: &str) -> Response {
     with_usage(s, error(StatusCode::BAD_REQUEST, code, message))
 }
 
-fn not_found(s: &State, id: &str) -> Response {
+pub(super) fn not_found(s: &State, id: &str) -> Response {
     with_usage(
         s,
         error(

@@ -28,6 +28,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use super::bulk::{invalid, not_found};
 use super::{Shared, State, dropped, error, gate, ok, with_usage};
 
 /// Query jobs per 24 hours (`DailyBulkV2QueryJobs`).
@@ -71,21 +72,6 @@ impl QueryJob {
             "errorMessage": self.error_message,
         })
     }
-}
-
-fn invalid(s: &State, code: &str, message: &str) -> Response {
-    with_usage(s, error(StatusCode::BAD_REQUEST, code, message))
-}
-
-fn not_found(s: &State, id: &str) -> Response {
-    with_usage(
-        s,
-        error(
-            StatusCode::NOT_FOUND,
-            "NOT_FOUND",
-            &format!("The requested resource does not exist: query job {id}"),
-        ),
-    )
 }
 
 pub(super) async fn create(
