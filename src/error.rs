@@ -65,6 +65,12 @@ pub enum Error {
     #[error("{0}")]
     Input(String),
 
+    /// The command did its work, but rows or files were refused on the way
+    /// (quarantined, refused by the CRM): they are where the message says.
+    /// Exit code 3; `--allow-rejects` makes it a success.
+    #[error("{0}")]
+    Rejected(String),
+
     /// A batch broke a stream's frozen schema. The batch is in quarantine.
     #[error(
         "stream {stream} has schema = \"freeze\" and a batch of {rows} rows does not match it: {changes}. \
@@ -130,6 +136,7 @@ impl Error {
             | Error::Project(_)
             | Error::InvalidName { .. }
             | Error::Input(_)
+            | Error::Rejected(_)
             | Error::SchemaFrozen { .. }
             | Error::LakeUrl { .. } => Party::User,
             Error::Vendor { .. } => Party::Vendor,

@@ -26,13 +26,15 @@ use crate::project::{self, Project};
     about = "The GTM data route in one binary: extract vendor data into a Parquet lake, model it with SQL, sync results back to the CRM"
 )]
 struct Cli {
-    /// The project folder (the one holding ferry.toml).
-    #[arg(long, global = true, default_value = ".", env = "FERRY_PROJECT_DIR")]
-    project_dir: PathBuf,
+    /// The project folder (the one holding ferry.toml) [default: .]. Also
+    /// accepted after the subcommand.
+    #[arg(long, value_name = "DIR", env = "FERRY_PROJECT_DIR")]
+    project_dir: Option<PathBuf>,
 
-    /// The output of the dbt profile (profiles.yml) that `target` renders
-    /// as: its name, schema, database and threads.
-    #[arg(long, global = true, env = "FERRY_TARGET")]
+    /// The target: a [targets.<name>] of ferry.toml laid over the base
+    /// settings, and the output of the dbt profile it renders as. Also
+    /// accepted after the subcommand.
+    #[arg(long, env = "FERRY_TARGET")]
     target: Option<String>,
 
     /// More log output on stderr: -v for progress, -vv for debugging.
@@ -44,9 +46,36 @@ struct Cli {
     command: Command,
 }
 
+const EX_CHECK: &str = "Examples:\n  ferry check\n  ferry check --target prod\n  ferry check --select path:models/marts";
+const EX_INIT: &str = "Examples:\n  ferry init my-project\n  ferry init --template gtm gtm-demo && ferry --project-dir gtm-demo demo\n  ferry init --name revenue warehouse/";
+const EX_LAND: &str = "Examples:\n  ferry land crm.contacts data/contacts.jsonl\n  ferry land billing.invoices exports/*.json --input-format json";
+const EX_DEPS: &str = "Examples:\n  ferry deps\n  ferry deps --upgrade";
+const EX_SEED: &str = "Examples:\n  ferry seed\n  ferry seed --select country_codes";
+const EX_SNAPSHOT: &str =
+    "Examples:\n  ferry snapshot\n  ferry snapshot --select contacts_snapshot";
+const EX_COMPILE: &str = "Examples:\n  ferry compile\n  ferry compile --select contact_scores   # print its rendered SQL";
+const EX_RUN: &str = "Examples:\n  ferry run\n  ferry run --select +contact_scores --threads 2\n  ferry run --select tag:daily --full-refresh --format json";
+const EX_TEST: &str = "Examples:\n  ferry test\n  ferry test --select dim_people -v          # every test, passing ones too\n  ferry test --select test_type:unit --format json";
+const EX_SOURCE: &str =
+    "Examples:\n  ferry source freshness\n  ferry source freshness --select source:crm";
+const EX_DOCS: &str =
+    "Examples:\n  ferry docs && open target/docs/index.html\n  ferry docs --serve --port 8081";
+const EX_BUILD: &str = "Examples:\n  ferry build\n  ferry build --skip-extract --select +contact_scores\n  ferry build --target sandbox --format json > build.json";
+const EX_DEMO: &str = "Examples:\n  ferry demo\n  ferry demo --scale 20000 --seed 7\n  ferry demo --crm salesforce\n  ferry demo --serve --port 8080";
+const EX_GENERATE: &str = "Examples:\n  ferry generate --out data/\n  ferry generate --serve --scale 10000   # then HUBSPOT_TOKEN=... ferry build";
+const EX_EXTRACT: &str = "Examples:\n  ferry extract\n  ferry extract hubspot.contacts marketing\n  ferry extract --allow-rejects --format json";
+const EX_SERVE: &str =
+    "Examples:\n  ferry serve\n  ferry serve --host 0.0.0.0 --port 9000 --no-schedules";
+const EX_SCHEDULES: &str = "Examples:\n  ferry schedules\n  ferry schedules --format json";
+const EX_HEALTH: &str = "Examples:\n  ferry health\n  ferry health --out public/";
+const EX_SYNC: &str = "Examples:\n  ferry sync --dry-run\n  ferry sync contact_scores_to_hubspot\n  ferry sync --retry-failed\n  ferry sync revert 01J9Z3...   # undo one run";
+const EX_SIM: &str =
+    "Examples:\n  ferry sim hubspot --port 8090\n  ferry sim salesforce --port 8091 --daily 1000";
+const EX_QUERY: &str = "Examples:\n  ferry query \"select * from crm.contacts limit 5\"\n  ferry query \"select count(*) from ferry.quarantine\" --format csv\n  ferry query \"select * from contact_scores\" --format json > scores.json";
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create a project in DIR: ferry.toml, an example model, sample data, .gitignore.
+    #[command(after_help = EX_INIT)]
     Init {
         /// Folder to create the project in (created if missing).
         dir: PathBuf,
@@ -59,43 +88,73 @@ enum Command {
         template: project::init::Template,
     },
     /// Land JSON records from files into the lake as the stream SOURCE.STREAM.
+    #[command(after_help = EX_LAND)]
     Land {
+        #[command(flatten)]
+        project: ProjectArgs,
         /// Target stream, for example crm.contacts.
         stream: String,
         /// JSON Lines files (one object per line) or JSON files holding an array of objects.
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        /// Input format; auto picks by extension and content.
-        #[arg(long, value_enum, default_value_t = InputFormat::Auto)]
+        /// The input files' format; auto picks by extension and content.
+        #[arg(long = "input-format", alias = "format", value_enum, default_value_t = InputFormat::Auto)]
         format: InputFormat,
     },
     /// Install the packages listed in packages.yml (or dependencies.yml)
     /// into dbt_packages/: local folders and git repositories (at a tag,
     /// branch or commit, optionally a subdirectory), pinned in package-lock.yml.
+    #[command(after_help = EX_DEPS)]
     Deps {
+        #[command(flatten)]
+        project: ProjectArgs,
         /// Resolve again from packages.yml, ignoring package-lock.yml.
         #[arg(long)]
         upgrade: bool,
     },
     /// Load the CSV seeds (under seeds/, or [project] seed_paths) as tables.
+    #[command(after_help = EX_SEED)]
     Seed {
+        #[command(flatten)]
+        project: ProjectArgs,
         #[command(flatten)]
         select: SelectArgs,
     },
     /// Run the snapshots (SCD type 2: each changed row gets a new version,
     /// the old one dbt_valid_to), stored as Delta tables under snapshots/.
+    #[command(after_help = EX_SNAPSHOT)]
     Snapshot {
+        #[command(flatten)]
+        project: ProjectArgs,
         #[command(flatten)]
         select: SelectArgs,
     },
     /// Render and plan models against their upstream schemas without running
     /// anything; with --select, print the rendered SQL.
+    #[command(after_help = EX_COMPILE)]
     Compile {
+        #[command(flatten)]
+        project: ProjectArgs,
+        #[command(flatten)]
+        select: SelectArgs,
+    },
+    /// Validate the project without calling a vendor or running a model, in
+    /// about a second: ferry.toml and every target, the secrets of every
+    /// source and sync, every model compiled against its inputs, every
+    /// sync's model, columns and match key, every data test's column, and
+    /// the selection. `ferry build` runs it first.
+    #[command(after_help = EX_CHECK)]
+    Check {
+        #[command(flatten)]
+        project: ProjectArgs,
         #[command(flatten)]
         select: SelectArgs,
     },
     /// Build the selected models in dependency order.
+    #[command(after_help = EX_RUN)]
     Run {
+        #[command(flatten)]
+        project: ProjectArgs,
         #[command(flatten)]
         select: SelectArgs,
         /// Models built at once (at least 1).
@@ -104,34 +163,56 @@ enum Command {
         /// Rebuild incremental models from scratch.
         #[arg(long)]
         full_refresh: bool,
+        #[command(flatten)]
+        report: ReportArgs,
     },
     /// Run the data tests of the selected models.
+    #[command(after_help = EX_TEST)]
     Test {
         #[command(flatten)]
+        project: ProjectArgs,
+        #[command(flatten)]
         select: SelectArgs,
+        #[command(flatten)]
+        report: ReportArgs,
     },
     /// Declared sources (dbt's `sources:`).
+    #[command(after_help = EX_SOURCE)]
     Source {
         #[command(subcommand)]
         command: SourceCommand,
     },
     /// Write the project's documentation: a static HTML page and a JSON
     /// manifest with the DAG, SQL, columns and column-level lineage.
+    #[command(after_help = EX_DOCS)]
     Docs {
+        #[command(flatten)]
+        project: ProjectArgs,
         #[command(flatten)]
         select: SelectArgs,
         /// Output folder (default: target/docs in the project).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Then serve the page on 127.0.0.1 until Ctrl-C.
+        #[arg(long)]
+        serve: bool,
+        /// The port for --serve (0 picks a free one).
+        #[arg(long, default_value_t = 8081)]
+        port: u16,
     },
     /// The whole route: extract, seed, run, test, then sync, which runs only
     /// if everything before it succeeded (failing error-severity tests keep
     /// bad data out of the CRM). One summary; recorded in ferry.runs.
+    #[command(after_help = EX_BUILD)]
     Build {
         #[command(flatten)]
+        project: ProjectArgs,
+        #[command(flatten)]
         select: SelectArgs,
+        /// Models built at once (at least 1).
         #[arg(long, default_value_t = 4, value_parser = parse_threads)]
         threads: usize,
+        /// Rebuild incremental models from scratch.
         #[arg(long)]
         full_refresh: bool,
         /// Build from what is already in the lake.
@@ -140,17 +221,26 @@ enum Command {
         /// Stop after the tests.
         #[arg(long)]
         skip_sync: bool,
+        #[command(flatten)]
+        rejects: RejectArgs,
+        #[command(flatten)]
+        report: ReportArgs,
     },
     /// The whole route in one command with no external services: generate
     /// a GTM dataset, serve it from the embedded HubSpot and marketing
     /// emulators, run `ferry build` on the starter project, print a report.
     /// The lake stays for `ferry query`.
+    #[command(after_help = EX_DEMO)]
     Demo {
+        #[command(flatten)]
+        project: ProjectArgs,
         /// Contacts to generate (companies, touches, leads, email events and deals follow).
         #[arg(long, default_value_t = 2000)]
         scale: usize,
+        /// The random seed of the generated data: the same seed, the same data.
         #[arg(long, default_value_t = crate::demo::DEFAULT_SEED)]
         seed: u64,
+        /// Models built at once (at least 1).
         #[arg(long, default_value_t = 4, value_parser = parse_threads)]
         threads: usize,
         /// Then keep `ferry serve` running on the demo's lake and emulators:
@@ -171,10 +261,12 @@ enum Command {
     /// campaigns, touches, form-fill leads, email events) with the mess of
     /// real vendor data: written as JSON lines (--out) or served by the
     /// emulators for `ferry build` (--serve).
+    #[command(after_help = EX_GENERATE)]
     Generate {
         /// Contacts to generate; the other streams follow.
         #[arg(long, default_value_t = 2000)]
         scale: usize,
+        /// The random seed: the same seed, the same data.
         #[arg(long, default_value_t = crate::demo::DEFAULT_SEED)]
         seed: u64,
         /// Write DIR/<stream>.jsonl.
@@ -184,8 +276,10 @@ enum Command {
         /// marketing and sequencer API on --marketing-port.
         #[arg(long)]
         serve: bool,
+        /// The HubSpot emulator's port on 127.0.0.1, with --serve.
         #[arg(long, default_value_t = 8090)]
         hubspot_port: u16,
+        /// The marketing and sequencer API's port on 127.0.0.1, with --serve.
         #[arg(long, default_value_t = 8091)]
         marketing_port: u16,
         /// The HubSpot emulator's requests per rolling 10 s.
@@ -194,15 +288,26 @@ enum Command {
     },
     /// Pull vendor streams into the lake (all sources with a type when none
     /// are given): pages, rows, bytes and seconds per stream.
+    #[command(after_help = EX_EXTRACT)]
     Extract {
+        #[command(flatten)]
+        project: ProjectArgs,
         /// `source` or `source.stream`.
         streams: Vec<String>,
+        #[command(flatten)]
+        rejects: RejectArgs,
+        #[command(flatten)]
+        report: ReportArgs,
     },
     /// The long-running process: runs [schedules.*] and the alerts, serves
     /// the health page (/), /metrics and webhook endpoints (POST
     /// /webhooks/<source>). SIGTERM or Ctrl-C lets running jobs reach a safe
     /// point, releases their leases, lands pending webhook events and stops.
+    #[command(after_help = EX_SERVE)]
     Serve {
+        #[command(flatten)]
+        project: ProjectArgs,
+        /// The port of the health page, /metrics and the webhook endpoints.
         #[arg(long, default_value_t = 8080)]
         port: u16,
         /// Address to listen on.
@@ -222,10 +327,19 @@ enum Command {
         alert_every_seconds: u64,
     },
     /// List the schedules: when each fires, its last run and outcome, its next fire time.
-    Schedules,
+    #[command(after_help = EX_SCHEDULES)]
+    Schedules {
+        #[command(flatten)]
+        project: ProjectArgs,
+        #[command(flatten)]
+        report: ReportArgs,
+    },
     /// Write the integration health page (what `ferry serve` shows at /) as
     /// static HTML: DIR/index.html.
+    #[command(after_help = EX_HEALTH)]
     Health {
+        #[command(flatten)]
+        project: ProjectArgs,
         /// Output folder (default: target/health in the project).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -233,7 +347,10 @@ enum Command {
     /// Reverse-sync models to the CRM: send what changed since the CRM last
     /// confirmed, and log every row's outcome in ferry.sync_log.
     #[command(args_conflicts_with_subcommands = true)]
+    #[command(after_help = EX_SYNC)]
     Sync {
+        #[command(flatten)]
+        project: ProjectArgs,
         #[command(subcommand)]
         action: Option<SyncAction>,
         /// Syncs to run (all in ferry.toml when none are given).
@@ -251,17 +368,26 @@ enum Command {
         /// Take the sync's lock even if another run seems to hold it.
         #[arg(long)]
         break_lock: bool,
+        #[command(flatten)]
+        rejects: RejectArgs,
+        #[command(flatten)]
+        report: ReportArgs,
     },
     /// Run a vendor emulator on loopback (for tests and demos).
+    #[command(after_help = EX_SIM)]
     Sim {
         #[command(subcommand)]
         vendor: SimVendor,
     },
     /// Run SQL against the lake and print the result.
+    #[command(after_help = EX_QUERY)]
     Query {
+        #[command(flatten)]
+        project: ProjectArgs,
         /// The SQL; tables are <source>.<stream>, ferry.ingestions, ferry.quarantine.
         sql: String,
-        /// Output format.
+        /// The output's format: an aligned table, CSV, or a JSON array of
+        /// objects (every column in every object, nulls as null).
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
         /// With --format table, print at most this many rows (the total is always shown).
@@ -276,6 +402,8 @@ enum SyncAction {
     /// values it replaced and archive the records it created. Fields
     /// changed in the CRM since are left alone. Logged as a run of its own.
     Revert {
+        #[command(flatten)]
+        project: ProjectArgs,
         /// The run to undo (see: select run_id, sync, started_at from ferry.sync_runs).
         run_id: String,
         /// Report what would be written back and archived; write nothing.
@@ -294,6 +422,8 @@ enum SourceCommand {
     /// reports it; fails when one is stale past `error_after`. Select with
     /// --select source:NAME or source:NAME.TABLE.
     Freshness {
+        #[command(flatten)]
+        project: ProjectArgs,
         #[command(flatten)]
         select: SelectArgs,
     },
@@ -329,6 +459,7 @@ enum SimVendor {
         /// Share of calls answered slowly, and how slowly.
         #[arg(long, default_value_t = 0.0)]
         fault_slow: f64,
+        /// How slow a slow answer is, in milliseconds.
         #[arg(long, default_value_t = 2000)]
         slow_ms: u64,
         /// Share of calls whose connection is dropped.
@@ -358,6 +489,7 @@ enum SimVendor {
         /// token the emulator accepts.
         #[arg(long, default_value = "ferry-sim-client")]
         client_id: String,
+        /// The connected app's consumer secret.
         #[arg(
             long,
             env = "FERRY_SIM_SALESFORCE_SECRET",
@@ -365,6 +497,7 @@ enum SimVendor {
             hide_env_values = true
         )]
         client_secret: String,
+        /// The refresh token the emulator accepts.
         #[arg(
             long,
             env = "FERRY_SIM_SALESFORCE_REFRESH",
@@ -405,6 +538,45 @@ enum SimVendor {
     },
 }
 
+/// `--project-dir` and `--target` after a subcommand that reads a project
+/// (init, generate and sim do not).
+#[derive(Debug, Clone, Default, clap::Args)]
+struct ProjectArgs {
+    /// The project folder (the one holding ferry.toml) [default: .; env: FERRY_PROJECT_DIR].
+    #[arg(long, value_name = "DIR")]
+    project_dir: Option<PathBuf>,
+    /// A [targets.<name>] of ferry.toml laid over the base settings (and
+    /// the dbt profile output it renders as) [env: FERRY_TARGET].
+    #[arg(long, value_name = "NAME")]
+    target: Option<String>,
+}
+
+/// `--format` of the commands that report a run.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+struct ReportArgs {
+    /// How the outcome is printed: `text` for people, or `json`: one JSON
+    /// document on stdout (shape in README, "Machine-readable output"),
+    /// the human lines on stderr.
+    #[arg(long = "format", value_enum, default_value_t = ReportFormat::Text)]
+    format: ReportFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+enum ReportFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+struct RejectArgs {
+    /// Exit 0 even when rows or files were refused on the way (quarantined
+    /// rows, refused files, rows the CRM rejected); without it such a run
+    /// exits 3. Failures still exit 1.
+    #[arg(long)]
+    allow_rejects: bool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum InputFormat {
     Auto,
@@ -422,9 +594,16 @@ pub enum OutputFormat {
 /// Entry point of the `ferry` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let json = cli.command.report().format == ReportFormat::Json;
+    crate::run::console::configure(cli.verbose, json);
     init_logging(cli.verbose);
-    if let Some(t) = &cli.target {
-        let _ = crate::models::project::TARGET.set(t.clone());
+    let target = cli
+        .command
+        .project()
+        .and_then(|p| p.target.clone())
+        .or(cli.target.clone());
+    if let Some(t) = target {
+        let _ = crate::models::project::TARGET.set(t);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -436,14 +615,82 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let command = cli.command.name();
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // A command that failed before its own document: one anyway.
+            if json && !crate::run::console::emitted() {
+                crate::run::json::emit_outcome(command, Some(&e), serde_json::json!({}));
+            }
+            eprintln!("{} {e}", crate::run::console::error_prefix());
             if e.party() != Party::User {
                 eprintln!("({})", e.who_acts());
             }
-            ExitCode::FAILURE
+            if matches!(e, Error::Rejected(_)) {
+                ExitCode::from(3)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+impl Command {
+    /// `--project-dir` and `--target` given after the subcommand.
+    fn project(&self) -> Option<&ProjectArgs> {
+        match self {
+            Command::Init { .. } | Command::Generate { .. } | Command::Sim { .. } => None,
+            Command::Land { project, .. }
+            | Command::Deps { project, .. }
+            | Command::Seed { project, .. }
+            | Command::Snapshot { project, .. }
+            | Command::Check { project, .. }
+            | Command::Compile { project, .. }
+            | Command::Run { project, .. }
+            | Command::Test { project, .. }
+            | Command::Docs { project, .. }
+            | Command::Build { project, .. }
+            | Command::Demo { project, .. }
+            | Command::Extract { project, .. }
+            | Command::Serve { project, .. }
+            | Command::Schedules { project, .. }
+            | Command::Health { project, .. }
+            | Command::Query { project, .. }
+            | Command::Source {
+                command: SourceCommand::Freshness { project, .. },
+            }
+            | Command::Sync {
+                action: Some(SyncAction::Revert { project, .. }),
+                ..
+            } => Some(project),
+            Command::Sync { project, .. } => Some(project),
+        }
+    }
+
+    /// The `--format` of a command that has one.
+    fn report(&self) -> ReportArgs {
+        match self {
+            Command::Run { report, .. }
+            | Command::Test { report, .. }
+            | Command::Build { report, .. }
+            | Command::Extract { report, .. }
+            | Command::Schedules { report, .. }
+            | Command::Sync { report, .. } => *report,
+            _ => ReportArgs::default(),
+        }
+    }
+
+    /// The subcommand's name, for its JSON document.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Run { .. } => "run",
+            Command::Test { .. } => "test",
+            Command::Build { .. } => "build",
+            Command::Extract { .. } => "extract",
+            Command::Schedules { .. } => "schedules",
+            Command::Sync { .. } => "sync",
+            _ => "ferry",
         }
     }
 }
@@ -453,13 +700,15 @@ fn init_logging(verbose: u8) {
         // delta-rs warns about its own merge metrics on every MERGE.
         0 => "warn,deltalake_core::operations=error",
         1 => "warn,deltalake_core::operations=error,ferry=info",
-        _ => "info,ferry=debug",
+        // ferry's own detail; dependencies stay at warnings.
+        _ => "warn,deltalake_core::operations=error,ferry=debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(crate::run::console::color_stderr())
         .with_target(false)
         .try_init();
 }
@@ -507,40 +756,62 @@ pub(crate) fn serve_banner(project: &Project, url: &str, schedules: bool) {
 }
 
 async fn print_schedules(project: &Project, lake: &Lake) -> Result<()> {
+    use crate::run::console::line;
+    let fmt = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S").to_string();
     if project.schedules.is_empty() {
-        println!(
-            "no schedules: add a [schedules.<name>] to ferry.toml (cron, every or after, and run)"
+        line(
+            "no schedules: add a [schedules.<name>] to ferry.toml (cron, every or after, and run)",
         );
+        crate::run::json::emit("schedules", &Ok(()), serde_json::json!({ "schedules": [] }));
         return Ok(());
     }
     let now = chrono::Utc::now();
-    println!(
+    line(format!(
         "{:<20} {:<34} {:<28} {:<34} next fire (UTC)",
         "schedule", "when", "runs", "last run"
-    );
+    ));
+    let mut docs = Vec::new();
     for l in crate::operate::schedule::list(project, lake, now).await? {
-        let last = match &l.state {
+        let state = l.state.as_ref();
+        let last = match state {
             Some(s) if s.last_status.is_some() => format!(
                 "{} {}",
                 s.last_status.as_deref().unwrap_or(""),
-                s.last_started
-                    .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
-                    .unwrap_or_default()
+                s.last_started.map(fmt).unwrap_or_default()
             ),
             _ => "never".to_string(),
         };
         let next = l
             .next
-            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .map(fmt)
             .unwrap_or_else(|| "after its upstream succeeds".into());
-        println!(
+        line(format!(
             "{:<20} {:<34} {:<28} {:<34} {next}",
             l.name, l.when, l.job, last
-        );
-        if let Some(e) = l.state.as_ref().and_then(|s| s.last_error.as_ref()) {
-            println!("{:<20} last error: {}", "", e.lines().next().unwrap_or(""));
+        ));
+        let error = state.and_then(|s| s.last_error.clone());
+        if let Some(e) = &error {
+            line(format!(
+                "{:<20} last error: {}",
+                "",
+                e.lines().next().unwrap_or("")
+            ));
         }
+        docs.push(serde_json::json!({
+            "name": l.name,
+            "when": l.when,
+            "job": l.job,
+            "last_status": state.and_then(|s| s.last_status.clone()),
+            "last_started_at": state.and_then(|s| s.last_started).map(|t| t.to_rfc3339()),
+            "last_error": error,
+            "next_fire_at": l.next.map(|t| t.to_rfc3339()),
+        }));
     }
+    crate::run::json::emit(
+        "schedules",
+        &Ok(()),
+        serde_json::json!({ "schedules": docs }),
+    );
     Ok(())
 }
 
@@ -562,11 +833,18 @@ fn open(dir: &std::path::Path) -> Result<(Project, Lake)> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    let dir = cli
+        .command
+        .project()
+        .and_then(|p| p.project_dir.clone())
+        .or(cli.project_dir)
+        .unwrap_or_else(|| PathBuf::from("."));
     match cli.command {
         Command::Init {
             dir,
             name,
             template,
+            ..
         } => {
             if let Some(n) = &name
                 && n.trim().is_empty()
@@ -600,46 +878,66 @@ async fn run(cli: Cli) -> Result<()> {
             stream,
             files,
             format,
+            ..
         } => {
-            let (project, lake) = open(&cli.project_dir)?;
+            let (project, lake) = open(&dir)?;
             land::run(&project, lake, &stream, &files, format).await
         }
-        Command::Seed { select } => {
-            let (project, lake) = open(&cli.project_dir)?;
+        Command::Seed { select, .. } => {
+            let (project, lake) = open(&dir)?;
             models::seed(&project, lake, &select).await
         }
-        Command::Compile { select } => {
-            let (project, lake) = open(&cli.project_dir)?;
+        Command::Check { select, .. } => {
+            let (project, lake) = open(&dir)?;
+            crate::run::check::run(&project, &lake, &select).await
+        }
+        Command::Compile { select, .. } => {
+            let (project, lake) = open(&dir)?;
             models::compile(&project, lake, &select).await
         }
         Command::Run {
             select,
             threads,
             full_refresh,
+            report: _,
+            ..
         } => {
-            let (project, lake) = open(&cli.project_dir)?;
+            let (project, lake) = open(&dir)?;
             models::run(&project, lake, &select, threads, full_refresh).await
         }
-        Command::Test { select } => {
-            let (project, lake) = open(&cli.project_dir)?;
+        Command::Test {
+            select, report: _, ..
+        } => {
+            let (project, lake) = open(&dir)?;
             models::test(&project, lake, &select).await
         }
-        Command::Snapshot { select } => {
-            let (project, lake) = open(&cli.project_dir)?;
+        Command::Snapshot { select, .. } => {
+            let (project, lake) = open(&dir)?;
             models::snapshot(&project, lake, &select).await
         }
         Command::Source {
-            command: SourceCommand::Freshness { select },
+            command: SourceCommand::Freshness { select, .. },
         } => {
-            let (project, lake) = open(&cli.project_dir)?;
+            let (project, lake) = open(&dir)?;
             models::source_freshness(&project, lake, &select)
                 .await
                 .map(|_| ())
         }
-        Command::Docs { select, out } => {
-            let (project, lake) = open(&cli.project_dir)?;
+        Command::Docs {
+            select,
+            out,
+            serve,
+            port,
+            ..
+        } => {
+            let (project, lake) = open(&dir)?;
             let out = out.unwrap_or_else(|| project.dir.join("target").join("docs"));
-            models::docs(&project, lake, &select, &out).await
+            models::docs(&project, lake, &select, &out).await?;
+            if serve {
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                crate::serve::docs(out, addr, shutdown_signal()).await?;
+            }
+            Ok(())
         }
         Command::Build {
             select,
@@ -647,8 +945,11 @@ async fn run(cli: Cli) -> Result<()> {
             full_refresh,
             skip_extract,
             skip_sync,
+            rejects,
+            report: _,
+            ..
         } => {
-            let (project, lake) = open(&cli.project_dir)?;
+            let (project, lake) = open(&dir)?;
             let opts = crate::run::BuildOptions {
                 threads,
                 full_refresh,
@@ -657,10 +958,13 @@ async fn run(cli: Cli) -> Result<()> {
                 stop: crate::run::Stop::never(),
                 schedule: None,
             };
-            crate::run::build::build(&project, lake, &select, &opts)
-                .await?
-                .into_result()
-                .map(|_| ())
+            let report = crate::run::build::build(&project, lake, &select, &opts).await?;
+            let result = report
+                .clone()
+                .into_result_with(rejects.allow_rejects)
+                .map(|_| ());
+            report.json(&result);
+            result
         }
         Command::Demo {
             scale,
@@ -669,17 +973,18 @@ async fn run(cli: Cli) -> Result<()> {
             serve,
             port,
             crm,
+            ..
         } => {
-            if !cli.project_dir.join(crate::project::CONFIG_FILE).exists()
-                && !cli.project_dir.join("dbt_project.yml").exists()
+            if !dir.join(crate::project::CONFIG_FILE).exists()
+                && !dir.join("dbt_project.yml").exists()
             {
                 return Err(Error::Project(format!(
                     "no ferry.toml in {}: ferry demo runs the GTM starter project. Write it with \
                      `ferry init --template gtm gtm-demo`, then run `ferry --project-dir gtm-demo demo`",
-                    cli.project_dir.display()
+                    dir.display()
                 )));
             }
-            let (project, lake) = open(&cli.project_dir)?;
+            let (project, lake) = open(&dir)?;
             let opts = crate::demo::DemoOptions {
                 scale,
                 seed,
@@ -716,6 +1021,7 @@ async fn run(cli: Cli) -> Result<()> {
             hubspot_port,
             marketing_port,
             ten_secondly,
+            ..
         } => {
             if out.is_none() && !serve {
                 return Err(Error::Input(
@@ -770,8 +1076,9 @@ async fn run(cli: Cli) -> Result<()> {
             no_schedules,
             grace_seconds,
             alert_every_seconds,
+            ..
         } => {
-            let (project, lake) = open(&cli.project_dir)?;
+            let (project, lake) = open(&dir)?;
             let addr: std::net::SocketAddr = format!("{host}:{port}")
                 .parse()
                 .map_err(|e| Error::Input(format!("--host {host}: {e}")))?;
@@ -790,8 +1097,8 @@ async fn run(cli: Cli) -> Result<()> {
             println!("ferry serve: stopped");
             Ok(())
         }
-        Command::Deps { upgrade } => {
-            let dir = &cli.project_dir;
+        Command::Deps { upgrade, .. } => {
+            let dir = &dir;
             let installed = crate::models::deps::install(dir, upgrade)?;
             if installed.is_empty() {
                 println!(
@@ -807,12 +1114,12 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Schedules => {
-            let (project, lake) = open(&cli.project_dir)?;
+        Command::Schedules { .. } => {
+            let (project, lake) = open(&dir)?;
             print_schedules(&project, &lake).await
         }
-        Command::Health { out } => {
-            let (project, lake) = open(&cli.project_dir)?;
+        Command::Health { out, .. } => {
+            let (project, lake) = open(&dir)?;
             let out = out.unwrap_or_else(|| project.dir.join("target").join("health"));
             let t = std::time::Instant::now();
             let path = crate::operate::health::write(&project, &lake, &out).await?;
@@ -823,9 +1130,14 @@ async fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Extract { streams } => {
-            let (project, lake) = open(&cli.project_dir)?;
-            extract::run(&project, lake, &streams).await
+        Command::Extract {
+            streams,
+            rejects,
+            report: _,
+            ..
+        } => {
+            let (project, lake) = open(&dir)?;
+            extract::run(&project, lake, &streams, rejects.allow_rejects).await
         }
         Command::Sync {
             action:
@@ -833,10 +1145,11 @@ async fn run(cli: Cli) -> Result<()> {
                     run_id,
                     dry_run,
                     break_lock,
+                    ..
                 }),
             ..
         } => {
-            let (project, lake) = open(&cli.project_dir)?;
+            let (project, lake) = open(&dir)?;
             let opts = crate::sync::SyncOptions {
                 dry_run,
                 break_lock,
@@ -851,8 +1164,11 @@ async fn run(cli: Cli) -> Result<()> {
             retry_failed,
             allow_mass_delete,
             break_lock,
+            rejects,
+            report: _,
+            ..
         } => {
-            let (project, lake) = open(&cli.project_dir)?;
+            let (project, lake) = open(&dir)?;
             let opts = crate::sync::SyncOptions {
                 dry_run,
                 retry_failed,
@@ -861,9 +1177,9 @@ async fn run(cli: Cli) -> Result<()> {
                 shutdown: None,
                 revert: None,
             };
-            sync::run(&project, lake, &names, &opts).await
+            sync::run(&project, lake, &names, &opts, rejects.allow_rejects).await
         }
-        Command::Sim { vendor } => match vendor {
+        Command::Sim { vendor, .. } => match vendor {
             SimVendor::Hubspot {
                 port,
                 token,
@@ -967,8 +1283,9 @@ async fn run(cli: Cli) -> Result<()> {
             sql,
             format,
             max_rows,
+            ..
         } => {
-            let (project, lake) = open(&cli.project_dir)?;
+            let (project, lake) = open(&dir)?;
             let ctx = crate::engine::session(&lake).await?;
             // View models are not persisted: plan them so they can be queried.
             if project.dir.join("models").is_dir() {
@@ -984,5 +1301,75 @@ async fn run(cli: Cli) -> Result<()> {
             let mut out = std::io::stdout().lock();
             output::print(&mut out, &batches, format, max_rows)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Every subcommand, nested ones included, with its path.
+    fn all(cmd: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {
+        for sub in cmd.get_subcommands() {
+            let p = format!("{path} {}", sub.get_name());
+            out.push((p.clone(), sub.clone()));
+            all(sub, p, out);
+        }
+    }
+
+    #[test]
+    fn every_flag_of_every_subcommand_says_what_it_does() {
+        let cli = Cli::command();
+        let mut subs = Vec::new();
+        all(&cli, "ferry".into(), &mut subs);
+        let mut undocumented = Vec::new();
+        for (path, cmd) in &subs {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    undocumented.push(format!("{path} {id}"));
+                }
+            }
+        }
+        assert!(
+            undocumented.is_empty(),
+            "flags without help: {undocumented:?}"
+        );
+    }
+
+    #[test]
+    fn every_top_level_subcommand_shows_examples() {
+        let cli = Cli::command();
+        let missing: Vec<&str> = cli
+            .get_subcommands()
+            .filter(|c| c.get_name() != "help")
+            .filter(|c| {
+                !c.get_after_help()
+                    .is_some_and(|h| h.to_string().contains("Examples:\n  ferry "))
+            })
+            .map(|c| c.get_name())
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "subcommands without examples: {missing:?}"
+        );
+    }
+
+    #[test]
+    fn init_generate_and_sim_do_not_offer_a_project_dir() {
+        let cli = Cli::command();
+        for name in ["init", "generate", "sim"] {
+            let cmd = cli.find_subcommand(name).unwrap();
+            assert!(
+                cmd.get_arguments().all(|a| a.get_id() != "project_dir"),
+                "{name} offers --project-dir"
+            );
+        }
+        let build = cli.find_subcommand("build").unwrap();
+        assert!(build.get_arguments().any(|a| a.get_id() == "project_dir"));
     }
 }

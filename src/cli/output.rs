@@ -57,7 +57,10 @@ pub fn print(
             }
         }
         OutputFormat::Json => {
-            let mut w = arrow::json::ArrayWriter::new(&mut *out);
+            // Null values stay as `"key": null`, so every row has every key.
+            let mut w = arrow::json::WriterBuilder::new()
+                .with_explicit_nulls(true)
+                .build::<_, arrow::json::writer::JsonArray>(&mut *out);
             for b in batches {
                 w.write(b)?;
             }

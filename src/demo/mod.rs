@@ -437,11 +437,138 @@ pub async fn run_on(
     })
 }
 
-async fn show(ctx: &datafusion::prelude::SessionContext, title: &str, sql: &str) -> Result<()> {
+/// Print a query's result as a table, whole numbers with thousands
+/// separators (revenue rounded to the unit), and with `total` a last row
+/// summing the numeric columns.
+async fn show(
+    ctx: &datafusion::prelude::SessionContext,
+    title: &str,
+    sql: &str,
+    total: bool,
+) -> Result<()> {
     let batches = ctx.sql(sql).await?.collect().await?;
-    println!("\n{title}");
-    println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?);
+    crate::run::console::line(format!("\n{title}"));
+    crate::run::console::line(table(&batches, total)?);
     Ok(())
+}
+
+/// The rows of `batches` drawn as a table (see [`show`]).
+fn table(batches: &[arrow::record_batch::RecordBatch], total: bool) -> Result<String> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{DataType, Float64Type, Int64Type};
+    use arrow::util::display::{ArrayFormatter, FormatOptions};
+    let Some(first) = batches.first() else {
+        return Ok("(no rows)".into());
+    };
+    let schema = first.schema();
+    let n = schema.fields().len();
+    let numeric: Vec<bool> = schema
+        .fields()
+        .iter()
+        .map(|f| f.data_type().is_numeric())
+        .collect();
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut sums = vec![0f64; n];
+    let fmt = |v: f64| crate::run::thousands(v.round() as i64);
+    for b in batches {
+        for (c, sum) in sums.iter_mut().enumerate().take(n) {
+            if !numeric[c] {
+                continue;
+            }
+            let col = arrow::compute::cast(b.column(c), &DataType::Float64)?;
+            let col = col.as_primitive::<Float64Type>();
+            *sum += col.iter().flatten().sum::<f64>();
+        }
+        let cells: Vec<Vec<String>> = (0..n)
+            .map(|c| {
+                let col = b.column(c);
+                if numeric[c] {
+                    let ints = matches!(
+                        col.data_type(),
+                        DataType::Int8
+                            | DataType::Int16
+                            | DataType::Int32
+                            | DataType::Int64
+                            | DataType::UInt8
+                            | DataType::UInt16
+                            | DataType::UInt32
+                            | DataType::UInt64
+                    );
+                    let as_f = arrow::compute::cast(col, &DataType::Float64).ok();
+                    let as_i = ints
+                        .then(|| arrow::compute::cast(col, &DataType::Int64).ok())
+                        .flatten();
+                    (0..b.num_rows())
+                        .map(|r| match (&as_i, &as_f) {
+                            (Some(i), _) if i.is_valid(r) => {
+                                crate::run::thousands(i.as_primitive::<Int64Type>().value(r))
+                            }
+                            (None, Some(f)) if f.is_valid(r) => {
+                                fmt(f.as_primitive::<Float64Type>().value(r))
+                            }
+                            _ => String::new(),
+                        })
+                        .collect()
+                } else {
+                    match ArrayFormatter::try_new(col.as_ref(), &FormatOptions::default()) {
+                        Ok(f) => (0..b.num_rows()).map(|r| f.value(r).to_string()).collect(),
+                        Err(_) => vec![String::new(); b.num_rows()],
+                    }
+                }
+            })
+            .collect();
+        rows.extend((0..b.num_rows()).map(|r| cells.iter().map(|col| col[r].clone()).collect()));
+    }
+    let header: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    let total_row: Option<Vec<String>> = total.then(|| {
+        (0..n)
+            .map(|c| {
+                if c == 0 {
+                    "total".to_string()
+                } else if numeric[c] {
+                    fmt(sums[c])
+                } else {
+                    String::new()
+                }
+            })
+            .collect()
+    });
+    let mut width: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows.iter().chain(total_row.iter()) {
+        for (c, cell) in r.iter().enumerate() {
+            width[c] = width[c].max(cell.chars().count());
+        }
+    }
+    let rule = || {
+        let mut s = String::from("+");
+        for w in &width {
+            s.push_str(&"-".repeat(w + 2));
+            s.push('+');
+        }
+        s
+    };
+    let line = |cells: &[String], head: bool| {
+        let mut s = String::from("|");
+        for (c, cell) in cells.iter().enumerate() {
+            let pad = width[c] - cell.chars().count();
+            if numeric[c] && !head {
+                s.push_str(&format!(" {}{cell} |", " ".repeat(pad)));
+            } else {
+                s.push_str(&format!(" {cell}{} |", " ".repeat(pad)));
+            }
+        }
+        s
+    };
+    let mut out = vec![rule(), line(&header, true), rule()];
+    for r in &rows {
+        out.push(line(r, false));
+    }
+    if let Some(t) = &total_row {
+        out.push(rule());
+        out.push(line(t, false));
+    }
+    out.push(rule());
+    Ok(out.join("\n"))
 }
 
 async fn print_report(
@@ -460,6 +587,7 @@ async fn print_report(
          sum(rejected_rows) as rejected from ferry.ingestions \
          where source in ('hubspot', 'salesforce', 'marketing', 'sequencer') \
          group by 1 order by 1",
+        true,
     )
     .await?;
     show(
@@ -474,6 +602,7 @@ async fn print_report(
            union all select 5, 'scored people (synced)', count(*) from contact_scores \
            union all select 6, 'attribution credits', count(*) from attribution_credits \
          ) order by n",
+        false,
     )
     .await?;
     show(
@@ -483,13 +612,32 @@ async fn print_report(
            when lead_score >= 40 then '40-59' when lead_score >= 20 then '20-39' else '0-19' end as lead_score, \
            count(*) as people, sum(case when is_mql then 1 else 0 end) as mqls \
          from contact_scores group by 1 order by 1 desc",
+        true,
     )
     .await?;
+    // People whose score decayed below the threshold keep their MQL date.
+    let decayed = ctx
+        .sql("select count(*) from contact_scores where is_mql and lead_score < 60")
+        .await?
+        .collect()
+        .await?;
+    let decayed = crate::lake::log::batch_rows_json(&decayed)?
+        .first()
+        .and_then(|r| r.as_object().and_then(|o| o.values().next().cloned()))
+        .and_then(|v| v.as_i64())
+        .unwrap_or(0);
+    if decayed > 0 {
+        crate::run::console::line(format!(
+            "(MQL status sticks once reached: {} below 60 became MQLs before their score decayed)",
+            crate::run::count(decayed as usize, "person").replace("persons", "people")
+        ));
+    }
     show(
         &ctx,
         "closed-won revenue by channel under each attribution model",
         "select channel, first_touch, last_touch, linear, time_decay, u_shaped, w_shaped \
-         from attribution_by_channel order by linear desc",
+         from attribution_by_channel order by linear desc, channel",
+        true,
     )
     .await?;
     show(
@@ -500,17 +648,25 @@ async fn print_report(
             "sync to HubSpot"
         },
         "select sync, status, created, updated, unchanged, rejected, failed, api_calls, rate_limited \
-         from ferry.sync_runs order by started_at",
+         from ferry.sync_runs order by started_at, sync",
+        false,
     )
     .await?;
     match salesforce {
         Some(sf) => {
             let (calls, _) = sf.stats();
-            println!("Salesforce emulator: {calls} API calls answered");
+            crate::run::console::line(format!(
+                "Salesforce emulator: {} API calls answered",
+                crate::run::thousands(calls as i64)
+            ));
         }
         None => {
             let (calls, limited) = served.hubspot.stats();
-            println!("HubSpot emulator: {calls} API calls answered, {limited} answered 429");
+            crate::run::console::line(format!(
+                "HubSpot emulator: {} API calls answered, {} answered 429",
+                crate::run::thousands(calls as i64),
+                crate::run::thousands(limited as i64)
+            ));
         }
     }
     Ok(())

@@ -164,6 +164,12 @@ pub async fn register_lake(ctx: &SessionContext, lake: &Lake) -> Result<Vec<Stri
                 let url = table_url(&prefix)?;
                 match listing_options().infer_schema(&ctx.state(), &url).await {
                     Ok(s) => s,
+                    // An empty folder (a lake reset, files compacted away)
+                    // is a stream with nothing in it yet, not a problem.
+                    Err(e) if e.to_string().contains("No files found") => {
+                        tracing::debug!(stream = %stream_ref, "skipping empty stream folder");
+                        continue;
+                    }
                     Err(e) => {
                         tracing::warn!(stream = %stream_ref, "skipping stream without readable files: {e}");
                         continue;

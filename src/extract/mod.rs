@@ -173,6 +173,49 @@ pub struct StreamSummary {
     pub rejected_files: Vec<String>,
     pub seconds: f64,
     pub cursor: Option<Value>,
+    /// The stream failed: why (what landed before the failure stays; the
+    /// cursor did not move).
+    pub error: Option<String>,
+}
+
+impl StreamSummary {
+    /// Rows or files the stream refused: quarantined rows, refused files.
+    pub fn rejects(&self) -> u64 {
+        self.quarantined + self.rejected_files.len() as u64
+    }
+}
+
+/// What one extraction did: every stream tried, failed ones included.
+#[derive(Debug, Default)]
+pub struct Extraction {
+    /// In the order they ran; a failed stream has `error` set.
+    pub streams: Vec<StreamSummary>,
+    /// A stop was asked for and the remaining streams were left for the next run.
+    pub stopped: bool,
+    /// The failed streams' errors, in order.
+    pub errors: Vec<Error>,
+}
+
+impl Extraction {
+    /// The extraction as a result: the first failed stream's error, naming
+    /// the others.
+    pub fn into_result(mut self) -> Result<(Vec<StreamSummary>, bool)> {
+        if self.errors.is_empty() {
+            return Ok((self.streams, self.stopped));
+        }
+        let first = self.errors.remove(0);
+        if self.errors.is_empty() {
+            return Err(first);
+        }
+        let others: Vec<String> = self
+            .streams
+            .iter()
+            .filter(|s| s.error.is_some())
+            .skip(1)
+            .map(|s| s.stream.clone())
+            .collect();
+        Err(first.context(|m| format!("{m}; also failed: {}", others.join(", "))))
+    }
 }
 
 /// One stream being extracted: buffers pages, lands them, persists cursors.
@@ -368,20 +411,24 @@ pub async fn extract(
     report: impl FnMut(&StreamSummary),
 ) -> Result<Vec<StreamSummary>> {
     extract_until(project, lake, selection, report, || false)
-        .await
+        .await?
+        .into_result()
         .map(|(done, _)| done)
 }
 
 /// [`extract`], checking `stop` before each stream: when it says so, the
-/// streams done are returned with `true` and the rest are left for the next
-/// run (each stream's cursor is committed after its data, so nothing is lost).
+/// streams done are returned with `stopped` and the rest are left for the
+/// next run (each stream's cursor is committed after its data, so nothing
+/// is lost). A stream that fails does not stop the others: it is in the
+/// result with its error (and in `ferry.extract_runs`). `Err` is for what
+/// no stream can get past: the configuration, the lake's storage.
 pub async fn extract_until(
     project: &Project,
     lake: &Lake,
     selection: &[String],
     mut report: impl FnMut(&StreamSummary),
     stop: impl Fn() -> bool,
-) -> Result<(Vec<StreamSummary>, bool)> {
+) -> Result<Extraction> {
     if project.extract.is_empty() {
         return Err(Error::Input(
             "no extraction sources in ferry.toml: give a [sources.<name>] a type (rest), a url and streams"
@@ -433,6 +480,7 @@ pub async fn extract_until(
     let run_id = RunId::new();
     let lander = Lander::new(lake.clone(), run_id);
     let mut out = Vec::new();
+    let mut errors = Vec::new();
     let mut stopped = false;
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     for (spec, streams) in chosen {
@@ -530,7 +578,11 @@ pub async fn extract_until(
                         tracing::warn!(stream = %stream, "could not record the failed attempt in ferry.extract_runs: {r}");
                     }
                     flushed?;
-                    return Err(e);
+                    run.summary.error = Some(e.to_string());
+                    report(&run.summary);
+                    out.push(run.summary);
+                    errors.push(e);
+                    continue;
                 }
             }
             run.summary.seconds = started.elapsed().as_secs_f64();
@@ -555,7 +607,11 @@ pub async fn extract_until(
             break;
         }
     }
-    Ok((out, stopped))
+    Ok(Extraction {
+        streams: out,
+        stopped,
+        errors,
+    })
 }
 
 /// The value at a dotted path (`""` is the value itself).

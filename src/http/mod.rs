@@ -535,7 +535,8 @@ impl Client {
                         return Err(CallError::Transient { message, attempts });
                     }
                     let pause = self.retry.backoff(attempts);
-                    tracing::debug!(
+                    tracing::info!(
+                        vendor = self.vendor.name,
                         path = %call.path.split('?').next().unwrap_or_default(),
                         attempt = attempts,
                         pause_ms = pause.as_millis() as u64,

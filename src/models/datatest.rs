@@ -284,6 +284,36 @@ async fn run_one(
 
 /// Run the tests of `selected` models (generic ones on them, singular ones
 /// that ref them; with no selection, all).
+/// Why a column test cannot run because its model has no such column:
+/// the schema file's line, the column, the nearest names. `None` when the
+/// column is there, or the model cannot be read (the test's own run then
+/// reports that).
+pub async fn missing_column(ws: &Workspace, ctx: &SessionContext, t: &TestSpec) -> Option<String> {
+    let column = t.column.as_ref()?;
+    let relation = (ws.resolver())(&t.model);
+    let df = ctx
+        .sql(&format!("select * from {relation} limit 0"))
+        .await
+        .ok()?;
+    let names: Vec<String> = df
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    if names.iter().any(|n| n == column) {
+        return None;
+    }
+    Some(format!(
+        "{}: test {} is declared on column {column:?}, which model {} does not have{}. \
+         Fix the column's name in the schema file, or add the column to the model",
+        t.origin,
+        t.kind,
+        t.model,
+        super::project::suggest(column, &names)
+    ))
+}
+
 pub async fn run(
     ws: &Workspace,
     ctx: &SessionContext,
@@ -295,6 +325,18 @@ pub async fn run(
             continue;
         }
         let name = test_name(t);
+        if let Some(why) = missing_column(ws, ctx, t).await {
+            out.push(TestResult {
+                name,
+                severity: t.severity,
+                failures: 0,
+                sample: String::new(),
+                error: Some(why),
+                seconds: 0.0,
+                sql: String::new(),
+            });
+            continue;
+        }
         match generic_sql(ws, t) {
             Ok(sql) => out.push(run_one(ctx, name, t.severity, sql).await),
             Err(e) => out.push(TestResult {

@@ -51,6 +51,19 @@ pub struct Workspace {
     pub first: BTreeMap<String, Rendered>,
 }
 
+/// One model's outcome in [`Workspace::compile_each`].
+#[derive(Debug, Clone)]
+pub enum Compiled {
+    /// It plans; its output schema.
+    Ok(arrow::datatypes::SchemaRef),
+    Failed(Arc<Error>),
+    /// Not checked: it reads this model, which does not compile.
+    Blocked(String),
+    /// Not checked yet: it reads this stream of a configured source, which
+    /// the first extract lands.
+    Waiting(String),
+}
+
 /// Options that refuse anything but queries: compiling and running a model
 /// never creates, drops or inserts by itself.
 pub fn query_only() -> SQLOptions {
@@ -261,9 +274,16 @@ impl Workspace {
             let incremental = model.config.materialized == Materialized::Incremental && exists;
             let sql = self.final_sql(&name, incremental)?;
             let plan = plan_model(ctx, model, &sql).await?;
-            // An existing incremental table stays registered: `{{ this }}` reads it.
+            // An existing incremental table stays registered: `{{ this }}`
+            // reads it. The others become empty tables of their output, so
+            // their children plan against the schema alone.
             if !incremental && model.config.materialized != Materialized::Ephemeral {
-                register_view(ctx, &name, plan, &sql)?;
+                let schema = Arc::new(plan.schema().as_arrow().clone());
+                let _ = ctx.deregister_table(name.as_str());
+                ctx.register_table(
+                    name.as_str(),
+                    Arc::new(datafusion::datasource::empty::EmptyTable::new(schema)),
+                )?;
                 relation::register_one(ctx, &self.project, &name).await?;
             }
             if selected.contains(&name) {
@@ -275,6 +295,90 @@ impl Workspace {
 }
 
 impl Workspace {
+    /// Plan every model (as [`Workspace::compile`] does), going on after
+    /// one fails: each model with its output schema, or why it does not
+    /// compile. A model downstream of one that fails is [`Compiled::Blocked`]
+    /// (naming it) rather than reported with a confusing missing table, and
+    /// a model reading a stream of a configured source that nothing has
+    /// landed yet waits for the first extract ([`Compiled::Waiting`]).
+    /// `configured`: the sources whose streams an extract will land.
+    pub async fn compile_each(
+        &self,
+        ctx: &SessionContext,
+        lake: &Lake,
+        configured: &BTreeSet<String>,
+    ) -> Result<Vec<(String, Compiled)>> {
+        self.attach(ctx);
+        seed::register_for_planning(ctx, lake, &self.project).await?;
+        let mut out = Vec::new();
+        // Model → what it is held back by.
+        let mut held: BTreeMap<String, Compiled> = BTreeMap::new();
+        for name in self.order() {
+            let upstream = self
+                .dag
+                .parents
+                .get(&name)
+                .into_iter()
+                .flatten()
+                .find_map(|p| held.get(p).cloned());
+            if let Some(why) = upstream {
+                held.insert(name.clone(), why.clone());
+                out.push((name, why));
+                continue;
+            }
+            let waiting = self.first.get(&name).and_then(|r| {
+                r.sources
+                    .iter()
+                    .find_map(|(s, t, _)| match self.project.source_map.target(s, t) {
+                        render::SourceTarget::Stream(n)
+                            if !ctx.table_exist(n.as_str()).unwrap_or(false)
+                                && n.split_once('.')
+                                    .is_some_and(|(src, _)| configured.contains(src)) =>
+                        {
+                            Some(n)
+                        }
+                        _ => None,
+                    })
+            });
+            if let Some(stream) = waiting {
+                let why = Compiled::Waiting(stream);
+                held.insert(name.clone(), why.clone());
+                out.push((name, why));
+                continue;
+            }
+            let result = async {
+                let model = self.model(&name)?;
+                let exists = ctx.table_exist(name.as_str()).unwrap_or(false);
+                let incremental = model.config.materialized == Materialized::Incremental && exists;
+                let sql = self.final_sql(&name, incremental)?;
+                let plan = plan_model(ctx, model, &sql).await?;
+                let schema = Arc::new(plan.schema().as_arrow().clone());
+                if !incremental && model.config.materialized != Materialized::Ephemeral {
+                    // An empty table of its output, not a view: children
+                    // plan against the schema without planning it again.
+                    let _ = ctx.deregister_table(name.as_str());
+                    ctx.register_table(
+                        name.as_str(),
+                        Arc::new(datafusion::datasource::empty::EmptyTable::new(
+                            schema.clone(),
+                        )),
+                    )?;
+                    relation::register_one(ctx, &self.project, &name).await?;
+                }
+                Ok::<_, Error>(schema)
+            }
+            .await;
+            match result {
+                Ok(schema) => out.push((name, Compiled::Ok(schema))),
+                Err(e) => {
+                    held.insert(name.clone(), Compiled::Blocked(name.clone()));
+                    out.push((name, Compiled::Failed(Arc::new(e))));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Register every view model (planned, not run) so ad-hoc queries can
     /// use them by name. A view that cannot be planned is skipped with a warning.
     pub async fn register_views(&self, ctx: &SessionContext, lake: &Lake) -> Result<()> {

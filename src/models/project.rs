@@ -218,7 +218,7 @@ pub enum Severity {
 }
 
 /// A column declared in a schema file.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ColumnSpec {
     pub name: String,
     pub description: Option<String>,
@@ -354,6 +354,8 @@ struct SchemaFile {
 struct YamlSource {
     name: String,
     #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
     schema: Option<String>,
     #[serde(default)]
     database: Option<String>,
@@ -369,12 +371,24 @@ struct YamlSource {
 struct YamlSourceTable {
     name: String,
     #[serde(default)]
+    description: Option<String>,
+    /// Column descriptions, for the docs site.
+    #[serde(default)]
+    columns: Vec<YamlSourceColumn>,
+    #[serde(default)]
     identifier: Option<String>,
     #[serde(default)]
     loaded_at_field: Option<String>,
     /// `null` turns the source's freshness off for this table.
     #[serde(default, deserialize_with = "present")]
     freshness: Option<Yaml>,
+}
+
+#[derive(Debug, Deserialize)]
+struct YamlSourceColumn {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
 }
 
 /// A key that is present, even as `null` (which serde reads as absent).
@@ -639,6 +653,9 @@ pub struct SourceTable {
     pub filter: Option<String>,
     /// The schema file that declares it.
     pub origin: String,
+    pub description: Option<String>,
+    /// Columns the schema file describes.
+    pub columns: Vec<ColumnSpec>,
 }
 
 fn threshold(v: Option<&Yaml>, what: &str, origin: &str) -> Result<Option<Threshold>> {
@@ -872,7 +889,11 @@ impl ModelProject {
                 Error::Input(format!("{relpath}{at}: {e}"))
             })?;
             for node in file.models {
-                let origin = format!("{relpath} (model {})", node.name);
+                let model_line = name_line(&text, 0, &node.name);
+                let origin = match model_line {
+                    Some(l) => format!("{relpath}:{l} (model {})", node.name),
+                    None => format!("{relpath} (model {})", node.name),
+                };
                 if !by_name.contains_key(&node.name) {
                     return Err(Error::Input(format!(
                         "{origin}: no model file {}.sql{}",
@@ -893,10 +914,19 @@ impl ModelProject {
                         .push(parse_test(t, &node.name, None, &origin)?);
                 }
                 for c in node.columns {
+                    let column_origin = match name_line(&text, model_line.unwrap_or(0), &c.name) {
+                        Some(l) => {
+                            format!("{relpath}:{l} (model {}, column {})", node.name, c.name)
+                        }
+                        None => origin.clone(),
+                    };
                     for t in &c.data_tests {
-                        project
-                            .tests
-                            .push(parse_test(t, &node.name, Some(&c.name), &origin)?);
+                        project.tests.push(parse_test(
+                            t,
+                            &node.name,
+                            Some(&c.name),
+                            &column_origin,
+                        )?);
                     }
                     model.columns.push(ColumnSpec {
                         name: c.name,
@@ -935,6 +965,16 @@ impl ModelProject {
                         warn_after,
                         error_after,
                         filter,
+                        description: t.description.or_else(|| src.description.clone()),
+                        columns: t
+                            .columns
+                            .into_iter()
+                            .map(|c| ColumnSpec {
+                                name: c.name,
+                                description: c.description,
+                                data_type: None,
+                            })
+                            .collect(),
                         name: t.name,
                         origin,
                     };
@@ -1424,6 +1464,22 @@ pub fn suggest<'a>(name: &str, names: impl IntoIterator<Item = &'a String>) -> S
 
 /// Parse one entry of `data_tests:`: `unique`, or `{accepted_values: {values: [...]}}`
 /// (arguments either directly or under `arguments:`, with `config: {severity: warn}`).
+/// The 1-based line, after line `after`, of a YAML entry `name: <name>`
+/// (`- name: x`, quoted or not): where a schema file declares a model or
+/// a column, for messages. serde_yaml's values carry no positions.
+pub fn name_line(text: &str, after: usize, name: &str) -> Option<usize> {
+    text.lines()
+        .enumerate()
+        .skip(after)
+        .find(|(_, l)| {
+            let l = l.trim_start().trim_start_matches("- ").trim_start();
+            l.strip_prefix("name:")
+                .map(|v| v.trim().trim_matches(['\'', '"']) == name)
+                .unwrap_or(false)
+        })
+        .map(|(i, _)| i + 1)
+}
+
 fn parse_test(t: &Yaml, model: &str, column: Option<&str>, origin: &str) -> Result<TestSpec> {
     let (kind, body) = match t {
         Yaml::String(s) => (s.clone(), None),

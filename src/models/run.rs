@@ -216,7 +216,10 @@ pub async fn run(
                                     && t.failures > 0
                                     && t.severity == super::project::Severity::Error
                             })
-                            .map(|t| format!("{} ({} failing rows)", t.name, t.failures))
+                            .map(|t| {
+                                let noun = if t.failures == 1 { "row" } else { "rows" };
+                                format!("{} ({} failing {noun})", t.name, t.failures)
+                            })
                             .collect();
                         if !failing.is_empty() {
                             outcome = Err(Error::Input(format!(

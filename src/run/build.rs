@@ -34,6 +34,10 @@ pub struct Stage {
     pub auth_refused: bool,
     /// Figures per stream and per sync (for error-rate alerts).
     pub pipelines: Vec<PipelineFigures>,
+    /// The extract stage's streams, failed ones included.
+    pub streams: Vec<crate::extract::StreamSummary>,
+    /// The sync stage's runs.
+    pub syncs: Vec<crate::sync::SyncReport>,
 }
 
 /// One stream's or sync's figures in a run.
@@ -61,6 +65,8 @@ impl Stage {
             moves: false,
             auth_refused: false,
             pipelines: Vec::new(),
+            streams: Vec::new(),
+            syncs: Vec::new(),
         }
     }
 
@@ -85,6 +91,11 @@ pub struct BuildReport {
     pub ok: bool,
     /// A stop was asked for and the build ended at a safe point.
     pub stopped: bool,
+    pub models: Vec<run::ModelResult>,
+    /// The data and unit tests' results.
+    pub tests: Vec<crate::models::artifacts::NodeResult>,
+    /// Rows or files refused on the way (quarantined, refused by the CRM).
+    pub rejects: Vec<String>,
 }
 
 impl BuildReport {
@@ -93,6 +104,42 @@ impl BuildReport {
         if self.ok {
             return Ok(self);
         }
+        self.fail()
+    }
+
+    /// [`BuildReport::into_result`], and a build that refused rows or files
+    /// on the way is [`Error::Rejected`] (exit code 3) unless `allow_rejects`.
+    pub fn into_result_with(self, allow_rejects: bool) -> Result<BuildReport> {
+        if !self.ok {
+            return self.fail();
+        }
+        if !allow_rejects && !self.rejects.is_empty() {
+            return Err(Error::Rejected(format!(
+                "the build finished, but {}. Fix the input, or pass --allow-rejects to count this as a success",
+                self.rejects.join("; ")
+            )));
+        }
+        Ok(self)
+    }
+
+    /// The build's `--format json` document.
+    pub fn json(&self, result: &Result<()>) {
+        super::json::emit(
+            "build",
+            result,
+            serde_json::json!({
+                "run_id": self.run_id,
+                "stopped": self.stopped,
+                "stages": self.stages.iter().map(super::json::stage).collect::<Vec<_>>(),
+                "streams": self.stages.iter().flat_map(|s| s.streams.iter().map(super::json::stream)).collect::<Vec<_>>(),
+                "models": self.models.iter().map(super::json::model).collect::<Vec<_>>(),
+                "tests": self.tests.iter().map(super::json::test).collect::<Vec<_>>(),
+                "syncs": self.stages.iter().flat_map(|s| s.syncs.iter().map(super::json::sync)).collect::<Vec<_>>(),
+            }),
+        );
+    }
+
+    fn fail(self) -> Result<BuildReport> {
         if self.stopped {
             return Err(Error::Input(format!(
                 "build {} stopped before it finished; run it again to go on",
@@ -146,24 +193,74 @@ pub async fn build(
     opts: &BuildOptions,
 ) -> Result<BuildReport> {
     // Where this writes, before anything is written.
-    println!("{}", project.target_line());
+    super::console::line(project.target_line());
     project.check_clean()?;
     let started_at = Utc::now();
     let run_id = RunId::new();
     let mut stages: Vec<Stage> = Vec::new();
     let mut model_results = Vec::new();
-    let failed = |stages: &[Stage]| stages.iter().any(|s| s.status == "failed");
+    let mut test_results = Vec::new();
+
+    // 0. check: what can be validated without a call or a run. A project
+    // that does not compile stops here; a missing secret fails only the
+    // source or sync that needs it.
+    let t = Instant::now();
+    super::console::line("== check");
+    let checked = super::check::check(project, &lake, args).await?;
+    super::check::print(&checked);
+    let blocking = checked.blocking();
+    if !blocking.is_empty() {
+        let detail = super::check::CheckReport::summary(&blocking);
+        stages.push(Stage::new("check", "failed", t, detail));
+        for n in ["extract", "seed", "run", "test", "sync"] {
+            stages.push(Stage::skipped(n, "the project does not check"));
+        }
+        return finish(&lake, opts, run_id, started_at, &[], &[], stages, false).await;
+    }
+    let check = Stage::new(
+        "check",
+        if checked.findings.is_empty() {
+            "ok"
+        } else {
+            "failed"
+        },
+        t,
+        if checked.findings.is_empty() {
+            format!(
+                "{}, {}, {}",
+                super::count(checked.models, "model"),
+                super::count(checked.syncs, "sync"),
+                super::count(checked.tests, "test")
+            )
+        } else {
+            super::check::CheckReport::summary(&checked.findings.iter().collect::<Vec<_>>())
+        },
+    );
+    stages.push(check);
+    let runnable: Vec<String> = project
+        .extract
+        .keys()
+        .filter(|s| !checked.missing_secrets.contains(&format!("source {s}")))
+        .cloned()
+        .collect();
 
     // 1. extract
-    if project.extract.is_empty() || opts.skip_extract {
+    if project.extract.is_empty() || opts.skip_extract || runnable.is_empty() {
         let why = if opts.skip_extract {
             "--skip-extract"
-        } else {
+        } else if project.extract.is_empty() {
             "no extraction sources"
+        } else {
+            "no source has its credentials"
         };
         stages.push(Stage::skipped("extract", why));
     } else {
-        stages.push(super::extract_stage(project, &lake, &[], &opts.stop).await);
+        let only: &[String] = if runnable.len() == project.extract.len() {
+            &[]
+        } else {
+            &runnable
+        };
+        stages.push(super::extract_stage(project, &lake, only, &opts.stop).await);
     }
     let stopped = |stages: &mut Vec<Stage>, next: &[&'static str]| {
         if opts.stop.requested() {
@@ -176,7 +273,7 @@ pub async fn build(
         }
     };
     if stopped(&mut stages, &["seed", "run", "test", "sync"]) {
-        return finish(&lake, opts, run_id, started_at, &[], stages, true).await;
+        return finish(&lake, opts, run_id, started_at, &[], &[], stages, true).await;
     }
 
     // 2. seed, 3. run, 4. test: the same as the commands of those names.
@@ -185,7 +282,7 @@ pub async fn build(
     if ws.project.seeds.is_empty() {
         stages.push(Stage::skipped("seed", "no seeds"));
     } else {
-        println!("== seed");
+        super::console::line("== seed");
         match super::models::seed(project, lake.clone(), args).await {
             Ok(()) => stages.push(Stage::new(
                 "seed",
@@ -194,14 +291,14 @@ pub async fn build(
                 format!("{} seeds", ws.project.seeds.len()),
             )),
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("{} {e}", super::console::error_prefix());
                 stages.push(Stage::failed("seed", t, &e));
             }
         }
     }
     if !ws.project.snapshots.is_empty() {
         let t = Instant::now();
-        println!("== snapshot");
+        super::console::line("== snapshot");
         match super::models::snapshot(project, lake.clone(), args).await {
             Ok(()) => stages.push(Stage::new(
                 "snapshot",
@@ -210,13 +307,13 @@ pub async fn build(
                 format!("{} snapshots", ws.project.snapshots.len()),
             )),
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("{} {e}", super::console::error_prefix());
                 stages.push(Stage::failed("snapshot", t, &e));
             }
         }
     }
     let t = Instant::now();
-    println!("== run");
+    super::console::line("== run");
     match super::models::run_models_with(
         project,
         &lake,
@@ -243,7 +340,7 @@ pub async fn build(
             model_results = results;
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("{} {e}", super::console::error_prefix());
             stages.push(Stage::failed("run", t, &e));
         }
     }
@@ -254,13 +351,14 @@ pub async fn build(
             run_id,
             started_at,
             &model_results,
+            &[],
             stages,
             true,
         )
         .await;
     }
     let t = Instant::now();
-    println!("== test");
+    super::console::line("== test");
     // Tests of models this build could not build would only repeat the
     // run's errors: they are left out, and the run stage has failed anyway.
     let unbuilt: Vec<String> = model_results
@@ -273,10 +371,10 @@ pub async fn build(
     let note = if unbuilt.is_empty() {
         String::new()
     } else {
-        println!(
+        super::console::line(format!(
             "(not testing {} that failed or were skipped)",
             super::count(unbuilt.len(), "model")
-        );
+        ));
         format!(
             "tests of {} unbuilt not run",
             super::count(unbuilt.len(), "model")
@@ -286,6 +384,7 @@ pub async fn build(
     let mut nodes = super::models::model_nodes(&model_results);
     match tested {
         Ok((tests, outcome)) => {
+            test_results = tests.clone();
             nodes.extend(tests);
             match outcome {
                 Ok(()) => stages.push(Stage::new("test", "ok", t, note)),
@@ -312,6 +411,7 @@ pub async fn build(
             run_id,
             started_at,
             &model_results,
+            &test_results,
             stages,
             true,
         )
@@ -327,7 +427,18 @@ pub async fn build(
             .map(|s| s.name.clone())
             .collect()
     };
+    let selected: Vec<String> = selected
+        .into_iter()
+        .filter(|n| !checked.missing_secrets.contains(&format!("sync {n}")))
+        .collect();
     let mut stopped_in_sync = false;
+    // A missing secret failed the check stage for its own source or sync
+    // only: it does not hold the other syncs back.
+    let failed = |stages: &[Stage]| {
+        stages
+            .iter()
+            .any(|s| s.status == "failed" && s.name != "check")
+    };
     if selected.is_empty() || opts.skip_sync {
         let why = if opts.skip_sync {
             "--skip-sync"
@@ -338,10 +449,12 @@ pub async fn build(
     } else if failed(&stages) {
         let first = stages
             .iter()
-            .find(|s| s.status == "failed")
+            .find(|s| s.status == "failed" && s.name != "check")
             .map(|s| s.name)
             .unwrap_or("?");
-        println!("== sync skipped: the {first} stage failed, so nothing is sent to the CRM");
+        super::console::line(format!(
+            "== sync skipped: the {first} stage failed, so nothing is sent to the CRM"
+        ));
         stages.push(Stage::skipped(
             "sync",
             &format!("{first} failed: nothing sent to the CRM"),
@@ -357,18 +470,21 @@ pub async fn build(
         run_id,
         started_at,
         &model_results,
+        &test_results,
         stages,
         stopped_in_sync,
     )
     .await
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn finish(
     lake: &Lake,
     opts: &BuildOptions,
     run_id: RunId,
     started_at: chrono::DateTime<Utc>,
     model_results: &[run::ModelResult],
+    tests: &[crate::models::artifacts::NodeResult],
     stages: Vec<Stage>,
     stopped: bool,
 ) -> Result<BuildReport> {
@@ -383,29 +499,63 @@ async fn finish(
         started_at,
     )
     .await?;
-    println!(
-        "\nbuild {run_id}: {}",
-        if ok {
-            "success"
-        } else if stopped {
-            "STOPPED"
-        } else {
-            "FAILED"
-        }
-    );
+    let rejects = rejects(&stages);
+    let word = if !ok && stopped {
+        "STOPPED"
+    } else if !ok {
+        "FAILED"
+    } else if !rejects.is_empty() {
+        "success, with rejects"
+    } else {
+        "success"
+    };
+    let elapsed = (Utc::now() - started_at).num_milliseconds() as f64 / 1000.0;
+    super::console::line(format!(
+        "\nbuild {run_id}: {} in {elapsed:.1}s",
+        super::console::status(word, 0)
+    ));
     for s in &stages {
-        println!(
-            "  {:<8} {:<8} {:>7.2}s  {}",
+        super::console::line(format!(
+            "  {:<8} {} {:>7.2}s  {}",
             s.name,
-            s.status,
+            super::console::status(s.status, 8),
             s.seconds,
             s.detail.lines().next().unwrap_or("")
-        );
+        ));
+    }
+    for r in &rejects {
+        super::console::line(format!("  {} {r}", super::console::status("WARN", 0)));
     }
     Ok(BuildReport {
         run_id: run_id.to_string(),
         stages,
         ok,
         stopped,
+        models: model_results.to_vec(),
+        tests: tests.to_vec(),
+        rejects,
     })
+}
+
+/// What the stages refused: quarantined rows and refused files by stream,
+/// rows the CRM rejected by sync.
+fn rejects(stages: &[Stage]) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in stages {
+        let streams = super::rejects_detail(&s.streams);
+        if !streams.is_empty() {
+            out.push(format!("extract: {streams}"));
+        }
+        for r in &s.syncs {
+            if r.counts.rejected > 0 {
+                out.push(format!(
+                    "sync {}: {} rejected (see: select key, error_message from ferry.sync_log where run_id = '{}' and status = 'rejected')",
+                    r.sync,
+                    super::count(r.counts.rejected as usize, "row"),
+                    r.run_id
+                ));
+            }
+        }
+    }
+    out
 }

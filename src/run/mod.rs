@@ -12,6 +12,9 @@
 //! confirmed), so a stopped job resumes where it stopped.
 
 pub mod build;
+pub mod check;
+pub mod console;
+pub mod json;
 pub mod models;
 
 use std::time::Instant;
@@ -24,6 +27,8 @@ use crate::lake::tables::{self, StageRow};
 use crate::lake::{Lake, RunId};
 use crate::project::Project;
 use crate::sync::{SyncOptions, Syncer};
+
+pub use console::thousands;
 
 /// `1 model`, `3 models`: a count and its noun, in summaries.
 pub fn count(n: usize, noun: &str) -> String {
@@ -302,7 +307,8 @@ fn refused_credentials(e: &Error) -> bool {
 }
 
 /// The extract stage: every chosen stream, figures summed; a stop is
-/// honoured between streams.
+/// honoured between streams. A failed stream fails the stage after the
+/// others ran.
 pub(crate) async fn extract_stage(
     project: &Project,
     lake: &Lake,
@@ -310,22 +316,21 @@ pub(crate) async fn extract_stage(
     stop: &Stop,
 ) -> Stage {
     let t = Instant::now();
-    println!("== extract");
+    console::line("== extract");
     let mut figures = Vec::new();
     let (result, calls, limited) = crate::metrics::counting(crate::extract::extract_until(
         project,
         lake,
         streams,
         |s| {
-            println!(
-                "{:<32} {:>6} pages {:>10} rows {:>8.1}s",
-                s.stream, s.pages, s.rows, s.seconds
-            );
-            crate::metrics::extracted(&s.stream, s.rows, s.quarantined);
-            crate::metrics::last_success(
-                &format!("stream:{}", s.stream),
-                Utc::now().timestamp_millis() as f64 / 1000.0,
-            );
+            console::line(stream_line(s));
+            if s.error.is_none() {
+                crate::metrics::extracted(&s.stream, s.rows, s.quarantined);
+                crate::metrics::last_success(
+                    &format!("stream:{}", s.stream),
+                    Utc::now().timestamp_millis() as f64 / 1000.0,
+                );
+            }
             figures.push(PipelineFigures {
                 pipeline: format!("stream:{}", s.stream),
                 attempted: s.rows + s.quarantined,
@@ -338,21 +343,41 @@ pub(crate) async fn extract_stage(
     .await;
     let mut stopped_early = false;
     let mut stage = match result {
-        Ok((s, stopped)) => {
-            stopped_early = stopped;
-            let rows: u64 = s.iter().map(|x| x.rows).sum();
-            let mut st = Stage::new(
-                "extract",
-                "ok",
-                t,
-                format!("{rows} rows from {} streams", s.len()),
+        Ok(x) => {
+            stopped_early = x.stopped;
+            let done: Vec<&crate::extract::StreamSummary> =
+                x.streams.iter().filter(|s| s.error.is_none()).collect();
+            let rows: u64 = x.streams.iter().map(|s| s.rows).sum();
+            let mut detail = format!(
+                "{} rows from {}",
+                console::thousands(rows),
+                count(done.len(), "stream")
             );
+            let rejects = rejects_detail(&x.streams);
+            if !rejects.is_empty() {
+                detail.push_str(&format!("; {rejects}"));
+            }
+            let mut st = Stage::new("extract", "ok", t, detail);
+            if !x.errors.is_empty() {
+                st.status = "failed";
+                st.auth_refused = x.errors.iter().any(refused_credentials);
+                st.detail = x
+                    .errors
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                for e in &x.errors {
+                    console::line(format!("{} {e}", console::error_prefix()));
+                }
+            }
             st.rows = rows;
-            st.rejected = s.iter().map(|x| x.quarantined).sum();
+            st.rejected = x.streams.iter().map(|s| s.rejects()).sum();
+            st.streams = x.streams;
             st
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            console::line(format!("{} {e}", console::error_prefix()));
             Stage::failed("extract", t, &e)
         }
     };
@@ -369,6 +394,69 @@ pub(crate) async fn extract_stage(
     stage
 }
 
+/// One line per stream, as `ferry extract` and `ferry build` print it.
+pub fn stream_line(s: &crate::extract::StreamSummary) -> String {
+    if let Some(e) = &s.error {
+        return format!(
+            "{} {:<32} {:>6} {:>16}  {:.1}s  {}",
+            console::status("FAILED", 6),
+            s.stream,
+            count(s.pages as usize, "page"),
+            format!("{} rows", console::thousands(s.rows)),
+            s.seconds,
+            e.lines().next().unwrap_or("")
+        );
+    }
+    let mut line = format!(
+        "{} {:<32} {:>9} {:>16} {:>8.1}s",
+        console::status("OK", 6),
+        s.stream,
+        count(s.pages as usize, "page"),
+        format!("{} rows", console::thousands(s.rows)),
+        s.seconds
+    );
+    if s.quarantined > 0 {
+        line.push_str(&format!(
+            "  {} quarantined",
+            console::thousands(s.quarantined)
+        ));
+    }
+    if !s.rejected_files.is_empty() {
+        line.push_str(&format!(
+            "  {} refused",
+            count(s.rejected_files.len(), "file")
+        ));
+    }
+    line
+}
+
+/// "12 rows quarantined, 1 file refused (see ferry.quarantine)", or empty.
+pub fn rejects_detail(streams: &[crate::extract::StreamSummary]) -> String {
+    let rows: u64 = streams.iter().map(|s| s.quarantined).sum();
+    let files: usize = streams.iter().map(|s| s.rejected_files.len()).sum();
+    let mut parts = Vec::new();
+    if rows > 0 {
+        parts.push(format!(
+            "{} quarantined",
+            count(rows as usize, "row").replacen(&rows.to_string(), &console::thousands(rows), 1)
+        ));
+    }
+    if files > 0 {
+        parts.push(format!("{} refused", count(files, "file")));
+    }
+    if parts.is_empty() {
+        return String::new();
+    }
+    let mut see = Vec::new();
+    if rows > 0 {
+        see.push("select * from ferry.quarantine");
+    }
+    if files > 0 {
+        see.push("select source_file, error from ferry.ingestions where status = 'rejected'");
+    }
+    format!("{} (see: {})", parts.join(", "), see.join("; "))
+}
+
 /// The sync stage: each named sync in turn, stopping between syncs when
 /// asked. Returns the stage and whether it stopped early.
 pub(crate) async fn sync_stage(
@@ -378,7 +466,7 @@ pub(crate) async fn sync_stage(
     stop: &Stop,
 ) -> (Stage, bool) {
     let t = Instant::now();
-    println!("== sync");
+    console::line("== sync");
     let mut syncer = Syncer::new(project, lake.clone());
     let mut problems = Vec::new();
     let mut details = Vec::new();
@@ -398,16 +486,17 @@ pub(crate) async fn sync_stage(
         match syncer.run(name, &opts).await {
             Ok(r) => {
                 let c = &r.counts;
-                println!(
-                    "{name}: created {}, updated {}, archived {}, unchanged {}, rejected {}, failed {}, {} API calls",
-                    c.created,
-                    c.updated,
-                    c.archived,
-                    c.unchanged,
-                    c.rejected,
-                    c.failed,
-                    r.api_calls
-                );
+                console::line(format!(
+                    "{name}: created {}, updated {}, archived {}, unchanged {}, rejected {}, failed {}, {}",
+                    thousands(c.created),
+                    thousands(c.updated),
+                    thousands(c.archived),
+                    thousands(c.unchanged),
+                    thousands(c.rejected),
+                    thousands(c.failed),
+                    count(r.api_calls as usize, "API call")
+                ));
+                stage.syncs.push(r.clone());
                 let sent = c.created + c.updated + c.archived;
                 crate::metrics::sync_rows(
                     name,
@@ -458,7 +547,7 @@ pub(crate) async fn sync_stage(
                 }
             }
             Err(e) => {
-                eprintln!("error: sync {name}: {e}");
+                eprintln!("{} sync {name}: {e}", console::error_prefix());
                 stage.auth_refused |= refused_credentials(&e);
                 problems.push(format!("{name}: {e}"));
             }
@@ -485,7 +574,7 @@ pub(crate) async fn sync_stage(
 /// what the webhooks missed landed as events.
 pub(crate) async fn reconcile_stage(project: &Project, lake: &Lake, sources: &[String]) -> Stage {
     let t = Instant::now();
-    println!("== reconcile");
+    console::line("== reconcile");
     let names: Vec<String> = if sources.is_empty() {
         project
             .webhooks
@@ -509,7 +598,7 @@ pub(crate) async fn reconcile_stage(project: &Project, lake: &Lake, sources: &[S
         stage.rate_limited += limited;
         match r {
             Ok(r) => {
-                println!("{name}: {}", r.describe());
+                console::line(format!("{name}: {}", r.describe()));
                 stage.rows += r.landed;
                 stage.pipelines.push(PipelineFigures {
                     pipeline: format!("stream:{name}.events"),
@@ -520,7 +609,7 @@ pub(crate) async fn reconcile_stage(project: &Project, lake: &Lake, sources: &[S
                 details.push(format!("{name}: {}", r.describe()));
             }
             Err(e) => {
-                eprintln!("error: reconcile {name}: {e}");
+                eprintln!("{} reconcile {name}: {e}", console::error_prefix());
                 stage.auth_refused |= refused_credentials(&e);
                 problems.push(format!("{name}: {e}"));
             }

@@ -9,6 +9,7 @@ use std::time::Instant;
 use chrono::Utc;
 
 use super::Selection as SelectArgs;
+use super::console;
 use crate::error::{Error, Result};
 use crate::lake::{Lake, RunId};
 use crate::models::project::Severity;
@@ -128,16 +129,16 @@ pub(crate) fn load(project: &Project, args: &SelectArgs) -> Result<(Workspace, B
 pub async fn seed(project: &Project, lake: Lake, args: &SelectArgs) -> Result<()> {
     let (ws, selected) = load(project, args)?;
     if ws.project.seeds.is_empty() {
-        println!("no seeds: put CSV files under seeds/");
+        console::line("no seeds: put CSV files under seeds/");
         return Ok(());
     }
     let ctx = crate::engine::session(&lake).await?;
     let only = (!args.select.is_empty()).then_some(&selected);
     for r in seed::load(&ctx, &lake, &ws.project, only).await? {
-        println!(
+        console::line(format!(
             "seed {:<30} {:>10} rows  {:>6.2}s",
             r.name, r.rows, r.seconds
-        );
+        ));
     }
     Ok(())
 }
@@ -147,8 +148,8 @@ pub async fn snapshot(project: &Project, lake: Lake, args: &SelectArgs) -> Resul
     let t = Instant::now();
     let (ws, selected) = load(project, args)?;
     if ws.project.snapshots.is_empty() {
-        println!(
-            "no snapshots: put them under snapshots/ ({{% snapshot name %}} blocks, or YAML with relation:)"
+        console::line(
+            "no snapshots: put them under snapshots/ ({% snapshot name %} blocks, or YAML with relation:)",
         );
         return Ok(());
     }
@@ -159,21 +160,21 @@ pub async fn snapshot(project: &Project, lake: Lake, args: &SelectArgs) -> Resul
     let results = crate::models::snapshot::run(&ws, &ctx, &lake, only).await;
     for (name, r) in &results {
         match r {
-            Ok(r) => println!(
+            Ok(r) => console::line(format!(
                 "OK    snapshot {:<30} {:>8} new versions {:>8} closed {:>10} rows {:>7.2}s",
                 r.name, r.inserted, r.closed, r.rows, r.seconds
-            ),
+            )),
             Err(e) => {
                 failed += 1;
-                println!("ERROR snapshot {name}\n      {e}");
+                console::line(format!("ERROR snapshot {name}\n      {e}"));
             }
         }
     }
-    println!(
+    console::line(format!(
         "\n{} snapshot(s), {failed} failed in {:.2}s",
         results.len(),
         t.elapsed().as_secs_f64()
-    );
+    ));
     if failed > 0 {
         return Err(Error::Input(format!(
             "{failed} snapshot(s) failed; see the errors above"
@@ -234,18 +235,30 @@ pub async fn run(
         count(Status::Error),
         count(Status::Skipped),
     );
-    println!(
+    console::line(format!(
         "\n{ok} succeeded, {failed} failed, {skipped} skipped in {:.2}s (run {run_id})",
         t.elapsed().as_secs_f64()
-    );
-    if failed > 0 || skipped > 0 {
-        return Err(Error::Input(format!(
+    ));
+    let outcome = if failed > 0 || skipped > 0 {
+        Err(Error::Input(format!(
             "{} failed and {skipped} skipped; see the errors above \
              (select * from ferry.model_runs where run_id = '{run_id}')",
             super::count(failed, "model")
-        )));
-    }
-    Ok(())
+        )))
+    } else {
+        Ok(())
+    };
+    super::json::emit(
+        "run",
+        &outcome,
+        serde_json::json!({
+            "run_id": run_id.to_string(),
+            "seconds": t.elapsed().as_secs_f64(),
+            "counts": {"success": ok, "error": failed, "skipped": skipped},
+            "models": results.iter().map(super::json::model).collect::<Vec<_>>(),
+        }),
+    );
+    outcome
 }
 
 /// Run the selected models, printing a line per model; returns every result.
@@ -298,28 +311,36 @@ pub async fn run_models_with(
             test_each,
         },
         |r| {
-            let rows = r.rows.map(|n| format!("{n} rows")).unwrap_or_default();
+            let rows = r
+                .rows
+                .map(|n| format!("{} rows", console::thousands(n)))
+                .unwrap_or_default();
             let line = match r.status {
                 Status::Success => format!(
-                    "OK    {:<32} {:<12} {:>14} {:>7.2}s",
+                    "{} {:<32} {:<12} {:>14} {:>7.2}s",
+                    console::status("OK", 5),
                     r.name,
                     r.materialized.as_str(),
                     rows,
                     r.seconds
                 ),
                 Status::Error => format!(
-                    "ERROR {:<32} {:<12} {:>14} {:>7.2}s\n      {}",
+                    "{} {:<32} {:<12} {:>14} {:>7.2}s\n      {}",
+                    console::status("ERROR", 5),
                     r.name,
                     r.materialized.as_str(),
                     "",
                     r.seconds,
                     r.error.as_deref().unwrap_or("")
                 ),
-                Status::Skipped => {
-                    format!("SKIP  {:<32} {}", r.name, r.error.as_deref().unwrap_or(""))
-                }
+                Status::Skipped => format!(
+                    "{} {:<32} {}",
+                    console::status("SKIP", 5),
+                    r.name,
+                    r.error.as_deref().unwrap_or("")
+                ),
             };
-            bar.suspend(|| println!("{line}"));
+            bar.suspend(|| console::line(&line));
             bar.inc(1);
         },
     )
@@ -335,6 +356,16 @@ pub async fn test(project: &Project, lake: Lake, args: &SelectArgs) -> Result<()
     if let Err(e) = artifacts::write(&project.dir, "run_results.json", &doc) {
         tracing::warn!("target/run_results.json not written: {e}");
     }
+    let count = |s: &str| nodes.iter().filter(|n| n.status == s).count();
+    super::json::emit(
+        "test",
+        &outcome,
+        serde_json::json!({
+            "seconds": t.elapsed().as_secs_f64(),
+            "counts": {"pass": count("pass"), "warn": count("warn"), "fail": count("fail"), "error": count("error")},
+            "tests": nodes.iter().map(super::json::test).collect::<Vec<_>>(),
+        }),
+    );
     outcome
 }
 
@@ -404,19 +435,30 @@ pub(crate) async fn test_nodes(
                 (None, n) => node(id, "fail", r.seconds, Some(r.diff.clone()), Some(n as u64)),
             });
             if let Some(e) = &r.error {
-                println!(
-                    "ERROR unit test {} ({}): could not run: {e}",
-                    r.name, r.model
-                );
+                console::line(format!(
+                    "{} unit test {} ({}): could not run: {e}",
+                    console::status("ERROR", 5),
+                    r.name,
+                    r.model
+                ));
                 blocking += 1;
             } else if r.differing == 0 {
-                println!("PASS  unit test {} ({})", r.name, r.model);
+                console::detail(format!(
+                    "{} unit test {} ({})",
+                    console::status("PASS", 5),
+                    r.name,
+                    r.model
+                ));
                 unit_passed += 1;
             } else {
-                println!(
-                    "FAIL  unit test {} ({}): {} rows differ\n{}",
-                    r.name, r.model, r.differing, r.diff
-                );
+                console::line(format!(
+                    "{} unit test {} ({}): {} rows differ\n{}",
+                    console::status("FAIL", 5),
+                    r.name,
+                    r.model,
+                    r.differing,
+                    r.diff
+                ));
                 blocking += 1;
             }
         }
@@ -448,36 +490,49 @@ pub(crate) async fn test_nodes(
             ),
         });
         if let Some(e) = &r.error {
-            println!("ERROR {}: could not run: {e}", r.name);
+            console::line(format!(
+                "{} {}: could not run: {e}",
+                console::status("ERROR", 5),
+                r.name
+            ));
             blocking += 1;
         } else if r.failures == 0 {
-            println!("PASS  {}", r.name);
+            console::detail(format!("{} {}", console::status("PASS", 5), r.name));
         } else {
             let label = if r.severity == Severity::Warn {
                 warned += 1;
-                "WARN "
+                "WARN"
             } else {
                 blocking += 1;
-                "FAIL "
+                "FAIL"
             };
-            println!(
-                "{label} {} ({} failing rows)\n{}",
-                r.name, r.failures, r.sample
-            );
+            console::line(format!(
+                "{} {} ({})\n{}",
+                console::status(label, 5),
+                r.name,
+                super::count(r.failures as usize, "failing row"),
+                r.sample
+            ));
         }
     }
     let passed = results.iter().filter(|r| r.passed()).count() + unit_passed;
     if nodes.is_empty() {
-        println!(
+        console::line(
             "no tests selected. Add one: `data_tests: [unique, not_null]` under a column in a \
              schema.yml beside the model, or a SQL file in sql/tests/ that selects the rows \
-             that break a rule"
+             that break a rule",
         );
     }
-    println!(
-        "\n{passed} passed, {warned} warned, {blocking} failed in {:.2}s",
+    let hint = if console::verbose() == 0 && passed > 0 {
+        " (-v lists each)"
+    } else {
+        ""
+    };
+    console::line(format!(
+        "{}: {passed} passed, {warned} warned, {blocking} failed in {:.2}s{hint}",
+        super::count(nodes.len(), "test"),
         t.elapsed().as_secs_f64()
-    );
+    ));
     if blocking > 0 {
         return Ok((
             nodes,
@@ -507,24 +562,42 @@ pub(crate) fn model_nodes(results: &[run::ModelResult]) -> Vec<artifacts::NodeRe
         .collect()
 }
 
+/// `ferry docs`: the manifest and the page in `out`; returns the page's path.
 pub async fn docs(
     project: &Project,
     lake: Lake,
     args: &SelectArgs,
     out: &std::path::Path,
-) -> Result<()> {
+) -> Result<std::path::PathBuf> {
+    let t = Instant::now();
     let (ws, _) = load(project, args)?;
     let ctx = crate::engine::session(&lake).await?;
-    let mut manifest = model_docs::manifest(&ws, &ctx, &lake).await?;
+    let mut manifest = model_docs::manifest(&ws, &ctx, &lake, &project.name).await?;
     manifest.project = project.name.clone();
-    model_docs::write(&manifest, out)?;
-    println!(
-        "documented {} models: {}/index.html and {}/manifest.json",
-        manifest.models.len(),
-        out.display(),
-        out.display()
-    );
-    Ok(())
+    let syncs: Vec<(crate::sync::config::Sync, String)> = project
+        .syncs
+        .values()
+        .map(|s| {
+            let kind = project
+                .destinations
+                .get(&s.destination)
+                .map(|d| d.kind.as_str())
+                .unwrap_or("crm");
+            (s.clone(), kind.to_string())
+        })
+        .collect();
+    model_docs::add_syncs(&mut manifest, &syncs);
+    let page = model_docs::write(&manifest, out)?;
+    console::line(format!(
+        "documented {}, {}, {} and {} in {:.2}s: {} (and manifest.json beside it)",
+        super::count(manifest.count("model"), "model"),
+        super::count(manifest.count("source"), "source"),
+        super::count(manifest.count("seed"), "seed"),
+        super::count(manifest.count("sync"), "sync"),
+        t.elapsed().as_secs_f64(),
+        page.display()
+    ));
+    Ok(page)
 }
 
 /// One source table's freshness.

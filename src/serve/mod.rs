@@ -389,3 +389,46 @@ pub async fn start_with(
         grace: opts.grace,
     })
 }
+
+/// `ferry docs --serve`: the docs folder's `index.html` at `/` and
+/// `manifest.json`, read from disk on each request (so `ferry docs` run
+/// again in another shell shows at the next reload), until `stop` resolves.
+pub async fn docs(
+    dir: std::path::PathBuf,
+    addr: SocketAddr,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    async fn file(dir: std::path::PathBuf, name: &'static str, mime: &'static str) -> Response {
+        match tokio::fs::read(dir.join(name)).await {
+            Ok(bytes) => ([(axum::http::header::CONTENT_TYPE, mime)], bytes).into_response(),
+            Err(e) => (
+                StatusCode::NOT_FOUND,
+                format!("{}: {e}; run `ferry docs` first", dir.join(name).display()),
+            )
+                .into_response(),
+        }
+    }
+    let (page, manifest) = (dir.clone(), dir);
+    let app = Router::new()
+        .route(
+            "/",
+            get(move || file(page.clone(), "index.html", "text/html; charset=utf-8")),
+        )
+        .route(
+            "/manifest.json",
+            get(move || file(manifest.clone(), "manifest.json", "application/json")),
+        );
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Input(format!("cannot listen on {addr}: {e} (try another --port)")))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Error::Input(format!("{addr}: {e}")))?;
+    crate::run::console::line(format!(
+        "serving the docs at http://{local}/ (Ctrl-C stops)"
+    ));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+        .map_err(|e| Error::Input(format!("docs server on {local}: {e}")))
+}

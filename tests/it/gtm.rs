@@ -875,6 +875,7 @@ async fn demo_leaves_the_crm_matching_the_scoring_mart() {
     assert_eq!(
         stages,
         vec![
+            ("check", "ok"),
             ("extract", "ok"),
             ("seed", "ok"),
             ("run", "ok"),

@@ -100,7 +100,14 @@ fn seed_run_query_and_test_the_fixture_project() {
     // Ephemeral models are inlined, never stored.
     assert!(!dir.join("lake/models/int_countries").exists());
 
-    let tests = ok(ferry(&dir, &["test"]));
+    // Passing tests are one summary line; -v lists each.
+    let quiet = ok(ferry(&dir, &["test"]));
+    assert!(!quiet.contains("PASS  unique_customers_id"), "{quiet}");
+    assert!(
+        quiet.contains("7 tests: 7 passed, 0 warned, 0 failed"),
+        "{quiet}"
+    );
+    let tests = ok(ferry(&dir, &["test", "-v"]));
     assert!(tests.contains("PASS  unique_customers_id"), "{tests}");
     assert!(
         tests.contains("PASS  relationships_contact_history_id"),
@@ -200,7 +207,7 @@ fn a_failing_test_prints_rows_and_fails_the_command() {
     let out = ferry(&dir, &["test", "--select", "customers"]);
     assert_eq!(out.status.code(), Some(1));
     let t = text(&out);
-    assert!(t.contains("FAIL  no_hot_leads (1 failing rows)"), "{t}");
+    assert!(t.contains("FAIL  no_hot_leads (1 failing row)"), "{t}");
     assert!(t.contains("| 1  | 71         |"), "{t}");
     // severity: warn reports without failing.
     std::fs::write(
@@ -409,58 +416,128 @@ fn a_broken_contract_fails_before_writing_and_names_the_column() {
 fn docs_carry_column_lineage_through_joins_and_aggregates() {
     let (_tmp, dir) = fixture();
     land(&dir, "data/contacts.jsonl");
+    ok(ferry(&dir, &["seed"]));
+    ok(ferry(&dir, &["run"]));
     let out = ok(ferry(&dir, &["docs"]));
-    assert!(out.contains("documented 5 models"), "{out}");
+    assert!(
+        out.contains("documented 5 models, 1 source, 1 seed"),
+        "{out}"
+    );
     let manifest: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join("target/docs/manifest.json")).unwrap(),
     )
     .unwrap();
-    let model = |name: &str| {
-        manifest["models"]
+    assert_eq!(manifest["version"], 2);
+    let node = |id: &str| {
+        manifest["nodes"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|m| m["name"] == name)
-            .unwrap()
+            .find(|m| m["id"] == id)
+            .unwrap_or_else(|| panic!("no node {id}"))
             .clone()
     };
-    let lineage = |m: &serde_json::Value, col: &str| -> Vec<String> {
+    let column = |m: &serde_json::Value, col: &str| {
         m["columns"]
             .as_array()
             .unwrap()
             .iter()
             .find(|c| c["name"] == col)
-            .unwrap()["lineage"]
+            .unwrap()
+            .clone()
+    };
+    let lineage = |m: &serde_json::Value, col: &str| -> Vec<String> {
+        column(m, col)["lineage"]
             .as_array()
             .unwrap()
             .iter()
             .map(|u| {
                 format!(
-                    "{}.{}",
-                    u["table"].as_str().unwrap(),
+                    "{}/{}",
+                    u["node"].as_str().unwrap(),
                     u["column"].as_str().unwrap()
                 )
             })
             .collect()
     };
     // A join: columns come from either side, through the inlined ephemeral CTE.
-    let customers = model("customers");
-    assert_eq!(lineage(&customers, "email"), ["stg_contacts.email"]);
-    assert_eq!(lineage(&customers, "iso_code"), ["countries.iso_code"]);
-    assert_eq!(lineage(&customers, "is_mql"), ["stg_contacts.lead_score"]);
-    assert_eq!(customers["columns"][0]["description"], "CRM contact id.");
-    // An aggregate: group keys and aggregated columns; count(*) reads no column.
-    let agg = model("mql_by_country");
-    assert_eq!(lineage(&agg, "iso_code"), ["customers.iso_code"]);
-    assert_eq!(lineage(&agg, "mqls"), ["customers.is_mql"]);
-    assert!(lineage(&agg, "contacts").is_empty());
-    // Through a window function and a subquery, down to the raw stream.
+    let customers = node("model.customers");
+    assert_eq!(lineage(&customers, "email"), ["model.stg_contacts/email"]);
+    assert_eq!(lineage(&customers, "iso_code"), ["seed.countries/iso_code"]);
     assert_eq!(
-        lineage(&model("stg_contacts"), "email"),
-        ["crm.contacts.email"]
+        lineage(&customers, "is_mql"),
+        ["model.stg_contacts/lead_score"]
     );
+    assert_eq!(customers["columns"][0]["description"], "CRM contact id.");
+    // SQL type names, not Arrow's.
+    assert_eq!(column(&customers, "email")["type"], "VARCHAR");
+    assert_eq!(column(&customers, "is_mql")["type"], "BOOLEAN");
+    // An aggregate: group keys and aggregated columns; count(*) reads no column.
+    let agg = node("model.mql_by_country");
+    assert_eq!(lineage(&agg, "iso_code"), ["model.customers/iso_code"]);
+    assert_eq!(lineage(&agg, "mqls"), ["model.customers/is_mql"]);
+    assert!(lineage(&agg, "contacts").is_empty());
+    // Through a window function and a subquery, down to the raw stream,
+    // which is a node of its own with its columns and when it last landed.
+    let stg = node("model.stg_contacts");
+    assert_eq!(lineage(&stg, "email"), ["source.crm.contacts/email"]);
+    assert!(
+        stg["depends_on"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("source.crm.contacts"))
+    );
+    let source = node("source.crm.contacts");
+    assert_eq!(source["layer"], "sources");
+    assert!(source["freshness"]["loaded_at"].is_string(), "{source}");
+    assert_eq!(column(&source, "email")["type"], "VARCHAR");
+    assert!(
+        source["referenced_by"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("model.stg_contacts"))
+    );
+    // A seed is a page too (its links are not broken).
+    let seed = node("seed.countries");
+    assert_eq!(seed["kind"], "seed");
+    assert!(!seed["columns"].as_array().unwrap().is_empty());
+    // Last run and freshness per model; tests with their last results.
+    assert_eq!(customers["last_run"]["status"], "success");
+    assert!(customers["freshness"]["loaded_at"].is_string());
+    let tests = customers["tests"].as_array().unwrap();
+    assert!(!tests.is_empty());
+    assert!(tests.iter().all(|t| t["status"] == "not run"), "{tests:?}");
+    ok(ferry(&dir, &["test"]));
+    ok(ferry(&dir, &["docs"]));
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("target/docs/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let customers = manifest["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "model.customers")
+        .unwrap()
+        .clone();
+    assert!(
+        customers["tests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["status"] == "pass"),
+        "{customers}"
+    );
+    // One self-contained page: the manifest inlined, nothing fetched.
     let html = std::fs::read_to_string(dir.join("target/docs/index.html")).unwrap();
-    assert!(html.contains("<h2>customers</h2>") && html.contains("stg_contacts.lead_score"));
+    assert!(
+        html.contains("\"id\":\"model.customers\""),
+        "manifest not inlined"
+    );
+    assert!(!html.contains("/*FERRY_MANIFEST*/null"));
+    for external in ["src=\"http", "href=\"http", "@import", "cdn."] {
+        assert!(!html.contains(external), "the page fetches {external}");
+    }
 }
 
 #[test]
@@ -723,7 +800,7 @@ fn packages_dispatch_and_dbt_macros_run_unchanged() {
     // Generic tests from the package (`fixture_utils.*`, written as
     // {% test %} blocks) and the project's own, with their arguments and
     // severity; the amount of 25.00 is outside accepted_range's 0..20.
-    let tests = ok(ferry(&dir, &["test"]));
+    let tests = ok(ferry(&dir, &["test", "-v"]));
     assert!(
         tests.contains("PASS  fixture_utils_expression_is_true_orders\n"),
         "{tests}"
@@ -733,7 +810,7 @@ fn packages_dispatch_and_dbt_macros_run_unchanged() {
         "{tests}"
     );
     assert!(
-        tests.contains("WARN  fixture_utils_accepted_range_orders_amount (1 failing rows)"),
+        tests.contains("WARN  fixture_utils_accepted_range_orders_amount (1 failing row)"),
         "{tests}"
     );
     assert!(tests.contains("PASS  is_positive_orders_amount"), "{tests}");
@@ -910,7 +987,7 @@ fn deps_installs_local_and_git_packages_whose_models_seeds_and_vars_work() {
     // The package's seed was loaded, its model materialized as the project
     // configures it (a table, over the package's own `view`).
     assert_eq!(csv(&dir, "select count(*) as n from months"), "n\n12\n");
-    let tests = ok(ferry(&dir, &["test"]));
+    let tests = ok(ferry(&dir, &["test", "-v"]));
     assert!(
         tests.contains("PASS  fixture_utils_expression_is_true_orders_fiscal")
             && tests.contains("PASS  unique_fiscal_calendar_month_num")
@@ -997,7 +1074,7 @@ fn deps_installs_local_and_git_packages_whose_models_seeds_and_vars_work() {
 fn unit_tests_run_on_mocks_and_print_a_row_diff() {
     let (_tmp, dir) = deps_fixture();
     ok(ferry(&dir, &["deps"]));
-    let out = ok(ferry(&dir, &["test", "--select", "test_type:unit"]));
+    let out = ok(ferry(&dir, &["test", "--select", "test_type:unit", "-v"]));
     for name in [
         "fiscal_year_starts_in_april (orders_fiscal)",
         "big_orders_full_refresh (big_orders)",
@@ -1455,7 +1532,7 @@ fn build_tests_a_model_before_its_children() {
     let out = text(&o);
     assert!(!o.status.success(), "{out}");
     assert!(
-        out.contains("built, but its tests failed, so its children were not built: fixture_utils_accepted_range_orders_amount (1 failing rows)")
+        out.contains("built, but its tests failed, so its children were not built: fixture_utils_accepted_range_orders_amount (1 failing row)")
             && out.contains("SKIP  orders_child"),
         "{out}"
     );
@@ -1501,7 +1578,11 @@ fn schema_and_alias_name_relations_as_dbt_does() {
     ok(ferry(&dir, &["docs"]));
     let site = std::fs::read_to_string(dir.join("target/docs/index.html")).unwrap();
     assert!(site.contains("main_analytics.dim_customers"), "{site}");
-    assert!(site.contains("id=\"stg_orders\"") && !site.contains("id=\"stg_customers\""));
+    assert!(
+        site.contains("\"id\":\"model.stg_orders\"")
+            && !site.contains("\"id\":\"model.stg_customers\""),
+        "hidden models stay out of the docs"
+    );
     let n = csv(&dir, "select count(*) as n from raw_orders");
     assert_eq!(
         csv(&dir, "select count(*) as n from main_raw.raw_orders"),
