@@ -308,6 +308,50 @@ async fn bench_compile(n: usize) {
     println!("ferry compile: {} models", compiled.len());
     println!("  load + render + DAG       {:>8.1} ms", load_s * 1000.0);
     println!("  plan every model          {plan_s:>8.2} s");
+    let t = Instant::now();
+    let checked = ferry::run::check::check(&project, &lake, &Default::default())
+        .await
+        .unwrap();
+    println!(
+        "ferry check: {} models, {} problems in {:.2} s",
+        checked.models,
+        checked.findings.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
+    let out = dir.join("target/docs");
+    let page = ferry::run::models::docs(&project, lake.clone(), &Default::default(), &out)
+        .await
+        .unwrap();
+    println!(
+        "ferry docs: manifest and page in {:.2} s ({} KiB page)",
+        t.elapsed().as_secs_f64(),
+        std::fs::metadata(&page)
+            .map(|m| m.len() / 1024)
+            .unwrap_or(0)
+    );
+    // The page's own first-render time in headless Chromium, when there is one.
+    let dumped = std::process::Command::new("chromium")
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--dump-dom",
+        ])
+        .arg(format!("file://{}", page.display()))
+        .output();
+    match dumped {
+        Ok(o) if o.status.success() => {
+            let dom = String::from_utf8_lossy(&o.stdout);
+            let ms = dom
+                .split("data-render-ms=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("?");
+            println!("  page first render in Chromium {ms} ms (from the script's start)");
+        }
+        _ => println!("  (no chromium on PATH: page render time not measured)"),
+    }
 }
 
 #[tokio::main]

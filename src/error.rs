@@ -196,6 +196,19 @@ impl Error {
         }
     }
 
+    /// A file the user named or wrote (an input to land, a model, a project
+    /// file) that cannot be read: the user's to fix, not a storage failure
+    /// that running again may cure.
+    pub(crate) fn user_file(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        let path = path.into();
+        let hint = match source.kind() {
+            std::io::ErrorKind::NotFound => "check the path",
+            std::io::ErrorKind::PermissionDenied => "check the file's permissions",
+            _ => "check that it is a readable file",
+        };
+        Error::Input(format!("{}: {source}; {hint}", path.display()))
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),

@@ -8,6 +8,7 @@
 //! ([`cli`]) is a thin layer over these modules.
 
 pub mod cli;
+pub mod console;
 pub mod demo;
 pub mod engine;
 pub mod error;

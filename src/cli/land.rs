@@ -22,26 +22,49 @@ pub async fn run(
     stream: &str,
     files: &[PathBuf],
     format: InputFormat,
+    allow_rejects: bool,
 ) -> Result<()> {
     let stream = StreamRef::parse(stream)?;
     let options = project.stream_options(&stream.source, &stream.stream);
     let lander = Lander::new(lake, RunId::new());
-    let mut failed = None;
+    let mut failed = Vec::new();
+    let mut rejected = 0;
     for path in files {
         let result = land_file(&lander, &stream, options, path, format).await;
         match result {
-            Ok(report) => print_report(path, &stream, &report),
+            Ok(report) => {
+                rejected += report.rejected;
+                print_report(path, &stream, &report)
+            }
             Err(e) => {
-                eprintln!("{}: {e}", path.display());
-                failed.get_or_insert(e);
+                // With several files, each file's error here and a count at
+                // the end; with one, the error once (main prints it).
+                if files.len() > 1 {
+                    eprintln!("{} {e}", crate::console::error_prefix());
+                }
+                failed.push(e);
             }
         }
     }
     println!("run {}", lander.run_id());
-    match failed {
-        Some(e) => Err(e),
-        None => Ok(()),
+    if files.len() == 1 && !failed.is_empty() {
+        return Err(failed.remove(0));
     }
+    if !failed.is_empty() {
+        return Err(Error::Input(format!(
+            "{} of {} not landed (each error above); the other files landed",
+            failed.len(),
+            crate::run::count(files.len(), "file")
+        )));
+    }
+    if rejected > 0 && !allow_rejects {
+        return Err(Error::Rejected(format!(
+            "{} quarantined (select * from ferry.quarantine where stream = '{stream}'); \
+             fix them and land again, or pass --allow-rejects to count this as a success",
+            crate::run::count(rejected as usize, "row")
+        )));
+    }
+    Ok(())
 }
 
 fn print_report(path: &Path, stream: &StreamRef, r: &LandReport) {
@@ -74,7 +97,7 @@ async fn land_file(
     path: &Path,
     format: InputFormat,
 ) -> Result<LandReport> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = File::open(path).map_err(|e| Error::user_file(path, e))?;
     let mut reader = BufReader::new(file);
     let format = match format {
         InputFormat::Auto => detect(path, &mut reader)?,

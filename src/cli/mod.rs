@@ -47,7 +47,7 @@ struct Cli {
 }
 
 const EX_CHECK: &str = "Examples:\n  ferry check\n  ferry check --target prod\n  ferry check --select path:models/marts";
-const EX_INIT: &str = "Examples:\n  ferry init my-project\n  ferry init --template gtm gtm-demo && ferry --project-dir gtm-demo demo\n  ferry init --name revenue warehouse/";
+const EX_INIT: &str = "Examples:\n  ferry init my-project\n  ferry init --template gtm gtm-demo && ferry demo --project-dir gtm-demo\n  ferry init --name revenue warehouse/";
 const EX_LAND: &str = "Examples:\n  ferry land crm.contacts data/contacts.jsonl\n  ferry land billing.invoices exports/*.json --input-format json";
 const EX_DEPS: &str = "Examples:\n  ferry deps\n  ferry deps --upgrade";
 const EX_SEED: &str = "Examples:\n  ferry seed\n  ferry seed --select country_codes";
@@ -100,6 +100,8 @@ enum Command {
         /// The input files' format; auto picks by extension and content.
         #[arg(long = "input-format", alias = "format", value_enum, default_value_t = InputFormat::Auto)]
         format: InputFormat,
+        #[command(flatten)]
+        rejects: RejectArgs,
     },
     /// Install the packages listed in packages.yml (or dependencies.yml)
     /// into dbt_packages/: local folders and git repositories (at a tag,
@@ -595,7 +597,7 @@ pub enum OutputFormat {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = cli.command.report().format == ReportFormat::Json;
-    crate::run::console::configure(cli.verbose, json);
+    crate::console::configure(cli.verbose, json);
     init_logging(cli.verbose);
     let target = cli
         .command
@@ -620,10 +622,10 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // A command that failed before its own document: one anyway.
-            if json && !crate::run::console::emitted() {
+            if json && !crate::console::emitted() {
                 crate::run::json::emit_outcome(command, Some(&e), serde_json::json!({}));
             }
-            eprintln!("{} {e}", crate::run::console::error_prefix());
+            eprintln!("{} {e}", crate::console::error_prefix());
             if e.party() != Party::User {
                 eprintln!("({})", e.who_acts());
             }
@@ -708,7 +710,7 @@ fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(crate::run::console::color_stderr())
+        .with_ansi(crate::console::color_stderr())
         .with_target(false)
         .try_init();
 }
@@ -756,7 +758,7 @@ pub(crate) fn serve_banner(project: &Project, url: &str, schedules: bool) {
 }
 
 async fn print_schedules(project: &Project, lake: &Lake) -> Result<()> {
-    use crate::run::console::line;
+    use crate::console::line;
     let fmt = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S").to_string();
     if project.schedules.is_empty() {
         line(
@@ -878,10 +880,19 @@ async fn run(cli: Cli) -> Result<()> {
             stream,
             files,
             format,
+            rejects,
             ..
         } => {
             let (project, lake) = open(&dir)?;
-            land::run(&project, lake, &stream, &files, format).await
+            land::run(
+                &project,
+                lake,
+                &stream,
+                &files,
+                format,
+                rejects.allow_rejects,
+            )
+            .await
         }
         Command::Seed { select, .. } => {
             let (project, lake) = open(&dir)?;

@@ -447,8 +447,8 @@ async fn show(
     total: bool,
 ) -> Result<()> {
     let batches = ctx.sql(sql).await?.collect().await?;
-    crate::run::console::line(format!("\n{title}"));
-    crate::run::console::line(table(&batches, total)?);
+    crate::console::line(format!("\n{title}"));
+    crate::console::line(table(&batches, total)?);
     Ok(())
 }
 
@@ -627,7 +627,7 @@ async fn print_report(
         .and_then(|v| v.as_i64())
         .unwrap_or(0);
     if decayed > 0 {
-        crate::run::console::line(format!(
+        crate::console::line(format!(
             "(MQL status sticks once reached: {} below 60 became MQLs before their score decayed)",
             crate::run::count(decayed as usize, "person").replace("persons", "people")
         ));
@@ -655,14 +655,14 @@ async fn print_report(
     match salesforce {
         Some(sf) => {
             let (calls, _) = sf.stats();
-            crate::run::console::line(format!(
+            crate::console::line(format!(
                 "Salesforce emulator: {} API calls answered",
                 crate::run::thousands(calls as i64)
             ));
         }
         None => {
             let (calls, limited) = served.hubspot.stats();
-            crate::run::console::line(format!(
+            crate::console::line(format!(
                 "HubSpot emulator: {} API calls answered, {} answered 429",
                 crate::run::thousands(calls as i64),
                 crate::run::thousands(limited as i64)

@@ -256,9 +256,10 @@ impl<'a> StreamRun<'a> {
         if let Some(p) = &self.progress {
             p.set_message(format!(
                 "{}: {} pages, {} rows",
-                self.stream, self.summary.pages, self.summary.rows
+                self.stream,
+                crate::console::thousands(self.summary.pages),
+                crate::console::thousands(self.summary.rows)
             ));
-            p.tick();
         }
         self.buffer.extend(records);
         if self.buffer.len() >= FLUSH_ROWS {
@@ -520,11 +521,7 @@ pub async fn extract_until(
             let started_at = Utc::now();
             let start_cursor = load_cursor(lake, &stream).await?;
             let before = start_cursor.clone();
-            let progress = tty.then(|| {
-                let p = indicatif::ProgressBar::new_spinner();
-                p.enable_steady_tick(std::time::Duration::from_millis(200));
-                p
-            });
+            let progress = tty.then(crate::console::spinner);
             let mut run = StreamRun {
                 lake,
                 lander: &lander,

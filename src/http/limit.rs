@@ -250,6 +250,37 @@ impl RateLimiter {
         }
     }
 
+    /// `190 per 10 s`: the window as progress bars name it.
+    pub fn describe(&self) -> String {
+        self.inner
+            .lock()
+            .map(|w| {
+                let cap = (w.max / w.share.max(1)).max(1);
+                format!("{cap} per {} s", w.interval.as_secs_f64())
+            })
+            .unwrap_or_default()
+    }
+
+    /// [`RateLimiter::acquire`], saying on the progress bars what it waits
+    /// for (`what`) once the wait is longer than a blink.
+    pub async fn acquire_saying(
+        &self,
+        what: impl FnOnce() -> String,
+    ) -> Result<Instant, DailyExhausted> {
+        let turn = self.acquire();
+        tokio::pin!(turn);
+        tokio::select! {
+            r = &mut turn => return r,
+            _ = tokio::time::sleep(Duration::from_millis(150)) => {}
+        }
+        let until = self.inner.lock().ok().and_then(|w| {
+            w.paused_until
+                .or_else(|| w.sent.front().map(|t| *t + w.interval + WINDOW_MARGIN))
+        });
+        let _shown = crate::console::waiting(what(), until);
+        turn.await
+    }
+
     /// The rolling window's length.
     pub fn interval(&self) -> Duration {
         self.inner

@@ -157,6 +157,16 @@ impl RetryPolicy {
     }
 }
 
+/// A vendor's name as people write it, for messages.
+fn pretty(name: &str) -> &str {
+    match name {
+        "hubspot" => "HubSpot",
+        "salesforce" => "Salesforce",
+        "rest" => "the API",
+        other => other,
+    }
+}
+
 /// The vendor's rate-limit conventions.
 #[derive(Debug, Clone, Copy)]
 pub struct Vendor {
@@ -476,9 +486,28 @@ impl Client {
             let permit = self.breaker.admit().await;
             let mut stamps = Vec::with_capacity(call.limits.len());
             for l in &call.limits {
-                stamps.push(l.acquire().await.map_err(|_| CallError::DailyLimit)?);
+                let stamp = l
+                    .acquire_saying(|| {
+                        format!(
+                            "waiting for {}'s limit on this endpoint ({})",
+                            pretty(self.vendor.name),
+                            l.describe()
+                        )
+                    })
+                    .await;
+                stamps.push(stamp.map_err(|_| CallError::DailyLimit)?);
             }
-            let Ok(stamp) = self.account.acquire().await else {
+            let turn = self
+                .account
+                .acquire_saying(|| {
+                    format!(
+                        "waiting for {}'s rate limit ({})",
+                        pretty(self.vendor.name),
+                        self.account.describe()
+                    )
+                })
+                .await;
+            let Ok(stamp) = turn else {
                 return Err(self.stop(CallError::DailyLimit));
             };
             attempts += 1;

@@ -111,7 +111,7 @@ fn packages_file(dir: &Path) -> Option<PathBuf> {
 }
 
 fn read_specs(file: &Path, shown: &str) -> Result<Vec<Spec>> {
-    let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
+    let text = std::fs::read_to_string(file).map_err(|e| Error::user_file(file, e))?;
     let parsed: PackagesFile = serde_yaml_ng::from_str(&text).map_err(|e| {
         let at = e
             .location()

@@ -129,6 +129,9 @@ pub struct NodeDoc {
     pub last_run: Option<RunDoc>,
     pub freshness: Option<FreshnessDoc>,
     pub destination: Option<DestinationDoc>,
+    /// Why a model could not be planned (its input not landed yet, a SQL
+    /// error): its columns are then the documented ones, untyped.
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -415,6 +418,7 @@ pub async fn manifest(
             last_run: None,
             freshness: None,
             destination: None,
+            error: None,
         });
     }
     let results = test_results(&project.dir);
@@ -469,46 +473,70 @@ pub async fn manifest(
     for name in ws.order() {
         let model = ws.model(&name)?;
         let sql = ws.final_sql(&name, false)?;
-        // Unoptimized, so the plan mirrors the SQL as written.
-        let df = ctx
-            .sql_with_options(&sql, super::query_only())
-            .await
-            .map_err(|e| super::model_error(model, &sql, &e.to_string()))?;
-        let plan = df.logical_plan().clone();
-        // Validate the same way compile does.
-        plan_model(ctx, model, &sql).await?;
-        let schema = Arc::new(plan.schema().as_arrow().clone());
+        // Unoptimized, so the plan mirrors the SQL as written. A model that
+        // cannot be planned (its input not landed yet) is documented from
+        // its schema file, with why.
+        let planned = match ctx.sql_with_options(&sql, super::query_only()).await {
+            Ok(df) => match plan_model(ctx, model, &sql).await {
+                Ok(_) => Ok(df.logical_plan().clone()),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(super::plan_error(ctx, model, &sql, &e.to_string())),
+        };
         let mut columns = Vec::new();
-        for (i, f) in schema.fields().iter().enumerate() {
-            let mut ups = BTreeSet::new();
-            trace(&plan, i, &mut ups);
-            let tests: Vec<String> = project
-                .tests
-                .iter()
-                .filter(|t| t.model == name && t.column.as_deref() == Some(f.name().as_str()))
-                .map(|t| t.kind.clone())
-                .collect();
-            columns.push(ColumnDoc {
-                name: f.name().clone(),
-                data_type: sql_type(f.data_type()),
-                description: model
+        let mut error = None;
+        match planned {
+            Ok(plan) => {
+                let schema = Arc::new(plan.schema().as_arrow().clone());
+                for (i, f) in schema.fields().iter().enumerate() {
+                    let mut ups = BTreeSet::new();
+                    trace(&plan, i, &mut ups);
+                    columns.push(ColumnDoc {
+                        name: f.name().clone(),
+                        data_type: sql_type(f.data_type()),
+                        description: None,
+                        lineage: ups
+                            .into_iter()
+                            .map(|u| LineageRef {
+                                node: id_of(&u.table),
+                                column: u.column,
+                            })
+                            .collect(),
+                        tests: Vec::new(),
+                    });
+                }
+                if model.config.materialized != Materialized::Ephemeral {
+                    ctx.deregister_table(name.as_str())?;
+                    ctx.register_table(name.as_str(), Arc::new(EmptyTable::new(schema)))?;
+                }
+            }
+            Err(e) => {
+                error = Some(e.to_string());
+                columns = model
                     .columns
                     .iter()
-                    .find(|c| &c.name == f.name())
-                    .and_then(|c| c.description.clone()),
-                lineage: ups
-                    .into_iter()
-                    .map(|u| LineageRef {
-                        node: id_of(&u.table),
-                        column: u.column,
+                    .map(|c| ColumnDoc {
+                        name: c.name.clone(),
+                        data_type: c.data_type.clone().unwrap_or_default().to_uppercase(),
+                        description: None,
+                        lineage: Vec::new(),
+                        tests: Vec::new(),
                     })
-                    .collect(),
-                tests,
-            });
+                    .collect();
+            }
         }
-        if model.config.materialized != Materialized::Ephemeral {
-            ctx.deregister_table(name.as_str())?;
-            ctx.register_table(name.as_str(), Arc::new(EmptyTable::new(schema)))?;
+        for c in &mut columns {
+            c.description = model
+                .columns
+                .iter()
+                .find(|x| x.name == c.name)
+                .and_then(|x| x.description.clone());
+            c.tests = project
+                .tests
+                .iter()
+                .filter(|t| t.model == name && t.column.as_deref() == Some(c.name.as_str()))
+                .map(|t| t.kind.clone())
+                .collect();
         }
         let first = ws.first.get(&name);
         let mut depends_on: Vec<String> = ws
@@ -563,6 +591,7 @@ pub async fn manifest(
                                     loaded_at: at.clone(),
                                 }),
                                 destination: None,
+                                error: None,
                             },
                         );
                     }
@@ -623,6 +652,7 @@ pub async fn manifest(
                 loaded_at: at.clone(),
             }),
             destination: None,
+            error,
         });
     }
     nodes.extend(sources.into_values());
@@ -688,13 +718,16 @@ pub fn add_syncs(m: &mut Manifest, syncs: &[(crate::sync::config::Sync, String)]
             materialized: None,
             relation: None,
             tags: Vec::new(),
-            description: Some(format!(
-                "{} {} in {} ({})",
-                sync.mode.as_str(),
-                sync.object,
-                kind,
-                sync.destination
-            )),
+            description: Some(if sync.destination == *kind {
+                format!("{} {} in {kind}", sync.mode.as_str(), sync.object)
+            } else {
+                format!(
+                    "{} {} in {kind} (destination {})",
+                    sync.mode.as_str(),
+                    sync.object,
+                    sync.destination
+                )
+            }),
             depends_on: vec![model],
             referenced_by: Vec::new(),
             raw_sql: None,
@@ -709,6 +742,7 @@ pub fn add_syncs(m: &mut Manifest, syncs: &[(crate::sync::config::Sync, String)]
                 key: sync.key_property.clone(),
                 mode: sync.mode.as_str().to_string(),
             }),
+            error: None,
         });
     }
     link(m);

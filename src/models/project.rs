@@ -92,7 +92,7 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
-    fn defaults() -> ModelConfig {
+    pub(crate) fn defaults() -> ModelConfig {
         ModelConfig {
             enabled: true,
             ..Default::default()
@@ -175,9 +175,21 @@ impl ModelConfig {
             | "full_refresh" | "description" | "post-hook" | "pre-hook" | "group" | "access"
             | "file_format" | "quoting" => {}
             other => {
+                let known = [
+                    "materialized",
+                    "unique_key",
+                    "incremental_strategy",
+                    "tags",
+                    "enabled",
+                    "contract",
+                    "schema",
+                    "alias",
+                ]
+                .map(String::from);
                 return Err(Error::Input(format!(
-                    "{origin}: unknown config `{other}`; ferry knows materialized, unique_key, \
-                     incremental_strategy, tags, enabled, contract, schema and alias"
+                    "{origin}: unknown config `{other}`{}; ferry knows materialized, unique_key, \
+                     incremental_strategy, tags, enabled, contract, schema and alias",
+                    suggest(other, known.iter()).trim_end_matches('?')
                 )));
             }
         }
@@ -771,7 +783,7 @@ fn files(root: &Path, exts: &[&str]) -> Result<Vec<PathBuf>> {
 }
 
 fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+    std::fs::read_to_string(path).map_err(|e| Error::user_file(path, e))
 }
 
 impl ModelProject {
@@ -1472,12 +1484,34 @@ pub fn name_line(text: &str, after: usize, name: &str) -> Option<usize> {
         .enumerate()
         .skip(after)
         .find(|(_, l)| {
-            let l = l.trim_start().trim_start_matches("- ").trim_start();
+            // `- name: x`, `name: "x"`, or flow style `- {name: x, ...}`.
+            let l = l
+                .trim_start()
+                .trim_start_matches("- ")
+                .trim_start()
+                .trim_start_matches('{')
+                .trim_start();
             l.strip_prefix("name:")
+                .and_then(|v| v.split([',', '}', '#']).next())
                 .map(|v| v.trim().trim_matches(['\'', '"']) == name)
                 .unwrap_or(false)
         })
         .map(|(i, _)| i + 1)
+}
+
+#[cfg(test)]
+mod name_line_tests {
+    use super::name_line;
+
+    #[test]
+    fn finds_block_flow_and_quoted_names_after_their_model() {
+        let yml = "models:\n  - name: a\n    columns:\n      - name: id\n  - name: b\n    columns:\n      - {name: id, data_tests: [unique]}\n      - name: \"email\"  # quoted\n";
+        assert_eq!(name_line(yml, 0, "b"), Some(5));
+        assert_eq!(name_line(yml, 5, "id"), Some(7));
+        assert_eq!(name_line(yml, 0, "id"), Some(4));
+        assert_eq!(name_line(yml, 5, "email"), Some(8));
+        assert_eq!(name_line(yml, 0, "missing"), None);
+    }
 }
 
 fn parse_test(t: &Yaml, model: &str, column: Option<&str>, origin: &str) -> Result<TestSpec> {

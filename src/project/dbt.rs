@@ -60,7 +60,7 @@ const PLAIN_CONFIGS: &[&str] = &[
 
 pub fn load(dir: &Path, lake_override: Option<String>) -> Result<Project> {
     let file = dir.join(DBT_PROJECT_FILE);
-    let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
+    let text = std::fs::read_to_string(&file).map_err(|e| Error::user_file(&file, e))?;
     let p: DbtProject = serde_yaml_ng::from_str(&text).map_err(|e| {
         let at = e
             .location()

@@ -390,7 +390,7 @@ impl Project {
         edit: impl FnOnce(&mut toml::Table) -> std::result::Result<(), String>,
     ) -> Result<Project> {
         let file = dir.join(CONFIG_FILE);
-        let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
+        let text = std::fs::read_to_string(&file).map_err(|e| Error::user_file(&file, e))?;
         let mut table: toml::Table = toml::from_str(&text)
             .map_err(|e| Error::Project(format!("{}: {e}", file.display())))?;
         edit(&mut table).map_err(Error::Project)?;
@@ -593,7 +593,20 @@ impl Project {
         };
         let mut model_defaults = BTreeMap::new();
         for (k, v) in &raw.models {
-            let y = serde_yaml_ng::to_value(v).map_err(|e| convert(k, e.to_string()))?;
+            let key = format!("models.{k}");
+            let y = serde_yaml_ng::to_value(v).map_err(|e| convert(&key, e.to_string()))?;
+            // Checked here, where the line is known: a typo in `[models]`
+            // names its line. A Jinja value is checked once rendered.
+            let templated = y.as_str().is_some_and(|s| s.contains("{{"));
+            if !templated {
+                crate::models::project::ModelConfig::defaults()
+                    .apply(k, &y, "[models]")
+                    .map_err(|e| {
+                        let message = e.to_string();
+                        let message = message.strip_prefix("[models]: ").unwrap_or(&message);
+                        config_error(file, text, find_key(text, &key), message.to_string())
+                    })?;
+            }
             model_defaults.insert(k.clone(), y);
         }
         let mut vars = BTreeMap::new();

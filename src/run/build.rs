@@ -193,7 +193,7 @@ pub async fn build(
     opts: &BuildOptions,
 ) -> Result<BuildReport> {
     // Where this writes, before anything is written.
-    super::console::line(project.target_line());
+    crate::console::line(project.target_line());
     project.check_clean()?;
     let started_at = Utc::now();
     let run_id = RunId::new();
@@ -205,7 +205,7 @@ pub async fn build(
     // that does not compile stops here; a missing secret fails only the
     // source or sync that needs it.
     let t = Instant::now();
-    super::console::line("== check");
+    crate::console::line("== check");
     let checked = super::check::check(project, &lake, args).await?;
     super::check::print(&checked);
     let blocking = checked.blocking();
@@ -282,7 +282,7 @@ pub async fn build(
     if ws.project.seeds.is_empty() {
         stages.push(Stage::skipped("seed", "no seeds"));
     } else {
-        super::console::line("== seed");
+        crate::console::line("== seed");
         match super::models::seed(project, lake.clone(), args).await {
             Ok(()) => stages.push(Stage::new(
                 "seed",
@@ -291,14 +291,14 @@ pub async fn build(
                 format!("{} seeds", ws.project.seeds.len()),
             )),
             Err(e) => {
-                eprintln!("{} {e}", super::console::error_prefix());
+                eprintln!("{} {e}", crate::console::error_prefix());
                 stages.push(Stage::failed("seed", t, &e));
             }
         }
     }
     if !ws.project.snapshots.is_empty() {
         let t = Instant::now();
-        super::console::line("== snapshot");
+        crate::console::line("== snapshot");
         match super::models::snapshot(project, lake.clone(), args).await {
             Ok(()) => stages.push(Stage::new(
                 "snapshot",
@@ -307,13 +307,13 @@ pub async fn build(
                 format!("{} snapshots", ws.project.snapshots.len()),
             )),
             Err(e) => {
-                eprintln!("{} {e}", super::console::error_prefix());
+                eprintln!("{} {e}", crate::console::error_prefix());
                 stages.push(Stage::failed("snapshot", t, &e));
             }
         }
     }
     let t = Instant::now();
-    super::console::line("== run");
+    crate::console::line("== run");
     match super::models::run_models_with(
         project,
         &lake,
@@ -340,7 +340,7 @@ pub async fn build(
             model_results = results;
         }
         Err(e) => {
-            eprintln!("{} {e}", super::console::error_prefix());
+            eprintln!("{} {e}", crate::console::error_prefix());
             stages.push(Stage::failed("run", t, &e));
         }
     }
@@ -358,7 +358,7 @@ pub async fn build(
         .await;
     }
     let t = Instant::now();
-    super::console::line("== test");
+    crate::console::line("== test");
     // Tests of models this build could not build would only repeat the
     // run's errors: they are left out, and the run stage has failed anyway.
     let unbuilt: Vec<String> = model_results
@@ -371,7 +371,7 @@ pub async fn build(
     let note = if unbuilt.is_empty() {
         String::new()
     } else {
-        super::console::line(format!(
+        crate::console::line(format!(
             "(not testing {} that failed or were skipped)",
             super::count(unbuilt.len(), "model")
         ));
@@ -452,7 +452,7 @@ pub async fn build(
             .find(|s| s.status == "failed" && s.name != "check")
             .map(|s| s.name)
             .unwrap_or("?");
-        super::console::line(format!(
+        crate::console::line(format!(
             "== sync skipped: the {first} stage failed, so nothing is sent to the CRM"
         ));
         stages.push(Stage::skipped(
@@ -510,21 +510,21 @@ async fn finish(
         "success"
     };
     let elapsed = (Utc::now() - started_at).num_milliseconds() as f64 / 1000.0;
-    super::console::line(format!(
+    crate::console::line(format!(
         "\nbuild {run_id}: {} in {elapsed:.1}s",
-        super::console::status(word, 0)
+        crate::console::status(word, 0)
     ));
     for s in &stages {
-        super::console::line(format!(
+        crate::console::line(format!(
             "  {:<8} {} {:>7.2}s  {}",
             s.name,
-            super::console::status(s.status, 8),
+            crate::console::status(s.status, 8),
             s.seconds,
             s.detail.lines().next().unwrap_or("")
         ));
     }
     for r in &rejects {
-        super::console::line(format!("  {} {r}", super::console::status("WARN", 0)));
+        crate::console::line(format!("  {} {r}", crate::console::status("WARN", 0)));
     }
     Ok(BuildReport {
         run_id: run_id.to_string(),

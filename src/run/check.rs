@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::time::Instant;
 
 use super::Selection;
-use super::console;
+use crate::console;
 use crate::error::{Error, Result};
 use crate::http::Auth;
 use crate::lake::Lake;

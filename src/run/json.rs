@@ -1,8 +1,8 @@
 //! The `--format json` documents of `run`, `test`, `build`, `extract`,
 //! `sync` and `schedules`: one object on stdout per command, whose shape
 //! is documented in README ("Machine-readable output") and pinned by the
-//! binary tests. Every document has `command`, `status` (`success`,
-//! `failed`, `rejected` or `stopped`) and `error` (null on success); keys
+//! binary tests. Every document has `version`, `command`, `status`
+//! (`success`, `failed` or `rejected`) and `error` (null on success); keys
 //! are never left out (null instead), so a script can index them.
 
 use serde_json::{Value, json};
@@ -151,7 +151,7 @@ pub fn emit(command: &str, result: &crate::error::Result<()>, body: Value) {
 
 /// [`emit`] for a command that failed with `error` (or succeeded: `None`).
 pub fn emit_outcome(command: &str, error: Option<&crate::error::Error>, body: Value) {
-    if !super::console::json() {
+    if !crate::console::json() {
         return;
     }
     let body = match body {
@@ -162,7 +162,7 @@ pub fn emit_outcome(command: &str, error: Option<&crate::error::Error>, body: Va
             m
         }
     };
-    super::console::emit(&document(command, error, body));
+    crate::console::emit(&document(command, error, body));
 }
 
 #[cfg(test)]

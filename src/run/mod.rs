@@ -13,7 +13,6 @@
 
 pub mod build;
 pub mod check;
-pub mod console;
 pub mod json;
 pub mod models;
 
@@ -28,7 +27,7 @@ use crate::lake::{Lake, RunId};
 use crate::project::Project;
 use crate::sync::{SyncOptions, Syncer};
 
-pub use console::thousands;
+pub use crate::console::{self, thousands};
 
 /// `1 model`, `3 models`: a count and its noun, in summaries.
 pub fn count(n: usize, noun: &str) -> String {

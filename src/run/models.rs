@@ -2,14 +2,13 @@
 //! also called by [`super::build`] and the scheduler.
 
 use std::collections::BTreeSet;
-use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
 
 use super::Selection as SelectArgs;
-use super::console;
+use crate::console;
 use crate::error::{Error, Result};
 use crate::lake::{Lake, RunId};
 use crate::models::project::Severity;
@@ -291,15 +290,7 @@ pub async fn run_models_with(
     let ctx = crate::engine::session(&lake).await?;
     seed::register_for_planning(&ctx, &lake, &ws.project).await?;
 
-    let bar = indicatif::ProgressBar::new(selected.len() as u64);
-    if std::io::stderr().is_terminal() {
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} models {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-    } else {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let bar = console::bar(selected.len() as u64, "models");
     let results = run::run(
         Arc::new(ws),
         ctx,

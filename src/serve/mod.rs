@@ -424,7 +424,7 @@ pub async fn docs(
     let local = listener
         .local_addr()
         .map_err(|e| Error::Input(format!("{addr}: {e}")))?;
-    crate::run::console::line(format!(
+    crate::console::line(format!(
         "serving the docs at http://{local}/ (Ctrl-C stops)"
     ));
     axum::serve(listener, app)

@@ -709,13 +709,23 @@ impl Run<'_> {
         let unsettled = &unsettled;
         let (tx, rx) = futures::channel::mpsc::channel::<(Op, Vec<Queued>)>(0);
         let job_error: Mutex<Option<Error>> = Mutex::new(None);
+        let total: usize = chunks.iter().map(Vec::len).sum();
+        let bar = crate::console::bar(
+            total as u64,
+            &format!("rows → {} {}", caps.vendor, sync.object),
+        );
         let planning = async {
             let mut tx = tx;
-            let mut results = futures::stream::iter(
-                chunks
-                    .into_iter()
-                    .map(|c| self.chunk(c, unique, copy, unsettled)),
-            )
+            let mut results = futures::stream::iter(chunks.into_iter().map(|c| {
+                let n = c.len() as u64;
+                let sent = self.chunk(c, unique, copy, unsettled);
+                let bar = &bar;
+                async move {
+                    let r = sent.await;
+                    bar.inc(n);
+                    r
+                }
+            }))
             .buffer_unordered(self.max_in_flight.max(1));
             let mut first_error = None;
             while let Some(r) = results.next().await {
@@ -751,6 +761,7 @@ impl Run<'_> {
             }
         };
         let (first_error, ()) = futures::join!(planning, running);
+        bar.finish_and_clear();
         if let Some(e) = first_error.or_else(|| job_error.lock().ok().and_then(|mut e| e.take())) {
             return Err(e);
         }

@@ -89,19 +89,34 @@ fn bad_json_lines_are_quarantined_with_file_and_line() {
     let proj = init(tmp.path());
     let file = tmp.path().join("drop.jsonl");
     std::fs::write(&file, "{\"id\": 1}\n{\"id\": 2,\n\n[3]\n{\"id\": 4}\n").unwrap();
+    // Rows refused on the way: the rest lands, and the exit code says 3.
+    let out = ferry(&proj, &["land", "crm.contacts", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", both(&out));
+    let said = both(&out);
+    assert!(
+        said.contains("landed 2 rows") && said.contains("2 rejected"),
+        "{said}"
+    );
+    assert!(
+        said.contains("2 rows quarantined") && said.contains("--allow-rejects"),
+        "{said}"
+    );
+    // --allow-rejects: the same outcome counts as a success.
     let out = ok(&ferry(
         &proj,
-        &["land", "crm.contacts", file.to_str().unwrap()],
+        &[
+            "land",
+            "crm.contacts",
+            file.to_str().unwrap(),
+            "--allow-rejects",
+        ],
     ));
-    assert!(
-        out.contains("landed 2 rows") && out.contains("2 rejected"),
-        "{out}"
-    );
+    assert!(out.contains("landed 2 rows"), "{out}");
     let q = ok(&ferry(
         &proj,
         &[
             "query",
-            "select origin, reason from ferry.quarantine order by origin",
+            "select distinct origin, reason from ferry.quarantine order by origin",
             "--format",
             "csv",
         ],
@@ -115,6 +130,37 @@ fn bad_json_lines_are_quarantined_with_file_and_line() {
         lines[2].contains("drop.jsonl:4") && lines[2].contains("JSON object"),
         "{q}"
     );
+}
+
+/// A file that is not there is the user's to fix: said once, with the
+/// path, and not as a storage failure that running again might cure.
+#[test]
+fn a_missing_input_file_is_said_once_and_not_as_temporary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let proj = init(tmp.path());
+    let out = ferry(&proj, &["land", "crm.contacts", "nope.jsonl"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        err.contains("nope.jsonl: ") && err.contains("check the path"),
+        "{err}"
+    );
+    assert_eq!(err.matches("nope.jsonl").count(), 1, "said once: {err}");
+    assert!(
+        !err.contains("may succeed") && !err.contains("temporar"),
+        "{err}"
+    );
+    // Among several files, each missing one is named once and the rest land.
+    let good = proj.join("data/contacts.jsonl");
+    let out = ferry(
+        &proj,
+        &["land", "crm.contacts", "nope.jsonl", good.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let said = both(&out);
+    assert!(said.contains("landed 10 rows"), "{said}");
+    assert_eq!(said.matches("nope.jsonl").count(), 1, "{said}");
+    assert!(said.contains("1 of 2 files not landed"), "{said}");
 }
 
 #[test]
@@ -432,4 +478,546 @@ fn a_missing_source_names_its_line_the_users_name_and_the_nearest() {
         !text.contains("datafusion."),
         "engine names stay out: {text}"
     );
+}
+
+/// The starter project after a demo: a temporary folder holding it.
+fn demo_project(root: &Path) -> std::path::PathBuf {
+    let proj = root.join("gtm");
+    ok(&Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["init", "--template", "gtm", proj.to_str().unwrap()])
+        .output()
+        .unwrap());
+    ok(&ferry(&proj, &["demo", "--scale", "300", "--threads", "2"]));
+    proj
+}
+
+fn both(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `ferry check` validates without calling anyone: secrets per source and
+/// sync, models with file:line, a data test on a missing column with its
+/// schema file's line; it passes once they are fixed.
+#[test]
+fn check_names_each_problem_where_it_is_and_passes_once_fixed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let proj = demo_project(tmp.path());
+    let run = |envs: &[(&str, &str)], args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ferry"));
+        c.arg("check")
+            .arg("--project-dir")
+            .arg(&proj)
+            .args(args)
+            .env_remove("HUBSPOT_TOKEN")
+            .env_remove("MARKETING_API_TOKEN")
+            .env_remove("FERRY_LOG");
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    // Without the tokens: each source and sync that needs one is named, with
+    // the line of ferry.toml; the models are fine.
+    let out = run(&[], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = both(&out);
+    assert!(text.contains("secrets  FAIL 5 problems"), "{text}");
+    assert!(
+        text.contains("source hubspot: ./ferry.toml:") || text.contains("source hubspot: "),
+        "{text}"
+    );
+    assert!(text.contains("HUBSPOT_TOKEN is not set"), "{text}");
+    assert!(
+        text.contains("sync contact_scores: destination hubspot"),
+        "{text}"
+    );
+    assert!(text.contains("models   OK   26 models compile"), "{text}");
+    let tokens = [("HUBSPOT_TOKEN", "t"), ("MARKETING_API_TOKEN", "m")];
+    let out = run(&tokens, &[]);
+    assert!(out.status.success(), "{}", both(&out));
+    // A typo in a model: its file and line, and the models below it are
+    // not reported one by one.
+    let model = proj.join("models/marts/dim_people.sql");
+    let sql = std::fs::read_to_string(&model).unwrap();
+    std::fs::write(&model, sql.replacen("select", "selec", 1)).unwrap();
+    let out = run(&tokens, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = both(&out);
+    assert!(
+        text.contains("model dim_people: models/marts/dim_people.sql:"),
+        "{text}"
+    );
+    assert!(
+        text.contains("downstream of a failing one not checked"),
+        "{text}"
+    );
+    assert!(!text.contains("Debug"), "{text}");
+    std::fs::write(&model, &sql).unwrap();
+    // A data test on a column its model does not have: the schema file's line.
+    let schema = proj.join("models/staging/schema.yml");
+    let yml = std::fs::read_to_string(&schema).unwrap();
+    let line = yml
+        .lines()
+        .position(|l| l.contains("{name: is_free_email,"))
+        .expect("stg_hubspot__contacts tests is_free_email")
+        + 1;
+    std::fs::write(
+        &schema,
+        yml.replacen("{name: is_free_email,", "{name: is_free_emal,", 1),
+    )
+    .unwrap();
+    let out = run(&tokens, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = both(&out);
+    assert!(
+        text.contains(&format!(
+            "models/staging/schema.yml:{line} (model stg_hubspot__contacts, column is_free_emal)"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("did you mean is_free_email"), "{text}");
+    std::fs::write(&schema, &yml).unwrap();
+    // A bad selection is refused.
+    let out = run(&tokens, &["--select", "tag:"]);
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+}
+
+/// `ferry build` checks first: without the HubSpot token, the HubSpot
+/// source and syncs fail and say why, while the marketing sources are
+/// still extracted and the models still built.
+#[test]
+fn a_missing_secret_fails_only_what_needs_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let proj = demo_project(tmp.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["build", "--skip-extract", "--project-dir"])
+        .arg(&proj)
+        .args(["--vars", "as_of=2026-01-01T00:00:00Z", "--format", "json"])
+        .env_remove("HUBSPOT_TOKEN")
+        .env("MARKETING_API_TOKEN", "m")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stage = |name: &str| {
+        doc["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["stage"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(stage("check")["status"], "failed");
+    assert!(
+        stage("check")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("HUBSPOT_TOKEN")
+    );
+    assert_eq!(stage("run")["status"], "ok", "{doc}");
+    assert_eq!(stage("test")["status"], "ok", "{doc}");
+    // The syncs needing the token were left out, not sent.
+    assert_eq!(stage("sync")["status"], "skipped", "{doc}");
+    assert!(doc["models"].as_array().unwrap().len() >= 20);
+}
+
+/// `--format json`: one document on stdout with a stable shape, the human
+/// lines on stderr.
+#[test]
+fn json_output_is_one_document_with_every_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let proj = demo_project(tmp.path());
+    let json = |args: &[&str]| -> (Option<i32>, serde_json::Value) {
+        let out = ferry(&proj, args);
+        let doc = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: not one JSON document ({e}): {}", both(&out)));
+        (out.status.code(), doc)
+    };
+    let (code, run) = json(&["run", "--select", "dim_people", "--format", "json"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(run["command"], "run");
+    assert_eq!(run["status"], "success");
+    assert_eq!(run["version"], 1);
+    assert!(run["error"].is_null());
+    assert_eq!(run["models"][0]["name"], "dim_people");
+    assert!(run["models"][0]["rows"].as_u64().unwrap() > 0);
+    for key in ["unique_id", "materialized", "status", "seconds", "error"] {
+        assert!(run["models"][0].get(key).is_some(), "{key} in {run}");
+    }
+    let (code, test) = json(&["test", "--select", "dim_people", "--format", "json"]);
+    assert_eq!(code, Some(0));
+    assert!(test["counts"]["pass"].as_u64().unwrap() > 0);
+    let t = &test["tests"][0];
+    for key in ["name", "kind", "status", "failures", "seconds", "message"] {
+        assert!(t.get(key).is_some(), "{key} in {t}");
+    }
+    let (code, schedules) = json(&["schedules", "--format", "json"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(schedules["schedules"], serde_json::json!([]));
+    // A command that fails before doing anything still prints its document.
+    let (code, extract) = json(&["extract", "nope", "--format", "json"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(extract["status"], "failed");
+    assert!(
+        extract["error"]
+            .as_str()
+            .unwrap()
+            .contains("nothing to extract matches")
+    );
+    // query --format json keeps null keys.
+    let out = ok(&ferry(
+        &proj,
+        &[
+            "query",
+            "select 1 as a, cast(null as varchar) as b",
+            "--format",
+            "json",
+        ],
+    ));
+    assert_eq!(out.trim(), r#"[{"a":1,"b":null}]"#);
+}
+
+/// Refused rows make the exit code 3 (and the summary says where they
+/// are) unless --allow-rejects; a failed stream fails the command but the
+/// other streams still land.
+#[test]
+fn rejects_and_failed_streams_are_in_the_summary_and_the_exit_code() {
+    let tmp = tempfile::tempdir().unwrap();
+    let proj = init(tmp.path());
+    let drops = proj.join("drops");
+    std::fs::create_dir_all(&drops).unwrap();
+    std::fs::write(
+        drops.join("a.jsonl"),
+        "{\"id\": 1, \"email\": \"a@x.io\"}\nnot json\n{\"id\": 2, \"email\": \"b@x.io\"}\n",
+    )
+    .unwrap();
+    let toml = std::fs::read_to_string(proj.join("ferry.toml")).unwrap();
+    std::fs::write(
+        proj.join("ferry.toml"),
+        format!(
+            "{toml}\n[sources.drops]\ntype = \"files\"\npath = \"drops\"\n\
+             [sources.drops.streams.leads]\npattern = \"*.jsonl\"\n\
+             [sources.broken]\ntype = \"rest\"\nurl = \"http://127.0.0.1:9\"\n\
+             [sources.broken.streams.things]\npath = \"/things\"\n"
+        ),
+    )
+    .unwrap();
+    let out = ferry(&proj, &["extract"]);
+    let text = both(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAILED broken.things"), "{text}");
+    assert!(text.contains("1 stream FAILED: broken.things"), "{text}");
+    assert!(
+        text.contains("OK     drops.leads"),
+        "the other stream ran: {text}"
+    );
+    assert!(text.contains("1 row quarantined"), "{text}");
+    let failed = ok(&ferry(
+        &proj,
+        &[
+            "query",
+            "select source, stream, status from ferry.extract_runs where status = 'failed'",
+            "--format",
+            "csv",
+        ],
+    ));
+    assert_eq!(failed, "source,stream,status\nbroken,things,failed\n");
+    // Only the refused row left: exit 3, or 0 with --allow-rejects.
+    let toml = std::fs::read_to_string(proj.join("ferry.toml")).unwrap();
+    let cut = toml.find("[sources.broken]").unwrap();
+    std::fs::write(proj.join("ferry.toml"), &toml[..cut]).unwrap();
+    std::fs::write(drops.join("b.jsonl"), "{\"id\": 3}\n{oops\n").unwrap();
+    let out = ferry(&proj, &["extract"]);
+    assert_eq!(out.status.code(), Some(3), "{}", both(&out));
+    assert!(both(&out).contains("--allow-rejects"), "{}", both(&out));
+    std::fs::write(drops.join("c.jsonl"), "{\"id\": 4}\n{oops\n").unwrap();
+    let out = ferry(&proj, &["extract", "--allow-rejects"]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+}
+
+/// Help shows examples; --project-dir works after the subcommand; colours
+/// only on a terminal and never with NO_COLOR.
+#[test]
+fn help_examples_project_dir_after_the_subcommand_and_colours() {
+    let bin = env!("CARGO_BIN_EXE_ferry");
+    let help = ok(&Command::new(bin)
+        .args(["build", "--help"])
+        .output()
+        .unwrap());
+    assert!(help.contains("Examples:\n  ferry build"), "{help}");
+    assert!(
+        help.contains("--threads") && help.contains("Models built at once"),
+        "{help}"
+    );
+    let help = ok(&Command::new(bin).args(["init", "--help"]).output().unwrap());
+    assert!(
+        !help.contains("--project-dir <"),
+        "init takes no project: {help}"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let proj = init(tmp.path());
+    let out = ok(&Command::new(bin)
+        .args(["test", "--project-dir"])
+        .arg(&proj)
+        .output()
+        .unwrap());
+    assert!(out.contains("no tests selected"), "{out}");
+    assert!(!out.contains('\x1b'), "no colour into a pipe: {out:?}");
+    // Under a terminal (script(1) gives one) the status words are coloured,
+    // unless NO_COLOR is set.
+    if Command::new("script").arg("--version").output().is_ok() {
+        let data = proj.join("data/contacts.jsonl");
+        ok(&ferry(
+            &proj,
+            &["land", "crm.contacts", data.to_str().unwrap()],
+        ));
+        let cmd = format!("{bin} run --project-dir {}", proj.display());
+        let tty = |no_color: bool| {
+            let mut c = Command::new("script");
+            c.args(["-qec", &cmd, "/dev/null"]);
+            if no_color {
+                c.env("NO_COLOR", "1");
+            } else {
+                c.env_remove("NO_COLOR");
+            }
+            c.env("TERM", "xterm");
+            String::from_utf8_lossy(&c.output().unwrap().stdout).to_string()
+        };
+        assert!(tty(false).contains("\x1b[32mOK"), "{:?}", tty(false));
+        assert!(!tty(true).contains("\x1b[32m"), "{:?}", tty(true));
+    }
+}
+
+/// The docs site in headless Chromium: it renders from disk with no
+/// network, its graph holds the syncs, and the lineage links lead from a
+/// CRM field back, page by page, to the raw vendor column.
+#[test]
+fn the_docs_site_renders_in_chromium_and_lineage_leads_to_the_vendor_column() {
+    let chromium = std::env::var("FERRY_CHROMIUM").unwrap_or_else(|_| "chromium".into());
+    if Command::new(&chromium).arg("--version").output().is_err() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must install Chromium (.ci/run does): {chromium} not found"
+        );
+        eprintln!("skipped: no {chromium} on PATH (apt-get install chromium)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let proj = demo_project(tmp.path());
+    ok(&ferry(&proj, &["test"]));
+    let said = ok(&ferry(&proj, &["docs"]));
+    assert!(said.contains("documented 26 models"), "{said}");
+    let page = proj.join("target/docs/index.html");
+    let dom = |hash: &str| -> String {
+        let out = Command::new(&chromium)
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--dump-dom",
+            ])
+            .arg(format!("file://{}{hash}", page.display()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", both(&out));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let home = dom("");
+    let body = |page: &str| -> String {
+        let at = page.find("<body").expect("a body");
+        page[at..at + page[at..].find('>').unwrap()].to_string()
+    };
+    assert!(body(&home).contains("data-rendered=\"1\""), "not rendered");
+    assert!(
+        !body(&home).contains("data-js-errors"),
+        "script errors: {}",
+        body(&home)
+    );
+    assert!(home.contains("id=\"graph\"") && home.contains("data-id=\"sync.contact_scores\""));
+    assert!(home.contains("id=\"search\"") && home.contains("id=\"sidebar\""));
+    // Follow the lineage of ferry_lead_score through the pages themselves.
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(proj.join("target/docs/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let node = |id: &str| {
+        manifest["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id}"))
+    };
+    let (mut id, mut col) = (
+        "sync.contact_scores".to_string(),
+        "ferry_lead_score".to_string(),
+    );
+    let mut hops = Vec::new();
+    loop {
+        let page = dom(&format!("#!/{id}/{col}"));
+        assert!(
+            !body(&page).contains("data-js-errors"),
+            "{id}: {}",
+            body(&page)
+        );
+        assert!(
+            page.contains(&format!("data-node-id=\"{id}\"")),
+            "{id} page"
+        );
+        assert!(
+            page.contains(&format!("data-column=\"{col}\"")),
+            "{id}/{col} row"
+        );
+        let n = node(&id);
+        if n["kind"] == "source" {
+            break;
+        }
+        let up = n["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == col.as_str())
+            .unwrap()["lineage"][0]
+            .clone();
+        assert!(up.is_object(), "{id}/{col} has no lineage");
+        let (next, next_col) = (
+            up["node"].as_str().unwrap().to_string(),
+            up["column"].as_str().unwrap().to_string(),
+        );
+        assert!(
+            page.contains(&format!("href=\"#!/{next}/{next_col}\"")),
+            "{id}/{col} links to {next}/{next_col}"
+        );
+        hops.push(format!("{id}.{col}"));
+        (id, col) = (next, next_col);
+        assert!(hops.len() < 20, "lineage loops: {hops:?}");
+    }
+    assert!(
+        id.starts_with("source.hubspot.") || id.starts_with("source.marketing."),
+        "{hops:?} ended at {id}"
+    );
+    // Test results are on the model pages.
+    let scores = dom("#!/model.contact_scores");
+    assert!(scores.contains("badge pass"), "test results shown");
+    // A screenshot, as the README shows it.
+    let shot = tmp.path().join("docs.png");
+    let out = Command::new(&chromium)
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1280,800",
+        ])
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", both(&out));
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 20_000,
+        "screenshot"
+    );
+}
+
+/// `ferry docs --serve` serves the same page and manifest.
+#[test]
+fn docs_serve_serves_the_page() {
+    let tmp = tempfile::tempdir().unwrap();
+    let proj = init(tmp.path());
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "docs",
+            "--serve",
+            "--port",
+            &port.to_string(),
+            "--project-dir",
+        ])
+        .arg(&proj)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let get = |path: &str| -> Option<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        Some(body)
+    };
+    let mut page = None;
+    for _ in 0..100 {
+        if let Some(p) = get("/") {
+            page = Some(p);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let manifest = get("/manifest.json");
+    let _ = child.kill();
+    let _ = child.wait();
+    let page = page.expect("ferry docs --serve answers");
+    assert!(
+        page.starts_with("HTTP/1.0 200") || page.starts_with("HTTP/1.1 200"),
+        "{page}"
+    );
+    assert!(
+        page.contains("text/html") && page.contains("\"version\":2"),
+        "manifest inlined"
+    );
+    assert!(manifest.unwrap().contains("\"nodes\""));
+}
+
+/// A typo in `[models]` or `[syncs.*]` names ferry.toml's line and key,
+/// and the nearest known name.
+#[test]
+fn typos_in_models_and_syncs_name_their_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let proj = init(tmp.path());
+    let toml = std::fs::read_to_string(proj.join("ferry.toml")).unwrap();
+    let line = toml.lines().count() + 3;
+    std::fs::write(
+        proj.join("ferry.toml"),
+        format!("{toml}\n[models]\nmaterialzed = \"table\"\n"),
+    )
+    .unwrap();
+    let out = ferry(&proj, &["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        err.contains(&format!(
+            "ferry.toml:{line}:1: models.materialzed: unknown config"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("did you mean materialized"), "{err}");
+    std::fs::write(
+        proj.join("ferry.toml"),
+        format!(
+            "{toml}\n[destinations.hubspot]\ntype = \"hubspot\"\ntoken = \"x\"\n\
+             [syncs.scores]\nmodle = \"contacts_by_country\"\ndestination = \"hubspot\"\n"
+        ),
+    )
+    .unwrap();
+    let line = toml.lines().count() + 6;
+    let out = ferry(&proj, &["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        err.contains(&format!("ferry.toml:{line}:1: syncs.scores.modle: unknown field `modle`, expected one of `model`")),
+        "{err}"
+    );
+    assert_eq!(err.matches("error:").count(), 1, "said once: {err}");
 }

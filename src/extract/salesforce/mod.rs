@@ -259,6 +259,7 @@ impl SalesforceSource {
             .to_string();
         let mut pause = Duration::from_millis(250);
         let mut last = String::new();
+        let shown = crate::console::waiting(format!("Salesforce Bulk query job {job}"), None);
         loop {
             let info = self
                 .get(self.path(&format!("/jobs/query/{job}")))
@@ -267,6 +268,7 @@ impl SalesforceSource {
             let state = info["state"].as_str().unwrap_or("").to_string();
             if state != last {
                 tracing::info!(job, stream = %s.name, "Bulk query job {job} {state}");
+                crate::console::update(&shown, format!("Salesforce Bulk query job {job} {state}"));
                 last = state.clone();
             }
             match state.as_str() {
@@ -274,7 +276,10 @@ impl SalesforceSource {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 3 / 2).min(MAX_POLL);
                 }
-                "JobComplete" => break,
+                "JobComplete" => {
+                    drop(shown);
+                    break;
+                }
                 other => {
                     return Err(vendor(
                         format!(

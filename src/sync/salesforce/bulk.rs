@@ -411,6 +411,7 @@ impl Jobs for Salesforce {
     ) -> Result<Option<Vec<Outcome>>, CallError> {
         let mut pause = Duration::from_millis(200);
         let mut last_state = String::new();
+        let shown = crate::console::waiting(format!("Salesforce Bulk job {job}"), None);
         loop {
             let info = match self.job_info(job).await {
                 Ok(i) => i,
@@ -437,6 +438,16 @@ impl Jobs for Salesforce {
                     processed = info["numberRecordsProcessed"].as_u64().unwrap_or(0),
                     failed = info["numberRecordsFailed"].as_u64().unwrap_or(0),
                     "Bulk job {job} {state}"
+                );
+                crate::console::update(
+                    &shown,
+                    format!(
+                        "Salesforce Bulk job {job} {state}, {} of {} records processed",
+                        crate::console::thousands(
+                            info["numberRecordsProcessed"].as_u64().unwrap_or(0)
+                        ),
+                        crate::console::thousands(rows.len() as u64)
+                    ),
                 );
                 last_state = state.clone();
             }
