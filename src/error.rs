@@ -93,7 +93,7 @@ pub enum Error {
     LakeUrl { url: String, message: String },
 
     /// DataFusion rejected a query or a plan.
-    #[error("{0}")]
+    #[error("{}", query_message(.0))]
     Query(#[from] datafusion::error::DataFusionError),
 
     /// A Delta table (persisted model or seed) could not be read or written.
@@ -126,6 +126,34 @@ pub enum Error {
         "internal error: {0}. This is a bug in ferry; please report it with the command you ran"
     )]
     Internal(String),
+}
+
+/// A query error's text; past the memory limit, what to change.
+fn query_message(e: &datafusion::error::DataFusionError) -> String {
+    let mut text = e.to_string();
+    if !matches!(
+        e.find_root(),
+        datafusion::error::DataFusionError::ResourcesExhausted(_)
+    ) {
+        return text;
+    }
+    // DataFusion's own advice names its settings, not ferry's.
+    if let Some(at) = text.find(" Consider increasing") {
+        let end = text[at..].find('\n').map_or(text.len(), |n| at + n);
+        text.replace_range(at..end, "");
+    }
+    let s = crate::engine::memory::settings();
+    let hint = if text.contains("disk space") {
+        "the spill files reached their limit: raise [engine] max_spill, or free space in the spill folder"
+    } else if !s.spill || text.contains("DiskManager is disabled") {
+        "spilling is off ([engine] spill = false): turn it on, or raise [engine] memory_limit"
+    } else {
+        "this step could not spill enough (a hash join's build side cannot spill at all): raise [engine] memory_limit, or run fewer models at once (--threads)"
+    };
+    format!(
+        "{text}. The query needed more memory than the engine allows ({}); {hint} (ferry.toml [engine], README \"Memory and spilling\")",
+        s.describe()
+    )
 }
 
 impl Error {

@@ -829,6 +829,7 @@ fn parse_threads(v: &str) -> std::result::Result<usize, String> {
 fn open(dir: &std::path::Path) -> Result<(Project, Lake)> {
     let project = Project::load(dir)?;
     tracing::debug!(?project, "loaded project");
+    crate::engine::memory::configure(project.engine.clone())?;
     let lake = Lake::open(&project.lake, &project.dir)?;
     tracing::debug!(lake = %lake.location(), "opened lake");
     Ok((project, lake))

@@ -23,6 +23,7 @@ use std::time::Instant;
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 
+use crate::console::thousands;
 use crate::error::{Error, Result};
 use crate::extract::config::SourceSpec;
 use crate::http::Auth;
@@ -353,14 +354,14 @@ pub async fn run_on(
         "generated {} companies, {} contacts, {} deals (HubSpot emulator at {}), \
          {} campaigns, {} touches, {} form-fill leads, {} email events (marketing API at {}) \
          in {:.1}s + {:.1}s to load",
-        data.companies.len(),
-        data.contacts.len(),
-        data.deals.len(),
+        thousands(data.companies.len() as u64),
+        thousands(data.contacts.len() as u64),
+        thousands(data.deals.len() as u64),
         served.hubspot.base_url(),
-        data.campaigns.len(),
-        data.touches.len(),
-        data.leads.len(),
-        data.email_events.len(),
+        thousands(data.campaigns.len() as u64),
+        thousands(data.touches.len() as u64),
+        thousands(data.leads.len() as u64),
+        thousands(data.email_events.len() as u64),
         served.marketing.base_url(),
         generated,
         t.elapsed().as_secs_f64()

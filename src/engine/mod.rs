@@ -10,10 +10,14 @@
 //! - `<source>.<stream>` for each landed stream (`raw/<source>/<stream>/`),
 //!   with the union of its files' columns;
 //! - `ferry.ingestions` and `ferry.quarantine`.
+//!
+//! Every session draws on one memory pool and spills to one folder
+//! ([`memory`], `[engine]` in `ferry.toml`).
 
 pub mod catalog;
 pub mod delta;
 pub mod dialect;
+pub mod memory;
 pub mod optimize;
 
 use datafusion::execution::context::SessionContext;
@@ -38,6 +42,10 @@ pub fn session_config() -> SessionConfig {
         .options_mut()
         .execution
         .listing_table_ignore_subdirectory = false;
+    // Each sort keeps this much back for merging its spill files: 10 MiB by
+    // default, which two sorts under a small limit cannot both get.
+    let limit = memory::settings().memory_limit as usize;
+    config.options_mut().execution.sort_spill_reservation_bytes = (limit / 32).min(10 << 20);
     config
 }
 
@@ -47,6 +55,7 @@ pub async fn session(lake: &Lake) -> Result<SessionContext> {
     // a model's table; everything else plans as in a default session.
     let state = SessionStateBuilder::new()
         .with_default_features()
+        .with_runtime_env(memory::runtime()?)
         .with_expr_planners(dialect::expr_planners())
         .with_optimizer_rules(optimize::optimizer_rules())
         .with_config(session_config())
@@ -62,8 +71,10 @@ pub async fn session(lake: &Lake) -> Result<SessionContext> {
 /// A session over nothing (no lake): for work that must not read or write
 /// stored tables, such as unit tests on mock inputs. Same dialect.
 pub fn memory_session() -> SessionContext {
+    let runtime = memory::runtime().unwrap_or_default();
     let state = SessionStateBuilder::new()
         .with_default_features()
+        .with_runtime_env(runtime)
         .with_expr_planners(dialect::expr_planners())
         .with_optimizer_rules(optimize::optimizer_rules())
         .with_config(session_config())
@@ -106,6 +117,7 @@ mod ground_floor {
             ("catalog.rs", include_str!("catalog.rs")),
             ("delta.rs", include_str!("delta.rs")),
             ("dialect.rs", include_str!("dialect.rs")),
+            ("memory.rs", include_str!("memory.rs")),
             ("optimize.rs", include_str!("optimize.rs")),
         ];
         for (file, text) in files {

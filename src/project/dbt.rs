@@ -92,6 +92,7 @@ pub fn load(dir: &Path, lake_override: Option<String>) -> Result<Project> {
             .unwrap_or_else(|| d.iter().map(|s| s.to_string()).collect())
     };
     Ok(Project {
+        engine: Default::default(),
         destinations: BTreeMap::new(),
         extract: BTreeMap::new(),
         webhooks: BTreeMap::new(),

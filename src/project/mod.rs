@@ -47,6 +47,9 @@ struct ConfigFile {
     /// Defaults for every model (`materialized = "table"`, `tags = [...]`).
     #[serde(default)]
     models: BTreeMap<String, toml::Value>,
+    /// The query engine's memory limit and spill folder.
+    #[serde(default)]
+    engine: EngineSection,
     /// Values for `{{ var('name') }}` in models.
     #[serde(default)]
     vars: BTreeMap<String, toml::Value>,
@@ -201,6 +204,21 @@ struct ProjectSection {
     seed_paths: Option<Vec<String>>,
 }
 
+/// `[engine]`: how much memory queries may hold, where they spill.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EngineSection {
+    /// `"8GiB"`, `"512MiB"` or a share of the machine's memory (`"50%"`).
+    memory_limit: Option<String>,
+    /// The folder spill files go to (relative to the project); default the
+    /// OS temporary folder.
+    spill_dir: Option<String>,
+    /// `false`: a query past the limit fails instead of spilling.
+    spill: Option<bool>,
+    /// The most the spill files may hold at once (default 100GiB).
+    max_spill: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LakeSection {
@@ -285,6 +303,9 @@ pub struct Project {
     pub schedules: BTreeMap<String, crate::operate::schedule::Schedule>,
     /// `[alerts]`, resolved.
     pub alerts: crate::operate::alerts::AlertsConfig,
+    /// `[engine]`, resolved: the memory limit and spill settings, applied
+    /// to the process by [`crate::engine::memory::configure`].
+    pub engine: crate::engine::memory::EngineSettings,
     /// The `[targets.<name>]` in force (`--target`), if any.
     pub target: Option<String>,
     /// The target refuses to write from uncommitted changes.
@@ -791,7 +812,18 @@ impl Project {
                 })?,
         };
 
+        let engine = crate::engine::memory::EngineSettings::resolve(
+            raw.engine.memory_limit.as_deref(),
+            raw.engine.spill_dir.as_ref().map(|d| dir.join(d)),
+            raw.engine.spill,
+            raw.engine.max_spill.as_deref(),
+        )
+        .map_err(|(key, msg)| {
+            config_error(file, text, find_key(text, &format!("engine.{key}")), msg)
+        })?;
+
         Ok(Project {
+            engine,
             extract,
             webhooks,
             schedules,

@@ -384,8 +384,19 @@ pub async fn build(
     let mut nodes = super::models::model_nodes(&model_results);
     match tested {
         Ok((tests, outcome)) => {
+            let warned = tests.iter().filter(|n| n.status == "warn").count();
+            let passed = tests.iter().filter(|n| n.status == "pass").count();
             test_results = tests.clone();
             nodes.extend(tests);
+            let mut said = format!("{} passed", super::count(passed, "test"));
+            if warned > 0 {
+                said.push_str(&format!(", {warned} warned"));
+            }
+            let note = if note.is_empty() {
+                said
+            } else {
+                format!("{said}; {note}")
+            };
             match outcome {
                 Ok(()) => stages.push(Stage::new("test", "ok", t, note)),
                 Err(e) => stages.push(Stage::failed("test", t, &e)),

@@ -520,7 +520,7 @@ pub(crate) async fn sync_stage(
                 stage.rejected += c.rejected + c.failed;
                 stage.api_calls += r.api_calls;
                 stage.rate_limited += r.rate_limited;
-                details.push(format!("{name}: {sent} sent"));
+                details.push(format!("{name}: {} sent", thousands(sent)));
                 if stop.requested()
                     && r.stopped
                         .as_deref()

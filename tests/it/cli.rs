@@ -1021,3 +1021,52 @@ fn typos_in_models_and_syncs_name_their_line() {
     );
     assert_eq!(err.matches("error:").count(), 1, "said once: {err}");
 }
+
+/// `[engine] memory_limit` is honoured: a sort over far more than the limit
+/// spills to disk and succeeds; with spilling off, the same query fails
+/// and the error names the setting to change.
+#[test]
+fn a_query_past_the_memory_limit_spills_and_succeeds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let proj = init(tmp.path());
+    let toml = std::fs::read_to_string(proj.join("ferry.toml")).unwrap();
+    let spill = tmp.path().join("spill");
+    let write = |extra: &str| {
+        std::fs::write(
+            proj.join("ferry.toml"),
+            format!(
+                "{toml}\n[engine]\nmemory_limit = \"96MiB\"\nspill_dir = \"{}\"\n{extra}",
+                spill.display()
+            ),
+        )
+        .unwrap()
+    };
+    // 5M rows of 32-character strings: ~300 MiB to sort in 96 MiB.
+    let sql = "select max(rn) as n from (select row_number() over (order by h) as rn \
+               from (select md5(cast(v as varchar)) as h from generate_series(1, 5000000) as t(v)))";
+    write("");
+    let out = ferry(&proj, &["query", sql, "--format", "csv"]);
+    assert!(out.status.success(), "{}", both(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "n\n5000000\n");
+    assert!(spill.is_dir(), "spill files go to spill_dir");
+    write("spill = false\n");
+    let out = ferry(&proj, &["query", sql, "--format", "csv"]);
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("memory limit 96.0 MiB"), "{err}");
+    assert!(err.contains("spill = false"), "{err}");
+    // A limit that is not a size is refused with its line.
+    write("");
+    std::fs::write(
+        proj.join("ferry.toml"),
+        format!("{toml}\n[engine]\nmemory_limit = \"lots\"\n"),
+    )
+    .unwrap();
+    let out = ferry(&proj, &["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("engine.memory_limit: \"lots\" is not a size"),
+        "{err}"
+    );
+}
