@@ -18,11 +18,24 @@
 //!    rows/s, API calls, and peak memory (ferry and the emulator share this
 //!    process).
 //!
-//! Run: `cargo bench --profile dev --bench extract`.
+//! 5. **Static pages, side by side** (`pages`): 300,000 HubSpot-shaped
+//!    contacts (FERRY_BENCH_PAGE_ROWS) in 3,000 pages of 100 (about 188 MB of
+//!    JSON), served from memory by a child process on loopback and followed
+//!    by their `paging.next.link`. Read three ways: one sequential fetch of
+//!    every page (curl, the wire's limit), `ferry extract` (the release or
+//!    dev binary this bench was built with) and, when FERRY_BENCH_DLT points
+//!    at a Python with dlt (`python3 -m venv /tmp/dlt && /tmp/dlt/bin/pip
+//!    install "dlt[parquet]"`, then FERRY_BENCH_DLT=/tmp/dlt/bin/python),
+//!    dlt's `rest_api` source to Parquet files: wall time, peak memory
+//!    (`/usr/bin/time`), and the ratios.
+//!
+//! Run: `cargo bench --profile dev --bench extract` (all), or name the
+//! parts: `cargo bench --profile dev --bench extract -- pages`.
 
 use std::time::{Duration, Instant};
 
 mod common;
+use axum::response::IntoResponse;
 use common::peak_rss_mib;
 use ferry::lake::Lake;
 use ferry::project::Project;
@@ -250,6 +263,228 @@ fields = ["Email", "FirstName", "LastName", "Title", "Company", "Status", "Ferry
     }
 }
 
+/// One HubSpot-shaped contact (about 620 bytes of JSON).
+fn contact(i: usize) -> String {
+    let day = 1 + i % 28;
+    format!(
+        r#"{{"id":"{id}","properties":{{"createdate":"2024-03-{day:02}T10:{m:02}:00.000Z","email":"person{i}@company{c}.example.com","firstname":"Firstname{i}","lastname":"Lastname{i}","company":"Company {c} Incorporated","jobtitle":"Director of Revenue Operations","phone":"+1 415 555 {p:04}","city":"San Francisco","country":"United States","website":"https://company{c}.example.com","lifecyclestage":"marketingqualifiedlead","hs_lead_status":"IN_PROGRESS","hubspot_owner_id":"{o}","num_employees":"{e}","hs_object_id":"{id}","lastmodifieddate":"2024-06-{day:02}T08:{m:02}:30.000Z"}},"createdAt":"2024-03-{day:02}T10:{m:02}:00.000Z","updatedAt":"2024-06-{day:02}T08:{m:02}:30.000Z","archived":false}}"#,
+        id = 1000 + i,
+        m = i % 60,
+        c = i % 5000,
+        p = i % 10000,
+        o = 100 + i % 40,
+        e = 10 + i % 990,
+    )
+}
+
+/// The child process of the `pages` part: builds every page in memory,
+/// prints its base URL and serves `/crm/v3/objects/contacts?after=N`.
+async fn serve_pages(rows: usize) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let per = 100;
+    let pages: Vec<bytes::Bytes> = (0..rows.div_ceil(per))
+        .map(|n| {
+            let start = n * per;
+            let end = (start + per).min(rows);
+            let results: Vec<String> = (start..end).map(contact).collect();
+            let paging = if end < rows {
+                format!(
+                    r#","paging":{{"next":{{"after":"{end}","link":"{base}/crm/v3/objects/contacts?after={end}"}}}}"#
+                )
+            } else {
+                String::new()
+            };
+            bytes::Bytes::from(format!(r#"{{"results":[{}]{paging}}}"#, results.join(",")))
+        })
+        .collect();
+    let total: usize = pages.iter().map(|p| p.len()).sum();
+    let pages = std::sync::Arc::new(pages);
+    let app = axum::Router::new().route(
+        "/crm/v3/objects/contacts",
+        axum::routing::get(
+            move |q: axum::extract::Query<std::collections::HashMap<String, String>>| {
+                let pages = pages.clone();
+                async move {
+                    let after: usize = q.get("after").and_then(|a| a.parse().ok()).unwrap_or(0);
+                    match pages.get(after / per) {
+                        Some(p) => (
+                            [(axum::http::header::CONTENT_TYPE, "application/json")],
+                            p.clone(),
+                        )
+                            .into_response(),
+                        None => axum::http::StatusCode::NOT_FOUND.into_response(),
+                    }
+                }
+            },
+        ),
+    );
+    println!("{base} {} {total}", rows.div_ceil(per));
+    use std::io::Write;
+    std::io::stdout().flush().unwrap();
+    axum::serve(listener, app).await.unwrap();
+}
+
+/// Run `cmd` under /usr/bin/time in `dir`: (wall seconds, peak RSS MiB, ok).
+fn timed(dir: &std::path::Path, cmd: &mut std::process::Command) -> (f64, f64, bool) {
+    let report = dir.join("time.txt");
+    let program = cmd.get_program().to_owned();
+    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+    let out = std::process::Command::new("/usr/bin/time")
+        .arg("-f")
+        .arg("%e %M")
+        .arg("-o")
+        .arg(&report)
+        .arg(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("/usr/bin/time");
+    if !out.status.success() {
+        eprintln!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = std::fs::read_to_string(&report).unwrap_or_default();
+    let mut parts = text.split_whitespace();
+    let mut num = || {
+        parts
+            .next()
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let secs = num();
+    let mib = num() / 1024.0;
+    (secs, mib, out.status.success())
+}
+
+const DLT_SCRIPT: &str = r#"
+import sys, dlt
+from dlt.sources.rest_api import rest_api_source
+base, out = sys.argv[1], sys.argv[2]
+source = rest_api_source({
+    "client": {"base_url": base, "paginator": {"type": "json_link", "next_url_path": "paging.next.link"}},
+    "resources": [{"name": "contacts", "endpoint": {"path": "crm/v3/objects/contacts", "data_selector": "results"}}],
+})
+pipeline = dlt.pipeline(pipeline_name="bench", pipelines_dir=out + "/pipelines",
+    destination=dlt.destinations.filesystem(bucket_url=out + "/lake"), dataset_name="raw")
+info = pipeline.run(source, loader_file_format="parquet")
+print(pipeline.last_trace.last_normalize_info)
+"#;
+
+async fn static_pages(rows: usize) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .arg("serve-pages")
+        .env("FERRY_BENCH_PAGE_ROWS", rows.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let mut parts = line.split_whitespace();
+    let base = parts.next().unwrap().to_string();
+    let pages: usize = parts.next().unwrap().parse().unwrap();
+    let bytes: f64 = parts.next().unwrap().parse().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    println!(
+        "\nstatic pages: {rows} contacts in {pages} pages of 100, {:.0} MB of JSON, next links, loopback\n",
+        bytes / 1e6
+    );
+    println!("| reader | seconds | peak MiB | vs ferry |");
+    println!("|---|---|---|---|");
+    let mut lines = Vec::new();
+    // The wire's limit: every page fetched in order on one connection.
+    let config: String = (0..pages)
+        .map(|n| {
+            format!(
+                "url = \"{base}/crm/v3/objects/contacts?after={}\"\noutput = /dev/null\n",
+                n * 100
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("curl.cfg"), config).unwrap();
+    let curl = timed(
+        dir,
+        std::process::Command::new("curl")
+            .args(["-s", "--fail", "--config"])
+            .arg(dir.join("curl.cfg")),
+    );
+    std::fs::write(
+        dir.join("ferry.toml"),
+        format!(
+            r#"[project]
+name = "bench"
+
+[sources.hubspot]
+type = "rest"
+url = "{base}"
+
+[sources.hubspot.streams.contacts]
+path = "/crm/v3/objects/contacts"
+records = "results"
+primary_key = "id"
+pagination = {{ type = "next_url", path = "paging.next.link" }}
+"#
+        ),
+    )
+    .unwrap();
+    let ferry = timed(
+        dir,
+        std::process::Command::new(env!("CARGO_BIN_EXE_ferry")).arg("extract"),
+    );
+    assert!(ferry.2, "ferry extract failed");
+    let landed = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "query",
+            "select count(*) as n, count(distinct id) as ids from hubspot.contacts",
+            "--format",
+            "csv",
+        ])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let landed = String::from_utf8_lossy(&landed.stdout).to_string();
+    assert!(
+        landed.contains(&format!("{rows},{rows}")),
+        "ferry landed {landed}"
+    );
+    lines.push(("curl, one sequential fetch", curl));
+    lines.push(("ferry extract", ferry));
+    if let Some(python) = std::env::var_os("FERRY_BENCH_DLT") {
+        std::fs::write(dir.join("dlt_bench.py"), DLT_SCRIPT).unwrap();
+        let out = dir.join("dlt");
+        let dlt = timed(
+            dir,
+            std::process::Command::new(python)
+                .arg(dir.join("dlt_bench.py"))
+                .arg(&base)
+                .arg(&out),
+        );
+        lines.push(("dlt rest_api → Parquet", dlt));
+    }
+    for (name, (secs, mib, ok)) in &lines {
+        println!(
+            "| {name}{} | {secs:.2} | {mib:.0} | {:.2}× |",
+            if *ok { "" } else { " (failed)" },
+            secs / ferry.0
+        );
+    }
+    println!(
+        "\nferry: {:.0} rows/s, {:.0} MB/s of JSON; {:.2}× the sequential fetch\n",
+        rows as f64 / ferry.0,
+        bytes / 1e6 / ferry.0,
+        ferry.0 / curl.0
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 #[tokio::main]
 async fn main() {
     let env = |k: &str, d: usize| {
@@ -258,12 +493,34 @@ async fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(d)
     };
-    // The file drop first: its peak memory is then not the API's.
-    file_drop(env("FERRY_BENCH_DROP_ROWS", 1_000_000)).await;
-    rest_landing(env("FERRY_BENCH_ROWS", 1_000_000)).await;
-    webhooks(env("FERRY_BENCH_EVENTS", 5_000)).await;
+    let page_rows = env("FERRY_BENCH_PAGE_ROWS", 300_000);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("serve-pages") {
+        serve_pages(page_rows).await;
+        return;
+    }
+    // `cargo bench` passes `--bench`; any other word names a part to run.
+    let parts: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let run = |part: &str| parts.is_empty() || parts.contains(&part);
+    if run("pages") {
+        static_pages(page_rows).await;
+    }
+    // The file drop next: its peak memory is then not the API's.
+    if run("drop") {
+        file_drop(env("FERRY_BENCH_DROP_ROWS", 1_000_000)).await;
+    }
+    if run("rest") {
+        rest_landing(env("FERRY_BENCH_ROWS", 1_000_000)).await;
+    }
+    if run("webhooks") {
+        webhooks(env("FERRY_BENCH_EVENTS", 5_000)).await;
+    }
     let sf_rows = env("FERRY_BENCH_SF_EXTRACT_ROWS", 200_000);
-    if sf_rows > 0 {
+    if sf_rows > 0 && run("salesforce") {
         salesforce_extract(sf_rows).await;
     }
 }

@@ -218,6 +218,56 @@ impl Extraction {
     }
 }
 
+/// Pages waiting to land: converted to Arrow as they arrive.
+#[derive(Default)]
+struct Buffered {
+    pieces: Vec<crate::lake::land::Piece>,
+    rows: usize,
+    /// Records converted so far, to number refused ones.
+    seen: u64,
+}
+
+impl Buffered {
+    fn add(&mut self, records: Vec<Value>) -> Result<()> {
+        let pieces = crate::lake::land::Piece::from_records(records, &mut self.seen)?;
+        self.rows += pieces.iter().map(|p| p.rows()).sum::<usize>();
+        self.pieces.extend(pieces);
+        Ok(())
+    }
+
+    /// The pieces, consecutive batches of one schema concatenated (pages of
+    /// an API mostly share one): the lake then plans and writes one batch
+    /// per flush, as it would for a file drop.
+    fn take(&mut self) -> Result<Vec<crate::lake::land::Piece>> {
+        use crate::lake::land::Piece;
+        self.rows = 0;
+        let mut out: Vec<Piece> = Vec::new();
+        let mut run: Vec<arrow::record_batch::RecordBatch> = Vec::new();
+        let close =
+            |run: &mut Vec<arrow::record_batch::RecordBatch>, out: &mut Vec<Piece>| -> Result<()> {
+                if let Some(first) = run.first() {
+                    let batch = arrow::compute::concat_batches(&first.schema(), run.iter())?;
+                    out.push(Piece::Batch(batch));
+                    run.clear();
+                }
+                Ok(())
+            };
+        for piece in std::mem::take(&mut self.pieces) {
+            match piece {
+                Piece::Batch(b) => {
+                    if run.first().is_some_and(|f| f.schema() != b.schema()) {
+                        close(&mut run, &mut out)?;
+                    }
+                    run.push(b);
+                }
+                rejected => out.push(rejected),
+            }
+        }
+        close(&mut run, &mut out)?;
+        Ok(out)
+    }
+}
+
 /// One stream being extracted: buffers pages, lands them, persists cursors.
 pub struct StreamRun<'a> {
     lake: &'a Lake,
@@ -225,9 +275,14 @@ pub struct StreamRun<'a> {
     stream: StreamRef,
     options: StreamOptions,
     start_cursor: Option<Value>,
-    buffer: Vec<Value>,
-    siblings: std::collections::BTreeMap<StreamRef, Vec<Value>>,
+    /// Pages fetched and not landed yet, each already a record batch.
+    buffer: Buffered,
+    siblings: std::collections::BTreeMap<StreamRef, Buffered>,
     pending: Option<Value>,
+    /// The landing of the previous full buffer, running while the next
+    /// pages are fetched (at most one: memory stays bounded and files and
+    /// cursors land in order). Its result is the rows it quarantined.
+    landing: Option<tokio::task::JoinHandle<Result<u64>>>,
     summary: StreamSummary,
     progress: Option<indicatif::ProgressBar>,
 }
@@ -261,9 +316,9 @@ impl<'a> StreamRun<'a> {
                 crate::console::thousands(self.summary.rows)
             ));
         }
-        self.buffer.extend(records);
-        if self.buffer.len() >= FLUSH_ROWS {
-            self.flush().await?;
+        self.buffer.add(records)?;
+        if self.buffer.rows >= FLUSH_ROWS {
+            self.flush_behind().await?;
         }
         Ok(())
     }
@@ -274,9 +329,9 @@ impl<'a> StreamRun<'a> {
     pub async fn push_sibling(&mut self, stream: &str, records: Vec<Value>) -> Result<()> {
         let sibling = StreamRef::new(&self.stream.source, stream)?;
         let buffer = self.siblings.entry(sibling).or_default();
-        buffer.extend(records);
-        if buffer.len() >= FLUSH_ROWS {
-            self.flush().await?;
+        buffer.add(records)?;
+        if buffer.rows >= FLUSH_ROWS {
+            self.flush_behind().await?;
         }
         Ok(())
     }
@@ -381,25 +436,56 @@ impl<'a> StreamRun<'a> {
         self.pending = Some(cursor);
     }
 
+    /// Land everything pushed so far and persist the pending cursor, now.
     async fn flush(&mut self) -> Result<()> {
-        let records = std::mem::take(&mut self.buffer);
-        if !records.is_empty() {
-            let report = self
-                .lander
-                .land_json(&self.stream, self.options, records.into_iter().map(Ok))
-                .await?;
-            self.summary.quarantined += report.rejected;
+        self.flush_behind().await?;
+        self.settle().await
+    }
+
+    /// Wait for the landing in the background, if any.
+    async fn settle(&mut self) -> Result<()> {
+        if let Some(task) = self.landing.take() {
+            let quarantined = task
+                .await
+                .map_err(|e| Error::Internal(format!("a landing task failed: {e}")))??;
+            self.summary.quarantined += quarantined;
         }
-        for (sibling, rows) in std::mem::take(&mut self.siblings) {
-            if !rows.is_empty() {
-                self.lander
-                    .land_json(&sibling, self.options, rows.into_iter().map(Ok))
-                    .await?;
+        Ok(())
+    }
+
+    /// Start landing the buffers (and then persisting the pending cursor)
+    /// in the background, once the previous landing is done: decoding and
+    /// writing Parquet on one core while the next pages are fetched (and
+    /// their JSON parsed) on another.
+    async fn flush_behind(&mut self) -> Result<()> {
+        self.settle().await?;
+        let records = self.buffer.take()?;
+        let siblings: Vec<(StreamRef, Vec<crate::lake::land::Piece>)> = self
+            .siblings
+            .iter_mut()
+            .map(|(s, b)| b.take().map(|p| (s.clone(), p)))
+            .filter(|r| r.as_ref().is_ok_and(|(_, p)| !p.is_empty()) || r.is_err())
+            .collect::<Result<_>>()?;
+        let cursor = self.pending.take();
+        if records.is_empty() && siblings.is_empty() && cursor.is_none() {
+            return Ok(());
+        }
+        let (lake, lander) = (self.lake.clone(), self.lander.clone());
+        let (stream, options) = (self.stream.clone(), self.options);
+        self.landing = Some(tokio::spawn(async move {
+            let mut quarantined = 0;
+            if !records.is_empty() {
+                let report = lander.land_prepared(&stream, options, records).await?;
+                quarantined += report.rejected;
             }
-        }
-        if let Some(c) = self.pending.take() {
-            save_cursor(self.lake, &self.stream, &c, self.lander.run_id()).await?;
-        }
+            for (sibling, pieces) in siblings {
+                lander.land_prepared(&sibling, options, pieces).await?;
+            }
+            if let Some(c) = cursor {
+                save_cursor(&lake, &stream, &c, lander.run_id()).await?;
+            }
+            Ok(quarantined)
+        }));
         Ok(())
     }
 }
@@ -528,9 +614,10 @@ pub async fn extract_until(
                 options: project.stream_options(spec.name(), &name),
                 stream: stream.clone(),
                 start_cursor,
-                buffer: Vec::new(),
+                buffer: Buffered::default(),
                 siblings: Default::default(),
                 pending: None,
+                landing: None,
                 summary: StreamSummary {
                     stream: stream.to_string(),
                     ..Default::default()

@@ -55,8 +55,9 @@ pub struct LandReport {
     pub schema_version: u64,
 }
 
-/// Lands batches for one run. Cheap to create; share one per run so file
-/// sequence numbers stay unique.
+/// Lands batches for one run. Cheap to create; share one per run (or clones
+/// of it) so file sequence numbers stay unique.
+#[derive(Clone)]
 pub struct Lander {
     lake: Lake,
     run_id: RunId,
@@ -125,6 +126,17 @@ impl Lander {
             pending: Default::default(),
         };
         self.land_pieces(stream, options, pieces).await
+    }
+
+    /// Land pieces already converted ([`Piece::from_records`]), in order.
+    pub async fn land_prepared(
+        &self,
+        stream: &StreamRef,
+        options: StreamOptions,
+        pieces: Vec<Piece>,
+    ) -> Result<LandReport> {
+        self.land_pieces(stream, options, pieces.into_iter().map(Ok))
+            .await
     }
 
     /// Land record batches. Batches may differ in schema; see the module docs.
@@ -457,6 +469,40 @@ fn json_kind(v: &Value) -> &'static str {
 pub enum Piece {
     Batch(RecordBatch),
     Rejected(Rejected),
+}
+
+impl Piece {
+    /// A page of JSON records as one batch of its objects (columnar at once,
+    /// so a buffered page holds about its JSON's size, not a tree of
+    /// values), plus a refusal for each record that is not an object.
+    /// `seen` counts records before these, to number the refused ones.
+    pub fn from_records(records: Vec<Value>, seen: &mut u64) -> Result<Vec<Piece>> {
+        let mut objects = Vec::with_capacity(records.len());
+        let mut out = Vec::new();
+        for record in records {
+            *seen += 1;
+            match record {
+                Value::Object(m) => objects.push(m),
+                other => out.push(Piece::Rejected(QuarantinedRow {
+                    origin: Some(format!("record {seen}")),
+                    reason: format!("expected a JSON object, got {}", json_kind(&other)),
+                    record: other.to_string(),
+                })),
+            }
+        }
+        if !objects.is_empty() {
+            out.insert(0, Piece::Batch(json::to_batch(objects)?));
+        }
+        Ok(out)
+    }
+
+    /// Rows this piece lands (a refused record counts as one).
+    pub fn rows(&self) -> usize {
+        match self {
+            Piece::Batch(b) => b.num_rows(),
+            Piece::Rejected(_) => 1,
+        }
+    }
 }
 
 /// Groups JSON records into record batches of [`JSON_BATCH_ROWS`].

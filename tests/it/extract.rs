@@ -588,6 +588,60 @@ async fn hubspot_full_then_incremental_with_associations() {
     assert_eq!(out[0].rows, 0, "nothing changed since");
 }
 
+/// A full load reads the associations of ten list pages in one batch read
+/// (HubSpot takes 1,000 ids): 2,550 contacts are 26 list pages and 3
+/// association reads, not 26 + 26; every link is landed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubspot_full_load_reads_associations_a_thousand_records_per_call() {
+    use ferry::sim::hubspot::{self, SimConfig};
+    let s = hubspot::start(
+        SimConfig {
+            ten_secondly: 10_000,
+            search_per_second: 100,
+            ..Default::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    s.with_crm(|crm| {
+        let co = crm
+            .create(
+                "companies",
+                [("domain".to_string(), "co.io".to_string())].into(),
+            )
+            .id;
+        for i in 0..2550 {
+            let id = crm
+                .create(
+                    "contacts",
+                    [("email".to_string(), format!("p{i}@x.io"))].into(),
+                )
+                .id;
+            crm.associate("contacts", id, "companies", co);
+        }
+    })
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = hubspot_project(tmp.path(), &s.base_url());
+    let (before, _) = s.stats();
+    let out = extract(&dir, &["hubspot.contacts"]).await.unwrap();
+    assert_eq!(out[0].rows, 2550);
+    assert_eq!(
+        s.stats().0 - before,
+        26 + 3,
+        "list pages + association reads"
+    );
+    assert_eq!(
+        scalar(
+            &dir,
+            "select count(distinct from_id) from hubspot.contacts_companies"
+        )
+        .await,
+        "2550"
+    );
+}
+
 /// More than 10,000 records changed since the last run: the search window is
 /// split so every one of them is fetched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

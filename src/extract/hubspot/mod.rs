@@ -12,8 +12,10 @@
 //!   paging), and a single millisecond holding more than a page is read in
 //!   record-id order. Search has its own budget of 4 requests per second. The
 //!   cursor moves with the lower bound once the pages before it are landed.
-//! - Associations (`associations = ["companies"]`): for each page of records,
-//!   `POST /crm/v4/associations/{from}/{to}/batch/read`, landed as
+//! - Associations (`associations = ["companies"]`): for each 1,000 records
+//!   read, one `POST /crm/v4/associations/{from}/{to}/batch/read` (and before
+//!   each checkpoint, so a cursor never covers records whose associations
+//!   are unread), landed as
 //!   `<stream>_<type>` rows (`from_id`, `to_id`, `type_id`); a record's
 //!   current associations are its rows from its latest landing.
 
@@ -33,6 +35,11 @@ use crate::http::{Call, CallError, Client, RateLimiter};
 
 /// Records per search request (HubSpot's maximum).
 const SEARCH_PAGE: u64 = 200;
+
+/// Ids per associations batch read (HubSpot's maximum): the associations of
+/// ten list pages (or five search pages) in one call, so a full load spends
+/// 1.1 calls per 100 records instead of 2.
+const ASSOCIATION_BATCH: usize = 1000;
 
 pub struct HubspotSource {
     name: String,
@@ -166,23 +173,54 @@ impl HubspotSource {
         Value::Object(m)
     }
 
-    /// Land a page of records and the associations of those records.
+    /// Land a page of records; their ids join `ids`, whose associations are
+    /// read once a batch is full.
     async fn page(
         &self,
         s: &HubspotStream,
         results: &[Value],
         bytes: usize,
         run: &mut StreamRun<'_>,
+        ids: &mut Vec<Value>,
     ) -> Result<()> {
         let rows: Vec<Value> = results.iter().map(Self::row).collect();
-        let ids: Vec<Value> = results.iter().map(|r| json!({"id": r["id"]})).collect();
         run.push(rows, bytes).await?;
-        for to in &s.associations {
-            if ids.is_empty() {
-                break;
+        if !s.associations.is_empty() {
+            ids.extend(results.iter().map(|r| json!({"id": r["id"]})));
+            if ids.len() >= ASSOCIATION_BATCH {
+                self.associations(s, ids, run).await?;
             }
+        }
+        Ok(())
+    }
+
+    /// Read and land the associations of the records in `ids` (at most
+    /// [`ASSOCIATION_BATCH`] at a time), emptying it.
+    async fn associations(
+        &self,
+        s: &HubspotStream,
+        ids: &mut Vec<Value>,
+        run: &mut StreamRun<'_>,
+    ) -> Result<()> {
+        while !ids.is_empty() {
+            let batch: Vec<Value> = ids.drain(..ids.len().min(ASSOCIATION_BATCH)).collect();
+            for to in &s.associations {
+                self.associations_of(s, &batch, to, run).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn associations_of(
+        &self,
+        s: &HubspotStream,
+        ids: &[Value],
+        to: &str,
+        run: &mut StreamRun<'_>,
+    ) -> Result<()> {
+        {
             let body = json!({ "inputs": ids });
-            let reply = self
+            let mut reply = self
                 .post(
                     format!("/crm/v4/associations/{}/{to}/batch/read", s.object),
                     &body,
@@ -197,7 +235,7 @@ impl HubspotSource {
                     "type_id": t["associationTypes"][0]["typeId"],
                 })
             };
-            for r in self.results(&reply, s)? {
+            for r in self.results(&mut reply, s)? {
                 for t in r["to"].as_array().into_iter().flatten() {
                     links.push(link(&r["from"]["id"], t));
                 }
@@ -218,13 +256,13 @@ impl HubspotSource {
                         });
                     }
                     let id = super::text(&r["from"]["id"]);
-                    let page = self
+                    let mut page = self
                         .get(format!(
                             "/crm/v4/objects/{}/{id}/associations/{to}?limit=500&after={a}",
                             s.object
                         ))
                         .await?;
-                    for t in self.results(&page, s)? {
+                    for t in self.results(&mut page, s)? {
                         links.push(link(&r["from"]["id"], &t));
                     }
                     after = page.body["paging"]["next"]["after"]
@@ -243,6 +281,7 @@ impl HubspotSource {
         s: &HubspotStream,
         props: &[String],
         run: &mut StreamRun<'_>,
+        ids: &mut Vec<Value>,
     ) -> Result<()> {
         let mut after: Option<String> = None;
         loop {
@@ -254,9 +293,9 @@ impl HubspotSource {
             if let Some(a) = &after {
                 path.push_str(&format!("&after={a}"));
             }
-            let reply = self.get(path).await?;
-            let results = self.results(&reply, s)?;
-            self.page(s, &results, reply.bytes, run).await?;
+            let mut reply = self.get(path).await?;
+            let results = self.results(&mut reply, s)?;
+            self.page(s, &results, reply.bytes, run, ids).await?;
             match reply.body["paging"]["next"]["after"].as_str() {
                 Some(a) if after.as_deref() == Some(a) => {
                     return Err(Error::Vendor {
@@ -274,19 +313,20 @@ impl HubspotSource {
         }
     }
 
-    /// A reply's `results`; a reply without them is unreadable, not empty.
-    fn results(&self, reply: &crate::http::Reply, s: &HubspotStream) -> Result<Vec<Value>> {
-        reply.body["results"]
-            .as_array()
-            .cloned()
-            .ok_or_else(|| Error::Vendor {
+    /// A reply's `results` (moved out of the reply, not copied); a reply
+    /// without them is unreadable, not empty.
+    fn results(&self, reply: &mut crate::http::Reply, s: &HubspotStream) -> Result<Vec<Value>> {
+        match reply.body.get_mut("results").map(Value::take) {
+            Some(Value::Array(a)) => Ok(a),
+            _ => Err(Error::Vendor {
                 vendor: format!("{} (HubSpot)", self.name),
                 message: format!(
                     "{}: a reply without a results list; nothing was landed from it and the cursor did not move",
                     s.name
                 ),
                 retryable: true,
-            })
+            }),
+        }
     }
 
     /// Records archived since `lo` (`archived=true` lists only archived
@@ -309,9 +349,9 @@ impl HubspotSource {
             if let Some(a) = &after {
                 path.push_str(&format!("&after={a}"));
             }
-            let reply = self.get(path).await?;
+            let mut reply = self.get(path).await?;
             let results: Vec<Value> = self
-                .results(&reply, s)?
+                .results(&mut reply, s)?
                 .into_iter()
                 .filter(|r| {
                     r["archivedAt"]
@@ -355,6 +395,7 @@ impl HubspotSource {
         cursor: &str,
         at: i64,
         run: &mut StreamRun<'_>,
+        ids: &mut Vec<Value>,
     ) -> Result<()> {
         let mut last = 0u64;
         loop {
@@ -363,10 +404,10 @@ impl HubspotSource {
                 json!({"propertyName": "hs_object_id", "operator": "GT", "value": last.to_string()}),
             ];
             let body = Self::search_body(props, filters, "hs_object_id", SEARCH_PAGE);
-            let reply = self
+            let mut reply = self
                 .post(format!("/crm/v3/objects/{}/search", s.object), &body, true)
                 .await?;
-            let results = self.results(&reply, s)?;
+            let results = self.results(&mut reply, s)?;
             if results.is_empty() {
                 return Ok(());
             }
@@ -388,7 +429,7 @@ impl HubspotSource {
                 });
             }
             last = next;
-            self.page(s, &results, reply.bytes, run).await?;
+            self.page(s, &results, reply.bytes, run, ids).await?;
         }
     }
 
@@ -402,9 +443,9 @@ impl HubspotSource {
         s: &HubspotStream,
         props: &[String],
         cursor: &str,
-        lo: i64,
-        hi: i64,
+        (lo, hi): (i64, i64),
         run: &mut StreamRun<'_>,
+        ids: &mut Vec<Value>,
     ) -> Result<()> {
         let mut cur = lo;
         while cur < hi {
@@ -413,23 +454,23 @@ impl HubspotSource {
                 json!({"propertyName": cursor, "operator": "LT", "value": from_millis(hi)}),
             ];
             let body = Self::search_body(props, filters, cursor, SEARCH_PAGE);
-            let reply = self
+            let mut reply = self
                 .post(format!("/crm/v3/objects/{}/search", s.object), &body, true)
                 .await?;
-            let results = self.results(&reply, s)?;
+            let results = self.results(&mut reply, s)?;
             let last = results
                 .iter()
                 .filter_map(|r| r["properties"][cursor].as_str().and_then(millis))
                 .max();
             let full = results.len() as u64 >= SEARCH_PAGE;
-            self.page(s, &results, reply.bytes, run).await?;
+            self.page(s, &results, reply.bytes, run, ids).await?;
             if !full {
                 break;
             }
             match last {
                 // More than a page share the instant `cur`: read it in id order.
                 Some(t) if t <= cur => {
-                    self.same_instant(s, props, cursor, cur, run).await?;
+                    self.same_instant(s, props, cursor, cur, run, ids).await?;
                     cur += 1;
                 }
                 // Records at `t` come again on the next page: duplicates, never gaps.
@@ -441,7 +482,9 @@ impl HubspotSource {
                     )));
                 }
             }
-            // Everything modified before `cur` is fetched; it is the cursor once landed.
+            // Everything modified before `cur` is fetched (associations
+            // included); it is the cursor once landed.
+            self.associations(s, ids, run).await?;
             run.checkpoint(json!({ "since": from_millis(cur) }));
         }
         Ok(())
@@ -509,20 +552,24 @@ impl Source for HubspotSource {
             .cursor()
             .and_then(|c| c["since"].as_str())
             .and_then(millis);
+        let mut ids = Vec::new();
+        let ids = &mut ids;
         match since {
             // The list endpoint reads the record store (no lag); the next
             // run searches from `hi`, so changes during the load are read
             // again (duplicates, never gaps).
-            None => self.full_load(&s, &props, run).await?,
+            None => self.full_load(&s, &props, run, ids).await?,
             Some(lo) if lo >= hi => return Ok(Some(json!({ "since": from_millis(lo) }))),
             // Archived records first: the incremental read checkpoints its
             // cursor as it goes, and a failure after a checkpoint must not
             // leave deletions in the skipped range unread.
             Some(lo) => {
                 self.archived_since(&s, &props, lo, run).await?;
-                self.incremental(&s, &props, cursor, lo, hi, run).await?;
+                self.incremental(&s, &props, cursor, (lo, hi), run, ids)
+                    .await?;
             }
         }
+        self.associations(&s, ids, run).await?;
         Ok(Some(json!({ "since": from_millis(hi) })))
     }
 }

@@ -174,10 +174,12 @@ impl RestSource {
                 }
                 Err(e) => return Err(self.fail(e)),
             };
-            let records = match at_path(&reply.body, &s.records) {
-                Some(Value::Array(a)) => a.clone(),
+            let mut reply = reply;
+            let records = match take_records(&mut reply.body, &s.records, &s.pagination) {
+                Some(Value::Array(a)) => a,
                 Some(Value::Null) | None if !s.records.is_empty() => Vec::new(),
                 Some(other) => {
+                    let other = &other;
                     return Err(Error::Input(format!(
                         "{}.{}: {}: expected an array at {:?}, found {}",
                         self.name,
@@ -324,6 +326,36 @@ impl RestSource {
         }
         Ok(keys)
     }
+}
+
+/// The page's records, moved out of the reply (a page is parsed once and
+/// not copied), unless a paging path reads inside them.
+fn take_records(body: &mut Value, path: &str, pagination: &Pagination) -> Option<Value> {
+    let inside = |p: &str| path.is_empty() || p.starts_with(&format!("{path}."));
+    let reads_inside = match pagination {
+        Pagination::Cursor { cursor_path, .. } => inside(cursor_path),
+        Pagination::NextUrl { path } => inside(path),
+        Pagination::Page {
+            total_pages_path: Some(p),
+            ..
+        } => inside(p),
+        _ => false,
+    };
+    if reads_inside {
+        return at_path(body, path).cloned();
+    }
+    if path.is_empty() {
+        return Some(body.take());
+    }
+    let mut v = body;
+    for k in path.split('.') {
+        v = match v {
+            Value::Object(m) => m.get_mut(k)?,
+            Value::Array(a) => a.get_mut(k.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(v.take())
 }
 
 fn kind(v: &Value) -> &'static str {
