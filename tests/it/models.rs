@@ -1675,3 +1675,107 @@ fn schema_and_alias_name_relations_as_dbt_does() {
         text(&clash)
     );
 }
+
+/// `latest_by` ranks only the keys seen more than once (the window's sort
+/// runs on the duplicates alone): whatever the key (one column, several,
+/// an expression, null), it keeps the same rows as the plain window
+/// `row_number() over (partition by key order by _ferry_loaded_at desc) = 1`,
+/// the newest landing of each key.
+#[test]
+fn latest_by_keeps_the_newest_row_per_key_as_the_window_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    std::fs::create_dir_all(dir.join("models")).unwrap();
+    std::fs::write(dir.join("ferry.toml"), "[project]\nname = \"p\"\n").unwrap();
+    // Keys are unique within a landing (rows tied on `_ferry_loaded_at` may
+    // come out either way, in the window as here) and repeat across them.
+    let row = |id: String, email: String, account: String, v: String| {
+        format!(
+            "{{\"id\": {id}, \"email\": \"{email}\", \"account\": {account}, \"v\": \"{v}\"}}\n"
+        )
+    };
+    let first: String = (0..120)
+        .map(|i| {
+            let id = if i == 7 {
+                "null".to_string()
+            } else {
+                i.to_string()
+            };
+            let account = if i % 3 == 0 {
+                "null".to_string()
+            } else {
+                format!("\"acc{}\"", i % 4)
+            };
+            row(id, format!("P{i}@X.io"), account, format!("first {i}"))
+        })
+        .collect();
+    let second: String = (0..120)
+        .step_by(9)
+        .map(|i| {
+            let id = if i == 18 {
+                "null".to_string()
+            } else {
+                i.to_string()
+            };
+            row(
+                id,
+                format!("p{i}@x.io"),
+                format!("\"acc{}\"", i % 4),
+                format!("second {i}"),
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("first.jsonl"), first).unwrap();
+    std::fs::write(dir.join("second.jsonl"), second).unwrap();
+    for f in ["first.jsonl", "second.jsonl"] {
+        ok(ferry(
+            &dir,
+            &["land", "crm.contacts", dir.join(f).to_str().unwrap()],
+        ));
+    }
+    let keys = [
+        ("by_id", "id"),
+        ("by_pair", "email, account"),
+        ("by_expr", "lower(email)"),
+    ];
+    for (name, key) in keys {
+        std::fs::write(
+            dir.join(format!("models/{name}.sql")),
+            format!("select * from {{{{ latest_by(source('crm', 'contacts'), '{key}') }}}}\n"),
+        )
+        .unwrap();
+    }
+    ok(ferry(&dir, &["run"]));
+    for (name, key) in keys {
+        let window = format!(
+            "(select * exclude (rn) from (select *, row_number() over (partition by {key} order by _ferry_loaded_at desc) as rn from crm.contacts) where rn = 1)"
+        );
+        assert_eq!(
+            csv(
+                &dir,
+                &format!(
+                    "select (select count(*) from {name}) as n, \
+                     (select count(*) from (select * from {name} except all select * from {window})) as extra, \
+                     (select count(*) from (select * from {window} except all select * from {name})) as missing"
+                )
+            ),
+            format!(
+                "n,extra,missing\n{},0,0\n",
+                csv(&dir, &format!("select count(*) as n from {window}"))
+                    .lines()
+                    .nth(1)
+                    .unwrap()
+            ),
+            "{name}: latest_by({key}) differs from the window"
+        );
+    }
+    // The newest landing wins; null ids are one key.
+    assert_eq!(
+        csv(&dir, "select v from by_id where id = 9"),
+        "v\nsecond 9\n"
+    );
+    assert_eq!(
+        csv(&dir, "select count(*) as n from by_id where id is null"),
+        "n\n1\n"
+    );
+}
