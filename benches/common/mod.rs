@@ -1,5 +1,10 @@
 //! Helpers shared by the bench binaries.
 
+/// The binary's allocator (see src/main.rs), so in-process figures are the
+/// binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A memory line of /proc/self/status (`VmHWM`, `VmRSS`), in MiB.
 pub fn status_mib(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")

@@ -20,13 +20,15 @@ with model_rows as (
             {%- endfor %})) as _hash
     from {{ model }}
 ),
--- Keys held by more than one row (rare: a small hash table, no sort).
+-- Keys held by more than one row (rare: a small hash table, no sort). The
+-- join's hash table is built from its left side: the duplicates, not the
+-- model.
 duplicates as (
     select _key as _dup_key, count(*) as _n from model_rows group by _key having count(*) > 1
 ),
 counted as (
     select model_rows.*, coalesce(d._n, 1) as _n
-    from model_rows left join duplicates as d on model_rows._key = d._dup_key
+    from duplicates as d right join model_rows on model_rows._key = d._dup_key
 )
 select
     coalesce(m._key, s._key) as _key,

@@ -425,6 +425,106 @@ mod tests {
                 assert_eq!(got, want);
             });
         }
+
+        /// The confirmed state is the newest `ok` outcome logged after the
+        /// snapshot for each key, else the snapshot's row, less what was
+        /// archived, forgotten or removed: whatever mix of keys, outcomes
+        /// and cut-off (only logged keys are ranked, so this pins that no
+        /// other key is lost or doubled).
+        #[test]
+        fn snapshot_is_the_newest_confirmed_outcome_per_key(
+            base in prop::collection::btree_map(prop::sample::select(vec!["a", "b", "c", "d", "e", "f"]), 0u8..3, 0..6),
+            log in prop::collection::vec((
+                prop::option::weighted(0.9, prop::sample::select(vec!["a", "b", "c", "g", "h"])),
+                0u8..3,
+                prop::sample::select(vec!["upsert", "create", "archive", "remove", "skip", "forget", "search"]),
+                prop::bool::weighted(0.8),
+            ), 0..10),
+            after in 0i64..4,
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async {
+                use arrow::array::{BooleanArray, TimestampMicrosecondArray};
+                // (key, hash, operation, status, at): `at` is unique, as
+                // microsecond clocks make it in practice.
+                type Entry = (Option<String>, String, String, String, i64);
+                let table = |rows: &[Entry]| {
+                    let schema = Arc::new(Schema::new(vec![
+                        Field::new("key", DataType::Utf8, true),
+                        Field::new("hash", DataType::Utf8, true),
+                        Field::new("crm_id", DataType::Utf8, true),
+                        Field::new("created", DataType::Boolean, true),
+                        Field::new("payload", DataType::Utf8, true),
+                        Field::new("operation", DataType::Utf8, true),
+                        Field::new("status", DataType::Utf8, true),
+                        Field::new("at", DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, Some("UTC".into())), true),
+                    ]));
+                    let col = |f: &dyn Fn(&Entry) -> Option<String>| -> arrow::array::ArrayRef {
+                        Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))
+                    };
+                    let batch = RecordBatch::try_new(schema.clone(), vec![
+                        col(&|r| r.0.clone()),
+                        col(&|r| Some(r.1.clone())),
+                        col(&|r| r.0.as_ref().map(|k| format!("id-{k}"))),
+                        Arc::new(BooleanArray::from(vec![false; rows.len()])),
+                        col(&|_| None),
+                        col(&|r| Some(r.2.clone())),
+                        col(&|r| Some(r.3.clone())),
+                        Arc::new(TimestampMicrosecondArray::from(rows.iter().map(|r| r.4).collect::<Vec<_>>()).with_timezone("UTC")),
+                    ]).unwrap();
+                    Arc::new(MemTable::try_new(schema, vec![vec![batch]]).unwrap())
+                };
+                let base: Vec<Entry> = base
+                    .iter()
+                    .map(|(k, h)| (Some(k.to_string()), format!("h{h}"), "snapshot".to_string(), "ok".to_string(), 0))
+                    .collect();
+                let log: Vec<Entry> = log
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (k, h, op, ok))| (
+                        k.map(str::to_string),
+                        format!("h{h}"),
+                        op.to_string(),
+                        if *ok { "ok" } else { "failed" }.to_string(),
+                        // Newest first in some cases, oldest first in others.
+                        if i % 2 == 0 { i as i64 } else { 100 - i as i64 },
+                    ))
+                    .collect();
+                let ctx = SessionContext::new();
+                ctx.register_table("base", table(&base)).unwrap();
+                ctx.register_table("log", table(&log)).unwrap();
+                let sql = snapshot_sql("base", "log", after).unwrap();
+                let batches = ctx
+                    .sql(&format!("select _key, _hash from ({sql}) order by _key"))
+                    .await.unwrap().collect().await.unwrap();
+                let mut got: Vec<(Option<String>, String)> = Vec::new();
+                for b in &batches {
+                    let keys = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+                    let hashes = b.column(1).as_any().downcast_ref::<StringArray>().unwrap();
+                    for i in 0..b.num_rows() {
+                        got.push(((!keys.is_null(i)).then(|| keys.value(i).to_string()), hashes.value(i).to_string()));
+                    }
+                }
+                got.sort();
+
+                let counted = ["create", "update", "upsert", "skip", "archive", "forget", "add", "remove"];
+                let mut latest: BTreeMap<Option<String>, &Entry> = base.iter().map(|r| (r.0.clone(), r)).collect();
+                let mut newest: BTreeMap<Option<String>, &Entry> = BTreeMap::new();
+                for r in log.iter().filter(|r| r.3 == "ok" && counted.contains(&r.2.as_str()) && r.4 > after) {
+                    if newest.get(&r.0).is_none_or(|n| n.4 < r.4) {
+                        newest.insert(r.0.clone(), r);
+                    }
+                }
+                latest.extend(newest);
+                let mut want: Vec<(Option<String>, String)> = latest
+                    .into_values()
+                    .filter(|r| !["archive", "forget", "remove"].contains(&r.2.as_str()))
+                    .map(|r| (r.0.clone(), r.1.clone()))
+                    .collect();
+                want.sort();
+                assert_eq!(got, want);
+            });
+        }
     }
 }
 #[cfg(test)]
