@@ -10,7 +10,7 @@
 //! each stage made are printed so the time at a real account's limit
 //! (190 per 10 s on Professional) can be worked out.
 //!
-//! Run: `cargo bench --profile dev --bench build`. `FERRY_BENCH_LAKE=DIR`
+//! Run: `cargo bench --profile dev -- build`. `FERRY_BENCH_LAKE=DIR`
 //! keeps the lake (an empty folder, or one an earlier bench or demo wrote).
 //! Prints wall time and peak memory (sampled RSS) per stage, overall peak
 //! (VmHWM) and API calls.
@@ -19,8 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-mod common;
-use common::{peak_rss_mib, status_mib};
+use crate::common::{peak_rss_mib, status_mib};
 use ferry::demo::{self, DemoOptions, generate::Dataset};
 use ferry::lake::Lake;
 use ferry::project::Project;
@@ -32,7 +31,7 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn main() {
+pub fn main() {
     let contacts = env_usize("FERRY_BENCH_CONTACTS", 1_000_000);
     let per_10s = env_usize("FERRY_BENCH_PER_10S", 20_000);
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -9,7 +9,7 @@
 //! sources as lake streams; dbt-duckdb reads the same files through the
 //! sources' `meta.external_location`.
 //!
-//! Run: `cargo bench --profile dev --bench dbt`. With dbt-duckdb installed
+//! Run: `cargo bench --profile dev -- dbt`. With dbt-duckdb installed
 //! (`python3 -m venv /tmp/dbt && /tmp/dbt/bin/pip install "dbt-core>=1.9,<1.11"
 //! "dbt-duckdb>=1.9,<1.10"`), set FERRY_BENCH_DBT=/tmp/dbt/bin/dbt to run
 //! dbt too; the two tools' results are then compared. Wall time and peak
@@ -227,7 +227,7 @@ const CHECK: &str = "select \
     (select round(sum(share_of_country), 6) from customer_ltv) as shares, \
     (select count(*) from order_facts) as facts";
 
-fn main() {
+pub fn main() {
     let rows: usize = std::env::var("FERRY_BENCH_ROWS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -29,14 +29,13 @@
 //!    dlt's `rest_api` source to Parquet files: wall time, peak memory
 //!    (`/usr/bin/time`), and the ratios.
 //!
-//! Run: `cargo bench --profile dev --bench extract` (all), or name the
-//! parts: `cargo bench --profile dev --bench extract -- pages`.
+//! Run: `cargo bench --profile dev -- extract` (all), or name the
+//! parts: `cargo bench --profile dev -- extract pages`.
 
 use std::time::{Duration, Instant};
 
-mod common;
+use crate::common::peak_rss_mib;
 use axum::response::IntoResponse;
-use common::peak_rss_mib;
 use ferry::lake::Lake;
 use ferry::project::Project;
 use ferry::sim::rest::{self, RestConfig};
@@ -377,7 +376,7 @@ print(pipeline.last_trace.last_normalize_info)
 async fn static_pages(rows: usize) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .arg("serve-pages")
+        .args(["extract", "serve-pages"])
         .env("FERRY_BENCH_PAGE_ROWS", rows.to_string())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -486,7 +485,7 @@ pagination = {{ type = "next_url", path = "paging.next.link" }}
 }
 
 #[tokio::main]
-async fn main() {
+pub async fn main() {
     let env = |k: &str, d: usize| {
         std::env::var(k)
             .ok()
@@ -494,17 +493,13 @@ async fn main() {
             .unwrap_or(d)
     };
     let page_rows = env("FERRY_BENCH_PAGE_ROWS", 300_000);
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args = crate::common::parts();
     if args.first().map(String::as_str) == Some("serve-pages") {
         serve_pages(page_rows).await;
         return;
     }
-    // `cargo bench` passes `--bench`; any other word names a part to run.
-    let parts: Vec<&str> = args
-        .iter()
-        .map(String::as_str)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
+    // Words after `extract` name the parts to run.
+    let parts: Vec<&str> = args.iter().map(String::as_str).collect();
     let run = |part: &str| parts.is_empty() || parts.contains(&part);
     if run("pages") {
         static_pages(page_rows).await;

@@ -1,7 +1,7 @@
 //! Benchmark: land 1M GTM-contact-like JSON records (~20 fields, with a
 //! nested company object and a tag list) into Parquet on a local lake.
 //!
-//! Run: `cargo bench --profile dev --bench landing` (the README's profile, so
+//! Run: `cargo bench --profile dev -- landing` (the README's profile, so
 //! no second build of DataFusion). Set FERRY_BENCH_ROWS to change the size.
 //! Prints rows/s, MB/s of JSON input, Parquet bytes and peak memory (VmHWM).
 //! Records are generated on the fly; the generate+parse cost alone is
@@ -10,8 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-mod common;
-use common::peak_rss_mib;
+use crate::common::peak_rss_mib;
 use ferry::lake::{Lake, Lander, RunId, StreamRef};
 use ferry::project::StreamOptions;
 use serde_json::Value;
@@ -65,7 +64,7 @@ fn record(i: u64) -> String {
 }
 
 #[tokio::main]
-async fn main() {
+pub async fn main() {
     let rows: u64 = std::env::var("FERRY_BENCH_ROWS")
         .ok()
         .and_then(|v| v.parse().ok())

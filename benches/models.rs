@@ -2,7 +2,7 @@
 //! (default 1M; FERRY_BENCH_ROWS=10000000 for 10M), and `ferry compile` on a
 //! 200-model project.
 //!
-//! Run: `cargo bench --profile dev --bench models`.
+//! Run: `cargo bench --profile dev -- models`.
 //! Prints wall time per phase and peak memory (VmHWM).
 
 use std::collections::BTreeMap;
@@ -10,10 +10,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::common::peak_rss_mib;
 use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
-mod common;
-use common::peak_rss_mib;
 use ferry::lake::{Lake, Lander, RunId, StreamRef};
 use ferry::models::run::{self, RunOptions, Status};
 use ferry::models::{Workspace, dag};
@@ -355,7 +354,7 @@ async fn bench_compile(n: usize) {
 }
 
 #[tokio::main]
-async fn main() {
+pub async fn main() {
     let rows: usize = std::env::var("FERRY_BENCH_ROWS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -12,13 +12,12 @@
 //!    ticked once a second for `FERRY_BENCH_IDLE_SECONDS` (default 30): CPU
 //!    time used and resident memory.
 //!
-//! Run: `cargo bench --profile dev --bench operate`.
+//! Run: `cargo bench --profile dev -- operate`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-mod common;
-use common::{peak_rss_mib, status_mib};
+use crate::common::{peak_rss_mib, status_mib};
 use ferry::lake::Lake;
 use ferry::lake::tables;
 use ferry::project::Project;
@@ -164,7 +163,7 @@ async fn history(lake: &Lake, runs: usize) {
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+pub async fn main() {
     let runs = env_usize("FERRY_BENCH_RUNS", 10_000);
     let idle = env_usize("FERRY_BENCH_IDLE_SECONDS", 30);
     let tmp = tempfile::tempdir().expect("temp dir");

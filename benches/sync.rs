@@ -25,12 +25,11 @@
 //!    model against a snapshot of the same size with 10% of rows changed
 //!    (FERRY_BENCH_DIFF_ROWS=1000000,10000000 to choose).
 //!
-//! Run: `cargo bench --profile dev --bench sync`.
+//! Run: `cargo bench --profile dev -- sync`.
 
 use std::time::Instant;
 
-mod common;
-use common::peak_rss_mib;
+use crate::common::peak_rss_mib;
 use ferry::lake::Lake;
 use ferry::project::Project;
 use ferry::sim::hubspot::store::PropertyDef;
@@ -369,6 +368,7 @@ async fn salesforce_throughput(
 ) -> (u64, f64) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .arg("sync")
         .env("FERRY_BENCH_SF_SIM", latency_ms.to_string())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -578,7 +578,7 @@ async fn diff_time(rows: u64) {
 }
 
 #[tokio::main]
-async fn main() {
+pub async fn main() {
     if let Ok(latency) = std::env::var("FERRY_BENCH_SF_SIM") {
         salesforce_sim_child(latency.parse().unwrap_or(0)).await;
         return;

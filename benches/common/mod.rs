@@ -21,3 +21,13 @@ pub fn status_mib(field: &str) -> f64 {
 pub fn peak_rss_mib() -> f64 {
     status_mib("VmHWM")
 }
+
+/// The words after the bench's name (`cargo bench --profile dev -- extract
+/// pages` gives `["pages"]`); cargo's own `--bench` flag is left out.
+pub fn parts() -> Vec<String> {
+    std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .skip(1)
+        .collect()
+}
