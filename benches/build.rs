@@ -10,7 +10,8 @@
 //! each stage made are printed so the time at a real account's limit
 //! (190 per 10 s on Professional) can be worked out.
 //!
-//! Run: `cargo bench --profile dev -- build`. `FERRY_BENCH_LAKE=DIR`
+//! Run: `cargo bench --profile dev -- build`. FERRY_BENCH_MEMORY_LIMIT=3GiB
+//! sets the engine's memory pool as `[engine] memory_limit` would. `FERRY_BENCH_LAKE=DIR`
 //! keeps the lake (an empty folder, or one an earlier bench or demo wrote).
 //! Prints wall time and peak memory (sampled RSS) per stage, overall peak
 //! (VmHWM) and API calls.
@@ -47,6 +48,15 @@ pub fn main() {
     )
     .expect("lake");
     let project = Project::load(root).expect("the starter project loads");
+    // FERRY_BENCH_MEMORY_LIMIT=3GiB: the engine's pool, as `[engine]
+    // memory_limit` sets it (default: half the machine).
+    if let Ok(limit) = std::env::var("FERRY_BENCH_MEMORY_LIMIT") {
+        ferry::engine::memory::configure(ferry::engine::memory::EngineSettings {
+            memory_limit: ferry::engine::memory::parse_size(&limit).expect("a size such as 3GiB"),
+            ..Default::default()
+        })
+        .expect("engine settings");
+    }
 
     // RSS sampled every 20 ms: (seconds since start, MiB).
     let start = Instant::now();
