@@ -21,6 +21,7 @@ pub mod land;
 pub mod layout;
 pub mod lease;
 pub mod log;
+pub mod remote;
 pub mod schema;
 pub mod tables;
 
@@ -31,6 +32,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use object_store::ObjectStore;
+use object_store::aws::AmazonS3ConfigKey;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::prefix::PrefixStore;
@@ -115,9 +117,18 @@ impl Lake {
             "s3" | "s3a" => {
                 let mut b = object_store::aws::AmazonS3Builder::from_env().with_url(trimmed);
                 for (k, v) in options {
-                    let key = object_store::aws::AmazonS3ConfigKey::from_str(k)
+                    let key = AmazonS3ConfigKey::from_str(k)
                         .map_err(|_| bad(format!("unknown S3 option {k:?} in [lake.options]")))?;
                     b = b.with_config(key, v.expose());
+                }
+                let conditional = b.get_config_value(&AmazonS3ConfigKey::ConditionalPut);
+                if conditional.is_some_and(|c| c.trim().eq_ignore_ascii_case("disabled")) {
+                    return Err(bad(
+                        "aws_conditional_put is \"disabled\": ferry's write-once files, Delta \
+                         commits and leases need conditional PUTs (If-None-Match, If-Match); \
+                         remove the setting, or use a store that supports them"
+                            .into(),
+                    ));
                 }
                 Arc::new(b.build().map_err(|e| bad(e.to_string()))?)
             }
@@ -147,6 +158,13 @@ impl Lake {
                     "unsupported scheme {other:?}: use a folder path, file://, memory://, s3://, gs:// or az://"
                 )));
             }
+        };
+        // Over a network, a conditional write's reply can be lost after it
+        // was applied; `Confirming` tells that from another writer's.
+        let store: Arc<dyn ObjectStore> = if parsed.scheme() == "memory" {
+            store
+        } else {
+            Arc::new(remote::Confirming(store))
         };
         // The URL's host is the bucket; its path is the lake's prefix in it.
         let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
@@ -265,5 +283,8 @@ mod tests {
             "{msg}"
         );
         assert!(Lake::from_url("  ", Path::new("."), &none()).is_err());
+        let opts = BTreeMap::from([("aws_conditional_put".to_string(), Secret::new("disabled"))]);
+        let err = Lake::from_url("s3://b", Path::new("."), &opts).unwrap_err();
+        assert!(err.to_string().contains("need conditional PUTs"), "{err}");
     }
 }

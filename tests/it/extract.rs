@@ -883,9 +883,27 @@ async fn webhooks_verify_signatures_and_land_each_event_once() {
 /// next start lands what was acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_load_1000_events_at_concurrency_50_land_exactly_once() {
-    use futures::StreamExt;
+    let tmp = tempfile::tempdir().unwrap();
+    webhook_load(&webhook_project(tmp.path())).await;
+}
+
+/// The same on an S3 lake whose server refuses some requests 503 and cuts
+/// some connections after applying the PUT: the inbox's write-once files
+/// still hold each event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_load_on_s3_with_slowdowns_and_lost_replies_lands_exactly_once() {
+    let Some(s3) = crate::s3::S3::start(&["--slowdown-every", "23", "--drop-every", "17"]) else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let dir = webhook_project(tmp.path());
+    crate::s3::move_lake(&dir, &s3.lake_toml("hooks"));
+    webhook_load(&dir).await;
+}
+
+async fn webhook_load(dir: &Path) {
+    use futures::StreamExt;
+    let dir = dir.to_path_buf();
     let project = Project::load(&dir).unwrap();
     let lake = Lake::open(&project.lake, &project.dir).unwrap();
     let server = ferry::serve::start(

@@ -507,3 +507,15 @@ async fn memory_and_local_lakes_behave_the_same() {
     assert_eq!(a, b);
     assert!(a[0].contains("25001"), "{}", a[0]);
 }
+
+/// The library's landing on S3, with 503s and replies lost after the PUT
+/// was applied: the same tables as on a folder, nothing landed twice.
+#[tokio::test]
+async fn an_s3_lake_behaves_like_a_folder_through_slowdowns_and_lost_replies() {
+    let Some(s3) = crate::s3::S3::start(&["--slowdown-every", "7", "--drop-every", "3"]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let local = Lake::from_url("lake", dir.path(), &BTreeMap::new()).unwrap();
+    assert_eq!(scenario(&s3.lake("landing")).await, scenario(&local).await);
+}

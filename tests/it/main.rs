@@ -7,6 +7,7 @@
 //! `gtm`: the GTM starter project, `ferry demo` and `ferry generate`.
 //! `models`: SQL models on the fixture project `tests/fixtures/gtm`.
 //! `operate`: schedules, alerts, the health page, /metrics, `ferry serve`.
+//! `s3`: the lake on an S3 API (moto on loopback) with its faults.
 //! `salesforce`: reverse sync to the Salesforce emulator.
 //! `sim`: the HubSpot emulator over real HTTP.
 //! `sync`: reverse sync to the emulator, incl. the kill -9 crash test.
@@ -23,6 +24,7 @@ mod landing;
 mod models;
 mod operate;
 mod revert;
+mod s3;
 mod salesforce;
 mod sim;
 mod sync;

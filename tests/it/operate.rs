@@ -899,21 +899,39 @@ pagination = {{ type = "cursor", cursor_path = "meta.next_cursor", param = "curs
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_serve_processes_on_one_lake_run_each_job_exactly_once() {
     let tmp = tempfile::tempdir().unwrap();
+    two_serves(tmp.path(), None).await;
+}
+
+/// The same with the lake on S3: the lease is a conditional write there,
+/// and the server cuts some connections after applying a PUT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_serve_processes_on_an_s3_lake_run_each_job_exactly_once() {
+    let Some(s3) = crate::s3::S3::start(&["--drop-every", "11"]) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    two_serves(tmp.path(), Some(&s3.lake_toml("served"))).await;
+}
+
+async fn two_serves(dir: &Path, lake: Option<&str>) {
     let _rest = rest_project(
-        tmp.path(),
+        dir,
         1000,
         "[schedules.pull]\nevery = \"2s\"\nrun = \"extract\"\njitter_seconds = 0\n",
     )
     .await;
-    let a = serve(tmp.path(), free_port());
-    let b = serve(tmp.path(), free_port());
+    if let Some(lake) = lake {
+        crate::s3::move_lake(dir, lake);
+    }
+    let a = serve(dir, free_port());
+    let b = serve(dir, free_port());
     tokio::time::sleep(Duration::from_secs(9)).await;
     sigterm(&a);
     sigterm(&b);
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
     assert!(a.status.success() && b.status.success());
     let rows = query(
-        tmp.path(),
+        dir,
         "select cast(due_at as varchar), count(*), min(host), max(host) from ferry.schedule_runs group by 1 order by 1",
     )
     .await;

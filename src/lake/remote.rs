@@ -1,0 +1,282 @@
+//! A lake on an object store reached over the network (S3, GCS, Azure),
+//! where a reply can be lost after the write was applied.
+//!
+//! `object_store` retries a PUT whose connection dropped. For a plain PUT
+//! that is harmless; for a conditional one it is not: the retry of a
+//! `PutMode::Create` that already landed finds its own object and fails
+//! `AlreadyExists`, and the retry of a `PutMode::Update` finds the version
+//! it wrote itself and fails `Precondition`. ferry would then take its own
+//! write for another writer's: a landing failed, a Delta commit retried at
+//! the next version (the same rows committed twice), a lease given up.
+//!
+//! [`Confirming`] settles such a refusal by reading the object back: if it
+//! holds exactly the bytes this call sent, the write was this call's and it
+//! succeeded. Every conditional write ferry makes carries something unique
+//! to its writer (a run id in the name, a Delta commit's transaction id and
+//! time, a lease holder's id and generation), so equal bytes cannot be
+//! another writer's.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
+    Result,
+};
+
+/// An object store whose conditional writes survive a lost reply.
+#[derive(Debug)]
+pub struct Confirming(pub Arc<dyn ObjectStore>);
+
+impl std::fmt::Display for Confirming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl Confirming {
+    /// After a conditional write was refused: the object's version if it
+    /// holds exactly `sent`, else the refusal.
+    async fn settle(
+        &self,
+        location: &Path,
+        sent: &PutPayload,
+        refused: object_store::Error,
+    ) -> Result<PutResult> {
+        let Ok(got) = self.0.get(location).await else {
+            return Err(refused);
+        };
+        let meta = got.meta.clone();
+        let Ok(held) = got.bytes().await else {
+            return Err(refused);
+        };
+        if held.len() != sent.content_length() || !same(&held, sent) {
+            return Err(refused);
+        }
+        tracing::debug!(%location, "a conditional write's reply was lost; the object holds what was sent");
+        Ok(PutResult {
+            e_tag: meta.e_tag,
+            version: meta.version,
+        })
+    }
+}
+
+fn same(held: &Bytes, sent: &PutPayload) -> bool {
+    let mut at = 0;
+    for chunk in sent.iter() {
+        if held.get(at..at + chunk.len()) != Some(&chunk[..]) {
+            return false;
+        }
+        at += chunk.len();
+    }
+    at == held.len()
+}
+
+#[async_trait]
+impl ObjectStore for Confirming {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Result<PutResult> {
+        let conditional = matches!(opts.mode, PutMode::Create | PutMode::Update(_));
+        let sent = conditional.then(|| payload.clone());
+        match self.0.put_opts(location, payload, opts).await {
+            Err(
+                e @ (object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. }),
+            ) if conditional => self.settle(location, sent.as_ref().unwrap(), e).await,
+            r => r,
+        }
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> Result<Box<dyn MultipartUpload>> {
+        self.0.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        self.0.get_opts(location, options).await
+    }
+
+    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+        self.0.get_ranges(location, ranges).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, Result<Path>>,
+    ) -> BoxStream<'static, Result<Path>> {
+        self.0.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        self.0.list(prefix)
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, Result<ObjectMeta>> {
+        self.0.list_with_offset(prefix, offset)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+        self.0.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
+        self.0.copy_opts(from, to, options).await
+    }
+
+    async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> Result<()> {
+        self.0.rename_opts(from, to, options).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::UpdateVersion;
+    use object_store::memory::InMemory;
+
+    /// A store that applies a write and then reports the retry's refusal,
+    /// as `object_store` does after a reply lost on a dropped connection.
+    #[derive(Debug)]
+    struct LostReply(InMemory);
+
+    impl std::fmt::Display for LostReply {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "LostReply")
+        }
+    }
+
+    #[async_trait]
+    impl ObjectStore for LostReply {
+        async fn put_opts(&self, l: &Path, p: PutPayload, o: PutOptions) -> Result<PutResult> {
+            let refusal = match &o.mode {
+                PutMode::Create => Some(object_store::Error::AlreadyExists {
+                    path: l.to_string(),
+                    source: "412 on the retry".into(),
+                }),
+                PutMode::Update(_) => Some(object_store::Error::Precondition {
+                    path: l.to_string(),
+                    source: "412 on the retry".into(),
+                }),
+                PutMode::Overwrite => None,
+            };
+            let applied = self.0.put_opts(l, p, o).await;
+            match (applied, refusal) {
+                (Ok(_), Some(e)) => Err(e),
+                (r, _) => r,
+            }
+        }
+        async fn put_multipart_opts(
+            &self,
+            l: &Path,
+            o: PutMultipartOptions,
+        ) -> Result<Box<dyn MultipartUpload>> {
+            self.0.put_multipart_opts(l, o).await
+        }
+        async fn get_opts(&self, l: &Path, o: GetOptions) -> Result<GetResult> {
+            self.0.get_opts(l, o).await
+        }
+        fn delete_stream(
+            &self,
+            l: BoxStream<'static, Result<Path>>,
+        ) -> BoxStream<'static, Result<Path>> {
+            self.0.delete_stream(l)
+        }
+        fn list(&self, p: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+            self.0.list(p)
+        }
+        async fn list_with_delimiter(&self, p: Option<&Path>) -> Result<ListResult> {
+            self.0.list_with_delimiter(p).await
+        }
+        async fn copy_opts(&self, f: &Path, t: &Path, o: CopyOptions) -> Result<()> {
+            self.0.copy_opts(f, t, o).await
+        }
+    }
+
+    fn create() -> PutOptions {
+        PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_conditional_write_whose_reply_was_lost_is_this_writers_success() {
+        let store = Confirming(Arc::new(LostReply(InMemory::new())));
+        let path = Path::from("_delta_log/00000000000000000001.json");
+        let first = store
+            .put_opts(
+                &path,
+                PutPayload::from_static(b"commit by writer a"),
+                create(),
+            )
+            .await
+            .expect("the applied create is confirmed, not refused");
+        // Another writer's create of the same object is still refused.
+        let other = store
+            .put_opts(
+                &path,
+                PutPayload::from_static(b"commit by writer b"),
+                create(),
+            )
+            .await;
+        assert!(
+            matches!(other, Err(object_store::Error::AlreadyExists { .. })),
+            "{other:?}"
+        );
+        // An update whose reply was lost, then a stale update.
+        let update = |v: &PutResult| PutOptions {
+            mode: PutMode::Update(UpdateVersion {
+                e_tag: v.e_tag.clone(),
+                version: v.version.clone(),
+            }),
+            ..Default::default()
+        };
+        let second = store
+            .put_opts(
+                &path,
+                PutPayload::from_static(b"lease gen 2"),
+                update(&first),
+            )
+            .await
+            .expect("the applied update is confirmed");
+        assert_ne!(second.e_tag, first.e_tag);
+        let stale = store
+            .put_opts(
+                &path,
+                PutPayload::from_static(b"lease gen 2 by b"),
+                update(&first),
+            )
+            .await;
+        assert!(
+            matches!(stale, Err(object_store::Error::Precondition { .. })),
+            "{stale:?}"
+        );
+        let held = store.get(&path).await.unwrap().bytes().await.unwrap();
+        assert_eq!(&held[..], b"lease gen 2");
+    }
+
+    #[test]
+    fn payload_comparison_spans_chunks() {
+        let sent = PutPayload::from_iter([Bytes::from_static(b"ab"), Bytes::from_static(b"cd")]);
+        assert!(same(&Bytes::from_static(b"abcd"), &sent));
+        assert!(!same(&Bytes::from_static(b"abce"), &sent));
+        assert!(!same(&Bytes::from_static(b"abc"), &sent));
+        assert!(!same(&Bytes::from_static(b"abcde"), &sent));
+    }
+}
