@@ -25,7 +25,13 @@
 //!    model against a snapshot of the same size with 10% of rows changed
 //!    (FERRY_BENCH_DIFF_ROWS=1000000,10000000 to choose).
 //!
-//! Run: `cargo bench --profile dev -- sync`.
+//! 3. Partitioned (`cargo bench --profile dev -- sync partitioned`): 1M new
+//!    contacts (FERRY_BENCH_SYNC_ROWS) by 1 and by 4 workers
+//!    (FERRY_BENCH_SYNC_WORKERS=1,4) under one ceiling of 4,000 requests per
+//!    10 s (FERRY_BENCH_SYNC_LIMIT), the emulator in its own process:
+//!    duplicates in the CRM, 429s, share of the ceiling reached.
+//!
+//! Run: `cargo bench --profile dev -- sync` (parts 1 and 2).
 
 use std::time::Instant;
 
@@ -57,9 +63,24 @@ enum Case {
 }
 
 async fn throughput(rows: u64, case: Case) {
-    let sim = hubspot::start(SimConfig::default(), "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let limit: usize = std::env::var("FERRY_BENCH_SYNC_LIMIT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let inflight: usize = std::env::var("FERRY_BENCH_SYNC_IN_FLIGHT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let sim = hubspot::start(
+        SimConfig {
+            ten_secondly: limit,
+            daily: 10_000_000,
+            ..SimConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
     let object = match case {
         Case::Companies => "companies",
         _ => "contacts",
@@ -107,6 +128,8 @@ name = "syncbench"
 type = "hubspot"
 url = "{}"
 token = "ferry-sim-token"
+requests_per_10s = {limit}
+max_in_flight = {inflight}
 
 [syncs.scores]
 model = "scores"
@@ -144,7 +167,7 @@ persona = "ferry_persona"
         Case::Companies => rows.div_ceil(100),
         _ => 0,
     };
-    let ideal = (10.0 * (calls.div_ceil(100).saturating_sub(1)) as f64)
+    let ideal = (10.0 * (calls.div_ceil(limit as u64).saturating_sub(1)) as f64)
         .max(searches.saturating_sub(4) as f64 / 4.0);
     let label = match case {
         Case::Contacts => "contacts by email".to_string(),
@@ -165,6 +188,158 @@ persona = "ferry_persona"
         },
         r.counts.created,
         r.counts.rejected,
+        peak_rss_mib()
+    );
+}
+
+/// The HubSpot emulator in a child process (this bench binary with
+/// `FERRY_BENCH_HS_SIM=<requests per 10 s>`), so that ferry's CPU and
+/// memory are ferry's alone. Prints its address; on stdin's end, its calls,
+/// 429s, the contacts it holds, the distinct emails among them and its peak
+/// memory.
+async fn hubspot_sim_child(limit: usize) {
+    let sim = hubspot::start(
+        SimConfig {
+            ten_secondly: limit,
+            daily: 100_000_000,
+            ..SimConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    for (p, kind) in [("ferry_lead_score", "number"), ("ferry_persona", "string")] {
+        sim.with_crm(|crm| {
+            crm.types.get_mut("contacts").unwrap().define(PropertyDef {
+                name: p.into(),
+                label: p.into(),
+                kind: kind.into(),
+                field_type: "text".into(),
+                has_unique_value: false,
+            })
+        });
+    }
+    println!("{}", sim.base_url());
+    tokio::task::spawn_blocking(|| {
+        let mut sink = String::new();
+        let _ = std::io::Read::read_to_string(&mut std::io::stdin(), &mut sink);
+    })
+    .await
+    .unwrap();
+    let (calls, limited) = sim.stats();
+    let (held, distinct) = sim
+        .with_crm(|crm| {
+            let c = &crm.types["contacts"].records;
+            let emails: std::collections::HashSet<&str> = c
+                .values()
+                .filter_map(|r| r.properties.get("email").map(String::as_str))
+                .collect();
+            (c.len(), emails.len())
+        })
+        .unwrap();
+    println!("{calls} {limited} {held} {distinct} {:.0}", peak_rss_mib());
+}
+
+/// A partitioned sync: `rows` new contacts upserted by email by `workers`
+/// workers under one account ceiling of `limit` requests per 10 s, the
+/// emulator in its own process. Reports duplicates in the CRM, 429s, and
+/// the share of the ceiling reached while sending.
+async fn partitioned(rows: u64, workers: usize, limit: usize) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .arg("sync")
+        .env("FERRY_BENCH_HS_SIM", limit.to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut base_url = String::new();
+    out.read_line(&mut base_url).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("models")).unwrap();
+    std::fs::write(
+        dir.join("ferry.toml"),
+        format!(
+            r#"[project]
+name = "partitioned"
+
+[destinations.hubspot]
+type = "hubspot"
+url = "{}"
+token = "ferry-sim-token"
+requests_per_10s = {limit}
+max_in_flight = 32
+
+[syncs.scores]
+model = "scores"
+destination = "hubspot"
+object = "contacts"
+match = {{ column = "email", property = "email" }}
+workers = {workers}
+
+[syncs.scores.fields]
+lead_score = "ferry_lead_score"
+persona = "ferry_persona"
+"#,
+            base_url.trim()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("models/scores.sql"),
+        format!(
+            "{{{{ config(materialized='view') }}}}\n{}\n",
+            model_sql(rows, "a")
+        ),
+    )
+    .unwrap();
+    let project = Project::load(dir).unwrap();
+    let lake = Lake::open(&project.lake, &project.dir).unwrap();
+    let start = Instant::now();
+    let r = Syncer::new(&project, lake)
+        .run("scores", &SyncOptions::default())
+        .await
+        .unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    // The sending itself: from the first confirmed batch to the last.
+    let ctx = ferry::engine::session(&Lake::open(&project.lake, &project.dir).unwrap())
+        .await
+        .unwrap();
+    let b = ctx
+        .sql(
+            "select cast(date_part('epoch', max(at)) - date_part('epoch', min(at)) as double) \
+             from ferry.sync_log",
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let span = arrow::array::AsArray::as_primitive::<arrow::datatypes::Float64Type>(b[0].column(0))
+        .value(0);
+    drop(child.stdin.take());
+    let mut stats = String::new();
+    out.read_line(&mut stats).unwrap();
+    child.wait().unwrap();
+    let v: Vec<f64> = stats
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let (calls, limited, held, distinct, sim_mib) = (v[0], v[1], v[2], v[3], v[4]);
+    // The ceiling is `limit` calls in any rolling 10 s: the share reached
+    // is the sending's call rate against limit / 10 per second.
+    let share = calls / span.max(1e-9) / (limit as f64 / 10.0) * 100.0;
+    println!(
+        "partitioned sync, {workers} worker(s), ceiling {limit} requests/10 s: {rows} rows in {secs:.1} s \
+         ({:.0} rows/s), sending {span:.1} s at {:.1} requests/s = {share:.1}% of the ceiling; {calls} calls, \
+         {limited} 429s, CRM holds {held} contacts ({} duplicates), created {}; ferry peak RSS {:.0} MiB, \
+         emulator {sim_mib} MiB",
+        rows as f64 / secs,
+        calls / span.max(1e-9),
+        held - distinct,
+        r.counts.created,
         peak_rss_mib()
     );
 }
@@ -581,6 +756,28 @@ async fn diff_time(rows: u64) {
 pub async fn main() {
     if let Ok(latency) = std::env::var("FERRY_BENCH_SF_SIM") {
         salesforce_sim_child(latency.parse().unwrap_or(0)).await;
+        return;
+    }
+    if let Ok(limit) = std::env::var("FERRY_BENCH_HS_SIM") {
+        hubspot_sim_child(limit.parse().unwrap_or(100)).await;
+        return;
+    }
+    if crate::common::parts().iter().any(|p| p == "partitioned") {
+        let rows = std::env::var("FERRY_BENCH_SYNC_ROWS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000_000);
+        let limit = std::env::var("FERRY_BENCH_SYNC_LIMIT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(4_000);
+        let workers: Vec<usize> = std::env::var("FERRY_BENCH_SYNC_WORKERS")
+            .ok()
+            .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+            .unwrap_or_else(|| vec![1, 4]);
+        for w in workers {
+            partitioned(rows, w, limit).await;
+        }
         return;
     }
     let rows: u64 = std::env::var("FERRY_BENCH_SYNC_ROWS")

@@ -68,7 +68,7 @@ const EX_SERVE: &str =
     "Examples:\n  ferry serve\n  ferry serve --host 0.0.0.0 --port 9000 --no-schedules";
 const EX_SCHEDULES: &str = "Examples:\n  ferry schedules\n  ferry schedules --format json";
 const EX_HEALTH: &str = "Examples:\n  ferry health\n  ferry health --out public/";
-const EX_SYNC: &str = "Examples:\n  ferry sync --dry-run\n  ferry sync contact_scores_to_hubspot\n  ferry sync --retry-failed\n  ferry sync revert 01J9Z3...   # undo one run";
+const EX_SYNC: &str = "Examples:\n  ferry sync --dry-run\n  ferry sync contact_scores_to_hubspot\n  ferry sync --retry-failed\n  ferry sync contact_scores --workers 4   # 4 partitions, one account budget\n  ferry sync revert 01J9Z3...   # undo one run";
 const EX_SIM: &str =
     "Examples:\n  ferry sim hubspot --port 8090\n  ferry sim salesforce --port 8091 --daily 1000";
 const EX_QUERY: &str = "Examples:\n  ferry query \"select * from crm.contacts limit 5\"\n  ferry query \"select count(*) from ferry.quarantine\" --format csv\n  ferry query \"select * from contact_scores\" --format json > scores.json";
@@ -370,6 +370,10 @@ enum Command {
         /// Take the sync's lock even if another run seems to hold it.
         #[arg(long)]
         break_lock: bool,
+        /// Workers sending changed rows, each a partition of the keys, all
+        /// under the account's one budget (overrides the syncs' `workers`).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+        workers: Option<u16>,
         #[command(flatten)]
         rejects: RejectArgs,
         #[command(flatten)]
@@ -1176,6 +1180,7 @@ async fn run(cli: Cli) -> Result<()> {
             retry_failed,
             allow_mass_delete,
             break_lock,
+            workers,
             rejects,
             report: _,
             ..
@@ -1188,6 +1193,7 @@ async fn run(cli: Cli) -> Result<()> {
                 break_lock,
                 shutdown: None,
                 revert: None,
+                workers: workers.map(usize::from),
             };
             sync::run(&project, lake, &names, &opts, rejects.allow_rejects).await
         }

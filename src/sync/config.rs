@@ -451,6 +451,11 @@ pub struct SyncSection {
     /// Salesforce campaign), created if absent.
     #[serde(default)]
     pub audience: Option<String>,
+    /// Workers sending the changed rows, each its own partition of the keys
+    /// (1 to the destination's `max_in_flight`), all under the account's one
+    /// budget.
+    #[serde(default)]
+    pub workers: Option<usize>,
 }
 
 /// `crm_copy = { table = "hubspot.contacts", max_age_minutes = 60 }`
@@ -483,6 +488,9 @@ pub struct Field {
     pub policy: Policy,
 }
 
+/// The most workers one sync may have.
+pub const MAX_WORKERS: usize = 64;
+
 /// A resolved sync.
 #[derive(Debug, Clone)]
 pub struct Sync {
@@ -501,6 +509,8 @@ pub struct Sync {
     pub revertible: bool,
     /// The audience's name (`mode = "audience"`).
     pub audience: Option<String>,
+    /// Workers sending changed rows, one partition of the keys each.
+    pub workers: usize,
 }
 
 impl Sync {
@@ -541,6 +551,12 @@ impl Sync {
             return Err(format!(
                 "batch_size = {n} is out of range: {} takes 1 to {max} records per call",
                 kind.vendor()
+            ));
+        }
+        if s.workers.is_some_and(|w| !(1..=MAX_WORKERS).contains(&w)) {
+            return Err(format!(
+                "workers = {} is out of range: 1 to {MAX_WORKERS}",
+                s.workers.unwrap_or_default()
             ));
         }
         if !(0.0..=100.0).contains(&s.max_delete_pct) {
@@ -595,6 +611,7 @@ impl Sync {
             crm_copy: s.crm_copy.clone(),
             revertible: s.revertible,
             audience: s.audience.clone(),
+            workers: s.workers.unwrap_or(1),
         })
     }
 }

@@ -116,6 +116,8 @@ pub struct SyncOptions {
     pub shutdown: Option<tokio::sync::watch::Receiver<bool>>,
     /// Revert this run of the sync instead of syncing (`ferry sync revert`).
     pub revert: Option<String>,
+    /// Workers sending changed rows, instead of the sync's `workers`.
+    pub workers: Option<usize>,
 }
 
 /// What a run did (or, in a dry run, would do).
@@ -270,6 +272,7 @@ impl Syncer {
             break_lock: opts.break_lock,
             shutdown: opts.shutdown.clone(),
             revert: Some(run_id.to_string()),
+            workers: None,
         };
         self.run(&sync, &opts).await
     }
@@ -407,6 +410,49 @@ impl Syncer {
         outcome?;
         Ok(report)
     }
+}
+
+/// Split rows into `n` partitions by a hash of their key: a record is
+/// only ever in one partition, so no two workers write it.
+fn partition(rows: Vec<Row>, n: usize) -> Vec<Vec<Row>> {
+    use std::hash::{Hash, Hasher};
+    let mut parts: Vec<Vec<Row>> = (0..n).map(|_| Vec::new()).collect();
+    for r in rows {
+        let mut h = std::hash::DefaultHasher::new();
+        r.key.hash(&mut h);
+        parts[(h.finish() % n as u64) as usize].push(r);
+    }
+    parts
+}
+
+/// Run futures each on its own thread (on a multi-threaded runtime;
+/// concurrently on this task otherwise) and return their outputs in order. The futures borrow from the caller, so they run on
+/// scoped threads that drive them with the runtime's handle (its I/O and
+/// timers), while this worker thread steps aside (`block_in_place`).
+async fn in_parallel<F>(futures: Vec<F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send,
+    F::Output: Send,
+{
+    let handle = tokio::runtime::Handle::current();
+    if futures.len() <= 1 || handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+        return futures::future::join_all(futures).await;
+    }
+    tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let threads: Vec<_> = futures
+                .into_iter()
+                .map(|f| {
+                    let handle = handle.clone();
+                    scope.spawn(move || handle.block_on(f))
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        })
+    })
 }
 
 /// One run in progress.
@@ -701,12 +747,62 @@ impl Run<'_> {
             }
         }
         let batch = sync.batch_size.min(caps.max_batch).max(1);
-        let chunks: Vec<Vec<Row>> = destination::batches(pending, batch, caps.max_bytes, |r| {
+        let size = |r: &Row| {
             r.key.as_ref().map_or(0, |k| k.len())
                 + r.values.iter().flatten().map(|v| v.len()).sum::<usize>()
-        });
+        };
         let copy = copy.as_ref();
         let unsettled = &unsettled;
+        // Several workers: the keys split into partitions, each sent by its
+        // own worker on its own thread, sharing the account's budget (one
+        // limiter) and the destination's calls in flight. Jobs keep one
+        // queue: their rows are sent by the vendor's own asynchronous jobs.
+        let workers = self
+            .opts
+            .workers
+            .unwrap_or(sync.workers)
+            .clamp(1, self.max_in_flight.max(1));
+        if workers > 1 && jobs.is_none() {
+            let total = pending.len();
+            let bar = crate::console::bar(
+                total as u64,
+                &format!("rows → {} {} ({workers} workers)", caps.vendor, sync.object),
+            );
+            let in_flight = (self.max_in_flight / workers).max(1);
+            let bar = &bar;
+            let parts = partition(pending, workers);
+            tracing::info!(sync = %sync.name, rows = total, workers, in_flight, "sending in partitions");
+            let sends = parts.into_iter().map(|part| {
+                let chunks = destination::batches(part, batch, caps.max_bytes, size);
+                async move {
+                    let mut results = futures::stream::iter(chunks.into_iter().map(|c| {
+                        let n = c.len() as u64;
+                        let sent = self.chunk(c, unique, copy, unsettled);
+                        async move {
+                            let r = sent.await;
+                            bar.inc(n);
+                            r
+                        }
+                    }))
+                    .buffer_unordered(in_flight);
+                    let mut first_error = None;
+                    while let Some(r) = results.next().await {
+                        if let Err(e) = r {
+                            tracing::error!(sync = %sync.name, "batch failed: {e}");
+                            first_error.get_or_insert(e);
+                        }
+                    }
+                    first_error
+                }
+            });
+            let errors = in_parallel(sends.collect()).await;
+            bar.finish_and_clear();
+            if let Some(e) = errors.into_iter().flatten().next() {
+                return Err(e);
+            }
+            return self.finish(removed).await;
+        }
+        let chunks: Vec<Vec<Row>> = destination::batches(pending, batch, caps.max_bytes, size);
         let (tx, rx) = futures::channel::mpsc::channel::<(Op, Vec<Queued>)>(0);
         let job_error: Mutex<Option<Error>> = Mutex::new(None);
         let total: usize = chunks.iter().map(Vec::len).sum();
@@ -765,7 +861,11 @@ impl Run<'_> {
         if let Some(e) = first_error.or_else(|| job_error.lock().ok().and_then(|mut e| e.take())) {
             return Err(e);
         }
+        self.finish(removed).await
+    }
 
+    /// After the sends: removals, then the new snapshot.
+    async fn finish(&self, removed: Vec<Row>) -> Result<()> {
         // Removed rows: mirror archives what this sync created; the rest are released.
         if !removed.is_empty() && !self.stopped() {
             self.removals(removed).await?;

@@ -1144,6 +1144,10 @@ fn readme_sync_example_parses_and_mistakes_are_located() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("batch_size = 500 is out of range"), "{e}");
+    let e = parse(&text.replace("batch_size = 100 ", "workers = 0\nbatch_size = 100 "))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("workers = 0 is out of range: 1 to 64"), "{e}");
     let e = parse(&text.replace("mode = \"upsert\"", "mode = \"upsrt\""))
         .unwrap_err()
         .to_string();
@@ -1505,5 +1509,87 @@ async fn compile_catches_a_sync_mapping_a_missing_column() {
         said.contains("compiled 1 model in")
             && said.contains("and 1 sync map only columns their models have"),
         "{said}"
+    );
+}
+
+/// `workers = 4`: the keys split into four partitions sent on four threads
+/// under the account's one budget, while the emulator loses some replies
+/// after applying the write and the run is stopped partway (SIGTERM's
+/// path). Every row reaches the CRM once, no call is answered 429, the log
+/// confirms each key once, and a final run sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_workers_send_each_row_once_within_the_accounts_budget() {
+    let s = sim(SimConfig {
+        ten_secondly: 30,
+        faults: Faults {
+            lost_after_write: 0.05,
+            ..Faults::default()
+        },
+        ..SimConfig::default()
+    })
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let scores = SCORES.replace(
+        "[syncs.scores.fields]",
+        "batch_size = 20\nworkers = 4\n\n[syncs.scores.fields]",
+    );
+    let dir = project(tmp.path(), &s.base_url(), &scores);
+    let text = std::fs::read_to_string(dir.join("ferry.toml"))
+        .unwrap()
+        .replace(
+            "type = \"hubspot\"\n",
+            "type = \"hubspot\"\nrequests_per_10s = 30\n",
+        );
+    std::fs::write(dir.join("ferry.toml"), text).unwrap();
+    model(&dir, "scores", &rows(1200, "a"));
+
+    // Stopped after 4 s: the first window's 30 calls and a few more.
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let stopper = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+        let _ = stop.send(true);
+    });
+    let first = sync(
+        &dir,
+        "scores",
+        SyncOptions {
+            shutdown: Some(rx),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    stopper.await.unwrap();
+    let sent_first = first.counts.created + first.counts.failed;
+    assert!(
+        first.counts.created > 0 && first.counts.created < 1200,
+        "the stop came partway: {:?}",
+        first.counts
+    );
+    let rest = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
+    assert!(rest.stopped.is_none(), "{rest:?}");
+    // `crm` panics on a duplicate email.
+    let held = crm(&s, "contacts", "email");
+    assert_eq!(
+        held.len(),
+        1200,
+        "after {sent_first} then {:?}",
+        rest.counts
+    );
+    assert!(held.values().all(|p| p.contains_key("ferry_lead_score")));
+    let (calls, limited) = s.stats();
+    assert_eq!(limited, 0, "{limited} of {calls} calls were answered 429");
+    let confirmed = query(
+        &dir,
+        "select count(*), count(distinct key) from (select key from ferry.sync_log \
+         where status = 'ok' group by key)",
+    )
+    .await;
+    assert_eq!(confirmed[0], vec!["1200", "1200"]);
+    let again = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
+    assert_eq!(
+        (again.counts.created, again.counts.updated, again.api_calls),
+        (0, 0, 1),
+        "a run after everything was confirmed sends nothing but its check: {again:?}"
     );
 }
