@@ -23,7 +23,10 @@
 //!    removed: seconds and API calls per row of each.
 //! 2. Diff: the set-based diff (`sql/sync/diff.sql`) of a 1M- and a 10M-row
 //!    model against a snapshot of the same size with 10% of rows changed
-//!    (FERRY_BENCH_DIFF_ROWS=1000000,10000000 to choose).
+//!    (FERRY_BENCH_DIFF_ROWS=1000000,10000000 to choose), in a session
+//!    with the engine's pool (FERRY_BENCH_MEMORY_LIMIT=1GiB bounds it;
+//!    FERRY_BENCH_SMJ=1 plans sort-merge joins, which spill, instead of hash
+//!    joins, which cannot).
 //!
 //! 3. Partitioned (`cargo bench --profile dev -- sync partitioned`): 1M new
 //!    contacts (FERRY_BENCH_SYNC_ROWS) by 1 and by 4 workers
@@ -667,7 +670,22 @@ async fn salesforce_break_even(latency_ms: u64) {
 
 async fn diff_time(rows: u64) {
     let tmp = tempfile::tempdir().unwrap();
-    let ctx = datafusion::prelude::SessionContext::new_with_config(ferry::engine::session_config());
+    // The engine's memory pool and disk manager, as a sync's session has
+    // (FERRY_BENCH_MEMORY_LIMIT bounds it).
+    if let Ok(limit) = std::env::var("FERRY_BENCH_MEMORY_LIMIT") {
+        let settings =
+            ferry::engine::memory::EngineSettings::resolve(Some(&limit), None, None, None)
+                .unwrap_or_else(|(k, e)| panic!("FERRY_BENCH_MEMORY_LIMIT: {k}: {e}"));
+        let _ = ferry::engine::memory::configure(settings);
+    }
+    let mut config = ferry::engine::session_config();
+    if std::env::var("FERRY_BENCH_SMJ").is_ok() {
+        config.options_mut().optimizer.prefer_hash_join = false;
+    }
+    let ctx = datafusion::prelude::SessionContext::new_with_config_rt(
+        config,
+        ferry::engine::memory::runtime().unwrap(),
+    );
     // The snapshot: what a first run of version "a" confirmed.
     ctx.register_table(
         "v0",
