@@ -9,12 +9,23 @@
 //! write for another writer's: a landing failed, a Delta commit retried at
 //! the next version (the same rows committed twice), a lease given up.
 //!
-//! [`Confirming`] settles such a refusal by reading the object back: if it
-//! holds exactly the bytes this call sent, the write was this call's and it
-//! succeeded. Every conditional write ferry makes carries something unique
-//! to its writer (a run id in the name, a Delta commit's transaction id and
-//! time, a lease holder's id and generation), so equal bytes cannot be
-//! another writer's.
+//! A lost reply `object_store` does not retry (a timeout or a reset after
+//! the request was sent: conditional PUTs are not idempotent to it) comes
+//! back as a plain error though the write may have landed.
+//!
+//! [`Confirming`] settles both by reading the object back: if it holds
+//! exactly the bytes this call sent, the write was this call's and it
+//! succeeded. Conditional writes ferry makes carry something unique to their
+//! writer (a run id in the name, a Delta commit's transaction id and time, a
+//! lease holder's id, pid and expiry), so equal bytes are another writer's
+//! only where two writers want the very same content (a stream's next schema
+//! version, planned alike by two concurrent landings), and then the object
+//! holds what each wanted.
+//!
+//! A refusal whose object cannot be found (S3 answers 409 to two creates
+//! racing on one key, and neither may land) is not taken as "exists": it
+//! comes back as a retryable error, so a webhook is not acknowledged as a
+//! duplicate of a write that never landed.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -48,8 +59,21 @@ impl Confirming {
         sent: &PutPayload,
         refused: object_store::Error,
     ) -> Result<PutResult> {
-        let Ok(got) = self.0.get(location).await else {
-            return Err(refused);
+        let got = match self.0.get(location).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. })
+                if matches!(refused, object_store::Error::AlreadyExists { .. }) =>
+            {
+                return Err(object_store::Error::Generic {
+                    store: "lake",
+                    source: format!(
+                        "a conditional create of {location} was refused, yet nothing is there \
+                         (a concurrent create conflicted): nothing was stored; running again may succeed ({refused})"
+                    )
+                    .into(),
+                });
+            }
+            Err(_) => return Err(refused),
         };
         let meta = got.meta.clone();
         let Ok(held) = got.bytes().await else {
@@ -90,7 +114,8 @@ impl ObjectStore for Confirming {
         match self.0.put_opts(location, payload, opts).await {
             Err(
                 e @ (object_store::Error::AlreadyExists { .. }
-                | object_store::Error::Precondition { .. }),
+                | object_store::Error::Precondition { .. }
+                | object_store::Error::Generic { .. }),
             ) if conditional => self.settle(location, sent.as_ref().unwrap(), e).await,
             r => r,
         }
@@ -269,6 +294,137 @@ mod tests {
         );
         let held = store.get(&path).await.unwrap().bytes().await.unwrap();
         assert_eq!(&held[..], b"lease gen 2");
+    }
+
+    /// Applies the write, then fails as a timeout does (not retried).
+    #[derive(Debug)]
+    struct TimedOut(InMemory, bool);
+
+    impl std::fmt::Display for TimedOut {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "TimedOut")
+        }
+    }
+
+    #[async_trait]
+    impl ObjectStore for TimedOut {
+        async fn put_opts(&self, l: &Path, p: PutPayload, o: PutOptions) -> Result<PutResult> {
+            if self.1 {
+                self.0.put_opts(l, p, o).await?;
+            }
+            Err(object_store::Error::Generic {
+                store: "S3",
+                source: "error sending request: operation timed out".into(),
+            })
+        }
+        async fn put_multipart_opts(
+            &self,
+            l: &Path,
+            o: PutMultipartOptions,
+        ) -> Result<Box<dyn MultipartUpload>> {
+            self.0.put_multipart_opts(l, o).await
+        }
+        async fn get_opts(&self, l: &Path, o: GetOptions) -> Result<GetResult> {
+            self.0.get_opts(l, o).await
+        }
+        fn delete_stream(
+            &self,
+            l: BoxStream<'static, Result<Path>>,
+        ) -> BoxStream<'static, Result<Path>> {
+            self.0.delete_stream(l)
+        }
+        fn list(&self, p: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+            self.0.list(p)
+        }
+        async fn list_with_delimiter(&self, p: Option<&Path>) -> Result<ListResult> {
+            self.0.list_with_delimiter(p).await
+        }
+        async fn copy_opts(&self, f: &Path, t: &Path, o: CopyOptions) -> Result<()> {
+            self.0.copy_opts(f, t, o).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_timeout_after_the_write_landed_is_a_success_and_before_it_an_error() {
+        let path = Path::from("_ferry/schedules/nightly/lease");
+        let landed = Confirming(Arc::new(TimedOut(InMemory::new(), true)));
+        landed
+            .put_opts(&path, PutPayload::from_static(b"holder a"), create())
+            .await
+            .expect("the write is there: the timeout lost only its reply");
+        let lost = Confirming(Arc::new(TimedOut(InMemory::new(), false)));
+        let err = lost
+            .put_opts(&path, PutPayload::from_static(b"holder a"), create())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("timed out"), "{err}");
+    }
+
+    /// Refuses a create as already existing, though nothing is stored (S3's
+    /// 409 to two racing creates).
+    #[derive(Debug)]
+    struct Conflict(InMemory);
+
+    impl std::fmt::Display for Conflict {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "Conflict")
+        }
+    }
+
+    #[async_trait]
+    impl ObjectStore for Conflict {
+        async fn put_opts(&self, l: &Path, _: PutPayload, _: PutOptions) -> Result<PutResult> {
+            Err(object_store::Error::AlreadyExists {
+                path: l.to_string(),
+                source: "409 ConditionalRequestConflict".into(),
+            })
+        }
+        async fn put_multipart_opts(
+            &self,
+            l: &Path,
+            o: PutMultipartOptions,
+        ) -> Result<Box<dyn MultipartUpload>> {
+            self.0.put_multipart_opts(l, o).await
+        }
+        async fn get_opts(&self, l: &Path, o: GetOptions) -> Result<GetResult> {
+            self.0.get_opts(l, o).await
+        }
+        fn delete_stream(
+            &self,
+            l: BoxStream<'static, Result<Path>>,
+        ) -> BoxStream<'static, Result<Path>> {
+            self.0.delete_stream(l)
+        }
+        fn list(&self, p: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+            self.0.list(p)
+        }
+        async fn list_with_delimiter(&self, p: Option<&Path>) -> Result<ListResult> {
+            self.0.list_with_delimiter(p).await
+        }
+        async fn copy_opts(&self, f: &Path, t: &Path, o: CopyOptions) -> Result<()> {
+            self.0.copy_opts(f, t, o).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_create_refused_with_nothing_stored_is_not_taken_as_a_duplicate() {
+        let store = Confirming(Arc::new(Conflict(InMemory::new())));
+        let err = store
+            .put_opts(
+                &Path::from("_ferry/inbox/billing/evt_1.json"),
+                PutPayload::from_static(b"{}"),
+                create(),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            !matches!(err, object_store::Error::AlreadyExists { .. }),
+            "a webhook would be acknowledged as a duplicate: {err:?}"
+        );
+        assert!(
+            err.to_string().contains("running again may succeed"),
+            "{err}"
+        );
     }
 
     #[test]

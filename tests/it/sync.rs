@@ -1581,15 +1581,21 @@ async fn four_workers_send_each_row_once_within_the_accounts_budget() {
     assert_eq!(limited, 0, "{limited} of {calls} calls were answered 429");
     let confirmed = query(
         &dir,
-        "select count(*), count(distinct key) from (select key from ferry.sync_log \
-         where status = 'ok' group by key)",
+        "select count(*), count(distinct key) from ferry.sync_log where status = 'ok'",
     )
     .await;
     assert_eq!(confirmed[0], vec!["1200", "1200"]);
+    // A run straight after: its limiter starts with an empty window while
+    // HubSpot's still holds the last run's calls, so its one check may be
+    // answered 429 and sent again.
     let again = sync(&dir, "scores", SyncOptions::default()).await.unwrap();
     assert_eq!(
-        (again.counts.created, again.counts.updated, again.api_calls),
-        (0, 0, 1),
-        "a run after everything was confirmed sends nothing but its check: {again:?}"
+        (again.counts.created, again.counts.updated, again.counts.unchanged),
+        (0, 0, 1200),
+        "a run after everything was confirmed sends nothing: {again:?}"
+    );
+    assert!(
+        again.api_calls <= 1 + again.rate_limited,
+        "only the check: {again:?}"
     );
 }
