@@ -26,6 +26,12 @@ static ACCOUNTS: std::sync::LazyLock<
     Mutex<std::collections::HashMap<String, std::sync::Weak<RateLimiter>>>,
 > = std::sync::LazyLock::new(|| Mutex::new(std::collections::HashMap::new()));
 
+/// The calls in the window of an account's last limiter, kept when it is
+/// dropped, for the next one of the same account.
+type Recent = (VecDeque<Instant>, Option<Instant>);
+static RECENT: std::sync::LazyLock<Mutex<std::collections::HashMap<String, Recent>>> =
+    std::sync::LazyLock::new(|| Mutex::new(std::collections::HashMap::new()));
+
 /// The shared budget for `key`, created with these limits if nobody holds it.
 pub fn account_budget(
     key: &str,
@@ -39,7 +45,22 @@ pub fn account_budget(
     if let Some(existing) = map.get(key).and_then(std::sync::Weak::upgrade) {
         return existing;
     }
-    let fresh = std::sync::Arc::new(RateLimiter::new(max, interval, daily));
+    let mut limiter = RateLimiter::new(max, interval, daily);
+    // The vendor's window still holds what the account's previous limiter
+    // in this process sent (an extract just before a sync in one build):
+    // start from those calls, not from an empty window and a 429.
+    if let Some((sent, paused_until)) = RECENT.lock().ok().and_then(|mut r| r.remove(key))
+        && let Ok(w) = limiter.inner.get_mut()
+    {
+        let now = Instant::now();
+        w.sent = sent
+            .into_iter()
+            .filter(|t| now.duration_since(*t) < w.interval + WINDOW_MARGIN)
+            .collect();
+        w.paused_until = paused_until.filter(|p| *p > now);
+    }
+    limiter.account = Some(key.to_string());
+    let fresh = std::sync::Arc::new(limiter);
     map.retain(|_, w| w.strong_count() > 0);
     map.insert(key.to_string(), std::sync::Arc::downgrade(&fresh));
     fresh
@@ -98,6 +119,21 @@ struct Window {
 #[derive(Debug)]
 pub struct RateLimiter {
     inner: Mutex<Window>,
+    /// The account (from [`account_budget`]), whose window outlives this.
+    account: Option<String>,
+}
+
+impl Drop for RateLimiter {
+    fn drop(&mut self) {
+        let Some(account) = self.account.take() else {
+            return;
+        };
+        if let Ok(w) = self.inner.get_mut()
+            && let Ok(mut recent) = RECENT.lock()
+        {
+            recent.insert(account, (std::mem::take(&mut w.sent), w.paused_until));
+        }
+    }
 }
 
 impl RateLimiter {
@@ -114,6 +150,7 @@ impl RateLimiter {
                 share: 1,
                 sent_total: 0,
             }),
+            account: None,
         }
     }
 
@@ -518,6 +555,25 @@ mod tests {
         l.acquire().await.unwrap();
         l.acquire().await.unwrap();
         assert!(start.elapsed() >= Duration::from_millis(300));
+    }
+
+    /// Regression: the sync's limiter, made after the extract's was
+    /// dropped in the same `ferry build`, started with an empty window
+    /// while the vendor's still held the extract's calls: a 429.
+    #[tokio::test]
+    async fn the_next_limiter_of_an_account_starts_from_the_last_ones_window() {
+        let first = account_budget("test/acct-next", 2, Duration::from_millis(400), None);
+        first.acquire().await.unwrap();
+        first.acquire().await.unwrap();
+        drop(first);
+        let next = account_budget("test/acct-next", 2, Duration::from_millis(400), None);
+        let start = Instant::now();
+        next.acquire().await.unwrap();
+        assert!(
+            start.elapsed() >= Duration::from_millis(300),
+            "the window was full: the call had to wait ({:?})",
+            start.elapsed()
+        );
     }
 
     #[test]

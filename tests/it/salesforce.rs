@@ -1220,8 +1220,13 @@ async fn kill_9_mid_campaign_resumes_without_duplicate_members() {
             .unwrap()
     };
     let mut rng = rand::rng();
+    // Runs that finish before their kill (more of them on a loaded machine)
+    // do not count: keep going until 5 were killed mid-run.
     let mut killed = 0;
-    for _ in 0..12 {
+    for _ in 0..30 {
+        if killed >= 5 {
+            break;
+        }
         let mut child = run();
         tokio::time::sleep(std::time::Duration::from_millis(rng.random_range(200..900))).await;
         if child.try_wait().unwrap().is_none() {
@@ -1230,7 +1235,7 @@ async fn kill_9_mid_campaign_resumes_without_duplicate_members() {
             killed += 1;
         }
     }
-    assert!(killed >= 5, "only {killed} runs were killed");
+    assert!(killed >= 5, "only {killed} of 30 runs were killed");
     s.set_faults(salesforce::Faults::default());
     assert!(run().wait().unwrap().success());
     let (campaigns, per_contact) = s
