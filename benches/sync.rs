@@ -54,6 +54,21 @@ fn model_sql(rows: u64, salt: &str) -> String {
     )
 }
 
+/// The two properties the benches' `scores` syncs write.
+fn define_scores(sim: &hubspot::RunningSim, object: &str) {
+    for (p, kind) in [("ferry_lead_score", "number"), ("ferry_persona", "string")] {
+        sim.with_crm(|crm| {
+            crm.types.get_mut(object).unwrap().define(PropertyDef {
+                name: p.into(),
+                label: p.into(),
+                kind: kind.into(),
+                field_type: "text".into(),
+                has_unique_value: false,
+            })
+        });
+    }
+}
+
 /// What a throughput run syncs.
 #[derive(Clone, Copy)]
 enum Case {
@@ -88,17 +103,7 @@ async fn throughput(rows: u64, case: Case) {
         Case::Companies => "companies",
         _ => "contacts",
     };
-    for (p, kind) in [("ferry_lead_score", "number"), ("ferry_persona", "string")] {
-        sim.with_crm(|crm| {
-            crm.types.get_mut(object).unwrap().define(PropertyDef {
-                name: p.into(),
-                label: p.into(),
-                kind: kind.into(),
-                field_type: "text".into(),
-                has_unique_value: false,
-            })
-        });
-    }
+    define_scores(&sim, object);
     let (key, sql) = match case {
         Case::Contacts => ("email", model_sql(rows, "a")),
         Case::Companies => (
@@ -211,17 +216,7 @@ async fn hubspot_sim_child(limit: usize) {
     )
     .await
     .unwrap();
-    for (p, kind) in [("ferry_lead_score", "number"), ("ferry_persona", "string")] {
-        sim.with_crm(|crm| {
-            crm.types.get_mut("contacts").unwrap().define(PropertyDef {
-                name: p.into(),
-                label: p.into(),
-                kind: kind.into(),
-                field_type: "text".into(),
-                has_unique_value: false,
-            })
-        });
-    }
+    define_scores(&sim, "contacts");
     println!("{}", sim.base_url());
     tokio::task::spawn_blocking(|| {
         let mut sink = String::new();
@@ -352,17 +347,7 @@ async fn revert_and_audience(rows: u64) {
     let sim = hubspot::start(SimConfig::default(), "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    for (p, kind) in [("ferry_lead_score", "number"), ("ferry_persona", "string")] {
-        sim.with_crm(|crm| {
-            crm.types.get_mut("contacts").unwrap().define(PropertyDef {
-                name: p.into(),
-                label: p.into(),
-                kind: kind.into(),
-                field_type: "text".into(),
-                has_unique_value: false,
-            })
-        });
-    }
+    define_scores(&sim, "contacts");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     std::fs::create_dir_all(dir.join("models")).unwrap();

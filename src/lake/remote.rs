@@ -175,21 +175,32 @@ mod tests {
     use object_store::UpdateVersion;
     use object_store::memory::InMemory;
 
-    /// A store that applies a write and then reports the retry's refusal,
-    /// as `object_store` does after a reply lost on a dropped connection.
-    #[derive(Debug)]
-    struct LostReply(InMemory);
+    /// How a [`Faulty`] store answers a PUT.
+    #[derive(Debug, Clone, Copy)]
+    enum Fault {
+        /// Applies the write, then reports the retry's refusal, as
+        /// `object_store` does after a reply lost on a dropped connection.
+        LostReply,
+        /// Fails as a timeout does (not retried), the write applied or not.
+        TimedOut { landed: bool },
+        /// Refuses a create as existing though nothing is stored (S3's 409
+        /// to two racing creates).
+        Conflict,
+    }
 
-    impl std::fmt::Display for LostReply {
+    #[derive(Debug)]
+    struct Faulty(InMemory, Fault);
+
+    impl std::fmt::Display for Faulty {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "LostReply")
+            write!(f, "Faulty({:?})", self.1)
         }
     }
 
     #[async_trait]
-    impl ObjectStore for LostReply {
+    impl ObjectStore for Faulty {
         async fn put_opts(&self, l: &Path, p: PutPayload, o: PutOptions) -> Result<PutResult> {
-            let refusal = match &o.mode {
+            let refusal = |mode: &PutMode| match mode {
                 PutMode::Create => Some(object_store::Error::AlreadyExists {
                     path: l.to_string(),
                     source: "412 on the retry".into(),
@@ -200,10 +211,27 @@ mod tests {
                 }),
                 PutMode::Overwrite => None,
             };
-            let applied = self.0.put_opts(l, p, o).await;
-            match (applied, refusal) {
-                (Ok(_), Some(e)) => Err(e),
-                (r, _) => r,
+            match self.1 {
+                Fault::LostReply => {
+                    let refused = refusal(&o.mode);
+                    match (self.0.put_opts(l, p, o).await, refused) {
+                        (Ok(_), Some(e)) => Err(e),
+                        (r, _) => r,
+                    }
+                }
+                Fault::TimedOut { landed } => {
+                    if landed {
+                        self.0.put_opts(l, p, o).await?;
+                    }
+                    Err(object_store::Error::Generic {
+                        store: "S3",
+                        source: "error sending request: operation timed out".into(),
+                    })
+                }
+                Fault::Conflict => Err(object_store::Error::AlreadyExists {
+                    path: l.to_string(),
+                    source: "409 ConditionalRequestConflict".into(),
+                }),
             }
         }
         async fn put_multipart_opts(
@@ -233,6 +261,10 @@ mod tests {
         }
     }
 
+    fn faulty(fault: Fault) -> Confirming {
+        Confirming(Arc::new(Faulty(InMemory::new(), fault)))
+    }
+
     fn create() -> PutOptions {
         PutOptions {
             mode: PutMode::Create,
@@ -242,7 +274,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_conditional_write_whose_reply_was_lost_is_this_writers_success() {
-        let store = Confirming(Arc::new(LostReply(InMemory::new())));
+        let store = faulty(Fault::LostReply);
         let path = Path::from("_delta_log/00000000000000000001.json");
         let first = store
             .put_opts(
@@ -296,63 +328,15 @@ mod tests {
         assert_eq!(&held[..], b"lease gen 2");
     }
 
-    /// Applies the write, then fails as a timeout does (not retried).
-    #[derive(Debug)]
-    struct TimedOut(InMemory, bool);
-
-    impl std::fmt::Display for TimedOut {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "TimedOut")
-        }
-    }
-
-    #[async_trait]
-    impl ObjectStore for TimedOut {
-        async fn put_opts(&self, l: &Path, p: PutPayload, o: PutOptions) -> Result<PutResult> {
-            if self.1 {
-                self.0.put_opts(l, p, o).await?;
-            }
-            Err(object_store::Error::Generic {
-                store: "S3",
-                source: "error sending request: operation timed out".into(),
-            })
-        }
-        async fn put_multipart_opts(
-            &self,
-            l: &Path,
-            o: PutMultipartOptions,
-        ) -> Result<Box<dyn MultipartUpload>> {
-            self.0.put_multipart_opts(l, o).await
-        }
-        async fn get_opts(&self, l: &Path, o: GetOptions) -> Result<GetResult> {
-            self.0.get_opts(l, o).await
-        }
-        fn delete_stream(
-            &self,
-            l: BoxStream<'static, Result<Path>>,
-        ) -> BoxStream<'static, Result<Path>> {
-            self.0.delete_stream(l)
-        }
-        fn list(&self, p: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-            self.0.list(p)
-        }
-        async fn list_with_delimiter(&self, p: Option<&Path>) -> Result<ListResult> {
-            self.0.list_with_delimiter(p).await
-        }
-        async fn copy_opts(&self, f: &Path, t: &Path, o: CopyOptions) -> Result<()> {
-            self.0.copy_opts(f, t, o).await
-        }
-    }
-
     #[tokio::test]
     async fn a_timeout_after_the_write_landed_is_a_success_and_before_it_an_error() {
         let path = Path::from("_ferry/schedules/nightly/lease");
-        let landed = Confirming(Arc::new(TimedOut(InMemory::new(), true)));
+        let landed = faulty(Fault::TimedOut { landed: true });
         landed
             .put_opts(&path, PutPayload::from_static(b"holder a"), create())
             .await
             .expect("the write is there: the timeout lost only its reply");
-        let lost = Confirming(Arc::new(TimedOut(InMemory::new(), false)));
+        let lost = faulty(Fault::TimedOut { landed: false });
         let err = lost
             .put_opts(&path, PutPayload::from_static(b"holder a"), create())
             .await
@@ -360,55 +344,9 @@ mod tests {
         assert!(err.to_string().contains("timed out"), "{err}");
     }
 
-    /// Refuses a create as already existing, though nothing is stored (S3's
-    /// 409 to two racing creates).
-    #[derive(Debug)]
-    struct Conflict(InMemory);
-
-    impl std::fmt::Display for Conflict {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "Conflict")
-        }
-    }
-
-    #[async_trait]
-    impl ObjectStore for Conflict {
-        async fn put_opts(&self, l: &Path, _: PutPayload, _: PutOptions) -> Result<PutResult> {
-            Err(object_store::Error::AlreadyExists {
-                path: l.to_string(),
-                source: "409 ConditionalRequestConflict".into(),
-            })
-        }
-        async fn put_multipart_opts(
-            &self,
-            l: &Path,
-            o: PutMultipartOptions,
-        ) -> Result<Box<dyn MultipartUpload>> {
-            self.0.put_multipart_opts(l, o).await
-        }
-        async fn get_opts(&self, l: &Path, o: GetOptions) -> Result<GetResult> {
-            self.0.get_opts(l, o).await
-        }
-        fn delete_stream(
-            &self,
-            l: BoxStream<'static, Result<Path>>,
-        ) -> BoxStream<'static, Result<Path>> {
-            self.0.delete_stream(l)
-        }
-        fn list(&self, p: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-            self.0.list(p)
-        }
-        async fn list_with_delimiter(&self, p: Option<&Path>) -> Result<ListResult> {
-            self.0.list_with_delimiter(p).await
-        }
-        async fn copy_opts(&self, f: &Path, t: &Path, o: CopyOptions) -> Result<()> {
-            self.0.copy_opts(f, t, o).await
-        }
-    }
-
     #[tokio::test]
     async fn a_create_refused_with_nothing_stored_is_not_taken_as_a_duplicate() {
-        let store = Confirming(Arc::new(Conflict(InMemory::new())));
+        let store = faulty(Fault::Conflict);
         let err = store
             .put_opts(
                 &Path::from("_ferry/inbox/billing/evt_1.json"),
