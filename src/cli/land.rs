@@ -134,8 +134,8 @@ async fn land_file(
                 .await
         }
         _ => {
-            let lines = crate::extract::files::JsonlRecords::new(&name, reader);
-            lander.land_json(stream, options, lines).await
+            let lines = crate::extract::files::JsonlPieces::new(&name, reader);
+            lander.land_pieces(stream, options, lines).await
         }
     }
 }

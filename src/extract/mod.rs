@@ -37,6 +37,11 @@ use config::SourceSpec;
 /// Rows landed per file.
 pub const FLUSH_ROWS: usize = 10_000;
 
+/// Pages decoded at once behind the fetching task.
+const DECODING: usize = 4;
+
+type Decoded = crate::lake::json::Decoded;
+
 /// Append one stream attempt to `ferry.extract_runs`.
 pub use crate::lake::tables::extract_runs_schema;
 
@@ -228,6 +233,12 @@ struct Buffered {
 }
 
 impl Buffered {
+    fn add_decoded(&mut self, decoded: Decoded) {
+        let pieces = crate::lake::land::Piece::from_decoded(decoded, &mut self.seen);
+        self.rows += pieces.iter().map(|p| p.rows()).sum::<usize>();
+        self.pieces.extend(pieces);
+    }
+
     fn add(&mut self, records: Vec<Value>) -> Result<()> {
         let pieces = crate::lake::land::Piece::from_records(records, &mut self.seen)?;
         self.rows += pieces.iter().map(|p| p.rows()).sum::<usize>();
@@ -283,6 +294,11 @@ pub struct StreamRun<'a> {
     /// pages are fetched (at most one: memory stays bounded and files and
     /// cursors land in order). Its result is the rows it quarantined.
     landing: Option<tokio::task::JoinHandle<Result<u64>>>,
+    /// Pages being decoded on the blocking pool, in order, while the next
+    /// are fetched (at most [`DECODING`]).
+    decoding: std::collections::VecDeque<tokio::task::JoinHandle<Result<Decoded>>>,
+    /// The largest cursor value the decoded pages held.
+    decoded_cursor: Option<Value>,
     summary: StreamSummary,
     progress: Option<indicatif::ProgressBar>,
 }
@@ -308,6 +324,12 @@ impl<'a> StreamRun<'a> {
         self.summary.pages += 1;
         self.summary.bytes += bytes as u64;
         self.summary.rows += records.len() as u64;
+        self.show_progress();
+        self.buffer.add(records)?;
+        self.flush_if_full().await
+    }
+
+    fn show_progress(&self) {
         if let Some(p) = &self.progress {
             p.set_message(format!(
                 "{}: {} pages, {} rows",
@@ -316,10 +338,96 @@ impl<'a> StreamRun<'a> {
                 crate::console::thousands(self.summary.rows)
             ));
         }
-        self.buffer.add(records)?;
+    }
+
+    async fn flush_if_full(&mut self) -> Result<()> {
         if self.buffer.rows >= FLUSH_ROWS {
             self.flush_behind().await?;
         }
+        Ok(())
+    }
+
+    /// One fetched page's records as JSON text (an array): decoded into
+    /// columns on the blocking pool while the next page is fetched. With
+    /// `cursor`, the page's largest value at that path is kept for
+    /// [`StreamRun::decoded_cursor`].
+    pub async fn push_json(
+        &mut self,
+        text: bytes::Bytes,
+        bytes: usize,
+        cursor: Option<&str>,
+    ) -> Result<()> {
+        self.summary.pages += 1;
+        self.summary.bytes += bytes as u64;
+        let cursor = cursor.map(str::to_string);
+        self.decoding
+            .push_back(tokio::task::spawn_blocking(move || {
+                decode(&text, cursor.as_deref())
+            }));
+        while self.decoding.len() >= DECODING {
+            self.next_decoded().await?;
+        }
+        self.flush_if_full().await
+    }
+
+    /// A page's records as JSON text, decoded now and not pushed yet
+    /// (pagination that reads the records first).
+    pub async fn decode_now(
+        &mut self,
+        text: bytes::Bytes,
+        cursor: Option<&str>,
+    ) -> Result<Decoded> {
+        let cursor = cursor.map(str::to_string);
+        tokio::task::spawn_blocking(move || decode(&text, cursor.as_deref()))
+            .await
+            .map_err(|e| Error::Internal(format!("a decoding task failed: {e}")))?
+    }
+
+    /// One fetched page, decoded by [`StreamRun::decode_now`].
+    pub async fn push_decoded(&mut self, decoded: Decoded, bytes: usize) -> Result<()> {
+        self.summary.pages += 1;
+        self.summary.bytes += bytes as u64;
+        self.drain_decoding().await?;
+        self.add_decoded(decoded)?;
+        self.flush_if_full().await
+    }
+
+    /// Every page pushed so far decoded: the largest cursor value their
+    /// records held (since the last call).
+    pub async fn decoded_cursor(&mut self) -> Result<Option<Value>> {
+        self.drain_decoding().await?;
+        Ok(self.decoded_cursor.take())
+    }
+
+    async fn next_decoded(&mut self) -> Result<()> {
+        if let Some(task) = self.decoding.pop_front() {
+            let decoded = task
+                .await
+                .map_err(|e| Error::Internal(format!("a decoding task failed: {e}")))??;
+            self.add_decoded(decoded)?;
+        }
+        Ok(())
+    }
+
+    async fn drain_decoding(&mut self) -> Result<()> {
+        while !self.decoding.is_empty() {
+            self.next_decoded().await?;
+        }
+        Ok(())
+    }
+
+    fn add_decoded(&mut self, mut decoded: Decoded) -> Result<()> {
+        if let Some(c) = decoded.cursor.take()
+            && self
+                .decoded_cursor
+                .as_ref()
+                .is_none_or(|b| cursor_after(&c, b))
+        {
+            self.decoded_cursor = Some(c);
+        }
+        self.summary.rows += decoded.records as u64;
+        self.show_progress();
+        self.buffer.add_decoded(decoded);
         Ok(())
     }
 
@@ -373,6 +481,22 @@ impl<'a> StreamRun<'a> {
         let lander = self.lander.for_file(origin);
         let report = lander
             .land_json(&self.stream, self.options, records)
+            .await?;
+        self.count_file(&report, bytes);
+        Ok(report)
+    }
+
+    /// Land one input file's pieces as they are decoded (JSONL drops).
+    pub async fn land_file_pieces(
+        &mut self,
+        origin: &str,
+        pieces: impl Iterator<Item = Result<crate::lake::land::Piece>> + Send,
+        bytes: usize,
+    ) -> Result<crate::lake::LandReport> {
+        self.flush().await?;
+        let lander = self.lander.for_file(origin);
+        let report = lander
+            .land_pieces(&self.stream, self.options, pieces)
             .await?;
         self.count_file(&report, bytes);
         Ok(report)
@@ -438,6 +562,7 @@ impl<'a> StreamRun<'a> {
 
     /// Land everything pushed so far and persist the pending cursor, now.
     async fn flush(&mut self) -> Result<()> {
+        self.drain_decoding().await?;
         self.flush_behind().await?;
         self.settle().await
     }
@@ -458,6 +583,11 @@ impl<'a> StreamRun<'a> {
     /// writing Parquet on one core while the next pages are fetched (and
     /// their JSON parsed) on another.
     async fn flush_behind(&mut self) -> Result<()> {
+        // A cursor covers every page pushed before it: those still being
+        // decoded land with it.
+        if self.pending.is_some() {
+            self.drain_decoding().await?;
+        }
         self.settle().await?;
         let records = self.buffer.take()?;
         let siblings: Vec<(StreamRef, Vec<crate::lake::land::Piece>)> = self
@@ -618,6 +748,8 @@ pub async fn extract_until(
                 siblings: Default::default(),
                 pending: None,
                 landing: None,
+                decoding: Default::default(),
+                decoded_cursor: None,
                 summary: StreamSummary {
                     stream: stream.to_string(),
                     ..Default::default()
@@ -708,6 +840,19 @@ pub fn at_path<'v>(value: &'v Value, path: &str) -> Option<&'v Value> {
         Value::Array(a) => k.parse::<usize>().ok().and_then(|i| a.get(i)),
         _ => None,
     })
+}
+
+/// Decode a page's records (JSON text of an array), naming who must act
+/// when it is not one.
+fn decode(text: &[u8], cursor: Option<&str>) -> Result<Decoded> {
+    let after = |a: &Value, b: &Value| cursor_after(a, b);
+    let text = std::str::from_utf8(text)
+        .map_err(|e| Error::Internal(format!("a page's records are not UTF-8: {e}")))?;
+    crate::lake::json::decode_records(
+        text,
+        cursor.map(|c| (c, &after as &crate::lake::json::After)),
+    )
+    .map_err(|e| Error::Internal(format!("a page's records could not be decoded: {e}")))
 }
 
 /// Whether cursor value `a` is after `b` (numbers numerically, else as text).

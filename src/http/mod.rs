@@ -295,6 +295,11 @@ pub struct Call<'a> {
     /// The reply is not JSON (a CSV of job results): its bytes go to
     /// [`Reply::raw`] unparsed, up to [`MAX_RAW_REPLY_BYTES`].
     pub raw_reply: bool,
+    /// A dotted path to the reply's records (`results`): the array there is
+    /// checked but not parsed; its text goes to [`Reply::records`] and a
+    /// null takes its place in [`Reply::body`], so a page is decoded
+    /// straight into columns, off the fetching task.
+    pub records_at: Option<&'a str>,
     /// Safe to send again when the first reply was lost.
     pub idempotent: bool,
     /// Budgets besides the account's that this call must fit (a sync's own
@@ -310,6 +315,7 @@ impl<'a> Call<'a> {
             body: None,
             raw: None,
             raw_reply: false,
+            records_at: None,
             idempotent: true,
             limits: Vec::new(),
         }
@@ -322,9 +328,16 @@ impl<'a> Call<'a> {
             body: Some(body),
             raw: None,
             raw_reply: false,
+            records_at: None,
             idempotent,
             limits: Vec::new(),
         }
+    }
+
+    /// See [`Call::records_at`].
+    pub fn records_at(mut self, path: &'a str) -> Call<'a> {
+        self.records_at = Some(path);
+        self
     }
 
     pub fn limited_by(mut self, limit: &'a RateLimiter) -> Call<'a> {
@@ -342,6 +355,9 @@ pub struct Reply {
     pub body: Value,
     /// The body's bytes, for a call with [`Call::raw_reply`] (else empty).
     pub raw: bytes::Bytes,
+    /// For a call with [`Call::records_at`]: the JSON text at that path
+    /// (a slice of the body, not a copy), if the path led somewhere.
+    pub records: Option<bytes::Bytes>,
     pub headers: HeaderMap,
     /// Size of the body in bytes.
     pub bytes: usize,
@@ -762,13 +778,20 @@ impl Client {
                 body: Value::Null,
                 bytes: bytes.len(),
                 raw: bytes,
+                records: None,
                 headers,
                 attempts: 1,
                 first_sent: chrono::Utc::now(),
             });
         }
+        let mut records = None;
         let parsed: Option<Value> = if bytes.is_empty() {
             Some(Value::Null)
+        } else if let Some(path) = call.records_at.filter(|_| (200..=299).contains(&status)) {
+            split_at(&bytes, path).ok().map(|(v, r)| {
+                records = r;
+                v
+            })
         } else {
             serde_json::from_slice(&bytes).ok()
         };
@@ -792,6 +815,7 @@ impl Client {
                 status,
                 body,
                 raw: bytes::Bytes::new(),
+                records,
                 bytes: bytes.len(),
                 headers,
                 attempts: 1,
@@ -901,6 +925,98 @@ fn jwt_assertion(j: &JwtBearer) -> Result<Secret, CallError> {
     )
     .map_err(|e| refused(format!("cannot sign the JWT: {e}")))?;
     Ok(Secret::new(token))
+}
+
+/// Parse a JSON body except the value at a dotted path of object keys,
+/// which is only checked: the body with a null there, and that value's text
+/// as a slice of `bytes`. A path through something other than an object
+/// leaves the body whole (and no slice).
+pub fn split_at(
+    bytes: &bytes::Bytes,
+    path: &str,
+) -> std::result::Result<(Value, Option<bytes::Bytes>), serde_json::Error> {
+    use serde::de::DeserializeSeed;
+    let keys: Vec<&str> = if path.is_empty() {
+        Vec::new()
+    } else {
+        path.split('.').collect()
+    };
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let (value, raw) = Skeleton(&keys).deserialize(&mut de)?;
+    de.end()?;
+    let raw = raw.map(|r| {
+        let text = r.get().as_bytes();
+        let start = text.as_ptr() as usize - bytes.as_ptr() as usize;
+        bytes.slice(start..start + text.len())
+    });
+    Ok((value, raw))
+}
+
+/// The body's value with the one at `self.0` captured unparsed.
+struct Skeleton<'p>(&'p [&'p str]);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Skeleton<'_> {
+    type Value = (Value, Option<&'de serde_json::value::RawValue>);
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Self::Value, D::Error> {
+        use serde::Deserialize;
+        match self.0 {
+            [] => <&serde_json::value::RawValue>::deserialize(d).map(|r| (Value::Null, Some(r))),
+            _ => d.deserialize_any(self),
+        }
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Skeleton<'_> {
+    type Value = (Value, Option<&'de serde_json::value::RawValue>);
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        let mut raw = None;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == self.0[0] {
+                let (v, r) = map.next_value_seed(Skeleton(&self.0[1..]))?;
+                raw = r;
+                out.insert(key, v);
+            } else {
+                let v: Value = map.next_value()?;
+                out.insert(key, v);
+            }
+        }
+        Ok((Value::Object(out), raw))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        seq: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        use serde::Deserialize;
+        Value::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(|v| (v, None))
+    }
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<Self::Value, E> {
+        Ok((Value::Bool(v), None))
+    }
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<Self::Value, E> {
+        Ok((Value::from(v), None))
+    }
+    fn visit_u64<E>(self, v: u64) -> std::result::Result<Self::Value, E> {
+        Ok((Value::from(v), None))
+    }
+    fn visit_f64<E>(self, v: f64) -> std::result::Result<Self::Value, E> {
+        Ok((Value::from(v), None))
+    }
+    fn visit_str<E>(self, v: &str) -> std::result::Result<Self::Value, E> {
+        Ok((Value::String(v.to_string()), None))
+    }
+    fn visit_unit<E>(self) -> std::result::Result<Self::Value, E> {
+        Ok((Value::Null, None))
+    }
 }
 
 fn same_origin(url: &str, base: &str) -> bool {

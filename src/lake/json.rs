@@ -13,6 +13,7 @@
 //! - Columns appear in first-seen order; keys of one object are taken in
 //!   alphabetical order.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -44,65 +45,104 @@ impl Kind {
     }
 }
 
+/// A scalar of one flattened column, borrowing its text from the page's
+/// bytes where the JSON had no escapes.
 #[derive(Debug, Clone)]
-enum Val {
+enum Val<'a> {
     Null,
     Bool(bool),
     Int(i64),
     Float(f64),
-    Text(String),
+    Text(Cow<'a, str>),
+    /// An array or a deeper object, kept as its JSON text.
+    Json(String),
 }
 
-impl Val {
+impl<'a> Val<'a> {
     fn kind(&self) -> Option<Kind> {
         match self {
             Val::Null => None,
             Val::Bool(_) => Some(Kind::Bool),
             Val::Int(_) => Some(Kind::Int),
             Val::Float(_) => Some(Kind::Float),
-            Val::Text(_) => Some(Kind::Text),
+            Val::Text(_) | Val::Json(_) => Some(Kind::Text),
         }
     }
 
-    fn from_value(v: Value) -> Val {
+    fn from_value(v: Value) -> Val<'a> {
         match v {
             Value::Null => Val::Null,
             Value::Bool(b) => Val::Bool(b),
-            Value::Number(n) => match n.as_i64() {
-                Some(i) => Val::Int(i),
-                None => Val::Float(n.as_f64().unwrap_or(f64::NAN)),
-            },
-            Value::String(s) => Val::Text(s),
+            Value::Number(n) => number(&n),
+            Value::String(s) => Val::Text(Cow::Owned(s)),
             // Arrays and nested objects are kept as JSON text.
-            other => Val::Text(other.to_string()),
+            other => Val::Json(other.to_string()),
+        }
+    }
+
+    /// The JSON value this came from (a cursor's value).
+    fn to_value(&self) -> Value {
+        match self {
+            Val::Null => Value::Null,
+            Val::Bool(b) => Value::Bool(*b),
+            Val::Int(i) => Value::from(*i),
+            Val::Float(f) => Value::from(*f),
+            Val::Text(t) => Value::String(t.to_string()),
+            Val::Json(j) => serde_json::from_str(j).unwrap_or(Value::Null),
         }
     }
 }
 
-struct Column {
-    name: String,
-    values: Vec<Val>,
+fn number<'a>(n: &serde_json::Number) -> Val<'a> {
+    match n.as_i64() {
+        Some(i) => Val::Int(i),
+        None => Val::Float(n.as_f64().unwrap_or(f64::NAN)),
+    }
 }
 
-/// Convert JSON objects to one record batch. Every record must be an object
-/// (callers reject the others with a reason before calling).
-pub fn to_batch(records: Vec<Map<String, Value>>) -> Result<RecordBatch> {
-    let rows = records.len();
-    let mut columns: Vec<Column> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
-    let mut put = |name: &str, v: Val, row: usize, columns: &mut Vec<Column>| {
-        let i = match index.get(name) {
-            Some(&i) => i,
-            None => {
-                columns.push(Column {
-                    name: name.to_string(),
-                    values: Vec::with_capacity(rows),
-                });
-                index.insert(name.to_string(), columns.len() - 1);
-                columns.len() - 1
-            }
+struct Column<'a> {
+    name: String,
+    values: Vec<Val<'a>>,
+}
+
+/// Flattened values gathered into columns, row by row.
+#[derive(Default)]
+struct Columns<'a> {
+    rows: usize,
+    columns: Vec<Column<'a>>,
+    index: HashMap<String, usize>,
+}
+
+impl<'a> Columns<'a> {
+    fn new(rows: usize) -> Columns<'a> {
+        Columns {
+            rows,
+            columns: Vec::new(),
+            index: HashMap::new(),
+        }
+    }
+
+    /// Put `v` in column `name` at `row`. `guess` is where the column
+    /// probably is: records of one page mostly share their keys and order,
+    /// so the `n`th value of a record usually goes where the `n`th of the
+    /// previous record went, and no hashing is needed.
+    fn put(&mut self, name: &str, v: Val<'a>, row: usize, guess: &mut usize) {
+        let i = match self.columns.get(*guess) {
+            Some(c) if c.name == name => *guess,
+            _ => match self.index.get(name) {
+                Some(&i) => i,
+                None => {
+                    self.columns.push(Column {
+                        name: name.to_string(),
+                        values: Vec::with_capacity(self.rows.max(row + 1)),
+                    });
+                    self.index.insert(name.to_string(), self.columns.len() - 1);
+                    self.columns.len() - 1
+                }
+            },
         };
-        let col = &mut columns[i];
+        *guess = i + 1;
+        let col = &mut self.columns[i];
         while col.values.len() < row {
             col.values.push(Val::Null);
         }
@@ -112,70 +152,540 @@ pub fn to_batch(records: Vec<Map<String, Value>>) -> Result<RecordBatch> {
             // The same flattened name twice in one record: the later one wins.
             col.values[row] = v;
         }
-    };
-    let mut name = String::new();
-    for (row, record) in records.into_iter().enumerate() {
-        for (key, value) in record {
-            match value {
-                Value::Object(inner) => {
+    }
+
+    /// Put one record's entries (top-level keys sorted, as a JSON map).
+    fn put_record(&mut self, entries: Vec<(Cow<'a, str>, Entry<'a>)>, row: usize) {
+        let mut name = String::new();
+        let mut guess = 0;
+        for (key, entry) in entries {
+            match entry {
+                Entry::Object(inner) => {
                     for (k2, v2) in inner {
                         name.clear();
                         name.push_str(&key);
                         name.push_str("__");
                         name.push_str(&k2);
-                        put(&name, Val::from_value(v2), row, &mut columns);
+                        self.put(&name, v2, row, &mut guess);
                     }
                 }
-                v => put(&key, Val::from_value(v), row, &mut columns),
+                Entry::Scalar(v) => self.put(&key, v, row, &mut guess),
             }
         }
     }
-    let mut fields = Vec::new();
-    let mut arrays: Vec<ArrayRef> = Vec::new();
-    let mut taken: std::collections::HashSet<String> =
-        columns.iter().map(|c| c.name.clone()).collect();
-    for mut col in columns {
-        col.values.resize(rows, Val::Null);
-        let primary = col.values.iter().find_map(Val::kind);
-        let Some(primary) = primary else {
-            fields.push(Field::new(&col.name, DataType::Null, true));
-            arrays.push(Arc::new(NullArray::new(rows)));
-            continue;
-        };
-        let numeric = matches!(primary, Kind::Int | Kind::Float);
-        let has_float = numeric && col.values.iter().any(|v| matches!(v, Val::Float(_)));
-        let column_kind = if has_float { Kind::Float } else { primary };
-        let belongs = |k: Kind| k == column_kind || (column_kind == Kind::Float && k == Kind::Int);
-        // Values of other kinds, by kind, in first-seen order.
-        let mut variants: Vec<Kind> = Vec::new();
-        for v in &col.values {
-            if let Some(k) = v.kind()
-                && !belongs(k)
-                && !variants.contains(&k)
-            {
-                variants.push(k);
+
+    fn finish(self) -> Result<RecordBatch> {
+        let rows = self.rows;
+        let mut fields = Vec::new();
+        let mut arrays: Vec<ArrayRef> = Vec::new();
+        let mut taken: std::collections::HashSet<String> =
+            self.columns.iter().map(|c| c.name.clone()).collect();
+        for mut col in self.columns {
+            col.values.resize(rows, Val::Null);
+            let primary = col.values.iter().find_map(Val::kind);
+            let Some(primary) = primary else {
+                fields.push(Field::new(&col.name, DataType::Null, true));
+                arrays.push(Arc::new(NullArray::new(rows)));
+                continue;
+            };
+            let numeric = matches!(primary, Kind::Int | Kind::Float);
+            let has_float = numeric && col.values.iter().any(|v| matches!(v, Val::Float(_)));
+            let column_kind = if has_float { Kind::Float } else { primary };
+            let belongs =
+                |k: Kind| k == column_kind || (column_kind == Kind::Float && k == Kind::Int);
+            // Values of other kinds, by kind, in first-seen order.
+            let mut variants: Vec<Kind> = Vec::new();
+            for v in &col.values {
+                if let Some(k) = v.kind()
+                    && !belongs(k)
+                    && !variants.contains(&k)
+                {
+                    variants.push(k);
+                }
             }
-        }
-        let (f, a) = build(&col.name, column_kind, &col.values, belongs);
-        fields.push(f);
-        arrays.push(a);
-        for k in variants {
-            let mut name = format!("{}__{}", col.name, k.slug());
-            while taken.contains(&name) {
-                name.push('_');
-            }
-            taken.insert(name.clone());
-            let (f, a) = build(&name, k, &col.values, |x| x == k);
+            let (f, a) = build(&col.name, column_kind, &col.values, belongs);
             fields.push(f);
             arrays.push(a);
+            for k in variants {
+                let mut name = format!("{}__{}", col.name, k.slug());
+                while taken.contains(&name) {
+                    name.push('_');
+                }
+                taken.insert(name.clone());
+                let (f, a) = build(&name, k, &col.values, |x| x == k);
+                fields.push(f);
+                arrays.push(a);
+            }
+        }
+        let batch = RecordBatch::try_new_with_options(
+            Arc::new(Schema::new(fields)),
+            arrays,
+            &RecordBatchOptions::new().with_row_count(Some(rows)),
+        )?;
+        Ok(batch)
+    }
+}
+
+/// A top-level value of a record: a scalar, or an object flattened one
+/// level (its keys sorted).
+enum Entry<'a> {
+    Scalar(Val<'a>),
+    Object(Vec<(Cow<'a, str>, Val<'a>)>),
+}
+
+/// Convert JSON objects to one record batch. Every record must be an object
+/// (callers reject the others with a reason before calling).
+pub fn to_batch(records: Vec<Map<String, Value>>) -> Result<RecordBatch> {
+    let mut columns = Columns::new(records.len());
+    for (row, record) in records.into_iter().enumerate() {
+        let entries = record
+            .into_iter()
+            .map(|(key, value)| {
+                let entry = match value {
+                    Value::Object(inner) => Entry::Object(
+                        inner
+                            .into_iter()
+                            .map(|(k, v)| (Cow::Owned(k), Val::from_value(v)))
+                            .collect(),
+                    ),
+                    v => Entry::Scalar(Val::from_value(v)),
+                };
+                (Cow::Owned(key), entry)
+            })
+            .collect();
+        columns.put_record(entries, row);
+    }
+    columns.finish()
+}
+
+/// A page of records decoded straight from its JSON text.
+pub struct Decoded {
+    /// The objects, as [`to_batch`] makes them (`None` if there were none).
+    pub batch: Option<RecordBatch>,
+    /// Records that are not objects: (position in the page from 0, value).
+    pub others: Vec<(usize, Value)>,
+    /// Records in the page, objects or not.
+    pub records: usize,
+    /// The largest value at the cursor path, compared by `after`.
+    pub cursor: Option<Value>,
+}
+
+/// Whether a cursor value is after another.
+pub type After = dyn Fn(&Value, &Value) -> bool;
+
+/// Decode a JSON array of records (a page's `results`) into the batch
+/// [`to_batch`] would make from the parsed records, without building a
+/// tree of values: keys and text borrow from `json` where they can. With
+/// `cursor` (a dotted path and an order), also the page's largest value
+/// at that path.
+pub fn decode_records(
+    json: &str,
+    cursor: Option<(&str, &After)>,
+) -> std::result::Result<Decoded, serde_json::Error> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_str(json);
+    let records = Records.deserialize(&mut de)?;
+    de.end()?;
+    let mut out = Decoded {
+        batch: None,
+        others: Vec::new(),
+        records: records.len(),
+        cursor: None,
+    };
+    let objects = records
+        .iter()
+        .filter(|r| matches!(r, Record::Object(_)))
+        .count();
+    let mut columns = Columns::new(objects);
+    let path: Option<Vec<&str>> = cursor.map(|(p, _)| p.split('.').collect());
+    let mut row = 0;
+    for (i, record) in records.into_iter().enumerate() {
+        match record {
+            Record::Object(entries) => {
+                if let (Some(path), Some((_, after))) = (&path, cursor)
+                    && let Some(v) = cursor_value(&entries, path).filter(|v| !v.is_null())
+                    && out.cursor.as_ref().is_none_or(|b| after(&v, b))
+                {
+                    out.cursor = Some(v);
+                }
+                columns.put_record(entries, row);
+                row += 1;
+            }
+            Record::Other(v) => out.others.push((i, v)),
         }
     }
-    let batch = RecordBatch::try_new_with_options(
-        Arc::new(Schema::new(fields)),
-        arrays,
-        &RecordBatchOptions::new().with_row_count(Some(rows)),
-    )?;
-    Ok(batch)
+    if objects > 0 {
+        out.batch = Some(columns.finish().map_err(serde::de::Error::custom)?);
+    }
+    Ok(out)
+}
+
+/// Records decoded one JSON text at a time (the lines of a JSONL file)
+/// into the batch [`to_batch`] would make from them.
+#[derive(Default)]
+pub struct Lines {
+    columns: Columns<'static>,
+}
+
+impl Lines {
+    pub fn new() -> Lines {
+        Lines {
+            columns: Columns::new(0),
+        }
+    }
+
+    /// Objects pushed so far.
+    pub fn rows(&self) -> usize {
+        self.columns.rows
+    }
+
+    /// Decode one JSON text: `Ok(None)` when it was an object (now a row),
+    /// `Ok(Some(value))` when it is valid JSON but not an object.
+    pub fn push(&mut self, text: &str) -> std::result::Result<Option<Value>, serde_json::Error> {
+        use serde::de::DeserializeSeed;
+        let mut de = serde_json::Deserializer::from_str(text);
+        let record = RecordSeed.deserialize(&mut de)?;
+        de.end()?;
+        match record {
+            Record::Object(entries) => {
+                let row = self.columns.rows;
+                self.columns.rows += 1;
+                self.columns.put_record(owned(entries), row);
+                Ok(None)
+            }
+            Record::Other(v) => Ok(Some(v)),
+        }
+    }
+
+    pub fn finish(self) -> Result<RecordBatch> {
+        self.columns.finish()
+    }
+}
+
+/// Entries that no longer borrow from their text.
+fn owned(entries: Vec<(Cow<'_, str>, Entry<'_>)>) -> Vec<(Cow<'static, str>, Entry<'static>)> {
+    let val = |v: Val<'_>| -> Val<'static> {
+        match v {
+            Val::Null => Val::Null,
+            Val::Bool(b) => Val::Bool(b),
+            Val::Int(i) => Val::Int(i),
+            Val::Float(f) => Val::Float(f),
+            Val::Text(t) => Val::Text(Cow::Owned(t.into_owned())),
+            Val::Json(j) => Val::Json(j),
+        }
+    };
+    entries
+        .into_iter()
+        .map(|(k, e)| {
+            let e = match e {
+                Entry::Scalar(v) => Entry::Scalar(val(v)),
+                Entry::Object(inner) => Entry::Object(
+                    inner
+                        .into_iter()
+                        .map(|(k, v)| (Cow::Owned(k.into_owned()), val(v)))
+                        .collect(),
+                ),
+            };
+            (Cow::Owned(k.into_owned()), e)
+        })
+        .collect()
+}
+
+/// The value at a dotted path of a decoded record.
+fn cursor_value(entries: &[(Cow<'_, str>, Entry<'_>)], path: &[&str]) -> Option<Value> {
+    let (first, rest) = path.split_first()?;
+    let entry = &entries.iter().rev().find(|(k, _)| k == first)?.1;
+    match (entry, rest) {
+        (Entry::Scalar(v), []) => Some(v.to_value()),
+        (Entry::Object(inner), []) => Some(Value::Object(
+            inner
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_value()))
+                .collect(),
+        )),
+        (Entry::Object(inner), [second, deeper @ ..]) => {
+            let v = inner.iter().rev().find(|(k, _)| k == second)?.1.to_value();
+            crate::lake::json::at(&v, deeper).cloned()
+        }
+        (Entry::Scalar(v), deeper) => at(&v.to_value(), deeper).cloned(),
+    }
+}
+
+fn at<'v>(value: &'v Value, path: &[&str]) -> Option<&'v Value> {
+    path.iter().try_fold(value, |v, k| match v {
+        Value::Object(m) => m.get(*k),
+        Value::Array(a) => k.parse::<usize>().ok().and_then(|i| a.get(i)),
+        _ => None,
+    })
+}
+
+enum Record<'a> {
+    Object(Vec<(Cow<'a, str>, Entry<'a>)>),
+    Other(Value),
+}
+
+/// Entries sorted by key, the last of equal keys kept: the order and the
+/// winner a JSON map (serde_json's, sorted) gives.
+fn sorted<T>(mut entries: Vec<(Cow<'_, str>, T)>) -> Vec<(Cow<'_, str>, T)> {
+    if entries.windows(2).all(|w| w[0].0 < w[1].0) {
+        return entries;
+    }
+    // Stable: equal keys stay in input order, so the last is the latest,
+    // and it takes the place of the first.
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    entries.dedup_by(|later, kept| {
+        let same = later.0 == kept.0;
+        if same {
+            std::mem::swap(later, kept);
+        }
+        same
+    });
+    entries
+}
+
+struct Records;
+
+impl<'de> serde::de::DeserializeSeed<'de> for Records {
+    type Value = Vec<Record<'de>>;
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Records {
+    type Value = Vec<Record<'de>>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of records")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(r) = seq.next_element_seed(RecordSeed)? {
+            out.push(r);
+        }
+        Ok(out)
+    }
+}
+
+struct RecordSeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for RecordSeed {
+    type Value = Record<'de>;
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+/// A record: an object's entries, or any other value as it is.
+impl<'de> serde::de::Visitor<'de> for RecordSeed {
+    type Value = Record<'de>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a record")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(8));
+        while let Some(key) = map.next_key_seed(Text)? {
+            let entry = map.next_value_seed(EntrySeed)?;
+            entries.push((key, entry));
+        }
+        Ok(Record::Object(sorted(entries)))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        seq: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        use serde::Deserialize;
+        Value::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(Record::Other)
+    }
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<Self::Value, E> {
+        Ok(Record::Other(Value::Bool(v)))
+    }
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<Self::Value, E> {
+        Ok(Record::Other(Value::from(v)))
+    }
+    fn visit_u64<E>(self, v: u64) -> std::result::Result<Self::Value, E> {
+        Ok(Record::Other(Value::from(v)))
+    }
+    fn visit_f64<E>(self, v: f64) -> std::result::Result<Self::Value, E> {
+        Ok(Record::Other(Value::from(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> std::result::Result<Self::Value, E> {
+        Ok(Record::Other(Value::String(v.to_string())))
+    }
+    fn visit_unit<E>(self) -> std::result::Result<Self::Value, E> {
+        Ok(Record::Other(Value::Null))
+    }
+}
+
+/// A string, borrowed from the input when it has no escapes.
+struct Text;
+
+impl<'de> serde::de::DeserializeSeed<'de> for Text {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Text {
+    type Value = Cow<'de, str>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> std::result::Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E>(self, v: &str) -> std::result::Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> std::result::Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
+struct EntrySeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for EntrySeed {
+    type Value = Entry<'de>;
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+/// A record's top-level value: objects are flattened one level, their own
+/// values as scalars (deeper objects and arrays as JSON text).
+impl<'de> serde::de::Visitor<'de> for EntrySeed {
+    type Value = Entry<'de>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let mut inner = Vec::with_capacity(map.size_hint().unwrap_or(8));
+        while let Some(key) = map.next_key_seed(Text)? {
+            let v = map.next_value_seed(ScalarSeed)?;
+            inner.push((key, v));
+        }
+        Ok(Entry::Object(sorted(inner)))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        seq: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        ScalarSeed.visit_seq(seq).map(Entry::Scalar)
+    }
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<Self::Value, E> {
+        Ok(Entry::Scalar(Val::Bool(v)))
+    }
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<Self::Value, E> {
+        Ok(Entry::Scalar(Val::Int(v)))
+    }
+    fn visit_u64<E>(self, v: u64) -> std::result::Result<Self::Value, E> {
+        Ok(Entry::Scalar(number(&v.into())))
+    }
+    fn visit_f64<E>(self, v: f64) -> std::result::Result<Self::Value, E> {
+        Ok(Entry::Scalar(float(v)))
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> std::result::Result<Self::Value, E> {
+        Ok(Entry::Scalar(Val::Text(Cow::Borrowed(v))))
+    }
+    fn visit_str<E>(self, v: &str) -> std::result::Result<Self::Value, E> {
+        Ok(Entry::Scalar(Val::Text(Cow::Owned(v.to_string()))))
+    }
+    fn visit_string<E>(self, v: String) -> std::result::Result<Self::Value, E> {
+        Ok(Entry::Scalar(Val::Text(Cow::Owned(v))))
+    }
+    fn visit_unit<E>(self) -> std::result::Result<Self::Value, E> {
+        Ok(Entry::Scalar(Val::Null))
+    }
+}
+
+/// A float as serde_json's own `Value` keeps it (a non-finite one is null).
+fn float<'a>(v: f64) -> Val<'a> {
+    match serde_json::Number::from_f64(v) {
+        Some(n) => number(&n),
+        None => Val::Null,
+    }
+}
+
+struct ScalarSeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for ScalarSeed {
+    type Value = Val<'de>;
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+/// A value one level down: scalars as they are, objects and arrays as
+/// their JSON text.
+impl<'de> serde::de::Visitor<'de> for ScalarSeed {
+    type Value = Val<'de>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        map: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        use serde::Deserialize;
+        let v = Value::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+        Ok(Val::Json(v.to_string()))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        seq: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        use serde::Deserialize;
+        let v = Value::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
+        Ok(Val::Json(v.to_string()))
+    }
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<Self::Value, E> {
+        Ok(Val::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<Self::Value, E> {
+        Ok(Val::Int(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> std::result::Result<Self::Value, E> {
+        Ok(number(&v.into()))
+    }
+    fn visit_f64<E>(self, v: f64) -> std::result::Result<Self::Value, E> {
+        Ok(float(v))
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> std::result::Result<Self::Value, E> {
+        Ok(Val::Text(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> std::result::Result<Self::Value, E> {
+        Ok(Val::Text(Cow::Owned(v.to_string())))
+    }
+    fn visit_string<E>(self, v: String) -> std::result::Result<Self::Value, E> {
+        Ok(Val::Text(Cow::Owned(v)))
+    }
+    fn visit_unit<E>(self) -> std::result::Result<Self::Value, E> {
+        Ok(Val::Null)
+    }
 }
 
 /// Build one column of `kind` from the values whose kind passes `keep`.
@@ -214,10 +724,19 @@ fn build(name: &str, kind: Kind, values: &[Val], keep: impl Fn(Kind) -> bool) ->
             Arc::new(b.finish())
         }
         Kind::Text => {
-            let mut b = StringBuilder::with_capacity(values.len(), values.len() * 16);
+            let bytes: usize = values
+                .iter()
+                .map(|v| match v {
+                    Val::Text(t) => t.len(),
+                    Val::Json(j) => j.len(),
+                    _ => 0,
+                })
+                .sum();
+            let mut b = StringBuilder::with_capacity(values.len(), bytes);
             for v in values {
                 match v {
                     Val::Text(x) if take(v) => b.append_value(x),
+                    Val::Json(x) if take(v) => b.append_value(x),
                     _ => b.append_null(),
                 }
             }
@@ -241,6 +760,25 @@ mod tests {
             .into_iter()
             .map(|v| v.as_object().unwrap().clone())
             .collect()
+    }
+
+    #[test]
+    fn escaped_text_and_nested_cursors_decode_like_parsed_records() {
+        let text = r#"[{"id":"a\"b","p":{"t":"2024-01-02","deep":{"x":[1,2.5]}}},{"id":"c","p":{"t":"2024-03-01"}},7]"#;
+        let after = |a: &Value, b: &Value| crate::extract::cursor_after(a, b);
+        let d = decode_records(text, Some(("p.t", &after))).unwrap();
+        let parsed: Vec<Value> = serde_json::from_str(text).unwrap();
+        let objects = parsed
+            .iter()
+            .filter_map(|v| v.as_object().cloned())
+            .collect();
+        assert_eq!(d.batch.unwrap(), to_batch(objects).unwrap());
+        assert_eq!(d.cursor, Some(json!("2024-03-01")));
+        assert_eq!(d.others, vec![(2, json!(7))]);
+        let d = decode_records(text, Some(("p.deep.x.1", &after))).unwrap();
+        assert_eq!(d.cursor, Some(json!(2.5)));
+        assert!(decode_records("[{\"a\":1}", None).is_err());
+        assert!(decode_records("{\"a\":1}", None).is_err());
     }
 
     #[test]
@@ -310,9 +848,74 @@ mod tests {
         })
     }
 
+    /// Records as JSON text, keys possibly repeated (the last one wins in
+    /// a JSON map) and possibly not objects.
+    fn page() -> impl Strategy<Value = String> {
+        let record = prop_oneof![
+            4 => prop::collection::vec(("[a-d]|a__b", value()), 0..5).prop_map(|pairs| {
+                let body: Vec<String> = pairs
+                    .iter()
+                    .map(|(k, v)| format!("{}:{}", Value::String(k.clone()), v))
+                    .collect();
+                format!("{{{}}}", body.join(","))
+            }),
+            1 => value().prop_map(|v| v.to_string()),
+        ];
+        prop::collection::vec(record, 0..12).prop_map(|r| format!("[{}]", r.join(" , ")))
+    }
+
     proptest! {
         /// Every non-null scalar of every record is found again in exactly
         /// one column of its row, whatever the mix of shapes and kinds.
+        #[test]
+        fn decoding_the_text_equals_converting_the_parsed_records(text in page()) {
+            let parsed: Vec<Value> = serde_json::from_str(&text).unwrap();
+            let objects: Vec<Map<String, Value>> =
+                parsed.iter().filter_map(|v| v.as_object().cloned()).collect();
+            let after = |a: &Value, b: &Value| crate::extract::cursor_after(a, b);
+            let decoded = decode_records(&text, Some(("b", &after))).unwrap();
+            prop_assert_eq!(decoded.records, parsed.len());
+            let expected = (!objects.is_empty()).then(|| to_batch(objects.clone()).unwrap());
+            prop_assert_eq!(decoded.batch, expected);
+            let others: Vec<(usize, Value)> = parsed
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| !v.is_object())
+                .map(|(i, v)| (i, v.clone()))
+                .collect();
+            prop_assert_eq!(decoded.others, others);
+            let mut best: Option<Value> = None;
+            for o in &objects {
+                if let Some(v) = o.get("b").filter(|v| !v.is_null())
+                    && best.as_ref().is_none_or(|b| after(v, b))
+                {
+                    best = Some(v.clone());
+                }
+            }
+            prop_assert_eq!(decoded.cursor, best);
+        }
+
+        #[test]
+        fn decoding_lines_equals_converting_the_parsed_records(text in page()) {
+            let parsed: Vec<Value> = serde_json::from_str(&text).unwrap();
+            let mut lines = Lines::new();
+            let mut objects = Vec::new();
+            for v in &parsed {
+                let other = lines.push(&v.to_string()).unwrap();
+                match v {
+                    Value::Object(m) => {
+                        prop_assert!(other.is_none());
+                        objects.push(m.clone());
+                    }
+                    v => prop_assert_eq!(other.as_ref(), Some(v)),
+                }
+            }
+            prop_assert_eq!(lines.rows(), objects.len());
+            if !objects.is_empty() {
+                prop_assert_eq!(lines.finish().unwrap(), to_batch(objects).unwrap());
+            }
+        }
+
         #[test]
         fn no_value_is_lost(records in prop::collection::vec(
             prop::collection::btree_map("[a-d]", value(), 0..4), 1..20)) {

@@ -150,7 +150,8 @@ impl Lander {
         self.land_pieces(stream, options, pieces).await
     }
 
-    async fn land_pieces(
+    /// Land pieces (batches and refused records) as an iterator makes them.
+    pub async fn land_pieces(
         &self,
         stream: &StreamRef,
         options: StreamOptions,
@@ -494,6 +495,22 @@ impl Piece {
             out.insert(0, Piece::Batch(json::to_batch(objects)?));
         }
         Ok(out)
+    }
+
+    /// A page decoded by [`json::decode_records`], as
+    /// [`Piece::from_records`] makes it from the parsed records.
+    pub fn from_decoded(decoded: json::Decoded, seen: &mut u64) -> Vec<Piece> {
+        let before = *seen;
+        *seen += decoded.records as u64;
+        let mut out: Vec<Piece> = decoded.batch.into_iter().map(Piece::Batch).collect();
+        out.extend(decoded.others.into_iter().map(|(i, other)| {
+            Piece::Rejected(QuarantinedRow {
+                origin: Some(format!("record {}", before + i as u64 + 1)),
+                reason: format!("expected a JSON object, got {}", json_kind(&other)),
+                record: other.to_string(),
+            })
+        }));
+        out
     }
 
     /// Rows this piece lands (a refused record counts as one).

@@ -133,6 +133,24 @@ proptest! {
     }
 
     #[test]
+    fn page_decoding_never_panics(text in "\\PC{0,120}", records in prop::collection::vec(json(), 0..6)) {
+        let after = |a: &Value, b: &Value| ferry::extract::cursor_after(a, b);
+        let _ = ferry::lake::json::decode_records(&text, None);
+        let page = Value::Array(records).to_string();
+        let _ = ferry::lake::json::decode_records(&page, Some(("a.b", &after)));
+        let _ = ferry::lake::json::decode_records(&page, Some(("a", &after)));
+        for body in [text.clone(), format!("{{\"results\":{page},\"paging\":{text}}}")] {
+            let body = bytes::Bytes::from(body);
+            let _ = ferry::http::split_at(&body, "results");
+            let _ = ferry::http::split_at(&body, "");
+            let _ = ferry::http::split_at(&body, "data.items");
+        }
+        let mut lines = ferry::lake::json::Lines::new();
+        let _ = lines.push(&text);
+        let _ = lines.finish();
+    }
+
+    #[test]
     fn csv_reading_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..300), delimiter in prop::sample::select(vec![b',', b';', b'\t', b'|'])) {
         let _ = ferry::extract::files::parse_csv("f.csv", &bytes, delimiter, &[]);
         let _ = ferry::extract::files::parse_jsonl("f.jsonl", &bytes);

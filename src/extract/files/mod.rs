@@ -318,72 +318,95 @@ pub fn parse_csv(
     Ok((good, bad))
 }
 
-/// JSONL records read one line at a time: one object per line; anything
-/// else is rejected with its line.
-pub struct JsonlRecords<R: std::io::BufRead> {
+/// A JSONL file's lines decoded straight into record batches of
+/// [`crate::lake::land::JSON_BATCH_ROWS`] objects (no tree of values per
+/// line); a line that is not an object is refused with its line number.
+pub struct JsonlPieces<R: std::io::BufRead> {
     file: String,
     lines: std::io::Lines<R>,
     line: usize,
+    done: bool,
+    pending: std::collections::VecDeque<Rejected>,
 }
 
-impl<R: std::io::BufRead> JsonlRecords<R> {
-    pub fn new(file: &str, input: R) -> JsonlRecords<R> {
-        JsonlRecords {
+impl<R: std::io::BufRead> JsonlPieces<R> {
+    pub fn new(file: &str, input: R) -> JsonlPieces<R> {
+        JsonlPieces {
             file: file.to_string(),
             lines: input.lines(),
             line: 0,
+            done: false,
+            pending: Default::default(),
         }
     }
 }
 
-impl<R: std::io::BufRead> Iterator for JsonlRecords<R> {
-    type Item = std::result::Result<Value, Rejected>;
+impl<R: std::io::BufRead> Iterator for JsonlPieces<R> {
+    type Item = Result<crate::lake::land::Piece>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        use crate::lake::land::Piece;
         loop {
-            self.line += 1;
-            let origin = Some(format!("{}:{}", self.file, self.line));
-            let line = match self.lines.next()? {
-                Ok(l) => l,
-                Err(e) => {
-                    return Some(Err(Rejected {
-                        origin,
-                        reason: format!("cannot read the line: {e}"),
-                        record: String::new(),
-                    }));
-                }
-            };
-            if line.trim().is_empty() {
-                continue;
+            if let Some(r) = self.pending.pop_front() {
+                return Some(Ok(Piece::Rejected(r)));
             }
-            return Some(match serde_json::from_str::<Value>(&line) {
-                Ok(v @ Value::Object(_)) => Ok(v),
-                Ok(_) => Err(Rejected {
-                    origin,
-                    reason: "expected a JSON object on this line".into(),
+            if self.done {
+                return None;
+            }
+            let mut block = crate::lake::json::Lines::new();
+            while block.rows() < crate::lake::land::JSON_BATCH_ROWS {
+                self.line += 1;
+                let line = match self.lines.next() {
+                    None => {
+                        self.done = true;
+                        break;
+                    }
+                    Some(Ok(l)) => l,
+                    Some(Err(e)) => {
+                        self.pending.push_back(Rejected {
+                            origin: Some(format!("{}:{}", self.file, self.line)),
+                            reason: format!("cannot read the line: {e}"),
+                            record: String::new(),
+                        });
+                        continue;
+                    }
+                };
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let reason = match block.push(&line) {
+                    Ok(None) => continue,
+                    Ok(Some(_)) => "expected a JSON object on this line".to_string(),
+                    Err(e) => format!("invalid JSON: {e}"),
+                };
+                self.pending.push_back(Rejected {
+                    origin: Some(format!("{}:{}", self.file, self.line)),
+                    reason,
                     record: line,
-                }),
-                Err(e) => Err(Rejected {
-                    origin,
-                    reason: format!("invalid JSON: {e}"),
-                    record: line,
-                }),
-            });
+                });
+            }
+            if block.rows() > 0 {
+                return Some(block.finish().map(Piece::Batch));
+            }
         }
     }
 }
 
-/// Parse JSONL bytes: one object per line; anything else is rejected with its line.
-pub fn parse_jsonl(file: &str, bytes: &[u8]) -> (Vec<Value>, Vec<Rejected>) {
+/// Parse JSONL bytes: one object per line, decoded into record batches;
+/// anything else is rejected with its line.
+pub fn parse_jsonl(
+    file: &str,
+    bytes: &[u8],
+) -> Result<(Vec<arrow::record_batch::RecordBatch>, Vec<Rejected>)> {
     let mut good = Vec::new();
     let mut bad = Vec::new();
-    for r in JsonlRecords::new(file, lossy_lines(bytes)) {
-        match r {
-            Ok(v) => good.push(v),
-            Err(r) => bad.push(r),
+    for piece in JsonlPieces::new(file, lossy_lines(bytes)) {
+        match piece? {
+            crate::lake::land::Piece::Batch(b) => good.push(b),
+            crate::lake::land::Piece::Rejected(r) => bad.push(r),
         }
     }
-    (good, bad)
+    Ok((good, bad))
 }
 
 /// Bytes as UTF-8 text for line reading (invalid sequences replaced).
@@ -521,7 +544,7 @@ impl Source for FileSource {
                 }
                 Some(FileFormat::Jsonl) => {
                     let input = std::io::BufReader::new(staged.open()?);
-                    run.land_file_records(&name, JsonlRecords::new(&name, input), size)
+                    run.land_file_pieces(&name, JsonlPieces::new(&name, input), size)
                         .await?
                 }
                 Some(FileFormat::Parquet) => {

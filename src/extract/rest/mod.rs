@@ -83,8 +83,28 @@ impl RestSource {
         path: &str,
         cursor: Option<&Value>,
         run: &mut StreamRun<'_>,
+        best: Option<Value>,
+    ) -> Result<Option<Value>> {
+        let best = self.read_pages(s, path, cursor, run, best).await?;
+        // Pages decoded behind the fetching hold cursor values too.
+        Ok(match run.decoded_cursor().await? {
+            Some(c) if best.as_ref().is_none_or(|b| cursor_after(&c, b)) => Some(c),
+            _ => best,
+        })
+    }
+
+    async fn read_pages(
+        &self,
+        s: &RestStream,
+        path: &str,
+        cursor: Option<&Value>,
+        run: &mut StreamRun<'_>,
         mut best: Option<Value>,
     ) -> Result<Option<Value>> {
+        // The records are decoded from their text straight into columns,
+        // unless a paging path reads inside them.
+        let split = !reads_inside(&s.records, &s.pagination);
+        let cursor_field = s.incremental.as_ref().map(|i| i.cursor_field.as_str());
         let mut params: BTreeMap<String, String> = s.params.clone();
         if let Some(inc) = &s.incremental {
             let value = cursor.map(text).or_else(|| inc.start.clone());
@@ -160,7 +180,11 @@ impl RestSource {
                 _ => with_query(path, &q),
             };
             let request = resolve(&self.base, &url);
-            let reply = match self.client.send(Call::get(url.clone())).await {
+            let mut call = Call::get(url.clone());
+            if split {
+                call = call.records_at(&s.records);
+            }
+            let reply = match self.client.send(call).await {
                 Ok(r) => r,
                 // Some offset APIs answer a request past the last record
                 // with a 4xx instead of an empty page: after a short page,
@@ -175,6 +199,48 @@ impl RestSource {
                 Err(e) => return Err(self.fail(e)),
             };
             let mut reply = reply;
+            let offset_like = matches!(
+                s.pagination,
+                Pagination::Offset { .. } | Pagination::Page { .. }
+            );
+            match reply.records.take() {
+                Some(text) if text.first() == Some(&b'[') => {
+                    let n = if offset_like {
+                        let decoded = run.decode_now(text.clone(), cursor_field).await?;
+                        let n = decoded.records;
+                        pages_read += 1;
+                        if n > 0 {
+                            let digest = text_digest(&text);
+                            if previous_page == Some(digest) {
+                                return self.repeated_page(s, n, pages_read).map(|()| best);
+                            }
+                            previous_page = Some(digest);
+                        }
+                        run.push_decoded(decoded, reply.bytes).await?;
+                        n
+                    } else {
+                        pages_read += 1;
+                        run.push_json(text, reply.bytes, cursor_field).await?;
+                        0
+                    };
+                    if let Pagination::Offset { limit, .. } = &s.pagination {
+                        last_short = n < *limit;
+                    }
+                    let previous = next.take();
+                    next = self.next_page(s, &reply, &request, n, &mut offset, &mut page_no);
+                    if next.is_none() {
+                        return Ok(best);
+                    }
+                    self.same_next_twice(s, &previous, &next)?;
+                    continue;
+                }
+                // Not an array: parsed, to be told apart below.
+                Some(text) => {
+                    let v: Value = serde_json::from_slice(&text).unwrap_or(Value::Null);
+                    put_at(&mut reply.body, &s.records, v);
+                }
+                None => {}
+            }
             let records = match take_records(&mut reply.body, &s.records, &s.pagination) {
                 Some(Value::Array(a)) => a,
                 Some(Value::Null) | None if !s.records.is_empty() => Vec::new(),
@@ -194,37 +260,10 @@ impl RestSource {
             };
             let n = records.len();
             pages_read += 1;
-            if matches!(
-                s.pagination,
-                Pagination::Offset { .. } | Pagination::Page { .. }
-            ) && n > 0
-            {
+            if offset_like && n > 0 {
                 let digest = page_digest(&records);
                 if previous_page == Some(digest) {
-                    let asked = match &s.pagination {
-                        Pagination::Offset { limit, .. } => Some(*limit),
-                        Pagination::Page { size, .. } => *size,
-                        _ => None,
-                    };
-                    // Offset paging past the end answers an empty page, so a
-                    // repeat means the API ignores `offset` (and may cap
-                    // `limit`, so the page can be short): the rest is out of
-                    // reach. Page paging: the second page equal to a full
-                    // first one means the API ignores `page`; later, or a
-                    // short page, means it clamps to its last page, which is
-                    // read.
-                    let offset = matches!(s.pagination, Pagination::Offset { .. });
-                    if offset || (pages_read == 2 && asked.is_some_and(|a| n >= a)) {
-                        return Err(Error::Vendor {
-                            vendor: self.name.clone(),
-                            message: format!(
-                                "{}: the API answered a page with the previous page's records: it ignores the paging parameter, so ferry cannot reach the rest. Check pagination in [sources.{}.streams.{}]",
-                                s.name, self.name, s.name
-                            ),
-                            retryable: false,
-                        });
-                    }
-                    return Ok(best);
+                    return self.repeated_page(s, n, pages_read).map(|()| best);
                 }
                 previous_page = Some(digest);
             }
@@ -242,59 +281,110 @@ impl RestSource {
             }
             run.push(records, reply.bytes).await?;
             let previous = next.take();
-            next = match &s.pagination {
-                Pagination::None => None,
-                Pagination::Cursor { cursor_path, .. } => at_path(&reply.body, cursor_path)
-                    .filter(|v| !v.is_null() && !text(v).is_empty())
-                    .map(text),
-                Pagination::NextUrl { path } => at_path(&reply.body, path)
-                    .filter(|v| !v.is_null() && !text(v).is_empty())
-                    .map(|v| join(&request, &text(v))),
-                Pagination::LinkHeader => reply
-                    .headers
-                    .get("link")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(next_link)
-                    .map(|l| join(&request, &l)),
-                // A short page is not the end (APIs cap `limit` below what
-                // was asked): only an empty page is.
-                Pagination::Offset { .. } => {
-                    offset += n;
-                    (n > 0).then(String::new)
-                }
-                Pagination::Page {
-                    total_pages_path, ..
-                } => {
-                    let last = total_pages_path
-                        .as_ref()
-                        .and_then(|p| at_path(&reply.body, p))
-                        .and_then(Value::as_u64)
-                        .is_some_and(|total| page_no as u64 >= total);
-                    page_no += 1;
-                    (n > 0 && !last).then(String::new)
-                }
-            };
+            next = self.next_page(s, &reply, &request, n, &mut offset, &mut page_no);
             if next.is_none() {
                 return Ok(best);
             }
-            // An API that hands back the cursor (or link) it was just given
-            // would page forever.
-            if previous.is_some() && previous == next && !next.as_deref().is_some_and(str::is_empty)
-            {
-                return Err(Error::Input(format!(
-                    "{}.{}: the API returned the same next page ({}) twice; check pagination in [sources.{}.streams.{}]",
-                    self.name,
-                    s.name,
-                    next.as_deref()
-                        .unwrap_or_default()
-                        .split('?')
-                        .next()
-                        .unwrap_or_default(),
-                    self.name,
-                    s.name
-                )));
+            self.same_next_twice(s, &previous, &next)?;
+        }
+    }
+
+    /// A page equal to the previous one (offset or page paging): an error
+    /// when the API ignores the paging parameter, else (`Ok`) the end.
+    fn repeated_page(&self, s: &RestStream, n: usize, pages_read: u64) -> Result<()> {
+        let asked = match &s.pagination {
+            Pagination::Offset { limit, .. } => Some(*limit),
+            Pagination::Page { size, .. } => *size,
+            _ => None,
+        };
+        // Offset paging past the end answers an empty page, so a
+        // repeat means the API ignores `offset` (and may cap
+        // `limit`, so the page can be short): the rest is out of
+        // reach. Page paging: the second page equal to a full
+        // first one means the API ignores `page`; later, or a
+        // short page, means it clamps to its last page, which is
+        // read.
+        let offset = matches!(s.pagination, Pagination::Offset { .. });
+        if offset || (pages_read == 2 && asked.is_some_and(|a| n >= a)) {
+            return Err(Error::Vendor {
+                vendor: self.name.clone(),
+                message: format!(
+                    "{}: the API answered a page with the previous page's records: it ignores the paging parameter, so ferry cannot reach the rest. Check pagination in [sources.{}.streams.{}]",
+                    s.name, self.name, s.name
+                ),
+                retryable: false,
+            });
+        }
+        Ok(())
+    }
+
+    /// The next page to ask for after a reply of `n` records, if any.
+    fn next_page(
+        &self,
+        s: &RestStream,
+        reply: &crate::http::Reply,
+        request: &str,
+        n: usize,
+        offset: &mut usize,
+        page_no: &mut usize,
+    ) -> Option<String> {
+        match &s.pagination {
+            Pagination::None => None,
+            Pagination::Cursor { cursor_path, .. } => at_path(&reply.body, cursor_path)
+                .filter(|v| !v.is_null() && !text(v).is_empty())
+                .map(text),
+            Pagination::NextUrl { path } => at_path(&reply.body, path)
+                .filter(|v| !v.is_null() && !text(v).is_empty())
+                .map(|v| join(request, &text(v))),
+            Pagination::LinkHeader => reply
+                .headers
+                .get("link")
+                .and_then(|v| v.to_str().ok())
+                .and_then(next_link)
+                .map(|l| join(request, &l)),
+            // A short page is not the end (APIs cap `limit` below what
+            // was asked): only an empty page is.
+            Pagination::Offset { .. } => {
+                *offset += n;
+                (n > 0).then(String::new)
+            }
+            Pagination::Page {
+                total_pages_path, ..
+            } => {
+                let last = total_pages_path
+                    .as_ref()
+                    .and_then(|p| at_path(&reply.body, p))
+                    .and_then(Value::as_u64)
+                    .is_some_and(|total| *page_no as u64 >= total);
+                *page_no += 1;
+                (n > 0 && !last).then(String::new)
             }
         }
+    }
+
+    /// An API that hands back the cursor (or link) it was just given
+    /// would page forever.
+    fn same_next_twice(
+        &self,
+        s: &RestStream,
+        previous: &Option<String>,
+        next: &Option<String>,
+    ) -> Result<()> {
+        if previous.is_some() && previous == next && !next.as_deref().is_some_and(str::is_empty) {
+            return Err(Error::Input(format!(
+                "{}.{}: the API returned the same next page ({}) twice; check pagination in [sources.{}.streams.{}]",
+                self.name,
+                s.name,
+                next.as_deref()
+                    .unwrap_or_default()
+                    .split('?')
+                    .next()
+                    .unwrap_or_default(),
+                self.name,
+                s.name
+            )));
+        }
+        Ok(())
     }
 
     /// Values of `key` in the parent stream's landed rows.
@@ -331,17 +421,7 @@ impl RestSource {
 /// The page's records, moved out of the reply (a page is parsed once and
 /// not copied), unless a paging path reads inside them.
 fn take_records(body: &mut Value, path: &str, pagination: &Pagination) -> Option<Value> {
-    let inside = |p: &str| path.is_empty() || p.starts_with(&format!("{path}."));
-    let reads_inside = match pagination {
-        Pagination::Cursor { cursor_path, .. } => inside(cursor_path),
-        Pagination::NextUrl { path } => inside(path),
-        Pagination::Page {
-            total_pages_path: Some(p),
-            ..
-        } => inside(p),
-        _ => false,
-    };
-    if reads_inside {
+    if reads_inside(path, pagination) {
         return at_path(body, path).cloned();
     }
     if path.is_empty() {
@@ -356,6 +436,41 @@ fn take_records(body: &mut Value, path: &str, pagination: &Pagination) -> Option
         };
     }
     Some(v.take())
+}
+
+/// Whether a paging path reads inside the records (or the records are the
+/// whole body).
+fn reads_inside(path: &str, pagination: &Pagination) -> bool {
+    let inside = |p: &str| path.is_empty() || p.starts_with(&format!("{path}."));
+    match pagination {
+        Pagination::Cursor { cursor_path, .. } => inside(cursor_path),
+        Pagination::NextUrl { path } => inside(path),
+        Pagination::Page {
+            total_pages_path: Some(p),
+            ..
+        } => inside(p),
+        _ => false,
+    }
+}
+
+/// Put `v` at a dotted path of object keys (where the client left a null
+/// for records it did not parse).
+fn put_at(body: &mut Value, path: &str, v: Value) {
+    if path.is_empty() {
+        *body = v;
+        return;
+    }
+    let mut at = body;
+    for k in path.split('.') {
+        match at {
+            Value::Object(m) => match m.get_mut(k) {
+                Some(next) => at = next,
+                None => return,
+            },
+            _ => return,
+        }
+    }
+    *at = v;
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -387,6 +502,13 @@ fn join(page: &str, link: &str) -> String {
         Ok(u) => u.to_string(),
         Err(_) => link.to_string(),
     }
+}
+
+fn text_digest(text: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
 }
 
 fn page_digest(records: &[Value]) -> u64 {
