@@ -364,7 +364,7 @@ impl<'a> StreamRun<'a> {
             .push_back(tokio::task::spawn_blocking(move || {
                 decode(&text, cursor.as_deref())
             }));
-        while self.decoding.len() >= DECODING {
+        while self.decoding.len() > DECODING {
             self.next_decoded().await?;
         }
         self.flush_if_full().await
@@ -409,11 +409,18 @@ impl<'a> StreamRun<'a> {
         Ok(())
     }
 
+    /// Wait for every page being decoded; the pages that decoded are kept
+    /// even when one failed (its error is returned, the first one).
     async fn drain_decoding(&mut self) -> Result<()> {
+        let mut first = Ok(());
         while !self.decoding.is_empty() {
-            self.next_decoded().await?;
+            if let Err(e) = self.next_decoded().await
+                && first.is_ok()
+            {
+                first = Err(e);
+            }
         }
-        Ok(())
+        first
     }
 
     fn add_decoded(&mut self, mut decoded: Decoded) -> Result<()> {
@@ -562,7 +569,14 @@ impl<'a> StreamRun<'a> {
 
     /// Land everything pushed so far and persist the pending cursor, now.
     async fn flush(&mut self) -> Result<()> {
-        self.drain_decoding().await?;
+        // What decoded lands; a page that did not fails the stream, and
+        // then the cursor must not move.
+        if let Err(e) = self.drain_decoding().await {
+            self.pending = None;
+            self.flush_behind().await?;
+            self.settle().await?;
+            return Err(e);
+        }
         self.flush_behind().await?;
         self.settle().await
     }
@@ -846,13 +860,22 @@ pub fn at_path<'v>(value: &'v Value, path: &str) -> Option<&'v Value> {
 /// when it is not one.
 fn decode(text: &[u8], cursor: Option<&str>) -> Result<Decoded> {
     let after = |a: &Value, b: &Value| cursor_after(a, b);
-    let text = std::str::from_utf8(text)
-        .map_err(|e| Error::Internal(format!("a page's records are not UTF-8: {e}")))?;
+    // The client checked the text's shape only: a lone surrogate (as
+    // JavaScript's JSON.stringify writes), a number out of range or deep
+    // nesting fail here, as a reply that is not JSON fails a call.
+    let unreadable = |e: String| Error::Vendor {
+        vendor: "the API".into(),
+        message: format!(
+            "a page's records are not valid JSON ({e}); nothing of that page was landed and the cursor did not move"
+        ),
+        retryable: true,
+    };
+    let text = std::str::from_utf8(text).map_err(|e| unreadable(e.to_string()))?;
     crate::lake::json::decode_records(
         text,
         cursor.map(|c| (c, &after as &crate::lake::json::After)),
     )
-    .map_err(|e| Error::Internal(format!("a page's records could not be decoded: {e}")))
+    .map_err(|e| unreadable(e.to_string()))
 }
 
 /// Whether cursor value `a` is after `b` (numbers numerically, else as text).
@@ -868,5 +891,23 @@ pub fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_the_clients_check_let_through_fail_as_a_retryable_vendor_error() {
+        for text in [r#"[{"a":"\ud800"}]"#, r#"[{"a":1e400}]"#] {
+            match decode(text.as_bytes(), None) {
+                Err(Error::Vendor { retryable, .. }) => assert!(retryable, "{text}"),
+                other => panic!("{text}: {:?}", other.map(|d| d.records)),
+            }
+            // The client accepted the reply: the error comes from decoding.
+            let body = bytes::Bytes::from(format!(r#"{{"results":{text}}}"#));
+            assert!(crate::http::split_at(&body, "results").is_ok(), "{text}");
+        }
     }
 }

@@ -53,6 +53,9 @@ enum Val<'a> {
     Bool(bool),
     Int(i64),
     Float(f64),
+    /// An integer above `i64::MAX`: a double in its column, exact as a
+    /// cursor.
+    Big(u64),
     Text(Cow<'a, str>),
     /// An array or a deeper object, kept as its JSON text.
     Json(String),
@@ -64,7 +67,7 @@ impl<'a> Val<'a> {
             Val::Null => None,
             Val::Bool(_) => Some(Kind::Bool),
             Val::Int(_) => Some(Kind::Int),
-            Val::Float(_) => Some(Kind::Float),
+            Val::Float(_) | Val::Big(_) => Some(Kind::Float),
             Val::Text(_) | Val::Json(_) => Some(Kind::Text),
         }
     }
@@ -87,6 +90,7 @@ impl<'a> Val<'a> {
             Val::Bool(b) => Value::Bool(*b),
             Val::Int(i) => Value::from(*i),
             Val::Float(f) => Value::from(*f),
+            Val::Big(u) => Value::from(*u),
             Val::Text(t) => Value::String(t.to_string()),
             Val::Json(j) => serde_json::from_str(j).unwrap_or(Value::Null),
         }
@@ -94,9 +98,10 @@ impl<'a> Val<'a> {
 }
 
 fn number<'a>(n: &serde_json::Number) -> Val<'a> {
-    match n.as_i64() {
-        Some(i) => Val::Int(i),
-        None => Val::Float(n.as_f64().unwrap_or(f64::NAN)),
+    match (n.as_i64(), n.as_u64()) {
+        (Some(i), _) => Val::Int(i),
+        (None, Some(u)) => Val::Big(u),
+        (None, None) => Val::Float(n.as_f64().unwrap_or(f64::NAN)),
     }
 }
 
@@ -189,7 +194,11 @@ impl<'a> Columns<'a> {
                 continue;
             };
             let numeric = matches!(primary, Kind::Int | Kind::Float);
-            let has_float = numeric && col.values.iter().any(|v| matches!(v, Val::Float(_)));
+            let has_float = numeric
+                && col
+                    .values
+                    .iter()
+                    .any(|v| matches!(v, Val::Float(_) | Val::Big(_)));
             let column_kind = if has_float { Kind::Float } else { primary };
             let belongs =
                 |k: Kind| k == column_kind || (column_kind == Kind::Float && k == Kind::Int);
@@ -370,6 +379,7 @@ fn owned(entries: Vec<(Cow<'_, str>, Entry<'_>)>) -> Vec<(Cow<'static, str>, Ent
             Val::Bool(b) => Val::Bool(b),
             Val::Int(i) => Val::Int(i),
             Val::Float(f) => Val::Float(f),
+            Val::Big(u) => Val::Big(u),
             Val::Text(t) => Val::Text(Cow::Owned(t.into_owned())),
             Val::Json(j) => Val::Json(j),
         }
@@ -717,6 +727,7 @@ fn build(name: &str, kind: Kind, values: &[Val], keep: impl Fn(Kind) -> bool) ->
             for v in values {
                 match v {
                     Val::Float(x) if take(v) => b.append_value(*x),
+                    Val::Big(x) if take(v) => b.append_value(*x as f64),
                     Val::Int(x) if take(v) => b.append_value(*x as f64),
                     _ => b.append_null(),
                 }
@@ -778,6 +789,11 @@ mod tests {
         let d = decode_records(text, Some(("p.deep.x.1", &after))).unwrap();
         assert_eq!(d.cursor, Some(json!(2.5)));
         assert!(decode_records("[{\"a\":1}", None).is_err());
+        // The client's shape check lets these through; decoding refuses them.
+        assert!(decode_records(r#"[{"a":"\ud800"}]"#, None).is_err());
+        assert!(decode_records(r#"[{"a":1e400}]"#, None).is_err());
+        let big = decode_records(r#"[{"c":18446744073709551615}]"#, Some(("c", &after))).unwrap();
+        assert_eq!(big.cursor, Some(json!(18446744073709551615u64)));
         assert!(decode_records("{\"a\":1}", None).is_err());
     }
 
@@ -834,7 +850,8 @@ mod tests {
             any::<bool>().prop_map(Value::Bool),
             any::<i64>().prop_map(|i| json!(i)),
             (-1e9f64..1e9).prop_map(|f| json!(f)),
-            "[a-z]{0,5}".prop_map(Value::String),
+            (i64::MAX as u64..=u64::MAX).prop_map(|u| json!(u)),
+            "[a-z\"\\\\\u{e9}\n]{0,5}".prop_map(Value::String),
         ]
     }
 
@@ -852,7 +869,7 @@ mod tests {
     /// a JSON map) and possibly not objects.
     fn page() -> impl Strategy<Value = String> {
         let record = prop_oneof![
-            4 => prop::collection::vec(("[a-d]|a__b", value()), 0..5).prop_map(|pairs| {
+            4 => prop::collection::vec(("[a-d]|a__b|\"c", value()), 0..5).prop_map(|pairs| {
                 let body: Vec<String> = pairs
                     .iter()
                     .map(|(k, v)| format!("{}:{}", Value::String(k.clone()), v))
@@ -873,6 +890,16 @@ mod tests {
             let objects: Vec<Map<String, Value>> =
                 parsed.iter().filter_map(|v| v.as_object().cloned()).collect();
             let after = |a: &Value, b: &Value| crate::extract::cursor_after(a, b);
+            let nested = decode_records(&text, Some(("a.b", &after))).unwrap();
+            let mut best: Option<Value> = None;
+            for o in &objects {
+                if let Some(v) = o.get("a").and_then(|a| a.get("b")).filter(|v| !v.is_null())
+                    && best.as_ref().is_none_or(|b| after(v, b))
+                {
+                    best = Some(v.clone());
+                }
+            }
+            prop_assert_eq!(nested.cursor, best);
             let decoded = decode_records(&text, Some(("b", &after))).unwrap();
             prop_assert_eq!(decoded.records, parsed.len());
             let expected = (!objects.is_empty()).then(|| to_batch(objects.clone()).unwrap());

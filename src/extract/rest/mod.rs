@@ -210,7 +210,7 @@ impl RestSource {
                         let n = decoded.records;
                         pages_read += 1;
                         if n > 0 {
-                            let digest = text_digest(&text);
+                            let digest = text_digest(&text)?;
                             if previous_page == Some(digest) {
                                 return self.repeated_page(s, n, pages_read).map(|()| best);
                             }
@@ -236,7 +236,16 @@ impl RestSource {
                 }
                 // Not an array: parsed, to be told apart below.
                 Some(text) => {
-                    let v: Value = serde_json::from_slice(&text).unwrap_or(Value::Null);
+                    let v: Value = serde_json::from_slice(&text).map_err(|e| Error::Vendor {
+                        vendor: self.name.clone(),
+                        message: format!(
+                            "{}: {}: the value at {:?} is not valid JSON ({e}); nothing of that page was landed",
+                            s.name,
+                            url.split('?').next().unwrap_or_default(),
+                            s.records
+                        ),
+                        retryable: true,
+                    })?;
                     put_at(&mut reply.body, &s.records, v);
                 }
                 None => {}
@@ -504,11 +513,13 @@ fn join(page: &str, link: &str) -> String {
     }
 }
 
-fn text_digest(text: &[u8]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    text.hash(&mut h);
-    h.finish()
+/// [`page_digest`] of records given as text (already decoded once, so
+/// they parse): the same page sent again with other spacing or key order
+/// is still the same page.
+fn text_digest(text: &[u8]) -> Result<u64> {
+    let records: Vec<Value> = serde_json::from_slice(text)
+        .map_err(|e| Error::Internal(format!("a decoded page does not parse again: {e}")))?;
+    Ok(page_digest(&records))
 }
 
 fn page_digest(records: &[Value]) -> u64 {
