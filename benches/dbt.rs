@@ -28,13 +28,13 @@ use ferry::project::StreamOptions;
 const STATUSES: [&str; 4] = ["completed", "shipped", "returned", "placed"];
 const COUNTRIES: [&str; 5] = ["US", "FR", "DE", "GB", "JP"];
 
-fn write(dir: &Path, rel: &str, text: &str) {
+pub(crate) fn write(dir: &Path, rel: &str, text: &str) {
     let p = dir.join(rel);
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     std::fs::write(p, text).unwrap();
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();
@@ -184,7 +184,7 @@ fn customers(n: usize) -> RecordBatch {
 }
 
 /// Run `cmd` under /usr/bin/time: (wall seconds, peak RSS MiB, ok, output).
-fn timed(dir: &Path, cmd: &[&str]) -> (f64, f64, bool, String) {
+pub(crate) fn timed(dir: &Path, cmd: &[&str]) -> (f64, f64, bool, String) {
     let report = dir.join("target/time.txt");
     std::fs::create_dir_all(dir.join("target")).unwrap();
     let out = Command::new("/usr/bin/time")

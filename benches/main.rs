@@ -10,6 +10,7 @@ mod extract;
 mod landing;
 mod models;
 mod operate;
+mod shop;
 mod sync;
 
 const BENCHES: &[(&str, &str)] = &[
@@ -23,6 +24,10 @@ const BENCHES: &[(&str, &str)] = &[
         "a 20-model DAG over 1M touches; compiling 200 models",
     ),
     ("dbt", "a dbt project with a package, beside dbt-duckdb"),
+    (
+        "shop",
+        "a jaffle-shop-shaped dbt project, model by model, beside dbt-duckdb",
+    ),
     (
         "sync",
         "the sync diff at 1M and 10M rows; HubSpot and Salesforce sync throughput",
@@ -46,6 +51,7 @@ fn main() {
         "landing" => landing::main(),
         "models" => models::main(),
         "operate" => operate::main(),
+        "shop" => shop::main(),
         "sync" => sync::main(),
         _ => {
             eprintln!("usage: cargo bench --profile dev -- <bench> [parts]\n\nbenches:");

@@ -255,6 +255,25 @@ fn delta_types(df: DataFrame) -> Result<DataFrame> {
     Ok(df.select(exprs)?)
 }
 
+/// Rows per Parquet row group in the files of models, seeds and snapshots.
+/// A row group is the unit a scan splits among cores; delta-rs's default
+/// (the writer's, 1Mi rows) put a whole model of a million rows in one group,
+/// so every model reading it scanned on one core. 128Ki is about DuckDB's
+/// (122,880) and keeps statistics per group for pruning; measured on the
+/// jaffle-shop-shaped bench (`cargo bench --profile dev -- shop`), the
+/// `orders` model reading 1M items went from 2.4 s to 1.8 s.
+pub const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// The Parquet settings of every Delta write: snappy, as delta-rs's default,
+/// with [`ROW_GROUP_ROWS`].
+fn writer_properties() -> parquet::file::properties::WriterProperties {
+    parquet::file::properties::WriterProperties::builder()
+        .set_created_by(format!("ferry {}", env!("CARGO_PKG_VERSION")))
+        .set_compression(parquet::basic::Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .build()
+}
+
 /// Stream `df` into the table as one commit.
 async fn write(lake: &Lake, url: &Url, df: DataFrame, mode: SaveMode) -> Result<DeltaTable> {
     let table = open_or_new(lake, url).await?;
@@ -264,6 +283,7 @@ async fn write(lake: &Lake, url: &Url, df: DataFrame, mode: SaveMode) -> Result<
         .write(Vec::<arrow::record_batch::RecordBatch>::new())
         .with_input_plan(plan)
         .with_session_state(Arc::new(state))
+        .with_writer_properties(writer_properties())
         .with_save_mode(mode);
     if mode == SaveMode::Overwrite {
         builder = builder.with_schema_mode(SchemaMode::Overwrite);
@@ -294,6 +314,7 @@ pub async fn merge(table: DeltaTable, df: DataFrame, keys: &[String]) -> Result<
         .with_source_alias("source")
         .with_target_alias("target")
         .with_session_state(session)
+        .with_writer_properties(writer_properties())
         .when_matched_update(|mut u| {
             for c in &update_cols {
                 u = u.update(c.as_str(), format!("source.\"{c}\"").as_str());
@@ -328,6 +349,7 @@ pub async fn merge_snapshot(
         .with_source_alias("source")
         .with_target_alias("target")
         .with_session_state(session)
+        .with_writer_properties(writer_properties())
         .when_matched_update(|u| {
             u.predicate("source.dbt_change_type in ('update', 'delete')")
                 .update("dbt_valid_to", "source.dbt_valid_to")

@@ -1779,3 +1779,45 @@ fn latest_by_keeps_the_newest_row_per_key_as_the_window_does() {
         "n\n1\n"
     );
 }
+
+/// Regression: delta-rs wrote a model of a million rows as one row group,
+/// so every model reading it scanned on one core. A model's files now hold
+/// row groups of at most 128Ki rows.
+#[test]
+fn a_large_model_is_written_in_row_groups_a_scan_can_split() {
+    let (_tmp, dir) = fixture();
+    std::fs::write(
+        dir.join("models/marts/big.sql"),
+        "{{ config(materialized='table') }}\nselect value as n, cast(value % 97 as varchar) as s from generate_series(1, 300000)\n",
+    )
+    .unwrap();
+    ok(ferry(&dir, &["run", "--select", "big"]));
+    let (mut rows, mut groups) = (0, 0);
+    for e in std::fs::read_dir(dir.join("lake/models/big")).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_none_or(|x| x != "parquet") {
+            continue;
+        }
+        let file = std::fs::File::open(&path).unwrap();
+        let meta = parquet::file::reader::FileReader::metadata(
+            &parquet::file::reader::SerializedFileReader::new(file).unwrap(),
+        )
+        .clone();
+        for g in meta.row_groups() {
+            assert!(
+                g.num_rows() <= 128 * 1024,
+                "{}: a row group of {} rows",
+                path.display(),
+                g.num_rows()
+            );
+            rows += g.num_rows();
+            groups += 1;
+        }
+    }
+    assert_eq!(rows, 300_000);
+    assert!(groups >= 3, "300,000 rows in {groups} row groups");
+    assert_eq!(
+        csv(&dir, "select count(*) as n, sum(n) as total from big"),
+        "n,total\n300000,45000150000\n"
+    );
+}
