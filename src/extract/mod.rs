@@ -860,9 +860,11 @@ pub fn at_path<'v>(value: &'v Value, path: &str) -> Option<&'v Value> {
 /// when it is not one.
 fn decode(text: &[u8], cursor: Option<&str>) -> Result<Decoded> {
     let after = |a: &Value, b: &Value| cursor_after(a, b);
-    // The client checked the text's shape only: a lone surrogate (as
-    // JavaScript's JSON.stringify writes), a number out of range or deep
-    // nesting fail here, as a reply that is not JSON fails a call.
+    // The client checked the text's shape only. A record that is not valid
+    // JSON inside (a lone surrogate, as JavaScript's JSON.stringify writes
+    // it; a number out of range) goes to quarantine with the reason and its
+    // text, and the page's other records land; text that does not split
+    // into records at all fails, as a reply that is not JSON fails a call.
     let unreadable = |e: String| Error::Vendor {
         vendor: "the API".into(),
         message: format!(
@@ -871,7 +873,7 @@ fn decode(text: &[u8], cursor: Option<&str>) -> Result<Decoded> {
         retryable: true,
     };
     let text = std::str::from_utf8(text).map_err(|e| unreadable(e.to_string()))?;
-    crate::lake::json::decode_records(
+    crate::lake::json::decode_records_lenient(
         text,
         cursor.map(|c| (c, &after as &crate::lake::json::After)),
     )
@@ -898,16 +900,54 @@ pub fn text(v: &Value) -> String {
 mod tests {
     use super::*;
 
+    /// Regression: one record with a lone surrogate (or a number out of
+    /// range) failed its whole page, every retry alike, so the stream could
+    /// not get past it. It now goes to quarantine with its text and the
+    /// reason; the page's other records land, with the cursor they hold.
     #[test]
-    fn records_the_clients_check_let_through_fail_as_a_retryable_vendor_error() {
-        for text in [r#"[{"a":"\ud800"}]"#, r#"[{"a":1e400}]"#] {
+    fn records_the_clients_check_let_through_go_to_quarantine_and_the_rest_lands() {
+        for bad in [r#"{"a":"\ud800","n":9}"#, r#"{"a":1e400,"n":9}"#] {
+            let text = format!(r#"[{{"a":"x","n":1}},{bad},7,{{"a":"y","n":3}}]"#);
+            // The client accepted the reply: the record fails in decoding.
+            let body = bytes::Bytes::from(format!(r#"{{"results":{text}}}"#));
+            assert!(crate::http::split_at(&body, "results").is_ok(), "{text}");
+            let d = decode(text.as_bytes(), Some("n")).unwrap();
+            assert_eq!(d.records, 4);
+            assert_eq!(d.batch.as_ref().map(|b| b.num_rows()), Some(2), "{bad}");
+            assert_eq!(d.cursor, Some(serde_json::json!(3)), "{bad}");
+            assert_eq!(d.others.iter().map(|o| o.0).collect::<Vec<_>>(), [2]);
+            assert_eq!(d.invalid.len(), 1, "{bad}");
+            assert_eq!((d.invalid[0].0, d.invalid[0].2.as_str()), (1, bad));
+            let mut seen = 10;
+            let pieces = crate::lake::land::Piece::from_decoded(d, &mut seen);
+            let refused: Vec<String> = pieces
+                .iter()
+                .filter_map(|p| match p {
+                    crate::lake::land::Piece::Rejected(r) => Some(format!(
+                        "{} {}",
+                        r.origin.clone().unwrap_or_default(),
+                        r.reason
+                    )),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(refused.len(), 2, "{refused:?}");
+            assert!(
+                refused[0].starts_with("record 12 not valid JSON: "),
+                "{refused:?}"
+            );
+            assert!(
+                refused[1].starts_with("record 13 expected a JSON object"),
+                "{refused:?}"
+            );
+            assert_eq!(seen, 14);
+        }
+        // Text that does not split into records still fails the call.
+        for text in [r#"[{"a":1},"#, r#"{"a":1}"#] {
             match decode(text.as_bytes(), None) {
                 Err(Error::Vendor { retryable, .. }) => assert!(retryable, "{text}"),
                 other => panic!("{text}: {:?}", other.map(|d| d.records)),
             }
-            // The client accepted the reply: the error comes from decoding.
-            let body = bytes::Bytes::from(format!(r#"{{"results":{text}}}"#));
-            assert!(crate::http::split_at(&body, "results").is_ok(), "{text}");
         }
     }
 }

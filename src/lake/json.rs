@@ -273,10 +273,93 @@ pub struct Decoded {
     pub batch: Option<RecordBatch>,
     /// Records that are not objects: (position in the page from 0, value).
     pub others: Vec<(usize, Value)>,
+    /// Records that are not valid JSON although the page's text is shaped
+    /// like it (a lone surrogate as JavaScript's `JSON.stringify` writes it,
+    /// a number out of range): (position, why, the record's text).
+    pub invalid: Vec<(usize, String, String)>,
     /// Records in the page, objects or not.
     pub records: usize,
     /// The largest value at the cursor path, compared by `after`.
     pub cursor: Option<Value>,
+}
+
+/// [`decode_records`], except that a page whose array holds records that
+/// are not valid JSON still decodes: those records are set aside in
+/// [`Decoded::invalid`] with the reason and their text, and the others
+/// decode as a page of their own. Text that is not an array of values at all
+/// is still an error.
+pub fn decode_records_lenient(
+    json: &str,
+    cursor: Option<(&str, &After)>,
+) -> std::result::Result<Decoded, serde_json::Error> {
+    let first = match decode_records(json, cursor) {
+        Ok(d) => return Ok(d),
+        Err(e) => e,
+    };
+    // Splitting only checks the shape: escapes and numbers are not
+    // interpreted, so each record can be tried alone.
+    let Ok(raw) = serde_json::from_str::<Vec<&serde_json::value::RawValue>>(json) else {
+        return Err(first);
+    };
+    let (mut good, mut at, mut invalid) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, r) in raw.iter().enumerate() {
+        let one = format!("[{}]", r.get());
+        match decode_records(&one, None) {
+            Ok(_) => {
+                good.push(r.get());
+                at.push(i);
+            }
+            Err(e) => {
+                let why = match lone_surrogate(r.get()) {
+                    Some(u) => format!(
+                        "a lone surrogate {u} in a string (JSON escapes \\ud800-\\udfff only in pairs): {e}"
+                    ),
+                    None => e.to_string(),
+                };
+                invalid.push((i, why, r.get().to_string()))
+            }
+        }
+    }
+    let mut out = decode_records(&format!("[{}]", good.join(",")), cursor)?;
+    for (i, _) in &mut out.others {
+        *i = at[*i];
+    }
+    out.invalid = invalid;
+    out.records = raw.len();
+    Ok(out)
+}
+
+/// The first `\uXXXX` escape in `text` of a UTF-16 surrogate (D800-DFFF)
+/// that is not half of a high-low pair, as written.
+fn lone_surrogate(text: &str) -> Option<&str> {
+    let b = text.as_bytes();
+    let unit = |at: usize| -> Option<u16> {
+        let hex = text.get(at + 2..at + 6)?;
+        (b.get(at) == Some(&b'\\') && b.get(at + 1) == Some(&b'u'))
+            .then(|| u16::from_str_radix(hex, 16).ok())
+            .flatten()
+    };
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        match unit(i) {
+            Some(0xD800..=0xDBFF) => {
+                if matches!(unit(i + 6), Some(0xDC00..=0xDFFF)) {
+                    i += 12;
+                    continue;
+                }
+                return text.get(i..i + 6);
+            }
+            Some(0xDC00..=0xDFFF) => return text.get(i..i + 6),
+            Some(_) => i += 6,
+            // Any other escape is two characters (`\\` among them).
+            None => i += 2,
+        }
+    }
+    None
 }
 
 /// Whether a cursor value is after another.
@@ -298,6 +381,7 @@ pub fn decode_records(
     let mut out = Decoded {
         batch: None,
         others: Vec::new(),
+        invalid: Vec::new(),
         records: records.len(),
         cursor: None,
     };
@@ -798,6 +882,26 @@ mod tests {
     }
 
     #[test]
+    fn lone_surrogates_are_told_from_pairs_and_escaped_backslashes() {
+        assert_eq!(lone_surrogate(r#"{"a":"x\ud800"}"#), Some(r"\ud800"));
+        assert_eq!(lone_surrogate(r#"{"a":"\udc00y"}"#), Some(r"\udc00"));
+        assert_eq!(lone_surrogate(r#"{"a":"\ud83d\ude00 \u00e9"}"#), None);
+        assert_eq!(lone_surrogate(r#"{"a":"\ud83d\u0041"}"#), Some(r"\ud83d"));
+        // An escaped backslash then the letters "ud800": no escape at all.
+        assert_eq!(lone_surrogate(r#"{"a":"\\ud800"}"#), None);
+        assert_eq!(lone_surrogate(r#"{"a":"\ud8"}"#), None);
+        assert_eq!(lone_surrogate("\\"), None);
+        let d = decode_records_lenient(r#"[{"a":"\udfff"},{"a":"ok"}]"#, None).unwrap();
+        assert!(
+            d.invalid[0]
+                .1
+                .starts_with(r"a lone surrogate \udfff in a string"),
+            "{:?}",
+            d.invalid
+        );
+    }
+
+    #[test]
     fn flattens_one_level_and_keeps_deeper_as_json_text() {
         let b = to_batch(objs(vec![json!({
             "id": 1,
@@ -920,6 +1024,58 @@ mod tests {
                 }
             }
             prop_assert_eq!(decoded.cursor, best);
+        }
+
+        /// Records that are not valid JSON inside, anywhere in a page, are
+        /// set aside with their text and position; the rest decode as the
+        /// page without them would.
+        #[test]
+        fn invalid_records_are_set_aside_and_the_rest_decode_as_without_them(
+            text in page(),
+            at in prop::collection::vec((0usize..14, 0usize..3), 0..4),
+        ) {
+            let mut records: Vec<String> = serde_json::from_str::<Vec<Value>>(&text)
+                .unwrap()
+                .iter()
+                .map(|v| v.to_string())
+                .collect();
+            let clean = format!("[{}]", records.join(","));
+            let bad = [r#"{"a":"\ud800"}"#, r#"{"a":[1e400]}"#, r#"{"b":"\udc00x","c":1}"#];
+            let mut inserted = Vec::new();
+            for (pos, which) in at {
+                let pos = pos.min(records.len());
+                records.insert(pos, bad[which].to_string());
+                for p in inserted.iter_mut() {
+                    if *p >= pos {
+                        *p += 1;
+                    }
+                }
+                inserted.push(pos);
+            }
+            inserted.sort();
+            let dirty = format!("[{}]", records.join(" , "));
+            let after = |a: &Value, b: &Value| crate::extract::cursor_after(a, b);
+            let got = decode_records_lenient(&dirty, Some(("b", &after))).unwrap();
+            let want = decode_records(&clean, Some(("b", &after))).unwrap();
+            prop_assert_eq!(got.records, records.len());
+            prop_assert_eq!(got.invalid.iter().map(|x| x.0).collect::<Vec<_>>(), inserted.clone());
+            for (i, _, t) in &got.invalid {
+                prop_assert_eq!(t, &records[*i]);
+            }
+            prop_assert_eq!(got.batch, want.batch);
+            prop_assert_eq!(got.cursor, want.cursor);
+            let shift = |i: usize| {
+                let mut j = i;
+                for p in &inserted {
+                    if *p <= j {
+                        j += 1;
+                    }
+                }
+                j
+            };
+            let others: Vec<(usize, Value)> =
+                want.others.into_iter().map(|(i, v)| (shift(i), v)).collect();
+            prop_assert_eq!(got.others, others);
         }
 
         #[test]

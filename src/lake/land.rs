@@ -503,13 +503,33 @@ impl Piece {
         let before = *seen;
         *seen += decoded.records as u64;
         let mut out: Vec<Piece> = decoded.batch.into_iter().map(Piece::Batch).collect();
-        out.extend(decoded.others.into_iter().map(|(i, other)| {
-            Piece::Rejected(QuarantinedRow {
-                origin: Some(format!("record {}", before + i as u64 + 1)),
-                reason: format!("expected a JSON object, got {}", json_kind(&other)),
-                record: other.to_string(),
+        let mut refused: Vec<(usize, QuarantinedRow)> = decoded
+            .others
+            .into_iter()
+            .map(|(i, other)| {
+                let reason = format!("expected a JSON object, got {}", json_kind(&other));
+                (i, reason, other.to_string())
             })
-        }));
+            .chain(
+                decoded
+                    .invalid
+                    .into_iter()
+                    .map(|(i, why, text)| (i, format!("not valid JSON: {why}"), text)),
+            )
+            .map(|(i, reason, record)| {
+                let origin = Some(format!("record {}", before + i as u64 + 1));
+                (
+                    i,
+                    QuarantinedRow {
+                        origin,
+                        reason,
+                        record,
+                    },
+                )
+            })
+            .collect();
+        refused.sort_by_key(|(i, _)| *i);
+        out.extend(refused.into_iter().map(|(_, r)| Piece::Rejected(r)));
         out
     }
 

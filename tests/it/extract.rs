@@ -146,6 +146,69 @@ async fn every_pagination_style_fetches_every_record_once() {
     assert!(s.stats().0 > 40);
 }
 
+/// A vendor whose JSON carries lone surrogates (JavaScript's
+/// `JSON.stringify` of a string cut inside a pair) in some records: those
+/// records go to `ferry.quarantine` with the reason and their text, every
+/// other record lands, and the stream completes: before, the page failed
+/// on every retry and the stream could not get past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_with_lone_surrogates_are_quarantined_and_the_rest_land() {
+    let s = api(RestConfig {
+        records: 257,
+        auth: RestAuth::Bearer("tok-123".into()),
+        lone_surrogate_every: 50,
+        ..Default::default()
+    })
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = project(tmp.path(), &STYLES.replace("URL", &s.base_url()));
+    let styles = [
+        "by_cursor",
+        "by_next_url",
+        "by_link",
+        "by_offset",
+        "by_page",
+    ];
+    let selection: Vec<String> = styles.iter().map(|t| format!("api.{t}")).collect();
+    let selection: Vec<&str> = selection.iter().map(String::as_str).collect();
+    let summaries = extract(&dir, &selection).await.unwrap();
+    for x in &summaries {
+        assert_eq!(x.error, None, "{}", x.stream);
+        // Rows counts every record read, the quarantined ones too.
+        assert_eq!((x.rows, x.quarantined), (257, 5), "{}", x.stream);
+    }
+    for t in styles {
+        let n = scalar(
+            &dir,
+            &format!(
+                "select count(*) || '/' || count(distinct id) || '/' || sum(case when id % 50 = 0 then 1 else 0 end) from api.{t}"
+            ),
+        )
+        .await;
+        assert_eq!(n, "252/252/0", "{t}");
+        let q = scalar(
+            &dir,
+            &format!(
+                "select count(*) || '|' || min(origin) || '|' || min(reason) || '|' || min(record) \
+                 from ferry.quarantine where stream = '{t}'"
+            ),
+        )
+        .await;
+        let parts: Vec<&str> = q.splitn(4, '|').collect();
+        assert_eq!(parts[0], "5", "{t}: {q}");
+        assert!(parts[1].starts_with("record "), "{t}: {q}");
+        assert!(
+            parts[2].starts_with("not valid JSON: ") && parts[2].contains("surrogate"),
+            "{t}: {q}"
+        );
+        // The record's text as the vendor sent it, escape included.
+        assert!(
+            parts[3].contains(r#""name":"Person 100 \ud800""#),
+            "{t}: {q}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incremental_runs_fetch_only_changed_records() {
     let s = api(RestConfig {

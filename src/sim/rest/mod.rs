@@ -108,6 +108,11 @@ pub struct RestConfig {
     pub relative_links: bool,
     /// `/offset/items` answers 400 for an offset past the last record.
     pub offset_past_end_400: bool,
+    /// Every record whose id is a multiple of this (0: none) comes with a
+    /// lone surrogate in its `name` (`"\ud800"`), as JavaScript's
+    /// `JSON.stringify` writes a string cut inside a surrogate pair: text
+    /// shaped like JSON that no strict parser accepts.
+    pub lone_surrogate_every: u64,
 }
 
 impl Default for RestConfig {
@@ -123,6 +128,7 @@ impl Default for RestConfig {
             ignore_offset: false,
             relative_links: false,
             offset_past_end_400: false,
+            lone_surrogate_every: 0,
         }
     }
 }
@@ -154,9 +160,15 @@ impl State {
     }
 
     fn record(&self, id: u64) -> Value {
+        let every = self.config.lone_surrogate_every;
+        let name = if every > 0 && id.is_multiple_of(every) {
+            format!("Person {id} {LONE_SURROGATE}")
+        } else {
+            format!("Person {id}")
+        };
         json!({
             "id": id,
-            "name": format!("Person {id}"),
+            "name": name,
             "email": format!("person{id}@example.com"),
             "score": (id * 7) % 100,
             "updated_at": self.updated_at(id).to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -290,6 +302,25 @@ impl Ids {
     }
 }
 
+/// Stands for a lone surrogate in a record until [`reply`] writes it.
+const LONE_SURROGATE: &str = "__sim_lone_surrogate__";
+
+/// A JSON reply, with [`LONE_SURROGATE`] written as the escape `\ud800`
+/// (serde_json cannot write one).
+fn reply(body: Value) -> Response {
+    let text = body.to_string();
+    let text = if text.contains(LONE_SURROGATE) {
+        text.replace(LONE_SURROGATE, "\\ud800")
+    } else {
+        text
+    };
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        text,
+    )
+        .into_response()
+}
+
 fn page_of(s: &State, ids: &Ids, from: usize, size: usize) -> Vec<Value> {
     ids.page(from, size)
         .into_iter()
@@ -322,7 +353,7 @@ async fn cursor(AxState(s): AxState<Shared>, headers: HeaderMap, Query(q): Q) ->
     if from + limit < ids.len() {
         body["meta"]["next_cursor"] = json!(format!("pos_{}", from + limit));
     }
-    Json(body).into_response()
+    reply(body)
 }
 
 fn passthrough(q: &BTreeMap<String, String>, skip: &[&str]) -> String {
@@ -364,7 +395,7 @@ async fn next_url(AxState(s): AxState<Shared>, headers: HeaderMap, Query(q): Q) 
             passthrough(&q, &["page"])
         )
     });
-    Json(json!({"results": data, "next": next})).into_response()
+    reply(json!({"results": data, "next": next}))
 }
 
 async fn link(AxState(s): AxState<Shared>, headers: HeaderMap, Query(q): Q) -> Response {
@@ -381,7 +412,7 @@ async fn link(AxState(s): AxState<Shared>, headers: HeaderMap, Query(q): Q) -> R
     };
     let size = 30;
     let data = page_of(&s, &ids, (page - 1) * size, size);
-    let mut r = Json(Value::Array(data)).into_response();
+    let mut r = reply(Value::Array(data));
     if page * size < ids.len() {
         let next = format!(
             "<{}/link/items?page={}{}>; rel=\"next\"",
@@ -416,7 +447,7 @@ async fn offset(AxState(s): AxState<Shared>, headers: HeaderMap, Query(q): Q) ->
         )
             .into_response();
     }
-    Json(json!({"items": page_of(&s, &ids, offset, limit), "total": ids.len()})).into_response()
+    reply(json!({"items": page_of(&s, &ids, offset, limit), "total": ids.len()}))
 }
 
 async fn paged(AxState(s): AxState<Shared>, headers: HeaderMap, Query(q): Q) -> Response {
@@ -437,12 +468,11 @@ async fn paged(AxState(s): AxState<Shared>, headers: HeaderMap, Query(q): Q) -> 
     } else {
         page
     };
-    Json(json!({
+    reply(json!({
         "records": page_of(&s, &ids, (page - 1) * per, per),
         "page": page,
         "total_pages": total_pages,
     }))
-    .into_response()
 }
 
 async fn sequences(AxState(s): AxState<Shared>, headers: HeaderMap, Query(q): Q) -> Response {
