@@ -44,11 +44,34 @@ pub async fn put_once(store: &dyn ObjectStore, path: &Path, bytes: Vec<u8>) -> R
 
 /// Encode batches as one Parquet file in memory.
 pub fn encode(schema: SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
-    let mut w = ArrowWriter::try_new(Vec::new(), schema, Some(writer_properties()))?;
+    let mut w = Encoder::new(schema)?;
     for b in batches {
         w.write(b)?;
     }
-    Ok(w.into_inner()?)
+    w.finish()
+}
+
+/// One Parquet file encoded in memory batch by batch, as [`encode`] makes
+/// it: a stream of batches is held as compressed row groups, not whole.
+pub struct Encoder(ArrowWriter<Vec<u8>>);
+
+impl Encoder {
+    pub fn new(schema: SchemaRef) -> Result<Self> {
+        Ok(Encoder(ArrowWriter::try_new(
+            Vec::new(),
+            schema,
+            Some(writer_properties()),
+        )?))
+    }
+
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        Ok(self.0.write(batch)?)
+    }
+
+    /// The file's bytes.
+    pub fn finish(self) -> Result<Vec<u8>> {
+        Ok(self.0.into_inner()?)
+    }
 }
 
 /// UTC microsecond timestamps, the type of every time column ferry writes.

@@ -2548,7 +2548,7 @@ impl Run<'_> {
         self.log.check()?;
         let micros = Utc::now().timestamp_micros();
         diff::register_snapshot(ctx, self.lake, &self.sync.name).await?;
-        let batches = ctx
+        let mut batches = ctx
             .sql(&format!(
                 "select cast('snapshot' as varchar) as run_id, cast('{}' as varchar) as sync, _key as key, \
                  cast('snapshot' as varchar) as operation, cast('ok' as varchar) as status, _crm_id as crm_id, \
@@ -2559,22 +2559,26 @@ impl Run<'_> {
                 diff::SNAPSHOT
             ))
             .await?
-            .collect()
+            .execute_stream()
             .await?;
+        // Encoded as the rows arrive: the snapshot is held once, as
+        // compressed Parquet, not also as Arrow batches.
         let schema = state::log_schema();
-        let batches = batches
-            .into_iter()
-            .map(|b| {
-                let cols = b
-                    .columns()
-                    .iter()
-                    .zip(schema.fields())
-                    .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
-                    .collect::<std::result::Result<Vec<_>, _>>()?;
-                arrow::record_batch::RecordBatch::try_new(schema.clone(), cols).map_err(Error::from)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let bytes = crate::lake::log::encode(schema, &batches)?;
+        let mut file = crate::lake::log::Encoder::new(schema.clone())?;
+        while let Some(b) = futures::StreamExt::next(&mut batches).await {
+            let b = b?;
+            let cols = b
+                .columns()
+                .iter()
+                .zip(schema.fields())
+                .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            file.write(&arrow::record_batch::RecordBatch::try_new(
+                schema.clone(),
+                cols,
+            )?)?;
+        }
+        let bytes = file.finish()?;
         let path = state::snapshot_path(&self.sync.name, self.log.generation());
         crate::lake::log::put_once(self.lake.store().as_ref(), &path, bytes).await?;
         state::prune_snapshots(self.lake, &self.sync.name).await
