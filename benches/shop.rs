@@ -15,14 +15,16 @@
 //! cost per product), `orders` (items summed per order, joined back, and a
 //! `row_number()` of each customer's orders), `customers` (a
 //! `count(distinct)` per customer joined to customers), and the small
-//! `products`, `supplies`, `locations`. Both tools run with one thread, so
-//! each model's time is its own; the times come from `ferry.model_runs` and
-//! dbt's `target/run_results.json`.
+//! `products`, `supplies`, `locations`. Both tools run one model at a time
+//! (`--threads 1`; each engine still uses every core within a model), so
+//! each model's time is its own, writing its table included; the times come
+//! from `ferry.model_runs` and dbt's `target/run_results.json`.
 //!
 //! Run: `cargo bench --profile dev -- shop`. With dbt-duckdb installed
 //! (see the dbt bench), set FERRY_BENCH_DBT=/tmp/dbt/bin/dbt to run dbt too;
 //! the two tools' results are then compared. FERRY_BENCH_KEEP=DIR keeps the
-//! project (for `ferry query "explain analyze ..."`).
+//! project there (for `ferry query "explain analyze ..."`; DIR is emptied
+//! first).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -43,10 +43,13 @@ touches as (
 ),
 engagement as (
     -- each touch's points halve every half-life up to as_of: a plain
-    -- aggregate; first and last channel as ordered aggregates
+    -- aggregate; first and last channel as ordered aggregates. The decayed
+    -- points are summed as decimals: a sum of doubles depends on the order
+    -- the engine's partitions add them in, so a score near a rounding
+    -- boundary could come out 6.0 one run and 6.1 the next (and be synced).
     select
         person_id,
-        sum(points * power(0.5, days_ago / {{ half_life }})) as engagement_score,
+        cast(sum(cast(points * power(0.5, days_ago / {{ half_life }}) as decimal(18, 9))) as double) as engagement_score,
         sum(points) as undecayed_points,
         min(occurred_at) as first_touch_at,
         max(fit_score) as fit_score,

@@ -255,23 +255,15 @@ fn delta_types(df: DataFrame) -> Result<DataFrame> {
     Ok(df.select(exprs)?)
 }
 
-/// Rows per Parquet row group in the files of models, seeds and snapshots.
-/// A row group is the unit a scan splits among cores; delta-rs's default
-/// (the writer's, 1Mi rows) put a whole model of a million rows in one group,
-/// so every model reading it scanned on one core. 128Ki is about DuckDB's
-/// (122,880) and keeps statistics per group for pruning; measured on the
-/// jaffle-shop-shaped bench (`cargo bench --profile dev -- shop`), the
-/// `orders` model reading 1M items went from 2.4 s to 1.8 s.
-pub const ROW_GROUP_ROWS: usize = 128 * 1024;
-
-/// The Parquet settings of every Delta write: snappy, as delta-rs's default,
-/// with [`ROW_GROUP_ROWS`].
+/// The Parquet settings of every Delta write: those of every file ferry
+/// writes (`lake::log::writer_properties`: snappy, row groups of
+/// `ROW_GROUP_ROWS`, 128Ki rows). delta-rs's default wrote a model of a
+/// million rows as one row group, so every model reading it scanned on one
+/// core; on the jaffle-shop-shaped bench (`cargo bench --profile dev --
+/// shop`) the `orders` model reading 1M items went from 2.4 s to 1.8 s
+/// (medians of five runs).
 fn writer_properties() -> parquet::file::properties::WriterProperties {
-    parquet::file::properties::WriterProperties::builder()
-        .set_created_by(format!("ferry {}", env!("CARGO_PKG_VERSION")))
-        .set_compression(parquet::basic::Compression::SNAPPY)
-        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .build()
+    crate::lake::log::writer_properties()
 }
 
 /// Stream `df` into the table as one commit.

@@ -301,37 +301,59 @@ pub fn decode_records_lenient(
     let Ok(raw) = serde_json::from_str::<Vec<&serde_json::value::RawValue>>(json) else {
         return Err(first);
     };
-    let (mut good, mut at, mut invalid) = (Vec::new(), Vec::new(), Vec::new());
+    let path: Option<Vec<&str>> = cursor.map(|(p, _)| p.split('.').collect());
+    let (mut good, mut at_, mut invalid) = (Vec::new(), Vec::new(), Vec::new());
+    let mut invalid_cursor: Option<Value> = None;
     for (i, r) in raw.iter().enumerate() {
-        let one = format!("[{}]", r.get());
-        match decode_records(&one, None) {
+        // A tree of values fails exactly where the column decoder does
+        // (escapes, numbers, depth), without building a batch per record.
+        match serde_json::from_str::<Value>(r.get()) {
             Ok(_) => {
                 good.push(r.get());
-                at.push(i);
+                at_.push(i);
             }
             Err(e) => {
-                let why = match lone_surrogate(r.get()) {
-                    Some(u) => format!(
-                        "a lone surrogate {u} in a string (JSON escapes \\ud800-\\udfff only in pairs): {e}"
+                let lone = lone_surrogates(r.get());
+                let why = match lone.first() {
+                    Some(&u) => format!(
+                        "a lone surrogate {} in a string (JSON escapes \\ud800-\\udfff only in pairs): {e}",
+                        &r.get()[u..u + 6]
                     ),
                     None => e.to_string(),
                 };
+                // The record's cursor still counts (read with U+FFFD for
+                // each lone surrogate): it is kept, in quarantine, so a
+                // cursor past it loses nothing, and the next run does not
+                // fetch and quarantine it again.
+                if let (Some(path), Some((_, after))) = (&path, cursor)
+                    && !lone.is_empty()
+                    && let Ok(v) = serde_json::from_str::<Value>(&repaired(r.get(), &lone))
+                    && let Some(c) = at(&v, path).filter(|c| !c.is_null())
+                    && invalid_cursor.as_ref().is_none_or(|b| after(c, b))
+                {
+                    invalid_cursor = Some(c.clone());
+                }
                 invalid.push((i, why, r.get().to_string()))
             }
         }
     }
     let mut out = decode_records(&format!("[{}]", good.join(",")), cursor)?;
     for (i, _) in &mut out.others {
-        *i = at[*i];
+        *i = at_[*i];
+    }
+    if let (Some(c), Some((_, after))) = (invalid_cursor, cursor)
+        && out.cursor.as_ref().is_none_or(|b| after(&c, b))
+    {
+        out.cursor = Some(c);
     }
     out.invalid = invalid;
     out.records = raw.len();
     Ok(out)
 }
 
-/// The first `\uXXXX` escape in `text` of a UTF-16 surrogate (D800-DFFF)
-/// that is not half of a high-low pair, as written.
-fn lone_surrogate(text: &str) -> Option<&str> {
+/// Where in `text` each `\uXXXX` escape of a UTF-16 surrogate (D800-DFFF)
+/// that is not half of a high-low pair starts.
+fn lone_surrogates(text: &str) -> Vec<usize> {
     let b = text.as_bytes();
     let unit = |at: usize| -> Option<u16> {
         let hex = text.get(at + 2..at + 6)?;
@@ -339,27 +361,38 @@ fn lone_surrogate(text: &str) -> Option<&str> {
             .then(|| u16::from_str_radix(hex, 16).ok())
             .flatten()
     };
-    let mut i = 0;
+    let (mut out, mut i) = (Vec::new(), 0);
     while i < b.len() {
         if b[i] != b'\\' {
             i += 1;
             continue;
         }
         match unit(i) {
-            Some(0xD800..=0xDBFF) => {
-                if matches!(unit(i + 6), Some(0xDC00..=0xDFFF)) {
-                    i += 12;
-                    continue;
-                }
-                return text.get(i..i + 6);
+            Some(0xD800..=0xDBFF) if matches!(unit(i + 6), Some(0xDC00..=0xDFFF)) => i += 12,
+            Some(0xD800..=0xDFFF) => {
+                out.push(i);
+                i += 6;
             }
-            Some(0xDC00..=0xDFFF) => return text.get(i..i + 6),
             Some(_) => i += 6,
             // Any other escape is two characters (`\\` among them).
             None => i += 2,
         }
     }
-    None
+    out
+}
+
+/// `text` with the escapes at `lone` (from [`lone_surrogates`]) written
+/// as U+FFFD, the replacement character.
+fn repaired(text: &str, lone: &[usize]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut from = 0;
+    for &at in lone {
+        out.push_str(&text[from..at]);
+        out.push_str("\\ufffd");
+        from = at + 6;
+    }
+    out.push_str(&text[from..]);
+    out
 }
 
 /// Whether a cursor value is after another.
@@ -883,14 +916,37 @@ mod tests {
 
     #[test]
     fn lone_surrogates_are_told_from_pairs_and_escaped_backslashes() {
-        assert_eq!(lone_surrogate(r#"{"a":"x\ud800"}"#), Some(r"\ud800"));
-        assert_eq!(lone_surrogate(r#"{"a":"\udc00y"}"#), Some(r"\udc00"));
-        assert_eq!(lone_surrogate(r#"{"a":"\ud83d\ude00 \u00e9"}"#), None);
-        assert_eq!(lone_surrogate(r#"{"a":"\ud83d\u0041"}"#), Some(r"\ud83d"));
+        let lone = |t: &str| {
+            lone_surrogates(t)
+                .iter()
+                .map(|&i| t[i..i + 6].to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(lone(r#"{"a":"x\ud800"}"#), [r"\ud800"]);
+        assert_eq!(
+            lone(r#"{"a":"\udc00y\ud800\ud800"}"#),
+            [r"\udc00", r"\ud800", r"\ud800"]
+        );
+        assert!(lone(r#"{"a":"\ud83d\ude00 \u00e9"}"#).is_empty());
+        assert_eq!(lone(r#"{"a":"\ud83d\u0041"}"#), [r"\ud83d"]);
         // An escaped backslash then the letters "ud800": no escape at all.
-        assert_eq!(lone_surrogate(r#"{"a":"\\ud800"}"#), None);
-        assert_eq!(lone_surrogate(r#"{"a":"\ud8"}"#), None);
-        assert_eq!(lone_surrogate("\\"), None);
+        assert!(lone(r#"{"a":"\\ud800"}"#).is_empty());
+        assert!(lone(r#"{"a":"\ud8"}"#).is_empty());
+        assert!(lone("\\").is_empty());
+        let t = r#"{"a":"x\udc00y","t":"2024-05-01"}"#;
+        assert_eq!(
+            repaired(t, &lone_surrogates(t)),
+            r#"{"a":"x\ufffdy","t":"2024-05-01"}"#
+        );
+        // The quarantined record's cursor counts.
+        let after = |a: &Value, b: &Value| crate::extract::cursor_after(a, b);
+        let d = decode_records_lenient(
+            r#"[{"t":"2024-01-01"},{"a":"\ud800","t":"2024-05-01"},{"a":1e400,"t":"2024-09-01"}]"#,
+            Some(("t", &after)),
+        )
+        .unwrap();
+        assert_eq!(d.invalid.len(), 2);
+        assert_eq!(d.cursor, Some(json!("2024-05-01")));
         let d = decode_records_lenient(r#"[{"a":"\udfff"},{"a":"ok"}]"#, None).unwrap();
         assert!(
             d.invalid[0]
@@ -1042,6 +1098,7 @@ mod tests {
             let clean = format!("[{}]", records.join(","));
             let bad = [r#"{"a":"\ud800"}"#, r#"{"a":[1e400]}"#, r#"{"b":"\udc00x","c":1}"#];
             let mut inserted = Vec::new();
+            let with_cursor = at.iter().any(|(_, which)| *which == 2);
             for (pos, which) in at {
                 let pos = pos.min(records.len());
                 records.insert(pos, bad[which].to_string());
@@ -1063,7 +1120,13 @@ mod tests {
                 prop_assert_eq!(t, &records[*i]);
             }
             prop_assert_eq!(got.batch, want.batch);
-            prop_assert_eq!(got.cursor, want.cursor);
+            // The third bad record's cursor, read with U+FFFD, counts too.
+            let mut cursor = want.cursor.clone();
+            let c = json!("\u{fffd}x");
+            if with_cursor && cursor.as_ref().is_none_or(|b| after(&c, b)) {
+                cursor = Some(c);
+            }
+            prop_assert_eq!(got.cursor, cursor);
             let shift = |i: usize| {
                 let mut j = i;
                 for p in &inserted {
