@@ -290,19 +290,31 @@ pub fn main() {
     );
     assert!(ok, "dbt build failed:\n{log}");
     println!("dbt build (dbt-duckdb)       {secs:>7.2} s  peak {mib:>7.1} MiB");
-    let python = Path::new(&dbt).with_file_name("python");
-    let (_, _, ok, dbt_check) = timed(
-        &dir,
+    let dbt_check = duckdb_csv(&dir, &dbt, "target/bench.duckdb", CHECK);
+    println!("dbt-duckdb's figures:\n{}", dbt_check.trim());
+    println!("results: {}", compare(&ferry_check, &dbt_check));
+}
+
+/// `sql`'s result as CSV, from the DuckDB file dbt-duckdb wrote (with the
+/// python of the venv `dbt` is in).
+pub(crate) fn duckdb_csv(dir: &Path, dbt: &str, db: &str, sql: &str) -> String {
+    let python = Path::new(dbt).with_file_name("python");
+    let (_, _, ok, out) = timed(
+        dir,
         &[
             python.to_str().unwrap(),
             "-c",
             &format!(
-                "import duckdb, csv, sys\ncon = duckdb.connect('target/bench.duckdb', read_only=True)\nr = con.execute(\"{CHECK}\")\nw = csv.writer(sys.stdout, lineterminator='\\n')\nw.writerow([d[0] for d in r.description])\nw.writerows(r.fetchall())\n"
+                "import duckdb, csv, sys\ncon = duckdb.connect('{db}', read_only=True)\nr = con.execute(\"{sql}\")\nw = csv.writer(sys.stdout, lineterminator='\\n')\nw.writerow([d[0] for d in r.description])\nw.writerows(r.fetchall())\n"
             ),
         ],
     );
-    assert!(ok, "{dbt_check}");
-    println!("dbt-duckdb's figures:\n{}", dbt_check.trim());
+    assert!(ok, "{out}");
+    out
+}
+
+/// Whether two one-row CSV results hold the same figures (to 1e-6).
+pub(crate) fn compare(a: &str, b: &str) -> &'static str {
     let parse = |t: &str| -> Vec<f64> {
         t.trim()
             .lines()
@@ -312,17 +324,14 @@ pub fn main() {
             .map(|v| v.parse::<f64>().unwrap_or(f64::NAN))
             .collect()
     };
-    let (a, b) = (parse(&ferry_check), parse(&dbt_check));
+    let (a, b) = (parse(a), parse(b));
     let same = a.len() == b.len()
         && a.iter()
             .zip(&b)
             .all(|(x, y)| (x - y).abs() <= 1e-6 * x.abs().max(1.0));
-    println!(
-        "results: {}",
-        if same {
-            "the same figures"
-        } else {
-            "DIFFERENT figures"
-        }
-    );
+    if same {
+        "the same figures"
+    } else {
+        "DIFFERENT figures"
+    }
 }

@@ -35,7 +35,7 @@ use arrow::datatypes::{Field, Schema};
 use ferry::lake::{Lake, Lander, RunId, StreamRef};
 use ferry::project::StreamOptions;
 
-use crate::dbt::{timed, write};
+use crate::dbt::{compare, duckdb_csv, timed, write};
 
 const MODELS: &[(&str, &str)] = &[
     (
@@ -480,18 +480,7 @@ pub fn main() {
         );
         assert!(ok, "{out}");
         dbt_times = csv_rows(&format!("model,seconds\n{out}"));
-        let (_, _, ok, out) = timed(
-            &dir,
-            &[
-                py,
-                "-c",
-                &format!(
-                    "import duckdb, csv, sys\ncon = duckdb.connect('target/shop.duckdb', read_only=True)\nr = con.execute(\"{CHECK}\")\nw = csv.writer(sys.stdout, lineterminator='\\n')\nw.writerow([d[0] for d in r.description])\nw.writerows(r.fetchall())\n"
-                ),
-            ],
-        );
-        assert!(ok, "{out}");
-        dbt_check = out;
+        dbt_check = duckdb_csv(&dir, dbt, "target/shop.duckdb", CHECK);
     }
 
     println!("\n| model | ferry | dbt-duckdb | ferry / DuckDB |\n|---|---|---|---|");
@@ -512,26 +501,5 @@ pub fn main() {
         return;
     }
     println!("dbt-duckdb's figures:\n{}", dbt_check.trim());
-    let parse = |t: &str| -> Vec<f64> {
-        t.trim()
-            .lines()
-            .nth(1)
-            .unwrap_or("")
-            .split(',')
-            .map(|v| v.parse::<f64>().unwrap_or(f64::NAN))
-            .collect()
-    };
-    let (a, b) = (parse(&ferry_check), parse(&dbt_check));
-    let same = a.len() == b.len()
-        && a.iter()
-            .zip(&b)
-            .all(|(x, y)| (x - y).abs() <= 1e-6 * x.abs().max(1.0));
-    println!(
-        "results: {}",
-        if same {
-            "the same figures"
-        } else {
-            "DIFFERENT figures"
-        }
-    );
+    println!("results: {}", compare(&ferry_check, &dbt_check));
 }

@@ -620,7 +620,7 @@ impl RunningRest {
     }
 
     /// The record as the API serves it (with `lone_surrogate_every`, its
-    /// name holds a placeholder where the reply has `\ud800`).
+    /// name holds a marker where the reply has `\ud800`).
     pub fn record(&self, id: u64) -> Value {
         self.state.record(id)
     }
