@@ -75,7 +75,7 @@ async fn webhook(
     match r.accept("POST", &url, &headers, &body).await {
         Ok(a) => (
             StatusCode::OK,
-            Json(json!({"accepted": a.accepted, "duplicates": a.duplicates})),
+            Json(json!({"accepted": a.accepted, "duplicates": a.duplicates, "quarantined": a.quarantined})),
         )
             .into_response(),
         Err(refused) => {

@@ -903,6 +903,25 @@ async fn webhooks_verify_signatures_and_land_each_event_once() {
         .await,
         413
     );
+    // Regression: a signed body that was not an event (not JSON; JSON but
+    // not an object) got 400, which Stripe and HubSpot never retry: it was
+    // lost by ferry's answer. Now it is kept in ferry.quarantine, and 200.
+    for bad in ["{\"id\": \"evt_9\", \"type\": ", "[1, 2]"] {
+        let resp = c
+            .post(&url)
+            .header("stripe-signature", stripe_headers("whsec_test", bad, now))
+            .body(bad.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "{bad}");
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(
+            (v["accepted"].as_u64(), v["quarantined"].as_u64()),
+            (Some(0), Some(1)),
+            "{v}"
+        );
+    }
     // Typeform-style.
     let tf = r#"{"event_id": "tf_1", "event_type": "form_response", "form_response": {"form_id": "F1", "submitted_at": "2026-11-24T10:00:00Z", "hidden": {"email": "ann@a.io"}}}"#;
     let sig = {
@@ -938,6 +957,15 @@ async fn webhooks_verify_signatures_and_land_each_event_once() {
         )
         .await,
         "ann@a.io 2026-11-24T10:00:00Z"
+    );
+    assert_eq!(
+        scalar(
+            &dir,
+            "select string_agg(stream || ' ' || origin || ' | ' || record || ' | ' || reason, '\n' order by record) from ferry.quarantine"
+        )
+        .await,
+        "events POST /webhooks/billing | [1, 2] | the body is not a JSON object (one event); the sender (the vendor) signed it, so it was kept here instead of refused\n\
+         events POST /webhooks/billing | {\"id\": \"evt_9\", \"type\":  | the body is not JSON (EOF while parsing a value at line 1 column 24); the sender (the vendor) signed it, so it was kept here instead of refused"
     );
 }
 

@@ -174,6 +174,35 @@ proptest! {
         }
     }
 
+    /// A signed body loses nothing: each of a HubSpot array's elements, or
+    /// the one body of any other, is an event or a quarantined row.
+    #[test]
+    fn a_signed_webhook_body_is_all_events_or_quarantined(body in json(), garble in any::<bool>()) {
+        use ferry::extract::config::{WebhookPreset, WebhookSpec};
+        let mut text = body.to_string().into_bytes();
+        if garble {
+            text.truncate(text.len() / 2);
+            text.push(0xff);
+        }
+        for preset in [WebhookPreset::Hubspot, WebhookPreset::Stripe, WebhookPreset::Typeform] {
+            let spec = WebhookSpec {
+                name: "w".into(),
+                preset,
+                secret: ferry::project::Secret::new("s"),
+                max_body_bytes: 1 << 20,
+                tolerance_seconds: 300,
+                public_url: None,
+                reconcile: None,
+            };
+            let got = ferry::extract::webhook::envelopes(&spec, &text, chrono::Utc::now());
+            let parts = match (&body, preset, garble) {
+                (Value::Array(a), WebhookPreset::Hubspot, false) => a.len(),
+                _ => 1,
+            };
+            prop_assert_eq!(got.events.len() + got.rejected.len(), parts, "{:?}: {}", preset, String::from_utf8_lossy(&text));
+        }
+    }
+
     #[test]
     fn webhook_bodies_never_panic(body in json()) {
         let text = body.to_string();

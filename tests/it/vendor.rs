@@ -514,6 +514,39 @@ async fn webhook_dedupe_uses_the_vendors_full_event_identity() {
     assert_eq!(r.land().await.unwrap(), 2);
 }
 
+/// A HubSpot batch with one event HubSpot's contract does not allow (no
+/// eventId; not an object) was refused whole with 400, and HubSpot drops a
+/// 4xx batch: its good events were lost with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_batch_with_a_bad_event_keeps_the_good_ones_and_quarantines_the_bad() {
+    let lake = ferry::lake::Lake::memory();
+    let r = ferry::extract::webhook::Receiver::open(hubspot_webhook(), lake.clone())
+        .await
+        .unwrap();
+    let body = r#"[{"eventId": 1, "subscriptionId": 10, "portalId": 77, "subscriptionType": "contact.creation", "objectId": 5, "occurredAt": 1764000000000}, {"subscriptionId": 10, "portalId": 77, "objectId": 6}, 7]"#;
+    let a = deliver(&r, body).await.unwrap();
+    assert_eq!((a.accepted, a.duplicates, a.quarantined), (1, 0, 2));
+    assert_eq!(r.land().await.unwrap(), 1);
+    let ctx = ferry::engine::session(&lake).await.unwrap();
+    let rows = ctx
+        .sql("select origin || ': ' || reason || ': ' || record from ferry.quarantine order by origin")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let col = arrow::compute::cast(rows[0].column(0), &arrow::datatypes::DataType::Utf8).unwrap();
+    let col = arrow::array::AsArray::as_string::<i32>(&col);
+    let got: Vec<&str> = col.iter().flatten().collect();
+    assert_eq!(
+        got,
+        [
+            r#"POST /webhooks/hs_events event 2: an event without an id (eventId), so it cannot be deduplicated: {"subscriptionId": 10, "portalId": 77, "objectId": 6}"#,
+            "POST /webhooks/hs_events event 3: an event that is not a JSON object: 7",
+        ]
+    );
+}
+
 /// One inbox file that did not parse stopped every later event from landing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_inbox_file_is_quarantined_and_the_rest_land() {

@@ -5,13 +5,16 @@
 //! 2. the signature is checked (HMAC-SHA256 with the source's secret,
 //!    constant-time compare) and a signed timestamp must be within
 //!    `tolerance_seconds`: otherwise 401, nothing kept;
-//! 3. each event in the body becomes a canonical envelope and is written to
+//! 3. a signed body that is not JSON or not the preset's shape, and each
+//!    event in it without an id, goes to `ferry.quarantine` with the reason
+//!    and its text (the sender signed it; a 4xx would drop it for good);
+//! 4. each event in the body becomes a canonical envelope and is written to
 //!    the lake's inbox, `_ferry/webhooks/<source>/inbox/<sha256(identity)>.json`,
 //!    write-once: an event already received is a duplicate and is not kept
 //!    twice. The identity is the vendor's whole one (HubSpot: portal,
 //!    subscription and event id; Stripe: account and event id; Typeform:
 //!    form and event id), not the event id alone;
-//! 4. only then the sender gets 200. If the lake cannot take the event, the
+//! 5. only then the sender gets 200. If the lake cannot take the event, the
 //!    answer is 503: vendors retry 5xx, and drop a 4xx delivery for good.
 //!
 //! Duplicates are recognized for `DEDUPE_RETENTION` (vendors redeliver
@@ -49,6 +52,7 @@ use sha2::{Digest, Sha256};
 
 use super::config::{WebhookPreset, WebhookSpec};
 use crate::error::{Error, Result};
+use crate::lake::land::Rejected;
 use crate::lake::layout::{META, RunId, StreamRef};
 use crate::lake::log::{put_once, ts_array, ts_type};
 use crate::lake::{Lake, Lander};
@@ -95,7 +99,6 @@ pub struct Envelope {
 pub enum Refused {
     TooLarge,
     BadSignature(String),
-    BadBody(String),
     /// The lake could not take the events: 503, so the vendor retries.
     Unavailable(String),
 }
@@ -105,7 +108,6 @@ impl Refused {
         match self {
             Refused::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Refused::BadSignature(_) => StatusCode::UNAUTHORIZED,
-            Refused::BadBody(_) => StatusCode::BAD_REQUEST,
             Refused::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -113,7 +115,7 @@ impl Refused {
     pub fn message(&self) -> String {
         match self {
             Refused::TooLarge => "body too large".into(),
-            Refused::BadSignature(m) | Refused::BadBody(m) | Refused::Unavailable(m) => m.clone(),
+            Refused::BadSignature(m) | Refused::Unavailable(m) => m.clone(),
         }
     }
 }
@@ -254,26 +256,96 @@ fn from_iso(v: &Value) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-/// Turn a verified body into envelopes.
-pub fn envelopes(
-    spec: &WebhookSpec,
-    body: &[u8],
-    now: DateTime<Utc>,
-) -> std::result::Result<Vec<Envelope>, Refused> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| Refused::BadBody(format!("body is not JSON: {e}")))?;
-    let events: Vec<Value> = match (spec.preset, value) {
-        (WebhookPreset::Hubspot, Value::Array(a)) => a,
-        (WebhookPreset::Hubspot, v @ Value::Object(_)) => vec![v],
-        (_, v @ Value::Object(_)) => vec![v],
-        _ => {
-            return Err(Refused::BadBody(
-                "expected a JSON object (or an array of events for HubSpot)".into(),
-            ));
+/// A verified body's events, and what of it is not an event.
+#[derive(Debug, Default)]
+pub struct Events {
+    pub events: Vec<Envelope>,
+    /// Signed but unusable: a body that is not JSON or not the preset's
+    /// shape, an event that is not an object or has no id. Quarantined with
+    /// the reason and the text as sent; the sender still gets 200 (a 4xx is
+    /// dropped by the vendor for good).
+    pub rejected: Vec<Rejected>,
+}
+
+/// A body as text for quarantine: as sent when it is UTF-8, else base64
+/// (said in the reason) so no byte is lost.
+fn body_text(body: &[u8]) -> (String, &'static str) {
+    match std::str::from_utf8(body) {
+        Ok(t) => (t.to_string(), ""),
+        Err(_) => (
+            format!(
+                "base64:{}",
+                base64::engine::general_purpose::STANDARD.encode(body)
+            ),
+            " (not UTF-8: kept as base64)",
+        ),
+    }
+}
+
+/// Turn a verified body into envelopes; what is not an event goes to
+/// [`Events::rejected`].
+pub fn envelopes(spec: &WebhookSpec, body: &[u8], now: DateTime<Utc>) -> Events {
+    let origin = format!("POST /webhooks/{}", spec.name);
+    let whole = |reason: String| {
+        let (record, note) = body_text(body);
+        Events {
+            events: Vec::new(),
+            rejected: vec![Rejected {
+                origin: Some(origin.clone()),
+                reason: format!(
+                    "{reason}{note}; the sender (the vendor) signed it, so it was kept here instead of refused"
+                ),
+                record,
+            }],
         }
     };
-    let mut out = Vec::with_capacity(events.len());
-    for e in events {
+    // HubSpot sends an array of events: each is read from its own text, so
+    // a quarantined event keeps the text as sent.
+    let texts: Vec<&serde_json::value::RawValue> = match serde_json::from_slice(body) {
+        Ok(t) if spec.preset == WebhookPreset::Hubspot => t,
+        _ => match serde_json::from_slice::<&serde_json::value::RawValue>(body) {
+            Ok(t) if t.get().trim_start().starts_with('{') => vec![t],
+            Ok(_) => {
+                return whole(match spec.preset {
+                    WebhookPreset::Hubspot => {
+                        "the body is not an array of events (or one event object)".into()
+                    }
+                    _ => "the body is not a JSON object (one event)".into(),
+                });
+            }
+            Err(e) => return whole(format!("the body is not JSON ({e})")),
+        },
+    };
+    let array = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    let events: Vec<(Value, &str)> = texts
+        .into_iter()
+        .map(|t| {
+            // A RawValue is valid JSON: it parses again (a depth past
+            // serde_json's limit was refused in the first parse).
+            (
+                serde_json::from_str(t.get()).unwrap_or(Value::Null),
+                t.get(),
+            )
+        })
+        .collect();
+    let mut out = Events {
+        events: Vec::with_capacity(events.len()),
+        rejected: Vec::new(),
+    };
+    for (i, (e, sent)) in events.into_iter().enumerate() {
+        let origin = if array {
+            format!("{origin} event {}", i + 1)
+        } else {
+            origin.clone()
+        };
+        if !e.is_object() {
+            out.rejected.push(Rejected {
+                origin: Some(origin),
+                reason: "an event that is not a JSON object".into(),
+                record: sent.to_string(),
+            });
+            continue;
+        }
         // What else, besides the event id, the vendor's identity of an
         // event includes: HubSpot numbers events per subscription.
         let scope = match spec.preset {
@@ -307,13 +379,25 @@ pub fn envelopes(
                 from_iso(&e["form_response"]["submitted_at"]),
             ),
         };
-        let id = id.ok_or_else(|| Refused::BadBody("an event has no id".into()))?;
+        let Some(id) = id else {
+            let field = match spec.preset {
+                WebhookPreset::Hubspot => "eventId",
+                WebhookPreset::Stripe => "id",
+                WebhookPreset::Typeform => "event_id",
+            };
+            out.rejected.push(Rejected {
+                origin: Some(origin),
+                reason: format!("an event without an id ({field}), so it cannot be deduplicated"),
+                record: sent.to_string(),
+            });
+            continue;
+        };
         let identity = format!(
             "{}\u{1f}{}\u{1f}{scope}\u{1f}{id}",
             spec.name,
             account.as_deref().unwrap_or_default()
         );
-        out.push(Envelope {
+        out.events.push(Envelope {
             identity,
             event_id: id,
             event_type: kind,
@@ -325,7 +409,7 @@ pub fn envelopes(
             received_at: now,
         });
     }
-    Ok(out)
+    out
 }
 
 fn id_hash(id: &str) -> String {
@@ -382,6 +466,8 @@ pub struct Receiver {
 pub struct Accepted {
     pub accepted: usize,
     pub duplicates: usize,
+    /// Signed parts that are not events, kept in `ferry.quarantine`.
+    pub quarantined: usize,
 }
 
 impl Receiver {
@@ -449,10 +535,11 @@ impl Receiver {
         }
         let now = Utc::now();
         verify(&self.spec, method, url, headers, body, now)?;
-        let events = envelopes(&self.spec, body, now)?;
+        let Events { events, rejected } = envelopes(&self.spec, body, now);
         let mut result = Accepted {
             accepted: 0,
             duplicates: 0,
+            quarantined: rejected.len(),
         };
         if let Ok(mut s) = self.seen.lock() {
             s.forget_before(now - DEDUPE_RETENTION);
@@ -463,7 +550,11 @@ impl Receiver {
                 result.duplicates += 1;
                 continue;
             }
-            let bytes = serde_json::to_vec(&e).map_err(|x| Refused::BadBody(x.to_string()))?;
+            let bytes = serde_json::to_vec(&e).map_err(|x| {
+                Refused::Unavailable(format!(
+                    "ferry could not encode the event ({x}); a ferry bug, please report it"
+                ))
+            })?;
             let path = inbox(&self.spec.name).join(format!("{hash}.json"));
             match put_once(self.lake.store().as_ref(), &path, bytes).await {
                 Ok(()) => result.accepted += 1,
@@ -479,6 +570,32 @@ impl Receiver {
             }
             if let Ok(mut s) = self.seen.lock() {
                 s.insert(hash, now);
+            }
+        }
+        if !rejected.is_empty() {
+            // Durable in ferry.quarantine before the 200, like the events.
+            let stored = match StreamRef::new(&self.spec.name, "events") {
+                Ok(stream) => {
+                    Lander::new(self.lake.clone(), RunId::new())
+                        .reject(&stream, &rejected)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(err) = stored {
+                tracing::error!(source = %self.spec.name, "cannot quarantine a webhook delivery: {err}");
+                return Err(Refused::Unavailable(
+                    "the lake is unavailable; nothing of this delivery is lost if it is retried"
+                        .into(),
+                ));
+            }
+            crate::metrics::extracted(
+                &format!("{}.events", self.spec.name),
+                0,
+                rejected.len() as u64,
+            );
+            for r in &rejected {
+                tracing::warn!(source = %self.spec.name, "quarantined part of a signed delivery ({}): {}", r.origin.as_deref().unwrap_or_default(), r.reason);
             }
         }
         Ok(result)
@@ -684,7 +801,7 @@ mod tests {
         assert!(
             matches!(verify(&spec(WebhookPreset::Stripe), "POST", "", &h, body, later), Err(Refused::BadSignature(m)) if m.contains("replay"))
         );
-        let env = envelopes(&spec(WebhookPreset::Stripe), body, now).unwrap();
+        let env = envelopes(&spec(WebhookPreset::Stripe), body, now).events;
         assert_eq!(
             (env[0].event_id.as_str(), env[0].contact_id.as_deref()),
             ("evt_1", Some("cus_9"))
