@@ -6,7 +6,15 @@
       remove     the key left the model (mirror archives it if this sync created it)
       reject     empty or duplicate match key: never sent, logged with the reason
     The hash covers every mapped value, each written as <length>:<text> (or ~
-    for null) so that no two different rows hash alike by accident. -#}
+    for null) so that no two different rows hash alike by accident.
+    Only the snapshot's key, hash, record id and created flag are read: its
+    payloads (the values last sent) would ride through the join's hash table
+    for every key, and nothing here needs them.
+    With {{ buckets }} > 1 this is one key bucket of the diff ({{ bucket }}):
+    the model's and the snapshot's rows whose key hashes to it, so that the
+    join's hash table and the duplicate count hold a share of the keys
+    (rows without a key fall in bucket 0). -#}
+{%- set rows = 'model_rows' -%}
 with model_rows as (
     select
         {% if lower_key %}lower(trim(cast({{ key }} as varchar))){% else %}trim(cast({{ key }} as varchar)){% endif %} as _key,
@@ -20,15 +28,21 @@ with model_rows as (
             {%- endfor %})) as _hash
     from {{ model }}
 ),
+{%- if buckets > 1 %}{% set rows = 'model_part' %}
+model_part as (
+    select * from model_rows
+    where ferry_bucket(_key, {{ buckets }}) = {{ bucket }}{% if bucket == 0 %} or _key is null{% endif %}
+),
+{%- endif %}
 -- Keys held by more than one row (rare: a small hash table, no sort). The
 -- join's hash table is built from its left side: the duplicates, not the
 -- model.
 duplicates as (
-    select _key as _dup_key, count(*) as _n from model_rows group by _key having count(*) > 1
+    select _key as _dup_key, count(*) as _n from {{ rows }} group by _key having count(*) > 1
 ),
 counted as (
-    select model_rows.*, coalesce(d._n, 1) as _n
-    from duplicates as d right join model_rows on model_rows._key = d._dup_key
+    select {{ rows }}.*, coalesce(d._n, 1) as _n
+    from duplicates as d right join {{ rows }} on {{ rows }}._key = d._dup_key
 )
 select
     coalesce(m._key, s._key) as _key,
@@ -48,10 +62,16 @@ select
     end as _reason,
     m._hash as _hash,
     s._crm_id as _crm_id,
-    coalesce(s._created, false) as _created,
-    s._payload as _prev_payload
+    coalesce(s._created, false) as _created
     {%- for c in columns %},
     m._v{{ loop.index0 }}
     {%- endfor %}
 from counted as m
+{%- if buckets > 1 %}
+full outer join (
+    select * from {{ snapshot }}
+    where ferry_bucket(_key, {{ buckets }}) = {{ bucket }}{% if bucket == 0 %} or _key is null{% endif %}
+) as s on m._key = s._key
+{%- else %}
 full outer join {{ snapshot }} as s on m._key = s._key
+{%- endif %}

@@ -17,6 +17,7 @@
 pub mod catalog;
 pub mod delta;
 pub mod dialect;
+pub mod functions;
 pub mod memory;
 pub mod optimize;
 
@@ -62,6 +63,7 @@ pub async fn session(lake: &Lake) -> Result<SessionContext> {
         .with_query_planner(deltalake::delta_datafusion::planner::DeltaPlanner::new())
         .build();
     let ctx = SessionContext::new_with_state(state);
+    functions::register(&ctx);
     let url = Url::parse(LAKE_URL).map_err(|e| Error::Internal(e.to_string()))?;
     ctx.register_object_store(&url, lake.store().clone());
     catalog::register_lake(&ctx, lake).await?;
@@ -79,7 +81,9 @@ pub fn memory_session() -> SessionContext {
         .with_optimizer_rules(optimize::optimizer_rules())
         .with_config(session_config())
         .build();
-    SessionContext::new_with_state(state)
+    let ctx = SessionContext::new_with_state(state);
+    functions::register(&ctx);
+    ctx
 }
 
 /// Plan `sql` as a read: a query, `EXPLAIN`, `SHOW`, `DESCRIBE`. Writes

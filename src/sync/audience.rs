@@ -13,7 +13,6 @@
 use std::collections::HashMap;
 
 use datafusion::execution::context::SessionContext;
-use futures::StreamExt;
 
 use super::diff::{self, DiffOp, Row};
 use super::state::LogRow;
@@ -38,7 +37,7 @@ impl Run<'_> {
             .prepare(&sync.object, &sync.key_property, &[])
             .await?;
         diff::register_snapshot(ctx, self.lake, &sync.name).await?;
-        diff::register_diff(
+        let parts = diff::parts(
             ctx,
             model,
             &sync.key_column,
@@ -46,39 +45,31 @@ impl Run<'_> {
             std::slice::from_ref(&sync.key_column),
         )
         .await?;
-        let mut stream = ctx
-            .sql(&format!("select * from {}", diff::DIFF))
-            .await?
-            .execute_stream()
-            .await?;
         let (mut adds, mut removes, mut rejects) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut members, mut kept) = (0u64, 0u64);
-        while let Some(batch) = stream.next().await {
-            for row in diff::rows(&batch?, 1)? {
-                match row.op {
-                    DiffOp::Add => adds.push(row),
-                    DiffOp::Remove => {
-                        members += 1;
-                        removes.push(row)
-                    }
-                    DiffOp::Change | DiffOp::Unchanged => {
-                        members += 1;
-                        kept += 1;
-                    }
-                    DiffOp::Reject => {
-                        let mut l = LogRow::error(
-                            row.key.as_deref(),
-                            "reject",
-                            "rejected",
-                            "INVALID_KEY",
-                            row.reason.as_deref().unwrap_or("invalid match key"),
-                        );
-                        l.hash = row.hash.clone();
-                        rejects.push(l);
-                    }
+        // Members still in the segment are only counted (the diff's tally);
+        // the rows that enter or leave it are read.
+        let tally = diff::scan(&ctx, &parts, 1, |row| {
+            match row.op {
+                DiffOp::Add => adds.push(row),
+                DiffOp::Remove => removes.push(row),
+                DiffOp::Change | DiffOp::Unchanged => {}
+                DiffOp::Reject => {
+                    let mut l = LogRow::error(
+                        row.key.as_deref(),
+                        "reject",
+                        "rejected",
+                        "INVALID_KEY",
+                        row.reason.as_deref().unwrap_or("invalid match key"),
+                    );
+                    l.hash = row.hash.clone();
+                    rejects.push(l);
                 }
             }
-        }
+            Ok(())
+        })
+        .await?;
+        let kept = tally.count(DiffOp::Change) + tally.count(DiffOp::Unchanged);
+        let members = kept + tally.count(DiffOp::Remove);
         self.add(|c| {
             c.unchanged = kept;
             c.rejected = rejects.len() as u64;

@@ -600,7 +600,7 @@ impl Run<'_> {
             return Ok(());
         }
         diff::register_snapshot(&ctx, self.lake, &sync.name).await?;
-        diff::register_diff(
+        let parts = diff::parts(
             &ctx,
             &model,
             &sync.key_column,
@@ -611,48 +611,51 @@ impl Run<'_> {
 
         let copy = self.crm_copy(&ctx).await?;
 
-        // Counts first: the mirror guard must decide before anything is sent.
-        let tally = ctx
-            .sql(&format!(
-                "select _op, _created, count(*) as n from {} group by _op, _created",
-                diff::DIFF
-            ))
-            .await?
-            .collect()
-            .await?;
-        let mut by_op: HashMap<(String, bool), i64> = HashMap::new();
-        for b in &tally {
-            let ops = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8)?;
-            let ops = arrow::array::AsArray::as_string::<i32>(&ops);
-            let created = arrow::array::AsArray::as_boolean(b.column(1));
-            let n = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(b.column(2));
-            for i in 0..b.num_rows() {
-                by_op.insert((ops.value(i).to_string(), created.value(i)), n.value(i));
-            }
+        let retry_keys = if self.opts.retry_failed {
+            Some(self.failed_keys(&ctx).await?)
+        } else {
+            None
+        };
+        let unsettled = self.pending_keys(&ctx).await?;
+        if !unsettled.is_empty() {
+            tracing::info!(sync = %sync.name, keys = unsettled.len(), "settling writes whose outcome was unknown before writing those records again");
         }
-        let count = |op: &str| -> i64 {
-            by_op.get(&(op.to_string(), true)).copied().unwrap_or(0)
-                + by_op.get(&(op.to_string(), false)).copied().unwrap_or(0)
-        };
-        let model_rows = count("add") + count("change") + count("unchanged") + count("reject");
-        let snapshot_rows = {
-            let b = ctx
-                .sql(&format!("select count(*) from {}", diff::SNAPSHOT))
-                .await?
-                .collect()
-                .await?;
-            b.first()
-                .map(|b| {
-                    arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(b.column(0))
-                        .value(0)
-                })
-                .unwrap_or(0)
-        };
-        let to_archive = by_op
-            .get(&("remove".to_string(), true))
-            .copied()
-            .unwrap_or(0);
+
+        // One pass over the diff: every row counted, the rows that are not
+        // unchanged kept. Nothing is sent or logged before the mirror guard
+        // below has seen the counts.
+        let mut pending: Vec<Row> = Vec::new();
+        let mut removed: Vec<Row> = Vec::new();
+        let mut rejects: Vec<LogRow> = Vec::new();
+        let tally = diff::scan(&ctx, &parts, columns.len(), |row| {
+            if let Some(keys) = &retry_keys
+                && !row.key.as_ref().is_some_and(|k| keys.contains(k))
+            {
+                return Ok(());
+            }
+            match row.op {
+                DiffOp::Add | DiffOp::Change => pending.push(row),
+                DiffOp::Remove => removed.push(row),
+                DiffOp::Reject => {
+                    let mut l = LogRow::error(
+                        row.key.as_deref(),
+                        "reject",
+                        "rejected",
+                        "INVALID_KEY",
+                        row.reason.as_deref().unwrap_or("invalid match key"),
+                    );
+                    l.hash = row.hash.clone();
+                    l.payload = Some(self.model_values(&row));
+                    rejects.push(l);
+                }
+                DiffOp::Unchanged => {}
+            }
+            Ok(())
+        })
+        .await?;
+        let to_archive = tally.of(DiffOp::Remove, true);
         if sync.mode == Mode::Mirror && !self.opts.allow_mass_delete {
+            let model_rows = tally.model_rows();
             if model_rows == 0 {
                 return Err(Error::Input(format!(
                     "sync {}: model {} is empty, so mirror would archive every record this sync created ({to_archive}). \
@@ -660,6 +663,21 @@ impl Run<'_> {
                     sync.name, sync.model
                 )));
             }
+            let snapshot_rows = {
+                let b = ctx
+                    .sql(&format!("select count(*) from {}", diff::SNAPSHOT))
+                    .await?
+                    .collect()
+                    .await?;
+                b.first()
+                    .map(|b| {
+                        arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(
+                            b.column(0),
+                        )
+                        .value(0)
+                    })
+                    .unwrap_or(0)
+            };
             let pct = if snapshot_rows > 0 {
                 to_archive as f64 * 100.0 / snapshot_rows as f64
             } else {
@@ -674,56 +692,7 @@ impl Run<'_> {
                 )));
             }
         }
-        self.add(|c| c.unchanged = count("unchanged") as u64);
-
-        let retry_keys = if self.opts.retry_failed {
-            Some(self.failed_keys(&ctx).await?)
-        } else {
-            None
-        };
-        let unsettled = self.pending_keys(&ctx).await?;
-        if !unsettled.is_empty() {
-            tracing::info!(sync = %sync.name, keys = unsettled.len(), "settling writes whose outcome was unknown before writing those records again");
-        }
-
-        // Stream what is not unchanged; rejects are logged as they come.
-        let mut stream = ctx
-            .sql(&format!(
-                "select * from {} where _op <> 'unchanged'",
-                diff::DIFF
-            ))
-            .await?
-            .execute_stream()
-            .await?;
-        let mut pending: Vec<Row> = Vec::new();
-        let mut removed: Vec<Row> = Vec::new();
-        let mut rejects: Vec<LogRow> = Vec::new();
-        while let Some(batch) = stream.next().await {
-            for row in diff::rows(&batch?, columns.len())? {
-                if let Some(keys) = &retry_keys
-                    && !row.key.as_ref().is_some_and(|k| keys.contains(k))
-                {
-                    continue;
-                }
-                match row.op {
-                    DiffOp::Add | DiffOp::Change => pending.push(row),
-                    DiffOp::Remove => removed.push(row),
-                    DiffOp::Reject => {
-                        let mut l = LogRow::error(
-                            row.key.as_deref(),
-                            "reject",
-                            "rejected",
-                            "INVALID_KEY",
-                            row.reason.as_deref().unwrap_or("invalid match key"),
-                        );
-                        l.hash = row.hash.clone();
-                        l.payload = Some(self.model_values(&row));
-                        rejects.push(l);
-                    }
-                    DiffOp::Unchanged => {}
-                }
-            }
-        }
+        self.add(|c| c.unchanged = tally.count(DiffOp::Unchanged));
         if !rejects.is_empty() {
             tracing::warn!(sync = %sync.name, rows = rejects.len(), "rows rejected: empty or duplicate match key (see ferry.sync_log)");
             self.add(|c| c.rejected += rejects.len() as u64);

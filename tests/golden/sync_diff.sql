@@ -39,7 +39,6 @@ select
     m._hash as _hash,
     s._crm_id as _crm_id,
     coalesce(s._created, false) as _created,
-    s._payload as _prev_payload,
     m._v0,
     m._v1
 from counted as m
