@@ -22,11 +22,12 @@
 //!    then a HubSpot list filled with the N contacts and 10% of them
 //!    removed: seconds and API calls per row of each.
 //! 2. Diff: the set-based diff (`sql/sync/diff.sql`) of a 1M- and a 10M-row
-//!    model against a snapshot of the same size with 10% of rows changed
-//!    (FERRY_BENCH_DIFF_ROWS=1000000,10000000 to choose), in a session
-//!    with the engine's pool (FERRY_BENCH_MEMORY_LIMIT=1GiB bounds it;
-//!    FERRY_BENCH_SMJ=1 plans sort-merge joins, which spill, instead of hash
-//!    joins, which cannot).
+//!    model (Parquet, as a persisted model) against a snapshot of the same
+//!    size with 10% of rows changed (FERRY_BENCH_DIFF_ROWS=1000000,10000000
+//!    to choose), read in one pass as a sync reads it (`diff::scan`), in a
+//!    session with the engine's pool (FERRY_BENCH_MEMORY_LIMIT=1GiB sets
+//!    the limit, which decides the key buckets; FERRY_BENCH_SMJ=1 plans
+//!    sort-merge joins instead of hash joins).
 //!
 //! 3. Partitioned (`cargo bench --profile dev -- sync partitioned`): 1M new
 //!    contacts (FERRY_BENCH_SYNC_ROWS) by 1 and by 4 workers
@@ -737,22 +738,6 @@ async fn diff_time(rows: u64) {
     let parts: Vec<String> = (0..buckets)
         .map(|b| diff::diff_part_sql("v1", "email", true, &cols, "snap", buckets, b).unwrap())
         .collect();
-    if std::env::var("XX_EXPLAIN").is_ok() {
-        let ea = ctx
-            .sql(&format!("explain analyze {}", parts[parts.len() - 1]))
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
-        std::fs::write(
-            "/tmp/explain.txt",
-            arrow::util::pretty::pretty_format_batches(&ea)
-                .unwrap()
-                .to_string(),
-        )
-        .unwrap();
-    }
     // What a sync run does: one pass that counts every row and decodes the
     // rows to send (`diff::scan`).
     let start = Instant::now();
