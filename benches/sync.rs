@@ -742,12 +742,19 @@ async fn diff_time(rows: u64) {
     // rows to send (`diff::scan`).
     let start = Instant::now();
     let mut pending = 0usize;
-    let tally = diff::scan(&ctx, &parts, cols.len(), |_| {
-        pending += 1;
-        Ok(())
-    })
+    let tally = diff::scan(
+        &ctx,
+        &parts,
+        cols.len(),
+        || false,
+        |_| {
+            pending += 1;
+            Ok(())
+        },
+    )
     .await
-    .unwrap();
+    .unwrap()
+    .expect("never stopped");
     let secs = start.elapsed().as_secs_f64();
     let counts = [
         diff::DiffOp::Add,

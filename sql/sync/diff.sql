@@ -34,12 +34,33 @@ model_part as (
     where ferry_bucket(_key, {{ buckets }}) = {{ bucket }}{% if bucket == 0 %} or _key is null{% endif %}
 ),
 {%- endif %}
--- Keys held by more than one row (rare: a small hash table, no sort). The
--- join's hash table is built from its left side: the duplicates, not the
--- model.
+{%- if buckets > 1 %}
+-- Keys held by more than one row (rare). In a bucket the keys are a share
+-- of the model's, so they are grouped as they are: a third read of the
+-- model per bucket (below) would cost more than it saves.
 duplicates as (
     select _key as _dup_key, count(*) as _n from {{ rows }} group by _key having count(*) > 1
 ),
+{%- else %}
+-- Keys held by more than one row (rare). Counted first by a 63-bit hash
+-- of the key (integers group far faster and smaller than millions of
+-- strings: 10M keys, 15.1-17.7 s -> 11.7 s for the whole diff), then
+-- exactly, by key, over the rows whose hash came up more than once: a
+-- hash shared by two different keys is never taken for a duplicate. Each
+-- join's hash table is built from its left side: the few repeated hashes
+-- and duplicates, not the model.
+repeated as (
+    select _h from (
+        select ferry_bucket(_key, 9223372036854775807) as _h from {{ rows }}
+    ) as k
+    group by _h having count(*) > 1
+),
+duplicates as (
+    select r._key as _dup_key, count(*) as _n
+    from repeated as h join {{ rows }} as r on h._h = ferry_bucket(r._key, 9223372036854775807)
+    group by r._key having count(*) > 1
+),
+{%- endif %}
 counted as (
     select {{ rows }}.*, coalesce(d._n, 1) as _n
     from duplicates as d right join {{ rows }} on {{ rows }}._key = d._dup_key

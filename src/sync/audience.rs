@@ -37,7 +37,7 @@ impl Run<'_> {
             .prepare(&sync.object, &sync.key_property, &[])
             .await?;
         diff::register_snapshot(ctx, self.lake, &sync.name).await?;
-        let parts = diff::parts(
+        let plan = diff::plan(
             ctx,
             model,
             &sync.key_column,
@@ -48,26 +48,35 @@ impl Run<'_> {
         let (mut adds, mut removes, mut rejects) = (Vec::new(), Vec::new(), Vec::new());
         // Members still in the segment are only counted (the diff's tally);
         // the rows that enter or leave it are read.
-        let tally = diff::scan(&ctx, &parts, 1, |row| {
-            match row.op {
-                DiffOp::Add => adds.push(row),
-                DiffOp::Remove => removes.push(row),
-                DiffOp::Change | DiffOp::Unchanged => {}
-                DiffOp::Reject => {
-                    let mut l = LogRow::error(
-                        row.key.as_deref(),
-                        "reject",
-                        "rejected",
-                        "INVALID_KEY",
-                        row.reason.as_deref().unwrap_or("invalid match key"),
-                    );
-                    l.hash = row.hash.clone();
-                    rejects.push(l);
+        let scanned = diff::scan(
+            &ctx,
+            &plan.parts,
+            1,
+            || self.stopped(),
+            |row| {
+                match row.op {
+                    DiffOp::Add => adds.push(row),
+                    DiffOp::Remove => removes.push(row),
+                    DiffOp::Change | DiffOp::Unchanged => {}
+                    DiffOp::Reject => {
+                        let mut l = LogRow::error(
+                            row.key.as_deref(),
+                            "reject",
+                            "rejected",
+                            "INVALID_KEY",
+                            row.reason.as_deref().unwrap_or("invalid match key"),
+                        );
+                        l.hash = row.hash.clone();
+                        rejects.push(l);
+                    }
                 }
-            }
-            Ok(())
-        })
+                Ok(())
+            },
+        )
         .await?;
+        let Some(tally) = scanned else {
+            return Ok(());
+        };
         let kept = tally.count(DiffOp::Change) + tally.count(DiffOp::Unchanged);
         let members = kept + tally.count(DiffOp::Remove);
         self.add(|c| {

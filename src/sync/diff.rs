@@ -67,7 +67,7 @@ pub fn diff_sql(
     diff_part_sql(model, key_column, lower, columns, snapshot, 1, 0)
 }
 
-/// The diff SQL of key bucket `bucket` of `buckets` (see [`parts`]).
+/// The diff SQL of key bucket `bucket` of `buckets` (see [`plan`]).
 pub fn diff_part_sql(
     model: &str,
     key_column: &str,
@@ -104,17 +104,26 @@ fn bytes_per_key(columns: usize) -> u64 {
 /// How many key buckets the diff runs in, one after another, so that one
 /// bucket fits in half the engine's memory limit (`[engine]
 /// memory_limit`; the rest is for the rows to send and the process): 1
-/// until that is too small, at most 64.
+/// until that is too small, at most [`MAX_BUCKETS`].
+///
+/// The estimate assumes short values (scores, stages, ids: up to 12
+/// bytes, held inside Arrow's string views); long text values (notes,
+/// URLs) take more than it counts.
 pub fn bucket_count(rows: u64, columns: usize, memory_limit: u64) -> usize {
     let budget = (memory_limit / 2).max(1);
     rows.saturating_mul(bytes_per_key(columns))
         .div_ceil(budget)
-        .clamp(1, 64) as usize
+        .clamp(1, MAX_BUCKETS as u64) as usize
 }
 
-/// Rows of a relation: from the plan's statistics when they are exact
-/// (persisted models, Parquet), else counted.
-async fn row_count(ctx: &SessionContext, relation: &str) -> Result<u64> {
+/// The most key buckets a diff is split into.
+pub const MAX_BUCKETS: usize = 64;
+
+/// Rows of a relation, and whether the number is exact: from the plan's
+/// statistics when it has them (persisted models and Parquet: exact; some
+/// plans estimate, which `exact` refuses), else counted (a view model is
+/// computed once for it).
+async fn row_count(ctx: &SessionContext, relation: &str, exact: bool) -> Result<(u64, bool)> {
     use datafusion::common::stats::Precision;
     let df = ctx.sql(&format!("select * from {relation}")).await?;
     let plan = df.clone().create_physical_plan().await?;
@@ -122,53 +131,79 @@ async fn row_count(ctx: &SessionContext, relation: &str) -> Result<u64> {
         plan.as_ref(),
         &datafusion::physical_plan::StatisticsArgs::new(),
     );
-    if let Ok(stats) = stats
-        && let Precision::Exact(n) = stats.num_rows
-    {
-        return Ok(n as u64);
+    match stats.map(|s| s.num_rows) {
+        Ok(Precision::Exact(n)) => return Ok((n as u64, true)),
+        Ok(Precision::Inexact(n)) if !exact => return Ok((n as u64, false)),
+        _ => {}
     }
     let b = ctx
         .sql(&format!("select count(*) from {relation}"))
         .await?
         .collect()
         .await?;
-    Ok(b.first()
+    let n = b
+        .first()
         .filter(|b| b.num_rows() > 0)
         .map(|b| {
             b.column(0)
                 .as_primitive::<arrow::datatypes::Int64Type>()
                 .value(0) as u64
         })
-        .unwrap_or(0))
+        .unwrap_or(0);
+    Ok((n, true))
+}
+
+/// A sync's diff, planned: the SQL of its key buckets and the sizes that
+/// chose them.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// One query per key bucket, run one after another by [`scan`].
+    pub parts: Vec<String>,
+    /// The model's rows, and whether that is exact (an estimate from the
+    /// plan's statistics is not).
+    pub model_rows: (u64, bool),
+    /// The snapshot's rows (counted).
+    pub snapshot_rows: u64,
 }
 
 /// The diff of a model against the registered snapshot
 /// ([`register_snapshot`]), as the SQL of its key buckets: one query when
 /// the larger of the two fits the engine's memory limit, else as many as
 /// [`bucket_count`] says, each reading both sides and keeping its share of
-/// the keys. [`scan`] runs them one after another.
-pub async fn parts(
+/// the keys.
+pub async fn plan(
     ctx: &SessionContext,
     model: &str,
     key_column: &str,
     lower: bool,
     columns: &[String],
-) -> Result<Vec<String>> {
-    let rows = row_count(ctx, model)
-        .await?
-        .max(row_count(ctx, SNAPSHOT).await?);
+) -> Result<Plan> {
+    let model_rows = row_count(ctx, model, false).await?;
+    let (snapshot_rows, _) = row_count(ctx, SNAPSHOT, true).await?;
+    let rows = model_rows.0.max(snapshot_rows);
     let limit = crate::engine::memory::settings().memory_limit;
     let buckets = bucket_count(rows, columns.len(), limit);
-    if buckets > 1 {
+    if buckets == MAX_BUCKETS {
+        tracing::warn!(
+            rows,
+            buckets,
+            "the diff may not fit the engine's memory limit even in {MAX_BUCKETS} key buckets; raise [engine] memory_limit if it fails"
+        );
+    } else if buckets > 1 {
         tracing::info!(
             rows,
             buckets,
             "the diff runs in key buckets to stay within the engine's memory limit"
         );
     }
-    (0..buckets)
+    let parts = (0..buckets)
         .map(|b| diff_part_sql(model, key_column, lower, columns, SNAPSHOT, buckets, b))
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok(Plan {
+        parts,
+        model_rows,
+        snapshot_rows,
+    })
 }
 
 /// The snapshot SQL over a base snapshot, a log, and a cut-off.
@@ -390,19 +425,27 @@ impl Tally {
 /// the second pass doubled a sync's diff time. `unchanged` rows, the bulk of
 /// a steady sync, are counted from the `_op` column and never decoded.
 ///
-/// `parts` are the diff's key buckets ([`parts`]), run one after another:
+/// `parts` are the diff's key buckets ([`plan`]), run one after another:
 /// only one bucket's hash tables are held at a time.
+///
+/// `stopped` is asked before each bucket: a run told to stop (SIGTERM,
+/// `ferry serve`'s shutdown) returns `None` between buckets instead of
+/// reading the rest.
 pub async fn scan(
     ctx: &SessionContext,
     parts: &[String],
     columns: usize,
+    stopped: impl Fn() -> bool,
     mut keep: impl FnMut(Row) -> Result<()>,
-) -> Result<Tally> {
+) -> Result<Option<Tally>> {
     let mut tally = Tally::default();
     for sql in parts {
+        if stopped() {
+            return Ok(None);
+        }
         scan_part(ctx.sql(sql).await?, columns, &mut tally, &mut keep).await?;
     }
-    Ok(tally)
+    Ok(Some(tally))
 }
 
 async fn scan_part(
@@ -540,6 +583,7 @@ mod tests {
     #[tokio::test]
     async fn the_diff_never_reads_the_snapshots_payloads() {
         let ctx = SessionContext::new();
+        crate::engine::functions::register(&ctx);
         ctx.register_table("model", Arc::new(table(&[]))).unwrap();
         let snap = Arc::new(Schema::new(vec![
             Field::new("_key", DataType::Utf8, true),
@@ -553,19 +597,24 @@ mod tests {
             Arc::new(MemTable::try_new(snap, vec![vec![]]).unwrap()),
         )
         .unwrap();
-        let sql = diff_sql("model", "email", true, &["a".into(), "b".into()], "snap").unwrap();
-        let plan = ctx
-            .sql(&sql)
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
-        let shown = datafusion::physical_plan::displayable(plan.as_ref())
-            .indent(true)
-            .to_string();
-        assert!(shown.contains("_crm_id"), "{shown}");
-        assert!(!shown.contains("_payload"), "{shown}");
+        let cols = ["a".to_string(), "b".to_string()];
+        for sql in [
+            diff_sql("model", "email", true, &cols, "snap").unwrap(),
+            diff_part_sql("model", "email", true, &cols, "snap", 3, 1).unwrap(),
+        ] {
+            let plan = ctx
+                .sql(&sql)
+                .await
+                .unwrap()
+                .create_physical_plan()
+                .await
+                .unwrap();
+            let shown = datafusion::physical_plan::displayable(plan.as_ref())
+                .indent(true)
+                .to_string();
+            assert!(shown.contains("_crm_id"), "{shown}");
+            assert!(!shown.contains("_payload"), "{shown}");
+        }
     }
 
     #[test]
@@ -587,6 +636,7 @@ mod tests {
             rt.block_on(async {
                 // The snapshot is what a run of `prev` against nothing confirms.
                 let ctx = SessionContext::new();
+                crate::engine::functions::register(&ctx);
                 ctx.register_table("model", Arc::new(table(&prev))).unwrap();
                 let empty = "select cast(null as varchar) as _key, cast(null as varchar) as _hash, \
                              cast(null as varchar) as _crm_id, cast(null as boolean) as _created, \
@@ -648,11 +698,12 @@ mod tests {
                 // the diff, and it hands over every row but the unchanged.
                 let sql = diff_sql("model", "email", true, &["a".into(), "b".into()], "snap").unwrap();
                 let mut kept = Vec::new();
-                let tally = scan(&ctx, &[sql], 2, |r| {
+                let tally = scan(&ctx, &[sql], 2, || false, |r| {
                     kept.push((r.key, format!("{:?}", r.op)));
                     Ok(())
                 })
                 .await
+                .unwrap()
                 .unwrap();
                 kept.sort();
                 let sent: Vec<_> = want.iter().filter(|w| w.1 != "Unchanged").cloned().collect();
@@ -666,16 +717,16 @@ mod tests {
                 // In key buckets (a diff past the memory limit), one after
                 // another: the same rows and counts, null and blank keys
                 // included.
-                crate::engine::functions::register(&ctx);
                 let parts: Vec<String> = (0..3)
                     .map(|b| diff_part_sql("model", "email", true, &["a".into(), "b".into()], "snap", 3, b).unwrap())
                     .collect();
                 let mut bucketed = Vec::new();
-                let by_bucket = scan(&ctx, &parts, 2, |r| {
+                let by_bucket = scan(&ctx, &parts, 2, || false, |r| {
                     bucketed.push((r.key, format!("{:?}", r.op)));
                     Ok(())
                 })
                 .await
+                .unwrap()
                 .unwrap();
                 bucketed.sort();
                 assert_eq!(bucketed, kept);

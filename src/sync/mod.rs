@@ -600,7 +600,7 @@ impl Run<'_> {
             return Ok(());
         }
         diff::register_snapshot(&ctx, self.lake, &sync.name).await?;
-        let parts = diff::parts(
+        let plan = diff::plan(
             &ctx,
             &model,
             &sync.key_column,
@@ -608,6 +608,35 @@ impl Run<'_> {
             &columns,
         )
         .await?;
+        let guarded = sync.mode == Mode::Mirror && !self.opts.allow_mass_delete;
+        let empty_model = |to_archive: u64| {
+            Error::Input(format!(
+                "sync {}: model {} is empty, so mirror would archive every record this sync created ({to_archive}). \
+                 Nothing was sent. If that is intended, run again with --allow-mass-delete",
+                sync.name, sync.model
+            ))
+        };
+        // An empty model is refused before the diff is read: every row of
+        // the snapshot would be a removal held in memory.
+        if guarded && plan.model_rows == (0, true) {
+            let b = ctx
+                .sql(&format!(
+                    "select count(*) from {} where _created",
+                    diff::SNAPSHOT
+                ))
+                .await?
+                .collect()
+                .await?;
+            let created = b
+                .first()
+                .filter(|b| b.num_rows() > 0)
+                .map(|b| {
+                    arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(b.column(0))
+                        .value(0) as u64
+                })
+                .unwrap_or(0);
+            return Err(empty_model(created));
+        }
 
         let copy = self.crm_copy(&ctx).await?;
 
@@ -616,10 +645,6 @@ impl Run<'_> {
         } else {
             None
         };
-        let unsettled = self.pending_keys(&ctx).await?;
-        if !unsettled.is_empty() {
-            tracing::info!(sync = %sync.name, keys = unsettled.len(), "settling writes whose outcome was unknown before writing those records again");
-        }
 
         // One pass over the diff: every row counted, the rows that are not
         // unchanged kept. Nothing is sent or logged before the mirror guard
@@ -627,57 +652,52 @@ impl Run<'_> {
         let mut pending: Vec<Row> = Vec::new();
         let mut removed: Vec<Row> = Vec::new();
         let mut rejects: Vec<LogRow> = Vec::new();
-        let tally = diff::scan(&ctx, &parts, columns.len(), |row| {
-            if let Some(keys) = &retry_keys
-                && !row.key.as_ref().is_some_and(|k| keys.contains(k))
-            {
-                return Ok(());
-            }
-            match row.op {
-                DiffOp::Add | DiffOp::Change => pending.push(row),
-                DiffOp::Remove => removed.push(row),
-                DiffOp::Reject => {
-                    let mut l = LogRow::error(
-                        row.key.as_deref(),
-                        "reject",
-                        "rejected",
-                        "INVALID_KEY",
-                        row.reason.as_deref().unwrap_or("invalid match key"),
-                    );
-                    l.hash = row.hash.clone();
-                    l.payload = Some(self.model_values(&row));
-                    rejects.push(l);
+        let scanned = diff::scan(
+            &ctx,
+            &plan.parts,
+            columns.len(),
+            || self.stopped(),
+            |mut row| {
+                if let Some(keys) = &retry_keys
+                    && !row.key.as_ref().is_some_and(|k| keys.contains(k))
+                {
+                    return Ok(());
                 }
-                DiffOp::Unchanged => {}
-            }
-            Ok(())
-        })
+                match row.op {
+                    DiffOp::Add | DiffOp::Change => pending.push(row),
+                    DiffOp::Remove => {
+                        // Archiving or releasing needs the key and record id,
+                        // not the values.
+                        row.values = Vec::new();
+                        removed.push(row)
+                    }
+                    DiffOp::Reject => {
+                        let mut l = LogRow::error(
+                            row.key.as_deref(),
+                            "reject",
+                            "rejected",
+                            "INVALID_KEY",
+                            row.reason.as_deref().unwrap_or("invalid match key"),
+                        );
+                        l.hash = row.hash.clone();
+                        l.payload = Some(self.model_values(&row));
+                        rejects.push(l);
+                    }
+                    DiffOp::Unchanged => {}
+                }
+                Ok(())
+            },
+        )
         .await?;
+        let Some(tally) = scanned else {
+            return Ok(());
+        };
         let to_archive = tally.of(DiffOp::Remove, true);
-        if sync.mode == Mode::Mirror && !self.opts.allow_mass_delete {
-            let model_rows = tally.model_rows();
-            if model_rows == 0 {
-                return Err(Error::Input(format!(
-                    "sync {}: model {} is empty, so mirror would archive every record this sync created ({to_archive}). \
-                     Nothing was sent. If that is intended, run again with --allow-mass-delete",
-                    sync.name, sync.model
-                )));
+        if guarded {
+            if tally.model_rows() == 0 {
+                return Err(empty_model(to_archive));
             }
-            let snapshot_rows = {
-                let b = ctx
-                    .sql(&format!("select count(*) from {}", diff::SNAPSHOT))
-                    .await?
-                    .collect()
-                    .await?;
-                b.first()
-                    .map(|b| {
-                        arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(
-                            b.column(0),
-                        )
-                        .value(0)
-                    })
-                    .unwrap_or(0)
-            };
+            let snapshot_rows = plan.snapshot_rows;
             let pct = if snapshot_rows > 0 {
                 to_archive as f64 * 100.0 / snapshot_rows as f64
             } else {
@@ -691,6 +711,10 @@ impl Run<'_> {
                     sync.name, sync.max_delete_pct, sync.model
                 )));
             }
+        }
+        let unsettled = self.pending_keys(&ctx).await?;
+        if !unsettled.is_empty() {
+            tracing::info!(sync = %sync.name, keys = unsettled.len(), "settling writes whose outcome was unknown before writing those records again");
         }
         self.add(|c| c.unchanged = tally.count(DiffOp::Unchanged));
         if !rejects.is_empty() {

@@ -10,11 +10,23 @@ with model_rows as (
                  else concat(cast(character_length(cast("persona" as varchar)) as varchar), ':', cast("persona" as varchar)) end)) as _hash
     from "contact_scores"
 ),
--- Keys held by more than one row (rare: a small hash table, no sort). The
--- join's hash table is built from its left side: the duplicates, not the
--- model.
+-- Keys held by more than one row (rare). Counted first by a 63-bit hash
+-- of the key (integers group far faster and smaller than millions of
+-- strings: 10M keys, 15.1-17.7 s -> 11.7 s for the whole diff), then
+-- exactly, by key, over the rows whose hash came up more than once: a
+-- hash shared by two different keys is never taken for a duplicate. Each
+-- join's hash table is built from its left side: the few repeated hashes
+-- and duplicates, not the model.
+repeated as (
+    select _h from (
+        select ferry_bucket(_key, 9223372036854775807) as _h from model_rows
+    ) as k
+    group by _h having count(*) > 1
+),
 duplicates as (
-    select _key as _dup_key, count(*) as _n from model_rows group by _key having count(*) > 1
+    select r._key as _dup_key, count(*) as _n
+    from repeated as h join model_rows as r on h._h = ferry_bucket(r._key, 9223372036854775807)
+    group by r._key having count(*) > 1
 ),
 counted as (
     select model_rows.*, coalesce(d._n, 1) as _n

@@ -14,9 +14,9 @@ model_part as (
     select * from model_rows
     where ferry_bucket(_key, 4) = 0 or _key is null
 ),
--- Keys held by more than one row (rare: a small hash table, no sort). The
--- join's hash table is built from its left side: the duplicates, not the
--- model.
+-- Keys held by more than one row (rare). In a bucket the keys are a share
+-- of the model's, so they are grouped as they are: a third read of the
+-- model per bucket (below) would cost more than it saves.
 duplicates as (
     select _key as _dup_key, count(*) as _n from model_part group by _key having count(*) > 1
 ),

@@ -653,6 +653,12 @@ async fn mirror_archives_only_its_own_records_and_guards_mass_deletes() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("is empty"), "{e}");
+    // It says how many records this sync created it would archive.
+    assert!(
+        e.to_string().contains("every record this sync created (")
+            && !e.to_string().contains("(0)"),
+        "{e}"
+    );
     assert_eq!(crm(&s, "contacts", "email").len(), 47);
     // Unless the user says so.
     model(&dir, "scores", &without_theirs[..6].to_vec());
