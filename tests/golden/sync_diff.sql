@@ -12,7 +12,7 @@ with model_rows as (
 ),
 -- Keys held by more than one row (rare). Counted first by a 63-bit hash
 -- of the key (integers group far faster and smaller than millions of
--- strings: 10M keys, 15.1-17.7 s -> 11.7 s for the whole diff), then
+-- strings: 10M keys, 15.1-17.7 s -> 11.7-14.9 s for the whole diff), then
 -- exactly, by key, over the rows whose hash came up more than once: a
 -- hash shared by two different keys is never taken for a duplicate. Each
 -- join's hash table is built from its left side: the few repeated hashes
