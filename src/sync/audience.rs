@@ -49,7 +49,7 @@ impl Run<'_> {
         // Members still in the segment are only counted (the diff's tally);
         // the rows that enter or leave it are read.
         let scanned = diff::scan(
-            &ctx,
+            ctx,
             &plan.parts,
             1,
             || self.stopped(),

@@ -136,21 +136,23 @@ async fn row_count(ctx: &SessionContext, relation: &str, exact: bool) -> Result<
         Ok(Precision::Inexact(n)) if !exact => return Ok((n as u64, false)),
         _ => {}
     }
-    let b = ctx
-        .sql(&format!("select count(*) from {relation}"))
-        .await?
-        .collect()
-        .await?;
-    let n = b
-        .first()
-        .filter(|b| b.num_rows() > 0)
-        .map(|b| {
-            b.column(0)
-                .as_primitive::<arrow::datatypes::Int64Type>()
-                .value(0) as u64
+    Ok((
+        count(ctx, &format!("select count(*) from {relation}")).await?,
+        true,
+    ))
+}
+
+/// The number a `select count(*) ...` query returns.
+pub async fn count(ctx: &SessionContext, sql: &str) -> Result<u64> {
+    let b = ctx.sql(sql).await?.collect().await?;
+    Ok(b.first()
+        .filter(|b| b.num_rows() > 0 && b.num_columns() > 0)
+        .and_then(|b| {
+            let c = arrow::compute::cast(b.column(0), &DataType::Int64).ok()?;
+            let c = c.as_primitive::<arrow::datatypes::Int64Type>();
+            c.is_valid(0).then(|| c.value(0).max(0) as u64)
         })
-        .unwrap_or(0);
-    Ok((n, true))
+        .unwrap_or(0))
 }
 
 /// A sync's diff, planned: the SQL of its key buckets and the sizes that

@@ -619,22 +619,11 @@ impl Run<'_> {
         // An empty model is refused before the diff is read: every row of
         // the snapshot would be a removal held in memory.
         if guarded && plan.model_rows == (0, true) {
-            let b = ctx
-                .sql(&format!(
-                    "select count(*) from {} where _created",
-                    diff::SNAPSHOT
-                ))
-                .await?
-                .collect()
-                .await?;
-            let created = b
-                .first()
-                .filter(|b| b.num_rows() > 0)
-                .map(|b| {
-                    arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(b.column(0))
-                        .value(0) as u64
-                })
-                .unwrap_or(0);
+            let created = diff::count(
+                &ctx,
+                &format!("select count(*) from {} where _created", diff::SNAPSHOT),
+            )
+            .await?;
             return Err(empty_model(created));
         }
 
