@@ -729,15 +729,22 @@ async fn diff_time(rows: u64) {
     ctx.register_parquet("v1", model_dir.to_str().unwrap(), Default::default())
         .await
         .unwrap();
-    // The key buckets a sync would use under the engine's memory limit.
-    let buckets = diff::bucket_count(
-        rows,
-        cols.len(),
-        ferry::engine::memory::settings().memory_limit,
-    );
-    let parts: Vec<String> = (0..buckets)
-        .map(|b| diff::diff_part_sql("v1", "email", true, &cols, "snap", buckets, b).unwrap())
-        .collect();
+    // What a sync registers: the snapshot as a view (its SQL filters the
+    // confirmed rows, so its rows are counted, not read from statistics),
+    // then the diff's plan: the counts and the key buckets under the
+    // engine's memory limit.
+    ctx.register_table(
+        diff::SNAPSHOT,
+        ctx.sql("select * from snap where _key is not null")
+            .await
+            .unwrap()
+            .into_view(),
+    )
+    .unwrap();
+    let start = Instant::now();
+    let plan = diff::plan(&ctx, "v1", "email", true, &cols).await.unwrap();
+    let plan_secs = start.elapsed().as_secs_f64();
+    let (parts, buckets) = (plan.parts.clone(), plan.parts.len());
     // What a sync run does: one pass that counts every row and decodes the
     // rows to send (`diff::scan`).
     let start = Instant::now();
@@ -766,8 +773,8 @@ async fn diff_time(rows: u64) {
     .map(|op| format!("{op:?} {}", tally.count(op)))
     .join(", ");
     println!(
-        "sync diff: {rows} model rows vs {rows}-row snapshot in {buckets} key bucket(s): {secs:.2} s for the counts and \
-         {pending} rows to send ({:.0} model rows/s), peak RSS {:.0} MiB\n  {counts}",
+        "sync diff: {rows} model rows vs {rows}-row snapshot in {buckets} key bucket(s): planned (rows counted) in {plan_secs:.2} s, \
+         then {secs:.2} s for the counts and {pending} rows to send ({:.0} model rows/s), peak RSS {:.0} MiB\n  {counts}",
         rows as f64 / secs,
         peak_rss_mib()
     );
