@@ -390,10 +390,16 @@ pub fn rows(batch: &RecordBatch, columns: usize) -> Result<Vec<Row>> {
 /// The diff's rows counted by operation and by whether this sync created
 /// the CRM record (`_created`): what the mirror guard and the run's
 /// counters need, gathered while the rows to send are read.
+/// Indexed by `DiffOp as usize`, then by `_created`: one add per row on
+/// the scan's hot path, no hashing.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Tally(std::collections::HashMap<(DiffOp, bool), u64>);
+pub struct Tally([[u64; 2]; 5]);
 
 impl Tally {
+    fn add(&mut self, op: DiffOp, created: bool) {
+        self.0[op as usize][created as usize] += 1;
+    }
+
     /// Rows with `op`, created by this sync or not.
     pub fn count(&self, op: DiffOp) -> u64 {
         self.of(op, true) + self.of(op, false)
@@ -401,7 +407,7 @@ impl Tally {
 
     /// Rows with `op` whose `_created` is `created`.
     pub fn of(&self, op: DiffOp, created: bool) -> u64 {
-        self.0.get(&(op, created)).copied().unwrap_or(0)
+        self.0[op as usize][created as usize]
     }
 
     /// The model's rows: every row but those that left it.
@@ -480,7 +486,7 @@ async fn scan_part(
                     ))
                 })?;
             let c = !created.is_null(r) && created.value(r);
-            *tally.0.entry((op, c)).or_default() += 1;
+            tally.add(op, c);
             wanted.push(op != DiffOp::Unchanged);
         }
         let wanted = BooleanArray::from(wanted);
