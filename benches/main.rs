@@ -5,6 +5,7 @@
 mod common;
 
 mod build;
+mod cluster;
 mod dbt;
 mod extract;
 mod landing;
@@ -34,6 +35,10 @@ const BENCHES: &[(&str, &str)] = &[
     ),
     ("build", "ferry build on the starter project at 1M contacts"),
     (
+        "cluster",
+        "the starter project's models in one process and on a two-executor Ballista cluster",
+    ),
+    (
         "operate",
         "the health page on a long history; the scheduler idle",
     ),
@@ -46,6 +51,7 @@ fn main() {
         .unwrap_or_default();
     match name.as_str() {
         "build" => build::main(),
+        "cluster" => cluster::main(),
         "dbt" => dbt::main(),
         "extract" => extract::main(),
         "landing" => landing::main(),

@@ -659,7 +659,7 @@ async fn diff_time(rows: u64) {
     // (FERRY_BENCH_MEMORY_LIMIT bounds it).
     if let Ok(limit) = std::env::var("FERRY_BENCH_MEMORY_LIMIT") {
         let settings =
-            ferry::engine::memory::EngineSettings::resolve(Some(&limit), None, None, None)
+            ferry::engine::memory::EngineSettings::resolve(Some(&limit), None, None, None, None)
                 .unwrap_or_else(|(k, e)| panic!("FERRY_BENCH_MEMORY_LIMIT: {k}: {e}"));
         let _ = ferry::engine::memory::configure(settings);
     }

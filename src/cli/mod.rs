@@ -42,6 +42,12 @@ struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
 
+    /// Run model builds on this Ballista cluster (`df://host:port`, a
+    /// scheduler started by `ferry engine scheduler`) instead of in this
+    /// process; overrides [engine] url.
+    #[arg(long, global = true, value_name = "URL", env = "FERRY_ENGINE")]
+    engine: Option<String>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -56,6 +62,7 @@ const EX_SNAPSHOT: &str =
 const EX_COMPILE: &str = "Examples:\n  ferry compile\n  ferry compile --select contact_scores   # print its rendered SQL";
 const EX_RUN: &str = "Examples:\n  ferry run\n  ferry run --select +contact_scores --threads 2\n  ferry run --select tag:daily --full-refresh --format json";
 const EX_TEST: &str = "Examples:\n  ferry test\n  ferry test --select dim_people -v          # every test, passing ones too\n  ferry test --select test_type:unit --format json";
+const EX_ENGINE: &str = "Examples:\n  ferry engine scheduler --bind 0.0.0.0:50050\n  ferry engine executor --scheduler sched.internal:50050 --bind 0.0.0.0:50051 --external-host $(hostname)\n  ferry run --engine df://sched.internal:50050";
 const EX_SOURCE: &str =
     "Examples:\n  ferry source freshness\n  ferry source freshness --select source:crm";
 const EX_DOCS: &str =
@@ -177,6 +184,13 @@ enum Command {
         select: SelectArgs,
         #[command(flatten)]
         report: ReportArgs,
+    },
+    /// A Ballista cluster for model builds: ferry's scheduler and
+    /// executors, which read the project's lake and know ferry's functions.
+    #[command(after_help = EX_ENGINE)]
+    Engine {
+        #[command(subcommand)]
+        command: EngineCommand,
     },
     /// Declared sources (dbt's `sources:`).
     #[command(after_help = EX_SOURCE)]
@@ -422,6 +436,42 @@ enum SyncAction {
 }
 
 #[derive(Debug, Subcommand)]
+enum EngineCommand {
+    /// Run a scheduler: model builds are sent to it (`--engine
+    /// df://HOST:PORT` or [engine] url), and it splits them into tasks for
+    /// its executors. Runs until stopped.
+    Scheduler {
+        #[command(flatten)]
+        project: ProjectArgs,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:50050")]
+        bind: String,
+    },
+    /// Run an executor: it registers with the scheduler, runs tasks reading
+    /// the lake, and serves their results. Runs until stopped.
+    Executor {
+        #[command(flatten)]
+        project: ProjectArgs,
+        /// The scheduler, HOST:PORT.
+        #[arg(long, default_value = "127.0.0.1:50050")]
+        scheduler: String,
+        /// Address to serve task results on (other executors and ferry
+        /// fetch them here).
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        bind: String,
+        /// The host others reach this executor at [default: --bind's].
+        #[arg(long)]
+        external_host: Option<String>,
+        /// Tasks run at once [default: the machine's cores].
+        #[arg(long, default_value_t = 0)]
+        vcores: usize,
+        /// Folder for shuffle files and spills [default: a temporary folder].
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum SourceCommand {
     /// How old each source's newest row is, against its freshness
     /// thresholds (`warn_after`, `error_after`), as `dbt source freshness`
@@ -611,8 +661,12 @@ pub fn main() -> ExitCode {
     if let Some(t) = target {
         let _ = crate::models::project::TARGET.set(t);
     }
+    // Deep query plans are decoded by recursion (a Ballista scheduler or
+    // executor decoding a model's plan; Ballista's own binaries take 32 MiB):
+    // stack is reserved, and committed only as it is used.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(16 * 1024 * 1024)
         .build()
     {
         Ok(rt) => rt,
@@ -665,6 +719,10 @@ impl Command {
             | Command::Query { project, .. }
             | Command::Source {
                 command: SourceCommand::Freshness { project, .. },
+            }
+            | Command::Engine {
+                command:
+                    EngineCommand::Scheduler { project, .. } | EngineCommand::Executor { project, .. },
             }
             | Command::Sync {
                 action: Some(SyncAction::Revert { project, .. }),
@@ -830,8 +888,30 @@ fn parse_threads(v: &str) -> std::result::Result<usize, String> {
     }
 }
 
+/// `--engine`, when given: it overrides `[engine] url`.
+static ENGINE_FLAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// `HOST:PORT` of a flag.
+fn socket(text: &str, flag: &str) -> Result<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    text.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| {
+            Error::Input(format!(
+                "{flag} {text:?}: expected HOST:PORT, such as 127.0.0.1:50050"
+            ))
+        })
+}
+
 fn open(dir: &std::path::Path) -> Result<(Project, Lake)> {
-    let project = Project::load(dir)?;
+    let mut project = Project::load(dir)?;
+    if let Some(url) = ENGINE_FLAG.get() {
+        project.engine.url = Some(
+            crate::engine::cluster::parse_url(url)
+                .map_err(|e| Error::Input(format!("--engine: {e}")))?,
+        );
+    }
     tracing::debug!(?project, "loaded project");
     crate::engine::memory::configure(project.engine.clone())?;
     let lake = Lake::open(&project.lake, &project.dir)?;
@@ -846,6 +926,9 @@ async fn run(cli: Cli) -> Result<()> {
         .and_then(|p| p.project_dir.clone())
         .or(cli.project_dir)
         .unwrap_or_else(|| PathBuf::from("."));
+    if let Some(url) = &cli.engine {
+        let _ = ENGINE_FLAG.set(url.clone());
+    }
     match cli.command {
         Command::Init {
             dir,
@@ -930,6 +1013,49 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Snapshot { select, .. } => {
             let (project, lake) = open(&dir)?;
             models::snapshot(&project, lake, &select).await
+        }
+        Command::Engine {
+            command: EngineCommand::Scheduler { bind, .. },
+        } => {
+            let (_project, lake) = open(&dir)?;
+            let bind = socket(&bind, "--bind")?;
+            eprintln!(
+                "ferry engine scheduler: listening on {bind} for the lake at {}",
+                lake.location()
+            );
+            crate::engine::cluster::serve_scheduler(&lake, bind).await
+        }
+        Command::Engine {
+            command:
+                EngineCommand::Executor {
+                    scheduler,
+                    bind,
+                    external_host,
+                    vcores,
+                    work_dir,
+                    ..
+                },
+        } => {
+            let (_project, lake) = open(&dir)?;
+            let bind = socket(&bind, "--bind")?;
+            if let Some(d) = &work_dir {
+                std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+            }
+            eprintln!(
+                "ferry engine executor: serving on {bind} for the scheduler at {scheduler}, the lake at {}",
+                lake.location()
+            );
+            crate::engine::cluster::serve_executor(
+                &lake,
+                crate::engine::cluster::ExecutorOptions {
+                    scheduler,
+                    bind,
+                    external_host,
+                    vcores,
+                    work_dir: work_dir.map(|d| d.display().to_string()),
+                },
+            )
+            .await
         }
         Command::Source {
             command: SourceCommand::Freshness { select, .. },

@@ -25,7 +25,7 @@ use crate::lake::layout::{self, StreamRef};
 use crate::lake::{Lake, log, schema};
 use crate::project::RESERVED_SCHEMA;
 
-fn listing_options() -> ListingOptions {
+pub(crate) fn listing_options() -> ListingOptions {
     ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet")
 }
 

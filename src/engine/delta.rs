@@ -209,9 +209,77 @@ pub async fn register(ctx: &SessionContext, name: &str, table: &DeltaTable) -> R
         .update_datafusion_session(&ctx.state())
         .map_err(delta_err)?;
     let provider: Arc<dyn TableProvider> = table.table_provider().await?;
+    let files = table.get_file_uris().map_err(delta_err)?.collect();
     ctx.deregister_table(name)?;
-    ctx.register_table(name, provider)?;
+    ctx.register_table(
+        name,
+        Arc::new(DeltaFiles {
+            inner: provider,
+            files,
+        }),
+    )?;
     Ok(())
+}
+
+/// A Delta table as registered in a session: delta-rs's provider (every
+/// local query reads through it), and the Parquet files of the version it
+/// reads, for a cluster that knows plain Parquet only
+/// ([`crate::engine::cluster`]).
+#[derive(Debug)]
+pub struct DeltaFiles {
+    inner: Arc<dyn TableProvider>,
+    files: Vec<String>,
+}
+
+impl DeltaFiles {
+    /// The version's data files, as `lake://lake/...` URLs.
+    pub fn files(&self) -> &[String] {
+        &self.files
+    }
+}
+
+#[async_trait::async_trait]
+impl TableProvider for DeltaFiles {
+    fn schema(&self) -> arrow::datatypes::SchemaRef {
+        self.inner.schema()
+    }
+
+    fn constraints(&self) -> Option<&datafusion::common::Constraints> {
+        self.inner.constraints()
+    }
+
+    fn table_type(&self) -> datafusion::logical_expr::TableType {
+        self.inner.table_type()
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn datafusion::catalog::Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[datafusion::prelude::Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        self.inner.scan(state, projection, filters, limit).await
+    }
+
+    async fn scan_with_args<'a>(
+        &self,
+        state: &dyn datafusion::catalog::Session,
+        args: datafusion::catalog::ScanArgs<'a>,
+    ) -> datafusion::error::Result<datafusion::catalog::ScanResult> {
+        self.inner.scan_with_args(state, args).await
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&datafusion::prelude::Expr],
+    ) -> datafusion::error::Result<Vec<datafusion::logical_expr::TableProviderFilterPushDown>> {
+        self.inner.supports_filters_pushdown(filters)
+    }
+
+    fn statistics(&self) -> Option<datafusion::common::Statistics> {
+        self.inner.statistics()
+    }
 }
 
 /// Replace the table's contents with `df` (one commit; the schema may change).

@@ -36,6 +36,9 @@ pub struct EngineSettings {
     pub spill: bool,
     /// The most the spill files may hold at once.
     pub max_spill: u64,
+    /// A Ballista cluster model builds run on (`df://host:port`;
+    /// [`super::cluster`]); `None`: this process.
+    pub url: Option<String>,
 }
 
 impl Default for EngineSettings {
@@ -45,6 +48,7 @@ impl Default for EngineSettings {
             spill_dir: None,
             spill: true,
             max_spill: 100 * GIB,
+            url: None,
         }
     }
 }
@@ -62,8 +66,12 @@ impl EngineSettings {
         spill_dir: Option<PathBuf>,
         spill: Option<bool>,
         max_spill: Option<&str>,
+        url: Option<&str>,
     ) -> std::result::Result<EngineSettings, (&'static str, String)> {
         let mut s = EngineSettings::default();
+        if let Some(u) = url {
+            s.url = Some(super::cluster::parse_url(u).map_err(|e| ("url", e))?);
+        }
         if let Some(m) = memory_limit {
             s.memory_limit = match m.trim().strip_suffix('%') {
                 Some(p) => {
@@ -259,12 +267,12 @@ mod tests {
 
     #[test]
     fn a_share_of_memory_and_too_small_a_limit() {
-        let half = EngineSettings::resolve(Some("50%"), None, None, None).unwrap();
+        let half = EngineSettings::resolve(Some("50%"), None, None, None, None).unwrap();
         assert_eq!(half.memory_limit, machine_memory() / 2);
-        let (key, msg) = EngineSettings::resolve(Some("150%"), None, None, None).unwrap_err();
+        let (key, msg) = EngineSettings::resolve(Some("150%"), None, None, None, None).unwrap_err();
         assert_eq!(key, "memory_limit");
         assert!(msg.contains("percentage"), "{msg}");
-        let (_, msg) = EngineSettings::resolve(Some("1MiB"), None, None, None).unwrap_err();
+        let (_, msg) = EngineSettings::resolve(Some("1MiB"), None, None, None, None).unwrap_err();
         assert!(msg.contains("below 16MiB"), "{msg}");
         assert!(machine_memory() >= 64 * MIB);
     }
@@ -274,7 +282,7 @@ mod tests {
         #[test]
         fn parse_size_never_panics(text in "\\PC{0,24}") {
             let _ = parse_size(&text);
-            let _ = EngineSettings::resolve(Some(&text), None, None, Some(&text));
+            let _ = EngineSettings::resolve(Some(&text), None, None, Some(&text), None);
         }
 
         #[test]

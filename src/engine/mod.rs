@@ -12,9 +12,11 @@
 //! - `ferry.ingestions` and `ferry.quarantine`.
 //!
 //! Every session draws on one memory pool and spills to one folder
-//! ([`memory`], `[engine]` in `ferry.toml`).
+//! ([`memory`], `[engine]` in `ferry.toml`). With `[engine] url`, model
+//! builds run on a Ballista cluster ([`cluster`]).
 
 pub mod catalog;
+pub mod cluster;
 pub mod delta;
 pub mod dialect;
 pub mod functions;
@@ -119,6 +121,8 @@ mod ground_floor {
         let files = [
             ("mod.rs", include_str!("mod.rs")),
             ("catalog.rs", include_str!("catalog.rs")),
+            ("cluster.rs", include_str!("cluster.rs")),
+            ("functions.rs", include_str!("functions.rs")),
             ("delta.rs", include_str!("delta.rs")),
             ("dialect.rs", include_str!("dialect.rs")),
             ("memory.rs", include_str!("memory.rs")),

@@ -119,15 +119,20 @@ async fn build(
     // Checked before anything is written.
     super::contract::check(model, df.schema())?;
     let fail = |e: Error| model_error(model, &sql, &e.to_string());
+    if mat == Materialized::View {
+        let plan = df
+            .into_optimized_plan()
+            .map_err(|e| model_error(model, &sql, &e.to_string()))?;
+        register_view(ctx, name, plan, &sql)?;
+        super::relation::register_one(ctx, &ws.project, name).await?;
+        return Ok(None);
+    }
+    // On the cluster, if one is configured: the rows stream back here and
+    // are written as a local result is.
+    let df = crate::engine::cluster::remote(ctx, name, df)
+        .await
+        .map_err(fail)?;
     let table = match (mat, existing) {
-        (Materialized::View, _) => {
-            let plan = df
-                .into_optimized_plan()
-                .map_err(|e| model_error(model, &sql, &e.to_string()))?;
-            register_view(ctx, name, plan, &sql)?;
-            super::relation::register_one(ctx, &ws.project, name).await?;
-            return Ok(None);
-        }
         (Materialized::Incremental, Some(t)) => match model.config.strategy() {
             Strategy::Append => delta::append(lake, &url, df).await.map_err(fail)?,
             Strategy::Merge => delta::merge(t, df, &model.config.unique_key)

@@ -217,6 +217,8 @@ struct EngineSection {
     spill: Option<bool>,
     /// The most the spill files may hold at once (default 100GiB).
     max_spill: Option<String>,
+    /// A Ballista cluster model builds run on: `df://host:port`.
+    url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -817,6 +819,7 @@ impl Project {
             raw.engine.spill_dir.as_ref().map(|d| dir.join(d)),
             raw.engine.spill,
             raw.engine.max_spill.as_deref(),
+            raw.engine.url.as_deref(),
         )
         .map_err(|(key, msg)| {
             config_error(file, text, find_key(text, &format!("engine.{key}")), msg)

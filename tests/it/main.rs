@@ -1,6 +1,7 @@
 //! Integration tests, in one binary so DataFusion is linked once.
 //! `landing`: the library's landing API against real lakes.
 //! `cli`: the real `ferry` binary end to end.
+//! `cluster`: model builds on a Ballista scheduler and two executors.
 //! `contract`: a destination in a few dozen lines, synced like HubSpot.
 //! `extract`: extraction over HTTP against the REST emulator.
 //! `fuzz`: proptest fuzz targets for every parser of user and vendor input.
@@ -16,6 +17,7 @@
 
 mod audience;
 mod cli;
+mod cluster;
 mod contract;
 mod extract;
 mod fuzz;
