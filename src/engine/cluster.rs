@@ -52,6 +52,104 @@ use crate::lake::Lake;
 /// Ballista's default scheduler port.
 pub const DEFAULT_PORT: u16 = 50050;
 
+/// ferry's settings, sent with every query to the scheduler and on to the
+/// executors with every task. Written by hand: the entries of DataFusion
+/// 55's `extensions_options!` lack their prefix, so Ballista would send
+/// `lake_id` and the receiving side could not set it.
+#[derive(Debug, Clone, Default)]
+pub struct FerryOptions {
+    /// The id of the lake the query was planned over (`_ferry/lake_id`): a
+    /// cluster serving another lake refuses the query instead of reading
+    /// missing files as empty tables.
+    pub lake_id: String,
+}
+
+impl datafusion::config::ExtensionOptions for FerryOptions {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+
+    fn cloned(&self) -> Box<dyn datafusion::config::ExtensionOptions> {
+        Box::new(self.clone())
+    }
+
+    fn set(&mut self, key: &str, value: &str) -> datafusion::error::Result<()> {
+        match key {
+            "lake_id" => {
+                self.lake_id = value.to_string();
+                Ok(())
+            }
+            _ => Err(datafusion::error::DataFusionError::Configuration(format!(
+                "ferry.{key} is not a setting"
+            ))),
+        }
+    }
+
+    fn entries(&self) -> Vec<datafusion::config::ConfigEntry> {
+        vec![datafusion::config::ConfigEntry {
+            key: "ferry.lake_id".into(),
+            value: Some(self.lake_id.clone()),
+            description: "the id of the lake the query was planned over",
+        }]
+    }
+}
+
+impl datafusion::config::ConfigExtension for FerryOptions {
+    const PREFIX: &'static str = "ferry";
+}
+
+/// Where a lake keeps its id.
+const LAKE_ID: &str = "_ferry/lake_id";
+
+/// The lake's id: a UUID written once, by whichever process asks first.
+pub async fn lake_id(store: &dyn object_store::ObjectStore) -> Result<String> {
+    use object_store::ObjectStoreExt;
+    let path = object_store::path::Path::from(LAKE_ID);
+    for _ in 0..2 {
+        match store.get(&path).await {
+            Ok(got) => {
+                let bytes = got.bytes().await?;
+                return Ok(String::from_utf8_lossy(&bytes).trim().to_string());
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let id = uuid::Uuid::now_v7().to_string();
+        match crate::lake::log::put_once(store, &path, id.clone().into_bytes()).await {
+            Ok(()) => return Ok(id),
+            // Another process wrote it first: read theirs.
+            Err(Error::Storage(object_store::Error::AlreadyExists { .. })) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::Internal(format!(
+        "{LAKE_ID}: written and then not found"
+    )))
+}
+
+/// Refuse a query planned over another lake than `ours` (`who` is this
+/// process).
+fn same_lake(config: &SessionConfig, ours: &str, who: &str) -> datafusion::error::Result<()> {
+    let theirs = config
+        .options()
+        .extensions
+        .get::<FerryOptions>()
+        .map(|o| o.lake_id.as_str())
+        .unwrap_or_default();
+    if theirs == ours {
+        return Ok(());
+    }
+    Err(datafusion::error::DataFusionError::Plan(format!(
+        "this {who} serves the lake {ours:?} but the query was planned over the lake {theirs:?}: \
+         start `ferry engine scheduler` and every `ferry engine executor` with the lake of the \
+         project that runs (ferry.toml's `lake` or FERRY_LAKE: one URL every process reaches)"
+    )))
+}
+
 /// Check a cluster URL: `df://host[:port]`. Returns it normalized.
 pub fn parse_url(text: &str) -> std::result::Result<String, String> {
     let bad = || {
@@ -88,6 +186,7 @@ fn cluster_config() -> SessionConfig {
     super::session_config()
         .upgrade_for_ballista()
         .with_ballista_adaptive_query_planner(false)
+        .with_option_extension(FerryOptions::default())
 }
 
 /// A session state with ferry's functions and optimizer rules over
@@ -119,8 +218,7 @@ fn lake_runtime(lake: &Lake, work_dir: Option<&str>) -> datafusion::error::Resul
     Ok(runtime)
 }
 
-/// Why a plan cannot run on the cluster: the table it reads that is not
-/// lake files.
+/// Why a plan cannot run on the cluster (a clause: "it reads t, ...").
 #[derive(Debug)]
 pub struct Local(pub String);
 
@@ -146,7 +244,14 @@ pub fn distributable(plan: LogicalPlan) -> std::result::Result<LogicalPlan, Loca
                         return Ok(Transformed::no(node));
                     }
                 };
+                // As `ViewTable::scan` does: the pushed filters (they may
+                // read columns the projection drops), the projection, the
+                // limit.
                 let mut b = LogicalPlanBuilder::from(inner).alias(scan.table_name.clone())?;
+                if let Some(f) = datafusion::logical_expr::utils::conjunction(scan.filters.clone())
+                {
+                    b = b.filter(f)?;
+                }
                 if let Some(projection) = &scan.projection {
                     let schema = b.schema().clone();
                     let columns: Vec<_> = projection
@@ -155,18 +260,23 @@ pub fn distributable(plan: LogicalPlan) -> std::result::Result<LogicalPlan, Loca
                         .collect();
                     b = b.project(columns)?;
                 }
-                if let Some(f) = datafusion::logical_expr::utils::conjunction(scan.filters.clone())
-                {
-                    b = b.filter(f)?;
-                }
                 if let Some(n) = scan.fetch {
                     b = b.limit(0, Some(n))?;
                 }
                 return Ok(Transformed::yes(b.build()?));
             }
             if let Some(files) = provider.downcast_ref::<DeltaFiles>() {
+                let files = match files.files() {
+                    Ok(f) => f,
+                    Err(not_plain) => {
+                        why.get_or_insert(format!(
+                            "it reads {}, which is not plain Parquet: {not_plain}",
+                            scan.table_name
+                        ));
+                        return Ok(Transformed::no(node));
+                    }
+                };
                 let urls = files
-                    .files()
                     .iter()
                     .map(ListingTableUrl::parse)
                     .collect::<datafusion::error::Result<Vec<_>>>()?;
@@ -190,10 +300,17 @@ pub fn distributable(plan: LogicalPlan) -> std::result::Result<LogicalPlan, Loca
                     .build()?;
                 return Ok(Transformed::yes(LogicalPlan::TableScan(new)));
             }
-            why.get_or_insert(format!("{}", scan.table_name));
+            why.get_or_insert(format!(
+                "it reads {}, which is not lake files",
+                scan.table_name
+            ));
             Ok(Transformed::no(node))
         })
-        .map_err(|e| Local(format!("cannot rewrite its plan ({e})")))?;
+        .map_err(|e| {
+            Local(format!(
+                "its plan could not be rewritten for the cluster ({e})"
+            ))
+        })?;
     match why {
         Some(w) => Err(Local(w)),
         None => Ok(out.data),
@@ -211,11 +328,17 @@ pub async fn remote(local: &SessionContext, what: &str, df: DataFrame) -> Result
     let plan = match distributable(df.logical_plan().clone()) {
         Ok(p) => p,
         Err(Local(why)) => {
-            tracing::info!("{what} runs in this process: it reads {why}, which the cluster cannot");
+            tracing::info!("{what} runs in this process: {why}");
             return Ok(df);
         }
     };
-    let state = ferry_state(cluster_config(), Arc::new(RuntimeEnv::default()));
+    let lake_url = datafusion::execution::object_store::ObjectStoreUrl::parse(LAKE_URL)?;
+    let store = local.runtime_env().object_store(&lake_url)?;
+    let mut config = cluster_config();
+    if let Some(o) = config.options_mut().extensions.get_mut::<FerryOptions>() {
+        o.lake_id = lake_id(store.as_ref()).await?;
+    }
+    let state = ferry_state(config, Arc::new(RuntimeEnv::default()));
     let cluster = SessionContext::remote_with_state(url, state)
         .await
         .map_err(|e| Error::Input(format!("the cluster at {url}: {e}")))?;
@@ -223,15 +346,24 @@ pub async fn remote(local: &SessionContext, what: &str, df: DataFrame) -> Result
     let schema: SchemaRef = Arc::new(remote.schema().as_arrow().clone());
     let stream = remote.execute_stream().await?;
     tracing::info!("{what} runs on the cluster at {url}");
-    // Its errors say where it ran (a scheduler not started, an executor
-    // gone).
-    let context = format!(
-        "on the Ballista cluster at {url}: check that its scheduler and executors are running (`ferry engine scheduler`, `ferry engine executor`)"
-    );
+    // Its errors say where it ran. A job that failed failed on its own
+    // terms (the query, the lake); anything else is the cluster's
+    // (a scheduler not started, an executor gone).
+    let url = url.to_string();
     let stream: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(
         schema.clone(),
         futures::StreamExt::map(stream, move |r| {
-            r.map_err(|e| datafusion::error::DataFusionError::Execution(format!("{e} ({context})")))
+            r.map_err(|e| {
+                let text = e.to_string();
+                let context = if text.contains("Job ") && text.contains(" failed: ") {
+                    format!("on the Ballista cluster at {url}")
+                } else {
+                    format!(
+                        "on the Ballista cluster at {url}: check that its scheduler and executors are running (`ferry engine scheduler`, `ferry engine executor`)"
+                    )
+                };
+                datafusion::error::DataFusionError::Execution(format!("{text} ({context})"))
+            })
         }),
     ));
     let table = StreamingTable::try_new(
@@ -283,9 +415,11 @@ impl PartitionStream for Once {
 pub async fn serve_scheduler(lake: &Lake, bind: SocketAddr) -> Result<()> {
     use ballista_scheduler::cluster::BallistaCluster;
     use ballista_scheduler::config::SchedulerConfig;
+    let id = lake_id(lake.store().as_ref()).await?;
     let lake = lake.clone();
     let builder: ballista_scheduler::scheduler_server::SessionBuilder =
         Arc::new(move |config: SessionConfig| {
+            same_lake(&config, &id, "scheduler")?;
             Ok(ferry_state(config, Arc::new(lake_runtime(&lake, None)?)))
         });
     let config = SchedulerConfig {
@@ -403,7 +537,12 @@ pub struct ExecutorOptions {
 /// Run an executor for the project's lake until the process ends.
 pub async fn serve_executor(lake: &Lake, o: ExecutorOptions) -> Result<()> {
     use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
-    let (scheduler_host, scheduler_port) = match o.scheduler.rsplit_once(':') {
+    // The scheduler as `--engine` names it works too.
+    let scheduler = match o.scheduler.strip_prefix("df://") {
+        Some(rest) => rest.trim_end_matches('/').to_string(),
+        None => o.scheduler.clone(),
+    };
+    let (scheduler_host, scheduler_port) = match scheduler.rsplit_once(':') {
         Some((h, p)) => (
             h.to_string(),
             p.parse::<u16>().map_err(|_| {
@@ -413,12 +552,14 @@ pub async fn serve_executor(lake: &Lake, o: ExecutorOptions) -> Result<()> {
                 ))
             })?,
         ),
-        None => (o.scheduler.clone(), DEFAULT_PORT),
+        None => (scheduler.clone(), DEFAULT_PORT),
     };
     let registry = ferry_state(cluster_config(), Arc::new(RuntimeEnv::default()));
     let work_dir = o.work_dir.clone();
+    let id = lake_id(lake.store().as_ref()).await?;
     let lake = lake.clone();
-    let runtime: ballista_core::RuntimeProducer = Arc::new(move |_config: &SessionConfig| {
+    let runtime: ballista_core::RuntimeProducer = Arc::new(move |config: &SessionConfig| {
+        same_lake(config, &id, "executor")?;
         Ok(Arc::new(lake_runtime(&lake, work_dir.as_deref())?))
     });
     let config = ExecutorProcessConfig {

@@ -209,7 +209,10 @@ pub async fn register(ctx: &SessionContext, name: &str, table: &DeltaTable) -> R
         .update_datafusion_session(&ctx.state())
         .map_err(delta_err)?;
     let provider: Arc<dyn TableProvider> = table.table_provider().await?;
-    let files = table.get_file_uris().map_err(delta_err)?.collect();
+    let files = match plain_parquet(table) {
+        Ok(()) => Ok(table.get_file_uris().map_err(delta_err)?.collect()),
+        Err(why) => Err(why),
+    };
     ctx.deregister_table(name)?;
     ctx.register_table(
         name,
@@ -221,6 +224,49 @@ pub async fn register(ctx: &SessionContext, name: &str, table: &DeltaTable) -> R
     Ok(())
 }
 
+/// Reader features whose tables' rows are their Parquet files' rows, read
+/// with the table's schema.
+const PLAIN_READER_FEATURES: [&str; 4] = [
+    "timestampNtz",
+    "v2Checkpoint",
+    "vacuumProtocolCheck",
+    "checkpointProtection",
+];
+
+/// `Ok` when the table's current rows are exactly the rows of its Parquet
+/// files read with its schema (what ferry writes); else what a plain
+/// Parquet reader would get wrong: partition values live in the log,
+/// deletion vectors hide rows, column mapping renames columns.
+fn plain_parquet(table: &DeltaTable) -> std::result::Result<(), String> {
+    let snapshot = table.snapshot().map_err(|e| e.to_string())?;
+    let metadata = snapshot.metadata();
+    if !metadata.partition_columns().is_empty() {
+        return Err(format!(
+            "it is partitioned by {}",
+            metadata.partition_columns().join(", ")
+        ));
+    }
+    let mapping = metadata
+        .configuration()
+        .get("delta.columnMapping.mode")
+        .map(String::as_str)
+        .unwrap_or("none");
+    if mapping != "none" {
+        return Err(format!(
+            "it maps columns (delta.columnMapping.mode = {mapping})"
+        ));
+    }
+    let features = snapshot.protocol().reader_features().unwrap_or_default();
+    if let Some(f) = features
+        .iter()
+        .map(ToString::to_string)
+        .find(|f| !PLAIN_READER_FEATURES.contains(&f.as_str()))
+    {
+        return Err(format!("it uses the reader feature {f}"));
+    }
+    Ok(())
+}
+
 /// A Delta table as registered in a session: delta-rs's provider (every
 /// local query reads through it), and the Parquet files of the version it
 /// reads, for a cluster that knows plain Parquet only
@@ -228,13 +274,17 @@ pub async fn register(ctx: &SessionContext, name: &str, table: &DeltaTable) -> R
 #[derive(Debug)]
 pub struct DeltaFiles {
     inner: Arc<dyn TableProvider>,
-    files: Vec<String>,
+    files: std::result::Result<Vec<String>, String>,
 }
 
 impl DeltaFiles {
-    /// The version's data files, as `lake://lake/...` URLs.
-    pub fn files(&self) -> &[String] {
-        &self.files
+    /// The version's data files, as `lake://lake/...` URLs; `Err` says why
+    /// reading them as plain Parquet would not give the table's rows.
+    pub fn files(&self) -> std::result::Result<&[String], &str> {
+        match &self.files {
+            Ok(f) => Ok(f),
+            Err(why) => Err(why),
+        }
     }
 }
 
@@ -371,6 +421,10 @@ pub async fn merge(table: DeltaTable, df: DataFrame, keys: &[String]) -> Result<
     let insert_cols = columns;
     let (table, _metrics) = table
         .merge(df, predicate.as_str())
+        // The source is read once: delta-rs's default reads it twice (first
+        // for the key ranges that prune the target's files), and a result
+        // streaming back from a cluster can be read only once.
+        .with_streaming(true)
         .with_source_alias("source")
         .with_target_alias("target")
         .with_session_state(session)
