@@ -79,11 +79,26 @@ fn timed(dir: &Path, cmd: &mut Command) -> (f64, f64) {
         .args(cmd.get_args())
         .output()
         .expect("/usr/bin/time");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if !out.status.success() {
+        // The failed models and their errors are on stdout; keep the
+        // project to look into (it took long to set up).
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let failed: Vec<&str> = stdout
+            .lines()
+            .skip_while(|l| !l.starts_with("ERROR"))
+            .take(40)
+            .collect();
+        panic!(
+            "{} failed; the project is kept at {}\n{}\n{}",
+            cmd.get_args()
+                .map(|a| a.to_string_lossy().to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+            dir.display(),
+            failed.join("\n"),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let text = std::fs::read_to_string(&report).unwrap_or_default();
     let mut parts = text
         .split_whitespace()
@@ -126,10 +141,17 @@ pub fn main() {
         .and_then(|v| v.replace('_', "").parse().ok())
         .unwrap_or(100_000);
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let tmp = tempfile::tempdir().expect("temp dir");
-    let dir: PathBuf = tmp.path().join("starter");
+    // Kept: a failed run leaves it to look into.
+    let tmp = tempfile::tempdir().expect("temp dir").keep();
+    let dir: PathBuf = tmp.join("starter");
     std::fs::create_dir_all(&dir).expect("mkdir");
-    std::fs::copy(root.join("ferry.toml"), dir.join("ferry.toml")).expect("copy");
+    // Stages as wide as the cluster's task slots (2 executors × 2).
+    let toml = std::fs::read_to_string(root.join("ferry.toml")).expect("ferry.toml");
+    std::fs::write(
+        dir.join("ferry.toml"),
+        format!("{toml}\n[engine]\ncluster_partitions = 4\n"),
+    )
+    .expect("write ferry.toml");
     for d in ["models", "sql"] {
         copy_dir(&root.join(d), &dir.join(d));
     }
@@ -168,7 +190,7 @@ pub fn main() {
     let mut executors = Vec::new();
     for i in 0..2 {
         let p = free_port();
-        let work = tmp.path().join(format!("executor-{i}"));
+        let work = tmp.join(format!("executor-{i}"));
         let e = Process(
             ferry(&dir)
                 .args([
@@ -217,4 +239,5 @@ pub fn main() {
     );
     drop(executors);
     drop(scheduler);
+    let _ = std::fs::remove_dir_all(&tmp);
 }

@@ -760,12 +760,15 @@ impl Command {
 }
 
 fn init_logging(verbose: u8) {
+    // delta-rs warns about its own merge metrics on every MERGE, and
+    // Ballista's scheduler on every stage of ferry's executors, whose tasks
+    // report no metrics on purpose (`engine::cluster`).
+    let quiet = "deltalake_core::operations=error,ballista_scheduler::state::execution_stage=error";
     let default = match verbose {
-        // delta-rs warns about its own merge metrics on every MERGE.
-        0 => "warn,deltalake_core::operations=error",
-        1 => "warn,deltalake_core::operations=error,ferry=info",
+        0 => format!("warn,{quiet}"),
+        1 => format!("warn,{quiet},ferry=info"),
         // ferry's own detail; dependencies stay at warnings.
-        _ => "warn,deltalake_core::operations=error,ferry=debug",
+        _ => format!("warn,{quiet},ferry=debug"),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));

@@ -335,6 +335,11 @@ pub async fn remote(local: &SessionContext, what: &str, df: DataFrame) -> Result
     let lake_url = datafusion::execution::object_store::ObjectStoreUrl::parse(LAKE_URL)?;
     let store = local.runtime_env().object_store(&lake_url)?;
     let mut config = cluster_config();
+    // The stages' width is set here, where the query is planned: the
+    // cluster's task slots, not this machine's cores, when configured.
+    if let Some(n) = memory::settings().cluster_partitions {
+        config = config.with_target_partitions(n);
+    }
     if let Some(o) = config.options_mut().extensions.get_mut::<FerryOptions>() {
         o.lake_id = lake_id(store.as_ref()).await?;
     }

@@ -39,6 +39,9 @@ pub struct EngineSettings {
     /// A Ballista cluster model builds run on (`df://host:port`;
     /// [`super::cluster`]); `None`: this process.
     pub url: Option<String>,
+    /// Partitions each stage of a cluster query is split into (`None`:
+    /// this machine's cores).
+    pub cluster_partitions: Option<usize>,
 }
 
 impl Default for EngineSettings {
@@ -49,6 +52,7 @@ impl Default for EngineSettings {
             spill: true,
             max_spill: 100 * GIB,
             url: None,
+            cluster_partitions: None,
         }
     }
 }

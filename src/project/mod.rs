@@ -219,6 +219,9 @@ struct EngineSection {
     max_spill: Option<String>,
     /// A Ballista cluster model builds run on: `df://host:port`.
     url: Option<String>,
+    /// Partitions each stage of a cluster query is split into (default:
+    /// this machine's cores).
+    cluster_partitions: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -814,7 +817,7 @@ impl Project {
                 })?,
         };
 
-        let engine = crate::engine::memory::EngineSettings::resolve(
+        let mut engine = crate::engine::memory::EngineSettings::resolve(
             raw.engine.memory_limit.as_deref(),
             raw.engine.spill_dir.as_ref().map(|d| dir.join(d)),
             raw.engine.spill,
@@ -824,6 +827,15 @@ impl Project {
         .map_err(|(key, msg)| {
             config_error(file, text, find_key(text, &format!("engine.{key}")), msg)
         })?;
+        if raw.engine.cluster_partitions == Some(0) {
+            return Err(config_error(
+                file,
+                text,
+                find_key(text, "engine.cluster_partitions"),
+                "0 partitions: write the number of task slots across the cluster's executors (1 or more)".into(),
+            ));
+        }
+        engine.cluster_partitions = raw.engine.cluster_partitions;
 
         Ok(Project {
             engine,

@@ -102,6 +102,9 @@ fn the_starter_project_on_a_two_executor_cluster_equals_a_local_run() {
     let toml = std::fs::read_to_string(root().join("ferry.toml")).unwrap();
     assert!(toml.contains("as_of = \"\""));
     let toml = toml.replace("as_of = \"\"", "as_of = \"2026-11-01T00:00:00Z\"");
+    // Stages as wide as the cluster's four task slots, not this machine's
+    // cores (ignored by the local runs).
+    let toml = format!("{toml}\n[engine]\ncluster_partitions = 4\n");
     std::fs::write(dir.join("ferry.toml"), toml).unwrap();
     for d in ["models", "sql"] {
         crate::copy_dir(&root().join(d), &dir.join(d));
@@ -349,7 +352,8 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// `--engine` is checked before anything runs.
+/// `--engine` and `[engine] cluster_partitions` are checked before
+/// anything runs.
 #[test]
 fn a_malformed_engine_url_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
@@ -366,4 +370,19 @@ fn a_malformed_engine_url_is_refused() {
     assert!(!out.status.success());
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("df://host:port"), "{text}");
+
+    // So is a cluster of no partitions, with its line.
+    let toml = std::fs::read_to_string(dir.join("ferry.toml")).unwrap();
+    std::fs::write(
+        dir.join("ferry.toml"),
+        format!("{toml}\n[engine]\ncluster_partitions = 0\n"),
+    )
+    .unwrap();
+    let out = ferry(&dir).arg("check").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("engine.cluster_partitions: 0 partitions"),
+        "{text}"
+    );
 }
