@@ -31,13 +31,7 @@ impl Drop for Process {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::free_port;
 
 fn wait_for(port: u16, what: &str, p: &mut Process) {
     let start = Instant::now();
@@ -51,6 +45,26 @@ fn wait_for(port: u16, what: &str, p: &mut Process) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A scheduler for `dir`'s lake on a free port, listening.
+fn start_scheduler(dir: &Path, what: &str) -> (u16, Process) {
+    let port = free_port();
+    let mut p = Process(
+        ferry(dir)
+            .args([
+                "engine",
+                "scheduler",
+                "--bind",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(port, what, &mut p);
+    (port, p)
 }
 
 /// Every persisted model's rows, sorted, floats rounded to 9 significant
@@ -170,21 +184,7 @@ fn the_starter_project_on_a_two_executor_cluster_equals_a_local_run() {
     let local = models(&copy);
     assert!(local.len() >= 10, "{local:?}");
 
-    let port = free_port();
-    let mut scheduler = Process(
-        ferry(&dir)
-            .args([
-                "engine",
-                "scheduler",
-                "--bind",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for(port, "the scheduler", &mut scheduler);
+    let (port, scheduler) = start_scheduler(&dir, "the scheduler");
     let mut executors = Vec::new();
     for i in 0..2 {
         let p = free_port();
@@ -285,21 +285,7 @@ fn the_starter_project_on_a_two_executor_cluster_equals_a_local_run() {
     let before = commits(&dir);
     // A scheduler serving another lake (the copy's, which has its own id)
     // refuses the query instead of reading missing files as empty tables.
-    let other = free_port();
-    let mut foreign = Process(
-        ferry(&copy)
-            .args([
-                "engine",
-                "scheduler",
-                "--bind",
-                &format!("127.0.0.1:{other}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for(other, "the other lake's scheduler", &mut foreign);
+    let (other, foreign) = start_scheduler(&copy, "the other lake's scheduler");
     let refused = ferry(&dir)
         .args(["run", "--select", "contact_scores"])
         .args(["--engine", &format!("df://127.0.0.1:{other}")])

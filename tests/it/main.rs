@@ -33,6 +33,15 @@ mod sync;
 mod vendor;
 
 /// Copy a folder tree (fixtures, the starter project) into a test's own folder.
+/// A loopback port nothing listens on (for a process the test starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {

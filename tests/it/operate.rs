@@ -833,13 +833,7 @@ fn serve(dir: &Path, port: u16) -> std::process::Child {
         .unwrap()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::free_port;
 
 fn sigterm(child: &std::process::Child) {
     let ok = std::process::Command::new("kill")
