@@ -209,9 +209,11 @@ pub async fn register(ctx: &SessionContext, name: &str, table: &DeltaTable) -> R
         .update_datafusion_session(&ctx.state())
         .map_err(delta_err)?;
     let provider: Arc<dyn TableProvider> = table.table_provider().await?;
-    let files = match plain_parquet(table) {
-        Ok(()) => Ok(table.get_file_uris().map_err(delta_err)?.collect()),
-        Err(why) => Err(why),
+    // Listed only for a cluster: a local run reads through `provider`.
+    let files = match super::cluster::url().map(|_| plain_parquet(table)) {
+        Some(Ok(())) => Ok(table.get_file_uris().map_err(delta_err)?.collect()),
+        Some(Err(why)) => Err(why),
+        None => Err("no cluster is configured".to_string()),
     };
     ctx.deregister_table(name)?;
     ctx.register_table(
