@@ -4,11 +4,17 @@
 //!
 //! Setup (not timed): a copy of the starter project and `ferry demo --scale
 //! N` (FERRY_BENCH_CLUSTER_CONTACTS, default 100,000 contacts), which lands
-//! the data and builds every model once. Then `ferry run` twice: in one
-//! process, and with `--engine df://...`. Prints wall time, the peak memory
-//! of the ferry process and of each executor (VmHWM), and the bytes the
-//! executors wrote as shuffle files (the Arrow IPC files each stage hands
-//! the next; the final stage's are what ferry streams back).
+//! the data and builds every model once. `FERRY_BENCH_CLUSTER_LAKE=DIR`
+//! uses a lake set up already instead (the build bench's
+//! `FERRY_BENCH_LAKE=DIR` leaves one: at 1M contacts that takes 5 minutes,
+//! `ferry demo` 30, at HubSpot's limits). `as_of` is pinned so both runs
+//! score at the same moment. Then `ferry run` twice: in one process, and
+//! with `--engine df://...`; after each, every model's rows are read back
+//! (sorted, floats to 9 significant digits) and the two runs must be
+//! equal. Prints wall time, the peak memory of the ferry process and of
+//! each executor (VmHWM), and the bytes the executors wrote as shuffle
+//! files (the Arrow IPC files each stage hands the next; the final stage's
+//! are what ferry streams back).
 //!
 //! Run: `cargo bench --profile dev -- cluster`.
 
@@ -108,6 +114,49 @@ fn timed(dir: &Path, cmd: &mut Command) -> (f64, f64) {
     (secs, mib)
 }
 
+/// Each persisted model's (name, rows, digest of its sorted rows), read
+/// back through `ferry query` as CSV; floats to 9 significant digits (a
+/// sum's last bits depend on the order partitions add up in).
+fn model_digests(dir: &Path) -> Vec<(String, usize, u64)> {
+    use std::hash::{Hash, Hasher};
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("lake/models"))
+        .expect("the lake's models")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let out = ferry(dir)
+                .args(["query", &format!("select * from {name}"), "--format", "csv"])
+                .output()
+                .expect("ferry query");
+            assert!(
+                out.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let mut rows: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|line| {
+                    line.split(',')
+                        .map(|f| match f.parse::<f64>() {
+                            Ok(x) if f.contains('.') || f.contains('e') => format!("{x:.9e}"),
+                            _ => f.to_string(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .collect();
+            rows.sort_unstable();
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            rows.hash(&mut h);
+            (name, rows.len(), h.finish())
+        })
+        .collect()
+}
+
 fn bytes_under(dir: &Path) -> u64 {
     let mut total = 0;
     if let Ok(entries) = std::fs::read_dir(dir) {
@@ -145,8 +194,11 @@ pub fn main() {
     let tmp = tempfile::tempdir().expect("temp dir").keep();
     let dir: PathBuf = tmp.join("starter");
     std::fs::create_dir_all(&dir).expect("mkdir");
-    // Stages as wide as the cluster's task slots (2 executors × 2).
+    // Stages as wide as the cluster's task slots (2 executors × 2); scores
+    // decay up to `as_of` ("now" when unset), so both runs pin it.
     let toml = std::fs::read_to_string(root.join("ferry.toml")).expect("ferry.toml");
+    assert!(toml.contains("as_of = \"\""), "ferry.toml's as_of moved");
+    let toml = toml.replace("as_of = \"\"", "as_of = \"2026-11-01T00:00:00Z\"");
     std::fs::write(
         dir.join("ferry.toml"),
         format!("{toml}\n[engine]\ncluster_partitions = 4\n"),
@@ -155,22 +207,31 @@ pub fn main() {
     for d in ["models", "sql"] {
         copy_dir(&root.join(d), &dir.join(d));
     }
-    let t = Instant::now();
-    let demo = ferry(&dir)
-        .args(["demo", "--scale", &contacts.to_string(), "--threads", "2"])
-        .output()
-        .expect("ferry demo");
-    assert!(
-        demo.status.success(),
-        "{}",
-        String::from_utf8_lossy(&demo.stderr)
-    );
-    println!(
-        "\nstarter project, {contacts} contacts: data landed and models built once by `ferry demo` in {:.1} s (setup)\n",
-        t.elapsed().as_secs_f64()
-    );
+    match std::env::var("FERRY_BENCH_CLUSTER_LAKE") {
+        Ok(lake) => {
+            std::os::unix::fs::symlink(&lake, dir.join("lake")).expect("link the lake");
+            println!("\nstarter project on the lake at {lake} (set up already)\n");
+        }
+        Err(_) => {
+            let t = Instant::now();
+            let demo = ferry(&dir)
+                .args(["demo", "--scale", &contacts.to_string(), "--threads", "2"])
+                .output()
+                .expect("ferry demo");
+            assert!(
+                demo.status.success(),
+                "{}",
+                String::from_utf8_lossy(&demo.stderr)
+            );
+            println!(
+                "\nstarter project, {contacts} contacts: data landed and models built once by `ferry demo` in {:.1} s (setup)\n",
+                t.elapsed().as_secs_f64()
+            );
+        }
+    }
 
     let (local_s, local_mib) = timed(&dir, ferry(&dir).args(["run", "--threads", "2"]));
+    let local = model_digests(&dir);
 
     let port = free_port();
     let scheduler = Process(
@@ -221,6 +282,24 @@ pub fn main() {
         ]),
     );
     let shuffled: u64 = executors.iter().map(|(_, w)| bytes_under(w)).sum();
+    let cluster = model_digests(&dir);
+    let differ: Vec<String> = local
+        .iter()
+        .zip(&cluster)
+        .filter(|(a, b)| a != b)
+        .map(|(a, b)| format!("{}: {} rows locally, {} on the cluster", a.0, a.1, b.1))
+        .collect();
+    assert!(
+        local.len() == cluster.len() && differ.is_empty(),
+        "the cluster's models differ from the local run's (project kept at {}):\n{}",
+        dir.display(),
+        differ.join("\n")
+    );
+    let rows: usize = local.iter().map(|m| m.1).sum();
+    println!(
+        "\n{} models, {rows} rows: equal on the cluster and in one process",
+        local.len()
+    );
     println!("| models run | seconds | ferry peak MiB | executors' peak MiB |");
     println!("|---|---|---|---|");
     println!("| in one process | {local_s:.1} | {local_mib:.0} | — |");
@@ -239,5 +318,6 @@ pub fn main() {
     );
     drop(executors);
     drop(scheduler);
+    // The project only: a lake set up beforehand stays where it was.
     let _ = std::fs::remove_dir_all(&tmp);
 }

@@ -347,7 +347,9 @@ pub async fn remote(local: &SessionContext, what: &str, df: DataFrame) -> Result
     let cluster = SessionContext::remote_with_state(url, state)
         .await
         .map_err(|e| Error::Input(format!("the cluster at {url}: {e}")))?;
-    let remote = DataFrame::new(cluster.state(), plan);
+    // The result crosses as plain strings, put back into views here.
+    let types = plan.schema().clone();
+    let remote = DataFrame::new(cluster.state(), plan).select(unviewed(&types))?;
     let schema: SchemaRef = Arc::new(remote.schema().as_arrow().clone());
     let stream = remote.execute_stream().await?;
     tracing::info!("{what} runs on the cluster at {url}");
@@ -378,7 +380,42 @@ pub async fn remote(local: &SessionContext, what: &str, df: DataFrame) -> Result
             stream: Mutex::new(Some(stream)),
         })],
     )?;
-    Ok(local.read_table(Arc::new(table))?)
+    let back: Vec<datafusion::logical_expr::Expr> = types
+        .fields()
+        .iter()
+        .map(|f| {
+            let c = datafusion::logical_expr::Expr::Column(
+                datafusion::common::Column::new_unqualified(f.name()),
+            );
+            datafusion::logical_expr::cast(c, f.data_type().clone()).alias(f.name())
+        })
+        .collect();
+    Ok(local.read_table(Arc::new(table))?.select(back)?)
+}
+
+/// The columns of `schema` with string and binary views cast to plain
+/// strings and binaries: the result a cluster sends back. A view array's
+/// batch carries every buffer its views point into, so a join's output,
+/// whose views point into whole input batches, is written out (as the last
+/// stage's shuffle files) and sent (compressed, by the executor) many times
+/// over: at 1M contacts `int_person_records` wrote 1,000 bytes a row and
+/// took longer to fetch than Ballista keeps a finished job's files. A cast
+/// copies just the strings.
+fn unviewed(schema: &datafusion::common::DFSchema) -> Vec<datafusion::logical_expr::Expr> {
+    use arrow::datatypes::DataType;
+    use datafusion::common::Column;
+    use datafusion::logical_expr::{Expr, cast};
+    schema
+        .iter()
+        .map(|(q, f)| {
+            let c = Expr::Column(Column::new(q.cloned(), f.name()));
+            match f.data_type() {
+                DataType::Utf8View => cast(c, DataType::Utf8).alias(f.name()),
+                DataType::BinaryView => cast(c, DataType::Binary).alias(f.name()),
+                _ => c,
+            }
+        })
+        .collect()
 }
 
 /// A result stream that can be read once.
@@ -432,6 +469,10 @@ pub async fn serve_scheduler(lake: &Lake, bind: SocketAddr) -> Result<()> {
         bind_port: bind.port(),
         external_host: bind.ip().to_string(),
         scheduling_policy: TaskSchedulingPolicy::PullStaged,
+        // A finished job's result stays on its executors this long (Ballista's
+        // default, 300 s, removed a result ferry was still reading into a
+        // large model's table).
+        finished_job_data_clean_up_interval_seconds: 3600,
         ..Default::default()
     }
     .with_override_config_producer(Arc::new(cluster_config))
