@@ -465,9 +465,9 @@ pub async fn serve_scheduler(lake: &Lake, bind: SocketAddr) -> Result<()> {
             Ok(ferry_state(config, Arc::new(lake_runtime(&lake, None)?)))
         });
     let config = SchedulerConfig {
-        bind_host: bind.ip().to_string(),
+        bind_host: host(bind.ip()),
         bind_port: bind.port(),
-        external_host: bind.ip().to_string(),
+        external_host: host(bind.ip()),
         scheduling_policy: TaskSchedulingPolicy::PullStaged,
         // A finished job's result stays on its executors this long (Ballista's
         // default, 300 s, removed a result ferry was still reading into a
@@ -580,6 +580,15 @@ pub struct ExecutorOptions {
     pub work_dir: Option<String>,
 }
 
+/// An address as Ballista joins it with a port (`host:port`): IPv6 in
+/// brackets (`[::1]`), or Ballista cannot parse what it built.
+fn host(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+    }
+}
+
 /// Run an executor for the project's lake until the process ends.
 pub async fn serve_executor(lake: &Lake, o: ExecutorOptions) -> Result<()> {
     use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
@@ -609,12 +618,12 @@ pub async fn serve_executor(lake: &Lake, o: ExecutorOptions) -> Result<()> {
         Ok(Arc::new(lake_runtime(&lake, work_dir.as_deref())?))
     });
     let config = ExecutorProcessConfig {
-        bind_host: o.bind.ip().to_string(),
+        bind_host: host(o.bind.ip()),
         // Unset: the address the scheduler sees this executor connect from.
         external_host: o
             .external_host
             .clone()
-            .or_else(|| (!o.bind.ip().is_unspecified()).then(|| o.bind.ip().to_string())),
+            .or_else(|| (!o.bind.ip().is_unspecified()).then(|| host(o.bind.ip()))),
         port: o.bind.port(),
         scheduler_host,
         scheduler_port,
@@ -639,6 +648,14 @@ pub async fn serve_executor(lake: &Lake, o: ExecutorOptions) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_hosts_are_bracketed_for_ballista() {
+        assert_eq!(host("::1".parse().unwrap()), "[::1]");
+        assert_eq!(host("10.0.0.5".parse().unwrap()), "10.0.0.5");
+        let joined = format!("{}:{}", host("::1".parse().unwrap()), 50051);
+        assert!(joined.parse::<std::net::SocketAddr>().is_ok(), "{joined}");
+    }
 
     #[test]
     fn cluster_urls() {
