@@ -114,47 +114,20 @@ fn timed(dir: &Path, cmd: &mut Command) -> (f64, f64) {
     (secs, mib)
 }
 
+#[path = "../tests/it/model_rows.rs"]
+mod model_rows;
+
 /// Each persisted model's (name, rows, digest of its sorted rows), read
-/// back through `ferry query` as CSV; floats to 9 significant digits (a
-/// sum's last bits depend on the order partitions add up in).
+/// back as the cluster test reads them ([`model_rows`]).
 fn model_digests(dir: &Path) -> Vec<(String, usize, u64)> {
     use std::hash::{Hash, Hasher};
-    let mut names: Vec<String> = std::fs::read_dir(dir.join("lake/models"))
-        .expect("the lake's models")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .collect();
-    names.sort();
-    names
-        .into_iter()
-        .map(|name| {
-            let out = ferry(dir)
-                .args(["query", &format!("select * from {name}"), "--format", "csv"])
-                .output()
-                .expect("ferry query");
-            assert!(
-                out.status.success(),
-                "{name}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let mut rows: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .map(|line| {
-                    line.split(',')
-                        .map(|f| match f.parse::<f64>() {
-                            Ok(x) if f.contains('.') || f.contains('e') => format!("{x:.9e}"),
-                            _ => f.to_string(),
-                        })
-                        .collect::<Vec<_>>()
-                        .join(",")
-                })
-                .collect();
-            rows.sort_unstable();
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            rows.hash(&mut h);
-            (name, rows.len(), h.finish())
-        })
-        .collect()
+    let mut all = Vec::new();
+    model_rows::each_model(dir, || ferry(dir), |name, rows| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        rows.hash(&mut h);
+        all.push((name, rows.len(), h.finish()));
+    });
+    all
 }
 
 fn bytes_under(dir: &Path) -> u64 {

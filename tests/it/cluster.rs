@@ -67,42 +67,11 @@ fn start_scheduler(dir: &Path, what: &str) -> (u16, Process) {
     (port, p)
 }
 
-/// Every persisted model's rows, sorted, floats rounded to 9 significant
-/// digits (a sum's last bits depend on the order partitions add up in).
+/// Every persisted model's rows ([`crate::model_rows`]).
 fn models(dir: &Path) -> Vec<(String, Vec<String>)> {
-    let mut names: Vec<String> = std::fs::read_dir(dir.join("lake/models"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-        .collect();
-    names.sort();
-    names
-        .into_iter()
-        .map(|name| {
-            let out = ferry(dir)
-                .args(["query", &format!("select * from {name}"), "--format", "csv"])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{name}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let mut rows: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .map(|line| {
-                    line.split(',')
-                        .map(|f| match f.parse::<f64>() {
-                            Ok(x) if f.contains('.') || f.contains('e') => format!("{x:.9e}"),
-                            _ => f.to_string(),
-                        })
-                        .collect::<Vec<_>>()
-                        .join(",")
-                })
-                .collect();
-            rows.sort();
-            (name, rows)
-        })
-        .collect()
+    let mut all = Vec::new();
+    crate::model_rows::each_model(dir, || ferry(dir), |name, rows| all.push((name, rows)));
+    all
 }
 
 #[test]

@@ -23,6 +23,7 @@ mod extract;
 mod fuzz;
 mod gtm;
 mod landing;
+mod model_rows;
 mod models;
 mod operate;
 mod revert;
