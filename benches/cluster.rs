@@ -122,11 +122,15 @@ mod model_rows;
 fn model_digests(dir: &Path) -> Vec<(String, usize, u64)> {
     use std::hash::{Hash, Hasher};
     let mut all = Vec::new();
-    model_rows::each_model(dir, || ferry(dir), |name, rows| {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        rows.hash(&mut h);
-        all.push((name, rows.len(), h.finish()));
-    });
+    model_rows::each_model(
+        dir,
+        || ferry(dir),
+        |name, rows| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            rows.hash(&mut h);
+            all.push((name, rows.len(), h.finish()));
+        },
+    );
     all
 }
 
