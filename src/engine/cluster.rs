@@ -649,6 +649,43 @@ pub async fn serve_executor(lake: &Lake, o: ExecutorOptions) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// Regression: at 1M contacts a result of view batches, each carrying
+    /// the buffers it was sliced from, took longer to fetch than Ballista
+    /// keeps a finished job's files, and the model failed.
+    #[tokio::test]
+    async fn results_cross_as_plain_strings_that_carry_only_their_rows() {
+        use arrow::array::{Array, ArrayRef, StringViewArray};
+        use arrow::datatypes::DataType;
+        use arrow::record_batch::RecordBatch;
+        let ctx = crate::engine::memory_session();
+        let big: StringViewArray = (0..100_000)
+            .map(|i| Some(format!("a string longer than twelve bytes {i:08}")))
+            .collect();
+        let batch = RecordBatch::try_from_iter([("s", Arc::new(big) as ArrayRef)]).unwrap();
+        ctx.register_batch("t", batch).unwrap();
+        let df = ctx.sql("select s from t limit 10").await.unwrap();
+        let held = |batches: &[RecordBatch]| -> usize {
+            batches.iter().map(|b| b.get_array_memory_size()).sum()
+        };
+        let views = df.clone().collect().await.unwrap();
+        assert!(held(&views) > 1 << 20, "the slice holds the whole buffer");
+        let types = df.schema().clone();
+        let plain = df
+            .select(unviewed(&types))
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(plain[0].column(0).data_type(), &DataType::Utf8);
+        assert_eq!(plain.iter().map(|b| b.num_rows()).sum::<usize>(), 10);
+        assert!(
+            held(&plain) < 16 << 10,
+            "{} bytes for 10 rows",
+            held(&plain)
+        );
+        assert!(plain[0].column(0).len() <= 10);
+    }
+
     #[test]
     fn ipv6_hosts_are_bracketed_for_ballista() {
         assert_eq!(host("::1".parse().unwrap()), "[::1]");
