@@ -21,13 +21,13 @@
 //!    previous values read and recorded), `ferry sync revert` of that run,
 //!    then a HubSpot list filled with the N contacts and 10% of them
 //!    removed: seconds and API calls per row of each.
-//! 2. Diff: the set-based diff (`sql/sync/diff.sql`) of a 1M- and a 10M-row
+//! 2. Diff: the sync's diff (`sql/sync/diff.sql`, `src/sync/diff/`) of a 1M- and a 10M-row
 //!    model (Parquet, as a persisted model) against a snapshot of the same
 //!    size with 10% of rows changed (FERRY_BENCH_DIFF_ROWS=1000000,10000000
 //!    to choose), read in one pass as a sync reads it (`diff::scan`), in a
 //!    session with the engine's pool (FERRY_BENCH_MEMORY_LIMIT=1GiB sets
-//!    the limit, which decides the key buckets; FERRY_BENCH_SMJ=1 plans
-//!    sort-merge joins instead of hash joins).
+//!    the limit, which decides the key buckets). Peak memory is counted
+//!    from the end of the setup.
 //!
 //! 3. Partitioned (`cargo bench --profile dev -- sync partitioned`): 1M new
 //!    contacts (FERRY_BENCH_SYNC_ROWS) by 1 and by 4 workers
@@ -663,10 +663,7 @@ async fn diff_time(rows: u64) {
                 .unwrap_or_else(|(k, e)| panic!("FERRY_BENCH_MEMORY_LIMIT: {k}: {e}"));
         let _ = ferry::engine::memory::configure(settings);
     }
-    let mut config = ferry::engine::session_config();
-    if std::env::var("FERRY_BENCH_SMJ").is_ok() {
-        config.options_mut().optimizer.prefer_hash_join = false;
-    }
+    let config = ferry::engine::session_config();
     let ctx = datafusion::prelude::SessionContext::new_with_config_rt(
         config,
         ferry::engine::memory::runtime().unwrap(),
@@ -679,18 +676,13 @@ async fn diff_time(rows: u64) {
         ctx.sql(&model_sql(rows, "a")).await.unwrap().into_view(),
     )
     .unwrap();
-    let empty = "select cast(null as varchar) as _key, cast(null as varchar) as _hash, \
-                 cast(null as varchar) as _crm_id, cast(null as boolean) as _created, \
-                 cast(null as varchar) as _payload where false";
-    ctx.register_table("empty", ctx.sql(empty).await.unwrap().into_view())
-        .unwrap();
     let cols = ["lead_score".to_string(), "persona".to_string()];
-    let first = diff::diff_sql("v0", "email", true, &cols, "empty").unwrap();
+    let first = diff::model_rows_sql("v0", "email", true, &cols).unwrap();
     let snap_dir = tmp.path().join("snap");
     ctx.sql(&format!(
         "select _key, _hash, cast(concat('id', _key) as varchar) as _crm_id, true as _created, \
          concat('{{\"email\":\"', _key, '\",\"lead_score\":\"', _v0, '\",\"persona\":\"', _v1, '\"}}') as _payload \
-         from ({first}) where _op = 'add'"
+         from ({first})"
     ))
     .await
     .unwrap()
@@ -741,18 +733,18 @@ async fn diff_time(rows: u64) {
             .into_view(),
     )
     .unwrap();
+    let base_mib = crate::common::reset_peak_rss();
     let start = Instant::now();
     let plan = diff::plan(&ctx, "v1", "email", true, &cols).await.unwrap();
     let plan_secs = start.elapsed().as_secs_f64();
-    let (parts, buckets) = (plan.parts.clone(), plan.parts.len());
+    let buckets = plan.parts.len();
     // What a sync run does: one pass that counts every row and decodes the
     // rows to send (`diff::scan`).
     let start = Instant::now();
     let mut pending = 0usize;
     let tally = diff::scan(
         &ctx,
-        &parts,
-        cols.len(),
+        &plan,
         || false,
         |_| {
             pending += 1;
@@ -774,7 +766,7 @@ async fn diff_time(rows: u64) {
     .join(", ");
     println!(
         "sync diff: {rows} model rows vs {rows}-row snapshot in {buckets} key bucket(s): planned (rows counted) in {plan_secs:.2} s, \
-         then {secs:.2} s for the counts and {pending} rows to send ({:.0} model rows/s), peak RSS {:.0} MiB\n  {counts}",
+         then {secs:.2} s for the counts and {pending} rows to send ({:.0} model rows/s), peak RSS {:.0} MiB (from {base_mib:.0} MiB held after the setup)\n  {counts}",
         rows as f64 / secs,
         peak_rss_mib()
     );

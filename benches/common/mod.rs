@@ -22,6 +22,14 @@ pub fn peak_rss_mib() -> f64 {
     status_mib("VmHWM")
 }
 
+/// Start the peak over from the memory held now (Linux's `clear_refs`), so
+/// that a figure measures one step and not the setup before it. Returns the
+/// resident memory it starts from, in MiB.
+pub fn reset_peak_rss() -> f64 {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    status_mib("VmRSS")
+}
+
 /// The words after the bench's name (`cargo bench --profile dev -- extract
 /// pages` gives `["pages"]`); cargo's own `--bench` flag is left out.
 pub fn parts() -> Vec<String> {

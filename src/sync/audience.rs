@@ -50,8 +50,7 @@ impl Run<'_> {
         // the rows that enter or leave it are read.
         let scanned = diff::scan(
             ctx,
-            &plan.parts,
-            1,
+            &plan,
             || self.stopped(),
             |row| {
                 match row.op {

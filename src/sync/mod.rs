@@ -643,8 +643,7 @@ impl Run<'_> {
         let mut rejects: Vec<LogRow> = Vec::new();
         let scanned = diff::scan(
             &ctx,
-            &plan.parts,
-            columns.len(),
+            &plan,
             || self.stopped(),
             |mut row| {
                 if let Some(keys) = &retry_keys

@@ -1,12 +1,12 @@
-//! The set-based diff of a sync, in DataFusion. The SQL lives in
-//! `sql/sync/`: `snapshot.sql` rebuilds what the CRM last confirmed from the
-//! lake, `diff.sql` compares the model with it by match key.
+//! The diff of a sync. The SQL lives in `sql/sync/`: `snapshot.sql`
+//! rebuilds what the CRM last confirmed from the lake, `diff.sql` reads the
+//! model and that snapshot; `index.rs` compares them by match key.
 
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use arrow::array::{Array, AsArray};
 use arrow::datatypes::DataType;
-use arrow::util::display::{ArrayFormatter, FormatOptions};
+use arrow::util::display::FormatOptions;
 use datafusion::datasource::MemTable;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
@@ -16,15 +16,17 @@ use datafusion::execution::context::SessionContext;
 use futures::StreamExt;
 use minijinja::{Environment, context};
 
+mod index;
+
 use super::state;
 use crate::engine::LAKE_URL;
 use crate::error::{Error, Result};
 use crate::lake::Lake;
 
 /// `sql/sync/diff.sql`
-pub const DIFF_SQL: &str = include_str!("../../sql/sync/diff.sql");
+pub const DIFF_SQL: &str = include_str!("../../../sql/sync/diff.sql");
 /// `sql/sync/snapshot.sql`
-pub const SNAPSHOT_SQL: &str = include_str!("../../sql/sync/snapshot.sql");
+pub const SNAPSHOT_SQL: &str = include_str!("../../../sql/sync/snapshot.sql");
 
 pub const SNAPSHOT: &str = "__ferry_sync_snapshot";
 const BASE: &str = "__ferry_sync_base";
@@ -56,19 +58,22 @@ fn render(template: &str, ctx: minijinja::Value) -> Result<String> {
         .map_err(|e| Error::Internal(format!("sync SQL template: {e}")))
 }
 
-/// The diff SQL for a model relation, key column and mapped columns.
-pub fn diff_sql(
-    model: &str,
-    key_column: &str,
-    lower: bool,
-    columns: &[String],
-    snapshot: &str,
-) -> Result<String> {
-    diff_part_sql(model, key_column, lower, columns, snapshot, 1, 0)
+/// The reads of one key bucket of the diff (`sql/sync/diff.sql`), which
+/// [`index::compare`] meets by key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Part {
+    /// Every confirmed key, its values' hash and its created flag.
+    pub snapshot_keys: String,
+    /// Every model row: compared key, mapped values, their hash.
+    pub model_rows: String,
+    /// Every confirmed key and its record id.
+    pub snapshot_ids: String,
 }
 
-/// The diff SQL of key bucket `bucket` of `buckets` (see [`plan`]).
-pub fn diff_part_sql(
+/// The reads of key bucket `bucket` of `buckets` (see [`plan`]) of a model
+/// relation's diff, by its key column and mapped columns, against
+/// `snapshot`.
+pub fn diff_part(
     model: &str,
     key_column: &str,
     lower: bool,
@@ -76,42 +81,49 @@ pub fn diff_part_sql(
     snapshot: &str,
     buckets: usize,
     bucket: usize,
-) -> Result<String> {
-    render(
-        DIFF_SQL,
-        context! {
-            model => model,
-            key => quote_ident(key_column),
-            key_name => key_column.replace('\'', "''"),
-            lower_key => lower,
-            columns => columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>(),
-            snapshot => snapshot,
-            buckets => buckets,
-            bucket => bucket,
-        },
-    )
+) -> Result<Part> {
+    let read = |pass: &str| {
+        render(
+            DIFF_SQL,
+            context! {
+                pass => pass,
+                model => model,
+                key => quote_ident(key_column),
+                lower_key => lower,
+                columns => columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>(),
+                snapshot => snapshot,
+                buckets => buckets,
+                bucket => bucket,
+            },
+        )
+    };
+    Ok(Part {
+        snapshot_keys: read("snapshot_keys")?,
+        model_rows: read("model_rows")?,
+        snapshot_ids: read("snapshot_ids")?,
+    })
 }
 
-/// Bytes one key takes while the diff runs, roughly: the key, the values'
-/// hash and the record id as the join and the duplicate count hold them
-/// (string views over the Parquet pages), plus each mapped value.
-/// Measured: a 10M-row diff of two values peaked at 3.0 GiB in one pass,
-/// 320 bytes a key (`cargo bench --profile dev -- sync`).
-fn bytes_per_key(columns: usize) -> u64 {
-    272 + 24 * columns as u64
+/// The model's rows as the diff reads them: `_key` (compared: trimmed, and
+/// lowercased when `lower`), `_v0`.. (the mapped values), `_hash` (their
+/// hash, as a snapshot keeps it).
+pub fn model_rows_sql(
+    model: &str,
+    key_column: &str,
+    lower: bool,
+    columns: &[String],
+) -> Result<String> {
+    Ok(diff_part(model, key_column, lower, columns, SNAPSHOT, 1, 0)?.model_rows)
 }
 
 /// How many key buckets the diff runs in, one after another, so that one
-/// bucket fits in half the engine's memory limit (`[engine]
-/// memory_limit`; the rest is for the rows to send and the process): 1
-/// until that is too small, at most [`MAX_BUCKETS`].
-///
-/// The estimate assumes short values (scores, stages, ids: up to 12
-/// bytes, held inside Arrow's string views); long text values (notes,
-/// URLs) take more than it counts.
-pub fn bucket_count(rows: u64, columns: usize, memory_limit: u64) -> usize {
+/// bucket's key index ([`index::BYTES_PER_KEY`] a key) fits in half the
+/// engine's memory limit (`[engine] memory_limit`; the rest is for the
+/// reads' batches, the rows to send and the process): 1 until that is too
+/// small, at most [`MAX_BUCKETS`].
+pub fn bucket_count(rows: u64, memory_limit: u64) -> usize {
     let budget = (memory_limit / 2).max(1);
-    rows.saturating_mul(bytes_per_key(columns))
+    rows.saturating_mul(index::BYTES_PER_KEY)
         .div_ceil(budget)
         .clamp(1, MAX_BUCKETS as u64) as usize
 }
@@ -159,8 +171,12 @@ pub async fn count(ctx: &SessionContext, sql: &str) -> Result<u64> {
 /// chose them.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// One query per key bucket, run one after another by [`scan`].
-    pub parts: Vec<String>,
+    /// The reads of each key bucket, compared one after another by [`scan`].
+    pub parts: Vec<Part>,
+    /// The mapped columns.
+    pub columns: usize,
+    /// The key column, as rejected rows' reasons name it.
+    pub key_name: String,
     /// The model's rows, and whether that is exact (an estimate from the
     /// plan's statistics is not).
     pub model_rows: (u64, bool),
@@ -169,10 +185,10 @@ pub struct Plan {
 }
 
 /// The diff of a model against the registered snapshot
-/// ([`register_snapshot`]), as the SQL of its key buckets: one query when
-/// the larger of the two fits the engine's memory limit, else as many as
-/// [`bucket_count`] says, each reading both sides and keeping its share of
-/// the keys.
+/// ([`register_snapshot`]), as the reads of its key buckets: one bucket
+/// when the larger of the two fits the engine's memory limit, else as many
+/// as [`bucket_count`] says, each reading both sides and keeping its share
+/// of the keys.
 pub async fn plan(
     ctx: &SessionContext,
     model: &str,
@@ -184,7 +200,7 @@ pub async fn plan(
     let (snapshot_rows, _) = row_count(ctx, SNAPSHOT, true).await?;
     let rows = model_rows.0.max(snapshot_rows);
     let limit = crate::engine::memory::settings().memory_limit;
-    let buckets = bucket_count(rows, columns.len(), limit);
+    let buckets = bucket_count(rows, limit);
     if buckets == MAX_BUCKETS {
         tracing::warn!(
             rows,
@@ -199,10 +215,12 @@ pub async fn plan(
         );
     }
     let parts = (0..buckets)
-        .map(|b| diff_part_sql(model, key_column, lower, columns, SNAPSHOT, buckets, b))
+        .map(|b| diff_part(model, key_column, lower, columns, SNAPSHOT, buckets, b))
         .collect::<Result<_>>()?;
     Ok(Plan {
         parts,
+        columns: columns.len(),
+        key_name: key_column.to_string(),
         model_rows,
         snapshot_rows,
     })
@@ -327,64 +345,13 @@ pub struct Row {
     pub values: Vec<Option<String>>,
 }
 
+/// How values are written as CRM strings.
 fn options() -> FormatOptions<'static> {
     FormatOptions::new()
         .with_null("")
         .with_date_format(Some("%Y-%m-%d"))
         .with_timestamp_format(Some("%Y-%m-%dT%H:%M:%S%.3fZ"))
         .with_timestamp_tz_format(Some("%Y-%m-%dT%H:%M:%S%.3f%:z"))
-}
-
-fn strings(batch: &RecordBatch, name: &str) -> Result<Vec<Option<String>>> {
-    let col = batch
-        .column_by_name(name)
-        .ok_or_else(|| Error::Internal(format!("diff column {name} missing")))?;
-    let col = arrow::compute::cast(col, &DataType::Utf8)?;
-    let a = col.as_string::<i32>();
-    Ok((0..a.len())
-        .map(|i| (!a.is_null(i)).then(|| a.value(i).to_string()))
-        .collect())
-}
-
-/// Decode a batch of the diff.
-pub fn rows(batch: &RecordBatch, columns: usize) -> Result<Vec<Row>> {
-    let keys = strings(batch, "_key")?;
-    let ops = strings(batch, "_op")?;
-    let reasons = strings(batch, "_reason")?;
-    let hashes = strings(batch, "_hash")?;
-    let ids = strings(batch, "_crm_id")?;
-    let created = batch
-        .column_by_name("_created")
-        .and_then(|c| c.as_any().downcast_ref::<BooleanArray>().cloned())
-        .ok_or_else(|| Error::Internal("diff column _created missing".into()))?;
-    let opts = options();
-    let first = batch.num_columns() - columns;
-    let formatters = (0..columns)
-        .map(|i| ArrayFormatter::try_new(batch.column(first + i).as_ref(), &opts))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    let mut out = Vec::with_capacity(batch.num_rows());
-    for r in 0..batch.num_rows() {
-        let op = ops[r]
-            .as_deref()
-            .and_then(DiffOp::parse)
-            .ok_or_else(|| Error::Internal(format!("unknown diff op {:?}", ops[r])))?;
-        let values = (0..columns)
-            .map(|i| {
-                let col = batch.column(first + i);
-                (!col.is_null(r)).then(|| formatters[i].value(r).to_string())
-            })
-            .collect();
-        out.push(Row {
-            key: keys[r].clone(),
-            op,
-            reason: reasons[r].clone(),
-            hash: hashes[r].clone(),
-            crm_id: ids[r].clone(),
-            created: !created.is_null(r) && created.value(r),
-            values,
-        });
-    }
-    Ok(out)
 }
 
 /// The diff's rows counted by operation and by whether this sync created
@@ -398,6 +365,20 @@ pub struct Tally([[u64; 2]; 5]);
 impl Tally {
     fn add(&mut self, op: DiffOp, created: bool) {
         self.0[op as usize][created as usize] += 1;
+    }
+
+    /// Take back one [`Tally::add`].
+    fn sub(&mut self, op: DiffOp, created: bool) {
+        self.0[op as usize][created as usize] -= 1;
+    }
+
+    /// Add another tally's counts to this one.
+    fn merge(&mut self, other: &Tally) {
+        for (mine, theirs) in self.0.iter_mut().zip(&other.0) {
+            for (m, t) in mine.iter_mut().zip(theirs) {
+                *m += t;
+            }
+        }
     }
 
     /// Rows with `op`, created by this sync or not.
@@ -424,88 +405,52 @@ impl Tally {
     }
 }
 
-/// Read the diff once: every row is counted in the returned [`Tally`], and
-/// every row that is not `unchanged` is decoded and handed to `keep`, in
-/// the order the engine produces them.
+/// Compare the model with the snapshot: every row is counted in the
+/// returned [`Tally`], and every row that is not `unchanged` is decoded and
+/// handed to `keep` (adds and rejects after the model is read, removes and
+/// changes after the record ids are).
 ///
-/// One pass instead of a `group by` for the counts and a second query for
-/// the rows: each query joins the whole model with the whole snapshot, so
-/// the second pass doubled a sync's diff time. `unchanged` rows, the bulk of
-/// a steady sync, are counted from the `_op` column and never decoded.
+/// One comparison gives both: `unchanged` rows, the bulk of a steady sync,
+/// are counted and never decoded.
 ///
-/// `parts` are the diff's key buckets ([`plan`]), run one after another:
-/// only one bucket's hash tables are held at a time.
+/// `plan`'s parts are the diff's key buckets ([`plan`]), compared one after
+/// another: only one bucket's key index is held at a time.
 ///
 /// `stopped` is asked before each bucket: a run told to stop (SIGTERM,
 /// `ferry serve`'s shutdown) returns `None` between buckets instead of
 /// reading the rest.
 pub async fn scan(
     ctx: &SessionContext,
-    parts: &[String],
-    columns: usize,
+    plan: &Plan,
     stopped: impl Fn() -> bool,
     mut keep: impl FnMut(Row) -> Result<()>,
 ) -> Result<Option<Tally>> {
     let mut tally = Tally::default();
-    for sql in parts {
+    let rows = plan.model_rows.0.max(plan.snapshot_rows);
+    let expected = (rows + rows / 20).div_ceil(plan.parts.len().max(1) as u64) as usize;
+    for part in &plan.parts {
         if stopped() {
             return Ok(None);
         }
-        scan_part(ctx.sql(sql).await?, columns, &mut tally, &mut keep).await?;
+        index::compare(
+            ctx,
+            part,
+            plan.columns,
+            &plan.key_name,
+            expected,
+            &mut tally,
+            &mut keep,
+        )
+        .await?;
     }
     Ok(Some(tally))
-}
-
-async fn scan_part(
-    df: datafusion::dataframe::DataFrame,
-    columns: usize,
-    tally: &mut Tally,
-    keep: &mut impl FnMut(Row) -> Result<()>,
-) -> Result<()> {
-    let mut stream = df.execute_stream().await?;
-    while let Some(batch) = stream.next().await {
-        let batch = batch?;
-        let ops = batch
-            .column_by_name("_op")
-            .ok_or_else(|| Error::Internal("diff column _op missing".into()))?;
-        let ops = arrow::compute::cast(ops, &DataType::Utf8)?;
-        let ops = ops.as_string::<i32>();
-        let created = batch
-            .column_by_name("_created")
-            .and_then(|c| c.as_any().downcast_ref::<BooleanArray>().cloned())
-            .ok_or_else(|| Error::Internal("diff column _created missing".into()))?;
-        let mut wanted = Vec::with_capacity(batch.num_rows());
-        for r in 0..batch.num_rows() {
-            let op = (!ops.is_null(r))
-                .then(|| DiffOp::parse(ops.value(r)))
-                .flatten()
-                .ok_or_else(|| {
-                    Error::Internal(format!(
-                        "unknown diff op {:?}",
-                        (!ops.is_null(r)).then(|| ops.value(r))
-                    ))
-                })?;
-            let c = !created.is_null(r) && created.value(r);
-            tally.add(op, c);
-            wanted.push(op != DiffOp::Unchanged);
-        }
-        let wanted = BooleanArray::from(wanted);
-        if wanted.true_count() == 0 {
-            continue;
-        }
-        let batch = arrow::compute::filter_record_batch(&batch, &wanted)?;
-        for row in rows(&batch, columns)? {
-            keep(row)?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
-    use arrow::array::{Int64Array, StringArray};
+    use arrow::array::{BooleanArray, Int64Array, RecordBatch, StringArray};
     use arrow::datatypes::{Field, Schema};
     use proptest::prelude::*;
 
@@ -571,18 +516,33 @@ mod tests {
             .collect()
     }
 
-    async fn run_diff(ctx: &SessionContext) -> Vec<(Option<String>, String)> {
-        let sql = diff_sql("model", "email", true, &["a".into(), "b".into()], "snap").unwrap();
-        let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+    /// The diff of `model` against `snap` in `buckets` key buckets: every
+    /// row handed over, and the tally.
+    async fn run_diff(ctx: &SessionContext, buckets: usize) -> (Vec<Row>, Tally) {
+        let cols = ["a".to_string(), "b".to_string()];
+        let plan = Plan {
+            parts: (0..buckets)
+                .map(|b| diff_part("model", "email", true, &cols, "snap", buckets, b).unwrap())
+                .collect(),
+            columns: 2,
+            key_name: "email".into(),
+            model_rows: (0, false),
+            snapshot_rows: 0,
+        };
         let mut out = Vec::new();
-        for b in &batches {
-            for r in rows(b, 2).unwrap() {
-                let op = format!("{:?}", r.op);
-                out.push((r.key, op));
-            }
-        }
-        out.sort();
-        out
+        let tally = scan(
+            ctx,
+            &plan,
+            || false,
+            |r| {
+                out.push(r);
+                Ok(())
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        (out, tally)
     }
 
     /// The snapshot's payloads (every value last sent, for every key) once
@@ -606,21 +566,20 @@ mod tests {
         )
         .unwrap();
         let cols = ["a".to_string(), "b".to_string()];
+        let one = diff_part("model", "email", true, &cols, "snap", 1, 0).unwrap();
+        let bucket = diff_part("model", "email", true, &cols, "snap", 3, 1).unwrap();
         for sql in [
-            diff_sql("model", "email", true, &cols, "snap").unwrap(),
-            diff_part_sql("model", "email", true, &cols, "snap", 3, 1).unwrap(),
+            one.snapshot_keys,
+            one.snapshot_ids,
+            bucket.snapshot_keys,
+            bucket.snapshot_ids,
         ] {
-            let plan = ctx
-                .sql(&sql)
-                .await
-                .unwrap()
-                .create_physical_plan()
-                .await
-                .unwrap();
-            let shown = datafusion::physical_plan::displayable(plan.as_ref())
-                .indent(true)
-                .to_string();
-            assert!(shown.contains("_crm_id"), "{shown}");
+            let plan = ctx.sql(&sql).await.unwrap().into_optimized_plan().unwrap();
+            let shown = plan.display_indent().to_string();
+            assert!(
+                shown.contains("TableScan: snap projection=[_key"),
+                "{shown}"
+            );
             assert!(!shown.contains("_payload"), "{shown}");
         }
     }
@@ -628,12 +587,13 @@ mod tests {
     #[test]
     fn the_diff_splits_into_buckets_only_past_half_the_memory_limit() {
         const GIB: u64 = 1 << 30;
-        // The bench's 10M rows of two values: one pass at the default limit
-        // (half of a 24 GiB machine), six buckets at 1 GiB.
-        assert_eq!(bucket_count(10_000_000, 2, 12 * GIB), 1);
-        assert_eq!(bucket_count(10_000_000, 2, GIB), 6);
-        assert_eq!(bucket_count(0, 2, GIB), 1);
-        assert_eq!(bucket_count(u64::MAX, 200, 1), 64);
+        // The bench's 10M keys: one bucket at the default limit (half of a
+        // 24 GiB machine) and at 2 GiB, two at 1 GiB.
+        assert_eq!(bucket_count(10_000_000, 12 * GIB), 1);
+        assert_eq!(bucket_count(10_000_000, 2 * GIB), 1);
+        assert_eq!(bucket_count(10_000_000, GIB), 2);
+        assert_eq!(bucket_count(0, GIB), 1);
+        assert_eq!(bucket_count(u64::MAX, 1), 64);
     }
 
     proptest! {
@@ -650,24 +610,31 @@ mod tests {
                              cast(null as varchar) as _crm_id, cast(null as boolean) as _created, \
                              cast(null as varchar) as _payload where false";
                 ctx.register_table("snap", ctx.sql(empty).await.unwrap().into_view()).unwrap();
-                let sql = diff_sql("model", "email", true, &["a".into(), "b".into()], "snap").unwrap();
-                let confirmed = ctx
-                    .sql(&format!("select _key, _hash, cast(null as varchar) as _crm_id, false as _created, cast(null as varchar) as _payload from ({sql}) where _op = 'add'"))
-                    .await.unwrap().collect().await.unwrap();
-                let snap = MemTable::try_new(confirmed.first().map(|b| b.schema()).unwrap_or_else(|| {
+                let (first, _) = run_diff(&ctx, 1).await;
+                // Every key `prev` added, confirmed with a record id; the
+                // ones starting with `a` created by this sync.
+                let adds: Vec<&Row> = first.iter().filter(|r| r.op == DiffOp::Add).collect();
+                let confirmed = RecordBatch::try_new(
                     Arc::new(Schema::new(vec![
                         Field::new("_key", DataType::Utf8, true),
                         Field::new("_hash", DataType::Utf8, true),
                         Field::new("_crm_id", DataType::Utf8, true),
-                        Field::new("_created", DataType::Boolean, false),
+                        Field::new("_created", DataType::Boolean, true),
                         Field::new("_payload", DataType::Utf8, true),
-                    ]))
-                }), vec![confirmed]).unwrap();
+                    ])),
+                    vec![
+                        Arc::new(StringArray::from(adds.iter().map(|r| r.key.clone()).collect::<Vec<_>>())),
+                        Arc::new(StringArray::from(adds.iter().map(|r| r.hash.clone()).collect::<Vec<_>>())),
+                        Arc::new(StringArray::from(adds.iter().map(|r| r.key.as_ref().map(|k| format!("id-{k}"))).collect::<Vec<_>>())),
+                        Arc::new(BooleanArray::from(adds.iter().map(|r| r.key.as_ref().is_some_and(|k| k.starts_with('a'))).collect::<Vec<_>>())),
+                        Arc::new(StringArray::from(vec![None::<String>; adds.len()])),
+                    ],
+                ).unwrap();
+                let snap = MemTable::try_new(confirmed.schema(), vec![vec![confirmed]]).unwrap();
                 ctx.deregister_table("snap").unwrap();
                 ctx.register_table("snap", Arc::new(snap)).unwrap();
                 ctx.deregister_table("model").unwrap();
                 ctx.register_table("model", Arc::new(table(&now))).unwrap();
-                let got = run_diff(&ctx).await;
 
                 let before = valid(&prev);
                 let after = valid(&now);
@@ -700,19 +667,12 @@ mod tests {
                     }
                 }
                 want.sort();
-                assert_eq!(got, want);
 
-                // The one pass a sync makes: its tally counts every row of
-                // the diff, and it hands over every row but the unchanged.
-                let sql = diff_sql("model", "email", true, &["a".into(), "b".into()], "snap").unwrap();
-                let mut kept = Vec::new();
-                let tally = scan(&ctx, &[sql], 2, || false, |r| {
-                    kept.push((r.key, format!("{:?}", r.op)));
-                    Ok(())
-                })
-                .await
-                .unwrap()
-                .unwrap();
+                // Every row but the unchanged is handed over; the tally
+                // counts them all.
+                let (rows, tally) = run_diff(&ctx, 1).await;
+                let mut kept: Vec<(Option<String>, String)> =
+                    rows.iter().map(|r| (r.key.clone(), format!("{:?}", r.op))).collect();
                 kept.sort();
                 let sent: Vec<_> = want.iter().filter(|w| w.1 != "Unchanged").cloned().collect();
                 assert_eq!(kept, sent);
@@ -721,24 +681,44 @@ mod tests {
                     assert_eq!(tally.count(op), n, "{op:?}");
                 }
                 assert_eq!(tally.model_rows(), now.len() as u64);
+                // Created by this sync: the confirmed keys starting with `a`.
+                for op in [DiffOp::Change, DiffOp::Unchanged, DiffOp::Remove] {
+                    let n = want
+                        .iter()
+                        .filter(|w| w.1 == format!("{op:?}") && w.0.as_ref().is_some_and(|k| k.starts_with('a')))
+                        .count() as u64;
+                    assert_eq!(tally.of(op, true), n, "{op:?} created");
+                }
+                for r in &rows {
+                    match r.op {
+                        // Updates and removals name the confirmed record.
+                        DiffOp::Change | DiffOp::Remove => {
+                            assert_eq!(r.crm_id, r.key.as_ref().map(|k| format!("id-{k}")), "{r:?}");
+                            assert_eq!(r.created, r.key.as_ref().is_some_and(|k| k.starts_with('a')), "{r:?}");
+                        }
+                        DiffOp::Add => assert_eq!((r.crm_id.as_ref(), r.created), (None, false)),
+                        DiffOp::Reject => {
+                            let reason = r.reason.as_deref().unwrap_or_default();
+                            match r.key.as_deref().filter(|k| !k.is_empty()) {
+                                None => assert_eq!(reason, "empty match key: email is null or blank"),
+                                Some(k) => assert_eq!(reason, format!("duplicate match key: {} rows have email = {k}", counts[k])),
+                            }
+                        }
+                        DiffOp::Unchanged => panic!("unchanged rows are only counted"),
+                    }
+                    // Removed rows carry no values; the others, the model's.
+                    assert_eq!(r.values.len(), 2);
+                }
 
                 // In key buckets (a diff past the memory limit), one after
                 // another: the same rows and counts, null and blank keys
                 // included.
-                let parts: Vec<String> = (0..3)
-                    .map(|b| diff_part_sql("model", "email", true, &["a".into(), "b".into()], "snap", 3, b).unwrap())
-                    .collect();
-                let mut bucketed = Vec::new();
-                let by_bucket = scan(&ctx, &parts, 2, || false, |r| {
-                    bucketed.push((r.key, format!("{:?}", r.op)));
-                    Ok(())
-                })
-                .await
-                .unwrap()
-                .unwrap();
+                let (by_bucket, bucket_tally) = run_diff(&ctx, 3).await;
+                let mut bucketed: Vec<(Option<String>, String)> =
+                    by_bucket.iter().map(|r| (r.key.clone(), format!("{:?}", r.op))).collect();
                 bucketed.sort();
                 assert_eq!(bucketed, kept);
-                assert_eq!(by_bucket, tally);
+                assert_eq!(bucket_tally, tally);
             });
         }
 
@@ -850,20 +830,24 @@ mod golden {
     #[test]
     fn rendered_sync_sql_matches_golden_files() {
         let cases = [
-            (
-                "sync_diff.sql",
-                super::diff_sql(
+            ("sync_diff.sql", {
+                let p = super::diff_part(
                     "\"contact_scores\"",
                     "email",
                     true,
                     &["lead_score".into(), "persona".into()],
                     super::SNAPSHOT,
+                    1,
+                    0,
                 )
-                .unwrap(),
-            ),
-            (
-                "sync_diff_bucket.sql",
-                super::diff_part_sql(
+                .unwrap();
+                format!(
+                    "{};\n{};\n{};\n",
+                    p.snapshot_keys, p.model_rows, p.snapshot_ids
+                )
+            }),
+            ("sync_diff_bucket.sql", {
+                let p = super::diff_part(
                     "\"contact_scores\"",
                     "email",
                     true,
@@ -872,8 +856,12 @@ mod golden {
                     4,
                     0,
                 )
-                .unwrap(),
-            ),
+                .unwrap();
+                format!(
+                    "{};\n{};\n{};\n",
+                    p.snapshot_keys, p.model_rows, p.snapshot_ids
+                )
+            }),
             (
                 "sync_snapshot.sql",
                 super::snapshot_sql("base", "log", 1_700_000_000_000_000).unwrap(),
