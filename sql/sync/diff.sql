@@ -13,7 +13,8 @@
                      model no longer holds are removed, and the changed
                      rows get the record to update
     The hash covers every mapped value, each written as <length>:<text> (or ~
-    for null) so that no two different rows hash alike by accident.
+    for null) so that no two different rows hash alike by accident
+    (`ferry_values_md5`, src/engine/functions.rs).
     The snapshot's payloads (the values last sent) are never read.
     With {{ buckets }} > 1 every query keeps one key bucket ({{ bucket }}):
     the rows whose key hashes to it, so that the index holds a share of the
@@ -31,11 +32,7 @@ select * from (
         {%- for c in columns %}
         {{ c }} as _v{{ loop.index0 }},
         {%- endfor %}
-        md5(concat_ws(','
-            {%- for c in columns %},
-            case when {{ c }} is null then '~'
-                 else concat(cast(character_length(cast({{ c }} as varchar)) as varchar), ':', cast({{ c }} as varchar)) end
-            {%- endfor %})) as _hash
+        ferry_values_md5({% for c in columns %}{{ c }}{% if not loop.last %}, {% endif %}{% endfor %}) as _hash
     from {{ model }}
 ) as model_rows{{ where }}
 {%- endif %}

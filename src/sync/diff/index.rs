@@ -114,30 +114,40 @@ fn key_hash(key: &str) -> [u32; 4] {
     if h == [0; 4] { [1, 0, 0, 0] } else { h }
 }
 
-/// The first 64 bits of a lowercase hex md5, as `md5()` writes it; `None`
-/// for any other text. Two different values are taken for one only if
-/// their md5s agree in these 64 bits: once in 10^19 changed rows.
+/// Each byte's value as a lowercase hex digit, or 0xff.
+const HEX: [u8; 256] = {
+    let mut t = [0xff; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// The first 64 bits of a lowercase hex md5, as `ferry_values_md5` writes
+/// it; `None` for any other text. Two different values are taken for one
+/// only if their md5s agree in these 64 bits: once in 10^19 changed rows.
 fn md5_prefix(text: &str) -> Option<u64> {
     let b = text.as_bytes();
     if b.len() != 32 {
         return None;
     }
-    let mut out = 0u64;
-    let mut bad = false;
-    for (i, &c) in b.iter().enumerate() {
-        let d = match c {
-            b'0'..=b'9' => c - b'0',
-            b'a'..=b'f' => c - b'a' + 10,
-            _ => {
-                bad = true;
-                0
-            }
-        };
-        if i < 16 {
-            out = out << 4 | d as u64;
-        }
+    let (mut out, mut bad) = (0u64, 0u8);
+    for &c in &b[..16] {
+        let d = HEX[c as usize];
+        bad |= d;
+        out = out << 4 | (d & 15) as u64;
     }
-    (!bad).then_some(out)
+    for &c in &b[16..] {
+        bad |= HEX[c as usize];
+    }
+    (bad & 0xf0 == 0).then_some(out)
 }
 
 /// The key index: an open-addressing table of [`Entry`]s, probed linearly
