@@ -198,11 +198,11 @@ impl Index {
         ((h as u128 * self.slots.len() as u128) >> 64) as usize
     }
 
-    /// Read a key's home slot ahead of its probe: the reads of a few keys
+    /// Fetch a key's home slot ahead of its probe: the fetches of the keys
     /// ahead overlap instead of waiting one by one.
     fn touch(&self, key: Option<&[u32; 4]>) {
         if let Some(k) = key {
-            std::hint::black_box(self.slots[self.home(k)].meta);
+            prefetch(&self.slots[self.home(k)]);
         }
     }
 
@@ -394,8 +394,29 @@ fn duplicate_reason(key_name: &str, n: u32, key: &str) -> String {
     format!("duplicate match key: {n} rows have {key_name} = {key}")
 }
 
-/// How many keys ahead of its probe a key's slot is read ([`Index::touch`]).
-const AHEAD: usize = 16;
+/// How many keys ahead of its probe a key's slot is fetched
+/// ([`Index::touch`]).
+const AHEAD: usize = 32;
+
+/// Ask the CPU to bring the cache line holding `value` closer, without
+/// waiting for it. An index probe waits on memory (about 250 ns a key
+/// here, mostly address translation); a plain read ahead of it stalls the
+/// thread as the probe would, a prefetch does not (x86_64's `PREFETCHT0`;
+/// elsewhere nothing).
+#[inline]
+fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `_mm_prefetch` is SSE, which every x86_64 CPU has; it only
+    // hints the cache and never reads, writes or faults, whatever the
+    // address (here a live reference).
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            value as *const T as *const i8,
+        )
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
+}
 
 async fn stream(
     ctx: &SessionContext,
