@@ -4,10 +4,8 @@
 //! n - 1; NULL for NULL), by its xxHash64. The sync's diff runs in key
 //! buckets one after another when one pass would not fit the engine's
 //! memory limit (`sync::diff`); a hash spreads emails and domains evenly
-//! where any character of them would not (most end in `m`). With `n` =
-//! i64::MAX it is a 63-bit hash of the text: the diff counts repeated keys
-//! by it before counting them exactly. The value is stable across
-//! processes and versions of ferry, but nothing stores it.
+//! where any character of them would not (most end in `m`). The value is
+//! stable across processes and versions of ferry, but nothing stores it.
 //!
 //! `ferry_values_md5(v, ...)`: the hash a sync's snapshot keeps of the
 //! values it sent: the md5 (lowercase hex) of each value's text as

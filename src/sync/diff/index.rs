@@ -59,11 +59,18 @@ const FIRST_UNCHANGED: u8 = 16;
 /// read again to be rejected.
 const REREAD: u8 = 32;
 
-/// Bytes one key takes in the index: the entry, its slot in the hash table
-/// (with the table's spare room), and its share of a changed row's record
-/// id and waiting values at 10% changed. Measured with the bench's 10M
-/// keys of two values (`cargo bench --profile dev -- sync`).
+/// Bytes one key takes in the index: its 32-byte slot with the table's
+/// spare room (40), and its share of a changed row's record id and
+/// waiting values at 10% changed. Measured with the bench's 10M keys of
+/// two values (`cargo bench --profile dev -- sync`): 759-782 MiB in all.
 pub const BYTES_PER_KEY: u64 = 64;
+
+/// Bytes a row waiting in the diff takes (a new key's row waits to the
+/// end of the model's read): the key, its hash and each value as short
+/// plain strings, with their offsets.
+pub fn waiting_bytes(columns: usize) -> u64 {
+    96 + 24 * columns as u64
+}
 
 /// One key's slot: 32 bytes, so that no slot straddles two cache lines.
 #[derive(Clone, Copy, Default)]
@@ -531,6 +538,7 @@ pub async fn compare(
 
     // 2. The model's rows.
     let mut waiting: Vec<Waiting> = Vec::new();
+    let mut blank_matched = false;
     let mut s = stream(ctx, &part.model_rows).await?;
     while let Some(batch) = s.next().await {
         let batch = batch?;
@@ -581,6 +589,9 @@ pub async fn compare(
         let blank: Vec<usize> = (0..batch.num_rows())
             .filter(|&r| keys[r].is_none())
             .collect();
+        // A blank key matches a confirmed blank key (a join on `=` would),
+        // which then is not removed; a NULL key matches nothing.
+        blank_matched |= blank.iter().any(|&r| texts.get(r).is_some());
         if !blank.is_empty() {
             let d = Decoder::new(&batch, columns, &options)?;
             for r in blank {
@@ -710,7 +721,10 @@ pub async fn compare(
             .filter(|&r| keys[r].is_none())
             .collect();
         for (g, slotted) in found {
-            gone.extend(g);
+            gone.extend(
+                g.into_iter()
+                    .filter(|&r| !(blank_matched && texts.get(r) == Some(""))),
+            );
             for (slot, r) in slotted {
                 let id = crm_ids.get(r).map(str::to_string);
                 shards[0]
@@ -782,6 +796,80 @@ mod tests {
         .await
         .unwrap();
         (rows, tally)
+    }
+
+    /// A join on `=` matched a blank model key with a blank confirmed key:
+    /// the row is rejected and the confirmed record is not removed. Only a
+    /// model without a blank key removes it.
+    #[tokio::test]
+    async fn a_confirmed_blank_key_is_not_removed_while_the_model_has_one() {
+        let snapshot =
+            "select * from (values ('', 'id-blank'), ('a@x.io', 'id-a')) as t(_key, _crm_id)";
+        let snapshot = format!(
+            "select _key, ferry_values_md5('1') as _hash, _crm_id, true as _created from ({snapshot})"
+        );
+        for (model, removed) in [
+            (
+                "select * from (values ('  ', '1'), ('a@x.io', '1')) as t(email, a)",
+                0,
+            ),
+            ("select * from (values ('a@x.io', '1')) as t(email, a)", 1),
+        ] {
+            let ctx = SessionContext::new();
+            crate::engine::functions::register(&ctx);
+            let (rows, tally) = diff(&ctx, model, &snapshot).await;
+            assert_eq!(tally.count(DiffOp::Remove), removed, "{model}");
+            let gone: Vec<_> = rows.iter().filter(|r| r.op == DiffOp::Remove).collect();
+            if removed == 1 {
+                assert_eq!(gone[0].key.as_deref(), Some(""));
+                assert_eq!(gone[0].crm_id.as_deref(), Some("id-blank"));
+            }
+        }
+    }
+
+    /// Thousands of keys in batches of 64, into an index sized for 16: it
+    /// grows (rehashing every slot) while rows wait, probes wrap around,
+    /// and every count and record id still comes out right.
+    #[tokio::test]
+    async fn an_index_that_outgrows_its_first_size_loses_nothing() {
+        let ctx = SessionContext::new_with_config(
+            datafusion::prelude::SessionConfig::new().with_batch_size(64),
+        );
+        crate::engine::functions::register(&ctx);
+        let (rows, tally) = diff(
+            &ctx,
+            "select concat('K', cast(value as varchar), '@X.io') as email, \
+             case when value % 2 = 0 then 'same' else 'new' end as a from generate_series(1, 5000)",
+            "select concat('k', cast(value as varchar), '@x.io') as _key, ferry_values_md5('same') as _hash, \
+             concat('id', cast(value as varchar)) as _crm_id, value % 3 = 0 as _created from generate_series(1, 4000) \
+             union all select concat('g', cast(value as varchar)), ferry_values_md5('same'), 'id-gone', false \
+             from generate_series(1, 500)",
+        )
+        .await;
+        assert_eq!(tally.count(DiffOp::Unchanged), 2000);
+        assert_eq!(tally.count(DiffOp::Change), 2000);
+        assert_eq!(tally.count(DiffOp::Add), 1000);
+        assert_eq!(tally.count(DiffOp::Remove), 500);
+        assert_eq!(tally.count(DiffOp::Reject), 0);
+        for r in &rows {
+            let n: Option<u64> = r
+                .key
+                .as_deref()
+                .and_then(|k| k.strip_prefix('k'))
+                .and_then(|k| k.strip_suffix("@x.io"))
+                .and_then(|k| k.parse().ok());
+            match r.op {
+                DiffOp::Change => {
+                    let n = n.expect("a known key");
+                    assert_eq!(r.crm_id, Some(format!("id{n}")));
+                    assert_eq!(r.created, n % 3 == 0);
+                    assert_eq!(r.values, vec![Some("new".to_string())]);
+                }
+                DiffOp::Add => assert!(n.is_some_and(|n| n > 4000), "{r:?}"),
+                DiffOp::Remove => assert_eq!(r.crm_id.as_deref(), Some("id-gone")),
+                _ => panic!("{r:?}"),
+            }
+        }
     }
 
     /// Most runs change nothing: they read the snapshot's keys and the

@@ -117,13 +117,16 @@ pub fn model_rows_sql(
 }
 
 /// How many key buckets the diff runs in, one after another, so that one
-/// bucket's key index ([`index::BYTES_PER_KEY`] a key) fits in half the
+/// bucket's key index ([`index::BYTES_PER_KEY`] a key of `rows`) and its
+/// waiting new rows (the model's rows beyond the snapshot's, `new_rows`,
+/// [`index::waiting_bytes`] each: a first sync's every row) fit in half the
 /// engine's memory limit (`[engine] memory_limit`; the rest is for the
 /// reads' batches, the rows to send and the process): 1 until that is too
 /// small, at most [`MAX_BUCKETS`].
-pub fn bucket_count(rows: u64, memory_limit: u64) -> usize {
+pub fn bucket_count(rows: u64, new_rows: u64, columns: usize, memory_limit: u64) -> usize {
     let budget = (memory_limit / 2).max(1);
     rows.saturating_mul(index::BYTES_PER_KEY)
+        .saturating_add(new_rows.saturating_mul(index::waiting_bytes(columns)))
         .div_ceil(budget)
         .clamp(1, MAX_BUCKETS as u64) as usize
 }
@@ -200,7 +203,8 @@ pub async fn plan(
     let (snapshot_rows, _) = row_count(ctx, SNAPSHOT, true).await?;
     let rows = model_rows.0.max(snapshot_rows);
     let limit = crate::engine::memory::settings().memory_limit;
-    let buckets = bucket_count(rows, limit);
+    let new_rows = model_rows.0.saturating_sub(snapshot_rows);
+    let buckets = bucket_count(rows, new_rows, columns.len(), limit);
     if buckets == MAX_BUCKETS {
         tracing::warn!(
             rows,
@@ -427,7 +431,14 @@ pub async fn scan(
 ) -> Result<Option<Tally>> {
     let mut tally = Tally::default();
     let rows = plan.model_rows.0.max(plan.snapshot_rows);
-    let expected = (rows + rows / 20).div_ceil(plan.parts.len().max(1) as u64) as usize;
+    // The index is sized for its bucket's keys up front (growing doubles
+    // it); an estimate of a view's rows may be far off, so never past what
+    // the memory limit leaves the index.
+    let limit = crate::engine::memory::settings().memory_limit;
+    let expected = rows
+        .saturating_add(rows / 20)
+        .div_ceil(plan.parts.len().max(1) as u64)
+        .min(limit / 2 / index::BYTES_PER_KEY) as usize;
     for part in &plan.parts {
         if stopped() {
             return Ok(None);
@@ -589,11 +600,14 @@ mod tests {
         const GIB: u64 = 1 << 30;
         // The bench's 10M keys: one bucket at the default limit (half of a
         // 24 GiB machine) and at 2 GiB, two at 1 GiB.
-        assert_eq!(bucket_count(10_000_000, 12 * GIB), 1);
-        assert_eq!(bucket_count(10_000_000, 2 * GIB), 1);
-        assert_eq!(bucket_count(10_000_000, GIB), 2);
-        assert_eq!(bucket_count(0, GIB), 1);
-        assert_eq!(bucket_count(u64::MAX, 1), 64);
+        assert_eq!(bucket_count(10_000_000, 100_000, 2, 12 * GIB), 1);
+        assert_eq!(bucket_count(10_000_000, 100_000, 2, 2 * GIB), 1);
+        assert_eq!(bucket_count(10_000_000, 100_000, 2, GIB), 2);
+        // A first sync: every row is new and waits to the end of the read.
+        assert_eq!(bucket_count(10_000_000, 10_000_000, 2, 2 * GIB), 2);
+        assert_eq!(bucket_count(10_000_000, 10_000_000, 2, GIB), 4);
+        assert_eq!(bucket_count(0, 0, 2, GIB), 1);
+        assert_eq!(bucket_count(u64::MAX, u64::MAX, 200, 1), 64);
     }
 
     proptest! {
