@@ -862,7 +862,7 @@ mod tests {
                 DiffOp::Change => {
                     let n = n.expect("a known key");
                     assert_eq!(r.crm_id, Some(format!("id{n}")));
-                    assert_eq!(r.created, n % 3 == 0);
+                    assert_eq!(r.created, n.is_multiple_of(3));
                     assert_eq!(r.values, vec![Some("new".to_string())]);
                 }
                 DiffOp::Add => assert!(n.is_some_and(|n| n > 4000), "{r:?}"),
