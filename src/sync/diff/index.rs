@@ -781,6 +781,23 @@ mod tests {
         assert_eq!(md5_prefix(""), None);
     }
 
+    /// The diff of the registered `model` (`email`, `a`) against `snap`,
+    /// its rows dropped.
+    async fn compare_only(ctx: &SessionContext, expected: usize) -> Result<()> {
+        let part = super::super::diff_part("model", "email", true, &["a".into()], "snap", 1, 0)?;
+        let mut tally = Tally::default();
+        compare(
+            ctx,
+            &part,
+            1,
+            "email",
+            expected,
+            &mut tally,
+            &mut |_| Ok(()),
+        )
+        .await
+    }
+
     async fn diff(ctx: &SessionContext, model: &str, snapshot: &str) -> (Vec<Row>, Tally) {
         ctx.register_table("model", ctx.sql(model).await.unwrap().into_view())
             .unwrap();
@@ -902,19 +919,7 @@ mod tests {
         .unwrap();
         ctx.register_table("snap", ctx.sql(snapshot).await.unwrap().into_view())
             .unwrap();
-        let part =
-            super::super::diff_part("model", "email", true, &["a".into()], "snap", 1, 0).unwrap();
-        let err = compare(
-            &ctx,
-            &part,
-            1,
-            "email",
-            16,
-            &mut Tally::default(),
-            &mut |_| Ok(()),
-        )
-        .await
-        .expect_err("the ids are read");
+        let err = compare_only(&ctx, 16).await.expect_err("the ids are read");
         assert!(err.to_string().contains("Cannot cast"), "{err}");
     }
 
@@ -995,19 +1000,9 @@ mod tests {
                 .into_view(),
         )
         .unwrap();
-        let part =
-            super::super::diff_part("model", "email", true, &["a".into()], "snap", 1, 0).unwrap();
-        let err = compare(
-            &ctx,
-            &part,
-            1,
-            "email",
-            100_000,
-            &mut Tally::default(),
-            &mut |_| Ok(()),
-        )
-        .await
-        .expect_err("over the limit");
+        let err = compare_only(&ctx, 100_000)
+            .await
+            .expect_err("over the limit");
         let text = err.to_string();
         assert!(text.contains("sync diff: key index"), "{text}");
         assert!(text.contains("memory_limit"), "{text}");

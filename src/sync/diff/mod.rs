@@ -843,39 +843,25 @@ mod golden {
     /// `tests/golden/sync_*.sql` (UPDATE_GOLDEN=1 rewrites them).
     #[test]
     fn rendered_sync_sql_matches_golden_files() {
+        let reads = |buckets: usize| {
+            let p = super::diff_part(
+                "\"contact_scores\"",
+                "email",
+                true,
+                &["lead_score".into(), "persona".into()],
+                super::SNAPSHOT,
+                buckets,
+                0,
+            )
+            .unwrap();
+            format!(
+                "{};\n{};\n{};\n",
+                p.snapshot_keys, p.model_rows, p.snapshot_ids
+            )
+        };
         let cases = [
-            ("sync_diff.sql", {
-                let p = super::diff_part(
-                    "\"contact_scores\"",
-                    "email",
-                    true,
-                    &["lead_score".into(), "persona".into()],
-                    super::SNAPSHOT,
-                    1,
-                    0,
-                )
-                .unwrap();
-                format!(
-                    "{};\n{};\n{};\n",
-                    p.snapshot_keys, p.model_rows, p.snapshot_ids
-                )
-            }),
-            ("sync_diff_bucket.sql", {
-                let p = super::diff_part(
-                    "\"contact_scores\"",
-                    "email",
-                    true,
-                    &["lead_score".into(), "persona".into()],
-                    super::SNAPSHOT,
-                    4,
-                    0,
-                )
-                .unwrap();
-                format!(
-                    "{};\n{};\n{};\n",
-                    p.snapshot_keys, p.model_rows, p.snapshot_ids
-                )
-            }),
+            ("sync_diff.sql", reads(1)),
+            ("sync_diff_bucket.sql", reads(4)),
             (
                 "sync_snapshot.sql",
                 super::snapshot_sql("base", "log", 1_700_000_000_000_000).unwrap(),
