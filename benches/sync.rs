@@ -26,8 +26,9 @@
 //!    size with 10% of rows changed (FERRY_BENCH_DIFF_ROWS=1000000,10000000
 //!    to choose), read in one pass as a sync reads it (`diff::scan`), in a
 //!    session with the engine's pool (FERRY_BENCH_MEMORY_LIMIT=1GiB sets
-//!    the limit, which decides the key buckets). Peak memory is counted
-//!    from the end of the setup.
+//!    the limit, which decides the key buckets; FERRY_BENCH_DIFF_STEADY=1
+//!    diffs a model equal to the snapshot, a run where nothing changed).
+//!    Peak memory is counted from the end of the setup.
 //!
 //! 3. Partitioned (`cargo bench --profile dev -- sync partitioned`): 1M new
 //!    contacts (FERRY_BENCH_SYNC_ROWS) by 1 and by 4 workers
@@ -696,19 +697,25 @@ async fn diff_time(rows: u64) {
     ctx.register_parquet("snap", snap_dir.to_str().unwrap(), Default::default())
         .await
         .unwrap();
-    // Version "b": every tenth row changes, 1% of rows left, 1% are new.
-    // Written as Parquet, as a persisted model is: the diff reads it once
-    // per key bucket.
+    // Version "b": every tenth row changes, 1% of rows left, 1% are new
+    // (with FERRY_BENCH_DIFF_STEADY=1, version "a" again: a run where
+    // nothing changed). Written as Parquet, as a persisted model is: the
+    // diff reads it once per key bucket.
     let model_dir = tmp.path().join("model");
-    ctx.sql(&format!(
-        "select concat('person', cast(value as varchar), '@example.com') as email, \
-         cast((value * 7) % 100 as varchar) as lead_score, \
-         case when value % 10 = 0 then 'changed' else concat('a-', cast(value % 5 as varchar)) end as persona \
-         from generate_series(1, {rows}) where value % 100 <> 55 \
-         union all select concat('new', cast(value as varchar), '@example.com'), '1', 'x' \
-         from generate_series(1, {})",
-        rows / 100
-    ))
+    let model = if std::env::var("FERRY_BENCH_DIFF_STEADY").is_ok_and(|v| v == "1") {
+        model_sql(rows, "a")
+    } else {
+        format!(
+            "select concat('person', cast(value as varchar), '@example.com') as email, \
+             cast((value * 7) % 100 as varchar) as lead_score, \
+             case when value % 10 = 0 then 'changed' else concat('a-', cast(value % 5 as varchar)) end as persona \
+             from generate_series(1, {rows}) where value % 100 <> 55 \
+             union all select concat('new', cast(value as varchar), '@example.com'), '1', 'x' \
+             from generate_series(1, {})",
+            rows / 100
+        )
+    };
+    ctx.sql(&model)
     .await
     .unwrap()
     .write_parquet(
