@@ -716,15 +716,15 @@ async fn diff_time(rows: u64) {
         )
     };
     ctx.sql(&model)
-    .await
-    .unwrap()
-    .write_parquet(
-        model_dir.to_str().unwrap(),
-        datafusion::dataframe::DataFrameWriteOptions::new(),
-        None,
-    )
-    .await
-    .unwrap();
+        .await
+        .unwrap()
+        .write_parquet(
+            model_dir.to_str().unwrap(),
+            datafusion::dataframe::DataFrameWriteOptions::new(),
+            None,
+        )
+        .await
+        .unwrap();
     ctx.register_parquet("v1", model_dir.to_str().unwrap(), Default::default())
         .await
         .unwrap();
