@@ -491,7 +491,7 @@ pub async fn compare(
     let mut shards = (0..SHARDS)
         .map(|_| {
             Ok(Shard {
-                index: Index::new(ctx, expected_keys / SHARDS + expected_keys / 20)?,
+                index: Index::new(ctx, expected_keys.div_ceil(SHARDS))?,
                 tally: Tally::default(),
                 rereads: false,
                 matched: 0,
