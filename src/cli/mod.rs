@@ -676,7 +676,16 @@ pub fn main() -> ExitCode {
         }
     };
     let command = cli.command.name();
-    match runtime.block_on(run(cli)) {
+    // On a worker, not on this thread: the worker that sees a socket ready
+    // runs the task waiting for it, with no hand-off between threads (an
+    // extraction's fetching loop waits on the network once per page).
+    let outcome = runtime.block_on(async {
+        match tokio::spawn(run(cli)).await {
+            Ok(outcome) => outcome,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    });
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // A command that failed before its own document: one anyway.

@@ -246,37 +246,43 @@ impl Buffered {
         Ok(())
     }
 
-    /// The pieces, consecutive batches of one schema concatenated (pages of
-    /// an API mostly share one): the lake then plans and writes one batch
-    /// per flush, as it would for a file drop.
-    fn take(&mut self) -> Result<Vec<crate::lake::land::Piece>> {
-        use crate::lake::land::Piece;
+    /// The pieces so far, as they were pushed.
+    fn take(&mut self) -> Vec<crate::lake::land::Piece> {
         self.rows = 0;
-        let mut out: Vec<Piece> = Vec::new();
-        let mut run: Vec<arrow::record_batch::RecordBatch> = Vec::new();
-        let close =
-            |run: &mut Vec<arrow::record_batch::RecordBatch>, out: &mut Vec<Piece>| -> Result<()> {
-                if let Some(first) = run.first() {
-                    let batch = arrow::compute::concat_batches(&first.schema(), run.iter())?;
-                    out.push(Piece::Batch(batch));
-                    run.clear();
-                }
-                Ok(())
-            };
-        for piece in std::mem::take(&mut self.pieces) {
-            match piece {
-                Piece::Batch(b) => {
-                    if run.first().is_some_and(|f| f.schema() != b.schema()) {
-                        close(&mut run, &mut out)?;
-                    }
-                    run.push(b);
-                }
-                rejected => out.push(rejected),
-            }
-        }
-        close(&mut run, &mut out)?;
-        Ok(out)
+        std::mem::take(&mut self.pieces)
     }
+}
+
+/// `pieces` with consecutive batches of one schema concatenated (pages of an
+/// API mostly share one): the lake then plans and writes one batch per
+/// flush, as it would for a file drop. Run by the landing task, off the
+/// fetching loop.
+fn concatenated(pieces: Vec<crate::lake::land::Piece>) -> Result<Vec<crate::lake::land::Piece>> {
+    use crate::lake::land::Piece;
+    let mut out: Vec<Piece> = Vec::new();
+    let mut run: Vec<arrow::record_batch::RecordBatch> = Vec::new();
+    let close =
+        |run: &mut Vec<arrow::record_batch::RecordBatch>, out: &mut Vec<Piece>| -> Result<()> {
+            if let Some(first) = run.first() {
+                let batch = arrow::compute::concat_batches(&first.schema(), run.iter())?;
+                out.push(Piece::Batch(batch));
+                run.clear();
+            }
+            Ok(())
+        };
+    for piece in pieces {
+        match piece {
+            Piece::Batch(b) => {
+                if run.first().is_some_and(|f| f.schema() != b.schema()) {
+                    close(&mut run, &mut out)?;
+                }
+                run.push(b);
+            }
+            rejected => out.push(rejected),
+        }
+    }
+    close(&mut run, &mut out)?;
+    Ok(out)
 }
 
 /// One stream being extracted: buffers pages, lands them, persists cursors.
@@ -603,13 +609,13 @@ impl<'a> StreamRun<'a> {
             self.drain_decoding().await?;
         }
         self.settle().await?;
-        let records = self.buffer.take()?;
+        let records = self.buffer.take();
         let siblings: Vec<(StreamRef, Vec<crate::lake::land::Piece>)> = self
             .siblings
             .iter_mut()
-            .map(|(s, b)| b.take().map(|p| (s.clone(), p)))
-            .filter(|r| r.as_ref().is_ok_and(|(_, p)| !p.is_empty()) || r.is_err())
-            .collect::<Result<_>>()?;
+            .map(|(s, b)| (s.clone(), b.take()))
+            .filter(|(_, p)| !p.is_empty())
+            .collect();
         let cursor = self.pending.take();
         if records.is_empty() && siblings.is_empty() && cursor.is_none() {
             return Ok(());
@@ -619,11 +625,15 @@ impl<'a> StreamRun<'a> {
         self.landing = Some(tokio::spawn(async move {
             let mut quarantined = 0;
             if !records.is_empty() {
-                let report = lander.land_prepared(&stream, options, records).await?;
+                let report = lander
+                    .land_prepared(&stream, options, concatenated(records)?)
+                    .await?;
                 quarantined += report.rejected;
             }
             for (sibling, pieces) in siblings {
-                lander.land_prepared(&sibling, options, pieces).await?;
+                lander
+                    .land_prepared(&sibling, options, concatenated(pieces)?)
+                    .await?;
             }
             if let Some(c) = cursor {
                 save_cursor(&lake, &stream, &c, lander.run_id()).await?;
