@@ -45,6 +45,7 @@ const BENCHES: &[(&str, &str)] = &[
 ];
 
 fn main() {
+    ferry::allocator::configure();
     let name = std::env::args()
         .skip(1)
         .find(|a| !a.starts_with('-'))

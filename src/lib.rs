@@ -7,6 +7,7 @@
 //! ([`sync`], over the shared HTTP layer in [`http`]). The command line
 //! ([`cli`]) is a thin layer over these modules.
 
+pub mod allocator;
 pub mod cli;
 pub mod console;
 pub mod demo;
