@@ -623,17 +623,20 @@ impl<'a> StreamRun<'a> {
         let (lake, lander) = (self.lake.clone(), self.lander.clone());
         let (stream, options) = (self.stream.clone(), self.options);
         self.landing = Some(tokio::spawn(async move {
+            // Every buffer concatenated before any lands: a failure lands
+            // nothing, as it did when this ran before the task.
+            let records = concatenated(records)?;
+            let siblings = siblings
+                .into_iter()
+                .map(|(s, p)| concatenated(p).map(|p| (s, p)))
+                .collect::<Result<Vec<_>>>()?;
             let mut quarantined = 0;
             if !records.is_empty() {
-                let report = lander
-                    .land_prepared(&stream, options, concatenated(records)?)
-                    .await?;
+                let report = lander.land_prepared(&stream, options, records).await?;
                 quarantined += report.rejected;
             }
             for (sibling, pieces) in siblings {
-                lander
-                    .land_prepared(&sibling, options, concatenated(pieces)?)
-                    .await?;
+                lander.land_prepared(&sibling, options, pieces).await?;
             }
             if let Some(c) = cursor {
                 save_cursor(&lake, &stream, &c, lander.run_id()).await?;
