@@ -819,7 +819,9 @@ impl Scheduler {
     /// `grace` for them; jobs still running after that are abandoned (their
     /// stages' committed state stands; their fires run again).
     pub async fn shutdown(&self, grace: Duration) {
-        let _ = self.stop_tx.send(true);
+        // Stored even with no receiver: `send` drops the value when no job
+        // has subscribed yet, and a job starting next would then never stop.
+        self.stop_tx.send_replace(true);
         let waited = async {
             // A tick starting jobs finishes first (it starts none after this).
             drop(self.ticking.lock().await);

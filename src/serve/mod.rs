@@ -157,12 +157,13 @@ impl Server {
     /// grace period; their leases are released), stop accepting, land what
     /// is in the inbox, and return.
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
+        // Stored even when nothing listens yet (see `Scheduler::shutdown`).
+        self.stop.send_replace(true);
         if let Some(s) = &self.scheduler {
             s.shutdown(self.grace).await;
         }
         if let Some(a) = &self.alerts_stop {
-            let _ = a.send(true);
+            a.send_replace(true);
         }
         for b in self.background {
             let _ = tokio::time::timeout(Duration::from_secs(15), b).await;

@@ -1641,3 +1641,25 @@ fn readme_schedule_and_alert_examples_load_with_the_starter_project() {
     assert_eq!(p.alerts.channels.len(), 3);
     assert_eq!(p.alerts.error_rate, 0.05);
 }
+
+/// Regression: `ferry serve` got SIGTERM while a schedule had taken its
+/// lease but not yet subscribed to the stop. The stop was sent on a channel
+/// with no receiver, so it was dropped: the job started without it and ran
+/// to `success` instead of stopping (seen in CI, under load).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_sent_while_no_job_runs_still_stops_the_next_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let project = schedules_project(
+        tmp.path(),
+        "[schedules.nightly]\nevery = \"1d\"\nrun = \"build\"\njitter_seconds = 0\n",
+    );
+    let clock = Arc::new(ManualClock::new(at("2026-03-07T10:00:00Z")));
+    let runner = Arc::new(Recorder::default());
+    let s = scheduler(&project, runner.clone(), clock.clone());
+    s.shutdown(Duration::ZERO).await;
+    assert!(
+        tick_and_wait(&s).await.is_empty(),
+        "nothing starts after a shutdown"
+    );
+    assert!(runner.names().is_empty());
+}
