@@ -748,8 +748,8 @@ impl<'de> serde::de::Visitor<'de> for RecordInto<'_, 'de, '_> {
 }
 
 /// A record's top-level value, pushed as one scalar or as its object's
-/// values (one level; deeper objects and arrays as JSON text). The value
-/// is whether it was an object.
+/// values (one level; deeper objects and arrays as JSON text), each made
+/// by [`ScalarSeed`]. The value is whether it was an object.
 struct GroupInto<'s, 'a>(&'s mut Vec<Flat<'a>>);
 
 impl<'de> serde::de::DeserializeSeed<'de> for GroupInto<'_, 'de> {
@@ -794,29 +794,32 @@ impl<'de> serde::de::Visitor<'de> for GroupInto<'_, 'de> {
         let v = ScalarSeed.visit_seq(seq)?;
         self.scalar(v)
     }
-    fn visit_bool<E>(self, v: bool) -> std::result::Result<Self::Value, E> {
-        self.scalar(Val::Bool(v))
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> std::result::Result<Self::Value, E> {
+        self.scalar(ScalarSeed.visit_bool(v)?)
     }
-    fn visit_i64<E>(self, v: i64) -> std::result::Result<Self::Value, E> {
-        self.scalar(Val::Int(v))
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<Self::Value, E> {
+        self.scalar(ScalarSeed.visit_i64(v)?)
     }
-    fn visit_u64<E>(self, v: u64) -> std::result::Result<Self::Value, E> {
-        self.scalar(number(&v.into()))
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<Self::Value, E> {
+        self.scalar(ScalarSeed.visit_u64(v)?)
     }
-    fn visit_f64<E>(self, v: f64) -> std::result::Result<Self::Value, E> {
-        self.scalar(float(v))
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> std::result::Result<Self::Value, E> {
+        self.scalar(ScalarSeed.visit_f64(v)?)
     }
-    fn visit_borrowed_str<E>(self, v: &'de str) -> std::result::Result<Self::Value, E> {
-        self.scalar(Val::Text(Cow::Borrowed(v)))
+    fn visit_borrowed_str<E: serde::de::Error>(
+        self,
+        v: &'de str,
+    ) -> std::result::Result<Self::Value, E> {
+        self.scalar(ScalarSeed.visit_borrowed_str(v)?)
     }
-    fn visit_str<E>(self, v: &str) -> std::result::Result<Self::Value, E> {
-        self.scalar(Val::Text(Cow::Owned(v.to_string())))
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Self::Value, E> {
+        self.scalar(ScalarSeed.visit_str(v)?)
     }
-    fn visit_string<E>(self, v: String) -> std::result::Result<Self::Value, E> {
-        self.scalar(Val::Text(Cow::Owned(v)))
+    fn visit_string<E: serde::de::Error>(self, v: String) -> std::result::Result<Self::Value, E> {
+        self.scalar(ScalarSeed.visit_string(v)?)
     }
-    fn visit_unit<E>(self) -> std::result::Result<Self::Value, E> {
-        self.scalar(Val::Null)
+    fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<Self::Value, E> {
+        self.scalar(ScalarSeed.visit_unit()?)
     }
 }
 
