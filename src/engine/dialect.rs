@@ -107,7 +107,10 @@ impl ExprPlanner for RealDivision {
 /// The expression planners of every ferry session: ferry's first, then
 /// DataFusion's own.
 pub fn expr_planners() -> Vec<Arc<dyn ExprPlanner>> {
-    let mut planners: Vec<Arc<dyn ExprPlanner>> = vec![Arc::new(RealDivision)];
+    let mut planners: Vec<Arc<dyn ExprPlanner>> = vec![
+        Arc::new(RealDivision),
+        Arc::new(super::first_last::FirstOfArrayAgg),
+    ];
     planners.extend(datafusion::execution::SessionStateDefaults::default_expr_planners());
     planners
 }

@@ -169,6 +169,9 @@ impl ScalarUDFImpl for ValuesMd5 {
 
 /// Register ferry's functions in `ctx`.
 pub fn register(ctx: &SessionContext) {
+    // Grouped first_value/last_value with ORDER BY in linear time.
+    ctx.register_udaf(super::first_last::FirstLast::first_value());
+    ctx.register_udaf(super::first_last::FirstLast::last_value());
     ctx.register_udf(ScalarUDF::new_from_impl(Bucket::new()));
     ctx.register_udf(ScalarUDF::new_from_impl(ValuesMd5 {
         signature: Signature::variadic_any(Volatility::Immutable),

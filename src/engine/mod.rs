@@ -19,6 +19,7 @@ pub mod catalog;
 pub mod cluster;
 pub mod delta;
 pub mod dialect;
+pub mod first_last;
 pub mod functions;
 pub mod memory;
 pub mod optimize;
@@ -125,6 +126,7 @@ mod ground_floor {
             ("functions.rs", include_str!("functions.rs")),
             ("delta.rs", include_str!("delta.rs")),
             ("dialect.rs", include_str!("dialect.rs")),
+            ("first_last.rs", include_str!("first_last.rs")),
             ("memory.rs", include_str!("memory.rs")),
             ("optimize.rs", include_str!("optimize.rs")),
         ];
