@@ -23,6 +23,7 @@ pub mod first_last;
 pub mod functions;
 pub mod memory;
 pub mod optimize;
+pub mod shared;
 
 use datafusion::execution::context::SessionContext;
 use datafusion::execution::session_state::SessionStateBuilder;
@@ -129,6 +130,7 @@ mod ground_floor {
             ("first_last.rs", include_str!("first_last.rs")),
             ("memory.rs", include_str!("memory.rs")),
             ("optimize.rs", include_str!("optimize.rs")),
+            ("shared.rs", include_str!("shared.rs")),
         ];
         for (file, text) in files {
             for stage in [

@@ -128,10 +128,18 @@ async fn build(
         return Ok(None);
     }
     // On the cluster, if one is configured: the rows stream back here and
-    // are written as a local result is.
-    let df = crate::engine::cluster::remote(ctx, name, df)
-        .await
-        .map_err(fail)?;
+    // are written as a local result is. In this process, a CTE read more
+    // than once is computed once (its files live until the table is written).
+    let (df, _shared) = if crate::engine::cluster::url().is_some() {
+        let df = crate::engine::cluster::remote(ctx, name, df)
+            .await
+            .map_err(fail)?;
+        (df, Default::default())
+    } else {
+        crate::engine::shared::computed_once(df)
+            .await
+            .map_err(fail)?
+    };
     let table = match (mat, existing) {
         (Materialized::Incremental, Some(t)) => match model.config.strategy() {
             Strategy::Append => delta::append(lake, &url, df).await.map_err(fail)?,
