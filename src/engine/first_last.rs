@@ -73,16 +73,39 @@ impl FirstLast {
             return None;
         }
         let value = args.return_field.data_type().clone();
+        if has_dictionary(&value) {
+            return None;
+        }
         let mut types = Vec::with_capacity(args.order_bys.len());
         let mut keys = Vec::with_capacity(args.order_bys.len());
         for o in args.order_bys {
             let t = o.expr.data_type(args.schema).ok()?;
+            if has_dictionary(&t) {
+                return None;
+            }
             keys.push(SortField::new_with_options(t.clone(), o.options));
             types.push(t);
         }
         (RowConverter::supports_fields(&[SortField::new(value.clone())])
             && RowConverter::supports_fields(&keys))
         .then_some((value, types, keys))
+    }
+}
+
+/// Whether `t` holds a dictionary (or run-end encoding) at any depth: the
+/// row format decodes those as plain values, not as the declared type.
+fn has_dictionary(t: &DataType) -> bool {
+    match t {
+        DataType::Dictionary(..) | DataType::RunEndEncoded(..) => true,
+        DataType::List(f)
+        | DataType::LargeList(f)
+        | DataType::ListView(f)
+        | DataType::LargeListView(f)
+        | DataType::FixedSizeList(f, _)
+        | DataType::Map(f, _) => has_dictionary(f.data_type()),
+        DataType::Struct(fields) => fields.iter().any(|f| has_dictionary(f.data_type())),
+        DataType::Union(fields, _) => fields.iter().any(|(_, f)| has_dictionary(f.data_type())),
+        _ => false,
     }
 }
 
@@ -579,6 +602,33 @@ mod tests {
             same_as_datafusion(rows.clone(), false);
             same_as_datafusion(rows, true);
         }
+    }
+
+    /// Regression (review): the row format gives dictionaries back as plain
+    /// values, so a dictionary value or key is left to DataFusion's own
+    /// accumulator, and the result keeps its declared type.
+    #[tokio::test]
+    async fn dictionary_values_and_keys_keep_their_type() {
+        let ctx = super::super::memory_session();
+        let out = ctx
+            .sql(
+                "select g, first_value(d order by o) as v, first_value(o order by d desc) as w \
+                 from (select g, o, arrow_cast(v, 'Dictionary(Int32, Utf8)') as d \
+                 from (values (1, 2, 'b'), (1, 1, 'a'), (2, 5, 'c')) as t(g, o, v)) \
+                 group by g order by g",
+            )
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let text = pretty_format_batches(&out).unwrap().to_string();
+        assert!(text.contains("| 1 | a | 2 |"), "{text}");
+        assert!(text.contains("| 2 | c | 5 |"), "{text}");
+        assert!(matches!(
+            out[0].schema().field(1).data_type(),
+            DataType::Dictionary(..)
+        ));
     }
 
     #[tokio::test]

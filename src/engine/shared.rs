@@ -9,18 +9,22 @@
 //!
 //! In the query's plan, a CTE (or a view, or an ephemeral model, inlined as
 //! one) is a subquery alias over its plan. Every such subtree that occurs
-//! two or more times, identically, and does real work (a join, an
-//! aggregation, a window, a sort) is run once, innermost first, into Arrow
-//! IPC files in the spill folder, and each occurrence reads the files. Its
-//! rows are then those of a single evaluation, as in PostgreSQL: a
-//! `random()` or `now()` inside gives every reader the same values. Subtrees
-//! that refer to an outer query's columns are left as they are. The files
-//! are removed when the returned [`Shared`] is dropped.
+//! two or more times, identically (reading the same tables: two scans of
+//! `generate_series` with other bounds plan alike but are not), and does
+//! real work (a join, an aggregation, a window, a sort) is run once,
+//! innermost first, into Arrow IPC stream files in the spill folder, and
+//! each occurrence reads them back batch by batch. Subtrees that refer to
+//! an outer query's columns or to a recursive CTE's work table, hold a
+//! subquery expression, or call a volatile function (`random()`: two
+//! samples must stay two) are left as they are. The files are removed when
+//! the returned [`Shared`] is dropped; with `[engine] spill = false`
+//! nothing is shared.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::ipc::writer::FileWriter;
+use datafusion::arrow::ipc::writer::StreamWriter;
+use datafusion::catalog::cte_worktable::CteWorkTable;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::file_format::arrow::ArrowFormat;
@@ -28,6 +32,7 @@ use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::datasource::provider_as_source;
+use datafusion::datasource::source_as_provider;
 use datafusion::logical_expr::{LogicalPlan, LogicalPlanBuilder, SubqueryAlias};
 use futures::StreamExt;
 
@@ -89,11 +94,18 @@ fn heavy(plan: &LogicalPlan) -> bool {
 fn standalone(plan: &LogicalPlan) -> bool {
     let mut ok = true;
     let _ = plan.apply(|n| {
-        let bad = matches!(n, LogicalPlan::RecursiveQuery(_))
+        let work_table = match n {
+            LogicalPlan::TableScan(t) => source_as_provider(&t.source)
+                .map(|p| p.is::<CteWorkTable>())
+                .unwrap_or(true),
+            _ => false,
+        };
+        let bad = work_table
+            || matches!(n, LogicalPlan::RecursiveQuery(_))
             || n.contains_outer_reference()
             || n.expressions()
                 .iter()
-                .any(|e| e.exists(|e| Ok(is_subquery(e))).unwrap_or(true));
+                .any(|e| e.is_volatile() || e.exists(|e| Ok(is_subquery(e))).unwrap_or(true));
         if bad {
             ok = false;
             return Ok(TreeNodeRecursion::Stop);
@@ -117,15 +129,23 @@ fn is_subquery(e: &datafusion::logical_expr::Expr) -> bool {
 /// The smallest subquery-alias subtree of `plan` that occurs at least
 /// twice and is worth computing once (see the module docs).
 fn repeated(plan: &LogicalPlan) -> Option<LogicalPlan> {
-    let mut seen: HashMap<LogicalPlan, usize> = HashMap::new();
+    // Plans compare equal without their scans' sources (a table function's
+    // scan is named `f()` whatever its arguments): the occurrences must
+    // also read the same table providers.
+    let mut seen: HashMap<LogicalPlan, (usize, Option<Vec<usize>>)> = HashMap::new();
     let _ = plan.apply_with_subqueries(|n| {
         if let LogicalPlan::SubqueryAlias(_) = n {
-            *seen.entry(n.clone()).or_insert(0) += 1;
+            let tables = providers(n);
+            let e = seen.entry(n.clone()).or_insert((0, tables.clone()));
+            if e.1 != tables {
+                e.1 = None;
+            }
+            e.0 += 1;
         }
         Ok(TreeNodeRecursion::Continue)
     });
     seen.into_iter()
-        .filter(|(_, count)| *count >= 2)
+        .filter(|(_, (count, tables))| *count >= 2 && tables.is_some())
         .map(|(n, _)| n)
         .filter(|n| match n {
             LogicalPlan::SubqueryAlias(SubqueryAlias { input, .. }) => {
@@ -134,6 +154,22 @@ fn repeated(plan: &LogicalPlan) -> Option<LogicalPlan> {
             _ => false,
         })
         .min_by_key(size)
+}
+
+/// The table providers `plan` scans, in order, as addresses; `None` when
+/// one cannot be told (a scan that is not a provider's).
+fn providers(plan: &LogicalPlan) -> Option<Vec<usize>> {
+    let mut out = Some(Vec::new());
+    let _ = plan.apply_with_subqueries(|n| {
+        if let LogicalPlan::TableScan(t) = n {
+            match (source_as_provider(&t.source), out.as_mut()) {
+                (Ok(p), Some(v)) => v.push(Arc::as_ptr(&p) as *const () as usize),
+                _ => out = None,
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    out
 }
 
 fn size(plan: &LogicalPlan) -> usize {
@@ -149,6 +185,9 @@ fn size(plan: &LogicalPlan) -> usize {
 /// module docs). Keep the returned [`Shared`] until `df` has run.
 pub async fn computed_once(df: DataFrame) -> Result<(DataFrame, Shared)> {
     let mut shared = Shared::default();
+    if !super::memory::settings().spill {
+        return Ok((df, shared));
+    }
     let (state, mut plan) = df.into_parts();
     // A bound: each round removes one repeated subtree.
     for _ in 0..64 {
@@ -179,7 +218,14 @@ pub async fn computed_once(df: DataFrame) -> Result<(DataFrame, Shared)> {
         )
         .await?;
         tracing::debug!("CTE {alias} computed once into {}", folder.display());
-        let url = ListingTableUrl::parse(format!("{}/", folder.display()))?;
+        // From the path itself: a `[` or `*` in it is not a glob.
+        let folder_url = url::Url::from_directory_path(&folder).map_err(|()| {
+            Error::Input(format!(
+                "the spill folder {} is not an absolute path; check [engine] spill_dir",
+                folder.display()
+            ))
+        })?;
+        let url = ListingTableUrl::try_new(folder_url, None)?;
         let options = ListingOptions::new(Arc::new(ArrowFormat)).with_file_extension(".arrow");
         let table = ListingTable::try_new(
             ListingTableConfig::new(url)
@@ -235,7 +281,9 @@ fn compact(
     )?)
 }
 
-/// Run `df` into one Arrow IPC file per output partition in `folder`;
+/// Run `df` into one Arrow IPC stream file per output partition in
+/// `folder` (the stream format: read back batch by batch, never split into
+/// byte ranges read whole; dictionaries may change between batches);
 /// returns the files' schema.
 async fn write_ipc(
     df: DataFrame,
@@ -243,23 +291,25 @@ async fn write_ipc(
 ) -> Result<datafusion::arrow::datatypes::SchemaRef> {
     let streams = df.execute_stream_partitioned().await?;
     let mut schema = None;
-    let writers = streams.into_iter().enumerate().map(|(i, mut stream)| {
+    // One task per partition, so partitions are computed in parallel; the
+    // set aborts the others when one fails or the build is dropped.
+    let mut writers = tokio::task::JoinSet::new();
+    for (i, mut stream) in streams.into_iter().enumerate() {
         let path = folder.join(format!("part-{i}.arrow"));
         let s = stream.schema();
         schema.get_or_insert(s.clone());
-        tokio::spawn(async move {
+        writers.spawn(async move {
             let file = std::fs::File::create(&path)
                 .map_err(|e| Error::Input(format!("cannot write {}: {e}", path.display())))?;
-            let mut w = FileWriter::try_new(std::io::BufWriter::new(file), &s)?;
+            let mut w = StreamWriter::try_new(std::io::BufWriter::new(file), &s)?;
             while let Some(batch) = stream.next().await {
                 w.write(&compact(batch?)?)?;
             }
             w.finish()?;
             Ok::<(), Error>(())
-        })
-    });
-    // One task per partition, so partitions are computed in parallel.
-    for done in futures::future::join_all(writers).await {
+        });
+    }
+    while let Some(done) = writers.join_next().await {
         done.map_err(|e| Error::Internal(format!("a shared CTE's writer: {e}")))??;
     }
     match schema {
@@ -280,23 +330,30 @@ mod tests {
             .to_string()
     }
 
-    /// A CTE read twice is computed once: both readers see the same
-    /// `random()` (inlined, each reader drew its own), the rows are those
-    /// of the query, and the files go when the result is dropped.
+    async fn both(sql: &str) -> (String, String, usize) {
+        let ctx = super::super::memory_session();
+        let inlined = rows(ctx.sql(sql).await.unwrap()).await;
+        let (df, shared) = computed_once(ctx.sql(sql).await.unwrap()).await.unwrap();
+        (inlined, rows(df).await, shared.computed)
+    }
+
+    /// A CTE read twice is computed once, the rows are the query's, and
+    /// the files go when the result is dropped; a CTE read once is inlined.
     #[tokio::test]
     async fn a_cte_read_twice_is_computed_once_and_its_files_removed() {
         let ctx = super::super::memory_session();
-        let sql = "with draws as (select k, max(random()) as r from (values (1), (2), (2)) as t(k) group by k), \
-                   small as (select k from (values (1)) as s(k)) \
-                   select a.k, a.r = b.r as same, count(*) over () as n \
-                   from draws a join draws b on a.k = b.k join small on small.k = a.k order by a.k";
+        let sql = "with sums as (select k, sum(v) as s from (values (1, 10), (2, 5), (2, 7)) as t(k, v) group by k), \
+                   small as (select k from (values (1), (2)) as s(k)) \
+                   select a.k, a.s + b.s as twice from sums a join sums b on a.k = b.k \
+                   join small on small.k = a.k order by a.k";
         let (df, shared) = computed_once(ctx.sql(sql).await.unwrap()).await.unwrap();
-        // `draws` (an aggregation) is shared; `small` (read once) is not.
+        // `sums` (an aggregation) is shared; `small` (read once) is not.
         assert_eq!(shared.computed, 1);
         let dir = shared.dir.clone().expect("a folder");
         assert!(dir.exists());
         let out = rows(df).await;
-        assert!(out.contains("| 1 | true | 1 |"), "{out}");
+        assert!(out.contains("| 1 | 20    |"), "{out}");
+        assert!(out.contains("| 2 | 24    |"), "{out}");
         drop(shared);
         assert!(!dir.exists(), "{} is left behind", dir.display());
     }
@@ -305,15 +362,55 @@ mod tests {
     /// the outer one reads it; the result is the inlined query's.
     #[tokio::test]
     async fn nested_shared_ctes_give_the_inlined_rows() {
-        let ctx = super::super::memory_session();
-        let sql = "with base as (select v % 7 as k, sum(v) as s from generate_series(1, 1000) as g(v) group by 1), \
-                   ranked as (select k, s, rank() over (order by s desc) as r from base), \
-                   top as (select * from ranked where r <= 3) \
-                   select (select count(*) from base) as keys, t1.k, t2.s \
-                   from top t1 join top t2 on t1.k = t2.k join base b on b.k = t1.k order by t1.k";
-        let inlined = rows(ctx.sql(sql).await.unwrap()).await;
-        let (df, shared) = computed_once(ctx.sql(sql).await.unwrap()).await.unwrap();
-        assert!(shared.computed >= 1);
-        assert_eq!(rows(df).await, inlined);
+        let (inlined, shared, computed) = both(
+            "with base as (select v % 7 as k, sum(v) as s from generate_series(1, 1000) as g(v) group by 1), \
+             ranked as (select k, s, rank() over (order by s desc) as r from base), \
+             top as (select * from ranked where r <= 3) \
+             select (select count(*) from base) as keys, t1.k, t2.s \
+             from top t1 join top t2 on t1.k = t2.k join base b on b.k = t1.k order by t1.k",
+        )
+        .await;
+        assert!(computed >= 1);
+        assert_eq!(shared, inlined);
+    }
+
+    /// Regression (review): two subqueries alike but for a table
+    /// function's arguments plan equal (the scan is named
+    /// `generate_series()` either way); they are not one.
+    #[tokio::test]
+    async fn subqueries_over_a_table_function_with_other_arguments_stay_apart() {
+        let (inlined, shared, computed) = both(
+            "select m from (select max(value) m from generate_series(1, 10)) s \
+             union all select m from (select max(value) m from generate_series(1, 1000)) s order by m",
+        )
+        .await;
+        assert_eq!(computed, 0);
+        assert_eq!(shared, inlined);
+        assert!(shared.contains("| 1000 |"), "{shared}");
+    }
+
+    /// Two samples drawn with random() stay two draws.
+    #[tokio::test]
+    async fn a_cte_calling_a_volatile_function_is_not_shared() {
+        let (_, _, computed) = both(
+            "with draws as (select k, max(random()) as r from (values (1), (2)) as t(k) group by k) \
+             select a.k from draws a join draws b on a.k = b.k",
+        )
+        .await;
+        assert_eq!(computed, 0);
+    }
+
+    /// Regression (review): a dictionary column whose dictionary changes
+    /// from batch to batch is written (the IPC file format refused it).
+    #[tokio::test]
+    async fn dictionary_columns_are_shared() {
+        let (inlined, shared, computed) = both(
+            "with d as (select k, arrow_cast(concat('v', cast(k % 50 as varchar)), 'Dictionary(Int32, Utf8)') as v, count(*) as n \
+             from generate_series(1, 20000) as g(k) group by 1, 2) \
+             select count(*), count(distinct a.v) from d a join d b on a.k = b.k",
+        )
+        .await;
+        assert_eq!(computed, 1);
+        assert_eq!(shared, inlined);
     }
 }
