@@ -17,8 +17,9 @@
 //! an outer query's columns or to a recursive CTE's work table, hold a
 //! subquery expression, or call a volatile function (`random()`: two
 //! samples must stay two) are left as they are. The files are removed when
-//! the returned [`Shared`] is dropped; with `[engine] spill = false`
-//! nothing is shared.
+//! the returned [`Shared`] is dropped, and a killed process's folder by the
+//! next process that shares a CTE ([`sweep`]); with `[engine] spill =
+//! false` nothing is shared.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -50,6 +51,34 @@ impl Drop for Shared {
     fn drop(&mut self) {
         if let Some(d) = &self.dir {
             let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// Removes the folders of shared CTEs that a killed ferry left in `base`:
+/// `ferry-shared-<pid>-...` whose process is gone (told by `/proc`; where
+/// there is none, nothing is removed). A reused pid keeps its folder.
+fn sweep(base: &std::path::Path) {
+    let proc = std::path::Path::new("/proc");
+    if !proc.join("self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("ferry-shared-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !proc.join(pid.to_string()).exists() {
+            tracing::debug!("removing {} (its process is gone)", e.path().display());
+            let _ = std::fs::remove_dir_all(e.path());
         }
     }
 }
@@ -198,11 +227,13 @@ pub async fn computed_once(df: DataFrame) -> Result<(DataFrame, Shared)> {
             break;
         };
         let dir = shared.dir.get_or_insert_with(|| {
-            super::memory::settings()
+            let base = super::memory::settings()
                 .spill_dir
                 .clone()
-                .unwrap_or_else(std::env::temp_dir)
-                .join(unique_folder())
+                .unwrap_or_else(std::env::temp_dir);
+            static SWEPT: std::sync::Once = std::sync::Once::new();
+            SWEPT.call_once(|| sweep(&base));
+            base.join(unique_folder())
         });
         let folder = dir.join(format!("{}", shared.computed));
         std::fs::create_dir_all(&folder).map_err(|e| {
@@ -387,6 +418,26 @@ mod tests {
         assert_eq!(computed, 0);
         assert_eq!(shared, inlined);
         assert!(shared.contains("| 1000 |"), "{shared}");
+    }
+
+    /// Review: a killed process's folder is removed by the next process
+    /// that shares a CTE; a live process's folder stays.
+    #[test]
+    fn folders_of_processes_that_are_gone_are_swept() {
+        let base = std::env::temp_dir().join(unique_folder());
+        // No process has this id (Linux's pid_max is at most 2^22).
+        let gone = base.join("ferry-shared-4000000000-0-0");
+        let live = base.join(format!("ferry-shared-{}-7-0", std::process::id()));
+        let other = base.join("not-ferrys");
+        for d in [&gone, &live, &other] {
+            std::fs::create_dir_all(d.join("0")).unwrap();
+        }
+        sweep(&base);
+        if std::path::Path::new("/proc/self").exists() {
+            assert!(!gone.exists());
+        }
+        assert!(live.exists() && other.exists());
+        let _ = std::fs::remove_dir_all(&base);
     }
 
     /// Two samples drawn with random() stay two draws.
