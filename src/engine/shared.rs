@@ -151,6 +151,7 @@ fn is_subquery(e: &datafusion::logical_expr::Expr) -> bool {
         Expr::Exists(_)
             | Expr::InSubquery(_)
             | Expr::ScalarSubquery(_)
+            | Expr::SetComparison(_)
             | Expr::OuterReferenceColumn(..)
     )
 }
@@ -249,14 +250,7 @@ pub async fn computed_once(df: DataFrame) -> Result<(DataFrame, Shared)> {
         )
         .await?;
         tracing::debug!("CTE {alias} computed once into {}", folder.display());
-        // From the path itself: a `[` or `*` in it is not a glob.
-        let folder_url = url::Url::from_directory_path(&folder).map_err(|()| {
-            Error::Input(format!(
-                "the spill folder {} is not an absolute path; check [engine] spill_dir",
-                folder.display()
-            ))
-        })?;
-        let url = ListingTableUrl::try_new(folder_url, None)?;
+        let url = folder_url(&folder)?;
         let options = ListingOptions::new(Arc::new(ArrowFormat)).with_file_extension(".arrow");
         let table = ListingTable::try_new(
             ListingTableConfig::new(url)
@@ -279,6 +273,22 @@ pub async fn computed_once(df: DataFrame) -> Result<(DataFrame, Shared)> {
         shared.computed += 1;
     }
     Ok((DataFrame::new(state, plan), shared))
+}
+
+/// The listing URL of `folder`, made from the path itself (a `[` or `*` in
+/// it is not a glob), absolute (`[engine] spill_dir` is relative to a
+/// project folder that may itself be given as `.`).
+fn folder_url(folder: &std::path::Path) -> Result<ListingTableUrl> {
+    let bad = |e: String| {
+        Error::Input(format!(
+            "the spill folder {} cannot be read back ({e}); check [engine] spill_dir",
+            folder.display()
+        ))
+    };
+    let absolute = std::path::absolute(folder).map_err(|e| bad(e.to_string()))?;
+    let url = url::Url::from_directory_path(&absolute)
+        .map_err(|()| bad("not a path a file URL can name".into()))?;
+    Ok(ListingTableUrl::try_new(url, None)?)
 }
 
 /// `batch` with its string and binary views' buffers reduced to the bytes
@@ -438,6 +448,50 @@ mod tests {
         }
         assert!(live.exists() && other.exists());
         let _ = std::fs::remove_dir_all(&base);
+    }
+
+    /// Regression (review of the change): a relative spill folder (the
+    /// project given as `.`) is made absolute, and a `[` in the path is
+    /// the folder's name, not a glob: the file in it is read back.
+    #[tokio::test]
+    async fn relative_and_bracketed_spill_folders_name_themselves() {
+        let relative = folder_url(std::path::Path::new("scratch/0")).unwrap();
+        assert!(relative.as_str().starts_with("file:///"), "{relative}");
+        assert!(relative.as_str().ends_with("/scratch/0/"), "{relative}");
+
+        let folder = std::env::temp_dir().join(unique_folder()).join("[acme]");
+        std::fs::create_dir_all(&folder).unwrap();
+        let ctx = super::super::memory_session();
+        let df = ctx
+            .sql("select * from generate_series(1, 3)")
+            .await
+            .unwrap();
+        let schema = write_ipc(df, &folder).await.unwrap();
+        let table = ListingTable::try_new(
+            ListingTableConfig::new(folder_url(&folder).unwrap())
+                .with_listing_options(
+                    ListingOptions::new(Arc::new(ArrowFormat)).with_file_extension(".arrow"),
+                )
+                .with_schema(schema),
+        )
+        .unwrap();
+        ctx.register_table("back", Arc::new(table)).unwrap();
+        let out = rows(ctx.sql("select count(*) as n from back").await.unwrap()).await;
+        let _ = std::fs::remove_dir_all(folder.parent().unwrap());
+        assert!(out.contains("| 3 |"), "{out}");
+    }
+
+    /// A subquery comparison (`> any (...)`) keeps its CTE inlined.
+    #[tokio::test]
+    async fn a_cte_holding_a_subquery_comparison_is_not_shared() {
+        let (inlined, shared, computed) = both(
+            "with big as (select k, count(*) as n from (values (1), (2), (2)) as t(k) group by k \
+             having k > any (select 1)) \
+             select a.k from big a join big b on a.k = b.k order by a.k",
+        )
+        .await;
+        assert_eq!(computed, 0);
+        assert_eq!(shared, inlined);
     }
 
     /// Two samples drawn with random() stay two draws.
